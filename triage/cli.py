@@ -1,0 +1,50 @@
+"""The `triage` command: declares the subcommands and global options; holds no logic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from triage.commands import config, daemon, model, templates
+from triage.commands.common import GlobalOptions
+
+app = typer.Typer(
+    name="triage",
+    help="Answers inbound email inquiries: classify, reply politely, queue hot leads.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        "-c",
+        envvar="TRIAGE_CONFIG",
+        help="TOML settings file (or TRIAGE_CONFIG).",
+        dir_okay=False,
+    ),
+    log_format: str | None = typer.Option(None, "--log-format", help="text or json."),
+    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING."),
+) -> None:
+    ctx.obj = GlobalOptions(config=config_file, log_format=log_format, log_level=log_level)
+
+
+app.command("check-config")(config.check_config)
+app.command("once")(daemon.once)
+app.command("run")(daemon.run)
+app.command("train")(model.train)
+app.command("evaluate")(model.evaluate)
+app.command("classify")(model.classify)
+app.add_typer(templates.app, name="templates")
+
+
+def main() -> None:
+    """Entry point of the `triage` console script."""
+    app()

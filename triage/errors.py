@@ -1,0 +1,51 @@
+"""The one error hierarchy of triage.
+
+Every error triage raises on purpose derives from `TriageError`. Callers decide what to do by the
+class, never by matching message text:
+
+- `ConfigError`: the operator's settings, templates or files are wrong; fix and restart.
+- `TransientError`: a server or network hiccup; the same work is retried later with backoff.
+- `PermanentError`: this item can never succeed (a poison message); it is quarantined, not retried.
+"""
+
+from __future__ import annotations
+
+
+class TriageError(Exception):
+    """Base of every error triage raises deliberately; its message is one human-readable line."""
+
+
+class ConfigError(TriageError):
+    """Raised when settings, a template or a model file given by the operator are unusable."""
+
+
+class TemplateError(ConfigError):
+    """Raised when a reply template cannot be found, parsed or rendered."""
+
+
+class ModelError(ConfigError):
+    """Raised when the classifier model file is missing, unsafe or incompatible."""
+
+
+class TransientError(TriageError):
+    """Raised when a server or network failure may go away on its own; the caller retries."""
+
+
+class MailboxError(TransientError):
+    """Raised when the IMAP server cannot be reached or refuses a command."""
+
+
+class AuthenticationError(MailboxError):
+    """Raised when the IMAP or SMTP server rejects the configured credentials."""
+
+
+class SendError(TransientError):
+    """Raised when the SMTP server cannot take a message right now."""
+
+
+class PermanentError(TriageError):
+    """Raised when one item can never be handled; it is quarantined instead of retried."""
+
+
+class StoreError(TriageError):
+    """Raised when the database file is unusable (locked, corrupt, newer schema than this code)."""

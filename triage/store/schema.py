@@ -1,0 +1,146 @@
+"""The database schema as an ordered list of migrations.
+
+Migration N brings a database from `PRAGMA user_version` N-1 to N. Migrations are only ever
+appended, never edited, so that every older database upgrades without losing data.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema.
+    """
+    CREATE TABLE mailbox_state (
+        account      TEXT NOT NULL,
+        folder       TEXT NOT NULL,
+        uidvalidity  INTEGER NOT NULL,
+        last_uid     INTEGER NOT NULL DEFAULT 0,
+        baseline_uid INTEGER NOT NULL DEFAULT 0,
+        first_seen   TEXT NOT NULL,
+        last_sync    TEXT,
+        PRIMARY KEY (account, folder)
+    );
+
+    -- The ledger: one row per message seen in a mailbox, walking
+    -- seen -> parsed -> classified -> acted -> done (or quarantined).
+    CREATE TABLE messages (
+        id           INTEGER PRIMARY KEY,
+        account      TEXT NOT NULL,
+        folder       TEXT NOT NULL,
+        uidvalidity  INTEGER NOT NULL,
+        uid          INTEGER NOT NULL,
+        message_id   TEXT NOT NULL,
+        state        TEXT NOT NULL DEFAULT 'seen',
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        backfill     INTEGER NOT NULL DEFAULT 0,
+        sender       TEXT NOT NULL DEFAULT '',
+        subject      TEXT NOT NULL DEFAULT '',
+        language     TEXT NOT NULL DEFAULT '',
+        body         TEXT,
+        label        TEXT,
+        confidence   REAL,
+        decision     TEXT,
+        probabilities TEXT,
+        explanation  TEXT,
+        may_reply    INTEGER,
+        reasons      TEXT NOT NULL DEFAULT '[]',
+        error        TEXT,
+        raw          BLOB,
+        reviewed_label TEXT,
+        reviewed_by  TEXT,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        UNIQUE (account, folder, uidvalidity, uid)
+    );
+    CREATE INDEX messages_message_id ON messages (message_id);
+    CREATE INDEX messages_state ON messages (state);
+    CREATE INDEX messages_decision ON messages (decision);
+
+    -- Replies, written before they are sent: the outbox and the reply log in one.
+    CREATE TABLE replies (
+        id           INTEGER PRIMARY KEY,
+        message_row  INTEGER NOT NULL REFERENCES messages (id),
+        reply_message_id TEXT NOT NULL UNIQUE,
+        recipient    TEXT NOT NULL,
+        envelope_from TEXT NOT NULL,
+        template     TEXT NOT NULL,
+        mode         TEXT NOT NULL,
+        state        TEXT NOT NULL DEFAULT 'queued',
+        raw          BLOB NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_attempt TEXT NOT NULL,
+        error        TEXT,
+        created_at   TEXT NOT NULL,
+        sent_at      TEXT,
+        filed_at     TEXT
+    );
+    CREATE INDEX replies_state ON replies (state, next_attempt);
+    CREATE INDEX replies_recipient ON replies (recipient, created_at);
+
+    CREATE TABLE leads (
+        id           INTEGER PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        status       TEXT NOT NULL DEFAULT 'new',
+        email        TEXT NOT NULL,
+        name         TEXT NOT NULL DEFAULT '',
+        company      TEXT NOT NULL DEFAULT '',
+        phone        TEXT NOT NULL DEFAULT '',
+        website      TEXT NOT NULL DEFAULT '',
+        label        TEXT NOT NULL,
+        confidence   REAL NOT NULL DEFAULT 0,
+        explanation  TEXT NOT NULL DEFAULT '[]',
+        owner        TEXT NOT NULL DEFAULT '',
+        due_at       TEXT,
+        digested_in  INTEGER,
+        alerted_at   TEXT,
+        created_at   TEXT NOT NULL,
+        updated_at   TEXT NOT NULL,
+        claimed_at   TEXT,
+        closed_at    TEXT
+    );
+    CREATE INDEX leads_email ON leads (email);
+    CREATE INDEX leads_status ON leads (status);
+
+    CREATE TABLE lead_messages (
+        lead_id      INTEGER NOT NULL REFERENCES leads (id),
+        message_row  INTEGER NOT NULL REFERENCES messages (id),
+        PRIMARY KEY (lead_id, message_row)
+    );
+
+    CREATE TABLE lead_notes (
+        id           INTEGER PRIMARY KEY,
+        lead_id      INTEGER NOT NULL REFERENCES leads (id),
+        author       TEXT NOT NULL DEFAULT '',
+        text         TEXT NOT NULL,
+        created_at   TEXT NOT NULL
+    );
+
+    -- Labels given by people (folder moves, keywords, review): training data for the model.
+    CREATE TABLE corrections (
+        id           INTEGER PRIMARY KEY,
+        message_row  INTEGER REFERENCES messages (id),
+        message_id   TEXT NOT NULL,
+        old_label    TEXT,
+        new_label    TEXT NOT NULL,
+        source       TEXT NOT NULL,
+        subject      TEXT NOT NULL DEFAULT '',
+        body         TEXT NOT NULL DEFAULT '',
+        raw          BLOB,
+        created_at   TEXT NOT NULL,
+        UNIQUE (message_id, new_label)
+    );
+
+    CREATE TABLE digests (
+        id           INTEGER PRIMARY KEY,
+        state        TEXT NOT NULL DEFAULT 'prepared',
+        message_id   TEXT NOT NULL UNIQUE,
+        raw          BLOB NOT NULL,
+        created_at   TEXT NOT NULL,
+        sent_at      TEXT
+    );
+
+    CREATE TABLE kv (
+        key          TEXT PRIMARY KEY,
+        value        TEXT NOT NULL
+    );
+    """,
+)
