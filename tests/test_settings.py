@@ -1,0 +1,138 @@
+"""Settings: TOML + TRIAGE_ environment + secret files, and `triage check-config`'s errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from triage.errors import ConfigError
+from triage.settings import load_settings, masked
+
+GOOD = """
+[imap]
+host = "127.0.0.1"
+port = 10143
+security = "plain"
+username = "hello"
+password_file = "{secret}"
+
+[smtp]
+host = "127.0.0.1"
+port = 10025
+security = "plain"
+"""
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "imap.pass"
+    path.write_text("s3cret-pw\n")
+    return path
+
+
+@pytest.fixture
+def good_config(tmp_path: Path, secret: Path) -> Path:
+    path = tmp_path / "triage.toml"
+    path.write_text(GOOD.format(secret=secret))
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "triage", *args],
+        capture_output=True,
+        text=True,
+        env=env or {"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+
+
+def test_password_file_is_read_and_env_overrides_file(good_config: Path) -> None:
+    """A password comes from password_file; TRIAGE_IMAP__PORT beats the TOML value."""
+    settings = load_settings(good_config, environ={"TRIAGE_IMAP__PORT": "2143"})
+    assert settings.imap.secret() == "s3cret-pw"
+    assert settings.imap.port == 2143
+
+
+def test_nested_env_sets_a_secret(tmp_path: Path) -> None:
+    """Every setting can come from the environment alone, secrets included."""
+    env = {
+        "TRIAGE_IMAP__USERNAME": "hello",
+        "TRIAGE_IMAP__PASSWORD": "from-env",
+        "TRIAGE_IMAP__HOST": "127.0.0.1",
+        "TRIAGE_STORE__PATH": str(tmp_path / "t.db"),
+    }
+    settings = load_settings(None, environ=env)
+    assert settings.imap.secret() == "from-env"
+    assert settings.store.path == tmp_path / "t.db"
+
+
+def test_masked_hides_every_secret(good_config: Path) -> None:
+    """The printable settings never contain a password."""
+    settings = load_settings(good_config, environ={})
+    text = repr(masked(settings))
+    assert "s3cret-pw" not in text
+    assert "********" in text
+
+
+def test_plain_imap_to_a_remote_host_is_refused(tmp_path: Path, secret: Path) -> None:
+    """Plain IMAP is allowed only to loopback unless explicitly allowed."""
+    path = tmp_path / "t.toml"
+    path.write_text(GOOD.format(secret=secret).replace('"127.0.0.1"', '"mail.example.com"', 1))
+    with pytest.raises(ConfigError, match=r"imap: .*plain"):
+        load_settings(path, environ={})
+
+
+BROKEN = {
+    "missing file": (None, "does not exist"),
+    "bad toml": ("[imap\nhost = 1", "not valid TOML"),
+    "unknown key": (GOOD + "\n[replies]\ncolour = 'red'\n", "setting replies.colour: unknown setting"),
+    "wrong type": (GOOD.replace("port = 10143", 'port = "many"'), "setting imap.port:"),
+    "missing password": (
+        GOOD.replace('password_file = "{secret}"', ""),
+        "setting imap: password is missing",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_check_config_names_the_problem_and_exits_2(
+    kind: str, tmp_path: Path, secret: Path
+) -> None:
+    """Each kind of config mistake prints one line naming the setting, exit 2, no traceback."""
+    text, expected = BROKEN[kind]
+    path = tmp_path / "triage.toml"
+    if text is not None:
+        path.write_text(text.replace("{secret}", str(secret)))
+    result = run_cli("--config", str(path), "check-config")
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert all(line.startswith("triage: ") for line in result.stderr.strip().splitlines())
+
+
+def test_check_config_prints_effective_settings_masked(good_config: Path) -> None:
+    """A valid config prints every section with the password masked, exit 0."""
+    result = run_cli("--config", str(good_config), "check-config")
+    assert result.returncode == 0, result.stderr
+    assert "[imap]" in result.stdout and "port = 10143" in result.stdout
+    assert "s3cret-pw" not in result.stdout
+    assert "configuration ok" in result.stdout
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    """config/triage.example.toml loads once its password file exists."""
+    example = Path(__file__).parents[1] / "config" / "triage.example.toml"
+    text = example.read_text()
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    text = text.replace("/etc/triage/imap.password", str(secret)).replace(
+        "/etc/triage/smtp.password", str(secret)
+    )
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    settings = load_settings(path, environ={})
+    assert settings.imap.username

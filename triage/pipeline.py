@@ -1,0 +1,172 @@
+"""The flow of one message, written once, top to bottom.
+
+    raw bytes ─▶ parse ─▶ guards ─▶ classify ─▶ dispose      (pure: `decide`)
+              ─▶ record outcome + lead + queued reply         (one transaction: `record`)
+
+`decide` does no I/O, so a crash before `record` simply redoes it. `record` writes everything the
+message causes in a single transaction and moves its ledger row to `classified`; sending the queued
+reply and marking the mailbox happen afterwards and are themselves recorded (see `sync`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from triage.dispose import dispose
+from triage.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
+from triage.parsing import parse
+from triage.store.ledger import Ledger, Outcome
+from triage.store.leads import NewLead, record_lead
+
+log = logging.getLogger(__name__)
+
+Checker = Callable[[InboundMessage], Verdict]
+Classify = Callable[[Sequence[InboundMessage]], list[Classification]]
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """Everything decided about one message, before any of it is recorded."""
+
+    row_id: int
+    msg: InboundMessage
+    verdict: Verdict
+    classification: Classification
+    disposition: Disposition
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A reply the pipeline wants queued for a decided message."""
+
+    row_id: int
+    msg: InboundMessage
+    template: str
+    verdict: Verdict
+
+
+def decide(
+    items: Sequence[tuple[int, bytes, bool]],
+    check: Checker,
+    classify: Classify,
+    folder_prefix: str | None,
+) -> list[Decided]:
+    """Parse, check etiquette, classify and dispose a batch of (row id, raw, backfill)."""
+    messages = [parse(raw) for _row, raw, _bf in items]
+    verdicts = [check(m) for m in messages]
+    classes = classify(messages)
+    return [
+        Decided(
+            row_id=row,
+            msg=msg,
+            verdict=verdict,
+            classification=cls,
+            disposition=dispose(
+                msg, verdict, cls, backfill=backfill, folder_prefix=folder_prefix
+            ),
+        )
+        for (row, _raw, backfill), msg, verdict, cls in zip(
+            items, messages, verdicts, classes, strict=True
+        )
+    ]
+
+
+def prospect_contact(msg: InboundMessage, verdict: Verdict) -> str:
+    """The prospect's address: the form's visitor for a web form, else the sender."""
+    if msg.contact.email:
+        return msg.contact.email
+    if verdict.destination is not None:
+        return verdict.destination.email
+    return msg.from_.email if msg.from_ else ""
+
+
+def outcome_of(d: Decided, reasons: Sequence[str]) -> Outcome:
+    """The ledger record of a decided message."""
+    msg, cls = d.msg, d.classification
+    return Outcome(
+        row_id=d.row_id,
+        message_id=msg.message_id,
+        sender=msg.from_.email if msg.from_ else "",
+        subject=msg.subject[:500],
+        language=msg.language,
+        body=(msg.new_text or msg.text)[:20_000],
+        label=cls.label,
+        confidence=cls.confidence,
+        decision=cls.decision,
+        probabilities=dict(cls.probabilities),
+        explanation=cls.explanation,
+        may_reply=d.disposition.reply_template is not None,
+        reasons=reasons,
+    )
+
+
+class Recorder:
+    """Writes decided messages to the store: outcome, lead and the reply to queue."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        queue_reply: Callable[[sqlite3.Connection, Planned], str | None],
+        response_target: Callable[[datetime], datetime],
+        assign_owner: Callable[[sqlite3.Connection], str],
+    ) -> None:
+        self.ledger = ledger
+        self.queue_reply = queue_reply
+        self.response_target = response_target
+        self.assign_owner = assign_owner
+
+    def record(self, batch: Sequence[Decided]) -> list[Decided]:
+        """Record a batch in one transaction; returns the dispositions as finally recorded.
+
+        `queue_reply` runs inside the transaction and may refuse (returning a reason), e.g. when
+        an earlier message of the same batch already earned this sender a reply.
+        """
+        final: list[Decided] = []
+        with self.ledger.db.transaction() as c:
+            for d in batch:
+                reasons = list(d.disposition.reasons)
+                disposition = d.disposition
+                if disposition.reply_template is not None:
+                    refusal = self.queue_reply(
+                        c, Planned(d.row_id, d.msg, disposition.reply_template, d.verdict)
+                    )
+                    if refusal is not None:
+                        reasons.append(refusal)
+                        disposition = replace(disposition, reply_template=None)
+                d = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
+                self.ledger.record_outcome(c, outcome_of(d, reasons))
+                if disposition.lead_kind is not None:
+                    self._lead(c, d)
+                final.append(d)
+        return final
+
+    def _lead(self, c: sqlite3.Connection, d: Decided) -> None:
+        kind = d.disposition.lead_kind
+        assert kind is not None
+        email = prospect_contact(d.msg, d.verdict)
+        contact = replace(d.msg.contact, email=email)
+        if not contact.name and d.msg.from_ and d.msg.from_.email == email:
+            contact = replace(contact, name=d.msg.from_.name)
+        now = datetime.now(UTC)
+        record_lead(
+            c,
+            NewLead(
+                message_row=d.row_id,
+                kind=kind,
+                contact=contact,
+                label=d.classification.label,
+                confidence=d.classification.confidence,
+                explanation=d.classification.explanation,
+                due_at=self.response_target(now) if kind is LeadKind.HOT else None,
+                owner=self.assign_owner(c) if kind is LeadKind.HOT else "",
+            ),
+        )
+
+
+def fixed_target(hours: float) -> Callable[[datetime], datetime]:
+    """A response target of `hours` wall-clock hours after arrival."""
+    return lambda now: now + timedelta(hours=hours)

@@ -1,0 +1,1 @@
+"""The SQLite store: ledger, outbox, leads, corrections, digests."""

@@ -1,0 +1,279 @@
+"""The per-message ledger and per-folder sync state.
+
+A message is keyed by (account, folder, UIDVALIDITY, UID) and carries its Message-ID. It walks
+`seen` (fetched and recorded) → `classified` (decision, lead and queued reply recorded in one
+transaction) → `done` (mailbox marks applied), or ends `quarantined`. Parsing and classifying are
+pure, so a crash between states simply redoes them; every side effect is recorded before it is made
+and checked before it is repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from triage.store.db import Database, utcnow
+
+SEEN = "seen"
+CLASSIFIED = "classified"
+DONE = "done"
+QUARANTINED = "quarantined"
+FINAL_STATES = (DONE, QUARANTINED)
+
+
+@dataclass(frozen=True, slots=True)
+class FolderState:
+    """Where syncing of one folder stands."""
+
+    account: str
+    folder: str
+    uidvalidity: int
+    last_uid: int
+    baseline_uid: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """One message's ledger entry, as much as the pipeline needs to resume it."""
+
+    id: int
+    account: str
+    folder: str
+    uidvalidity: int
+    uid: int
+    message_id: str
+    state: str
+    attempts: int
+    backfill: bool
+    decision: str | None
+    label: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What was decided for one message, recorded with state `classified`."""
+
+    row_id: int
+    message_id: str
+    sender: str
+    subject: str
+    language: str
+    body: str
+    label: str | None
+    confidence: float | None
+    decision: str
+    probabilities: dict[str, float]
+    explanation: Sequence[str]
+    may_reply: bool
+    reasons: Sequence[str]
+
+
+def _row(r: sqlite3.Row) -> LedgerRow:
+    return LedgerRow(
+        id=r["id"],
+        account=r["account"],
+        folder=r["folder"],
+        uidvalidity=r["uidvalidity"],
+        uid=r["uid"],
+        message_id=r["message_id"],
+        state=r["state"],
+        attempts=r["attempts"],
+        backfill=bool(r["backfill"]),
+        decision=r["decision"],
+        label=r["label"],
+    )
+
+
+class Ledger:
+    """Reads and writes the `messages` and `mailbox_state` tables."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- folders -------------------------------------------------------------------------------
+
+    def folder_state(self, account: str, folder: str) -> FolderState | None:
+        """The sync state of a folder, or None before its first sync."""
+        r = self.db.conn.execute(
+            "SELECT * FROM mailbox_state WHERE account = ? AND folder = ?", (account, folder)
+        ).fetchone()
+        if r is None:
+            return None
+        return FolderState(
+            r["account"], r["folder"], r["uidvalidity"], r["last_uid"], r["baseline_uid"]
+        )
+
+    def start_folder(
+        self, account: str, folder: str, uidvalidity: int, baseline_uid: int
+    ) -> FolderState:
+        """Record a folder's first sync (or a new UIDVALIDITY): UIDs ≤ baseline are backfill."""
+        now = utcnow()
+        with self.db.transaction() as c:
+            c.execute(
+                "INSERT INTO mailbox_state (account, folder, uidvalidity, last_uid, baseline_uid,"
+                " first_seen, last_sync) VALUES (?, ?, ?, 0, ?, ?, ?)"
+                " ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,"
+                " last_uid = 0, baseline_uid = excluded.baseline_uid, last_sync = excluded.last_sync",
+                (account, folder, uidvalidity, baseline_uid, now, now),
+            )
+        return FolderState(account, folder, uidvalidity, 0, baseline_uid)
+
+    def advance(self, account: str, folder: str, last_uid: int) -> None:
+        """Move a folder's high-water mark: every UID up to `last_uid` has a ledger row."""
+        with self.db.transaction() as c:
+            c.execute(
+                "UPDATE mailbox_state SET last_uid = MAX(last_uid, ?), last_sync = ?"
+                " WHERE account = ? AND folder = ?",
+                (last_uid, utcnow(), account, folder),
+            )
+
+    def touch(self, account: str, folder: str) -> None:
+        """Note a successful sync that found nothing new (for health checks)."""
+        with self.db.transaction() as c:
+            c.execute(
+                "UPDATE mailbox_state SET last_sync = ? WHERE account = ? AND folder = ?",
+                (utcnow(), account, folder),
+            )
+
+    def last_syncs(self) -> dict[tuple[str, str], str | None]:
+        """When each folder last synced successfully (ISO time), for health and metrics."""
+        rows = self.db.conn.execute("SELECT account, folder, last_sync FROM mailbox_state")
+        return {(r["account"], r["folder"]): r["last_sync"] for r in rows}
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def known_message_ids(self, account: str, folder: str, ids: Iterable[str]) -> set[str]:
+        """Which of `ids` the ledger already holds for this folder (any UIDVALIDITY)."""
+        wanted = list(ids)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.conn.execute(
+                f"SELECT message_id FROM messages WHERE account = ? AND folder = ?"  # noqa: S608
+                f" AND message_id IN ({marks})",
+                (account, folder, *chunk),
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    def record_seen(
+        self,
+        account: str,
+        folder: str,
+        uidvalidity: int,
+        items: Sequence[tuple[int, str, bool]],
+        state: str = SEEN,
+        decision: str | None = None,
+    ) -> None:
+        """Insert rows for fetched messages (uid, message_id, backfill); existing rows stay."""
+        now = utcnow()
+        with self.db.transaction() as c:
+            c.executemany(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, backfill,"
+                " state, decision, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (account, folder, uidvalidity, uid) DO NOTHING",
+                [
+                    (account, folder, uidvalidity, uid, mid, int(bf), state, decision, now, now)
+                    for uid, mid, bf in items
+                ],
+            )
+
+    def rows_for(self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> dict[
+        int, LedgerRow
+    ]:
+        """Ledger rows by UID for the given UIDs of one folder."""
+        out: dict[int, LedgerRow] = {}
+        for start in range(0, len(uids), 500):
+            chunk = list(uids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.conn.execute(
+                f"SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"  # noqa: S608
+                f" AND uid IN ({marks})",
+                (account, folder, uidvalidity, *chunk),
+            )
+            out.update((r["uid"], _row(r)) for r in rows)
+        return out
+
+    def unfinished(self, account: str, folder: str, uidvalidity: int) -> list[LedgerRow]:
+        """Rows of this folder a crash or failure left before `done`, oldest first."""
+        rows = self.db.conn.execute(
+            "SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"
+            " AND state NOT IN ('done', 'quarantined') ORDER BY uid",
+            (account, folder, uidvalidity),
+        )
+        return [_row(r) for r in rows]
+
+    def get(self, row_id: int) -> LedgerRow | None:
+        """One row by id."""
+        r = self.db.conn.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
+        return _row(r) if r else None
+
+    def record_outcome(self, c: sqlite3.Connection, o: Outcome) -> None:
+        """Within the caller's transaction: store the decision and move the row to classified."""
+        c.execute(
+            "UPDATE messages SET state = 'classified', message_id = ?, sender = ?, subject = ?, language = ?,"
+            " body = ?, label = ?, confidence = ?, decision = ?, probabilities = ?,"
+            " explanation = ?, may_reply = ?, reasons = ?, error = NULL, updated_at = ?"
+            " WHERE id = ?",
+            (
+                o.message_id,
+                o.sender,
+                o.subject,
+                o.language,
+                o.body,
+                o.label,
+                o.confidence,
+                o.decision,
+                json.dumps(o.probabilities),
+                json.dumps(list(o.explanation)),
+                int(o.may_reply),
+                json.dumps(list(o.reasons)),
+                utcnow(),
+                o.row_id,
+            ),
+        )
+
+    def mark_done(self, row_ids: Sequence[int]) -> None:
+        """Every effect of these messages is recorded and applied: they are finished."""
+        now = utcnow()
+        with self.db.transaction() as c:
+            c.executemany(
+                "UPDATE messages SET state = 'done', updated_at = ? WHERE id = ?"
+                " AND state != 'quarantined'",
+                [(now, i) for i in row_ids],
+            )
+
+    def record_failure(self, row_id: int, error: str, max_attempts: int, raw: bytes | None) -> bool:
+        """Count a failed attempt; quarantine (keeping the raw bytes) at the limit.
+
+        Returns True when the message is now quarantined.
+        """
+        with self.db.transaction() as c:
+            r = c.execute("SELECT attempts FROM messages WHERE id = ?", (row_id,)).fetchone()
+            attempts = (r["attempts"] if r else 0) + 1
+            quarantine = attempts >= max_attempts
+            c.execute(
+                "UPDATE messages SET attempts = ?, error = ?, updated_at = ?,"
+                " state = CASE WHEN ? THEN 'quarantined' ELSE state END,"
+                " decision = CASE WHEN ? THEN 'quarantine' ELSE decision END,"
+                " raw = CASE WHEN ? THEN ? ELSE raw END WHERE id = ?",
+                (attempts, error, utcnow(), quarantine, quarantine, quarantine, raw, row_id),
+            )
+        return quarantine
+
+    def quarantine(self, row_id: int, error: str, raw: bytes | None) -> None:
+        """Quarantine at once: the message can never be handled (e.g. too large)."""
+        with self.db.transaction() as c:
+            c.execute(
+                "UPDATE messages SET state = 'quarantined', decision = 'quarantine', error = ?,"
+                " raw = ?, updated_at = ? WHERE id = ?",
+                (error, raw, utcnow(), row_id),
+            )
+
+    def counts(self) -> dict[str, int]:
+        """How many messages are in each state (for status output and tests)."""
+        rows = self.db.conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+        return {r[0]: r[1] for r in rows}
