@@ -19,7 +19,10 @@ LABELS: tuple[Label, ...] = ("sales", "marketing", "other")
 Decision = Literal["sales", "marketing", "other", "review"]
 DECISIONS: tuple[Decision, ...] = ("sales", "marketing", "other", "review")
 
+# Shared read-only empty defaults. Fields use a factory returning them because dataclasses refuse
+# an unhashable default such as a mappingproxy (ValueError at import time).
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_NO_PROBABILITIES: Mapping[str, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,7 @@ class InboundMessage:
     size: int = 0
     content_type: str = "text/plain"
     attachments: tuple[Attachment, ...] = ()
-    headers: Mapping[str, str] = field(default=_EMPTY)
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     contact: Contact = field(default_factory=Contact)
     defects: tuple[str, ...] = ()
     message_id_synthesised: bool = False
@@ -113,7 +116,7 @@ class Classification:
     label: Label
     confidence: float
     decision: Decision
-    probabilities: Mapping[str, float] = field(default=_EMPTY)
+    probabilities: Mapping[str, float] = field(default_factory=lambda: _NO_PROBABILITIES)
     explanation: tuple[str, ...] = ()
     rule: str | None = None
     model_version: str = ""
