@@ -1,0 +1,553 @@
+"""The etiquette rules (RFC 3834 / RFC 5230): each rule alone, then how `check` combines them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from triage.guards import (
+    MIN_WINDOW,
+    RULES,
+    GuardContext,
+    automated_reason,
+    canonical,
+    check,
+    destination,
+    is_do_not_reply,
+)
+from triage.models import Address, Attachment, Contact, InboundMessage
+from triage.settings import RepliesSettings
+
+OURS = "hello@example.com"
+
+
+@dataclass
+class FakeHistory:
+    """A reply history with fixed answers that remembers what it was asked."""
+
+    recent: set[str] = field(default_factory=set)
+    last_hour: int = 0
+    asked: list[tuple[str, timedelta]] = field(default_factory=list)
+
+    def replied_recently(self, address: str, window: timedelta) -> bool:
+        self.asked.append((address, window))
+        return address in self.recent
+
+    def replies_last_hour(self) -> int:
+        return self.last_hour
+
+
+def make_msg(**changes: Any) -> InboundMessage:
+    """A plain inquiry from a person, delivered to hello@example.com, that may be answered."""
+    base = InboundMessage(
+        message_id="<inquiry-1@client.example>",
+        subject="Quote for 40 units",
+        from_=Address("Pat Prospect", "pat@client.example"),
+        to=(Address("", OURS),),
+        return_path="<pat@client.example>",
+        headers={"from": "Pat Prospect <pat@client.example>", "subject": "Quote for 40 units"},
+        contact=Contact(name="Pat Prospect", email="pat@client.example"),
+    )
+    headers = changes.pop("extra_headers", None)
+    msg = replace(base, **changes)
+    if headers:
+        msg = replace(msg, headers={**msg.headers, **{k.lower(): v for k, v in headers.items()}})
+    return msg
+
+
+def make_ctx(**changes: Any) -> GuardContext:
+    """The daemon's context for the default settings, with a history that has no replies."""
+    ctx = GuardContext.from_settings(RepliesSettings(), FakeHistory())
+    return replace(ctx, **changes)
+
+
+def rule_names(reasons: tuple[str, ...]) -> set[str]:
+    return {r.split(":", 1)[0] for r in reasons}
+
+
+# --- the baseline ---------------------------------------------------------------------------------
+
+
+def test_plain_inquiry_may_be_answered_at_its_sender() -> None:
+    """A person's mail to our address, with a Return-Path, and no history: reply to From."""
+    verdict = check(make_msg(), make_ctx())
+    assert verdict.may_reply, verdict.reasons
+    assert verdict.reasons == ()
+    assert verdict.destination == Address("Pat Prospect", "pat@client.example")
+
+
+def test_reply_to_is_the_destination_when_present() -> None:
+    """Reply-To names where the sender wants answers (RFC 5322 3.6.2)."""
+    msg = make_msg(reply_to=(Address("Pat at home", "pat@home.example"),))
+    assert check(msg, make_ctx()).destination == Address("Pat at home", "pat@home.example")
+
+
+def test_every_reason_is_returned_not_just_the_first() -> None:
+    """A mailing-list bounce is refused for each rule it breaks, each reason named by its rule."""
+    msg = make_msg(
+        return_path="<>",
+        from_=Address("", "mailer-daemon@mx.example"),
+        contact=Contact(),
+        extra_headers={"List-Id": "<x.lists.example>", "Precedence": "bulk"},
+    )
+    verdict = check(msg, make_ctx())
+    assert not verdict.may_reply
+    assert {
+        "null-return-path",
+        "list-header",
+        "precedence",
+        "do-not-reply-sender",
+        "do-not-reply-destination",
+    } <= rule_names(verdict.reasons)
+    assert all(r.split(":", 1)[0] in {rule.name for rule in RULES} for r in verdict.reasons)
+
+
+def test_rule_names_are_unique() -> None:
+    """Reports group by rule name, so two rules must never share one."""
+    names = [r.name for r in RULES]
+    assert len(names) == len(set(names))
+
+
+# --- Return-Path ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["<>", "", " < > "])
+def test_null_return_path_is_never_answered(value: str) -> None:
+    """An empty envelope sender marks a bounce or an automatic reply (RFC 3834 2)."""
+    verdict = check(make_msg(return_path=value), make_ctx())
+    assert rule_names(verdict.reasons) == {"null-return-path"}
+
+
+def test_missing_return_path_blocks_in_the_daemon() -> None:
+    """Delivered mail always carries Return-Path; without it the envelope sender is unknown."""
+    verdict = check(make_msg(return_path=None), make_ctx())
+    assert rule_names(verdict.reasons) == {"no-return-path"}
+
+
+def test_missing_return_path_is_allowed_for_files() -> None:
+    """A file or an APPENDed message has no Return-Path; `classify` switches the rule off."""
+    ctx = GuardContext.from_settings(RepliesSettings(), None, require_return_path=False)
+    assert check(make_msg(return_path=None), ctx).may_reply
+
+
+# --- headers that mark machine mail ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["auto-replied", "auto-generated", "Auto-Notified; owner-email=x@y", "x-custom", ""]
+)
+def test_auto_submitted_other_than_no_is_refused(value: str) -> None:
+    """RFC 3834 5: every Auto-Submitted value except `no` means a machine sent the message."""
+    verdict = check(make_msg(extra_headers={"Auto-Submitted": value}), make_ctx())
+    assert rule_names(verdict.reasons) == {"auto-submitted"}
+
+
+@pytest.mark.parametrize("value", ["no", "No", " no ; comment"])
+def test_auto_submitted_no_is_a_person(value: str) -> None:
+    """`Auto-Submitted: no` is explicitly not automatic."""
+    assert check(make_msg(extra_headers={"Auto-Submitted": value}), make_ctx()).may_reply
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+        "List-Post",
+        "List-Help",
+        "List-Subscribe",
+        "List-Owner",
+        "List-Archive",
+        "Mailing-List",
+        "X-Mailman-Version",
+        "X-BeenThere",
+        "X-ML-Name",
+    ],
+)
+def test_any_list_header_is_refused(header: str) -> None:
+    """Mail from a list (RFC 2369/2919) goes to many people; we never answer a list."""
+    verdict = check(make_msg(extra_headers={header: "<x>"}), make_ctx())
+    assert rule_names(verdict.reasons) == {"list-header"}
+    assert header.lower() in verdict.reasons[0].lower()
+
+
+@pytest.mark.parametrize("value", ["bulk", "junk", "list", "auto_reply", "BULK", "Auto-Reply"])
+def test_bulk_precedence_is_refused(value: str) -> None:
+    """Precedence bulk/junk/list/auto_reply is how bulk and automatic mail labels itself."""
+    verdict = check(make_msg(extra_headers={"Precedence": value}), make_ctx())
+    assert rule_names(verdict.reasons) == {"precedence"}
+
+
+def test_other_precedence_values_are_ignored() -> None:
+    """`Precedence: first-class` (or normal) says nothing about automation."""
+    assert check(make_msg(extra_headers={"Precedence": "first-class"}), make_ctx()).may_reply
+
+
+@pytest.mark.parametrize("value", ["All", "OOF", "AutoReply", "DR, OOF", "dr,rn,autoreply"])
+def test_auto_response_suppress_is_honoured(value: str) -> None:
+    """Microsoft's X-Auto-Response-Suppress asks for no out-of-office or automatic replies."""
+    verdict = check(make_msg(extra_headers={"X-Auto-Response-Suppress": value}), make_ctx())
+    assert rule_names(verdict.reasons) == {"auto-response-suppress"}
+
+
+def test_auto_response_suppress_of_receipts_only_is_ignored() -> None:
+    """DR/RN/NRN only concern delivery and read receipts, not replies."""
+    msg = make_msg(extra_headers={"X-Auto-Response-Suppress": "DR, RN, NRN"})
+    assert check(msg, make_ctx()).may_reply
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["X-Autoreply", "X-Autorespond", "X-AutoReply-From", "X-Mail-Autoreply", "X-Autogenerated"],
+)
+def test_autoresponder_headers_are_refused(header: str) -> None:
+    """Vacation programs that predate RFC 3834 mark their mail with these headers."""
+    verdict = check(make_msg(extra_headers={header: "yes"}), make_ctx())
+    assert rule_names(verdict.reasons) == {"autoreply"}
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Automatic reply: Quote for 40 units",
+        "Out of Office: back on Monday",
+        "Out of office autoreply",
+        "Autoreply: thanks",
+        "Abwesenheitsnotiz: Angebot",
+        "Réponse automatique : devis",
+    ],
+)
+def test_autoreply_subjects_are_refused(subject: str) -> None:
+    """Autoresponders that set no header still announce themselves in the subject."""
+    verdict = check(make_msg(subject=subject), make_ctx())
+    assert rule_names(verdict.reasons) == {"autoreply"}
+
+
+def test_a_subject_merely_mentioning_the_office_is_a_person() -> None:
+    """Only the autoresponders' fixed prefixes count, not words anywhere in a subject."""
+    assert check(make_msg(subject="Out of office furniture: quote please"), make_ctx()).may_reply
+
+
+# --- reports and bounces --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content_type", "kind"),
+    [
+        ("multipart/report; report-type=delivery-status; boundary=x", "delivery-status"),
+        ('multipart/report; report-type="disposition-notification"', "disposition-notification"),
+        ("multipart/report; report-type=feedback-report", "feedback-report"),
+    ],
+)
+def test_multipart_report_is_refused(content_type: str, kind: str) -> None:
+    """Delivery reports, read receipts and abuse reports (RFC 3464/8098/5965) are never answered."""
+    msg = make_msg(content_type="multipart/report", extra_headers={"Content-Type": content_type})
+    verdict = check(msg, make_ctx())
+    assert rule_names(verdict.reasons) == {"report"}
+    assert kind in verdict.reasons[0]
+
+
+@pytest.mark.parametrize(
+    "part", ["message/delivery-status", "message/disposition-notification", "text/rfc822-headers"]
+)
+def test_report_parts_are_refused(part: str) -> None:
+    """A report part inside some other multipart is still a report."""
+    msg = make_msg(attachments=(Attachment("", part, 200),))
+    assert rule_names(check(msg, make_ctx()).reasons) == {"report"}
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "Undelivered Mail Returned to Sender",
+        "Delivery Status Notification (Failure)",
+        "Mail delivery failed: returning message to sender",
+        "Returned mail: see transcript for details",
+        "Undeliverable: Quote for 40 units",
+        "failure notice",
+        "Fwd: Returned mail: see transcript for details",
+    ],
+)
+def test_bounce_subjects_are_refused(subject: str) -> None:
+    """Servers that send bounces as plain text still use these fixed subjects."""
+    assert rule_names(check(make_msg(subject=subject), make_ctx()).reasons) == {"report"}
+
+
+def test_x_failed_recipients_marks_a_bounce() -> None:
+    """Exim names the failed recipients in X-Failed-Recipients on every bounce."""
+    msg = make_msg(extra_headers={"X-Failed-Recipients": "nobody@client.example"})
+    assert rule_names(check(msg, make_ctx()).reasons) == {"report"}
+
+
+# --- senders that take no replies -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "local",
+    [
+        "mailer-daemon",
+        "MAILER-DAEMON",
+        "postmaster",
+        "post_master",
+        "noreply",
+        "no-reply",
+        "no_reply",
+        "donotreply",
+        "do-not-reply",
+        "orders-noreply",
+        "bounce",
+        "bounces+12345",
+        "bounce-abc-123",
+        "owner-sales-list",
+        "sales-list-request",
+        "sales-list-bounces",
+        "listserv",
+        "majordomo",
+        "notification",
+        "notifications",
+    ],
+)
+def test_do_not_reply_local_parts_are_refused(local: str) -> None:
+    """These senders are robots or list software: a reply goes nowhere or to many."""
+    addr = f"{local}@client.example"
+    assert is_do_not_reply(addr)
+    msg = make_msg(from_=Address("", addr), contact=Contact(email=addr))
+    names = rule_names(check(msg, make_ctx()).reasons)
+    assert names == {"do-not-reply-sender", "do-not-reply-destination"}
+
+
+@pytest.mark.parametrize("local", ["pat", "owner", "requests", "notify.me", "bouncer", "replies"])
+def test_people_are_not_mistaken_for_robots(local: str) -> None:
+    """Only the listed patterns count; a person named like a role still gets an answer."""
+    assert not is_do_not_reply(f"{local}@client.example")
+
+
+def test_web_form_from_no_reply_with_a_person_in_reply_to_is_human_mail() -> None:
+    """Contact forms send from no-reply@ with the visitor in Reply-To: that is an inquiry."""
+    msg = make_msg(
+        from_=Address("Website", "no-reply@forms.client.example"),
+        reply_to=(Address("Pat", "pat@client.example"),),
+        contact=Contact(),
+    )
+    assert automated_reason(msg) is None
+    verdict = check(msg, make_ctx())
+    assert verdict.may_reply, verdict.reasons
+    assert verdict.destination == Address("Pat", "pat@client.example")
+
+
+def test_unconfigured_web_form_without_reply_to_is_not_answered() -> None:
+    """Without Reply-To the reply would go to no-reply@; the form must be configured first."""
+    msg = make_msg(
+        from_=Address("Website", "no-reply@forms.client.example"),
+        contact=Contact(name="Pat", email="pat@client.example"),
+    )
+    assert automated_reason(msg) is None  # the visitor's address shows a person wrote it
+    verdict = check(msg, make_ctx())
+    assert rule_names(verdict.reasons) == {"do-not-reply-destination"}
+
+
+# --- configured web-form relays -------------------------------------------------------------------
+
+FORM = "no-reply@forms.client.example"
+
+
+@pytest.mark.parametrize("entry", [FORM, "@forms.client.example"])
+def test_form_sender_reply_to_is_the_destination(entry: str) -> None:
+    """A configured relay (address or @domain) hands the reply to the visitor in Reply-To."""
+    msg = make_msg(
+        from_=Address("Website", FORM),
+        reply_to=(Address("Pat", "pat@client.example"),),
+        contact=Contact(),
+    )
+    verdict = check(msg, make_ctx(form_senders=frozenset({entry})))
+    assert verdict.may_reply, verdict.reasons
+    assert verdict.destination == Address("Pat", "pat@client.example")
+
+
+def test_form_sender_without_reply_to_uses_the_form_email_field() -> None:
+    """Without Reply-To the visitor's address comes from the form's Email field."""
+    msg = make_msg(
+        from_=Address("Website", FORM), contact=Contact(name="Pat Doe", email="pat@client.example")
+    )
+    verdict = check(msg, make_ctx(form_senders=frozenset({FORM})))
+    assert verdict.may_reply, verdict.reasons
+    assert verdict.destination == Address("Pat Doe", "pat@client.example")
+
+
+def test_form_sender_without_a_visitor_address_is_not_answered() -> None:
+    """A form mail that names no visitor has nobody to answer."""
+    msg = make_msg(from_=Address("Website", FORM), contact=Contact(email=FORM))
+    verdict = check(msg, make_ctx(form_senders=frozenset({FORM})))
+    assert verdict.destination is None
+    assert "no-destination" in rule_names(verdict.reasons)
+
+
+def test_form_visitor_address_gets_the_same_sender_rules() -> None:
+    """A visitor who typed a no-reply address, or ours, is not answered either."""
+    ctx = make_ctx(form_senders=frozenset({FORM}))
+    robot = make_msg(from_=Address("W", FORM), contact=Contact(email="noreply@client.example"))
+    assert "do-not-reply-destination" in rule_names(check(robot, ctx).reasons)
+    us = make_msg(from_=Address("W", FORM), contact=Contact(email="Hello@Example.com"))
+    assert rule_names(check(us, ctx).reasons) == {"own-address"}
+
+
+def test_form_relay_may_send_as_our_own_address() -> None:
+    """Websites often send form mail as hello@ourdomain with the visitor in Reply-To."""
+    msg = make_msg(from_=Address("Website", OURS), reply_to=(Address("Pat", "pat@client.example"),))
+    assert not check(msg, make_ctx()).may_reply  # unconfigured: our own address
+    verdict = check(msg, make_ctx(form_senders=frozenset({OURS})))
+    assert verdict.may_reply, verdict.reasons
+
+
+def test_invalid_destination_address_is_refused() -> None:
+    """An address that could smuggle a header, or has no domain, is not replied to."""
+    for bad in ["pat@client.example\r\nBcc: victim@example.test", "pat", "pat@localhost"]:
+        msg = make_msg(from_=Address("", bad), contact=Contact())
+        assert "no-destination" in rule_names(check(msg, make_ctx()).reasons), bad
+
+
+# --- our own identity -----------------------------------------------------------------------------
+
+
+def test_mail_from_our_own_address_is_not_answered() -> None:
+    """Answering ourselves is the shortest mail loop."""
+    msg = make_msg(from_=Address("Us", "Hello+Web@Example.COM"), contact=Contact())
+    assert rule_names(check(msg, make_ctx()).reasons) == {"own-address"}
+
+
+def test_reply_to_our_own_address_is_not_answered() -> None:
+    """A Reply-To pointing at us would make us write to ourselves."""
+    msg = make_msg(reply_to=(Address("", "no-reply@example.com"),))
+    names = rule_names(check(msg, make_ctx()).reasons)
+    assert "own-address" in names  # the envelope sender is one of our addresses
+
+
+def test_our_own_message_id_domain_is_a_loop() -> None:
+    """Our own reply coming back (forwarded, bounced by a bad autoresponder) is not answered."""
+    msg = make_msg(message_id="<triage.0123456789abcdef01234567@example.com>")
+    assert rule_names(check(msg, make_ctx()).reasons) == {"own-message-id"}
+
+
+def test_an_answer_to_our_automatic_reply_is_left_to_people() -> None:
+    """A message In-Reply-To one of our automatic replies is a conversation, not an inquiry."""
+    msg = make_msg(in_reply_to="<triage.0123456789abcdef01234567@example.com>")
+    assert rule_names(check(msg, make_ctx()).reasons) == {"own-message-id"}
+
+
+def test_synthesised_message_id_on_our_domain_is_not_a_loop() -> None:
+    """An id the parser invented says nothing about who sent the message."""
+    msg = make_msg(message_id="<abc@example.com>", message_id_synthesised=True)
+    assert check(msg, make_ctx()).may_reply
+
+
+def test_x_loop_naming_us_is_a_loop() -> None:
+    """Procmail and ticket systems add X-Loop with the address that processed the mail."""
+    msg = make_msg(extra_headers={"X-Loop": "hello@example.com"})
+    assert rule_names(check(msg, make_ctx()).reasons) == {"own-message-id"}
+
+
+def test_mail_not_addressed_to_us_is_not_answered() -> None:
+    """RFC 3834 3.1.1: a Bcc or a list copy (our address not in To/Cc) gets no reply."""
+    msg = make_msg(to=(Address("", "someone@client.example"),))
+    assert rule_names(check(msg, make_ctx()).reasons) == {"not-addressed-to-us"}
+
+
+def test_cc_and_plus_detail_count_as_addressed_to_us() -> None:
+    """Cc counts, and hello+web@ is still hello@."""
+    cc = make_msg(to=(Address("", "x@client.example"),), cc=(Address("", OURS),))
+    assert check(cc, make_ctx()).may_reply
+    plus = make_msg(to=(Address("", "Hello+Web@example.com"),))
+    assert check(plus, make_ctx()).may_reply
+
+
+def test_addressed_to_us_can_be_switched_off() -> None:
+    """`require_addressed_to_us = false` answers mail that reached us by Bcc or alias."""
+    msg = make_msg(to=(Address("", "someone@client.example"),))
+    assert check(msg, make_ctx(require_addressed_to_us=False)).may_reply
+
+
+# --- rate limits ----------------------------------------------------------------------------------
+
+
+def test_one_reply_per_sender_per_window() -> None:
+    """RFC 5230 4.2: a sender answered within the window gets no second reply."""
+    history = FakeHistory(recent={"pat@client.example"})
+    msg = make_msg(from_=Address("Pat", "Pat+x@Client.example"))
+    verdict = check(msg, make_ctx(history=history))
+    assert rule_names(verdict.reasons) == {"already-replied"}
+    assert history.asked == [("pat@client.example", timedelta(days=7))]
+
+
+def test_window_is_at_least_one_day() -> None:
+    """RFC 5230 4.1: a shorter configured window is raised to one day."""
+    history = FakeHistory()
+    check(make_msg(), make_ctx(history=history, window=timedelta(hours=1)))
+    assert history.asked[0][1] == MIN_WINDOW
+
+
+def test_hourly_cap_stops_replies() -> None:
+    """The global cap per hour brakes floods and undetected loops."""
+    assert check(make_msg(), make_ctx(history=FakeHistory(last_hour=59))).may_reply
+    verdict = check(make_msg(), make_ctx(history=FakeHistory(last_hour=60)))
+    assert rule_names(verdict.reasons) == {"hourly-cap"}
+    stopped = check(make_msg(), make_ctx(max_per_hour=0, history=FakeHistory()))
+    assert rule_names(stopped.reasons) == {"hourly-cap"}
+
+
+def test_without_history_the_rate_rules_are_off() -> None:
+    """`triage classify` on files has no outbox; the rate rules then say nothing."""
+    ctx = make_ctx(history=None)
+    assert check(make_msg(), ctx).may_reply
+
+
+# --- settings and the classifier's subset ---------------------------------------------------------
+
+
+def test_context_from_settings_knows_all_our_addresses() -> None:
+    """From, envelope sender and the listed addresses are all ours; the id domain defaults to
+    the From domain."""
+    replies = RepliesSettings(
+        from_address="Hello@Example.com",
+        envelope_sender="bounces@example.com",
+        our_addresses=("sales@example.com",),
+        window_days=3,
+        form_senders=(" Forms@Site.example ",),
+    )
+    ctx = GuardContext.from_settings(replies, None)
+    assert ctx.our_addresses == {"hello@example.com", "bounces@example.com", "sales@example.com"}
+    assert ctx.message_id_domains == {"example.com"}
+    assert ctx.window == timedelta(days=3)
+    assert ctx.is_form_sender("forms@site.example")
+    own = RepliesSettings(message_id_domain="mail.example.net")
+    assert GuardContext.from_settings(own, None).message_id_domains == {"mail.example.net"}
+
+
+def test_canonical_addresses() -> None:
+    """Case and +detail do not make a different person."""
+    assert canonical(" Pat+News@Client.Example ") == "pat@client.example"
+    assert canonical("nodomain") == "nodomain"
+
+
+def test_automated_reason_names_machine_mail_only() -> None:
+    """The classifier's subset: machine markers count, our context-dependent rules do not."""
+    assert automated_reason(make_msg()) is None
+    assert automated_reason(make_msg(return_path=None)) is None
+    assert automated_reason(make_msg(to=(Address("", "x@y.example"),))) is None
+    bounce = make_msg(subject="Undelivered Mail Returned to Sender")
+    reason = automated_reason(bounce)
+    assert reason is not None
+    assert reason.startswith("report:")
+    assert automated_reason(make_msg(extra_headers={"List-Id": "<l>"})) == (
+        "list-header: mailing list header List-Id"
+    )
+
+
+def test_destination_without_any_sender() -> None:
+    """A message without From or Reply-To has nobody to answer."""
+    msg = make_msg(from_=None, contact=Contact())
+    assert destination(msg, make_ctx()) is None
+    assert "no-destination" in rule_names(check(msg, make_ctx()).reasons)
