@@ -1,0 +1,522 @@
+"""The durable outbox: idempotent enqueue, at-most-once sending, backoff, modes, the reply history.
+
+The first part drives the outbox with a scripted SMTP session to pin down every state change; the
+tests marked `mail` send through the harness's real Postfix and read the result over IMAP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from triage.compose import compose
+from triage.errors import PermanentError, SendError
+from triage.models import Address, InboundMessage
+from triage.outbox import Outbox, OutboxItem
+from triage.replies import RenderedReply
+from triage.settings import RepliesSettings, SmtpSettings
+from triage.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession
+from triage.store.db import Database
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+REPLIES = RepliesSettings(
+    from_address="hello@example.test",
+    envelope_sender="noreply@example.test",
+    message_id_domain="example.test",
+)
+SMTP = SmtpSettings(
+    host="127.0.0.1", port=10025, security="plain", retry_initial=10, retry_max=300, max_attempts=4
+)
+
+
+class Clock:
+    """A settable clock for the outbox."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@dataclass
+class FakeSession:
+    """A scripted SMTP session: records what was sent; `fail` maps a step to the error to raise."""
+
+    sent: list[tuple[str, str, bytes]] = field(default_factory=list)
+    fail: dict[str, BaseException] = field(default_factory=dict)
+    fail_for: dict[str, BaseException] = field(default_factory=dict)  # by recipient
+    on_data: Callable[[], None] | None = None
+    closed: bool = False
+    resets: int = 0
+    _rcpt: str = ""
+
+    def envelope(self, sender: str, recipient: str) -> None:
+        self._rcpt = recipient
+        if "envelope" in self.fail:
+            raise self.fail["envelope"]
+        if f"envelope:{recipient}" in self.fail_for:
+            raise self.fail_for[f"envelope:{recipient}"]
+
+    def data(self, raw: bytes) -> None:
+        if self.on_data is not None:
+            self.on_data()
+        if "data" in self.fail:
+            raise self.fail["data"]
+        if f"data:{self._rcpt}" in self.fail_for:
+            raise self.fail_for[f"data:{self._rcpt}"]
+        self.sent.append(("", self._rcpt, raw))
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class Connector:
+    """Hands out the fake session, or raises like a server that is down."""
+
+    session: FakeSession = field(default_factory=FakeSession)
+    down: BaseException | None = None
+    connects: int = 0
+
+    def __call__(self) -> SmtpSession:
+        self.connects += 1
+        if self.down is not None:
+            raise self.down
+        return self.session
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(tmp_path / "triage.db")
+    yield database
+    database.close()
+
+
+def message_row(db: Database, n: int = 1) -> int:
+    """A ledger row for the reply to point at (the replies table has a foreign key to it)."""
+    with db.transaction() as conn:
+        cur = conn.execute(
+            "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
+            " updated_at) VALUES ('a', 'INBOX', 1, ?, ?, '', '')",
+            (n, f"<in-{n}@client.example>"),
+        )
+    return int(cur.lastrowid or 0)
+
+
+def make_reply(n: int = 1, to: str = "pat@client.example") -> EmailMessage:
+    inbound = InboundMessage(message_id=f"<in-{n}@client.example>", subject=f"Inquiry {n}")
+    rendered = RenderedReply("sales", "", inbound.subject, f"Thanks for inquiry {n}\n")
+    return compose(inbound, Address("Pat", to), rendered, REPLIES, now=T0)
+
+
+def enqueue(box: Outbox, n: int = 1, to: str = "pat@client.example", mode: str = "live") -> int:
+    row = message_row(box.db, n)
+    return box.enqueue(
+        row,
+        make_reply(n, to),
+        recipient=to,
+        envelope_from=REPLIES.envelope_sender,
+        template="sales",
+        mode=mode,  # type: ignore[arg-type]
+    )
+
+
+def outbox(db: Database, connector: Connector, clock: Clock, **kw: object) -> Outbox:
+    return Outbox(db, SMTP, connector=connector, clock=clock, jitter=lambda: 0.5, **kw)  # type: ignore[arg-type]
+
+
+def state(box: Outbox, row_id: int) -> OutboxItem:
+    item = box.get(row_id)
+    assert item is not None
+    return item
+
+
+# --- enqueue --------------------------------------------------------------------------------------
+
+
+def test_enqueue_stores_the_reply_queued_and_due_now(db: Database) -> None:
+    """A live reply is stored with its bytes, recipient and envelope, due immediately."""
+    clock = Clock()
+    box = outbox(db, Connector(), clock)
+    row_id = enqueue(box)
+    item = state(box, row_id)
+    assert item.state == "queued"
+    assert item.mode == "live"
+    assert item.recipient == "pat@client.example"
+    assert item.envelope_from == "noreply@example.test"
+    assert item.reply_message_id.startswith("<triage.")
+    assert b"Auto-Submitted: auto-replied\r\n" in item.raw
+    assert item.attempts == 0
+    assert datetime.fromisoformat(item.next_attempt) == T0
+    assert box.next_due() == T0
+
+
+def test_enqueue_twice_is_a_no_op(db: Database) -> None:
+    """The same reply (same Message-ID) enqueued again returns the existing row, adds none."""
+    box = outbox(db, Connector(), Clock())
+    row = message_row(db)
+    reply = make_reply()
+    kwargs = {"recipient": "pat@client.example", "envelope_from": "x@example.test"}
+    first = box.enqueue(row, reply, template="sales", mode="live", **kwargs)
+    second = box.enqueue(row, make_reply(), template="sales", mode="live", **kwargs)
+    assert first == second
+    assert db.conn.execute("SELECT count(*) FROM replies").fetchone()[0] == 1
+
+
+def test_enqueue_joins_the_callers_transaction(db: Database) -> None:
+    """The pipeline records a message and queues its reply atomically: a rollback drops both."""
+    box = outbox(db, Connector(), Clock())
+    row = message_row(db)
+    with pytest.raises(RuntimeError), db.transaction():
+        box.enqueue(
+            row,
+            make_reply(),
+            recipient="pat@client.example",
+            envelope_from="x@example.test",
+            template="sales",
+            mode="live",
+        )
+        raise RuntimeError("the rest of the record failed")
+    assert db.conn.execute("SELECT count(*) FROM replies").fetchone()[0] == 0
+
+
+def test_enqueue_rejects_unknown_modes_and_replies_without_id(db: Database) -> None:
+    """Programming errors are loud."""
+    box = outbox(db, Connector(), Clock())
+    with pytest.raises(ValueError, match="mode"):
+        enqueue(box, mode="loud")
+    reply = make_reply()
+    del reply["Message-ID"]
+    with pytest.raises(ValueError, match="Message-ID"):
+        box.enqueue(
+            message_row(db, 2),
+            reply,
+            recipient="a@b.example",
+            envelope_from="x@example.test",
+            template="sales",
+            mode="live",
+        )
+
+
+def test_draft_and_dry_run_are_never_sent(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """Draft waits for the IMAP adapter to file it in Drafts; a dry run is only logged."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    with caplog.at_level(logging.INFO, logger="triage.outbox"):
+        draft = enqueue(box, 1, mode="draft")
+        dry = enqueue(box, 2, mode="dry-run")
+    assert state(box, draft).state == "draft"
+    assert state(box, dry).state == "dry-run"
+    assert any("dry run" in r.getMessage() for r in caplog.records)
+    assert box.deliver_due() == []
+    assert connector.connects == 0
+    assert [i.id for i in box.pending_filing()] == [draft]
+
+
+# --- sending --------------------------------------------------------------------------------------
+
+
+def test_deliver_due_sends_over_one_connection_and_marks_sent(db: Database) -> None:
+    """Every due reply goes out in one session; rows become `sent` with a time; filing follows."""
+    connector = Connector()
+    clock = Clock()
+    box = outbox(db, connector, clock)
+    ids = [enqueue(box, n, f"p{n}@client.example") for n in (1, 2, 3)]
+    sent = box.deliver_due()
+    assert [s.id for s in sent] == ids
+    assert connector.connects == 1
+    assert connector.session.closed
+    assert [rcpt for _, rcpt, _ in connector.session.sent] == [
+        f"p{n}@client.example" for n in (1, 2, 3)
+    ]
+    assert connector.session.sent[0][2] == state(box, ids[0]).raw
+    for item in sent:
+        assert item.state == "sent"
+        assert item.sent_at is not None
+        assert item.attempts == 1
+    assert box.deliver_due() == []  # nothing is sent twice
+    assert connector.connects == 1  # and no connection is opened for nothing
+    assert [i.id for i in box.pending_filing()] == ids
+    box.mark_filed(ids[0])
+    assert [i.id for i in box.pending_filing()] == ids[1:]
+    assert state(box, ids[0]).filed_at is not None
+
+
+def test_row_is_committed_as_sending_before_data(db: Database, tmp_path: Path) -> None:
+    """Crash safety: while DATA runs, another connection already sees the row as `sending`."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    row_id = enqueue(box)
+    seen: list[str] = []
+    other = Database(tmp_path / "triage.db")
+
+    def look() -> None:
+        seen.append(
+            other.conn.execute("SELECT state FROM replies WHERE id = ?", (row_id,)).fetchone()[0]
+        )
+
+    connector.session.on_data = look
+    box.deliver_due()
+    other.close()
+    assert seen == ["sending"]
+    assert state(box, row_id).state == "sent"
+
+
+def test_crash_during_send_is_never_resent(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    """A row left in `sending` by a crash becomes `uncertain` at start-up and is not sent again."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    row_id = enqueue(box)
+    connector.session.fail["data"] = KeyboardInterrupt()  # the process dies mid-DATA
+    with pytest.raises(KeyboardInterrupt):
+        box.deliver_due()
+    assert state(box, row_id).state == "sending"
+
+    restarted = outbox(db, Connector(), Clock())
+    with caplog.at_level(logging.WARNING, logger="triage.outbox"):
+        assert restarted.recover() == [row_id]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert str(row_id) in warnings[0].getMessage()
+    assert state(restarted, row_id).state == "uncertain"
+    assert restarted.deliver_due() == []
+    assert [i.id for i in restarted.in_state("uncertain")] == [row_id]
+    assert restarted.recover() == []  # nothing more to recover, no second warning
+
+
+def test_connection_broken_during_data_is_uncertain(db: Database) -> None:
+    """No reply to DATA: the server may have the message, so it is not retried."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    first, second = enqueue(box, 1), enqueue(box, 2, "q@client.example")
+    connector.session.fail_for["data:pat@client.example"] = AmbiguousDeliveryError("gone")
+    assert box.deliver_due() == []
+    assert state(box, first).state == "uncertain"
+    assert state(box, first).error == "gone"
+    assert state(box, second).state == "queued"  # untouched; the next call sends it
+    assert state(box, second).attempts == 0
+
+
+def test_person_resolves_an_uncertain_reply(db: Database) -> None:
+    """Delivered → sent (and filed later); not delivered → queued and sent on the next call."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    a, b = enqueue(box, 1), enqueue(box, 2, "q@client.example")
+    connector.session.fail["data"] = AmbiguousDeliveryError("gone")
+    box.deliver_due()
+    box.deliver_due()
+    connector.session.fail.clear()
+    assert box.resolve_uncertain(a, delivered=True)
+    assert box.resolve_uncertain(b, delivered=False)
+    assert not box.resolve_uncertain(a, delivered=False)  # no longer uncertain
+    assert state(box, a).state == "sent"
+    assert [s.id for s in box.deliver_due()] == [b]
+
+
+def test_server_down_keeps_replies_queued_with_backoff(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Connection refused: every due reply stays queued with the error, next try moves back
+    exponentially (10 s, 20 s, 40 s …); nothing is attempted before it is due."""
+    connector = Connector(down=SendError("cannot connect to SMTP 127.0.0.1:10025: refused"))
+    clock = Clock()
+    box = outbox(db, connector, clock)
+    ids = [enqueue(box, 1), enqueue(box, 2, "q@client.example")]
+    with caplog.at_level(logging.ERROR, logger="triage.outbox"):
+        assert box.deliver_due() == []
+    assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
+    for row_id in ids:
+        item = state(box, row_id)
+        assert item.state == "queued"
+        assert item.attempts == 1
+        assert item.error is not None
+        assert "refused" in item.error
+        assert datetime.fromisoformat(item.next_attempt) == T0 + timedelta(seconds=10)
+    assert box.deliver_due() == []
+    assert connector.connects == 1  # not due yet: no new connection
+    box.deliver_due(clock.advance(seconds=10))
+    assert datetime.fromisoformat(state(box, ids[0]).next_attempt) == clock.now + timedelta(
+        seconds=20
+    )
+    connector.down = None
+    sent = box.deliver_due(clock.advance(seconds=20))
+    assert [s.id for s in sent] == ids
+    assert all(s.error is None for s in sent)
+    assert len(connector.session.sent) == 2
+
+
+def test_backoff_doubles_up_to_the_maximum() -> None:
+    """retry_initial × 2^(n-1), capped at retry_max, jitter ±10 %."""
+    box = Outbox(Database(":memory:"), SMTP, jitter=lambda: 0.5)
+    assert [box.backoff(n).total_seconds() for n in (1, 2, 3, 5, 10)] == [10, 20, 40, 160, 300]
+    low = Outbox(Database(":memory:"), SMTP, jitter=lambda: 0.0)
+    assert low.backoff(1).total_seconds() == pytest.approx(9.0)
+
+
+def test_too_many_transient_failures_mark_failed(db: Database) -> None:
+    """After max_attempts (4) the reply is given up, with the last error."""
+    connector = Connector(down=SendError("refused"))
+    clock = Clock()
+    box = outbox(db, connector, clock)
+    row_id = enqueue(box)
+    for _ in range(4):
+        box.deliver_due(clock.advance(hours=1))
+    item = state(box, row_id)
+    assert item.state == "failed"
+    assert item.attempts == 4
+    assert item.error == "gave up after 4 attempts: refused"
+
+
+def test_permanent_refusals_fail_at_once(db: Database) -> None:
+    """A 5xx on RCPT or DATA is final: `failed`, and the rest of the batch still goes out."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    bad_rcpt = enqueue(box, 1, "nobody@client.example")
+    bad_data = enqueue(box, 2, "spam@client.example")
+    good = enqueue(box, 3, "pat@client.example")
+    connector.session.fail_for["envelope:nobody@client.example"] = PermanentError(
+        "SMTP RCPT TO refused: 550 5.1.1 unknown user"
+    )
+    connector.session.fail_for["data:spam@client.example"] = PermanentError(
+        "SMTP DATA refused: 554 rejected"
+    )
+    assert [s.id for s in box.deliver_due()] == [good]
+    assert state(box, bad_rcpt).state == "failed"
+    assert state(box, bad_rcpt).attempts == 1
+    assert "550" in (state(box, bad_rcpt).error or "")
+    assert state(box, bad_data).state == "failed"
+    assert state(box, bad_data).attempts == 1
+
+
+def test_temporary_refusal_retries_that_reply_only(db: Database) -> None:
+    """A 4xx for one recipient queues that reply again; the others are sent."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    greylisted = enqueue(box, 1, "grey@client.example")
+    good = enqueue(box, 2)
+    connector.session.fail_for["envelope:grey@client.example"] = SendError("451 greylisted")
+    assert [s.id for s in box.deliver_due()] == [good]
+    item = state(box, greylisted)
+    assert (item.state, item.attempts, item.error) == ("queued", 1, "451 greylisted")
+
+
+def test_lost_connection_stops_the_batch(db: Database) -> None:
+    """When the connection drops before DATA the reply is retried later and the rest waits."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    first, second = enqueue(box, 1), enqueue(box, 2, "q@client.example")
+    connector.session.fail["envelope"] = ConnectionLostError("lost")
+    assert box.deliver_due() == []
+    assert state(box, first).state == "queued"
+    assert state(box, first).attempts == 1
+    assert state(box, second).attempts == 0
+    assert connector.session.closed
+
+
+def test_a_row_claimed_by_another_process_is_skipped(db: Database) -> None:
+    """Two senders on one database: only the one that flips `queued` → `sending` sends."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    row_id = enqueue(box)
+
+    def steal(sender: str, recipient: str) -> None:
+        with db.transaction() as conn:
+            conn.execute("UPDATE replies SET state = 'sending' WHERE id = ?", (row_id,))
+
+    connector.session.envelope = steal  # type: ignore[method-assign]
+    assert box.deliver_due() == []
+    assert connector.session.sent == []
+    assert connector.session.resets == 1
+
+
+def test_deliver_due_refuses_to_run_inside_a_transaction(db: Database) -> None:
+    """Its commits are its crash safety; inside someone's transaction they would not happen."""
+    box = outbox(db, Connector(), Clock())
+    with pytest.raises(RuntimeError), db.transaction():
+        box.deliver_due()
+
+
+# --- the reply history ----------------------------------------------------------------------------
+
+
+def test_replied_recently_counts_replies_that_are_or_may_become_real(db: Database) -> None:
+    """queued/sending/sent/uncertain/draft count; failed and dry-run do not; case and +detail
+    are ignored; only the window counts."""
+    clock = Clock()
+    box = outbox(db, Connector(), clock)
+    week = timedelta(days=7)
+    assert not box.replied_recently("pat@client.example", week)
+    enqueue(box, 1, "Pat+Sales@Client.example")
+    assert box.replied_recently("pat@client.example", week)
+    assert box.replied_recently("PAT+other@client.EXAMPLE", week)
+    assert not box.replied_recently("pat@other.example", week)
+    assert not box.replied_recently("pa@client.example", week)
+    clock.advance(days=8)
+    assert not box.replied_recently("pat@client.example", week)
+    enqueue(box, 2, "dry@client.example", mode="dry-run")
+    assert not box.replied_recently("dry@client.example", week)
+    enqueue(box, 3, "draft@client.example", mode="draft")
+    assert box.replied_recently("draft@client.example", week)
+
+
+def test_replied_recently_ignores_failed_replies(db: Database) -> None:
+    """A reply that never left does not use up the sender's one reply."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    enqueue(box, 1)
+    connector.session.fail["envelope"] = PermanentError("550 no")
+    box.deliver_due()
+    assert not box.replied_recently("pat@client.example", timedelta(days=7))
+
+
+def test_like_wildcards_in_the_domain_are_literal(db: Database) -> None:
+    """`_` and `%` in an address do not match other domains."""
+    box = outbox(db, Connector(), Clock())
+    enqueue(box, 1, "pat@client-example.test")
+    assert not box.replied_recently("pat@client_example.test", timedelta(days=7))
+
+
+def test_replies_last_hour(db: Database) -> None:
+    """The global cap counts replies created in the last hour."""
+    clock = Clock()
+    box = outbox(db, Connector(), clock)
+    enqueue(box, 1)
+    clock.advance(minutes=30)
+    enqueue(box, 2, "q@client.example")
+    enqueue(box, 3, "r@client.example", mode="dry-run")
+    assert box.replies_last_hour() == 2
+    clock.advance(minutes=31)
+    assert box.replies_last_hour() == 1
+
+
+def test_outbox_is_a_reply_history_for_the_guards(db: Database) -> None:
+    """The guards' rate rules run against the outbox itself."""
+    from triage.guards import GuardContext, check
+    from triage.models import Contact
+
+    box = outbox(db, Connector(), Clock())
+    ctx = GuardContext.from_settings(REPLIES, box)
+    msg = InboundMessage(
+        message_id="<in-9@client.example>",
+        from_=Address("Pat", "pat@client.example"),
+        to=(Address("", "hello@example.test"),),
+        return_path="<pat@client.example>",
+        contact=Contact(email="pat@client.example"),
+    )
+    assert check(msg, ctx).may_reply
+    enqueue(box, 1)
+    assert check(msg, ctx).reasons[0].startswith("already-replied:")
