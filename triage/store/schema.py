@@ -143,4 +143,26 @@ MIGRATIONS: tuple[str, ...] = (
         value        TEXT NOT NULL
     );
     """,
+    # 2: leads, digests and alerts (issue 7). Digests and instant hot-lead alerts share the
+    # `digests` table and its send states; `slot` (the schedule slot, or the lead for an alert)
+    # makes preparing one twice impossible, `covers_until` is the end of the period it reports.
+    """
+    ALTER TABLE digests ADD COLUMN kind TEXT NOT NULL DEFAULT 'digest';
+    ALTER TABLE digests ADD COLUMN slot TEXT;
+    ALTER TABLE digests ADD COLUMN lead_id INTEGER REFERENCES leads (id);
+    ALTER TABLE digests ADD COLUMN recipients TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE digests ADD COLUMN envelope_from TEXT NOT NULL DEFAULT '';
+    ALTER TABLE digests ADD COLUMN covers_until TEXT;
+    ALTER TABLE digests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE digests ADD COLUMN next_attempt TEXT;
+    ALTER TABLE digests ADD COLUMN updated_at TEXT;
+    ALTER TABLE digests ADD COLUMN error TEXT;
+    CREATE UNIQUE INDEX digests_kind_slot ON digests (kind, slot);
+    CREATE INDEX digests_state ON digests (state);
+
+    ALTER TABLE leads ADD COLUMN contacted_at TEXT;
+    CREATE INDEX leads_kind_digested ON leads (kind, digested_in);
+    CREATE INDEX lead_messages_message ON lead_messages (message_row);
+    CREATE INDEX messages_created ON messages (created_at);
+    """,
 )
