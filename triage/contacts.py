@@ -1,0 +1,434 @@
+"""Who the prospect is: name, email, company, phone and website for a lead.
+
+Sources, strongest first: the fields of a website contact-form notification (whose own sender is
+a no-reply robot, not the prospect), the sender's signature block, and the From/Reply-To headers,
+with the company derived from a corporate email domain as a last resort.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from triage.models import Address, Contact
+
+MAX_TEXT = 20_000
+
+_FORM_LABELS = {
+    "name": "name|full name|your name|contact name|contact|ansprechpartner|nom|nom complet"
+    "|votre nom|nombre|nombre completo|naam|nome|nome e cognome|name und vorname",
+    "first": "first name|vorname|prénom|prenom|nombre de pila|voornaam",
+    "last": "last name|surname|family name|nachname|nom de famille|apellido|apellidos"
+    "|achternaam|cognome",
+    "company": "company|company name|organisation|organization|business|firma|firmenname"
+    "|unternehmen|société|societe|entreprise|empresa|bedrijf|bedrijfsnaam|azienda"
+    "|ragione sociale",
+    "email": "email|e-mail|email address|e-mail address|your email|e-mail-adresse"
+    "|e-mail adresse|courriel|adresse e-mail|adresse email|correo|correo electrónico"
+    "|e-mailadres|indirizzo email|indirizzo e-mail",
+    "phone": "phone|phone number|telephone|tel|tel.|telefon|telefonnummer|téléphone|teléfono"
+    "|telefono|telefoon|telefoonnummer|mobile|mobil|handy|cell",
+    "website": "website|web site|web|webseite|homepage|url|site web|site internet|sitio web"
+    "|sito web|sito",
+}
+_FORM_LABEL_KIND = {
+    label: kind for kind, labels in _FORM_LABELS.items() for label in labels.split("|")
+}
+MAX_FORM_LINES = 300
+
+_EMAIL = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
+_PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d ()./-]{5,22}\d(?![\w])")
+_PHONE_LABEL = re.compile(
+    r"^(?:tel|tél|phone|telephone|téléphone|telefon|telefono|teléfono|telefoon|fon|mob|mobile"
+    r"|mobil|handy|cell|direct|office|fax|t|m|p|d|o)\.?[ \t]*:?[ \t]*",
+    re.IGNORECASE,
+)
+_WEBSITE_LABEL = re.compile(r"^(?:w|web|website|webseite|homepage|site|url|internet)\s*:\s*", re.I)
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>()|,;\"']+", re.IGNORECASE)
+_BARE_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+([a-z]{2,12})", re.IGNORECASE)
+# File names and abbreviations that look like domains.
+_NOT_TLDS = frozenset(
+    [
+        "pdf",
+        "doc",
+        "docx",
+        "xls",
+        "xlsx",
+        "jpg",
+        "jpeg",
+        "png",
+        "gif",
+        "txt",
+        "zip",
+        "htm",
+        "html",
+        "eg",
+        "ie",
+    ]
+)
+_COMPANY_WORDS = frozenset(
+    [
+        "gmbh",
+        "ag",
+        "kg",
+        "ohg",
+        "ug",
+        "gbr",
+        "e.k",
+        "ltd",
+        "limited",
+        "llc",
+        "l.l.c",
+        "inc",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "plc",
+        "sa",
+        "sas",
+        "sarl",
+        "bv",
+        "b.v",
+        "nv",
+        "n.v",
+        "sl",
+        "s.l",
+        "spa",
+        "s.p.a",
+        "srl",
+        "s.r.l",
+        "oy",
+        "ab",
+        "a/s",
+        "aps",
+        "pty",
+        "group",
+        "gruppe",
+        "groupe",
+        "holding",
+        "industries",
+        "technologies",
+        "solutions",
+        "systems",
+        "services",
+        "partners",
+        "consulting",
+    ]
+)
+_TITLE_WORDS = frozenset(
+    [
+        "head",
+        "manager",
+        "director",
+        "ceo",
+        "cto",
+        "cfo",
+        "coo",
+        "founder",
+        "co-founder",
+        "owner",
+        "president",
+        "vp",
+        "lead",
+        "officer",
+        "engineer",
+        "supervisor",
+        "buyer",
+        "purchasing",
+        "procurement",
+        "einkauf",
+        "einkäufer",
+        "geschäftsführer",
+        "geschäftsführerin",
+        "leiter",
+        "leiterin",
+        "inhaber",
+        "inhaberin",
+        "vertrieb",
+        "responsable",
+        "directeur",
+        "directrice",
+        "gérant",
+        "gerente",
+        "jefe",
+        "jefa",
+        "hoofd",
+        "eigenaar",
+        "inkoper",
+        "responsabile",
+        "titolare",
+        "coordinator",
+        "specialist",
+        "consultant",
+        "assistant",
+        "analyst",
+        "partner",
+        "associate",
+        "administrator",
+        "architect",
+        "developer",
+        "sales",
+        "marketing",
+        "operations",
+        "logistics",
+        "account",
+        "executive",
+        "representative",
+        "agent",
+        "secretary",
+        "chair",
+    ]
+)
+_WORD_SPLIT = re.compile(r"[\s,()]+")
+_SEPARATORS = re.compile(r"[ \t]*[|•·][ \t]*|[ \t]+[–—-][ \t]+")
+_SEPARATOR_MARKS = ("|", "•", "·", " - ", " – ", " — ")
+MAX_TOKEN = 80  # a longer piece of a signature is prose, not a name, title or number
+MAX_SIGNATURE = 1500
+_PERSON_NAME = re.compile(r"^[A-ZÀ-Þ][\w'’.-]+(?:[ \t]+[A-ZÀ-Þ][\w'’.-]+){1,3}$")
+
+_NO_REPLY = re.compile(
+    r"^(?:no-?reply|do-?not-?reply|donotreply|noreply-\w+|mailer|wordpress|webmaster|forms?"
+    r"|contact-?form|formular|notifications?|notify|www-data|apache|postmaster|bounce[s]?"
+    r"|typeform|wufoo|hubspot|jotform|website)\b",
+    re.IGNORECASE,
+)
+
+_FREE_MAIL_EXACT = frozenset(
+    [
+        "gmail.com",
+        "googlemail.com",
+        "aol.com",
+        "msn.com",
+        "icloud.com",
+        "me.com",
+        "mac.com",
+        "web.de",
+        "t-online.de",
+        "freenet.de",
+        "arcor.de",
+        "posteo.de",
+        "mailbox.org",
+        "orange.fr",
+        "wanadoo.fr",
+        "free.fr",
+        "laposte.net",
+        "sfr.fr",
+        "neuf.fr",
+        "libero.it",
+        "virgilio.it",
+        "alice.it",
+        "tiscali.it",
+        "tin.it",
+        "proton.me",
+        "pm.me",
+        "mail.ru",
+        "zoho.com",
+        "qq.com",
+        "163.com",
+        "126.com",
+        "hey.com",
+        "ziggo.nl",
+        "kpnmail.nl",
+        "hetnet.nl",
+        "planet.nl",
+        "home.nl",
+        "telefonica.net",
+        "terra.es",
+        "bluewin.ch",
+        "rediffmail.com",
+        "mail.com",
+        "inbox.com",
+        "gmx.com",
+        "gmx.net",
+        "example.com",
+    ]
+)
+_FREE_MAIL_FAMILY = frozenset(
+    [
+        "yahoo",
+        "ymail",
+        "hotmail",
+        "outlook",
+        "live",
+        "gmx",
+        "yandex",
+        "protonmail",
+        "fastmail",
+        "rocketmail",
+        "aim",
+    ]
+)
+_SECOND_LEVEL = frozenset(["co", "com", "org", "net", "ac", "gov", "edu", "ne", "or"])
+
+
+def is_free_mail(domain: str) -> bool:
+    """True for consumer mailbox providers, whose domain says nothing about the company."""
+    domain = domain.lower().strip(".")
+    if domain in _FREE_MAIL_EXACT:
+        return True
+    labels = domain.split(".")
+    return len(labels) >= 2 and (labels[0] in _FREE_MAIL_FAMILY or labels[-2] in _FREE_MAIL_FAMILY)
+
+
+def _is_robot(address: Address | None) -> bool:
+    return address is not None and bool(_NO_REPLY.match(address.local_part))
+
+
+def company_from_domain(domain: str) -> str:
+    """A company name guessed from a corporate domain ("crestline-beverages.example" →
+    "Crestline Beverages"); "" for free-mail providers and bare hosts."""
+    domain = domain.lower().strip(".")
+    if not domain or is_free_mail(domain):
+        return ""
+    labels = [label for label in domain.split(".") if label not in ("www", "mail", "email")]
+    if len(labels) < 2:
+        return ""
+    index = -3 if len(labels) >= 3 and labels[-2] in _SECOND_LEVEL and len(labels[-1]) == 2 else -2
+    label = labels[index]
+    return " ".join(part.capitalize() for part in label.replace("_", "-").split("-") if part)
+
+
+def _form_fields(text: str) -> dict[str, str]:
+    """The labelled fields of a contact-form notification (first value of each kind)."""
+    found: dict[str, str] = {}
+    for line in text.split("\n", MAX_FORM_LINES)[:MAX_FORM_LINES]:
+        label, colon, value = line.partition(":")
+        if not colon or len(label) > 40:
+            continue
+        kind = _FORM_LABEL_KIND.get(label.strip(" \t>*_").lower())
+        value = value.strip(" \t*_")
+        if kind is not None and value and kind not in found:
+            found[kind] = value[:200]
+    if "name" not in found and ("first" in found or "last" in found):
+        found["name"] = " ".join(found[key] for key in ("first", "last") if key in found)
+    return found
+
+
+def _digits(text: str) -> int:
+    return sum(map(str.isdigit, text))
+
+
+def _phone(text: str) -> str:
+    """The first phone-number-like run of digits in `text` (at least seven digits), or ""."""
+    match = _PHONE.search(text)
+    if match is None:
+        return ""
+    phone = " ".join(match.group(0).split())
+    return phone if _digits(phone) >= 7 else ""
+
+
+def _website(text: str) -> str:
+    """The website in a short piece of text: a URL, a `www.` host or a bare domain, or ""."""
+    text = _WEBSITE_LABEL.sub("", text.strip(), count=1)
+    match = _URL.search(text)
+    if match is not None:
+        return match.group(0).rstrip(".,;:)")
+    candidate = text.strip("<>()[] \t.,;")
+    domain = _BARE_DOMAIN.fullmatch(candidate)
+    if domain is not None and domain.group(1).lower() not in _NOT_TLDS:
+        return candidate
+    return ""
+
+
+def _signature_tokens(signature: str) -> list[str]:
+    """The pieces of a signature: its lines, with `|`/`•`-separated lines split further."""
+    tokens: list[str] = []
+    for raw_line in signature[:MAX_SIGNATURE].split("\n")[:15]:
+        line = raw_line.strip(" \t*_>")
+        if not line or len(line) > 4 * MAX_TOKEN:
+            continue  # empty, or prose rather than a signature line
+        if len(line) <= MAX_TOKEN and not any(mark in line for mark in _SEPARATOR_MARKS):
+            tokens.append(line)
+        else:
+            tokens.extend(token.strip() for token in _SEPARATORS.split(line) if token.strip())
+    return [token for token in tokens if len(token) <= MAX_TOKEN]
+
+
+def _words(token: str) -> set[str]:
+    """The lower-cased words of a token without trailing dots ("Ltd." → "ltd", "B.V." → "b.v")."""
+    return {word.strip(".") for word in _WORD_SPLIT.split(token.lower())}
+
+
+def _from_signature(signature: str, sender_name: str) -> Contact:
+    """Name, company, phone and website read from a signature block.
+
+    Each piece is classified by what it looks like: a labelled or digit-heavy piece is a phone,
+    a `www.`/`http` piece a website, a piece with a legal form (GmbH, Ltd, …) the company, a
+    piece with a job word a title, and the piece after a title, if otherwise unexplained, the
+    company ("Warehouse Supervisor | Crestline Beverages").
+    """
+    name = company = phone = website = ""
+    after_title = False
+    for token in _signature_tokens(signature):
+        lowered = token.lower()
+        digits = _digits(token)
+        labelled = digits >= 7 and _PHONE_LABEL.match(token) is not None
+        was_title, after_title = after_title, False
+        if "@" in token and _EMAIL.search(token):
+            continue
+        if labelled or (len(token) < 30 and digits >= 7):
+            phone = phone or _phone(token)
+            continue
+        if not website and (found := _website(token)):
+            website = found
+            continue
+        words = _words(token)
+        if not company and words & _COMPANY_WORDS:
+            company = token
+            continue
+        if words & _TITLE_WORDS:
+            after_title = True
+            continue
+        sender = sender_name.lower()
+        if (
+            not name
+            and _PERSON_NAME.match(token)
+            and (not sender or lowered in sender or sender in lowered)
+        ):
+            name = token
+            continue
+        if not company and was_title:
+            company = token
+    return Contact(name=name, company=company, phone=phone, website=website)
+
+
+def extract(
+    from_: Address | None,
+    reply_to: Sequence[Address] = (),
+    text: str = "",
+    signature: str = "",
+) -> Contact:
+    """The prospect's contact details from the headers, the signature and any form fields."""
+    text = text[:MAX_TEXT]
+    form = _form_fields(text) if ":" in text else {}
+    is_form = (
+        len(form.keys() & {"name", "company"}) >= 1 and len(form.keys() & {"email", "phone"}) >= 1
+    )
+    sender = from_
+    if reply_to and (sender is None or _is_robot(sender) or is_form):
+        sender = reply_to[0]
+    elif _is_robot(sender):
+        sender = None
+    email = sender.email if sender is not None else ""
+    name = sender.name if sender is not None else ""
+    if is_form:
+        form_email = _EMAIL.search(form.get("email", ""))
+        if form_email:
+            email = form_email.group(0)
+        name = form.get("name", "") or name
+        signed = Contact()
+    else:
+        signed = _from_signature(signature, name) if signature else Contact()
+        name = name or signed.name
+    company = form.get("company", "") if is_form else signed.company
+    phone = _phone(form.get("phone", "")) if is_form else signed.phone
+    website = _website(form.get("website", "")) if is_form else signed.website
+    if not company and email and "@" in email:
+        company = company_from_domain(email.rpartition("@")[2])
+    if ("," in name) and name.count(",") == 1 and " " not in name.split(",")[1].strip():
+        last, first = (part.strip() for part in name.split(","))
+        name = f"{first} {last}"  # "Doe, Jane" is how directories write "Jane Doe"
+    return Contact(
+        name=name.strip(" \"'"), email=email, company=company, phone=phone, website=website
+    )

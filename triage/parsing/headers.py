@@ -1,0 +1,174 @@
+"""Header values to clean text and values: RFC 2047 words, addresses, message ids, dates.
+
+Everything here works on plain strings (compat32-style raw values) and never raises: the
+policy.default header objects are not used because they raise lazily on real mail
+(`Message-Id: <>`, encoded words that decode to CRLF in an address, groups in a DSN).
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from datetime import UTC, datetime
+from email.utils import getaddresses, parsedate_to_datetime
+
+from triage.models import Address
+from triage.parsing import charsets
+
+MAX_ADDRESS_HEADER = 16_384  # a To: with thousands of recipients is cut; nobody replies to all
+MAX_ADDRESSES = 100
+
+# An RFC 2047 encoded word; the text part is allowed spaces because spammers' mailers put them
+# there and every mail client still shows the decoded text.
+_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?]*)\?=")
+# Whitespace between two adjacent encoded words is not part of the text (RFC 2047 §6.2).
+_BETWEEN_WORDS = re.compile(r"(\?=)\s+(=\?)")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
+_SPACES = re.compile(r"\s+")
+# The common shapes of a single mailbox, read without the slow general parser:
+# `user@host`, `<user@host>`, `Name <user@host>`, `"Name" <user@host>`.
+_ADDR_SPEC = r'[^<>\s",;:()\\@]+@[^<>\s",;:()\\@]+'
+_SIMPLE_MAILBOX = re.compile(
+    rf'[ \t]*(?:"([^"\\]*)"|([^"<>,;:@()\\\[\]]*?))[ \t]*<({_ADDR_SPEC})>[ \t]*'
+    rf"|[ \t]*<?({_ADDR_SPEC})>?[ \t]*"
+)
+_MSGID = re.compile(r"<([^<>\s]*)>")
+_BARE_MSGID = re.compile(r"[^<>\s@]+@[^<>\s@]+")
+
+
+def _decode_word(match: re.Match[str]) -> str:
+    charset, encoding, payload = match.group(1), match.group(2), match.group(3)
+    # Raw 8-bit bytes inside an encoded word reach here as U+0080..U+00FF; keep them as bytes.
+    raw = payload.encode("latin-1", "replace")
+    try:
+        if encoding in "Bb":
+            raw = binascii.a2b_base64(raw + b"=" * (-len(raw) % 4))
+        else:
+            raw = binascii.a2b_qp(raw, header=True)
+    except (binascii.Error, ValueError):
+        return match.group(0)  # not decodable: show it as it came, like mail clients do
+    return charsets.decode(raw, charset)[0]
+
+
+def decode_words(value: str) -> str:
+    """Decode RFC 2047 encoded words in `value`; undecodable words are kept literally."""
+    if "=?" not in value:
+        return value
+    return _WORD.sub(_decode_word, _BETWEEN_WORDS.sub(r"\1\2", value))
+
+
+def _iso2022(text: str) -> str:
+    """Raw ISO-2022-JP in a header (Japanese mailers send it unencoded) decoded to text."""
+    try:
+        return text.encode("ascii").decode("iso2022_jp")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return text
+
+
+def clean(value: str) -> str:
+    """One line of display text: decoded, control characters and runs of space collapsed."""
+    text = decode_words(value)
+    if "\x1b" in text:
+        text = _iso2022(text)
+    if not text.isprintable():  # tabs, line breaks, control characters (cheap C-level check)
+        text = _SPACES.sub(" ", _CONTROL.sub(" ", text))
+    return text.strip()
+
+
+def addresses(value: str) -> tuple[Address, ...]:
+    """The mailboxes in an address header; groups are flattened, empty entries dropped.
+
+    Parsing happens on the encoded value so that a display name that decodes to a comma or to
+    CRLF cannot change the structure; the names are decoded afterwards.
+    """
+    if not value or not value.strip():
+        return ()
+    value = _CONTROL.sub(" ", value[:MAX_ADDRESS_HEADER])
+    found: list[Address] = []
+    for raw_name, raw_email in _simple_mailboxes(value) or getaddresses([value]):
+        name, email = _split_bare_name(raw_name, raw_email.strip().strip("<>"))
+        if not email:
+            continue
+        local, _, domain = email.rpartition("@")
+        if local:
+            email = f"{local}@{domain.lower()}"
+        found.append(Address(clean(name), email))
+        if len(found) >= MAX_ADDRESSES:
+            break
+    return tuple(found)
+
+
+def _split_bare_name(name: str, email: str) -> tuple[str, str]:
+    """Repair `Big Bug bb@bug.com`, a display name written without angle brackets.
+
+    Encoded words are not allowed in an addr-spec (RFC 2047 §5), so none is decoded there.
+    """
+    if " " not in email:
+        return name, email
+    words = email.split()
+    for index in range(len(words) - 1, -1, -1):
+        if "@" in words[index]:
+            return name or " ".join(words[:index]), words[index]
+    return name, "".join(words)
+
+
+def _simple_mailboxes(value: str) -> list[tuple[str, str]] | None:
+    """The (name, address) pairs of a simple comma-separated list, or None when the value has
+    comments, groups, quoted commas or anything else that needs the general parser."""
+    pairs = []
+    for item in value.split(",") if "," in value else (value,):
+        match = _SIMPLE_MAILBOX.fullmatch(item)
+        if match is None:
+            if item.strip():
+                return None
+            continue
+        name, bare_name, email, bare_email = match.groups()
+        pairs.append((name or bare_name or "", email or bare_email))
+    return pairs
+
+
+def first_address(value: str) -> Address | None:
+    """The first mailbox of an address header, or None."""
+    found = addresses(value)
+    return found[0] if found else None
+
+
+def message_id(value: str) -> str:
+    """The `<id>` in a Message-ID/In-Reply-To value, or "" when there is none usable."""
+    for found in _MSGID.findall(value):
+        if found:
+            return f"<{found}>"
+    bare = _BARE_MSGID.search(value)
+    return f"<{bare.group(0)}>" if bare else ""
+
+
+def message_ids(value: str, limit: int = 100) -> tuple[str, ...]:
+    """Every `<id>` in a References value; when there are too many, the root and the newest."""
+    ids = [f"<{found}>" for found in _MSGID.findall(value) if found]
+    if len(ids) > limit:
+        ids = ids[:1] + ids[-(limit - 1) :]
+    return tuple(ids)
+
+
+def return_path(value: str | None) -> str | None:
+    """The Return-Path address: None when absent, "" for the null sender `<>`."""
+    if value is None:
+        return None
+    inner = value.strip()
+    if inner.startswith("<"):
+        inner = inner[1 : inner.find(">")] if ">" in inner else inner[1:]
+    return inner.strip()
+
+
+def date(value: str) -> datetime | None:
+    """An aware datetime for a Date value (UTC when the zone is missing or -0000), or None."""
+    value = value.strip()[:200]
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed

@@ -1,0 +1,197 @@
+"""Raw bytes to an InboundMessage: the one entry point of parsing, which never raises."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from types import MappingProxyType
+
+from triage import contacts
+from triage.models import Attachment, InboundMessage
+from triage.parsing import charsets, headers, htmltext, language, mime, quotes
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # beyond this only the start is read; nobody writes that
+MAX_TEXT_BYTES = 2 * 1024 * 1024  # transfer-encoded text part bytes read for the body text
+MAX_TEXT_CHARS = 100_000  # body text kept; classification and replies need far less
+MAX_HEADER_VALUE = 4096  # per header in `headers`: etiquette rules read short tokens
+MAX_HEADER_NAMES = 200
+MAX_ATTACHED_NESTING = 3  # a message attached to a message attached to a message, no deeper
+SIGNATURE_FALLBACK_LINES = 6  # without a signature marker, contacts read the last few lines
+
+
+def synthesise_message_id(data: bytes) -> str:
+    """A stable Message-ID for a message without a usable one, derived from its content."""
+    return f"<{hashlib.sha256(data).hexdigest()[:32]}@triage.invalid>"
+
+
+def _header_map(root: mime.Entity, budget: mime.Budget) -> dict[str, str]:
+    """The first value of every header, decoded and bounded, keyed by lower-cased name."""
+    found: dict[str, str] = {}
+    for name, value in root.headers.items():
+        if len(found) >= MAX_HEADER_NAMES:
+            budget.defect("too many distinct headers; the rest are not recorded")
+            break
+        if len(value) > MAX_HEADER_VALUE:
+            budget.defect(f"header too long: {name[:40]} ({len(value)} chars)")
+        found[name] = headers.clean(value[:MAX_HEADER_VALUE])
+    if root.content_type == "multipart/report":
+        found["report-type"] = root.params.get("report-type", "").strip().lower()
+    return found
+
+
+def _body_candidates(entity: mime.Entity) -> list[mime.Entity]:
+    """Inline text/plain and text/html parts in the order a mail client would show them.
+
+    Within multipart/alternative the plain part comes first; attached messages and attachments
+    are not candidates (like `EmailMessage.get_body`).
+    """
+    if entity.maintype == "multipart" and not entity.as_text:
+        if entity.content_type == "multipart/alternative":
+            found = [part for child in entity.children for part in _body_candidates(child)]
+            return [p for p in found if p.content_type != "text/html"] + [
+                p for p in found if p.content_type == "text/html"
+            ]
+        return [
+            part
+            for child in entity.children
+            if child.disposition != "attachment"
+            for part in _body_candidates(child)
+        ]
+    if entity.as_text or entity.content_type in ("text/plain", "text/html"):
+        return [] if entity.disposition == "attachment" else [entity]
+    return []
+
+
+def _decode_text(entity: mime.Entity, budget: mime.Budget) -> str:
+    """The text of a text part: transfer-decoded, charset-decoded, bounded."""
+    if len(entity.body) > MAX_TEXT_BYTES:
+        budget.defect("text part too large; truncated")
+        entity.body = entity.body[:MAX_TEXT_BYTES]
+    payload, defect = entity.decoded()
+    if defect:
+        budget.defect(defect)
+    text, defect = charsets.decode(payload, entity.params.get("charset", ""))
+    if defect:
+        budget.defect(defect)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text
+
+
+def _body_text(
+    root: mime.Entity, budget: mime.Budget, nesting: int = 0
+) -> tuple[str, bool, mime.Entity | None]:
+    """The best text of the message, whether it came from HTML, and the part it came from.
+
+    When the message has no text of its own (a forward as attachment, a digest, a bounce whose
+    explanation is missing), the text of the first attached message is used instead.
+    """
+    for part in _body_candidates(root):
+        text = _decode_text(part, budget)
+        from_html = part.content_type == "text/html"
+        if from_html:
+            text = htmltext.to_text(text)
+        if text.strip():
+            if len(text) > MAX_TEXT_CHARS:
+                budget.defect("text too long; truncated")
+                text = text[:MAX_TEXT_CHARS]
+            return text.strip("\n"), from_html, part
+    if nesting < MAX_ATTACHED_NESTING:
+        for leaf in _leaves(root):
+            if leaf.content_type in ("message/rfc822", "message/global"):
+                payload, _ = leaf.decoded()
+                inner = mime.parse_entity(payload, budget, depth=nesting + 1)
+                text, from_html, _ = _body_text(inner, budget, nesting + 1)
+                if text:
+                    return text, from_html, None
+    return "", False, None
+
+
+def _leaves(entity: mime.Entity) -> list[mime.Entity]:
+    if entity.maintype == "multipart" and entity.children:
+        return [leaf for child in entity.children for leaf in _leaves(child)]
+    return [entity]
+
+
+def _attachments(root: mime.Entity, body: mime.Entity | None) -> tuple[Attachment, ...]:
+    """Every non-text leaf and every attached text part, described by name, type and size."""
+    found = []
+    for leaf in _leaves(root):
+        if leaf is body or leaf.maintype == "multipart":
+            continue
+        if leaf.maintype == "text" and leaf.disposition != "attachment":
+            continue
+        encoding = (leaf.header("content-transfer-encoding") or "").strip().lower()
+        size = len(leaf.body)
+        if encoding == "base64":
+            size = (size - leaf.body.count(b"\n")) * 3 // 4  # decoded size, without decoding
+        found.append(Attachment(headers.clean(leaf.filename), leaf.content_type, size))
+    return tuple(found)
+
+
+def _parse(raw: bytes) -> InboundMessage:
+    data = mime.normalise(raw)
+    budget = mime.Budget()
+    if not data.strip():
+        budget.defect("empty message")
+    if len(data) > MAX_MESSAGE_BYTES:
+        budget.defect("message too large; truncated")
+        data = data[:MAX_MESSAGE_BYTES]
+    root = mime.parse_entity(data, budget)
+    if not root.headers and data.strip():
+        budget.defect("no headers")
+    header = root.header
+    message_id = headers.message_id(header("message-id") or "")
+    text, from_html, body = _body_text(root, budget)
+    new_text, signature = quotes.new_text(text)
+    from_ = headers.first_address(header("from") or "")
+    reply_to = headers.addresses(header("reply-to") or "")
+    if not signature and new_text:
+        signature = "\n".join(new_text.rsplit("\n", SIGNATURE_FALLBACK_LINES)[1:])
+    return InboundMessage(
+        message_id=message_id or synthesise_message_id(data),
+        message_id_synthesised=not message_id,
+        subject=headers.clean(header("subject") or ""),
+        from_=from_,
+        reply_to=reply_to,
+        to=headers.addresses(header("to") or ""),
+        cc=headers.addresses(header("cc") or ""),
+        return_path=headers.return_path(header("return-path")),
+        date=headers.date(header("date") or ""),
+        in_reply_to=headers.message_id(header("in-reply-to") or ""),
+        references=headers.message_ids(header("references") or ""),
+        text=text,
+        new_text=new_text,
+        text_from_html=from_html,
+        language=language.detect(new_text or text),
+        size=len(raw),
+        content_type=root.content_type,
+        attachments=_attachments(root, body),
+        headers=MappingProxyType(_header_map(root, budget)),
+        contact=contacts.extract(from_, reply_to, text, signature),
+        defects=tuple(budget.defects),
+    )
+
+
+def parse(raw: bytes) -> InboundMessage:
+    """Parse one raw message into an InboundMessage; never raises, bounded in time.
+
+    A message that trips an unexpected error in the parser still yields a value: a synthesised
+    Message-ID, its size and the error as a defect, so the pipeline can quarantine it.
+    """
+    try:
+        return _parse(raw)
+    except Exception as exc:
+        # Only a parser bug gets here (mail problems become defects): the caller is promised a
+        # value, so keep the message, log the bug with its traceback and record it as a defect.
+        log.exception("parser error on a %d-byte message", len(raw))
+        return InboundMessage(
+            message_id=synthesise_message_id(bytes(raw)),
+            message_id_synthesised=True,
+            size=len(raw),
+            defects=(f"parser error: {type(exc).__name__}: {str(exc)[:200]}",),
+        )
