@@ -6,12 +6,16 @@ tests marked `mail` send through the harness's real Postfix and read the result 
 
 from __future__ import annotations
 
+import email
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email import policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -520,3 +524,218 @@ def test_outbox_is_a_reply_history_for_the_guards(db: Database) -> None:
     assert check(msg, ctx).may_reply
     enqueue(box, 1)
     assert check(msg, ctx).reasons[0].startswith("already-replied:")
+
+
+# --- against the harness's real Postfix -----------------------------------------------------------
+
+if TYPE_CHECKING:
+    from triage.mailharness import MailHarness
+
+
+def harness_smtp(harness: MailHarness, **changes: object) -> SmtpSettings:
+    """SMTP settings for the harness Postfix: plain on loopback unless changed."""
+    data: dict[str, object] = {
+        "host": harness.config.host,
+        "port": harness.config.smtp_port,
+        "security": "plain",
+        "timeout": 10,
+        "retry_initial": 30,
+        "max_attempts": 5,
+    } | changes
+    return SmtpSettings.model_validate(data)
+
+
+HARNESS_REPLIES = RepliesSettings(
+    from_address="hello@example.test",
+    from_name="Example Ltd",
+    envelope_sender="noreply@example.test",
+    message_id_domain="example.test",
+)
+
+
+def reply_to(harness: MailHarness, user: str, n: int) -> tuple[EmailMessage, InboundMessage]:
+    """Our reply to an inquiry `n` from `user` (the inquiry itself is built, not delivered)."""
+    inbound = InboundMessage(
+        message_id=f"<inquiry-{n}-{user}@client.example>",
+        subject=f"Quote for {n} units",
+        references=("<root@client.example>",),
+        from_=Address(user.title(), harness.address(user)),
+    )
+    rendered = RenderedReply("sales", "", inbound.subject, f"Thanks for inquiry {n}\n", "<p>Hi</p>")
+    dest = Address(user.title(), harness.address(user))
+    return compose(inbound, dest, rendered, HARNESS_REPLIES), inbound
+
+
+def queue(box: Outbox, harness: MailHarness, user: str, n: int) -> int:
+    reply, _ = reply_to(harness, user, n)
+    return box.enqueue(
+        message_row(box.db, n),
+        reply,
+        recipient=harness.address(user),
+        envelope_from=HARNESS_REPLIES.envelope_sender,
+        template="sales",
+        mode="live",
+    )
+
+
+def inbox(harness: MailHarness, user: str) -> list[EmailMessage]:
+    """Every message in the user's INBOX, parsed."""
+    with harness.imap(user) as client:
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search("ALL")
+        fetched = client.fetch(uids, ["BODY.PEEK[]"]) if uids else {}
+    out = []
+    for uid in sorted(fetched):
+        msg = email.message_from_bytes(fetched[uid][b"BODY[]"], policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        out.append(msg)
+    return out
+
+
+def settle(harness: MailHarness, user: str, count: int) -> list[EmailMessage]:
+    """Wait for `count` messages, then a little longer, so a duplicate would have arrived too."""
+    harness.wait_for_messages(user, count=count)
+    time.sleep(0.5)
+    return inbox(harness, user)
+
+
+@pytest.mark.mail
+def test_reply_arrives_once_threaded_and_marked(clean_mail: MailHarness, db: Database) -> None:
+    """A reply sent through the outbox lands in alice's mailbox exactly once, threaded under the
+    inquiry, with Auto-Submitted and our envelope sender as Return-Path."""
+    harness = clean_mail
+    box = Outbox(db, harness_smtp(harness))
+    row_id = queue(box, harness, "alice", 1)
+    sent = box.deliver_due()
+    assert [s.id for s in sent] == [row_id]
+    assert box.deliver_due() == []
+    [got] = settle(harness, "alice", 1)
+    assert got["Message-ID"] == state(box, row_id).reply_message_id
+    assert got["In-Reply-To"] == "<inquiry-1-alice@client.example>"
+    assert got["References"] == "<root@client.example> <inquiry-1-alice@client.example>"
+    assert got["Auto-Submitted"] == "auto-replied"
+    assert got["Return-Path"] == "<noreply@example.test>"
+    assert got["Subject"] == "Re: Quote for 1 units"
+    assert got.get_content_type() == "multipart/alternative"
+    assert [i.id for i in box.pending_filing()] == [row_id]
+
+
+@pytest.mark.mail
+def test_enqueue_twice_delivers_once(clean_mail: MailHarness, db: Database) -> None:
+    """The same reply queued twice (a redone pipeline step) is delivered once."""
+    harness = clean_mail
+    box = Outbox(db, harness_smtp(harness))
+    reply, _ = reply_to(harness, "bob", 2)
+    row = message_row(db, 2)
+    ids = {
+        box.enqueue(
+            row,
+            reply,
+            recipient=harness.address("bob"),
+            envelope_from="noreply@example.test",
+            template="sales",
+            mode="live",
+        )
+        for _ in range(2)
+    }
+    assert len(ids) == 1
+    assert len(box.deliver_due()) == 1
+    assert box.deliver_due() == []
+    assert len(settle(harness, "bob", 1)) == 1
+
+
+@pytest.mark.mail
+def test_replies_wait_while_postfix_is_down_then_go_out_once(
+    clean_mail: MailHarness, db: Database
+) -> None:
+    """Postfix stopped: replies stay queued with the error and a later next attempt; after it is
+    back each reply is delivered exactly once."""
+    harness = clean_mail
+    box = Outbox(db, harness_smtp(harness))
+    harness.stop_postfix()
+    try:
+        ids = [queue(box, harness, "alice", 3), queue(box, harness, "bob", 4)]
+        assert box.deliver_due() == []
+        for row_id in ids:
+            item = state(box, row_id)
+            assert item.state == "queued"
+            assert item.attempts == 1
+            assert item.error is not None
+            assert "cannot connect" in item.error
+            assert datetime.fromisoformat(item.next_attempt) > datetime.now(UTC)
+        assert box.deliver_due() == []  # not due yet
+        assert state(box, ids[0]).attempts == 1
+    finally:
+        harness.start_postfix()
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    assert sorted(s.id for s in box.deliver_due(later)) == sorted(ids)
+    assert box.deliver_due(later) == []
+    assert len(settle(harness, "alice", 1)) == 1
+    assert len(settle(harness, "bob", 1)) == 1
+
+
+@pytest.mark.mail
+def test_starttls_with_verified_certificate_and_auth(clean_mail: MailHarness, db: Database) -> None:
+    """STARTTLS verified against the harness CA, then AUTH as hello: the reply is delivered."""
+    harness = clean_mail
+    settings = harness_smtp(
+        harness,
+        security="starttls",
+        ca_file=harness.ca_file,
+        username="hello",
+        password=harness.password("hello"),
+    )
+    box = Outbox(db, settings)
+    queue(box, harness, "carol", 5)
+    assert len(box.deliver_due()) == 1
+    assert len(settle(harness, "carol", 1)) == 1
+
+
+@pytest.mark.mail
+def test_unverifiable_certificate_is_not_trusted(clean_mail: MailHarness, db: Database) -> None:
+    """Without the harness CA the self-signed certificate fails verification: nothing is sent,
+    the reply waits with the reason."""
+    harness = clean_mail
+    box = Outbox(db, harness_smtp(harness, security="starttls"))
+    row_id = queue(box, harness, "carol", 6)
+    assert box.deliver_due() == []
+    item = state(box, row_id)
+    assert item.state == "queued"
+    assert "certificate verification failed" in (item.error or "")
+
+
+@pytest.mark.mail
+@pytest.mark.slow  # Postfix and Dovecot slow down failed logins on purpose (~5 s, then ~4 s)
+def test_wrong_password_keeps_replies_queued(clean_mail: MailHarness, db: Database) -> None:
+    """A rejected login is an error the operator fixes; replies wait for it."""
+    harness = clean_mail
+    settings = harness_smtp(
+        harness, security="starttls", ca_file=harness.ca_file, username="hello", password="wrong"
+    )
+    box = Outbox(db, settings)
+    row_id = queue(box, harness, "carol", 7)
+    assert box.deliver_due() == []
+    item = state(box, row_id)
+    assert item.state == "queued"
+    assert "rejected the login" in (item.error or "")
+
+
+@pytest.mark.mail
+def test_relay_refusal_fails_the_reply_for_good(clean_mail: MailHarness, db: Database) -> None:
+    """Postfix answers 5xx for a domain it does not serve: the reply is `failed` at once."""
+    harness = clean_mail
+    box = Outbox(db, harness_smtp(harness))
+    reply, _ = reply_to(harness, "alice", 8)
+    row_id = box.enqueue(
+        message_row(db, 8),
+        reply,
+        recipient="someone@elsewhere.invalid",
+        envelope_from="noreply@example.test",
+        template="sales",
+        mode="live",
+    )
+    good = queue(box, harness, "bob", 9)
+    assert [s.id for s in box.deliver_due()] == [good]
+    item = state(box, row_id)
+    assert item.state == "failed"
+    assert (item.error or "").startswith("SMTP RCPT TO refused: 5")
