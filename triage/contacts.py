@@ -13,6 +13,15 @@ from collections.abc import Sequence
 from triage.models import Address, Contact
 
 MAX_TEXT = 20_000
+MAX_FORM_LINES = 300
+MAX_TOKEN = 80  # a longer piece of a signature is prose, not a name, title or number
+MAX_SIGNATURE = 1500
+
+
+def _word_set(words: str) -> frozenset[str]:
+    """A set of words written as one space-separated string (easier to read and extend)."""
+    return frozenset(words.split())
+
 
 _FORM_LABELS = {
     "name": "name|full name|your name|contact name|contact|ansprechpartner|nom|nom complet"
@@ -34,7 +43,6 @@ _FORM_LABELS = {
 _FORM_LABEL_KIND = {
     label: kind for kind, labels in _FORM_LABELS.items() for label in labels.split("|")
 }
-MAX_FORM_LINES = 300
 
 _EMAIL = re.compile(r"[\w.+'-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(r"(?<![\w+])\+?\(?\d[\d ()./-]{5,22}\d(?![\w])")
@@ -46,145 +54,31 @@ _PHONE_LABEL = re.compile(
 _WEBSITE_LABEL = re.compile(r"^(?:w|web|website|webseite|homepage|site|url|internet)\s*:\s*", re.I)
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>()|,;\"']+", re.IGNORECASE)
 _BARE_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+([a-z]{2,12})", re.IGNORECASE)
+_LIST_URL_WORDS = ("listinfo", "mailman", "unsubscribe", "optout", "opt-out", "/lists/")
 # File names and abbreviations that look like domains.
-_NOT_TLDS = frozenset(
-    [
-        "pdf",
-        "doc",
-        "docx",
-        "xls",
-        "xlsx",
-        "jpg",
-        "jpeg",
-        "png",
-        "gif",
-        "txt",
-        "zip",
-        "htm",
-        "html",
-        "eg",
-        "ie",
-    ]
+_NOT_TLDS = _word_set("pdf doc docx xls xlsx jpg jpeg png gif txt zip htm html eg ie")
+# Legal forms name a company on their own; generic business words only in a proper name.
+_LEGAL_FORMS = _word_set(
+    "gmbh ag kg ohg ug gbr e.k ltd limited llc l.l.c inc corp corporation co company plc"
+    " sa sas sarl bv b.v nv n.v sl s.l spa s.p.a srl s.r.l oy ab a/s aps pty"
 )
-_COMPANY_WORDS = frozenset(
-    [
-        "gmbh",
-        "ag",
-        "kg",
-        "ohg",
-        "ug",
-        "gbr",
-        "e.k",
-        "ltd",
-        "limited",
-        "llc",
-        "l.l.c",
-        "inc",
-        "corp",
-        "corporation",
-        "co",
-        "company",
-        "plc",
-        "sa",
-        "sas",
-        "sarl",
-        "bv",
-        "b.v",
-        "nv",
-        "n.v",
-        "sl",
-        "s.l",
-        "spa",
-        "s.p.a",
-        "srl",
-        "s.r.l",
-        "oy",
-        "ab",
-        "a/s",
-        "aps",
-        "pty",
-        "group",
-        "gruppe",
-        "groupe",
-        "holding",
-        "industries",
-        "technologies",
-        "solutions",
-        "systems",
-        "services",
-        "partners",
-        "consulting",
-    ]
+_BUSINESS_WORDS = _word_set(
+    "group gruppe groupe holding industries technologies solutions systems services"
+    " partners consulting logistics manufacturing packaging trading"
 )
-_TITLE_WORDS = frozenset(
-    [
-        "head",
-        "manager",
-        "director",
-        "ceo",
-        "cto",
-        "cfo",
-        "coo",
-        "founder",
-        "co-founder",
-        "owner",
-        "president",
-        "vp",
-        "lead",
-        "officer",
-        "engineer",
-        "supervisor",
-        "buyer",
-        "purchasing",
-        "procurement",
-        "einkauf",
-        "einkäufer",
-        "geschäftsführer",
-        "geschäftsführerin",
-        "leiter",
-        "leiterin",
-        "inhaber",
-        "inhaberin",
-        "vertrieb",
-        "responsable",
-        "directeur",
-        "directrice",
-        "gérant",
-        "gerente",
-        "jefe",
-        "jefa",
-        "hoofd",
-        "eigenaar",
-        "inkoper",
-        "responsabile",
-        "titolare",
-        "coordinator",
-        "specialist",
-        "consultant",
-        "assistant",
-        "analyst",
-        "partner",
-        "associate",
-        "administrator",
-        "architect",
-        "developer",
-        "sales",
-        "marketing",
-        "operations",
-        "logistics",
-        "account",
-        "executive",
-        "representative",
-        "agent",
-        "secretary",
-        "chair",
-    ]
+_TITLE_WORDS = _word_set(
+    "head manager director ceo cto cfo coo founder co-founder owner president vp lead"
+    " officer engineer supervisor buyer purchasing procurement einkauf einkäufer"
+    " geschäftsführer geschäftsführerin leiter leiterin inhaber inhaberin vertrieb"
+    " responsable directeur directrice gérant gerente jefe jefa hoofd eigenaar inkoper"
+    " responsabile titolare coordinator specialist consultant assistant analyst partner"
+    " associate administrator architect developer sales marketing operations logistics"
+    " account executive representative agent secretary chair"
 )
 _WORD_SPLIT = re.compile(r"[\s,()]+")
-_SEPARATORS = re.compile(r"[ \t]*[|•·][ \t]*|[ \t]+[–—-][ \t]+")
-_SEPARATOR_MARKS = ("|", "•", "·", " - ", " – ", " — ")
-MAX_TOKEN = 80  # a longer piece of a signature is prose, not a name, title or number
-MAX_SIGNATURE = 1500
+# Pipes, bullets, spaced dashes, and the wide gaps of two-column signatures.
+_SEPARATORS = re.compile(r"[ \t]*[|•·][ \t]*|[ \t]+[–—-][ \t]+|[ \t]{3,}|\t")
+_SEPARATOR_MARKS = ("|", "•", "·", " - ", " – ", " — ", "   ", "\t")
 _PERSON_NAME = re.compile(r"^[A-ZÀ-Þ][\w'’.-]+(?:[ \t]+[A-ZÀ-Þ][\w'’.-]+){1,3}$")
 
 _NO_REPLY = re.compile(
@@ -194,72 +88,18 @@ _NO_REPLY = re.compile(
     re.IGNORECASE,
 )
 
-_FREE_MAIL_EXACT = frozenset(
-    [
-        "gmail.com",
-        "googlemail.com",
-        "aol.com",
-        "msn.com",
-        "icloud.com",
-        "me.com",
-        "mac.com",
-        "web.de",
-        "t-online.de",
-        "freenet.de",
-        "arcor.de",
-        "posteo.de",
-        "mailbox.org",
-        "orange.fr",
-        "wanadoo.fr",
-        "free.fr",
-        "laposte.net",
-        "sfr.fr",
-        "neuf.fr",
-        "libero.it",
-        "virgilio.it",
-        "alice.it",
-        "tiscali.it",
-        "tin.it",
-        "proton.me",
-        "pm.me",
-        "mail.ru",
-        "zoho.com",
-        "qq.com",
-        "163.com",
-        "126.com",
-        "hey.com",
-        "ziggo.nl",
-        "kpnmail.nl",
-        "hetnet.nl",
-        "planet.nl",
-        "home.nl",
-        "telefonica.net",
-        "terra.es",
-        "bluewin.ch",
-        "rediffmail.com",
-        "mail.com",
-        "inbox.com",
-        "gmx.com",
-        "gmx.net",
-        "example.com",
-    ]
+_FREE_MAIL_EXACT = _word_set(
+    "gmail.com googlemail.com aol.com msn.com icloud.com me.com mac.com web.de"
+    " t-online.de freenet.de arcor.de posteo.de mailbox.org orange.fr wanadoo.fr free.fr"
+    " laposte.net sfr.fr neuf.fr libero.it virgilio.it alice.it tiscali.it tin.it"
+    " proton.me pm.me mail.ru zoho.com qq.com 163.com 126.com hey.com ziggo.nl kpnmail.nl"
+    " hetnet.nl planet.nl home.nl telefonica.net terra.es bluewin.ch rediffmail.com"
+    " mail.com inbox.com gmx.com gmx.net"
 )
-_FREE_MAIL_FAMILY = frozenset(
-    [
-        "yahoo",
-        "ymail",
-        "hotmail",
-        "outlook",
-        "live",
-        "gmx",
-        "yandex",
-        "protonmail",
-        "fastmail",
-        "rocketmail",
-        "aim",
-    ]
+_FREE_MAIL_FAMILY = _word_set(
+    "yahoo ymail hotmail outlook live gmx yandex protonmail fastmail rocketmail aim"
 )
-_SECOND_LEVEL = frozenset(["co", "com", "org", "net", "ac", "gov", "edu", "ne", "or"])
+_SECOND_LEVEL = _word_set("co com org net ac gov edu ne or")
 
 
 def is_free_mail(domain: str) -> bool:
@@ -323,7 +163,9 @@ def _website(text: str) -> str:
     text = _WEBSITE_LABEL.sub("", text.strip(), count=1)
     match = _URL.search(text)
     if match is not None:
-        return match.group(0).rstrip(".,;:)")
+        url = match.group(0).rstrip(".,;:)")
+        # A mailing list's or a newsletter's management link is not the sender's website.
+        return "" if any(word in url.lower() for word in _LIST_URL_WORDS) else url
     candidate = text.strip("<>()[] \t.,;")
     domain = _BARE_DOMAIN.fullmatch(candidate)
     if domain is not None and domain.group(1).lower() not in _NOT_TLDS:
@@ -335,7 +177,7 @@ def _signature_tokens(signature: str) -> list[str]:
     """The pieces of a signature: its lines, with `|`/`•`-separated lines split further."""
     tokens: list[str] = []
     for raw_line in signature[:MAX_SIGNATURE].split("\n")[:15]:
-        line = raw_line.strip(" \t*_>")
+        line = raw_line.strip().strip("*_>").strip()
         if not line or len(line) > 4 * MAX_TOKEN:
             continue  # empty, or prose rather than a signature line
         if len(line) <= MAX_TOKEN and not any(mark in line for mark in _SEPARATOR_MARKS):
@@ -350,37 +192,44 @@ def _words(token: str) -> set[str]:
     return {word.strip(".") for word in _WORD_SPLIT.split(token.lower())}
 
 
+def _is_company(token: str, words: set[str]) -> bool:
+    """True for "Acme GmbH" or "Crestline Packaging Group", not for "systems and networks"."""
+    if words & _LEGAL_FORMS:
+        return True
+    last = token.rsplit(maxsplit=1)[-1:]
+    return bool(words & _BUSINESS_WORDS) and token[:1].isupper() and not last[0].islower()
+
+
 def _from_signature(signature: str, sender_name: str) -> Contact:
     """Name, company, phone and website read from a signature block.
 
     Each piece is classified by what it looks like: a labelled or digit-heavy piece is a phone,
-    a `www.`/`http` piece a website, a piece with a legal form (GmbH, Ltd, …) the company, a
-    piece with a job word a title, and the piece after a title, if otherwise unexplained, the
-    company ("Warehouse Supervisor | Crestline Beverages").
+    a URL or domain the website, a piece with a legal form (GmbH, Ltd, …) the company, a piece
+    with a job word a title. Without a legal form, the piece right after the title is taken as
+    the company ("Warehouse Supervisor | Crestline Beverages").
     """
-    name = company = phone = website = ""
+    name = company = after_title_company = phone = website = ""
+    sender = sender_name.lower()
     after_title = False
     for token in _signature_tokens(signature):
         lowered = token.lower()
         digits = _digits(token)
-        labelled = digits >= 7 and _PHONE_LABEL.match(token) is not None
         was_title, after_title = after_title, False
         if "@" in token and _EMAIL.search(token):
             continue
-        if labelled or (len(token) < 30 and digits >= 7):
+        if digits >= 7 and (len(token) < 30 or _PHONE_LABEL.match(token)):
             phone = phone or _phone(token)
             continue
         if not website and (found := _website(token)):
             website = found
             continue
         words = _words(token)
-        if not company and words & _COMPANY_WORDS:
-            company = token
+        if _is_company(token, words):
+            company = company or token
             continue
         if words & _TITLE_WORDS:
             after_title = True
             continue
-        sender = sender_name.lower()
         if (
             not name
             and _PERSON_NAME.match(token)
@@ -388,9 +237,9 @@ def _from_signature(signature: str, sender_name: str) -> Contact:
         ):
             name = token
             continue
-        if not company and was_title:
-            company = token
-    return Contact(name=name, company=company, phone=phone, website=website)
+        if was_title and not digits and not after_title_company:
+            after_title_company = token
+    return Contact(name=name, company=company or after_title_company, phone=phone, website=website)
 
 
 def extract(
@@ -410,7 +259,7 @@ def extract(
         sender = reply_to[0]
     elif _is_robot(sender):
         sender = None
-    email = sender.email if sender is not None else ""
+    email = sender.email if sender is not None and "@" in sender.email else ""
     name = sender.name if sender is not None else ""
     if is_form:
         form_email = _EMAIL.search(form.get("email", ""))

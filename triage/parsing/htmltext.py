@@ -30,42 +30,16 @@ _BLANK_RUNS = re.compile(r"\n{3,}")
 _LINE_SPACE = re.compile(r"[ \t\xa0\u200b\u200c\u200d\ufeff]+")
 
 _QUOTE_OPEN, _QUOTE_CLOSE = "\x01", "\x02"
-_BLOCK = frozenset(
-    [
-        "p",
-        "div",
-        "br",
-        "tr",
-        "table",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "ul",
-        "ol",
-        "dl",
-        "dt",
-        "dd",
-        "hr",
-        "pre",
-        "center",
-        "form",
-        "address",
-        "section",
-        "article",
-        "header",
-        "footer",
-        "main",
-        "nav",
-        "aside",
-        "figure",
-        "caption",
-        "tbody",
-        "thead",
-        "tfoot",
-    ]
+
+
+def _word_set(words: str) -> frozenset[str]:
+    """A set of words written as one space-separated string."""
+    return frozenset(words.split())
+
+
+_BLOCK = _word_set(
+    "p div br tr table h1 h2 h3 h4 h5 h6 ul ol dl dt dd hr pre center form address"
+    " section article header footer main nav aside figure caption tbody thead tfoot"
 )
 
 

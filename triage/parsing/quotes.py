@@ -24,14 +24,14 @@ VALEDICTION_WINDOW = 1500  # a valediction is searched for near the end of the t
 
 _WROTE = (
     r"(?:wrote|writes|schrieb|schreibt|a\s+écrit|écrit|escribió|escribio|schreef|ha\s+scritto"
-    r"|scrisse|skrev|escreveu|geschreven|napisał)"
+    r"|scrisse|skrev|escreveu|geschreven|napisał|написал)"
 )
 _INTRO = re.compile(
     r"[ \t>]*(?:On|Am|Le|El|Op|Il|Den|Em|Quoting|Zitat von|Citando|W dniu)\b", re.IGNORECASE
 )
 _WROTE_WORD = re.compile(
     r"(?:wrote|writes|schrieb|schreibt|crit|escribi|schreef|scritto|scrisse|skrev|escreveu"
-    r"|geschreven|napisał)"
+    r"|geschreven|napisał|написал)"
 )
 _WROTE_AT_END = re.compile(rf"\b{_WROTE}\b[^:\n]{{0,80}}:[ \t]*$", re.IGNORECASE)
 _DATED_ADDRESS = re.compile(
@@ -51,18 +51,27 @@ _SEPARATOR = re.compile(
     r"|[ \t>]*_{10,}[ \t]*$",
     re.IGNORECASE,
 )
-_FROM_LABEL = r"(?:From|Von|De|Van|Da|Från|Od|Fra|Lähettäjä)"
-_SENT_LABEL = (
-    r"(?:Sent|Date|Gesendet|Datum|Envoyé|Date d'envoi|Enviado|Enviado el|Fecha|Verzonden"
-    r"|Inviato|Data|Skickat|Sendt|Subject|Betreff|Objet|Asunto|Onderwerp|Oggetto)"
-)
-_SENT_LINE = re.compile(rf"[ \t>*]*{_SENT_LABEL}[ \t]*\*?[ \t]*:")
+# The labels of a header block that Outlook, Hotmail or Thunderbird copy above the quoted
+# message ("From: … Sent: … To: … Subject: …"), by what they name.
+_BLOCK_LABELS = {
+    "from": "From|Von|De|Van|Da|Från|Od|Fra",
+    "date": "Sent|Date|Gesendet|Datum|Envoyé|Date d'envoi|Enviado|Enviado el|Fecha|Verzonden"
+    "|Inviato|Data|Skickat|Sendt",
+    "to": "To|An|À|A|Para|Aan|Till|Cc|Kopie|CC",
+    "subject": "Subject|Betreff|Objet|Asunto|Onderwerp|Oggetto|Ämne",
+}
+_LABEL_KIND = {
+    label.lower(): kind for kind, labels in _BLOCK_LABELS.items() for label in labels.split("|")
+}
+_ANY_LABEL = "|".join(_BLOCK_LABELS.values())
+_BLOCK_LINE = re.compile(rf"[ \t>*]*({_ANY_LABEL})[ \t]*\*?[ \t]*:")
+MAX_BLOCK_LINES = 10
 
 # Cheap scans: each pattern begins with a literal, so the regex engine jumps between newlines
 # or colons instead of trying every position.
 _COLON_AT_EOL = re.compile(r":[ \t]*(?=\n)")
 _SEPARATOR_START = re.compile(r"\n[ \t>]*(?:--|__|Begin|Anfang|Début|Inicio|Inizio)", re.IGNORECASE)
-_FROM_START = re.compile(rf"\n[ \t>*]*{_FROM_LABEL}[ \t]*\*?[ \t]*:")
+_BLOCK_START = re.compile(rf"\n[ \t>*]*(?:{_ANY_LABEL})[ \t]*\*?[ \t]*:")
 _QUOTED_LINE = re.compile(r"\n[ \t]*>[^\n]*")
 _SIGNATURE_DELIMITER = re.compile(r"\n[ \t]*(?:--|—|__)[ \t]*(?=\n)")
 # Phone and webmail footers, matched on the lower-cased start of a line.
@@ -89,67 +98,23 @@ _MOBILE_FOOTERS = (
 )
 
 
+_VALEDICTION_PHRASES = (
+    "regards|best regards|kind regards|warm regards|warmest regards|best wishes"
+    "|with best regards|with kind regards|many thanks|thanks|thank you|thanks again"
+    "|thanks in advance|thx|cheers|best|all the best|sincerely|yours sincerely|yours truly"
+    "|yours faithfully|respectfully|mit freundlichen grüßen|freundliche grüße|mfg"
+    "|viele grüße|beste grüße|liebe grüße|herzliche grüße|grüße|gruß|lg|vg|cordialement"
+    "|bien cordialement|bien à vous|salutations|meilleures salutations"
+    "|sincères salutations|amitiés|saludos|un saludo|saludos cordiales|atentamente"
+    "|un abrazo|met vriendelijke groet|met vriendelijke groeten|vriendelijke groet"
+    "|vriendelijke groeten|groeten|mvg|cordiali saluti|distinti saluti|saluti|un saluto"
+    "|grazie|grazie mille"
+)
+
+
 def _valedictions() -> frozenset[str]:
     """Closing phrases, lower-cased, with the ü/ue and ß/ss spellings of German."""
-    phrases = [
-        "regards",
-        "best regards",
-        "kind regards",
-        "warm regards",
-        "warmest regards",
-        "best wishes",
-        "with best regards",
-        "with kind regards",
-        "many thanks",
-        "thanks",
-        "thank you",
-        "thanks again",
-        "thanks in advance",
-        "thx",
-        "cheers",
-        "best",
-        "all the best",
-        "sincerely",
-        "yours sincerely",
-        "yours truly",
-        "yours faithfully",
-        "respectfully",
-        "mit freundlichen grüßen",
-        "freundliche grüße",
-        "mfg",
-        "viele grüße",
-        "beste grüße",
-        "liebe grüße",
-        "herzliche grüße",
-        "grüße",
-        "gruß",
-        "lg",
-        "vg",
-        "cordialement",
-        "bien cordialement",
-        "bien à vous",
-        "salutations",
-        "meilleures salutations",
-        "sincères salutations",
-        "amitiés",
-        "saludos",
-        "un saludo",
-        "saludos cordiales",
-        "atentamente",
-        "un abrazo",
-        "met vriendelijke groet",
-        "met vriendelijke groeten",
-        "vriendelijke groet",
-        "vriendelijke groeten",
-        "groeten",
-        "mvg",
-        "cordiali saluti",
-        "distinti saluti",
-        "saluti",
-        "un saluto",
-        "grazie",
-        "grazie mille",
-    ]
+    phrases = _VALEDICTION_PHRASES.split("|")
     spelled = set(phrases)
     for phrase in phrases:
         spelled.add(phrase.replace("ü", "ue").replace("ß", "ss"))
@@ -180,16 +145,24 @@ def _is_attribution(line: str, previous: str) -> bool:
     return bool(_INTRO.match(line) or _LOOKS_DATED.search(line) or _INTRO.match(previous))
 
 
-def _is_outlook_block(scan: str, start: int) -> bool:
-    """True when a From line at `start` is followed within four lines by a Sent/Date line."""
-    position = scan.find("\n", start)
-    for _ in range(4):
-        if position == -1:
-            return False
-        if _SENT_LINE.match(scan, position + 1):
-            return True
-        position = scan.find("\n", position + 1)
-    return False
+def _is_header_block(scan: str, start: int) -> bool:
+    """True when the lines from `start` are a copied header block: a From line plus a Sent/Date
+    line, or a From line plus To and Subject lines, with nothing else between them."""
+    kinds: set[str] = set()
+    position = start
+    for _ in range(MAX_BLOCK_LINES):
+        end = scan.find("\n", position)
+        if end == -1:
+            end = len(scan)
+        if scan[position:end].strip(" \t>*"):
+            match = _BLOCK_LINE.match(scan, position, end)
+            if match is None:
+                break
+            kinds.add(_LABEL_KIND[match.group(1).lower()])
+        position = end + 1
+        if position >= len(scan):
+            break
+    return "from" in kinds and ("date" in kinds or {"to", "subject"} <= kinds)
 
 
 def _next_line_is_quoted(scan: str, position: int) -> bool:
@@ -197,32 +170,44 @@ def _next_line_is_quoted(scan: str, position: int) -> bool:
     return scan[position : position + 2000].lstrip(" \t\n").startswith(">")
 
 
-def _thread_starts(scan: str) -> list[tuple[int, int, bool]]:
-    """Line starts where the thread may begin: (start, end of the marker, is an intro line)."""
-    found: list[tuple[int, int, bool]] = []
+INTRO, WEAK_INTRO, CUT = "intro", "weak", "cut"
+
+
+def _thread_starts(scan: str) -> list[tuple[int, int, str]]:
+    """Where the thread may begin: (line start, end of the marker, kind), in text order.
+
+    `INTRO` is an attribution line, `WEAK_INTRO` a line ending in ":" with an address that only
+    counts when quoted lines follow it, `CUT` a separator or a copied header block.
+    """
+    found: list[tuple[int, int, str]] = []
     for match in _COLON_AT_EOL.finditer(scan):
         start = _line_start(scan, match.start())
-        if not _WROTE_WORD.search(
-            scan, max(start, match.start() - 120), match.start()
-        ) and not _DATED_ADDRESS.match(scan, start, match.end()):
+        if not _WROTE_WORD.search(scan, max(start, match.start() - 120), match.start()):
+            if _DATED_ADDRESS.match(scan, start, match.end()):
+                found.append((start, match.end(), INTRO))
+            elif scan.find("@", start, match.start()) != -1:
+                found.append((start, match.end(), WEAK_INTRO))
             continue
         line = scan[start : match.end()]
         previous_start = _line_start(scan, max(0, start - 1))
         previous = scan[previous_start : max(previous_start, start - 1)]
         if _is_attribution(line, ""):
-            found.append((start, match.end(), True))
+            found.append((start, match.end(), INTRO))
         elif previous and _is_attribution(previous + " " + line, previous):
-            found.append((previous_start, match.end(), True))
+            found.append((previous_start, match.end(), INTRO))
+        elif _WROTE_AT_END.search(line):
+            # "Matthias wrote:" alone could be prose; it introduces a quote only when one follows.
+            found.append((start, match.end(), WEAK_INTRO))
         if len(found) >= MAX_CANDIDATES:
             break
     for match in _SEPARATOR_START.finditer(scan):
         start = match.start() + 1
         if _SEPARATOR.match(_line_at(scan, start)):
-            found.append((start, start, False))
+            found.append((start, start, CUT))
             break
-    for match in _FROM_START.finditer(scan):
-        if _is_outlook_block(scan, match.start() + 1):
-            found.append((match.start() + 1, match.start() + 1, False))
+    for match in _BLOCK_START.finditer(scan):
+        if _is_header_block(scan, match.start() + 1):
+            found.append((match.start() + 1, match.start() + 1, CUT))
             break
     found.sort()
     return found
@@ -237,11 +222,13 @@ def strip_thread(text: str) -> str:
     scan = "\n" + text[:MAX_SCAN_CHARS] + "\n"
     cut = len(scan)
     intros: list[tuple[int, int]] = []
-    for start, end, is_intro in _thread_starts(scan):
+    for start, end, kind in _thread_starts(scan):
         if intros and start < intros[-1][1]:
             continue
-        if is_intro and _next_line_is_quoted(scan, end):
+        if kind != CUT and _next_line_is_quoted(scan, end):
             intros.append((start, end))
+            continue
+        if kind == WEAK_INTRO:
             continue
         cut = start
         break
