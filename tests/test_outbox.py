@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import email
 import logging
+import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -739,3 +742,153 @@ def test_relay_refusal_fails_the_reply_for_good(clean_mail: MailHarness, db: Dat
     item = state(box, row_id)
     assert item.state == "failed"
     assert (item.error or "").startswith("SMTP RCPT TO refused: 5")
+
+
+# --- against a scripted SMTP server on a real socket ----------------------------------------------
+
+
+class ScriptedSmtpServer:
+    """A minimal SMTP server in a thread: accepts every command, and can misbehave after DATA.
+
+    `after_data` is "250" (accept), "451"/"554" (refuse with that code) or "drop" (close the
+    connection without a reply: the client cannot know whether the message was taken).
+    """
+
+    def __init__(self, after_data: str = "250", tls: ssl.SSLContext | None = None) -> None:
+        self.after_data = after_data
+        self.tls = tls
+        self.messages: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            self._talk(conn)
+        except OSError:  # the client hung up or refused our certificate: what some tests want
+            return
+
+    def _talk(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            conn.sendall(b"220 scripted ESMTP\r\n")
+            while line := reader.readline():
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250-scripted\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    body = b"".join(iter(reader.readline, b".\r\n"))
+                    if self.after_data == "drop":
+                        return
+                    if self.after_data == "250":
+                        self.messages.append(body)
+                    conn.sendall(self.after_data.encode() + b" done\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., ScriptedSmtpServer]]:
+    servers: list[ScriptedSmtpServer] = []
+
+    def start(after_data: str = "250", tls: ssl.SSLContext | None = None) -> ScriptedSmtpServer:
+        servers.append(ScriptedSmtpServer(after_data, tls))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def scripted_outbox(db: Database, server: ScriptedSmtpServer, **changes: object) -> Outbox:
+    data: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "security": "plain",
+        "timeout": 5,
+    } | changes
+    return Outbox(db, SmtpSettings.model_validate(data))
+
+
+def test_connection_dropped_after_data_is_uncertain_not_resent(
+    db: Database, scripted: Callable[..., ScriptedSmtpServer]
+) -> None:
+    """The server hangs up after the message without answering: maybe delivered, so the reply is
+    `uncertain` and is not sent again."""
+    server = scripted("drop")
+    box = scripted_outbox(db, server)
+    row_id = enqueue(box)
+    assert box.deliver_due() == []
+    item = state(box, row_id)
+    assert item.state == "uncertain"
+    assert "broke during DATA" in (item.error or "")
+    assert box.deliver_due(T0 + timedelta(days=1)) == []
+
+
+@pytest.mark.parametrize(("code", "expected"), [("451", "queued"), ("554", "failed")])
+def test_refusal_after_data_is_definite(
+    db: Database, scripted: Callable[..., ScriptedSmtpServer], code: str, expected: str
+) -> None:
+    """A 4xx/5xx answer to the message is a clear "not taken": retried later, or failed."""
+    box = scripted_outbox(db, scripted(code))
+    row_id = enqueue(box)
+    assert box.deliver_due() == []
+    item = state(box, row_id)
+    assert item.state == expected
+    assert (item.error or "").startswith(f"SMTP DATA refused: {code}")
+
+
+def test_dot_stuffing_and_bytes_arrive_intact(
+    db: Database, scripted: Callable[..., ScriptedSmtpServer]
+) -> None:
+    """The stored bytes are what the server receives (a body line starting with "." included)."""
+    server = scripted("250")
+    box = scripted_outbox(db, server)
+    inbound = InboundMessage(message_id="<dots@client.example>", subject="Dots")
+    reply = compose(
+        inbound, Address("", "pat@client.example"), RenderedReply("s", "", "x", ".\n..x\n"), REPLIES
+    )
+    box.enqueue(
+        message_row(db),
+        reply,
+        recipient="pat@client.example",
+        envelope_from="noreply@example.test",
+        template="sales",
+        mode="live",
+    )
+    assert len(box.deliver_due()) == 1
+    [received] = server.messages
+    unstuffed = b"".join(
+        line[1:] if line.startswith(b".") else line for line in received.splitlines(keepends=True)
+    )
+    assert unstuffed == reply.as_bytes(policy=policy.SMTP)
+
+
+@pytest.mark.mail
+def test_implicit_tls_verified_against_the_ca(
+    mail_harness: MailHarness, db: Database, scripted: Callable[..., ScriptedSmtpServer]
+) -> None:
+    """security = "tls" speaks TLS from the first byte and verifies the server certificate."""
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(mail_harness.tls_dir / "server.pem", mail_harness.tls_dir / "server.key")
+    server = scripted("250", tls)
+    box = scripted_outbox(db, server, security="tls", ca_file=mail_harness.ca_file)
+    enqueue(box)
+    assert len(box.deliver_due()) == 1
+    assert len(server.messages) == 1
+    untrusted = scripted("250", tls)
+    box2 = scripted_outbox(db, untrusted, security="tls")
+    row_id = enqueue(box2, 2)
+    assert box2.deliver_due() == []
+    assert "certificate verification failed" in (state(box2, row_id).error or "")

@@ -92,7 +92,8 @@ class SmtpConnection:
     def data(self, raw: bytes) -> None:
         """Send the message itself; the server's 250 means it took responsibility for it."""
         try:
-            self._client.data(raw)
+            # smtplib checks the 354 but returns the final reply unchecked (sendmail checks it).
+            code, reply = self._client.data(raw)
         except smtplib.SMTPDataError as exc:
             self.reset()
             raise _refusal("DATA", exc.smtp_code, exc.smtp_error) from None
@@ -100,6 +101,11 @@ class SmtpConnection:
             raise AmbiguousDeliveryError(
                 f"SMTP connection to {self._host} broke during DATA: {exc}"
             ) from None
+        if code == -1:
+            raise AmbiguousDeliveryError(f"SMTP {self._host} sent no reply after DATA")
+        if code != 250:
+            self.reset()
+            raise _refusal("DATA", code, reply)
 
     def reset(self) -> None:
         """RSET; a failure here only means the connection is gone, which the next step reports."""
