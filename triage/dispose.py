@@ -46,7 +46,8 @@ def dispose(
     """Decide reply, lead, keyword and folder for one message; records why a reply is skipped."""
     decision = classification.decision
     template = _REPLY_TEMPLATE[decision]
-    reasons: list[str] = []
+    # A header rule that decided without the model is the first reason a person sees.
+    reasons: list[str] = [classification.rule] if classification.rule else []
     if template is not None:
         if backfill:
             reasons.append("backfill: mail from before triage started is never answered")

@@ -369,8 +369,14 @@ def _own_message_id(msg: InboundMessage, ctx: GuardContext, dest: Address | None
     # Our own reply coming back (a forward, a loop through an autoresponder) must not be answered.
     if not ctx.message_id_domains:
         return None
-    if not msg.message_id_synthesised and _msgid_domain(msg.message_id) in ctx.message_id_domains:
-        return f"the Message-ID {msg.message_id} is on our own domain"
+    # Only ids we generate ourselves count: colleagues and test users may share our domain.
+    own_id = msg.message_id.strip().strip("<>")
+    if (
+        not msg.message_id_synthesised
+        and own_id.startswith("triage.")
+        and _msgid_domain(own_id) in ctx.message_id_domains
+    ):
+        return f"the Message-ID {msg.message_id} is one of our own replies"
     for ref in (msg.in_reply_to, *msg.references):
         ref_id = ref.strip().strip("<>")
         if ref_id.startswith("triage.") and _msgid_domain(ref_id) in ctx.message_id_domains:

@@ -188,9 +188,9 @@ class ClassifierSettings(_Section):
     """Which model to load and how sure it must be before acting."""
 
     model_path: Path = Path("classifiers/model.skops")
-    thresholds: Mapping[str, Annotated[float, Field(ge=0, le=1)]] = Field(
-        default_factory=lambda: {"sales": 0.5, "marketing": 0.6, "other": 0.6}
-    )
+    # Per-label overrides; a label not given uses the threshold the model card suggests
+    # (chosen on cross-validation when the model was trained).
+    thresholds: Mapping[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_labels(self) -> Self:

@@ -1,0 +1,97 @@
+"""Helpers for tests that drive triage against the harness's real mail servers."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+
+from triage.demo import write_config
+from triage.mailharness import MailHarness
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Plain, unambiguous inquiries: the tests are about delivery, not about the model's judgement.
+SALES_BODY = (
+    "Hello,\n\nwe need a quote for {n} pallets of your standard packaging, delivered to our"
+    " warehouse in Rotterdam before the end of next month. Our budget is approved; could you"
+    " call me to discuss pricing and delivery terms?\n\nKind regards,\n{name}\nPurchasing"
+)
+
+
+def inquiry(sender: str, to: str, n: int, name: str = "Pat Buyer") -> bytes:
+    """A sales inquiry from `sender` with a unique Message-ID."""
+    msg = EmailMessage()
+    msg["From"] = f"{name} <{sender}>"
+    msg["To"] = to
+    msg["Subject"] = f"Quote request for {n} pallets"
+    msg["Date"] = format_datetime(email.utils.localtime())
+    msg["Message-ID"] = make_msgid(f"q{n}", domain="example.test")
+    msg.set_content(SALES_BODY.format(n=n, name=name))
+    return msg.as_bytes()
+
+
+def config_for(harness: MailHarness, base: Path, extra: str = "") -> Path:
+    """A triage config watching hello@ of the harness, store under `base`."""
+    base.mkdir(parents=True, exist_ok=True)
+    return write_config(harness, base, extra)
+
+
+def triage(
+    config: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `triage` command with this config."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "triage", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def db(base: Path) -> sqlite3.Connection:
+    """The test's triage store, read-only use."""
+    conn = sqlite3.connect(base / "triage.db", timeout=30)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def states(base: Path) -> dict[str, int]:
+    """Ledger state counts."""
+    with db(base) as conn:
+        return {r[0]: r[1] for r in conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY 1")}
+
+
+def replies_in(harness: MailHarness, user: str) -> list[email.message.EmailMessage]:
+    """Every message in `user`'s INBOX, parsed (the replies triage sent them)."""
+    out = []
+    with harness.imap(user) as client:
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search("ALL")
+        for _uid, data in client.fetch(uids, [b"BODY.PEEK[]"]).items():
+            parsed = email.message_from_bytes(data[b"BODY[]"], policy=email.policy.default)
+            assert isinstance(parsed, email.message.EmailMessage)
+            out.append(parsed)
+    return out
+
+
+def wait_until(predicate: object, timeout: float, interval: float = 0.05) -> float:
+    """Poll `predicate()` until true; returns the seconds waited, raises on timeout."""
+    assert callable(predicate)
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - start

@@ -1,0 +1,212 @@
+"""The composition root: builds the objects of one worker from settings and wires them.
+
+Each thread that touches the store gets its own `Service` (SQLite connections are per thread);
+the classifier and the template renderer are shared, read-only, across threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from functools import partial
+
+from triage import guards
+from triage.classify import ModelHandle
+from triage.compose import make_reply
+from triage.errors import PermanentError, TemplateError, TransientError
+from triage.mailbox import ImapMailbox
+from triage.outbox import Outbox
+from triage.pipeline import Decided, Planned, Recorder, decide, fixed_target
+from triage.replies import TemplateRenderer
+from triage.settings import ImapAccount, Settings
+from triage.smtp import SmtpSession, connect
+from triage.store.db import Database
+from triage.store.ledger import Ledger
+from triage.sync import Checkpoint, Effects, FolderSync, SyncResult
+
+log = logging.getLogger(__name__)
+
+
+def no_checkpoint(_name: str) -> None:
+    """The default checkpoint: no fault injection."""
+
+
+class CheckpointedSession:
+    """An SMTP session that reports `smtp_accepted` once the server took a message's DATA.
+
+    The crash tests kill the process there: the reply has left, but the outbox has not yet
+    recorded it as sent.
+    """
+
+    def __init__(self, inner: SmtpSession, checkpoint: Checkpoint) -> None:
+        self.inner = inner
+        self.checkpoint = checkpoint
+
+    def envelope(self, sender: str, recipient: str) -> None:
+        """MAIL FROM and RCPT TO."""
+        self.inner.envelope(sender, recipient)
+
+    def data(self, raw: bytes) -> None:
+        """DATA, then the checkpoint."""
+        self.inner.data(raw)
+        self.checkpoint("smtp_accepted")
+
+    def reset(self) -> None:
+        """RSET."""
+        self.inner.reset()
+
+    def close(self) -> None:
+        """QUIT."""
+        self.inner.close()
+
+
+class Shared:
+    """What every worker thread shares: settings, the model and the templates."""
+
+    def __init__(self, settings: Settings, checkpoint: Checkpoint = no_checkpoint) -> None:
+        self.settings = settings
+        self.model = ModelHandle(settings.classifier.model_path, settings.classifier.thresholds)
+        self.renderer = TemplateRenderer.from_settings(settings.replies)
+        self.checkpoint = checkpoint
+
+
+class Service:
+    """One thread's store connection, outbox and pipeline, ready to sync folders."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.settings = shared.settings
+        self.db = Database(self.settings.store.path)
+        self.ledger = Ledger(self.db)
+        smtp_settings = self.settings.smtp
+        self.outbox = Outbox(
+            self.db,
+            smtp_settings,
+            connector=lambda: CheckpointedSession(connect(smtp_settings), shared.checkpoint),
+        )
+        self.guard_context = guards.GuardContext.from_settings(self.settings.replies, self.outbox)
+        self.recorder = Recorder(
+            self.ledger,
+            self._queue_reply,
+            response_target=fixed_target(self.settings.leads.response_target_hours),
+            assign_owner=lambda _c: "",
+        )
+
+    def close(self) -> None:
+        """Close the store connection."""
+        self.db.close()
+
+    # -- the pure part -------------------------------------------------------------------------
+
+    def decide_batch(self, items: Sequence[tuple[int, bytes, bool]]) -> list[Decided]:
+        """Parse, check, classify and dispose a batch with the current model."""
+        classifier = self.shared.model.get()
+        prefix = (
+            self.settings.ingest.folder_prefix if self.settings.ingest.move_to_folders else None
+        )
+        return decide(
+            items,
+            check=partial(guards.check, ctx=self.guard_context),
+            classify=classifier.classify_many,
+            folder_prefix=prefix,
+        )
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def _queue_reply(self, _c: sqlite3.Connection, planned: Planned) -> str | None:
+        """Render and queue one reply inside the recording transaction, or say why not."""
+        dest = planned.verdict.destination
+        if dest is None:
+            return "no-destination: nowhere to send a reply"
+        replies = self.settings.replies
+        # Checked again here, inside the transaction: an earlier message of this batch may have
+        # earned the same sender a reply after the guards looked.
+        window = timedelta(days=replies.window_days)
+        if self.outbox.replied_recently(dest.email, window):
+            return f"already-replied: {dest.email} got a reply within {replies.window_days:g} days"
+        try:
+            reply = make_reply(planned.msg, dest, planned.template, self.shared.renderer, replies)
+        except (TemplateError, PermanentError) as exc:
+            # Never a reply by accident: a template or address problem means no reply, recorded.
+            log.warning("no reply to %s: %s", dest.email, exc)
+            return f"reply-failed: {exc}"
+        envelope = "" if replies.envelope_sender in ("", "<>") else replies.envelope_sender
+        self.outbox.enqueue(
+            planned.row_id,
+            reply,
+            recipient=dest.email,
+            envelope_from=envelope,
+            template=planned.template,
+            mode=replies.mode,
+        )
+        return None
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def deliver(self) -> None:
+        """Send every reply that is due (live mode queues; the others never reach SMTP)."""
+        self.outbox.deliver_due()
+
+    def file_replies(self, mailbox: ImapMailbox, folder: str, uidvalidity: int) -> None:
+        """File sent replies in Sent and drafts in Drafts; mark answered originals \\Answered."""
+        pending = self.outbox.pending_filing()
+        if not pending:
+            return
+        sent_folder = self.settings.replies.sent_folder or mailbox.special_folder("\\Sent")
+        drafts = self.settings.replies.drafts_folder or mailbox.special_folder("\\Drafts")
+        for item in pending:
+            row = self.ledger.get(item.message_row)
+            if row is None or (row.account, row.folder) != (mailbox.account.name, folder):
+                continue
+            target = sent_folder if item.state == "sent" else drafts
+            if target:
+                flags = ["\\Seen"] if item.state == "sent" else ["\\Draft"]
+                mailbox.append(target, item.raw, flags)
+            if item.state == "sent":
+                uids = self._locate(mailbox, folder, uidvalidity, row.uid, row.message_id)
+                mailbox.add_flags(uids, ["\\Answered"])
+            self.outbox.mark_filed(item.id)
+
+    def _locate(
+        self, mailbox: ImapMailbox, folder: str, uidvalidity: int, uid: int, message_id: str
+    ) -> list[int]:
+        """Where the original is now: its UID, or found by Message-ID after a move."""
+        info = mailbox.folder
+        same = info is not None and info.name == folder and info.uidvalidity == uidvalidity
+        if same and uid in mailbox.sizes([uid]):
+            return [uid]
+        return []
+
+    def folder_syncs(
+        self, account: ImapAccount, mailbox: ImapMailbox
+    ) -> list[Callable[[], SyncResult]]:
+        """One sync callable per watched folder of `account`."""
+        effects = Effects(deliver=self._deliver_checked, file_replies=self.file_replies)
+        return [
+            FolderSync(
+                account.name,
+                folder,
+                mailbox,
+                self.ledger,
+                self.decide_batch,
+                self.recorder,
+                effects,
+                self.settings.ingest,
+                self.shared.checkpoint,
+            ).sync
+            for folder in account.folders
+        ]
+
+    def _deliver_checked(self) -> None:
+        try:
+            self.deliver()
+        except TransientError as exc:
+            # The replies stay queued; the next pass tries again after their backoff.
+            log.error("sending replies failed: %s", exc)
+
+
+def now() -> datetime:
+    """The current local time (aware)."""
+    return datetime.now().astimezone()
