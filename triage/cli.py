@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from triage.commands import config, daemon, model, templates
+from triage.commands import config, daemon, doctor, model, templates
 from triage.commands.common import GlobalOptions
 
 app = typer.Typer(
@@ -42,6 +42,7 @@ app.command("run")(daemon.run)
 app.command("train")(model.train)
 app.command("evaluate")(model.evaluate)
 app.command("classify")(model.classify)
+app.command("doctor")(doctor.doctor)
 app.add_typer(templates.app, name="templates")
 
 
