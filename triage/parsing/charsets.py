@@ -105,6 +105,8 @@ def decode(data: bytes, declared: str = "") -> tuple[str, str | None]:
         pass  # not UTF-8: the single-byte fallback below always succeeds
     else:
         return text, defect
-    if codec is not None and codec != "ascii":
+    if codec in _PERMISSIVE and codec != "ascii":
         return data.decode(codec, "replace"), defect
+    # An unknown label, ASCII with 8-bit bytes, or a multi-byte charset that did not fit:
+    # cp1252 is what such mail most often is, and it shows every byte as something.
     return data.decode("cp1252", "replace"), defect

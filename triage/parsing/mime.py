@@ -87,7 +87,9 @@ class Budget:
 
 
 def normalise(raw: bytes) -> bytes:
-    """LF line endings (from CRLF or old-Mac CR) and no leading mbox `From ` line."""
+    """LF line endings (from CRLF or old-Mac CR), no byte-order mark, no mbox `From ` line."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
     if b"\r" in raw:
         raw = raw.replace(b"\r\n", b"\n") if b"\r\n" in raw[:4096] else raw.replace(b"\r", b"\n")
         if b"\r" in raw:

@@ -136,13 +136,13 @@ def _line_start(scan: str, position: int) -> int:
     return scan.rfind("\n", 0, position) + 1
 
 
-def _is_attribution(line: str, previous: str) -> bool:
-    """True when `line` (maybe wrapped from `previous`) says who wrote the quoted text."""
+def _is_attribution(line: str) -> bool:
+    """True when `line` says who wrote the quoted text and when ("On … wrote:")."""
     if _DATED_ADDRESS.match(line):
         return True
     if not _WROTE_AT_END.search(line):
         return False
-    return bool(_INTRO.match(line) or _LOOKS_DATED.search(line) or _INTRO.match(previous))
+    return bool(_INTRO.match(line) or _LOOKS_DATED.search(line))
 
 
 def _is_header_block(scan: str, start: int) -> bool:
@@ -191,10 +191,11 @@ def _thread_starts(scan: str) -> list[tuple[int, int, str]]:
         line = scan[start : match.end()]
         previous_start = _line_start(scan, max(0, start - 1))
         previous = scan[previous_start : max(previous_start, start - 1)]
-        if _is_attribution(line, ""):
-            found.append((start, match.end(), INTRO))
-        elif previous and _is_attribution(previous + " " + line, previous):
+        if previous and _INTRO.match(previous) and _is_attribution(previous + " " + line):
+            # "On Wed, … Jane Doe <" + "jane@acme.example> wrote:": wrapped by the sender's client.
             found.append((previous_start, match.end(), INTRO))
+        elif _is_attribution(line):
+            found.append((start, match.end(), INTRO))
         elif _WROTE_AT_END.search(line):
             # "Matthias wrote:" alone could be prose; it introduces a quote only when one follows.
             found.append((start, match.end(), WEAK_INTRO))

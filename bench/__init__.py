@@ -1,0 +1,1 @@
+"""Benchmarks for triage: run one with `python -m bench.<name>`."""

@@ -1,0 +1,198 @@
+"""Contact extraction for leads: headers, signature blocks and web-form notifications.
+
+Every message here is written by hand for the project.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from triage.contacts import company_from_domain, extract, is_free_mail
+from triage.models import Address, Contact
+from triage.parsing import parse
+
+
+def message(sender: bytes, body: str, extra_headers: bytes = b"") -> bytes:
+    return (
+        b"From: "
+        + sender
+        + b"\nTo: info@stretchpak.example\nSubject: Inquiry\n"
+        + extra_headers
+        + b"Content-Type: text/plain; charset=utf-8\n\n"
+        + body.encode()
+    )
+
+
+def test_pipe_separated_signature() -> None:
+    """A one-line signature "Name | Title | Company | Phone | Website" fills every field."""
+    raw = message(
+        b"Jane Doe <jane.doe@acme-logistics.example>",
+        "Hello,\n\nplease send a quote for the SW-300.\n\n"
+        "Best regards,\n"
+        "Jane Doe | Head of Ops | Acme GmbH | +49 30 1234567 | www.acme.example\n",
+    )
+    assert parse(raw).contact == Contact(
+        name="Jane Doe",
+        email="jane.doe@acme-logistics.example",
+        company="Acme GmbH",
+        phone="+49 30 1234567",
+        website="www.acme.example",
+    )
+
+
+def test_multi_line_signature_with_labels() -> None:
+    """A multi-line block after "-- " with Tel:/Mob:/W: labels and a legal form."""
+    raw = message(
+        b'"Mustermann, Max" <m.mustermann@muster-maschinenbau.example>',
+        "Guten Tag,\n\nbitte um ein Angebot für 3 Wickelmaschinen.\n\n"
+        "-- \n"
+        "Max Mustermann\n"
+        "Leiter Einkauf\n"
+        "Muster Maschinenbau GmbH\n"
+        "Industriestraße 5, 80331 München\n"
+        "Tel: +49 (0)89 123 456-7\n"
+        "Mob: 0171 2345678\n"
+        "W: https://www.muster-maschinenbau.example\n",
+    )
+    contact = parse(raw).contact
+    assert contact.name == "Max Mustermann"  # "Last, First" from the directory turned around
+    assert contact.email == "m.mustermann@muster-maschinenbau.example"
+    assert contact.company == "Muster Maschinenbau GmbH"
+    assert contact.phone == "+49 (0)89 123 456-7"
+    assert contact.website == "https://www.muster-maschinenbau.example"
+
+
+def test_signature_with_title_then_company_without_legal_form() -> None:
+    """ "Title | Company" without a legal form: the piece after the title is the company."""
+    raw = message(
+        b"Olu Adebayo <olu@crestline-bev.example>",
+        "Hi, do you have videos of the wrapper running?\n\nThanks,\nOlu\n\n"
+        "--\nOlu Adebayo\nWarehouse Supervisor | Crestline Beverages\n"
+        "T: +1 555 201 3344\ncrestline-bev.example\n",
+    )
+    contact = parse(raw).contact
+    assert contact.company == "Crestline Beverages"
+    assert contact.phone == "+1 555 201 3344"
+    assert contact.website == "crestline-bev.example"
+
+
+def test_french_signature_after_valediction() -> None:
+    """A French block after "Cordialement," with Tél : and a SAS company."""
+    raw = message(
+        b"Pierre Martin <p.martin@emballages-martin.example>",
+        "Bonjour,\n\nnous souhaitons un devis pour 500 rouleaux.\n\n"
+        "Cordialement,\nPierre Martin\nResponsable achats\nEmballages Martin SAS\n"
+        "Tél : +33 1 23 45 67 89\n",
+    )
+    contact = parse(raw).contact
+    assert contact.name == "Pierre Martin"
+    assert contact.company == "Emballages Martin SAS"
+    assert contact.phone == "+33 1 23 45 67 89"
+
+
+def test_company_from_domain_as_last_resort() -> None:
+    """Without a signature the company comes from the corporate email domain."""
+    contact = parse(message(b"Bob <bob@northwind-traders.example>", "Send prices.\n")).contact
+    assert contact == Contact(
+        name="Bob", email="bob@northwind-traders.example", company="Northwind Traders"
+    )
+
+
+@pytest.mark.parametrize(
+    "address",
+    [b"someone@gmail.com", b"x@yahoo.co.uk", b"y@hotmail.de", b"z@web.de", b"w@outlook.fr"],
+)
+def test_no_company_for_free_mail(address: bytes) -> None:
+    """Free-mail domains (gmail, yahoo, hotmail, web.de, …) never become a company."""
+    assert parse(message(address, "Hello, price please.\n")).contact.company == ""
+
+
+def test_domain_helpers() -> None:
+    """company_from_domain handles country second levels; is_free_mail knows provider families."""
+    assert company_from_domain("mail.acme.co.uk") == "Acme"
+    assert company_from_domain("acme-corp.example") == "Acme Corp"
+    assert company_from_domain("localhost") == ""
+    assert is_free_mail("googlemail.com") and is_free_mail("yahoo.fr")
+    assert not is_free_mail("acme.example")
+
+
+FORM = """You have a new contact form submission:
+
+Name: Sofia García
+Company: Logística Ibérica S.L.
+Email: sofia.garcia@logistica-iberica.example
+Phone: +34 912 345 678
+Website: https://logistica-iberica.example
+Message: We need a quote for 4 semi-automatic wrappers.
+"""
+
+
+def test_web_form_notification_takes_the_prospect_not_the_robot() -> None:
+    """A website form sent by a no-reply robot: the prospect is the form's Email field."""
+    raw = message(b"WordPress <wordpress@stretchpak.example>", FORM)
+    assert parse(raw).contact == Contact(
+        name="Sofia García",
+        email="sofia.garcia@logistica-iberica.example",
+        company="Logística Ibérica S.L.",
+        phone="+34 912 345 678",
+        website="https://logistica-iberica.example",
+    )
+
+
+def test_german_form_with_reply_to_and_split_name() -> None:
+    """German labels (Vorname/Nachname/Firma/Telefon); without an Email field the Reply-To is
+    the prospect, never the form's no-reply sender."""
+    body = (
+        "Neue Anfrage über das Kontaktformular\n\nVorname: Lena\nNachname: Schmidt\n"
+        "Firma: Schmidt & Söhne KG\nTelefon: 0711 9876543\nNachricht: Bitte Rückruf.\n"
+    )
+    raw = message(
+        b"Kontaktformular <noreply@stretchpak.example>",
+        body,
+        b"Reply-To: Lena Schmidt <lena@schmidt-soehne.example>\n",
+    )
+    contact = parse(raw).contact
+    assert contact.name == "Lena Schmidt"
+    assert contact.email == "lena@schmidt-soehne.example"
+    assert contact.company == "Schmidt & Söhne KG"
+    assert contact.phone == "0711 9876543"
+
+
+def test_french_form_forwarded_by_a_colleague() -> None:
+    """A form forwarded by a colleague: the form's fields, not the colleague, are the lead."""
+    body = (
+        "Voir ci-dessous.\n\n---------- Forwarded message ---------\n"
+        "From: Formulaire <no-reply@forms.example>\n\n"
+        "Nom : Claire Dubois\nSociété : Transports Dubois SARL\n"
+        "Courriel : claire@transports-dubois.example\nTéléphone : +33 4 72 00 11 22\n"
+    )
+    contact = parse(message(b"Tom Sales <tom@stretchpak.example>", body)).contact
+    assert contact.name == "Claire Dubois"
+    assert contact.email == "claire@transports-dubois.example"
+    assert contact.company == "Transports Dubois SARL"
+    assert contact.phone == "+33 4 72 00 11 22"
+
+
+def test_robot_sender_without_alternative_gives_no_email() -> None:
+    """A no-reply sender is never recorded as the prospect's address."""
+    contact = extract(Address("Notifications", "noreply@saas.example"), (), "Your invoice.", "")
+    assert contact.email == ""
+
+
+def test_plain_sender_without_signature() -> None:
+    """With nothing but the From header, name and address come from it."""
+    contact = extract(Address("Ann Lee", "ann@lee-partners.example"))
+    assert contact == Contact(
+        name="Ann Lee", email="ann@lee-partners.example", company="Lee Partners"
+    )
+
+
+def test_mailing_list_link_is_not_a_website() -> None:
+    """A list's management URL in a footer is not the sender's website."""
+    contact = extract(
+        Address("A", "a@b.example"),
+        (),
+        "",
+        "Irish Linux Users' Group\nhttp://www.linux.ie/mailman/listinfo/ilug",
+    )
+    assert contact.website == ""
