@@ -112,13 +112,13 @@ def test_log_outcome_text_line_for_a_reply_and_for_a_skip(stream: io.StringIO) -
         "<b@x.example>\r\nInjected: line",
         "marketing",
         False,
-        ["loop: Auto-Submitted is auto-replied", "rate: 60 replies\nthis hour"],
+        ["auto-submitted: auto-replied", "hourly-cap: 60 replies\nthis hour"],
     )
     first, second = stream.getvalue().splitlines()
     assert first.endswith("triage.daemon: default/INBOX uid 42 <a@x.example>: sales, replied")
     assert second.endswith(
         "default/INBOX uid 43 <b@x.example> Injected: line: marketing, not replied "
-        "(loop: Auto-Submitted is auto-replied; rate: 60 replies this hour)"
+        "(auto-submitted: auto-replied; hourly-cap: 60 replies this hour)"
     )
 
 

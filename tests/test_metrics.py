@@ -23,23 +23,24 @@ def test_observe_result_counts_the_decision_and_each_suppressing_rule_once() -> 
     m.observe_result(
         "sales",
         replied=False,
-        reasons=["loop: Auto-Submitted is auto-replied", "loop: again", "rate: 60 per hour"],
+        reasons=["auto-submitted: auto-replied", "auto-submitted: again", "hourly-cap: 60"],
     )
     m.observe_result("sales", replied=True, reasons=["ignored: a reply went out"])
     m.observe_result("review", replied=False)
 
     assert value(m, "triage_messages_handled_total", decision="sales") == 2
     assert value(m, "triage_messages_handled_total", decision="review") == 1
-    assert value(m, "triage_replies_suppressed_total", reason="loop") == 1
-    assert value(m, "triage_replies_suppressed_total", reason="rate") == 1
+    assert value(m, "triage_replies_suppressed_total", reason="auto-submitted") == 1
+    assert value(m, "triage_replies_suppressed_total", reason="hourly-cap") == 1
     assert value(m, "triage_replies_suppressed_total", reason="ignored") is None
 
 
 def test_rule_name_is_the_text_before_the_colon_reduced_to_a_safe_label() -> None:
     """The label is the rule name; free text without a colon cannot create arbitrary labels."""
-    assert rule_name("list: List-Id present") == "list"
-    assert rule_name("no sender address: no lead recorded") == "no_sender_address"
-    assert rule_name("Weird   Reason!! (x)") == "weird_reason_x"
+    assert rule_name("list-header: List-Id present") == "list-header"
+    assert rule_name("hourly-cap: 60 replies in the last hour") == "hourly-cap"
+    assert rule_name("no sender address: no lead recorded") == "no-sender-address"
+    assert rule_name("Weird   Reason!! (x)") == "weird-reason-x"
     assert rule_name(":") == "unknown"
     assert len(rule_name("x" * 500)) == 40
 

@@ -204,9 +204,9 @@ def log_outcome(
     """Log the one INFO line that records how a message was handled.
 
     Text: `hello/INBOX uid 42 <id@example.com>: sales, replied` or
-    `… : marketing, not replied (loop: Auto-Submitted is auto-replied; rate: …)`.
+    `…: marketing, not replied (auto-submitted: auto-replied; hourly-cap: …)`.
     JSON: the same message plus the fields account, folder, uid, message_id, decision, replied and
-    reasons (a list), for queries such as "every message not replied because of `loop`".
+    reasons (a list), for queries such as "every message not replied because of `hourly-cap`".
     """
     clean_reasons = [_field(r) for r in reasons]
     if replied:

@@ -35,19 +35,19 @@ if TYPE_CHECKING:
 # sent over SMTP and filed over IMAP takes up to seconds; beyond a minute something is wrong.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-_RULE_CHARS = re.compile(r"[^a-z0-9_]+")
+_RULE_CHARS = re.compile(r"[^a-z0-9_-]+")
 _MAX_RULE_LEN = 40
 
 
 def rule_name(reason: str) -> str:
     """The rule a suppression reason names: the text before the first `:`, as a label value.
 
-    Reasons are written by `triage.guards` and `triage.dispose` as `rule: explanation`. The value
-    is lower-cased and reduced to `[a-z0-9_]` so that a reason without a colon (free text) cannot
-    create an unbounded number of time series.
+    Reasons are written by `triage.guards` and `triage.dispose` as `rule: explanation`, with rule
+    names like `auto-submitted` or `hourly-cap`. The value is lower-cased, other characters become
+    `-`, and it is cut at 40 characters, so free text without a colon stays a tame label value.
     """
     head = reason.partition(":")[0].strip().lower()
-    name = _RULE_CHARS.sub("_", head).strip("_")[:_MAX_RULE_LEN]
+    name = _RULE_CHARS.sub("-", head).strip("-_")[:_MAX_RULE_LEN]
     return name or "unknown"
 
 
