@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from triage.compose import message_id_domain
 from triage.daemon import Control, Daemon, SyncFactory, run_once
 from triage.errors import ConfigError
 from triage.mailbox import ImapMailbox
@@ -42,17 +43,12 @@ def sync_factory(shared: Shared) -> SyncFactory:
 
 def prepare(settings: Settings, checkpoint: Checkpoint = _no_checkpoint) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
+    message_id_domain(settings.replies)  # a bad domain is a config error now, not per batch
     shared = Shared(settings, checkpoint)
     shared.model.get()  # fail now, with one line, if the model is unusable
     service = Service(shared)
     try:
-        uncertain = service.outbox.recover()
-        if uncertain:
-            log.warning(
-                "%d replies were being sent when triage stopped; they are marked uncertain "
-                "and will not be sent again",
-                len(uncertain),
-            )
+        service.outbox.recover()  # logs its own warning for replies left half-sent
     finally:
         service.close()
     return shared

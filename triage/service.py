@@ -126,6 +126,8 @@ class Service:
         window = timedelta(days=replies.window_days)
         if self.outbox.replied_recently(dest.email, window):
             return f"already-replied: {dest.email} got a reply within {replies.window_days:g} days"
+        if self.outbox.replies_last_hour() >= replies.max_per_hour:
+            return f"hourly-cap: {replies.max_per_hour} replies in the last hour already"
         try:
             reply = make_reply(planned.msg, dest, planned.template, self.shared.renderer, replies)
         except (TemplateError, PermanentError) as exc:
