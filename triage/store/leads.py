@@ -1,27 +1,69 @@
-"""Leads: prospects queued for sales staff (hot) or kept for nurture.
+"""Leads in the database: prospects queued for sales staff (hot) or kept for nurture.
 
-A lead gathers every message of one conversation: a new message from the same address joins the
-prospect's open lead of the same kind (or upgrades a nurture lead to hot), so staff see one record
-per prospect, not one per email.
+A lead gathers every message of one conversation. A new message joins the open lead of its thread
+(its In-Reply-To/References name a message of the lead, or a reply we sent to one), else the open
+lead of the same address, so staff see one record per prospect, not one per email. A nurture lead
+that turns hot is upgraded and reaches sales staff like a new hot lead.
+
+This module is the SQL only; the rules (valid status changes, assignment, response targets) live
+in `triage.leads`. Every timestamp is stored as UTC ISO 8601 text with microseconds, so the text
+sorts and compares like the time it stands for.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from triage.models import Contact, LeadKind
 from triage.store.db import utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")
+CLOSED_STATUSES = ("won", "lost", "dismissed")
+STATUSES = (*OPEN_STATUSES, *CLOSED_STATUSES)
+
+# Built from the constants above only; never from input.
+_OPEN = "status IN ({})".format(", ".join(f"'{s}'" for s in OPEN_STATUSES))
+_SELECT = (
+    "SELECT l.*,"
+    " (SELECT COUNT(*) FROM lead_messages lm WHERE lm.lead_id = l.id) AS message_count,"
+    " (SELECT m.subject FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+    "  WHERE lm.lead_id = l.id ORDER BY m.id LIMIT 1) AS first_subject,"
+    " (SELECT m.subject FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+    "  WHERE lm.lead_id = l.id ORDER BY m.id DESC LIMIT 1) AS last_subject,"
+    " (SELECT m.body FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+    "  WHERE lm.lead_id = l.id ORDER BY m.id DESC LIMIT 1) AS last_body,"
+    " (SELECT m.created_at FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+    "  WHERE lm.lead_id = l.id ORDER BY m.id DESC LIMIT 1) AS last_message_at"
+    " FROM leads l"
+)
+MAX_THREAD_IDS = 50  # a References header can be long; the newest ids find the thread
+
+
+def timestamp(moment: datetime) -> str:
+    """The stored form of a time: UTC ISO 8601 with microseconds (a naive time is taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
 class NewLead:
-    """What the pipeline knows about a prospect when one of their messages is handled."""
+    """What the pipeline knows about a prospect when one of their messages is handled.
+
+    `thread_ids` are the Message-IDs the message refers to (In-Reply-To, References); when one
+    of them belongs to an open lead the message joins that lead whatever address it came from.
+    """
 
     message_row: int
     kind: LeadKind
@@ -31,18 +73,147 @@ class NewLead:
     explanation: Sequence[str]
     due_at: datetime | None = None
     owner: str = ""
+    thread_ids: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LeadRecord:
+    """One lead as stored, with a summary of its messages."""
+
+    id: int
+    kind: str
+    status: str
+    email: str
+    name: str
+    company: str
+    phone: str
+    website: str
+    label: str
+    confidence: float
+    explanation: tuple[str, ...]
+    owner: str
+    due_at: datetime | None
+    digested_in: int | None
+    alerted_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    claimed_at: datetime | None
+    contacted_at: datetime | None
+    closed_at: datetime | None
+    message_count: int
+    first_subject: str
+    last_subject: str
+    last_body: str
+    last_message_at: datetime | None
+
+    @property
+    def is_open(self) -> bool:
+        """True while someone still has to act on the lead."""
+        return self.status in OPEN_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class LeadMessage:
+    """One message of a lead, from the ledger (`body` is empty once retention removed it)."""
+
+    row_id: int
+    message_id: str
+    sender: str
+    subject: str
+    body: str
+    decision: str
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LeadNote:
+    """A note a person added to a lead."""
+
+    id: int
+    author: str
+    text: str
+    created_at: datetime
+
+
+def _explanation(value: str | None) -> tuple[str, ...]:
+    try:
+        terms = json.loads(value or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(t) for t in terms) if isinstance(terms, list) else ()
+
+
+def _record(r: sqlite3.Row) -> LeadRecord:
+    created = _time(r["created_at"])
+    updated = _time(r["updated_at"])
+    assert created is not None and updated is not None
+    return LeadRecord(
+        id=int(r["id"]),
+        kind=r["kind"],
+        status=r["status"],
+        email=r["email"],
+        name=r["name"],
+        company=r["company"],
+        phone=r["phone"],
+        website=r["website"],
+        label=r["label"],
+        confidence=float(r["confidence"]),
+        explanation=_explanation(r["explanation"]),
+        owner=r["owner"],
+        due_at=_time(r["due_at"]),
+        digested_in=r["digested_in"],
+        alerted_at=_time(r["alerted_at"]),
+        created_at=created,
+        updated_at=updated,
+        claimed_at=_time(r["claimed_at"]),
+        contacted_at=_time(r["contacted_at"]),
+        closed_at=_time(r["closed_at"]),
+        message_count=int(r["message_count"]),
+        first_subject=r["first_subject"] or "",
+        last_subject=r["last_subject"] or "",
+        last_body=r["last_body"] or "",
+        last_message_at=_time(r["last_message_at"]),
+    )
+
+
+# --- recording (inside the pipeline's transaction) -----------------------------------------------
+
+
+def _thread_lead(c: sqlite3.Connection, thread_ids: Sequence[str]) -> sqlite3.Row | None:
+    """The open lead one of `thread_ids` belongs to: a message of it, or our reply to one."""
+    ids = [i.strip() for i in thread_ids if i.strip()][-MAX_THREAD_IDS:]
+    if not ids:
+        return None
+    marks = ",".join("?" * len(ids))
+    row: sqlite3.Row | None = c.execute(
+        "SELECT l.id, l.kind, l.owner FROM leads l JOIN lead_messages lm ON lm.lead_id = l.id"  # noqa: S608
+        f" WHERE l.{_OPEN} AND lm.message_row IN ("
+        f"  SELECT id FROM messages WHERE message_id IN ({marks})"
+        f"  UNION SELECT message_row FROM replies WHERE reply_message_id IN ({marks}))"
+        " ORDER BY l.kind = 'hot' DESC, l.id DESC LIMIT 1",
+        (*ids, *ids),
+    ).fetchone()
+    return row
+
+
+def _address_lead(c: sqlite3.Connection, email: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = c.execute(
+        f"SELECT id, kind, owner FROM leads WHERE email = ? AND {_OPEN}"  # noqa: S608
+        " ORDER BY kind = 'hot' DESC, id DESC LIMIT 1",
+        (email,),
+    ).fetchone()
+    return row
 
 
 def record_lead(c: sqlite3.Connection, lead: NewLead) -> int:
     """Within the caller's transaction: add the message to the prospect's lead; return its id."""
     email = lead.contact.email.lower()
     now = utcnow()
-    marks = ",".join("?" * len(OPEN_STATUSES))
-    existing = c.execute(
-        f"SELECT id, kind FROM leads WHERE email = ? AND status IN ({marks})"  # noqa: S608
-        " ORDER BY kind = 'hot' DESC, id DESC LIMIT 1",
-        (email, *OPEN_STATUSES),
-    ).fetchone()
+    due = timestamp(lead.due_at) if lead.due_at else None
+    explanation = json.dumps(list(lead.explanation))
+    existing = _thread_lead(c, lead.thread_ids) if lead.thread_ids else None
+    if existing is None and email:
+        existing = _address_lead(c, email)
     if existing is None:
         cur = c.execute(
             "INSERT INTO leads (kind, email, name, company, phone, website, label, confidence,"
@@ -57,9 +228,9 @@ def record_lead(c: sqlite3.Connection, lead: NewLead) -> int:
                 lead.contact.website,
                 lead.label,
                 lead.confidence,
-                json.dumps(list(lead.explanation)),
+                explanation,
                 lead.owner,
-                lead.due_at.isoformat() if lead.due_at else None,
+                due,
                 now,
                 now,
             ),
@@ -69,39 +240,189 @@ def record_lead(c: sqlite3.Connection, lead: NewLead) -> int:
         lead_id = int(existing["id"])
         upgrade = existing["kind"] != LeadKind.HOT.value and lead.kind is LeadKind.HOT
         # Fill contact fields a later message reveals; a nurture lead that turns hot is upgraded
-        # (and gets the hot lead's due time) so it reaches sales staff.
+        # (with the hot lead's due time, owner and explanation) and counts as new for the next
+        # digest and alert, so it reaches sales staff.
         c.execute(
-            "UPDATE leads SET name = COALESCE(NULLIF(name, ''), ?),"
-            " company = COALESCE(NULLIF(company, ''), ?), phone = COALESCE(NULLIF(phone, ''), ?),"
-            " website = COALESCE(NULLIF(website, ''), ?), updated_at = ?,"
-            " kind = CASE WHEN ? THEN 'hot' ELSE kind END,"
-            " label = CASE WHEN ? THEN ? ELSE label END,"
-            " confidence = CASE WHEN ? THEN ? ELSE confidence END,"
-            " explanation = CASE WHEN ? THEN ? ELSE explanation END,"
-            " due_at = CASE WHEN ? THEN ? ELSE due_at END,"
-            " digested_in = CASE WHEN ? THEN NULL ELSE digested_in END"
-            " WHERE id = ?",
-            (
-                lead.contact.name,
-                lead.contact.company,
-                lead.contact.phone,
-                lead.contact.website,
-                now,
-                upgrade,
-                upgrade,
-                lead.label,
-                upgrade,
-                lead.confidence,
-                upgrade,
-                json.dumps(list(lead.explanation)),
-                upgrade,
-                lead.due_at.isoformat() if lead.due_at else None,
-                upgrade,
-                lead_id,
-            ),
+            "UPDATE leads SET name = COALESCE(NULLIF(name, ''), :name),"
+            " company = COALESCE(NULLIF(company, ''), :company),"
+            " phone = COALESCE(NULLIF(phone, ''), :phone),"
+            " website = COALESCE(NULLIF(website, ''), :website),"
+            " email = COALESCE(NULLIF(email, ''), :email), updated_at = :now,"
+            " kind = CASE WHEN :up THEN 'hot' ELSE kind END,"
+            " label = CASE WHEN :up THEN :label ELSE label END,"
+            " confidence = CASE WHEN :up THEN :confidence ELSE confidence END,"
+            " explanation = CASE WHEN :up THEN :explanation ELSE explanation END,"
+            " due_at = CASE WHEN :up THEN :due ELSE due_at END,"
+            " owner = CASE WHEN :up AND owner = '' THEN :owner ELSE owner END,"
+            " digested_in = CASE WHEN :up THEN NULL ELSE digested_in END,"
+            " alerted_at = CASE WHEN :up THEN NULL ELSE alerted_at END"
+            " WHERE id = :id",
+            {
+                "name": lead.contact.name,
+                "company": lead.contact.company,
+                "phone": lead.contact.phone,
+                "website": lead.contact.website,
+                "email": email,
+                "now": now,
+                "up": upgrade,
+                "label": lead.label,
+                "confidence": lead.confidence,
+                "explanation": explanation,
+                "due": due,
+                "owner": lead.owner,
+                "id": lead_id,
+            },
         )
     c.execute(
         "INSERT OR IGNORE INTO lead_messages (lead_id, message_row) VALUES (?, ?)",
         (lead_id, lead.message_row),
     )
     return lead_id
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def get_lead(c: sqlite3.Connection, lead_id: int) -> LeadRecord | None:
+    """One lead by id, or None."""
+    r = c.execute(_SELECT + " WHERE l.id = ?", (lead_id,)).fetchone()
+    return _record(r) if r else None
+
+
+def find_leads(
+    c: sqlite3.Connection,
+    statuses: Iterable[str] = OPEN_STATUSES,
+    kind: str | None = None,
+) -> list[LeadRecord]:
+    """Leads in any of `statuses` (and of `kind` when given), oldest first."""
+    wanted = list(statuses)
+    if not wanted:
+        return []
+    marks = ",".join("?" * len(wanted))
+    sql = _SELECT + f" WHERE l.status IN ({marks})"
+    params: list[object] = list(wanted)
+    if kind is not None:
+        sql += " AND l.kind = ?"
+        params.append(kind)
+    return [_record(r) for r in c.execute(sql + " ORDER BY l.id", params)]
+
+
+def undigested_hot_leads(c: sqlite3.Connection) -> list[LeadRecord]:
+    """Open hot leads that no digest has reported yet, oldest first."""
+    rows = c.execute(
+        _SELECT + f" WHERE l.kind = 'hot' AND l.digested_in IS NULL AND l.{_OPEN} ORDER BY l.id"
+    )
+    return [_record(r) for r in rows]
+
+
+def overdue_hot_leads(c: sqlite3.Connection, now: datetime) -> list[LeadRecord]:
+    """Hot leads past their response target that nobody has contacted yet, most overdue first."""
+    rows = c.execute(
+        _SELECT + " WHERE l.kind = 'hot' AND l.status IN ('new', 'claimed')"
+        " AND l.due_at IS NOT NULL AND l.due_at < ? ORDER BY l.due_at, l.id",
+        (timestamp(now),),
+    )
+    return [_record(r) for r in rows]
+
+
+def unalerted_hot_leads(c: sqlite3.Connection, since: datetime) -> list[LeadRecord]:
+    """New hot leads without an alert yet that arrived or turned hot after `since`."""
+    rows = c.execute(
+        _SELECT + " WHERE l.kind = 'hot' AND l.status = 'new' AND l.alerted_at IS NULL"
+        " AND l.updated_at >= ? ORDER BY l.id",
+        (timestamp(since),),
+    )
+    return [_record(r) for r in rows]
+
+
+def lead_messages(c: sqlite3.Connection, lead_id: int) -> list[LeadMessage]:
+    """The messages of a lead, oldest first."""
+    rows = c.execute(
+        "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at"
+        " FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+        " WHERE lm.lead_id = ? ORDER BY m.id",
+        (lead_id,),
+    )
+    out = []
+    for r in rows:
+        received = _time(r["created_at"])
+        assert received is not None
+        out.append(
+            LeadMessage(
+                row_id=int(r["id"]),
+                message_id=r["message_id"],
+                sender=r["sender"],
+                subject=r["subject"],
+                body=r["body"] or "",
+                decision=r["decision"] or "",
+                received_at=received,
+            )
+        )
+    return out
+
+
+def lead_notes(c: sqlite3.Connection, lead_id: int) -> list[LeadNote]:
+    """The notes of a lead, oldest first."""
+    rows = c.execute(
+        "SELECT id, author, text, created_at FROM lead_notes WHERE lead_id = ? ORDER BY id",
+        (lead_id,),
+    )
+    out = []
+    for r in rows:
+        created = _time(r["created_at"])
+        assert created is not None
+        out.append(LeadNote(int(r["id"]), r["author"], r["text"], created))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerLoad:
+    """How busy one staff member is: open hot leads owned, and when they last got one."""
+
+    owner: str
+    open_leads: int
+    last_assigned: str
+
+
+def owner_loads(c: sqlite3.Connection, staff: Sequence[str]) -> list[OwnerLoad]:
+    """The load of every name in `staff`, in `staff` order (zero and "" for a newcomer)."""
+    rows = c.execute(
+        f"SELECT owner, SUM(CASE WHEN {_OPEN} THEN 1 ELSE 0 END) AS open_leads,"  # noqa: S608
+        " MAX(created_at) AS last_assigned FROM leads WHERE kind = 'hot' AND owner != ''"
+        " GROUP BY owner"
+    )
+    found = {r["owner"]: (int(r["open_leads"] or 0), r["last_assigned"] or "") for r in rows}
+    return [OwnerLoad(name, *found.get(name, (0, ""))) for name in staff]
+
+
+# --- changing ------------------------------------------------------------------------------------
+
+
+def set_status(
+    c: sqlite3.Connection,
+    lead_id: int,
+    status: str,
+    now: datetime,
+    owner: str | None = None,
+) -> None:
+    """Within the caller's transaction: store a status change (checked by the caller)."""
+    at = timestamp(now)
+    c.execute(
+        "UPDATE leads SET status = ?, updated_at = ?, owner = COALESCE(?, owner),"
+        " claimed_at = CASE WHEN ? = 'claimed' THEN ? ELSE claimed_at END,"
+        " contacted_at = CASE WHEN ? = 'contacted' THEN ? ELSE contacted_at END,"
+        " closed_at = CASE WHEN ? IN ('won', 'lost', 'dismissed') THEN ? ELSE closed_at END"
+        " WHERE id = ?",
+        (status, at, owner, status, at, status, at, status, at, lead_id),
+    )
+
+
+def add_note(c: sqlite3.Connection, lead_id: int, author: str, text: str, now: datetime) -> int:
+    """Within the caller's transaction: add a note to a lead; returns the note's id."""
+    at = timestamp(now)
+    cur = c.execute(
+        "INSERT INTO lead_notes (lead_id, author, text, created_at) VALUES (?, ?, ?, ?)",
+        (lead_id, author, text, at),
+    )
+    c.execute("UPDATE leads SET updated_at = ? WHERE id = ?", (at, lead_id))
+    return int(cur.lastrowid or 0)
