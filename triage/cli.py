@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from triage.commands import config, daemon, doctor, model, templates
+from triage.commands import config, daemon, doctor, leads, model, templates
 from triage.commands.common import GlobalOptions
 
 app = typer.Typer(
@@ -44,6 +44,9 @@ app.command("evaluate")(model.evaluate)
 app.command("classify")(model.classify)
 app.command("doctor")(doctor.doctor)
 app.add_typer(templates.app, name="templates")
+app.add_typer(leads.leads_app, name="leads")
+app.add_typer(leads.review_app, name="review")
+app.command("digest")(leads.digest)
 
 
 def main() -> None:
