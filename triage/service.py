@@ -15,6 +15,7 @@ from functools import partial
 from triage import guards
 from triage.classify import ModelHandle
 from triage.compose import make_reply
+from triage.corrections import CorrectionScan
 from triage.errors import PermanentError, TemplateError, TransientError
 from triage.mailbox import ImapMailbox
 from triage.outbox import Outbox
@@ -186,7 +187,7 @@ class Service:
     ) -> list[Callable[[], SyncResult]]:
         """One sync callable per watched folder of `account`."""
         effects = Effects(deliver=self._deliver_checked, file_replies=self.file_replies)
-        return [
+        syncs: list[Callable[[], SyncResult]] = [
             FolderSync(
                 account.name,
                 folder,
@@ -200,6 +201,14 @@ class Service:
             ).sync
             for folder in account.folders
         ]
+        if self.settings.ingest.corrections:
+            scan = CorrectionScan(mailbox, self.db, self.settings.ingest)
+
+            def corrections() -> SyncResult:
+                return SyncResult(corrections=scan.scan(account.folders))
+
+            syncs.append(corrections)
+        return syncs
 
     def _deliver_checked(self) -> None:
         try:

@@ -46,6 +46,7 @@ class SyncResult:
     decided: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
     failed: int = 0
+    corrections: int = 0
 
 
 @dataclass
@@ -140,8 +141,11 @@ class FolderSync:
         for start in range(0, len(uids), self.settings.batch_size):
             chunk = uids[start : start + self.settings.batch_size]
             ids = self.mailbox.fetch_message_ids(chunk)
-            items = [(u, ids.get(u, "") or f"<uid-{uidvalidity}-{u}@triage.invalid>", True)
-                     for u in chunk if u in ids]
+            items = [
+                (u, ids.get(u, "") or f"<uid-{uidvalidity}-{u}@triage.invalid>", True)
+                for u in chunk
+                if u in ids
+            ]
             if self.settings.backfill_classify:
                 # Recorded as `seen`: the normal path classifies and queues leads; the backfill
                 # flag keeps any reply from being sent.
@@ -162,7 +166,9 @@ class FolderSync:
         # Without a Message-ID header the ledger holds the id the parser synthesised from content.
         blank = [u for u, mid in ids.items() if not mid]
         for start in range(0, len(blank), self.settings.batch_size):
-            for u, raw in self.mailbox.fetch(blank[start : start + self.settings.batch_size]).items():
+            for u, raw in self.mailbox.fetch(
+                blank[start : start + self.settings.batch_size]
+            ).items():
                 ids[u] = parse(raw).message_id
         known = self.ledger.known_message_ids(self.account, self.folder, ids.values())
         dupes = [(u, mid, False) for u, mid in ids.items() if mid and mid in known]
@@ -199,7 +205,9 @@ class FolderSync:
         if uids:
             self.ledger.advance(self.account, self.folder, max(uids))
         result.fetched += len(items)
-        rows = self.ledger.rows_for(self.account, self.folder, uidvalidity, [u for u, _, _ in items])
+        rows = self.ledger.rows_for(
+            self.account, self.folder, uidvalidity, [u for u, _, _ in items]
+        )
         for u in too_big:
             if u in rows:
                 self.ledger.quarantine(
@@ -235,7 +243,9 @@ class FolderSync:
         self.checkpoint("after_classification")
         recorded = self.recorder.record(decided) if decided else []
         for d in recorded:
-            result.decided[d.disposition.decision] = result.decided.get(d.disposition.decision, 0) + 1
+            result.decided[d.disposition.decision] = (
+                result.decided.get(d.disposition.decision, 0) + 1
+            )
         self.checkpoint("after_record")
         self.effects.deliver()
         self.checkpoint("after_send")
@@ -267,7 +277,11 @@ class FolderSync:
                 if self.ledger.record_failure(r.id, error, self.settings.max_attempts, raws[r.uid]):
                     log.warning(
                         "%s/%s: message uid %d quarantined after %d attempts: %s",
-                        self.account, self.folder, r.uid, self.settings.max_attempts, error,
+                        self.account,
+                        self.folder,
+                        r.uid,
+                        self.settings.max_attempts,
+                        error,
                     )
                     self._mark_quarantined([r.uid])
                     result.quarantined += 1
@@ -291,7 +305,9 @@ class FolderSync:
             if self.settings.keywords:
                 self.mailbox.add_flags(uids, [keyword_for(decision)])
             if self.settings.move_to_folders:
-                target = self.mailbox.folder_path(self.settings.folder_prefix, decision.capitalize())
+                target = self.mailbox.folder_path(
+                    self.settings.folder_prefix, decision.capitalize()
+                )
                 self.mailbox.ensure_folder(target)
                 self.mailbox.move(uids, target)
 
