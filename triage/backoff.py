@@ -18,7 +18,7 @@ class Backoff:
         """The delay before the next attempt; each call doubles the base."""
         base = min(self.maximum, self.initial * (2**self.attempt))
         self.attempt += 1
-        return base * random.uniform(0.8, 1.2)
+        return float(base * random.uniform(0.8, 1.2))
 
     def reset(self) -> None:
         """Back to the initial delay after a success."""

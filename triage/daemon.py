@@ -95,7 +95,9 @@ class AccountWorker:
                     self.status.connected = False
                     self.status.last_error = str(exc)
                     delay = self.backoff.next_delay()
-                    level = logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
+                    level = (
+                        logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
+                    )
                     log.log(level, "%s; retrying in %.0f s", exc, delay)
                     self.control.stop.wait(delay)
         finally:

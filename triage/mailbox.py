@@ -7,8 +7,8 @@ backs off and reconnects).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -287,11 +287,9 @@ def _quiet_logout(client: IMAPClient) -> None:
     # Logging out of a broken connection fails in many ways; none of them matter here.
     try:
         client.logout()
-    except (OSError, ssl.SSLError, EOFError, socket.timeout):
+    except (TimeoutError, OSError, ssl.SSLError, EOFError):
         pass
     except Exception as exc:  # noqa: BLE001 - imapclient raises bare imaplib errors on a dead socket
         log.debug("logout failed: %s", exc)
-    try:
+    with contextlib.suppress(OSError):
         client.shutdown()
-    except (OSError, Exception):  # noqa: BLE001, S110 - the socket is already gone; nothing to do
-        pass

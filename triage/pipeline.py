@@ -19,8 +19,8 @@ from datetime import UTC, datetime, timedelta
 from triage.dispose import dispose
 from triage.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
 from triage.parsing import parse
-from triage.store.ledger import Ledger, Outcome
 from triage.store.leads import NewLead, record_lead
+from triage.store.ledger import Ledger, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,7 @@ def decide(
             msg=msg,
             verdict=verdict,
             classification=cls,
-            disposition=dispose(
-                msg, verdict, cls, backfill=backfill, folder_prefix=folder_prefix
-            ),
+            disposition=dispose(msg, verdict, cls, backfill=backfill, folder_prefix=folder_prefix),
         )
         for (row, _raw, backfill), msg, verdict, cls in zip(
             items, messages, verdicts, classes, strict=True
@@ -137,11 +135,11 @@ class Recorder:
                     if refusal is not None:
                         reasons.append(refusal)
                         disposition = replace(disposition, reply_template=None)
-                d = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
-                self.ledger.record_outcome(c, outcome_of(d, reasons))
+                done = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
+                self.ledger.record_outcome(c, outcome_of(done, reasons))
                 if disposition.lead_kind is not None:
-                    self._lead(c, d)
-                final.append(d)
+                    self._lead(c, done)
+                final.append(done)
         return final
 
     def _lead(self, c: sqlite3.Connection, d: Decided) -> None:

@@ -114,8 +114,9 @@ class Ledger:
             c.execute(
                 "INSERT INTO mailbox_state (account, folder, uidvalidity, last_uid, baseline_uid,"
                 " first_seen, last_sync) VALUES (?, ?, ?, 0, ?, ?, ?)"
-                " ON CONFLICT (account, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity,"
-                " last_uid = 0, baseline_uid = excluded.baseline_uid, last_sync = excluded.last_sync",
+                " ON CONFLICT (account, folder) DO UPDATE SET"
+                " uidvalidity = excluded.uidvalidity, last_uid = 0,"
+                " baseline_uid = excluded.baseline_uid, last_sync = excluded.last_sync",
                 (account, folder, uidvalidity, baseline_uid, now, now),
             )
         return FolderState(account, folder, uidvalidity, 0, baseline_uid)
@@ -181,9 +182,9 @@ class Ledger:
                 ],
             )
 
-    def rows_for(self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]) -> dict[
-        int, LedgerRow
-    ]:
+    def rows_for(
+        self, account: str, folder: str, uidvalidity: int, uids: Sequence[int]
+    ) -> dict[int, LedgerRow]:
         """Ledger rows by UID for the given UIDs of one folder."""
         out: dict[int, LedgerRow] = {}
         for start in range(0, len(uids), 500):
@@ -214,8 +215,8 @@ class Ledger:
     def record_outcome(self, c: sqlite3.Connection, o: Outcome) -> None:
         """Within the caller's transaction: store the decision and move the row to classified."""
         c.execute(
-            "UPDATE messages SET state = 'classified', message_id = ?, sender = ?, subject = ?, language = ?,"
-            " body = ?, label = ?, confidence = ?, decision = ?, probabilities = ?,"
+            "UPDATE messages SET state = 'classified', message_id = ?, sender = ?, subject = ?,"
+            " language = ?, body = ?, label = ?, confidence = ?, decision = ?, probabilities = ?,"
             " explanation = ?, may_reply = ?, reasons = ?, error = NULL, updated_at = ?"
             " WHERE id = ?",
             (
