@@ -48,7 +48,7 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 
@@ -688,7 +688,27 @@ def connect(settings: SmtpSettings) -> TwoPhaseSession:
     return TwoPhaseSession(client, where)
 
 
-Connector = Callable[[SmtpSettings], TwoPhaseSession]
+class Session(Protocol):
+    """What sending needs from an SMTP connection: `TwoPhaseSession`, or a test double."""
+
+    def begin(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+        """Envelope, DATA and the content without the final dot; returns refused recipients."""
+        ...
+
+    def commit(self) -> None:
+        """The final dot and the server's reply."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection before the final dot."""
+        ...
+
+    def close(self) -> None:
+        """End the connection."""
+        ...
+
+
+Connector = Callable[[SmtpSettings], Session]
 
 
 @dataclass(frozen=True, slots=True)

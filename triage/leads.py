@@ -124,8 +124,6 @@ def claim(db: Database, lead_id: int, by: str, now: datetime | None = None) -> L
     """`by` takes the lead: it becomes claimed and `by` its owner. Claiming one's own claimed
     lead again changes nothing; someone else's claimed lead is refused."""
     by = by.strip()
-    if not by:
-        raise LeadError("a claim needs a name: --by NAME")
     moment = now or datetime.now(UTC)
     with db.transaction() as c:
         lead = _require(c, lead_id)
@@ -134,6 +132,8 @@ def claim(db: Database, lead_id: int, by: str, now: datetime | None = None) -> L
                 return lead
             raise LeadError(f"lead {lead_id} is already claimed by {lead.owner or 'someone'}")
         check_transition(lead, "claimed")
+        if not by:
+            raise LeadError("a claim needs a name: --by NAME")
         store.set_status(c, lead_id, "claimed", moment, owner=by)
         return _require(c, lead_id)
 
