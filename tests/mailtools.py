@@ -39,10 +39,10 @@ def inquiry(sender: str, to: str, n: int, name: str = "Pat Buyer") -> bytes:
     return msg.as_bytes()
 
 
-def config_for(harness: MailHarness, base: Path, extra: str = "") -> Path:
-    """A triage config watching hello@ of the harness, store under `base`."""
+def config_for(harness: MailHarness, base: Path, extra: str = "", user: str = "hello") -> Path:
+    """A triage config watching `user`@ of the harness, store under `base`."""
     base.mkdir(parents=True, exist_ok=True)
-    return write_config(harness, base, extra)
+    return write_config(harness, base, extra, user)
 
 
 def triage(

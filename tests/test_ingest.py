@@ -23,7 +23,7 @@ from tests.mailtools import config_for, db, inquiry, replies_in, states, triage,
 from triage.daemon import run_once
 from triage.mailharness import MailHarness
 from triage.runner import prepare
-from triage.service import Service, Shared
+from triage.service import Service
 from triage.settings import ImapAccount, load_settings
 
 pytestmark = pytest.mark.mail

@@ -35,8 +35,8 @@ host = "127.0.0.1"
 port = {imaps_port}
 security = "tls"
 ca_file = "{ca_file}"
-username = "hello"
-password_file = "{base}/hello.password"
+username = "{user}"
+password_file = "{base}/{user}.password"
 idle = true
 poll_interval = 5
 
@@ -51,10 +51,10 @@ path = "{base}/triage.db"
 [replies]
 mode = "live"
 templates_dir = "{root}/templates"
-from_address = "hello@{domain}"
+from_address = "{user}@{domain}"
 from_name = "Example Furniture"
 envelope_sender = "noreply@{domain}"
-our_addresses = ["hello@{domain}"]
+our_addresses = ["{user}@{domain}"]
 company_name = "Example Furniture Ltd"
 signature = "The Example Furniture team"
 
@@ -66,11 +66,12 @@ health_port = 0
 """
 
 
-def write_config(harness: MailHarness, base: Path, extra: str = "") -> Path:
-    """Settings for watching `hello@example.test` of the harness; `extra` TOML is appended."""
+def write_config(harness: MailHarness, base: Path, extra: str = "", user: str = "hello") -> Path:
+    """Settings for watching `user@example.test` of the harness; `extra` TOML is appended."""
     cfg = harness.config
-    (base / "hello.password").write_text(harness.password("hello"))
-    (base / "hello.password").chmod(0o600)
+    secret = base / f"{user}.password"
+    secret.write_text(harness.password(user))
+    secret.chmod(0o600)
     path = base / "triage.toml"
     path.write_text(
         CONFIG.format(
@@ -80,6 +81,7 @@ def write_config(harness: MailHarness, base: Path, extra: str = "") -> Path:
             base=base,
             root=ROOT,
             domain=cfg.domain,
+            user=user,
         )
         + extra
     )
