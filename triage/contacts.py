@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from triage.models import Address, Contact
 
 MAX_TEXT = 20_000
-MAX_FORM_LINES = 300
+MAX_FORM_LINES = 300  # labelled lines looked at
 MAX_TOKEN = 80  # a longer piece of a signature is prose, not a name, title or number
 MAX_SIGNATURE = 1500
 
@@ -130,16 +130,25 @@ def company_from_domain(domain: str) -> str:
 
 
 def _form_fields(text: str) -> dict[str, str]:
-    """The labelled fields of a contact-form notification (first value of each kind)."""
+    """The labelled fields of a contact-form notification (first value of each kind).
+
+    Driven by the colons in the text (few) rather than by its lines (many).
+    """
     found: dict[str, str] = {}
-    for line in text.split("\n", MAX_FORM_LINES)[:MAX_FORM_LINES]:
-        label, colon, value = line.partition(":")
-        if not colon or len(label) > 40:
-            continue
-        kind = _FORM_LABEL_KIND.get(label.strip(" \t>*_").lower())
-        value = value.strip(" \t*_")
-        if kind is not None and value and kind not in found:
-            found[kind] = value[:200]
+    colon = text.find(":")
+    for _ in range(MAX_FORM_LINES):
+        if colon == -1:
+            break
+        start = text.rfind("\n", 0, colon) + 1
+        end = text.find("\n", colon)
+        if end == -1:
+            end = len(text)
+        if colon - start <= 40:
+            kind = _FORM_LABEL_KIND.get(text[start:colon].strip(" \t>*_").lower())
+            value = text[colon + 1 : end].strip(" \t*_")
+            if kind is not None and value and kind not in found:
+                found[kind] = value[:200]
+        colon = text.find(":", end)
     if "name" not in found and ("first" in found or "last" in found):
         found["name"] = " ".join(found[key] for key in ("first", "last") if key in found)
     return found

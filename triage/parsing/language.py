@@ -6,7 +6,7 @@ business languages and to say "" when the text gives no clear signal.
 
 from __future__ import annotations
 
-MAX_CHARS = 1200  # the first paragraphs decide; the tail is often a multilingual footer
+MAX_CHARS = 800  # the first paragraphs decide; the tail is often a multilingual footer
 
 _STOPWORDS = {
     "en": "the and is are to of you we for with that this have be not it on our your would"

@@ -29,13 +29,16 @@ def synthesise_message_id(data: bytes) -> str:
 def _header_map(root: mime.Entity, budget: mime.Budget) -> dict[str, str]:
     """The first value of every header, decoded and bounded, keyed by lower-cased name."""
     found: dict[str, str] = {}
-    for name, value in root.headers.items():
+    for name, raw_value in root.headers.items():
         if len(found) >= MAX_HEADER_NAMES:
             budget.defect("too many distinct headers; the rest are not recorded")
             break
+        value = raw_value
         if len(value) > MAX_HEADER_VALUE:
             budget.defect(f"header too long: {name[:40]} ({len(value)} chars)")
-        found[name] = headers.clean(value[:MAX_HEADER_VALUE])
+            value = value[:MAX_HEADER_VALUE]
+        # Most values are plain printable text already: skip the call for them.
+        found[name] = headers.clean(value) if "=?" in value or not value.isprintable() else value
     if root.content_type == "multipart/report":
         found["report-type"] = root.params.get("report-type", "").strip().lower()
     return found
@@ -133,16 +136,27 @@ def _attachments(root: mime.Entity, body: mime.Entity | None) -> tuple[Attachmen
     return tuple(found)
 
 
+def _trailing_block(text: str) -> str:
+    """The run of signature-like lines that ends a text ("Jane Doe / Acme GmbH / +49 …"):
+    where a signature without a delimiter or valediction would be. Prose ends the run."""
+    block: list[str] = []
+    for line in reversed(text.rsplit("\n", SIGNATURE_FALLBACK_LINES)[-SIGNATURE_FALLBACK_LINES:]):
+        if not line.strip() or not quotes.is_signature_line(line.strip()):
+            break
+        block.append(line)
+    return "\n".join(reversed(block))
+
+
 def _parse(raw: bytes) -> InboundMessage:
     data = mime.normalise(raw)
     budget = mime.Budget()
-    if not data.strip():
+    if not data or data.isspace():
         budget.defect("empty message")
     if len(data) > MAX_MESSAGE_BYTES:
         budget.defect("message too large; truncated")
         data = data[:MAX_MESSAGE_BYTES]
     root = mime.parse_entity(data, budget)
-    if not root.headers and data.strip():
+    if not root.headers and data and not data.isspace():
         budget.defect("no headers")
     header = root.header
     message_id = headers.message_id(header("message-id") or "")
@@ -150,8 +164,8 @@ def _parse(raw: bytes) -> InboundMessage:
     new_text, signature = quotes.new_text(text)
     from_ = headers.first_address(header("from") or "")
     reply_to = headers.addresses(header("reply-to") or "")
-    if not signature and new_text:
-        signature = "\n".join(new_text.rsplit("\n", SIGNATURE_FALLBACK_LINES)[1:])
+    if not signature:
+        signature = _trailing_block(new_text)
     return InboundMessage(
         message_id=message_id or synthesise_message_id(data),
         message_id_synthesised=not message_id,
