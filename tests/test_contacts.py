@@ -196,3 +196,43 @@ def test_mailing_list_link_is_not_a_website() -> None:
         "Irish Linux Users' Group\nhttp://www.linux.ie/mailman/listinfo/ilug",
     )
     assert contact.website == ""
+
+
+FORWARDED = """FYI, lead from the trade fair - can we answer today?
+
+---------- Forwarded message ---------
+From: Jane Doe <jane@acme-logistics.example>
+Date: Wed, Jun 5, 2024 at 2:58 PM
+Subject: SW-300 quote
+To: Tom <tom@stretchpak.example>
+
+Hello Tom, please send a quote for two SW-300.
+
+Jane
+"""
+
+
+def test_internal_forward_is_the_original_senders_lead() -> None:
+    """A colleague forwarding a customer's mail to the shared mailbox (same domain): the
+    prospect is the forwarded message's sender, read from its header block."""
+    msg = parse(message(b"Tom Sales <tom@stretchpak.example>", FORWARDED))
+    assert msg.contact.email == "jane@acme-logistics.example"
+    assert msg.contact.name == "Jane Doe"
+    assert msg.contact.company == "Acme Logistics"
+    assert msg.new_text == "FYI, lead from the trade fair - can we answer today?"
+
+
+def test_outlook_forward_from_a_robot() -> None:
+    """An Outlook-style copied header block ("[mailto:…]") forwarded by a robot account."""
+    body = (
+        "-----Original Message-----\nFrom: Jane Doe [mailto:jane@acme-logistics.example]\n"
+        "Sent: Wednesday, June 5, 2024 2:58 PM\nTo: Sales\nSubject: quote\n\nPrices please.\n"
+    )
+    contact = parse(message(b"Mailer <noreply@crm.example>", body)).contact
+    assert contact.email == "jane@acme-logistics.example"
+
+
+def test_external_forward_keeps_the_sender() -> None:
+    """A customer forwarding something to us is still the prospect, not whoever they quote."""
+    msg = parse(message(b"Bob <bob@northwind-traders.example>", FORWARDED))
+    assert msg.contact.email == "bob@northwind-traders.example"

@@ -562,13 +562,13 @@ def test_new_text_drops_signatures() -> None:
     """`-- ` signatures, phone footers and valediction blocks are not new text; the signature
     block is returned separately for contact extraction."""
     body = "Please call me.\n\n-- \nJane Doe\nAcme GmbH\n+49 30 1234567\n"
-    assert new_text(body) == ("Please call me.", "Jane Doe\nAcme GmbH\n+49 30 1234567")
+    assert new_text(body)[:2] == ("Please call me.", "Jane Doe\nAcme GmbH\n+49 30 1234567")
     assert new_text("Sounds good.\n\nSent from my iPhone\n")[0] == "Sounds good."
     assert new_text("Klingt gut.\n\nVon meinem iPhone gesendet\n")[0] == "Klingt gut."
-    text, signature = new_text("We need 20 units.\n\nBest regards,\nJane Doe\nHead of Ops\n")
+    text, signature, _ = new_text("We need 20 units.\n\nBest regards,\nJane Doe\nHead of Ops\n")
     assert text == "We need 20 units."
     assert signature == "Jane Doe\nHead of Ops"
-    text, _ = new_text("Bitte um Angebot.\n\nMit freundlichen Grüßen\nMax Mustermann\n")
+    text, _, _ = new_text("Bitte um Angebot.\n\nMit freundlichen Grüßen\nMax Mustermann\n")
     assert text == "Bitte um Angebot."
 
 

@@ -251,23 +251,53 @@ def _from_signature(signature: str, sender_name: str) -> Contact:
     return Contact(name=name, company=company or after_title_company, phone=phone, website=website)
 
 
+def _prospect(
+    from_: Address | None,
+    reply_to: Sequence[Address],
+    to: Sequence[Address],
+    forwarded_from: Address | None,
+    is_form: bool,
+) -> Address | None:
+    """Who the message is from, as far as the lead is concerned.
+
+    A robot sender (no-reply, form mailer) is never the prospect; its Reply-To is. A message
+    forwarded within the company (sender and recipient share a domain, or a robot forwarded it)
+    is the original sender's.
+    """
+    sender = from_
+    if reply_to and (sender is None or _is_robot(sender) or is_form):
+        sender = reply_to[0]
+    internal = sender is not None and sender.domain in {address.domain for address in to}
+    original = forwarded_from
+    if (
+        original is not None
+        and "@" in original.email
+        and not _is_robot(original)
+        and (sender is None or _is_robot(sender) or internal)
+    ):
+        return original
+    return None if _is_robot(sender) else sender
+
+
 def extract(
     from_: Address | None,
     reply_to: Sequence[Address] = (),
     text: str = "",
     signature: str = "",
+    *,
+    to: Sequence[Address] = (),
+    forwarded_from: Address | None = None,
 ) -> Contact:
-    """The prospect's contact details from the headers, the signature and any form fields."""
+    """The prospect's contact details from the headers, the signature and any form fields.
+
+    `forwarded_from` is the sender of a forwarded original, when the text holds one.
+    """
     text = text[:MAX_TEXT]
     form = _form_fields(text) if ":" in text else {}
     is_form = (
         len(form.keys() & {"name", "company"}) >= 1 and len(form.keys() & {"email", "phone"}) >= 1
     )
-    sender = from_
-    if reply_to and (sender is None or _is_robot(sender) or is_form):
-        sender = reply_to[0]
-    elif _is_robot(sender):
-        sender = None
+    sender = _prospect(from_, reply_to, to, forwarded_from, is_form)
     email = sender.email if sender is not None and "@" in sender.email else ""
     name = sender.name if sender is not None else ""
     if is_form:

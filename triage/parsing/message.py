@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from types import MappingProxyType
 
+import quotequail
+
 from triage import contacts
-from triage.models import Attachment, InboundMessage
+from triage.models import Address, Attachment, InboundMessage
 from triage.parsing import charsets, headers, htmltext, language, mime, quotes
 
 log = logging.getLogger(__name__)
@@ -136,6 +139,22 @@ def _attachments(root: mime.Entity, body: mime.Entity | None) -> tuple[Attachmen
     return tuple(found)
 
 
+def _forwarded_sender(original: str, budget: mime.Budget) -> Address | None:
+    """The sender named in a forwarded or copied original's header block, read by quotequail.
+
+    quotequail knows many clients' forward formats but walks lines times patterns in Python, so
+    it only sees the few lines where our own cheap scan found a separator or header block.
+    """
+    try:
+        unwrapped = quotequail.unwrap(original)
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError, re.error) as exc:
+        budget.defect(f"quotequail failed: {type(exc).__name__}")
+        return None
+    sender = str(unwrapped.get("from", "")) if isinstance(unwrapped, dict) else ""
+    # Outlook writes "Jane Doe [mailto:jane@acme.example]".
+    return headers.first_address(sender.replace("[mailto:", "<").replace("]", ">"))
+
+
 def _trailing_block(text: str) -> str:
     """The run of signature-like lines that ends a text ("Jane Doe / Acme GmbH / +49 …"):
     where a signature without a delimiter or valediction would be. Prose ends the run."""
@@ -161,32 +180,40 @@ def _parse(raw: bytes) -> InboundMessage:
     header = root.header
     message_id = headers.message_id(header("message-id") or "")
     text, from_html, body = _body_text(root, budget)
-    new_text, signature = quotes.new_text(text)
+    reply = quotes.new_text(text)
     from_ = headers.first_address(header("from") or "")
     reply_to = headers.addresses(header("reply-to") or "")
-    if not signature:
-        signature = _trailing_block(new_text)
+    to = headers.addresses(header("to") or "")
+    header_map = _header_map(root, budget)
+    contact = contacts.extract(
+        from_,
+        reply_to,
+        text,
+        reply.signature or _trailing_block(reply.text),
+        to=to,
+        forwarded_from=_forwarded_sender(reply.original, budget) if reply.original else None,
+    )
     return InboundMessage(
         message_id=message_id or synthesise_message_id(data),
         message_id_synthesised=not message_id,
         subject=headers.clean(header("subject") or ""),
         from_=from_,
         reply_to=reply_to,
-        to=headers.addresses(header("to") or ""),
+        to=to,
         cc=headers.addresses(header("cc") or ""),
         return_path=headers.return_path(header("return-path")),
         date=headers.date(header("date") or ""),
         in_reply_to=headers.message_id(header("in-reply-to") or ""),
         references=headers.message_ids(header("references") or ""),
         text=text,
-        new_text=new_text,
+        new_text=reply.text,
         text_from_html=from_html,
-        language=language.detect(new_text or text),
+        language=language.detect(reply.text or text),
         size=len(raw),
         content_type=root.content_type,
         attachments=_attachments(root, body),
-        headers=MappingProxyType(_header_map(root, budget)),
-        contact=contacts.extract(from_, reply_to, text, signature),
+        headers=MappingProxyType(header_map),
+        contact=contact,
         defects=tuple(budget.defects),
     )
 

@@ -22,7 +22,9 @@ MAX_PARTS = 200
 MAX_DEPTH = 20
 
 # One header field with its continuation lines; the name is any printable ASCII but the colon.
-_FIELD = re.compile(r"([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+_FIELD_PATTERN = r"([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)"
+_FIELD = re.compile(_FIELD_PATTERN)
+_FIELDS = re.compile("^" + _FIELD_PATTERN, re.MULTILINE)  # every field of a block at once
 _PARAM = re.compile(r';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _GUESS_BOUNDARY = re.compile(rb"^--([^\s]{1,100}?)(?:--)?[ \t]*$", re.MULTILINE)
@@ -129,8 +131,35 @@ def split_headers(data: bytes, budget: Budget) -> tuple[dict[str, str], bytes]:
         text, legacy = head.decode("utf-8"), False
     except UnicodeDecodeError:
         text, legacy = head.decode("utf-8", "surrogateescape"), True
+    pairs = _FIELDS.findall(text)
+    continuations = text.count("\n ") + text.count("\n\t")
+    if (
+        len(pairs) == text.count("\n") + 1 - continuations
+        and len(pairs) <= MAX_HEADERS
+        and text[:1] not in (" ", "\t")
+    ):
+        # The common case: every line is a field or a continuation, found in one C-level pass.
+        return _first_values(pairs, legacy), body
+    return _split_headers_slowly(text, head, body, end != -1, legacy, budget)
+
+
+def _first_values(pairs: list[tuple[str, str]], legacy: bool) -> dict[str, str]:
+    """The first value of each (name, raw value) pair, names lower-cased, values unfolded."""
     fields: dict[str, str] = {}
-    count = 0
+    for raw_name, raw_value in pairs:
+        name = raw_name.lower()
+        if name not in fields:
+            # Unfolding: the line break goes, the whitespace that began the next line stays.
+            value = raw_value.replace("\n", "") if "\n" in raw_value else raw_value
+            fields[name] = (_repair(value) if legacy else value).strip()
+    return fields
+
+
+def _split_headers_slowly(
+    text: str, head: bytes, body: bytes, separated: bool, legacy: bool, budget: Budget
+) -> tuple[dict[str, str], bytes]:
+    """Field by field, for header blocks with stray lines, too many fields or no separator."""
+    pairs: list[tuple[str, str]] = []
     position = 0
     size = len(text)
     while position < size:
@@ -144,21 +173,14 @@ def split_headers(data: bytes, budget: Budget) -> tuple[dict[str, str], bytes]:
             budget.defect("missing blank line between headers and body")
             offset = len(text[:position].encode("utf-8", "surrogateescape"))
             rest = head[offset:]
-            body = rest + b"\n\n" + body if end != -1 else rest
+            body = rest + b"\n\n" + body if separated else rest
             break
-        count += 1
-        if count > MAX_HEADERS:
+        if len(pairs) >= MAX_HEADERS:
             budget.defect("too many headers; the rest were dropped")
             break
-        name = match.group(1).lower()
-        if name not in fields:
-            value = match.group(2)
-            if "\n" in value:
-                # Unfolding: the line break goes, the whitespace that began the next line stays.
-                value = value.replace("\n", "")
-            fields[name] = (_repair(value) if legacy else value).strip()
+        pairs.append((match.group(1), match.group(2)))
         position = match.end() + 1
-    return fields, body
+    return _first_values(pairs, legacy), body
 
 
 def params(value: str) -> dict[str, str]:

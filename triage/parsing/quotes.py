@@ -16,9 +16,11 @@ costs milliseconds on a long mailing-list message; its pattern lists informed th
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 MAX_SCAN_CHARS = 60_000  # the new text of a real reply is far shorter; the rest is thread
 MAX_CANDIDATES = 200
+MAX_ORIGINAL_CHARS = 4000  # the forwarded original's header block is near its start
 MAX_SIGNATURE_LINES = 8
 VALEDICTION_WINDOW = 1500  # a valediction is searched for near the end of the text only
 
@@ -252,14 +254,17 @@ def _thread_starts(scan: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def strip_thread(text: str) -> str:
-    """`text` without the quoted thread: cut at the thread start, `>` lines dropped.
+def strip_thread(text: str) -> tuple[str, str]:
+    """`text` without the quoted thread, and the start of a forwarded or copied original.
 
-    An attribution line directly followed by `>` lines introduces an inline quote (the reply
-    may continue below it), so only that line is dropped; any other thread start ends the new text.
+    The thread is cut at its start and `>` lines are dropped. An attribution line directly
+    followed by `>` lines introduces an inline quote (the reply may continue below it), so only
+    that line is dropped. When the thread starts with a separator or a copied header block, its
+    first lines are returned too (for reading the original's sender), else "".
     """
     scan = "\n" + text[:MAX_SCAN_CHARS] + "\n"
     cut = len(scan)
+    original = ""
     intros: list[tuple[int, int]] = []
     for start, end, kind in _thread_starts(scan):
         if intros and start < intros[-1][1]:
@@ -270,6 +275,8 @@ def strip_thread(text: str) -> str:
         if kind == WEAK_INTRO:
             continue
         cut = start
+        if kind == CUT:
+            original = "\n".join(scan[cut : cut + MAX_ORIGINAL_CHARS].split("\n")[:40])
         break
     pieces = []
     position = 0
@@ -281,7 +288,7 @@ def strip_thread(text: str) -> str:
     body = "".join(pieces)
     if ">" in body:
         body = _QUOTED_LINE.sub("", body)
-    return body.strip("\n")
+    return body.strip("\n"), original
 
 
 def is_signature_line(line: str) -> bool:
@@ -351,7 +358,18 @@ def split_signature(text: str) -> tuple[str, str]:
     return "\n".join(lines).strip("\n"), "\n".join(signature).strip()
 
 
-def new_text(text: str) -> tuple[str, str]:
-    """The new text of a message (no thread, no signature) and its signature block."""
-    body, signature = split_signature(strip_thread(text))
-    return _BLANK_RUNS.sub("\n\n", body).strip(), signature
+class Reply(NamedTuple):
+    """A message text split up: what is new, the signature, and the start of a forwarded or
+    copied original ("" when there is none)."""
+
+    text: str
+    signature: str
+    original: str
+
+
+def new_text(text: str) -> Reply:
+    """The new text of a message (no thread, no signature), its signature block and the start
+    of a forwarded original."""
+    body, original = strip_thread(text)
+    body, signature = split_signature(body)
+    return Reply(_BLANK_RUNS.sub("\n\n", body).strip(), signature, original)
