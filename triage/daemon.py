@@ -60,6 +60,7 @@ class AccountWorker:
         backoff: Backoff,
         status: AccountStatus,
         on_result: Callable[[SyncResult], None] = lambda _r: None,
+        on_error: Callable[[str], None] = lambda _account: None,
     ) -> None:
         self.account = account
         self.make_syncs = make_syncs
@@ -67,6 +68,7 @@ class AccountWorker:
         self.backoff = backoff
         self.status = status
         self.on_result = on_result
+        self.on_error = on_error
 
     def sync_once(self, mailbox: ImapMailbox) -> None:
         """Connect if needed and sync every folder once."""
@@ -92,6 +94,7 @@ class AccountWorker:
                     self._wait(mailbox)
                 except TransientError as exc:
                     mailbox.close()
+                    self.on_error(self.account.name)
                     self.status.connected = False
                     self.status.last_error = str(exc)
                     delay = self.backoff.next_delay()
@@ -143,12 +146,16 @@ class Daemon:
         periodic: Callable[[], None] = lambda: None,
         control: Control | None = None,
         period: float = 5.0,
+        on_result: Callable[[SyncResult], None] = lambda _r: None,
+        on_error: Callable[[str], None] = lambda _account: None,
     ) -> None:
         self.settings = settings
         self.make_syncs = make_syncs
         self.periodic = periodic
         self.control = control or Control()
         self.period = period
+        self.on_result = on_result
+        self.on_error = on_error
         self.statuses = {a.name: AccountStatus(a.name) for a in settings.imap.all_accounts()}
 
     def run(self) -> None:
@@ -161,6 +168,8 @@ class Daemon:
                 self.control,
                 Backoff(self.settings.daemon.backoff_initial, self.settings.daemon.backoff_max),
                 self.statuses[account.name],
+                self.on_result,
+                self.on_error,
             )
             thread = threading.Thread(target=worker.run, name=f"account-{account.name}")
             thread.start()
@@ -168,7 +177,10 @@ class Daemon:
         log.info("triage running: %d account(s)", len(threads))
         try:
             while not self.control.stop.wait(self.period):
-                self.periodic()
+                try:
+                    self.periodic()
+                except TransientError as exc:
+                    log.warning("periodic work failed, will retry: %s", exc)
         finally:
             self.control.stop.set()
             for thread in threads:

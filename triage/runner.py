@@ -16,7 +16,10 @@ from types import FrameType
 from triage.compose import message_id_domain
 from triage.daemon import Control, Daemon, SyncFactory, run_once
 from triage.errors import ConfigError
+from triage.health import start_from_settings
+from triage.logs import redact_settings_secrets
 from triage.mailbox import ImapMailbox
+from triage.metrics import Metrics
 from triage.service import Service, Shared
 from triage.settings import ImapAccount, Settings
 from triage.sync import Checkpoint, SyncResult
@@ -41,10 +44,12 @@ def sync_factory(shared: Shared) -> SyncFactory:
     return make
 
 
-def prepare(settings: Settings, checkpoint: Checkpoint = _no_checkpoint) -> Shared:
+def prepare(
+    settings: Settings, checkpoint: Checkpoint = _no_checkpoint, metrics: Metrics | None = None
+) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
     message_id_domain(settings.replies)  # a bad domain is a config error now, not per batch
-    shared = Shared(settings, checkpoint)
+    shared = Shared(settings, checkpoint, metrics)
     shared.model.get()  # fail now, with one line, if the model is unusable
     service = Service(shared)
     try:
@@ -67,7 +72,10 @@ def run_forever(
     checkpoint: Checkpoint = _no_checkpoint,
     control: Control | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers."""
+    """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.
+
+    The metrics and the health endpoint live across reloads, so the port stays bound.
+    """
     control = control or Control()
     reload = threading.Event()
 
@@ -81,15 +89,57 @@ def run_forever(
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    while True:
-        shared = prepare(settings, checkpoint)
-        Daemon(settings, sync_factory(shared), control=control).run()
-        if not reload.is_set():
-            return
-        reload.clear()
-        control.stop.clear()
-        log.info("SIGHUP: reloading settings")
-        try:
-            settings = reload_settings()
-        except ConfigError as exc:
-            log.error("new settings are invalid, keeping the old ones: %s", exc)
+    metrics = Metrics()
+    current: list[Daemon] = []
+    health = start_from_settings(
+        settings.daemon,
+        lambda: list(current[-1].statuses.values()) if current else [],
+        metrics,
+    )
+    try:
+        while True:
+            shared = prepare(settings, checkpoint, metrics)
+            housekeeping = Housekeeping(shared)
+            daemon = Daemon(
+                settings,
+                sync_factory(shared),
+                periodic=housekeeping.run,
+                control=control,
+                on_result=lambda r: metrics.quarantined(r.quarantined) if r.quarantined else None,
+                on_error=metrics.imap_error,
+            )
+            current.append(daemon)
+            try:
+                daemon.run()
+            finally:
+                housekeeping.close()
+            if not reload.is_set():
+                return
+            reload.clear()
+            control.stop.clear()
+            log.info("SIGHUP: reloading settings")
+            try:
+                settings = reload_settings()
+                redact_settings_secrets(settings)
+            except ConfigError as exc:
+                log.error("new settings are invalid, keeping the old ones: %s", exc)
+    finally:
+        if health is not None:
+            health.close()
+
+
+class Housekeeping:
+    """The main thread's periodic work: replies due for a retry, store-derived metrics."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.service = Service(shared)
+
+    def run(self) -> None:
+        """One round; called every few seconds by the daemon."""
+        self.service.deliver()
+        self.shared.metrics.refresh_from_store(self.service.db)
+
+    def close(self) -> None:
+        """Release the store connection."""
+        self.service.close()

@@ -17,7 +17,9 @@ from triage.classify import ModelHandle
 from triage.compose import make_reply
 from triage.corrections import CorrectionScan
 from triage.errors import PermanentError, TemplateError, TransientError
+from triage.logs import log_outcome
 from triage.mailbox import ImapMailbox
+from triage.metrics import Metrics
 from triage.outbox import Outbox
 from triage.pipeline import Decided, Planned, Recorder, decide, fixed_target
 from triage.replies import TemplateRenderer
@@ -66,11 +68,17 @@ class CheckpointedSession:
 class Shared:
     """What every worker thread shares: settings, the model and the templates."""
 
-    def __init__(self, settings: Settings, checkpoint: Checkpoint = no_checkpoint) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        checkpoint: Checkpoint = no_checkpoint,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.model = ModelHandle(settings.classifier.model_path, settings.classifier.thresholds)
         self.renderer = TemplateRenderer.from_settings(settings.replies)
         self.checkpoint = checkpoint
+        self.metrics = metrics or Metrics()
 
 
 class Service:
@@ -104,6 +112,7 @@ class Service:
     def decide_batch(self, items: Sequence[tuple[int, bytes, bool]]) -> list[Decided]:
         """Parse, check, classify and dispose a batch with the current model."""
         classifier = self.shared.model.get()
+        self.shared.metrics.set_model_version(classifier.version)
         prefix = (
             self.settings.ingest.folder_prefix if self.settings.ingest.move_to_folders else None
         )
@@ -150,7 +159,22 @@ class Service:
 
     def deliver(self) -> None:
         """Send every reply that is due (live mode queues; the others never reach SMTP)."""
-        self.outbox.deliver_due()
+        sent = self.outbox.deliver_due()
+        if sent:
+            self.shared.metrics.reply_sent(len(sent))
+
+    def observe(self, account: str, folder: str, uid: int, d: Decided) -> None:
+        """One log line and the metrics for a recorded message."""
+        replied = d.disposition.reply_template is not None
+        reasons = d.disposition.reasons
+        log_outcome(
+            log, account, folder, uid, d.msg.message_id, d.disposition.decision, replied, reasons
+        )
+        self.shared.metrics.observe_result(d.disposition.decision, replied=replied, reasons=reasons)
+
+    def synced(self, account: str, folder: str) -> None:
+        """Note a finished pass over a folder."""
+        self.shared.metrics.set_sync(account, folder)
 
     def file_replies(self, mailbox: ImapMailbox, folder: str, uidvalidity: int) -> None:
         """File sent replies in Sent and drafts in Drafts; mark answered originals \\Answered."""
@@ -186,7 +210,12 @@ class Service:
         self, account: ImapAccount, mailbox: ImapMailbox
     ) -> list[Callable[[], SyncResult]]:
         """One sync callable per watched folder of `account`."""
-        effects = Effects(deliver=self._deliver_checked, file_replies=self.file_replies)
+        effects = Effects(
+            deliver=self._deliver_checked,
+            file_replies=self.file_replies,
+            observe=self.observe,
+            synced=self.synced,
+        )
         syncs: list[Callable[[], SyncResult]] = [
             FolderSync(
                 account.name,
@@ -215,6 +244,7 @@ class Service:
             self.deliver()
         except TransientError as exc:
             # The replies stay queued; the next pass tries again after their backoff.
+            self.shared.metrics.smtp_error()
             log.error("sending replies failed: %s", exc)
 
 

@@ -55,6 +55,10 @@ class Effects:
 
     deliver: Callable[[], None]
     file_replies: Callable[[ImapMailbox, str, int], None]
+    # Told about each recorded message (account, folder, uid, decided) and each finished pass
+    # (account, folder): for the outcome log line and metrics.
+    observe: Callable[[str, str, int, Decided], None] = lambda _a, _f, _u, _d: None
+    synced: Callable[[str, str], None] = lambda _a, _f: None
 
 
 class FolderSync:
@@ -111,6 +115,7 @@ class FolderSync:
         self.effects.deliver()
         self.effects.file_replies(self.mailbox, self.folder, uidvalidity)
         self.ledger.touch(self.account, self.folder)
+        self.effects.synced(self.account, self.folder)
         return result
 
     # -- baselines -----------------------------------------------------------------------------
@@ -242,10 +247,11 @@ class FolderSync:
             decided = self._decide_each(candidates, raws, result)
         self.checkpoint("after_classification")
         recorded = self.recorder.record(decided) if decided else []
+        uids = {r.id: r.uid for r in todo}
         for d in recorded:
-            result.decided[d.disposition.decision] = (
-                result.decided.get(d.disposition.decision, 0) + 1
-            )
+            decision = d.disposition.decision
+            result.decided[decision] = result.decided.get(decision, 0) + 1
+            self.effects.observe(self.account, self.folder, uids[d.row_id], d)
         self.checkpoint("after_record")
         self.effects.deliver()
         self.checkpoint("after_send")

@@ -59,9 +59,10 @@ def load(ctx: typer.Context) -> Settings:
     if overrides:
         daemon = settings.daemon.model_copy(update=overrides)
         settings = settings.model_copy(update={"daemon": daemon})
-    from triage.logs import setup_logging
+    from triage.logs import redact_settings_secrets, setup_logging
 
     setup_logging(settings.daemon.log_format, settings.daemon.log_level)
+    redact_settings_secrets(settings)
     return settings
 
 
