@@ -184,7 +184,8 @@ def test_digest_lists_exactly_the_new_hot_leads_once(
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["To"] == "sales@example.test"
     slot = timestamp(datetime(2024, 5, 13, 6, 0, tzinfo=UTC))
-    assert msg["Message-ID"] == notice_message_id(DIGEST, slot, settings)
+    token = digest.instance(store.db.conn)
+    assert msg["Message-ID"] == notice_message_id(DIGEST, slot, settings, token)
     text, html = parts(msg)
     for part in (text, html):
         for contact in (JANE, KIM, MARCO):
@@ -445,10 +446,18 @@ def test_recover_marks_a_dead_senders_digest_uncertain(
     assert _state(store, made[0])[0] == "uncertain"
 
 
-def test_a_slot_is_prepared_only_once(store: Store, settings: Settings) -> None:
-    """Preparing the same slot again does nothing (the slot is unique)."""
+def test_a_slot_is_prepared_only_once(store: Store, settings: Settings, tmp_path: Path) -> None:
+    """Preparing the same slot again does nothing (the slot is unique); another database (a
+    staging copy, a reinstall) gives the same slot another Message-ID."""
     assert digest.prepare_digest(settings, store.db, MONDAY_8, "s1") is not None
     assert digest.prepare_digest(settings, store.db, MONDAY_8, "s1") is None
+    other = Store(make_settings(tmp_path / "other"))
+    assert digest.prepare_digest(other.settings, other.db, MONDAY_8, "s1") is not None
+    ids = [
+        s.db.conn.execute("SELECT message_id FROM digests").fetchone()[0] for s in (store, other)
+    ]
+    assert ids[0] != ids[1]
+    other.close()
 
 
 def test_send_now_refuses_while_an_earlier_digest_waits(
@@ -533,3 +542,17 @@ def test_dot_stuffing() -> None:
     """CRLF line ends, a leading dot doubled, a final CRLF — but no final dot."""
     assert dot_stuffed(b"a\n.b\r\n..c\rd") == b"a\r\n..b\r\n...c\r\nd\r\n"
     assert dot_stuffed(b"x\r\n") == b"x\r\n"
+
+
+def test_a_bad_schedule_does_not_stop_the_daemon_step(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, smtp: FakeSmtp
+) -> None:
+    """A schedule croniter cannot read is logged (and check_settings names it); the step
+    returns instead of raising into the daemon's loop."""
+    s = make_settings(tmp_path, digest={"schedule": "0 8 * * mon-xyz"})
+    store = Store(s)
+    with caplog.at_level(logging.ERROR, logger="triage.digest"):
+        run = digest.run_digest_if_due(s, store.db, MONDAY_8, connector=smtp)
+    assert run.prepared is None and smtp.delivered == []
+    assert "digest.schedule" in caplog.text
+    store.close()

@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import smtplib
 import socket
 import sqlite3
@@ -138,9 +139,12 @@ def latest_slot(settings: Settings, now: datetime) -> datetime:
     from croniter import croniter
 
     tz = zone(settings.digest.timezone)
-    # croniter's get_prev is strict; one second later makes a slot at exactly `now` count.
-    it = croniter(settings.digest.schedule, now.astimezone(tz) + timedelta(seconds=1))
-    slot: datetime = it.get_prev(datetime)
+    try:
+        # croniter's get_prev is strict; one second later makes a slot at exactly `now` count.
+        it = croniter(settings.digest.schedule, now.astimezone(tz) + timedelta(seconds=1))
+        slot: datetime = it.get_prev(datetime)
+    except ValueError as exc:  # croniter's errors derive from ValueError
+        raise ConfigError(f"digest.schedule {settings.digest.schedule!r}: {exc}") from None
     return slot.astimezone(UTC)
 
 
@@ -429,12 +433,27 @@ def _header_address(name: str, email: str, setting: str) -> HeaderAddress:
         raise ConfigError(f"{setting}: {email!r} is not an address ({exc})") from None
 
 
-def notice_message_id(kind: str, slot: str, settings: Settings) -> str:
-    """The Message-ID of the digest or alert for `slot`: the same slot always gives the same id."""
+def instance(c: sqlite3.Connection) -> str:
+    """A random token made once per database, inside the caller's write transaction.
+
+    It goes into Message-IDs so that a staging copy, or a reinstall whose lead ids start at 1
+    again, never produces the id of an earlier message (mail services drop such "duplicates").
+    """
+    row = c.execute("SELECT value FROM kv WHERE key = 'triage.instance'").fetchone()
+    if row is not None:
+        return str(row["value"])
+    token = secrets.token_hex(8)
+    c.execute("INSERT INTO kv (key, value) VALUES ('triage.instance', ?)", (token,))
+    return token
+
+
+def notice_message_id(kind: str, slot: str, settings: Settings, instance: str = "") -> str:
+    """The Message-ID of the digest or alert for `slot`: the same slot (of the same database)
+    always gives the same id, so a resend is recognisable as the same message."""
     domain = sender(settings).rpartition("@")[2].lower()
     if not re.fullmatch(r"[a-z0-9.-]+", domain):
         domain = "triage.invalid"
-    digest = hashlib.sha256(f"{kind}\0{slot}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{instance}\0{kind}\0{slot}".encode()).hexdigest()[:24]
     return f"<triage-{kind}.{digest}@{domain}>"
 
 
@@ -515,7 +534,7 @@ def prepare_digest(
             return None
         content = collect(c, now)
         rendered = render(DIGEST, digest_context(content, settings), settings)
-        mid = notice_message_id(DIGEST, slot, settings)
+        mid = notice_message_id(DIGEST, slot, settings, instance(c))
         msg = compose(rendered, recipients, mid, settings, now)
         digest_id = _insert(c, DIGEST, slot, msg, recipients, settings, now, covers_until=now)
         c.executemany(
@@ -541,16 +560,21 @@ def prepare_alerts(settings: Settings, db: Database, now: datetime) -> list[int]
     recipients = alert_recipients(settings)
     if not settings.leads.alert_hot or not recipients:
         return []
+    since = now - ALERT_MAX_AGE
+    # Read first: the daemon calls this every few seconds, and a write transaction each time
+    # would compete with the account workers for nothing.
+    if not unalerted_hot_leads(db.conn, since):
+        return []
     prepared = []
     with db.transaction() as c:
-        for lead in unalerted_hot_leads(c, now - ALERT_MAX_AGE):
+        for lead in unalerted_hot_leads(c, since):
             slot = f"lead-{lead.id}"
             if not c.execute(
                 "SELECT 1 FROM digests WHERE kind = ? AND slot = ?", (ALERT, slot)
             ).fetchone():
                 context = {**_common(settings, now), "lead": lead_view(lead, now, settings)}
                 rendered = render(ALERT, context, settings)
-                mid = notice_message_id(ALERT, slot, settings)
+                mid = notice_message_id(ALERT, slot, settings, instance(c))
                 msg = compose(rendered, recipients, mid, settings, now)
                 prepared.append(
                     _insert(c, ALERT, slot, msg, recipients, settings, now, lead_id=lead.id)
@@ -614,6 +638,11 @@ class TwoPhaseSession:
             if code != 354:
                 raise _refusal("DATA", code, reply)
             client.send(dot_stuffed(raw))
+        except UnicodeEncodeError:
+            # smtplib speaks ASCII commands; internationalised addresses would need SMTPUTF8.
+            raise PermanentError(
+                f"non-ASCII address in {envelope_from!r} or {list(recipients)}: not supported"
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise SendError(f"SMTP {self._where}: {exc}") from None
         for error in refused.values():
@@ -841,6 +870,9 @@ def recover(settings: Settings, db: Database, now: datetime) -> list[int]:
     timeout belongs to a dead process. Such a message may have been delivered: it is not resent.
     """
     stale = timestamp(now - timedelta(seconds=2 * settings.smtp.timeout + 60))
+    stuck = "SELECT 1 FROM digests WHERE state = 'sending' AND updated_at < ?"
+    if db.conn.execute(stuck, (stale,)).fetchone() is None:
+        return []  # the usual case: no write transaction needed
     with db.transaction() as c:
         ids = [
             int(r["id"])
