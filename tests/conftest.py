@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.mailtools import DaemonStarter
 from triage.mailharness import HarnessConfig, MailHarness, unavailable_reason
 
 
@@ -39,3 +44,32 @@ def clean_mail(mail_harness: MailHarness) -> MailHarness:
     """The session's harness with every user's mailbox emptied before the test."""
     mail_harness.clear_all_mailboxes()
     return mail_harness
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[DaemonStarter]:
+    """Starts `triage run` subprocesses and stops them after the test."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        log = open(tmp_path / f"daemon-{len(procs)}.log", "w")  # noqa: SIM115 - closed by the OS
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "triage", "--config", str(config), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        log.close()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

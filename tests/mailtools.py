@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -18,6 +18,9 @@ from triage.demo import write_config
 from triage.mailharness import MailHarness
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Starts `triage run` with a config (and extra environment); the fixture stops it afterwards.
+DaemonStarter = Callable[..., "subprocess.Popen[str]"]
 
 # Plain, unambiguous inquiries: the tests are about delivery, not about the model's judgement.
 SALES_BODY = (
@@ -95,3 +98,21 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.05) -> flo
             raise TimeoutError(f"condition not met within {timeout} s")
         time.sleep(interval)
     return time.monotonic() - start
+
+
+def done_count(base: Path) -> int:
+    """Messages in state done (0 while the store does not exist yet)."""
+    if not (base / "triage.db").exists():
+        return 0
+    return states(base).get("done", 0)
+
+
+def synced(base: Path) -> bool:
+    """True once the daemon recorded its first sync."""
+    if not (base / "triage.db").exists():
+        return False
+    with db(base) as conn:
+        try:
+            return bool(conn.execute("SELECT COUNT(*) FROM mailbox_state").fetchone()[0] > 0)
+        except Exception:  # noqa: BLE001 - the schema may not exist yet
+            return False

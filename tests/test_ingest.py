@@ -8,23 +8,34 @@ without stopping the others; one broken account does not stall another.
 
 from __future__ import annotations
 
-import os
 import signal
 import smtplib
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
-from tests.mailtools import config_for, db, inquiry, replies_in, states, triage, wait_until
+from tests.mailtools import (
+    DaemonStarter,
+    config_for,
+    db,
+    done_count,
+    inquiry,
+    replies_in,
+    states,
+    synced,
+    triage,
+    wait_until,
+)
 from triage.daemon import run_once
+from triage.mailbox import ImapMailbox
 from triage.mailharness import MailHarness
+from triage.pipeline import Decided
 from triage.runner import prepare
 from triage.service import Service
 from triage.settings import ImapAccount, load_settings
+from triage.sync import SyncResult
 
 pytestmark = pytest.mark.mail
 
@@ -151,59 +162,12 @@ def test_new_uidvalidity_does_not_handle_anything_twice(
         assert len(replies_in(mail_harness, s)) == 1
 
 
-@pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[object]:
-    """Starts `triage run` subprocesses and stops them after the test."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        log = open(tmp_path / f"daemon-{len(procs)}.log", "w")  # noqa: SIM115 - closed by the OS
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "triage", "--config", str(config), "run"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        log.close()
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def done_count(base: Path) -> int:
-    """Messages in state done (0 while the store does not exist yet)."""
-    if not (base / "triage.db").exists():
-        return 0
-    return states(base).get("done", 0)
-
-
-def synced(base: Path) -> bool:
-    """True once the daemon recorded its first sync."""
-    if not (base / "triage.db").exists():
-        return False
-    with db(base) as conn:
-        try:
-            return conn.execute("SELECT COUNT(*) FROM mailbox_state").fetchone()[0] > 0
-        except Exception:  # noqa: BLE001 - the schema may not exist yet
-            return False
-
-
 @pytest.mark.parametrize("idle", [True, False], ids=["idle", "polling-1s"])
 def test_new_mail_is_handled_promptly_by_push_or_polling(
     mail_harness: MailHarness,
     clean_mail: None,
     tmp_path: Path,
-    daemon_factory: object,
+    daemon_factory: DaemonStarter,
     idle: bool,
 ) -> None:
     """With IDLE (poll interval 60 s) or with polling every second, a delivered message is handled
@@ -214,7 +178,6 @@ def test_new_mail_is_handled_promptly_by_push_or_polling(
         "TRIAGE_IMAP__IDLE": str(idle).lower(),
         "TRIAGE_IMAP__POLL_INTERVAL": "60" if idle else "1",
     }
-    assert callable(daemon_factory)
     daemon_factory(config, env)
     wait_until(lambda: synced(base), 30)
     time.sleep(0.5)  # let the worker enter IDLE
@@ -225,14 +188,13 @@ def test_new_mail_is_handled_promptly_by_push_or_polling(
 
 
 def test_daemon_reconnects_after_dovecot_restart(
-    mail_harness: MailHarness, clean_mail: None, tmp_path: Path, daemon_factory: object
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path, daemon_factory: DaemonStarter
 ) -> None:
     """Dovecot restarted while the daemon idles: it reconnects and handles mail that arrived
     meanwhile."""
     base = tmp_path / "triage"
     config = config_for(mail_harness, base)
     env = {"TRIAGE_DAEMON__BACKOFF_INITIAL": "0.2", "TRIAGE_DAEMON__BACKOFF_MAX": "1"}
-    assert callable(daemon_factory)
     daemon_factory(config, env)
     wait_until(lambda: synced(base), 30)
     mail_harness.stop_dovecot()
@@ -259,18 +221,18 @@ def test_poison_message_is_quarantined_and_the_rest_go_on(
     settings = load_settings(config, environ={})
 
     class Poisoned(Service):
-        def decide_batch(self, items):  # type: ignore[no-untyped-def]
+        def decide_batch(self, items: Sequence[tuple[int, bytes, bool]]) -> list[Decided]:
             if any(b"POISON" in raw for _row, raw, _bf in items):
                 raise ValueError("cannot handle this one")
             return super().decide_batch(items)
 
     shared = prepare(settings)
 
-    def factory(account: ImapAccount, mailbox: object) -> list[object]:
-        return Poisoned(shared).folder_syncs(account, mailbox)  # type: ignore[arg-type]
+    def factory(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
+        return Poisoned(shared).folder_syncs(account, mailbox)
 
     for attempt in range(settings.ingest.max_attempts):
-        run_once(settings, factory)  # type: ignore[arg-type]
+        run_once(settings, factory)
         if attempt == 0:
             assert states(base).get("done") == 1  # bob's message did not wait for the poison
     assert states(base) == {"done": 1, "quarantined": 1}
@@ -283,7 +245,7 @@ def test_poison_message_is_quarantined_and_the_rest_go_on(
 
 
 def test_one_account_with_a_wrong_password_does_not_stall_the_other(
-    mail_harness: MailHarness, clean_mail: None, tmp_path: Path, daemon_factory: object
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path, daemon_factory: DaemonStarter
 ) -> None:
     """Two accounts, one with a wrong password: the other is served, and the login error is
     logged once per backoff step, not once per second."""
@@ -295,7 +257,6 @@ def test_one_account_with_a_wrong_password_does_not_stall_the_other(
     )
     config = config_for(mail_harness, base, extra)
     env = {"TRIAGE_DAEMON__BACKOFF_INITIAL": "1", "TRIAGE_DAEMON__BACKOFF_MAX": "60"}
-    assert callable(daemon_factory)
     proc = daemon_factory(config, env)
     wait_until(lambda: synced(base), 30)
     mail_harness.send(inquiry("carol@example.test", HELLO, 9), "carol@example.test", HELLO)

@@ -89,7 +89,10 @@ def test_plain_imap_to_a_remote_host_is_refused(tmp_path: Path, secret: Path) ->
 BROKEN = {
     "missing file": (None, "does not exist"),
     "bad toml": ("[imap\nhost = 1", "not valid TOML"),
-    "unknown key": (GOOD + "\n[replies]\ncolour = 'red'\n", "setting replies.colour: unknown setting"),
+    "unknown key": (
+        GOOD + "\n[replies]\ncolour = 'red'\n",
+        "setting replies.colour: unknown setting",
+    ),
     "wrong type": (GOOD.replace("port = 10143", 'port = "many"'), "setting imap.port:"),
     "missing password": (
         GOOD.replace('password_file = "{secret}"', ""),
