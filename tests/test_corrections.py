@@ -1,0 +1,80 @@
+"""Learning from corrections on the real Dovecot: a person moves a message between Triage
+folders, the daemon records the correction, and retraining with it changes the label."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.mailtools import ROOT, config_for, db, triage
+from triage.mailharness import MailHarness
+
+pytestmark = [pytest.mark.mail, pytest.mark.slow]
+
+HELLO = "hello@example.test"
+# A brochure request with no stated need: the shipped model calls it marketing.
+CATALOGUE = ROOT / "config" / "demo" / "02-marketing-brochure.eml"
+
+
+def folder_named(harness: MailHarness, *parts: str) -> str:
+    """The server's name for a folder path, with its own hierarchy delimiter."""
+    with harness.imap("hello") as client:
+        delimiter = client.list_folders()[0][1].decode()
+    return delimiter.join(parts)
+
+
+def test_a_folder_move_is_recorded_and_retraining_learns_it(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path
+) -> None:
+    """Moved from Triage/Marketing to Triage/Sales by a person → a correction (marketing →
+    sales) in the store → `train --with-corrections` classifies the message as sales."""
+    base = tmp_path / "triage"
+    config = config_for(mail_harness, base, "\n[ingest]\nmove_to_folders = true\n")
+    assert triage(config, "once").returncode == 0
+    raw = CATALOGUE.read_bytes()
+    mail_harness.send(raw, "bob@example.test", HELLO)
+    mail_harness.wait_for_messages("hello", count=1, timeout=20)
+    assert triage(config, "once").returncode == 0
+
+    marketing = folder_named(mail_harness, "Triage", "Marketing")
+    sales = folder_named(mail_harness, "Triage", "Sales")
+    with mail_harness.imap("hello") as client:
+        client.select_folder(marketing)
+        uids = client.search("ALL")
+        assert len(uids) == 1, "the message was filed under Triage/Marketing"
+        client.create_folder(sales)
+        client.move(uids, sales)  # what a person does in their mail client
+
+    assert triage(config, "once").returncode == 0
+    with db(base) as conn:
+        rows = conn.execute("SELECT old_label, new_label, source FROM corrections").fetchall()
+    assert [tuple(r) for r in rows] == [("marketing", "sales", "folder")]
+    # Running again does not record it twice.
+    assert triage(config, "once").returncode == 0
+    with db(base) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM corrections").fetchone()[0] == 1
+
+    model = tmp_path / "model" / "model.skops"
+    model.parent.mkdir()
+    shutil.copy(ROOT / "classifiers" / "model.skops", model)
+    shutil.copy(ROOT / "classifiers" / "model-card.json", model.parent / "model-card.json")
+    trained = triage(
+        config,
+        "train",
+        "--with-corrections",
+        "--store",
+        str(base / "triage.db"),
+        "--output",
+        str(model),
+        timeout=600,
+    )
+    assert trained.returncode == 0, trained.stderr
+    sample = tmp_path / "message.eml"
+    sample.write_bytes(raw)
+    result = triage(config, "classify", "--json", "--model", str(model), str(sample))
+    assert result.returncode == 0, result.stderr
+    verdict = json.loads(result.stdout.strip().splitlines()[0])
+    assert verdict["label"] == "sales", verdict
