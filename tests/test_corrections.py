@@ -23,7 +23,7 @@ def folder_named(harness: MailHarness, *parts: str) -> str:
     """The server's name for a folder path, with its own hierarchy delimiter."""
     with harness.imap("hello") as client:
         delimiter = client.list_folders()[0][1].decode()
-    return delimiter.join(parts)
+    return str(delimiter.join(parts))
 
 
 def test_a_folder_move_is_recorded_and_retraining_learns_it(
