@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -101,14 +102,18 @@ def single(classifier: Classifier, messages: Sequence[InboundMessage]) -> tuple[
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
 
 
-def batch(classifier: Classifier, messages: Sequence[InboundMessage], repeat: int) -> float:
-    """Messages per second of `classify_many` over all `messages` (best of `repeat` runs)."""
-    best = float("inf")
+def batch(
+    classifier: Classifier, messages: Sequence[InboundMessage], repeat: int
+) -> tuple[float, float]:
+    """Messages per second of `classify_many` over `messages`: (wall clock, CPU time), best of
+    `repeat` runs. On a busy machine the CPU-time rate shows what one idle core achieves."""
+    wall = cpu = float("inf")
     for _ in range(max(1, repeat)):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         classifier.classify_many(messages)
-        best = min(best, time.perf_counter() - started)
-    return len(messages) / best
+        wall = min(wall, time.perf_counter() - started)
+        cpu = min(cpu, time.process_time() - started_cpu)
+    return len(messages) / wall, len(messages) / max(cpu, 1e-9)
 
 
 def _row(measure: str, value: float, unit: str, target: str, ok: bool | None = None) -> Row:
@@ -144,8 +149,9 @@ def run(
     median, p99 = single(classifier, sample[: min(len(sample), 1000)])
     rows.append(_row("one message (median)", median * 1e3, "ms", "≤ 2", median <= 0.002))
     rows.append(_row("one message (99th percentile)", p99 * 1e3, "ms", "-"))
-    rate = batch(classifier, sample, max(1, repeat // 10))
+    rate, cpu_rate = batch(classifier, sample, max(1, repeat // 10))
     rows.append(_row(f"batch of {len(sample)}", rate, "msgs/s", "≥ 5,000", rate >= 5000))
+    rows.append(_row(f"batch of {len(sample)} (CPU time)", cpu_rate, "msgs/s", "≥ 5,000"))
     return rows
 
 
@@ -168,7 +174,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rows = run(args.model, args.messages, args.repeat, cold=not args.no_cold)
-    print(json.dumps(rows, indent=2) if args.json else table(rows))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    # Wall-clock figures depend on what else runs: say how busy the machine was.
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"{args.model.name}, {os.cpu_count()} CPUs, load average {load}\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":

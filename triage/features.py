@@ -12,6 +12,7 @@ the model card records and `triage.classify` checks, and retrain.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -188,18 +189,32 @@ class TermCounter(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # skl
 
     def transform(self, messages: Iterable[InboundMessage]) -> csr_matrix:
         """Term counts: one row per message, one column per vocabulary term."""
+        width = len(self.terms_)
         get = self._lookup().get
         indptr = [0]
         indices: list[int] = []
         for msg in messages:
-            indices.extend(j for t in message_terms(msg) if (j := get(t)) is not None)
+            # Unknown terms map to an extra column `width`, dropped below: mapping with the C
+            # `dict.get` is several times faster than filtering term by term in Python.
+            indices.extend(map(get, message_terms(msg), itertools.repeat(width)))
             indptr.append(len(indices))
+        rows = len(indptr) - 1
         counts = csr_matrix(
             (np.ones(len(indices)), np.array(indices, dtype=np.int32), np.array(indptr)),
-            shape=(len(indptr) - 1, len(self.terms_)),
+            shape=(rows, width + 1),
         )
         counts.sum_duplicates()  # repeated terms become one entry holding the count
-        return counts
+        known = counts.indices != width
+        row_of = np.repeat(np.arange(rows), np.diff(counts.indptr))
+        kept_per_row = np.bincount(row_of[known], minlength=rows)
+        return csr_matrix(
+            (
+                counts.data[known],
+                counts.indices[known],
+                np.concatenate(([0], np.cumsum(kept_per_row))),
+            ),
+            shape=(rows, width),
+        )
 
     def get_feature_names_out(self, input_features: object = None) -> npt.NDArray[np.object_]:
         """The vocabulary, in column order."""
