@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +366,28 @@ def test_model_handle_reloads_and_keeps_the_old_model_on_failure(
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "not reloaded" in errors[0].getMessage()
+
+
+def test_model_handle_retries_when_the_files_change_while_loading(
+    model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `triage train` renames the card, then the model: a load in between fails, and by the time
+    # it has failed the model has changed too. The handle must try again, not log an error.
+    path = copy_model(model_path, tmp_path)
+    calls = []
+
+    def loader(p: Path, thresholds: Mapping[str, float] | None) -> Classifier:
+        calls.append(p)
+        if len(calls) == 1:
+            path.write_bytes(path.read_bytes())  # the second rename lands meanwhile
+            os.utime(path, ns=(1, 1))
+            raise ModelError("model file does not match its card")
+        return load_classifier(p, thresholds)
+
+    with caplog.at_level(logging.ERROR, logger="triage.classify"):
+        assert ModelHandle(path, loader=loader).get() is not None
+    assert len(calls) == 2
+    assert not [r for r in caplog.records if r.levelno == logging.ERROR]
 
 
 def test_model_handle_without_any_model_raises(tmp_path: Path) -> None:

@@ -572,19 +572,28 @@ class ModelHandle:
         """The classifier to use now; `ModelError` only when no model was ever loaded."""
         signature = _signature(self.path)
         if signature != self._signature:
+            self._reload(signature)
+        if self._current is None:
+            raise ModelError(f"model {self.path} is not loaded")
+        return self._current
+
+    def _reload(self, signature: tuple[tuple[int, int], ...]) -> None:
+        # `triage train` renames the card, then the model, into place: a load between the two
+        # sees a mismatch. If the files changed again while loading, that was the case: retry.
+        for _ in range(3):
             self._signature = signature
             try:
                 self._current = self._loader(self.path, self.thresholds)
                 log.info("model %s loaded (%s)", self.path, self._current.version)
+                return
             except ModelError as exc:
-                if self._current is None:
-                    raise
-                log.error(
-                    "model %s not reloaded, keeping %s: %s", self.path, self._current.version, exc
-                )
+                error = exc
+            signature = _signature(self.path)
+            if signature == self._signature:
+                break
         if self._current is None:
-            raise ModelError(f"model {self.path} is not loaded")
-        return self._current
+            raise error
+        log.error("model %s not reloaded, keeping %s: %s", self.path, self._current.version, error)
 
 
 def classify(msg: InboundMessage, classifier: Classifier) -> Classification:

@@ -16,7 +16,7 @@ import csv
 import hashlib
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -200,16 +200,19 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def load_folder(path: Path, label: Label) -> Corpus:
+def load_folder(path: Path, label: Label, progress: Callable[[int], None] | None = None) -> Corpus:
     """Every message in `path` (an .eml file, a directory, an mbox or a Maildir), as `label`.
 
-    Messages that cannot be read are skipped and listed in `problems`.
+    Messages that cannot be read are skipped and listed in `problems`. `progress(n)` is called
+    with the number of messages read so far, every 100 messages.
     """
     if not path.exists():
         raise ConfigError(f"{path} does not exist")
     examples = []
     problems = []
-    for item in iter_sources([path]):
+    for n, item in enumerate(iter_sources([path]), start=1):
+        if progress is not None and n % 100 == 0:
+            progress(n)
         if item.raw is None:
             problems.append(f"{item.path}: skipped: {item.error or 'unreadable'}")
             continue

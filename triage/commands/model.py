@@ -93,8 +93,9 @@ def _note(message: str) -> None:
 
 
 @contextmanager
-def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A `progress(done, total)` callback: a rich bar on stderr when it is a terminal."""
+def _progress(description: str) -> Iterator[Callable[[int, int | None], None]]:
+    """A `progress(done, total)` callback (total None: unknown) drawing a rich bar on stderr
+    when stderr is a terminal, doing nothing otherwise."""
     if not sys.stderr.isatty():
         yield lambda done, total: None
         return
@@ -104,7 +105,7 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=None)
 
-        def advance(done: int, total: int) -> None:
+        def advance(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
 
         yield advance
@@ -296,7 +297,8 @@ def _evaluate_paths(settings: Settings | None, model: Path | None, paths: Sequen
     with user_errors():
         for spec in paths:
             path, label = split_label(spec, default="other")
-            data = load_folder(path, label)
+            with _progress(f"reading {path}") as progress:
+                data = load_folder(path, label, lambda n: progress(n, None))
             for problem in data.problems[:5]:
                 _note(problem)
             if len(data.problems) > 5:
