@@ -627,3 +627,44 @@ def test_parse_sets_language_and_contact() -> None:
     assert msg.contact.email == "jane@acme.example"
     assert msg.contact.name == "Jane Doe"
     assert msg.contact.company == "Acme"
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        " " * 50_000,
+        "<" + "a" * 50_000,
+        ":" * 50_000,
+        "(" * 20_000,
+        "@" * 50_000,
+        "From:" * 10_000,
+        "=?" * 25_000,
+        "\n>" * 25_000,
+        "<blockquote>" * 5_000,
+        "a@" * 25_000,
+    ],
+    ids=[
+        "spaces",
+        "unclosed-tag",
+        "colons",
+        "parens",
+        "ats",
+        "labels",
+        "word-starts",
+        "quotes",
+        "blockquotes",
+        "at-runs",
+    ],
+)
+def test_pathological_runs_are_linear(run: str) -> None:
+    """Long runs of one troublesome character in every header and in the body neither raise
+    (the stdlib address reader recurses on nested groups) nor take long (no regex backtracking
+    blow-up)."""
+    raw = (
+        f"From: {run}\nTo: {run}\nSubject: {run}\nMessage-ID: {run}\nReferences: {run}\n"
+        f"Content-Type: text/html; {run}\n\n{run}\n"
+    ).encode()
+    started = time.perf_counter()
+    msg = parse(raw)
+    assert time.perf_counter() - started < 1.0
+    assert not [defect for defect in msg.defects if defect.startswith("parser error")]

@@ -25,7 +25,7 @@ _NOT_MESSAGE_PREFIXES = ("_", "LICENSE", "COPYING", "README")
 
 # A later mbox `From ` separator line: with a date or a time, or Netscape's bare `From -`.
 # Requiring one keeps a single message whose body has an unescaped "From here on…" line whole.
-_SEPARATOR = re.compile(rb"\nFrom (?:-[ \t]*\n|\S+[^\n]*?(?:\d{1,2}:\d\d|\d{4}))")
+_SEPARATOR = re.compile(rb"\nFrom (?:-[ \t]*\n|\S++[^\n]*?(?:\d{1,2}:\d\d|\d{4}))")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,8 @@ from triage.parsing import charsets
 
 MAX_ADDRESS_HEADER = 16_384  # a To: with thousands of recipients is cut; nobody replies to all
 MAX_ADDRESSES = 100
+MAX_REFERENCES_HEADER = 65_536
+MAX_ID_HEADER = 998  # the RFC 5322 line limit; a longer Message-ID value is junk
 
 # An RFC 2047 encoded word; the text part is allowed spaces because spammers' mailers put them
 # there and every mail client still shows the decoded text.
@@ -27,13 +29,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 _SPACES = re.compile(r"\s+")
 # The common shapes of a single mailbox, read without the slow general parser:
 # `user@host`, `<user@host>`, `Name <user@host>`, `"Name" <user@host>`.
-_ADDR_SPEC = r'[^<>\s",;:()\\@]+@[^<>\s",;:()\\@]+'
+# Matched against a stripped item; no two parts can match the same characters, so a failed
+# match costs one pass (an earlier, ambiguous form took seconds on a run of spaces).
+_ADDR_SPEC = r'[^<>\s",;:()\\@]++@[^<>\s",;:()\\@]++'
 _SIMPLE_MAILBOX = re.compile(
-    rf'[ \t]*(?:"([^"\\]*)"|([^"<>,;:@()\\\[\]]*?))[ \t]*<({_ADDR_SPEC})>[ \t]*'
-    rf"|[ \t]*<?({_ADDR_SPEC})>?[ \t]*"
+    rf'(?:"([^"\\]*)"[ \t]*|([^"<>,;:@()\\\[\]]*+))<({_ADDR_SPEC})>|<?({_ADDR_SPEC})>?'
 )
+_NOT_IN_ADDRESS = re.compile(r'[\s<>,;:"()\[\]]+')
 _MSGID = re.compile(r"<([^<>\s]*)>")
-_BARE_MSGID = re.compile(r"[^<>\s@]+@[^<>\s@]+")
 
 
 def _decode_word(match: re.Match[str]) -> str:
@@ -85,7 +88,7 @@ def addresses(value: str) -> tuple[Address, ...]:
         return ()
     value = _CONTROL.sub(" ", value[:MAX_ADDRESS_HEADER])
     found: list[Address] = []
-    for raw_name, raw_email in _simple_mailboxes(value) or getaddresses([value]):
+    for raw_name, raw_email in _mailbox_pairs(value):
         name, email = _split_bare_name(raw_name, raw_email.strip().strip("<>"))
         if not email:
             continue
@@ -117,14 +120,28 @@ def _simple_mailboxes(value: str) -> list[tuple[str, str]] | None:
     comments, groups, quoted commas or anything else that needs the general parser."""
     pairs = []
     for item in value.split(",") if "," in value else (value,):
-        match = _SIMPLE_MAILBOX.fullmatch(item)
-        if match is None:
-            if item.strip():
-                return None
+        stripped = item.strip()
+        if not stripped:
             continue
+        match = _SIMPLE_MAILBOX.fullmatch(stripped)
+        if match is None:
+            return None
         name, bare_name, email, bare_email = match.groups()
-        pairs.append((name or bare_name or "", email or bare_email))
+        pairs.append((name or (bare_name or "").strip(), email or bare_email))
     return pairs
+
+
+def _mailbox_pairs(value: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs: the fast reader, else the stdlib's, else bare tokens."""
+    simple = _simple_mailboxes(value)
+    if simple is not None:
+        return simple
+    try:
+        return getaddresses([value])
+    except (RecursionError, ValueError, IndexError, TypeError):
+        # Deeply nested groups or comments ("::::", "((((") make the stdlib reader recurse
+        # past the limit; the addr-specs alone are still worth having.
+        return [("", token) for token in _NOT_IN_ADDRESS.split(value) if "@" in token]
 
 
 def first_address(value: str) -> Address | None:
@@ -135,16 +152,21 @@ def first_address(value: str) -> Address | None:
 
 def message_id(value: str) -> str:
     """The `<id>` in a Message-ID/In-Reply-To value, or "" when there is none usable."""
+    value = value[:MAX_ID_HEADER]
     for found in _MSGID.findall(value):
         if found:
             return f"<{found}>"
-    bare = _BARE_MSGID.search(value)
-    return f"<{bare.group(0)}>" if bare else ""
+    # `id@host` without brackets: one whitespace-separated token (no regex search, which would
+    # rescan a long run without "@" from every position).
+    for token in value.split():
+        if "@" in token and "<" not in token and ">" not in token:
+            return f"<{token}>"
+    return ""
 
 
 def message_ids(value: str, limit: int = 100) -> tuple[str, ...]:
     """Every `<id>` in a References value; when there are too many, the root and the newest."""
-    ids = [f"<{found}>" for found in _MSGID.findall(value) if found]
+    ids = [f"<{found}>" for found in _MSGID.findall(value[:MAX_REFERENCES_HEADER]) if found]
     if len(ids) > limit:
         ids = ids[:1] + ids[-(limit - 1) :]
     return tuple(ids)

@@ -24,7 +24,9 @@ _INVISIBLE = re.compile(
 _HEAD_OPEN = re.compile(r"<head[\s>]", re.IGNORECASE)
 _HEAD_CLOSE = re.compile(r"</head\s*>", re.IGNORECASE)
 _PRE = re.compile(r"(<pre\b[^<>]*>.*?(?:</pre\s*>|\Z))", re.DOTALL | re.IGNORECASE)
-_TAG = re.compile(r"<(/?[a-zA-Z][a-zA-Z0-9:-]*)[^<>]*>")
+# The name is matched possessively (`*+`): otherwise `<` followed by a long run of letters and
+# no `>` would be split between name and attributes in every possible way.
+_TAG = re.compile(r"<(/?[a-zA-Z][a-zA-Z0-9:-]*+)[^<>]*>")
 _BLANK_RUNS = re.compile(r"\n{3,}")
 # Characters that show as nothing; str.split does not count them as whitespace.
 _ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\ufeff", "\u00ad")

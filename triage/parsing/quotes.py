@@ -37,7 +37,7 @@ _WROTE_WORD = re.compile(
 )
 _WROTE_AT_END = re.compile(rf"\b{_WROTE}\b[^:\n]{{0,80}}:[ \t]*$", re.IGNORECASE)
 _DATED_ADDRESS = re.compile(
-    r"[ \t>]*\d{4}[/.-]\d{1,2}[/.-]\d{1,2}\b[^\n]{0,150}<[^\n>@]+@[^\n>]+>:?[ \t]*$"
+    r"[ \t>]*\d{4}[/.-]\d{1,2}[/.-]\d{1,2}\b[^\n]{0,150}<[^\n>@]{1,200}@[^\n>]{1,200}>:?[ \t]*$"
 )
 _LOOKS_DATED = re.compile(r"@|\d{1,2}:\d\d|\d{4}")
 
@@ -66,7 +66,10 @@ _LABEL_KIND = {
     label.lower(): kind for kind, labels in _BLOCK_LABELS.items() for label in labels.split("|")
 }
 _ANY_LABEL = "|".join(_BLOCK_LABELS.values())
-_BLOCK_LINE = re.compile(rf"[ \t>*]*({_ANY_LABEL})[ \t]*\*?[ \t]*:")
+# Possessive `*+` everywhere two runs of blanks meet, so a failed match cannot backtrack
+# quadratically over a long run of spaces.
+_LABEL_COLON = r"[ \t]*+(?:\*[ \t]*+)?:"
+_BLOCK_LINE = re.compile(rf"[ \t>*]*+({_ANY_LABEL}){_LABEL_COLON}")
 MAX_BLOCK_LINES = 10
 
 # Cheap scans: each pattern begins with a literal, so the regex engine jumps between newlines
@@ -77,7 +80,7 @@ _COLON_AT_EOL = re.compile(r":[ \t]*(?=\n)")
 _SEPARATOR_MARKERS = re.compile("--|__|Begin|Anfang|Début|Inicio|Inizio")
 _FROM_MARKERS = re.compile(rf"(?:{_BLOCK_LABELS['from']})[ *]?:")
 _SEPARATOR_START = re.compile(r"\n[ \t>]*(?:--|__|Begin|Anfang|Début|Inicio|Inizio)", re.IGNORECASE)
-_BLOCK_START = re.compile(rf"\n[ \t>*]*(?:{_ANY_LABEL})[ \t]*\*?[ \t]*:")
+_BLOCK_START = re.compile(rf"\n[ \t>*]*+(?:{_ANY_LABEL}){_LABEL_COLON}")
 _QUOTED_LINE = re.compile(r"\n[ \t]*>[^\n]*")
 _SIGNATURE_DELIMITER = re.compile(r"\n[ \t]*(?:--|—|__)[ \t]*(?=\n)")
 # Phone and webmail footers, matched on the lower-cased start of a line.
