@@ -222,14 +222,25 @@ def test_internal_forward_is_the_original_senders_lead() -> None:
     assert msg.new_text == "FYI, lead from the trade fair - can we answer today?"
 
 
-def test_outlook_forward_from_a_robot() -> None:
-    """An Outlook-style copied header block ("[mailto:…]") forwarded by a robot account."""
+def test_internal_outlook_forward() -> None:
+    """An Outlook-style copied header block ("[mailto:…]") forwarded within the company."""
     body = (
         "-----Original Message-----\nFrom: Jane Doe [mailto:jane@acme-logistics.example]\n"
         "Sent: Wednesday, June 5, 2024 2:58 PM\nTo: Sales\nSubject: quote\n\nPrices please.\n"
     )
-    contact = parse(message(b"Mailer <noreply@crm.example>", body)).contact
+    contact = parse(message(b"Tom <tom@stretchpak.example>", body)).contact
     assert contact.email == "jane@acme-logistics.example"
+
+
+def test_bounce_quoting_the_original_is_not_a_lead() -> None:
+    """A mailer daemon quoting the message it could not deliver gives no prospect address."""
+    body = (
+        "Unable to deliver message.\n\n--- Original message follows.\n\n"
+        "From: Tom <tom@stretchpak.example>\nTo: jane@acme-logistics.example\n"
+        "Date: Wed, 5 Jun 2024 14:58:02 +0000\nSubject: Your quote\n\nHello\n"
+    )
+    contact = parse(message(b"MAILER-DAEMON@mx.example", body)).contact
+    assert contact.email == ""
 
 
 def test_external_forward_keeps_the_sender() -> None:

@@ -260,23 +260,20 @@ def _prospect(
 ) -> Address | None:
     """Who the message is from, as far as the lead is concerned.
 
-    A robot sender (no-reply, form mailer) is never the prospect; its Reply-To is. A message
-    forwarded within the company (sender and recipient share a domain, or a robot forwarded it)
-    is the original sender's.
+    A robot sender (no-reply, form mailer) is never the prospect; its Reply-To is. A message a
+    colleague forwarded within the company (sender and a recipient share a domain) is the
+    original sender's. A robot's "forward" is not: that is a bounce quoting our own message.
     """
     sender = from_
     if reply_to and (sender is None or _is_robot(sender) or is_form):
         sender = reply_to[0]
-    internal = sender is not None and sender.domain in {address.domain for address in to}
+    if sender is None or _is_robot(sender):
+        return None
     original = forwarded_from
-    if (
-        original is not None
-        and "@" in original.email
-        and not _is_robot(original)
-        and (sender is None or _is_robot(sender) or internal)
-    ):
+    internal = sender.domain != "" and sender.domain in {address.domain for address in to}
+    if internal and original is not None and "@" in original.email and not _is_robot(original):
         return original
-    return None if _is_robot(sender) else sender
+    return sender
 
 
 def extract(
