@@ -149,25 +149,23 @@ def update(
 ) -> LeadRecord:
     """Move a lead to `status` and/or add a note by `by`, in one transaction.
 
-    Setting the status it already has changes nothing; `claimed` works like `claim`.
+    Setting the status it already has changes nothing; `claimed` makes `by` the owner.
     """
     if status is None and not (note or "").strip():
         raise LeadError("nothing to update: give --status and/or --note")
     if status is not None:
         check_status(status)
-    if status == "claimed":
-        lead = claim(db, lead_id, by, now)
-        if note and note.strip():
-            return update(db, lead_id, note=note, by=by, now=now)
-        return lead
+    by = by.strip()
     moment = now or datetime.now(UTC)
     with db.transaction() as c:
         lead = _require(c, lead_id)
         if status is not None and status != lead.status:
             check_transition(lead, status)
-            store.set_status(c, lead_id, status, moment)
+            if status == "claimed" and not by:
+                raise LeadError("a claim needs a name: --by NAME")
+            store.set_status(c, lead_id, status, moment, owner=by if status == "claimed" else None)
         if note and note.strip():
-            store.add_note(c, lead_id, by.strip(), note.strip(), moment)
+            store.add_note(c, lead_id, by, note.strip(), moment)
         return _require(c, lead_id)
 
 
