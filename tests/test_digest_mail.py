@@ -27,7 +27,6 @@ import pytest
 
 from tests.mailtools import config_for, db, inquiry, triage
 from tests.test_digest import KIM, MARCO, MONDAY_8, SATURDAY, TUESDAY_8, parts, seed_week
-from tests.test_ingest import HELLO, deliver
 from tests.test_leads import JANE, ROOT, Store
 from triage import digest
 from triage.leads import claim, update
@@ -65,6 +64,16 @@ timezone = "Europe/Berlin"
 alert_hot = {alerts}
 alert_recipients = ["bob@example.test"]
 """
+
+
+HELLO = "hello@example.test"
+
+
+def deliver(harness: MailHarness, messages: list[tuple[str, bytes]]) -> None:
+    """Send inquiries to hello@ through Postfix and wait until Dovecot has them."""
+    for sender, raw in messages:
+        harness.send(raw, sender, HELLO)
+    harness.wait_for_messages("hello", count=len(messages), timeout=60)
 
 
 def write_config(harness: MailHarness, base: Path, alerts: bool = False) -> Path:
