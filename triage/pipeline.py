@@ -14,7 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from triage.dispose import dispose
 from triage.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
@@ -161,10 +161,6 @@ class Recorder:
                 explanation=d.classification.explanation,
                 due_at=self.response_target(now) if kind is LeadKind.HOT else None,
                 owner=self.assign_owner(c) if kind is LeadKind.HOT else "",
+                thread_ids=(d.msg.in_reply_to, *d.msg.references),
             ),
         )
-
-
-def fixed_target(hours: float) -> Callable[[datetime], datetime]:
-    """A response target of `hours` wall-clock hours after arrival."""
-    return lambda now: now + timedelta(hours=hours)

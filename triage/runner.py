@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 
 from triage.compose import message_id_domain
 from triage.daemon import Control, Daemon, SyncFactory, run_once
+from triage.digest import check_settings as check_digest_settings
+from triage.digest import run_digest_if_due
 from triage.errors import ConfigError
 from triage.health import start_from_settings
+from triage.leads import apply_retention
 from triage.logs import redact_settings_secrets
 from triage.mailbox import ImapMailbox
 from triage.metrics import Metrics
@@ -48,7 +52,9 @@ def prepare(
     settings: Settings, checkpoint: Checkpoint = _no_checkpoint, metrics: Metrics | None = None
 ) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
-    message_id_domain(settings.replies)  # a bad domain is a config error now, not per batch
+    # Mistakes that would otherwise surface per batch or per digest are config errors now.
+    message_id_domain(settings.replies)
+    check_digest_settings(settings)
     shared = Shared(settings, checkpoint, metrics)
     shared.model.get()  # fail now, with one line, if the model is unusable
     service = Service(shared)
@@ -56,13 +62,18 @@ def prepare(
         service.outbox.recover()  # logs its own warning for replies left half-sent
     finally:
         service.close()
+    # Forked here, before any account thread exists, sharing the loaded model (triage.workers).
+    shared.start_workers()
     return shared
 
 
 def run_once_command(settings: Settings, checkpoint: Checkpoint = _no_checkpoint) -> bool:
     """Sync every account once; True when every account succeeded."""
     shared = prepare(settings, checkpoint)
-    errors = run_once(settings, sync_factory(shared))
+    try:
+        errors = run_once(settings, sync_factory(shared))
+    finally:
+        shared.close()
     return all(e is None for e in errors.values())
 
 
@@ -113,6 +124,7 @@ def run_forever(
                 daemon.run()
             finally:
                 housekeeping.close()
+                shared.close()
             if not reload.is_set():
                 return
             reload.clear()
@@ -128,16 +140,26 @@ def run_forever(
             health.close()
 
 
+RETENTION_PERIOD = 24 * 3600.0
+
+
 class Housekeeping:
-    """The main thread's periodic work: replies due for a retry, store-derived metrics."""
+    """The main thread's periodic work: replies due for a retry, the digest and alerts when
+    due, daily retention, store-derived metrics."""
 
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         self.service = Service(shared)
+        self._next_retention = 0.0
 
     def run(self) -> None:
         """One round; called every few seconds by the daemon."""
         self.service.deliver()
+        run_digest_if_due(self.shared.settings, self.service.db)
+        now = time.monotonic()
+        if now >= self._next_retention:
+            apply_retention(self.shared.settings.leads, self.service.db)
+            self._next_retention = now + RETENTION_PERIOD
         self.shared.metrics.refresh_from_store(self.service.db)
 
     def close(self) -> None:

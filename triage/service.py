@@ -11,23 +11,28 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 from triage import guards
 from triage.classify import ModelHandle
 from triage.compose import make_reply
 from triage.corrections import CorrectionScan
 from triage.errors import PermanentError, TemplateError, TransientError
+from triage.leads import assign_owner, response_target
 from triage.logs import log_outcome
 from triage.mailbox import ImapMailbox
 from triage.metrics import Metrics
 from triage.outbox import Outbox
-from triage.pipeline import Decided, Planned, Recorder, decide, fixed_target
+from triage.pipeline import Decided, Planned, Recorder, decide
 from triage.replies import TemplateRenderer
 from triage.settings import ImapAccount, Settings
 from triage.smtp import SmtpSession, connect
 from triage.store.db import Database
 from triage.store.ledger import Ledger
 from triage.sync import Checkpoint, Effects, FolderSync, SyncResult
+
+if TYPE_CHECKING:
+    from triage.workers import DecidePool
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +84,22 @@ class Shared:
         self.renderer = TemplateRenderer.from_settings(settings.replies)
         self.checkpoint = checkpoint
         self.metrics = metrics or Metrics()
+        self.workers: DecidePool | None = None
+
+    def start_workers(self) -> None:
+        """Fork the `ingest.workers` decide processes, if any; call before starting threads."""
+        count = self.settings.ingest.workers
+        if count and self.workers is None:
+            from triage.workers import DecidePool
+
+            ctx = guards.GuardContext.from_settings(self.settings.replies, None)
+            self.workers = DecidePool(count, self.model, ctx)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        workers, self.workers = self.workers, None
+        if workers is not None:
+            workers.close()
 
 
 class Service:
@@ -99,8 +120,8 @@ class Service:
         self.recorder = Recorder(
             self.ledger,
             self._queue_reply,
-            response_target=fixed_target(self.settings.leads.response_target_hours),
-            assign_owner=lambda _c: "",
+            response_target=response_target(self.settings),
+            assign_owner=partial(assign_owner, settings=self.settings.leads),
         )
 
     def close(self) -> None:
@@ -122,6 +143,16 @@ class Service:
             classify=classifier.classify_many,
             folder_prefix=prefix,
         )
+
+    def start_decide(self, items: Sequence[tuple[int, bytes, bool]]) -> Callable[[], list[Decided]]:
+        """`decide_batch` in a worker process; the returned function waits for the result."""
+        assert self.shared.workers is not None
+        classifier = self.shared.model.get()  # reloads here too when the file changed
+        self.shared.metrics.set_model_version(classifier.version)
+        prefix = (
+            self.settings.ingest.folder_prefix if self.settings.ingest.move_to_folders else None
+        )
+        return self.shared.workers.start(items, self.guard_context, prefix)
 
     # -- recording -----------------------------------------------------------------------------
 
@@ -227,6 +258,7 @@ class Service:
                 effects,
                 self.settings.ingest,
                 self.shared.checkpoint,
+                self.start_decide if self.shared.workers is not None else None,
             ).sync
             for folder in account.folders
         ]
