@@ -1,8 +1,10 @@
 """Who the prospect is: name, email, company, phone and website for a lead.
 
 Sources, strongest first: the fields of a website contact-form notification (whose own sender is
-a no-reply robot, not the prospect), the sender's signature block, and the From/Reply-To headers,
-with the company derived from a corporate email domain as a last resort.
+a no-reply robot, not the prospect), the sender's signature block, and the From/Reply-To headers
+(or, for a mail a colleague forwarded within the company, the forwarded original's sender), with
+the company derived from a corporate email domain as a last resort. Everything here is a pure
+function of values `triage.parsing` has already read.
 """
 
 from __future__ import annotations

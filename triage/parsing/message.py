@@ -74,8 +74,7 @@ def _decode_text(entity: mime.Entity, budget: mime.Budget) -> str:
     """The text of a text part: transfer-decoded, charset-decoded, bounded."""
     if len(entity.body) > MAX_TEXT_BYTES:
         budget.defect("text part too large; truncated")
-        entity.body = entity.body[:MAX_TEXT_BYTES]
-    payload, defect = entity.decoded()
+    payload, defect = entity.decoded(MAX_TEXT_BYTES)
     if defect:
         budget.defect(defect)
     text, defect = charsets.decode(payload, entity.params.get("charset", ""))

@@ -65,14 +65,16 @@ class Entity:
         name = params(value).get("filename", "") if value else ""
         return name or self.params.get("name", "")
 
-    def decoded(self) -> tuple[bytes, str | None]:
-        """The body with its Content-Transfer-Encoding undone, and a defect or None."""
+    def decoded(self, limit: int | None = None) -> tuple[bytes, str | None]:
+        """The body (its first `limit` bytes) with its Content-Transfer-Encoding undone, and a
+        defect or None."""
+        body = self.body if limit is None else self.body[:limit]
         cte = (self.header("content-transfer-encoding") or "").strip().lower()
         if cte == "base64":
-            return _base64(self.body)
+            return _base64(body)
         if cte == "quoted-printable":
-            return binascii.a2b_qp(self.body), None
-        return self.body, None
+            return binascii.a2b_qp(body), None
+        return body, None
 
 
 @dataclass(slots=True)
@@ -93,9 +95,8 @@ def normalise(raw: bytes) -> bytes:
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     if b"\r" in raw:
-        raw = raw.replace(b"\r\n", b"\n") if b"\r\n" in raw[:4096] else raw.replace(b"\r", b"\n")
-        if b"\r" in raw:
-            raw = raw.replace(b"\r", b"\n")
+        # CRLF first, so that a CRLF is one line break; then stray or old-Mac CRs.
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     if raw.startswith(b"From "):
         newline = raw.find(b"\n")
         raw = raw[newline + 1 :] if newline != -1 else b""
@@ -250,7 +251,7 @@ def parse_entity(
 
 
 def _split_children(entity: Entity, budget: Budget, depth: int) -> None:
-    """Fill `entity.children`, or turn a hopeless multipart into a text/plain leaf."""
+    """Fill `entity.children`, or mark a multipart whose parts cannot be found `as_text`."""
     if depth >= MAX_DEPTH:
         budget.defect("multipart nested too deeply; inner parts ignored")
         return

@@ -10,7 +10,9 @@ few short lines.
 This runs on every message, so it is built for speed: cheap scans whose patterns begin with a
 literal (`\\n`, `:`) find the few candidate lines, and only those lines meet the detailed
 patterns. quotequail implements the same idea with a Python loop of ~30 patterns per line, which
-costs milliseconds on a long mailing-list message; its pattern lists informed the ones here.
+costs milliseconds on a long mailing-list message (60 ms for 300 lines without a quote); its
+pattern lists informed the ones here, and it is still used where it serves: reading the sender
+out of a forwarded original that this module has already found (`Reply.original`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ MAX_SCAN_CHARS = 60_000  # the new text of a real reply is far shorter; the rest
 MAX_CANDIDATES = 200
 MAX_ORIGINAL_CHARS = 4000  # the forwarded original's header block is near its start
 MAX_SIGNATURE_LINES = 8
-VALEDICTION_WINDOW = 1500  # a valediction is searched for near the end of the text only
 
 _WROTE = (
     r"(?:wrote|writes|schrieb|schreibt|a\s+écrit|écrit|escribió|escribio|schreef|ha\s+scritto"
@@ -77,13 +78,14 @@ MAX_BLOCK_LINES = 10
 _COLON_AT_EOL = re.compile(r":[ \t]*(?=\n)")
 # Substrings without which the scans below cannot match; one search for any of them is several
 # times cheaper than the scan it spares.
-_SEPARATOR_MARKERS = re.compile("--|__|Begin|Anfang|Début|Inicio|Inizio")
+_SEPARATOR_MARKERS = re.compile("--|__|Begin|Anfang|Début|Inicio|Inizio", re.IGNORECASE)
 _FROM_MARKERS = re.compile(rf"(?:{_BLOCK_LABELS['from']})[ *]?:")
 _SEPARATOR_START = re.compile(r"\n[ \t>]*(?:--|__|Begin|Anfang|Début|Inicio|Inizio)", re.IGNORECASE)
 _BLOCK_START = re.compile(rf"\n[ \t>*]*+(?:{_ANY_LABEL}){_LABEL_COLON}")
 _QUOTED_LINE = re.compile(r"\n[ \t]*>[^\n]*")
 _SIGNATURE_DELIMITER = re.compile(r"\n[ \t]*(?:--|—|__)[ \t]*(?=\n)")
-# Phone and webmail footers, matched on the lower-cased start of a line.
+# Phone and webmail footers, matched on the lower-cased start of a line; the markers are what
+# any of them contains, to skip the line loop for the many texts without one.
 _MOBILE_FOOTERS = (
     "sent from my ",
     "sent from mail",
@@ -105,8 +107,17 @@ _MOBILE_FOOTERS = (
     "inviato da ",
     "inviato dal mio",
 )
-
-
+_MOBILE_MARKERS = (
+    "sent ",
+    "get outlook",
+    "von meinem",
+    "gesendet von",
+    "envoyé de",
+    "envoyé depuis",
+    "enviado de",
+    "verzonden ",
+    "inviato da",
+)
 _VALEDICTION_PHRASES = (
     "regards|best regards|kind regards|warm regards|warmest regards|best wishes"
     "|with best regards|with kind regards|many thanks|thanks|thank you|thanks again"
@@ -118,19 +129,6 @@ _VALEDICTION_PHRASES = (
     "|un abrazo|met vriendelijke groet|met vriendelijke groeten|vriendelijke groet"
     "|vriendelijke groeten|groeten|mvg|cordiali saluti|distinti saluti|saluti|un saluto"
     "|grazie|grazie mille"
-)
-
-
-_MOBILE_MARKERS = (
-    "sent ",
-    "get outlook",
-    "von meinem",
-    "gesendet von",
-    "envoyé de",
-    "envoyé depuis",
-    "enviado de",
-    "verzonden ",
-    "inviato da",
 )
 
 
