@@ -253,6 +253,17 @@ def _from_signature(signature: str, sender_name: str) -> Contact:
     return Contact(name=name, company=company or after_title_company, phone=phone, website=website)
 
 
+def forwarded_within_company(sender: Address | None, to: Sequence[Address]) -> bool:
+    """True when a person wrote to an address of their own domain: a colleague forwarding mail
+    to the shared mailbox, whose forwarded original (if any) is the real lead."""
+    return (
+        sender is not None
+        and sender.domain != ""
+        and not _is_robot(sender)
+        and sender.domain in {address.domain for address in to}
+    )
+
+
 def _prospect(
     from_: Address | None,
     reply_to: Sequence[Address],
@@ -272,8 +283,12 @@ def _prospect(
     if sender is None or _is_robot(sender):
         return None
     original = forwarded_from
-    internal = sender.domain != "" and sender.domain in {address.domain for address in to}
-    if internal and original is not None and "@" in original.email and not _is_robot(original):
+    if (
+        forwarded_within_company(sender, to)
+        and original is not None
+        and "@" in original.email
+        and not _is_robot(original)
+    ):
         return original
     return sender
 

@@ -184,13 +184,17 @@ def _parse(raw: bytes) -> InboundMessage:
     reply_to = headers.addresses(header("reply-to") or "")
     to = headers.addresses(header("to") or "")
     header_map = _header_map(root, budget)
+    forwarded = None
+    if reply.original and contacts.forwarded_within_company(from_, to):
+        # Only then does the original's sender matter, and quotequail costs a millisecond.
+        forwarded = _forwarded_sender(reply.original, budget)
     contact = contacts.extract(
         from_,
         reply_to,
         text,
         reply.signature or _trailing_block(reply.text),
         to=to,
-        forwarded_from=_forwarded_sender(reply.original, budget) if reply.original else None,
+        forwarded_from=forwarded,
     )
     return InboundMessage(
         message_id=message_id or synthesise_message_id(data),
