@@ -247,3 +247,33 @@ def test_external_forward_keeps_the_sender() -> None:
     """A customer forwarding something to us is still the prospect, not whoever they quote."""
     msg = parse(message(b"Bob <bob@northwind-traders.example>", FORWARDED))
     assert msg.contact.email == "bob@northwind-traders.example"
+
+
+def test_department_sender_takes_the_signatures_person() -> None:
+    """A department mailbox ("Global Procurement - Packaging") signed by a person: the person's
+    name, and a "Title, Company Ltd" line gives the company without the title."""
+    raw = message(
+        b'"Global Procurement - Packaging" <procurement@alvora.example>',
+        "Please quote for the attached RFP.\n\nKind regards,\n\nHelena Byrne\n"
+        "Category Manager, Alvora Beverages Ltd\nWhatsApp/WeChat: +44 20 7946 0958\n",
+    )
+    contact = parse(raw).contact
+    assert contact.name == "Helena Byrne"
+    assert contact.company == "Alvora Beverages Ltd"
+    assert contact.phone == "+44 20 7946 0958"
+
+
+def test_display_name_with_company_suffix() -> None:
+    """ "Amy Zhao - Hengda Fitness" as a display name is the person "Amy Zhao"."""
+    contact = extract(Address("Amy Zhao - Hengda Fitness", "amy@hengda.example"))
+    assert contact.name == "Amy Zhao"
+
+
+def test_institution_without_legal_form() -> None:
+    """A university or association in the signature is the organisation."""
+    raw = message(
+        b"Prof. Ingrid Vos <i.vos@lab.univ-gent.example>",
+        "Could we discuss a joint project?\n\nKind regards,\nProf. Ingrid Vos\n"
+        "Polymer Processing Lab\nGhent University\n",
+    )
+    assert parse(raw).contact.company == "Ghent University"

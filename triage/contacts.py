@@ -66,7 +66,9 @@ _LEGAL_FORMS = _word_set(
 )
 _BUSINESS_WORDS = _word_set(
     "group gruppe groupe holding industries technologies solutions systems services"
-    " partners consulting logistics manufacturing packaging trading"
+    " partners consulting logistics manufacturing trading association verein stiftung"
+    " foundation university universität université universidad università college institute"
+    " institut agency agentur"
 )
 _TITLE_WORDS = _word_set(
     "head manager director ceo cto cfo coo founder co-founder owner president vp lead"
@@ -76,6 +78,9 @@ _TITLE_WORDS = _word_set(
     " responsabile titolare coordinator specialist consultant assistant analyst partner"
     " associate administrator architect developer sales marketing operations logistics"
     " account executive representative agent secretary chair"
+)
+_NOT_PERSON_WORDS = _TITLE_WORDS | _word_set(
+    "team department support office info service desk abteilung équipe equipo customer"
 )
 _WORD_SPLIT = re.compile(r"[\s,()]+")
 # Pipes, bullets, spaced dashes, and the wide gaps of two-column signatures.
@@ -204,11 +209,18 @@ def _words(token: str) -> set[str]:
 
 
 def _is_company(token: str, words: set[str]) -> bool:
-    """True for "Acme GmbH" or "Crestline Packaging Group", not for "systems and networks"."""
-    if words & _LEGAL_FORMS:
-        return True
+    """True for "Crestline Packaging Group" or "Ghent University", not for "systems and
+    networks" (a proper name: capitalised, not ending in a lower-case word)."""
     last = token.rsplit(maxsplit=1)[-1:]
     return bool(words & _BUSINESS_WORDS) and token[:1].isupper() and not last[0].islower()
+
+
+def _company_of(token: str) -> str:
+    """The company in "Director, THT Plumbing & Heating Ltd" (a title before a comma)."""
+    title, comma, rest = token.partition(", ")
+    if comma and _words(title) & _TITLE_WORDS and not _words(title) & _LEGAL_FORMS:
+        return rest
+    return token
 
 
 def _from_signature(signature: str, sender_name: str) -> Contact:
@@ -216,8 +228,9 @@ def _from_signature(signature: str, sender_name: str) -> Contact:
 
     Each piece is classified by what it looks like: a labelled or digit-heavy piece is a phone,
     a URL or domain the website, a piece with a legal form (GmbH, Ltd, …) the company, a piece
-    with a job word a title. Without a legal form, the piece right after the title is taken as
-    the company ("Warehouse Supervisor | Crestline Beverages").
+    with a job word a title, a proper name with a business word (Group, University) a company.
+    Failing those, the piece right after the title is taken as the company ("Warehouse
+    Supervisor | Crestline Beverages"). A person's name must agree with `sender_name` if given.
     """
     name = company = after_title_company = phone = website = ""
     sender = sender_name.lower()
@@ -228,18 +241,21 @@ def _from_signature(signature: str, sender_name: str) -> Contact:
         was_title, after_title = after_title, False
         if "@" in token and _EMAIL.search(token):
             continue
-        if digits >= 7 and (len(token) < 30 or _PHONE_LABEL.match(token)):
+        if digits >= 7 and (len(token) < 30 or ":" in token or _PHONE_LABEL.match(token)):
             phone = phone or _phone(token)
             continue
         if not website and (found := _website(token)):
             website = found
             continue
         words = _words(token)
-        if _is_company(token, words):
-            company = company or token
+        if words & _LEGAL_FORMS:
+            company = company or _company_of(token)
             continue
         if words & _TITLE_WORDS:
             after_title = True
+            continue
+        if _is_company(token, words):
+            company = company or token
             continue
         if (
             not name
@@ -251,6 +267,25 @@ def _from_signature(signature: str, sender_name: str) -> Contact:
         if was_title and not digits and not after_title_company:
             after_title_company = token
     return Contact(name=name, company=company or after_title_company, phone=phone, website=website)
+
+
+def _is_person(name: str) -> bool:
+    """True for "Jane Doe", not for "Global Procurement" or "Sales Team"."""
+    return bool(_PERSON_NAME.match(name)) and not _words(name) & _NOT_PERSON_WORDS
+
+
+def _display_name(name: str) -> str:
+    """A person's name from a display name: "Doe, Jane" → "Jane Doe", "Amy Zhao - Hengda" →
+    "Amy Zhao"; a department name ("Global Procurement - Packaging") is returned as it is."""
+    name = name.strip(" \"'")
+    if name.count(",") == 1 and " " not in name.split(",")[1].strip():
+        last, first = (part.strip() for part in name.split(","))
+        return f"{first} {last}"  # how directories write "Jane Doe"
+    for separator in (" - ", " | ", " / "):
+        person = name.partition(separator)[0]
+        if person != name and _is_person(person):
+            return person
+    return name
 
 
 def forwarded_within_company(sender: Address | None, to: Sequence[Address]) -> bool:
@@ -313,7 +348,7 @@ def extract(
     )
     sender = _prospect(from_, reply_to, to, forwarded_from, is_form)
     email = sender.email if sender is not None and "@" in sender.email else ""
-    name = sender.name if sender is not None else ""
+    name = _display_name(sender.name) if sender is not None else ""
     if is_form:
         form_email = _EMAIL.search(form.get("email", ""))
         if form_email:
@@ -321,16 +356,14 @@ def extract(
         name = form.get("name", "") or name
         signed = Contact()
     else:
-        signed = _from_signature(signature, name) if signature else Contact()
-        name = name or signed.name
+        # A department or mailbox name ("Global Procurement") does not have to match the
+        # signature's person; a person's name does.
+        person = name if _is_person(name) else ""
+        signed = _from_signature(signature, person) if signature else Contact()
+        name = signed.name if signed.name and not person else name
     company = form.get("company", "") if is_form else signed.company
     phone = _phone(form.get("phone", "")) if is_form else signed.phone
     website = _website(form.get("website", "")) if is_form else signed.website
     if not company and email and "@" in email:
         company = company_from_domain(email.rpartition("@")[2])
-    if ("," in name) and name.count(",") == 1 and " " not in name.split(",")[1].strip():
-        last, first = (part.strip() for part in name.split(","))
-        name = f"{first} {last}"  # "Doe, Jane" is how directories write "Jane Doe"
-    return Contact(
-        name=name.strip(" \"'"), email=email, company=company, phone=phone, website=website
-    )
+    return Contact(name=name, email=email, company=company, phone=phone, website=website)

@@ -129,7 +129,9 @@ _VALEDICTION_PHRASES = (
     "|sincères salutations|amitiés|saludos|un saludo|saludos cordiales|atentamente"
     "|un abrazo|met vriendelijke groet|met vriendelijke groeten|vriendelijke groet"
     "|vriendelijke groeten|groeten|mvg|cordiali saluti|distinti saluti|saluti|un saluto"
-    "|grazie|grazie mille"
+    "|grazie|grazie mille|take care|talk soon|merci|merci beaucoup|merci d'avance"
+    "|merci d'avance et bonne journée|bonne journée|danke|vielen dank|danke im voraus"
+    "|gracias|muchas gracias|bedankt|alvast bedankt|hartelijk dank"
 )
 
 
