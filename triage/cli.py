@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -22,17 +23,20 @@ app = typer.Typer(
 @app.callback()
 def _global(
     ctx: typer.Context,
-    config_file: Path | None = typer.Option(
-        None,
-        "--config",
-        "-c",
-        envvar="TRIAGE_CONFIG",
-        help="TOML settings file (or TRIAGE_CONFIG).",
-        dir_okay=False,
-    ),
-    log_format: str | None = typer.Option(None, "--log-format", help="text or json."),
-    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING."),
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="TRIAGE_CONFIG",
+            help="TOML settings file (or TRIAGE_CONFIG).",
+            dir_okay=False,
+        ),
+    ] = None,
+    log_format: Annotated[str | None, typer.Option(help="text or json.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING.")] = None,
 ) -> None:
+    """Answers inbound email inquiries: classify, reply politely, queue hot leads."""
     ctx.obj = GlobalOptions(config=config_file, log_format=log_format, log_level=log_level)
 
 

@@ -2,8 +2,8 @@
 
 Values come, highest priority first, from `TRIAGE_…` environment variables (nested with `__`, e.g.
 `TRIAGE_IMAP__PASSWORD`), the TOML file (`--config FILE` or `TRIAGE_CONFIG`), and the defaults here.
-Secrets may also come from files (`password_file = "/etc/triage/imap.pass"`). Everything is validated
-once into typed, frozen objects that are passed down; nothing else reads the environment.
+Secrets may also come from files (`password_file = "/etc/triage/imap.pass"`). Everything is
+validated once into typed, frozen objects that are passed down; nothing else reads the environment.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    InitSettingsSource,
 )
 
 from triage.errors import ConfigError
@@ -212,6 +212,9 @@ class IngestSettings(_Section):
     folder_prefix: str = "Triage"
     corrections: bool = True
     max_message_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
+    # Worker processes that parse and classify while the account thread fetches and records
+    # (triage.workers); 0 keeps everything in the account thread. 1 uses a second core.
+    workers: Annotated[int, Field(ge=0, le=16)] = 0
 
 
 class LeadsSettings(_Section):
