@@ -39,7 +39,6 @@ import logging
 import re
 import secrets
 import smtplib
-import socket
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +53,6 @@ from typing import Any, Protocol
 import jinja2
 
 from triage.errors import (
-    AuthenticationError,
     ConfigError,
     PermanentError,
     SendError,
@@ -65,7 +63,7 @@ from triage.leads import age, check_business_hours, is_overdue, zone
 from triage.replies import describe, make_environment, one_line, render_error_location
 from triage.review import ReviewItem, pending, pending_count
 from triage.settings import Settings, SmtpSettings
-from triage.smtp import tls_context
+from triage.smtp import open_client
 from triage.store.db import Database
 from triage.store.leads import (
     LeadRecord,
@@ -676,45 +674,8 @@ class TwoPhaseSession:
 
 
 def connect(settings: SmtpSettings) -> TwoPhaseSession:
-    """Open the configured SMTP connection: implicit TLS, STARTTLS (never falling back to clear
-    text) or plain, certificates verified unless configured off; AUTH when a username is set."""
-    where = f"{settings.host}:{settings.port}"
-    helo = socket.gethostname()
-    client: smtplib.SMTP
-    try:
-        if settings.security == "tls":
-            client = smtplib.SMTP_SSL(
-                settings.host,
-                settings.port,
-                local_hostname=helo,
-                timeout=settings.timeout,
-                context=tls_context(settings),
-            )
-        else:
-            client = smtplib.SMTP(
-                settings.host, settings.port, local_hostname=helo, timeout=settings.timeout
-            )
-    except (smtplib.SMTPException, OSError) as exc:
-        raise SendError(f"cannot connect to SMTP {where}: {exc}") from None
-    try:
-        client.ehlo()
-        if settings.security == "starttls":
-            if not client.has_extn("starttls"):
-                raise SendError(f"SMTP {where} does not offer STARTTLS")
-            client.starttls(context=tls_context(settings))
-            client.ehlo()
-        if settings.username:
-            client.login(settings.username, settings.secret())
-    except smtplib.SMTPAuthenticationError as exc:
-        client.close()
-        raise AuthenticationError(f"SMTP {where} rejected the login: {exc.smtp_code}") from None
-    except (smtplib.SMTPException, OSError) as exc:
-        client.close()
-        raise SendError(f"SMTP {where}: {exc}") from None
-    except BaseException:
-        client.close()
-        raise
-    return TwoPhaseSession(client, where)
+    """Open the configured SMTP connection (`triage.smtp.open_client`) for two-phase sending."""
+    return TwoPhaseSession(open_client(settings), f"{settings.host}:{settings.port}")
 
 
 class Session(Protocol):

@@ -122,9 +122,10 @@ class SmtpConnection:
             self._client.close()
 
 
-def connect(settings: SmtpSettings, local_hostname: str | None = None) -> SmtpConnection:
-    """Open a connection as configured: implicit TLS, STARTTLS or plain; AUTH when a username is
-    set. Raises SendError when the server cannot be reached, AuthenticationError on bad login."""
+def open_client(settings: SmtpSettings, local_hostname: str | None = None) -> smtplib.SMTP:
+    """A connected, greeted and (when a username is set) logged-in smtplib client: implicit TLS,
+    STARTTLS (never falling back to clear text) or plain, certificates verified unless configured
+    off. Raises SendError when the server cannot be reached, AuthenticationError on bad login."""
     helo = local_hostname or socket.gethostname()  # getfqdn() may wait on DNS
     client: smtplib.SMTP
     try:
@@ -149,6 +150,12 @@ def connect(settings: SmtpSettings, local_hostname: str | None = None) -> SmtpCo
     except BaseException:
         client.close()
         raise
+    return client
+
+
+def connect(settings: SmtpSettings, local_hostname: str | None = None) -> SmtpConnection:
+    """Open a connection as configured (see `open_client`) for the reply outbox."""
+    client = open_client(settings, local_hostname)
     return SmtpConnection(client, f"{settings.host}:{settings.port}")
 
 
