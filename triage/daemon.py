@@ -69,6 +69,8 @@ class AccountWorker:
         self.status = status
         self.on_result = on_result
         self.on_error = on_error
+        # UIDNEXT of each folder when its last pass began (see `_wait`).
+        self.uidnext: dict[str, int] = {}
 
     def sync_once(self, mailbox: ImapMailbox) -> None:
         """Connect if needed and sync every folder once."""
@@ -78,6 +80,8 @@ class AccountWorker:
             log.info("%s: connected", self.account.name)
         for sync in self.make_syncs(self.account, mailbox):
             result = sync()
+            if result.folder:
+                self.uidnext[result.folder] = result.uidnext
             self.status.handled += sum(result.decided.values())
             self.on_result(result)
         self.status.last_sync = time.time()
@@ -116,7 +120,11 @@ class AccountWorker:
         deadline = time.monotonic() + min(acc.poll_interval, acc.idle_renew)
         if use_idle:
             # IDLE watches the last folder synced; select the first so it is the watched one.
-            mailbox.select(acc.folders[0])
+            info = mailbox.select(acc.folders[0])
+            if info.uidnext > self.uidnext.get(info.name, info.uidnext):
+                # Mail arrived while the pass was busy: SELECT counts it as already there, so
+                # IDLE would never announce it and it would wait for the poll interval.
+                return
         if not use_idle:
             while not self.control.stop.is_set() and time.monotonic() < deadline:
                 if self.control.wake.is_set():

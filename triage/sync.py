@@ -24,18 +24,25 @@ from triage.mailbox import ImapMailbox
 from triage.parsing import parse
 from triage.pipeline import Decided, Recorder
 from triage.settings import IngestSettings
-from triage.store.ledger import CLASSIFIED, DONE, Ledger, LedgerRow
+from triage.store.ledger import CLASSIFIED, DONE, QUARANTINED, Ledger, LedgerRow
 
 log = logging.getLogger(__name__)
 _MSGID = re.compile(r"<[^<>\s]+>")
 
 Checkpoint = Callable[[str], None]
 DecideBatch = Callable[[Sequence[tuple[int, bytes, bool]]], list[Decided]]
+# Starts deciding a batch elsewhere (worker processes, `triage.workers`); the returned function
+# waits for the result.
+StartDecide = Callable[[Sequence[tuple[int, bytes, bool]]], Callable[[], list[Decided]]]
 QUARANTINE = "Quarantine"
 
 
 def _no_checkpoint(_name: str) -> None:
     """The default: no fault injection."""
+
+
+def _nothing() -> None:
+    """The default work to overlap with deciding: none."""
 
 
 @dataclass
@@ -47,6 +54,10 @@ class SyncResult:
     quarantined: int = 0
     failed: int = 0
     corrections: int = 0
+    # The folder and the UIDNEXT it had when the pass began: mail with a UID from there on may
+    # have arrived after the pass looked (the daemon checks before it goes into IDLE).
+    folder: str = ""
+    uidnext: int = 0
 
 
 @dataclass
@@ -75,6 +86,7 @@ class FolderSync:
         effects: Effects,
         settings: IngestSettings,
         checkpoint: Checkpoint = _no_checkpoint,
+        start_decide: StartDecide | None = None,
     ) -> None:
         self.account = account
         self.folder = folder
@@ -85,13 +97,14 @@ class FolderSync:
         self.effects = effects
         self.settings = settings
         self.checkpoint = checkpoint
+        self.start_decide = start_decide
 
     # -- one pass ------------------------------------------------------------------------------
 
     def sync(self) -> SyncResult:
         """Handle everything new or unfinished in the folder; raises TransientError on I/O."""
-        result = SyncResult()
         info = self.mailbox.select(self.folder)
+        result = SyncResult(folder=self.folder, uidnext=info.uidnext)
         state = self.ledger.folder_state(self.account, self.folder)
         if state is None:
             self._first_start(info.uidvalidity, info.uidnext)
@@ -108,10 +121,26 @@ class FolderSync:
                 self._handle(unfinished[start : start + self.settings.batch_size], result)
 
         new = self.mailbox.uids_from(state.last_uid + 1)
-        for start in range(0, len(new), self.settings.batch_size):
-            batch = new[start : start + self.settings.batch_size]
-            rows, raws = self._fetch_and_record(uidvalidity, batch, state.baseline_uid, result)
-            self._handle(rows, result, raws)
+        size = self.settings.batch_size
+        batches = [new[start : start + size] for start in range(0, len(new), size)]
+        ahead: list[tuple[list[LedgerRow], dict[int, bytes]]] = []
+        for number, batch in enumerate(batches):
+            if not ahead:
+                ahead.append(self._fetch_and_record(uidvalidity, batch, state.baseline_uid, result))
+            rows, raws = ahead.pop()
+            following = batches[number + 1] if number + 1 < len(batches) else None
+
+            def fetch_following(following: list[int] | None = following) -> None:
+                # While worker processes decide this batch, the next one is fetched, recorded
+                # `seen` and handed to them too, so they work on it while this one is recorded:
+                # both cores stay busy. Without workers the next loop turn fetches it.
+                if following is not None:
+                    ahead.append(
+                        self._fetch_and_record(uidvalidity, following, state.baseline_uid, result)
+                    )
+                    self._start_early(*ahead[-1])
+
+            self._handle(rows, result, raws, fetch_following if self.start_decide else _nothing)
         self.effects.deliver()
         self.effects.file_replies(self.mailbox, self.folder, uidvalidity)
         self.ledger.touch(self.account, self.folder)
@@ -230,9 +259,12 @@ class FolderSync:
         rows: Sequence[LedgerRow],
         result: SyncResult,
         fetched: dict[int, bytes] | None = None,
+        meanwhile: Callable[[], None] = _nothing,
     ) -> None:
+        """Decide, record, send, mark and finish `rows`; `meanwhile` runs once, while deciding."""
         todo = [r for r in rows if r.state not in (DONE, "quarantined")]
         if not todo:
+            meanwhile()
             return
         fresh = [r for r in todo if r.state != CLASSIFIED]
         raws = dict(fetched or {})
@@ -244,7 +276,9 @@ class FolderSync:
         decided: list[Decided] = []
         candidates = [r for r in fresh if r.uid in raws]
         if candidates:
-            decided = self._decide_each(candidates, raws, result)
+            decided = self._decide_each(candidates, raws, result, meanwhile)
+        else:
+            meanwhile()
         self.checkpoint("after_classification")
         recorded = self.recorder.record(decided) if decided else []
         uids = {r.id: r.uid for r in todo}
@@ -257,17 +291,40 @@ class FolderSync:
         self.checkpoint("after_send")
         # Mark the mailbox for everything classified: this batch and rows resumed after a crash.
         classified = {r.id: r for r in todo if r.state == CLASSIFIED}
-        classified.update({d.row_id: _row_by_id(todo, d.row_id) for d in recorded})
+        by_id = {r.id: r for r in todo}
+        classified.update({d.row_id: by_id[d.row_id] for d in recorded})
         self._mark(list(classified.values()))
         self.checkpoint("before_done")
         self.ledger.mark_done(list(classified))
 
+    def _start_early(self, rows: Sequence[LedgerRow], raws: dict[int, bytes]) -> None:
+        """Start deciding a fetched batch; `_decide_each` later picks up the same batch."""
+        assert self.start_decide is not None
+        pending = [r for r in rows if r.state not in (DONE, CLASSIFIED, QUARANTINED)]
+        items = [(r.id, raws[r.uid], r.backfill) for r in pending if r.uid in raws]
+        if items:
+            try:
+                self.start_decide(items)
+            except Exception:  # noqa: BLE001 - _decide_each tries again and reports it
+                return
+
     def _decide_each(
-        self, rows: Sequence[LedgerRow], raws: dict[int, bytes], result: SyncResult
+        self,
+        rows: Sequence[LedgerRow],
+        raws: dict[int, bytes],
+        result: SyncResult,
+        meanwhile: Callable[[], None] = _nothing,
     ) -> list[Decided]:
         items = [(r.id, raws[r.uid], r.backfill) for r in rows]
+        wait = None
+        if self.start_decide is not None:
+            try:
+                wait = self.start_decide(items)
+            except Exception as exc:  # noqa: BLE001 - deciding in process below still works
+                log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
+        meanwhile()
         try:
-            return self.decide(items)
+            return wait() if wait is not None else self.decide(items)
         except TransientError:
             raise
         except Exception:  # noqa: BLE001 - find the poison message one by one below
@@ -302,7 +359,7 @@ class FolderSync:
         if not rows:
             return
         fresh = {r.id: r for r in rows}
-        decisions = self._decisions([r.id for r in rows])
+        decisions = self._decisions(rows)
         by_decision: dict[str, list[int]] = {}
         for row_id, decision in decisions.items():
             if decision and row_id in fresh:
@@ -329,11 +386,15 @@ class FolderSync:
             # The store already holds the message and its reason; the mark is a courtesy.
             log.warning("%s/%s: cannot mark quarantined mail: %s", self.account, self.folder, exc)
 
-    def _decisions(self, row_ids: Sequence[int]) -> dict[int, str | None]:
+    def _decisions(self, rows: Sequence[LedgerRow]) -> dict[int, str | None]:
+        """The recorded decision of each row, read in one query per UIDVALIDITY (not per row)."""
+        by_uidvalidity: dict[int, list[int]] = {}
+        for r in rows:
+            by_uidvalidity.setdefault(r.uidvalidity, []).append(r.uid)
         out: dict[int, str | None] = {}
-        for r in row_ids:
-            row = self.ledger.get(r)
-            out[r] = row.decision if row else None
+        for uidvalidity, uids in by_uidvalidity.items():
+            found = self.ledger.rows_for(self.account, self.folder, uidvalidity, uids)
+            out.update((row.id, row.decision) for row in found.values())
         return out
 
 
@@ -341,10 +402,6 @@ def normalize_message_id(value: str) -> str:
     """The `<…>` part of a Message-ID header value, as the parser records it."""
     match = _MSGID.search(value)
     return match.group(0) if match else value.strip()
-
-
-def _row_by_id(rows: Sequence[LedgerRow], row_id: int) -> LedgerRow:
-    return next(r for r in rows if r.id == row_id)
 
 
 def now_utc() -> datetime:
