@@ -15,8 +15,17 @@ from triage.mailharness import MailHarness
 pytestmark = [pytest.mark.mail, pytest.mark.slow]
 
 HELLO = "hello@example.test"
-# A brochure request with no stated need: the shipped model calls it marketing.
-CATALOGUE = ROOT / "config" / "demo" / "02-marketing-brochure.eml"
+# A brochure request that mentions a move: the shipped model leans marketing, this company's
+# sales team counts it as a sales lead (a boundary case where a company's own view should win).
+BROCHURE = b"""From: Marie Peeters <bob@example.test>
+To: hello@example.test
+Subject: Brochure for our new office
+Message-ID: <brochure-new-office@example.test>
+Date: Mon, 23 Nov 2026 10:00:00 +0100
+
+Could you send me the brochure for your office chairs? We move in spring.
+Marie Peeters
+"""
 
 
 def folder_named(harness: MailHarness, *parts: str) -> str:
@@ -33,11 +42,13 @@ def test_a_folder_move_is_recorded_and_retraining_learns_it(
     sales) in the store → `train --with-corrections` classifies the message as sales."""
     base = tmp_path / "triage"
     config = config_for(mail_harness, base, "\n[ingest]\nmove_to_folders = true\n")
-    assert triage(config, "once").returncode == 0
-    raw = CATALOGUE.read_bytes()
+    # The operator trusts marketing decisions from 0.5 on, so the message is filed, not reviewed.
+    env = {"TRIAGE_CLASSIFIER__THRESHOLDS": '{"marketing": 0.5}'}
+    assert triage(config, "once", env=env).returncode == 0
+    raw = BROCHURE
     mail_harness.send(raw, "bob@example.test", HELLO)
     mail_harness.wait_for_messages("hello", count=1, timeout=20)
-    assert triage(config, "once").returncode == 0
+    assert triage(config, "once", env=env).returncode == 0
 
     marketing = folder_named(mail_harness, "Triage", "Marketing")
     sales = folder_named(mail_harness, "Triage", "Sales")
@@ -48,12 +59,12 @@ def test_a_folder_move_is_recorded_and_retraining_learns_it(
         client.create_folder(sales)
         client.move(uids, sales)  # what a person does in their mail client
 
-    assert triage(config, "once").returncode == 0
+    assert triage(config, "once", env=env).returncode == 0
     with db(base) as conn:
         rows = conn.execute("SELECT old_label, new_label, source FROM corrections").fetchall()
     assert [tuple(r) for r in rows] == [("marketing", "sales", "folder")]
     # Running again does not record it twice.
-    assert triage(config, "once").returncode == 0
+    assert triage(config, "once", env=env).returncode == 0
     with db(base) as conn:
         assert conn.execute("SELECT COUNT(*) FROM corrections").fetchone()[0] == 1
 

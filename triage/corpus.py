@@ -38,6 +38,9 @@ class Example:
     label: Label
     message: InboundMessage
     digest: str
+    # How much the example counts when fitting: a person's correction of the company's own mail
+    # outweighs a generic corpus message (see CORRECTION_WEIGHT).
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ class Corpus:
     def labels(self) -> list[Label]:
         """The labels, in order."""
         return [e.label for e in self.examples]
+
+    @property
+    def weights(self) -> list[float]:
+        """The examples' sample weights, in order."""
+        return [e.weight for e in self.examples]
 
     def counts(self) -> dict[str, int]:
         """How many examples each label has (every label listed, zeros included)."""
@@ -94,6 +102,12 @@ class Corpus:
         by_id = {message_key(c.message.message_id): c for c in corrections.examples}
         kept = tuple(e for e in self.examples if message_key(e.message.message_id) not in by_id)
         return Corpus(kept + corrections.examples, self.problems + corrections.problems)
+
+
+# A correction is one person's explicit judgement of the company's own mail; among hundreds of
+# generic corpus messages a weight of 1 would barely move the model (POPFile-style learning needs
+# a correction to change the decision for that kind of message).
+CORRECTION_WEIGHT = 8.0
 
 
 def message_key(message_id: str) -> str:
@@ -269,5 +283,5 @@ def load_corrections(db_path: Path) -> Corpus:
             )
             digest = hashlib.sha256(f"{subject}\0{text}".encode()).hexdigest()
             example = Example(source, label, message, digest)
-        examples.append(example)
+        examples.append(replace(example, weight=CORRECTION_WEIGHT))
     return Corpus(tuple(examples), tuple(problems))

@@ -117,7 +117,9 @@ def folds_for(corpus: Corpus, wanted: int = CV_FOLDS) -> int:
 def fit(corpus: Corpus) -> Pipeline:
     """The pipeline fitted on every example of `corpus`."""
     pipeline = build_pipeline(folds_for(corpus))
-    pipeline.fit(corpus.messages, corpus.labels)
+    pipeline.fit(
+        corpus.messages, corpus.labels, classifier__sample_weight=np.asarray(corpus.weights)
+    )
     return pipeline
 
 
