@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -47,25 +48,28 @@ def private_harness(base: Path, extra_users: Mapping[str, str]) -> Iterator[Mail
 
 
 def ensure_model(work: Path) -> Path:
-    """The repository's model when it loads here, else one trained from the project's corpus.
+    """A private copy of the repository's model when it loads here, else one trained now.
 
-    Training takes about ten seconds; it only happens while `classifiers/model.skops` is not
-    committed (or was trained with another scikit-learn) so the benchmark never depends on it.
+    A copy, so that a `triage train` in the working tree during a run (the daemon reloads a
+    changed model file) cannot change the decisions half-way. Training takes about ten seconds;
+    it only happens while `classifiers/model.skops` is missing or was fitted with another
+    scikit-learn, so the benchmark never depends on it.
     """
-    from triage.classify import load_classifier
+    from triage.classify import card_path, load_classifier
     from triage.errors import ModelError
 
-    try:
-        load_classifier(REPO_MODEL)
-    except ModelError:
-        pass
-    else:
-        return REPO_MODEL
-    from triage.corpus import load_corpus
-    from triage.training import train
-
     path = work / "model" / "model.skops"
-    if not path.exists():
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copy2(REPO_MODEL, path)
+        shutil.copy2(card_path(REPO_MODEL), card_path(path))
+        load_classifier(path)
+    except (OSError, ModelError):
+        from triage.corpus import load_corpus
+        from triage.training import train
+
         train(load_corpus(REPO / "classifiers" / "corpus"), path)
     return path
 
