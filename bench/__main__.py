@@ -28,11 +28,13 @@ import importlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +107,7 @@ def backlog_row(r: backlog.BacklogResult) -> Row:
     result = (
         f"triage **{t.rate:,.0f} msgs/s** ({t.seconds:.1f} s; {t.wall_rate:,.0f} msgs/s from the"
         f" MOVE incl. IDLE wake-up) · bare fetch {r.bare.rate:,.0f} msgs/s · ratio"
-        f" **{r.ratio:.2f}** · CPU per message {cpu}"
+        f" **{r.ratio:.2f}** · CPU per message {cpu} · {t.replies:,} dry-run replies composed"
     )
     return Row(
         f"Backlog of {r.size:,} new messages, `ingest.workers = {r.workers}`",
@@ -198,8 +200,17 @@ def startup_row(r: startup.StartupResult, workers: int) -> Row:
 # -- the run ------------------------------------------------------------------------------------
 
 
+def _version(command: list[str]) -> str:
+    """The last word `command` prints (a version number), or "?"."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, check=False, timeout=10)
+    except OSError:
+        return "?"
+    return out.stdout.strip().split()[-1] if out.stdout.strip() else "?"
+
+
 def machine() -> str:
-    """One line naming the machine, for the results file."""
+    """One line naming the machine and the versions that the figures depend on."""
     cpu = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -209,9 +220,15 @@ def machine() -> str:
     except OSError:
         pass
     pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    packages = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in ("scikit-learn", "numpy", "scipy", "skops", "imapclient")
+    )
+    dovecot = _version(["sh", "-c", "dovecot --version | cut -d' ' -f1"])
+    postfix = _version(["postconf", "-d", "mail_version"])
     return (
-        f"{cpu}, {os.cpu_count()} CPUs, {pages / 2**30:.1f} GiB RAM, Python"
-        f" {platform.python_version()}"
+        f"{cpu}, {os.cpu_count()} CPUs, {pages / 2**30:.1f} GiB RAM · Python"
+        f" {platform.python_version()}, {packages} · Dovecot {dovecot}, Postfix {postfix}"
     )
 
 

@@ -2,8 +2,9 @@
 
 The messages are real mail: SpamAssassin ham, hard ham and spam from `../shared/corpora/other`
 plus the project's own inquiries (`classifiers/corpus/**/*.eml`), shuffled with a fixed seed and
-cycled to N, each with a fresh Message-ID and addressed `To: hello@example.test` so the etiquette
-rules judge them as they would real inbound mail. Without ../shared only the project corpus is used.
+cycled to N, each with a fresh Message-ID, addressed `To: hello@example.test` and given the
+`Return-Path` that delivery over SMTP would have added, so the etiquette rules judge them as they
+would real inbound mail. Without ../shared only the project corpus is used.
 
 The run, on a private harness:
 1. `triage run` starts on the empty INBOX (its first start records the baseline) and settles;
@@ -32,6 +33,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parseaddr
 from pathlib import Path
 
 from imapclient import IMAPClient
@@ -89,7 +91,27 @@ def readdress(raw: bytes, message_id: str, to: str) -> bytes:
         if not dropping and line:
             kept.append(line)
     fresh = [f"Message-ID: {message_id}".encode(), f"To: {to}".encode()]
+    if not any(line.lower().startswith(b"return-path:") for line in kept):
+        # Delivered over SMTP, the message would carry the envelope sender (Dovecot's LMTP adds
+        # it; an APPEND does not), and the etiquette rules refuse to answer mail without one.
+        sender = _from_address(kept)
+        if sender:
+            fresh.append(f"Return-Path: <{sender}>".encode())
     return b"\r\n".join([*fresh, *kept]) + b"\r\n\r\n" + body.replace(b"\n", b"\r\n")
+
+
+def _from_address(lines: Sequence[bytes]) -> str:
+    """The addr-spec of the From field among header `lines` (folded lines included), or ""."""
+    value: list[str] = []
+    for line in lines:
+        if value and line[:1] in (b" ", b"\t"):
+            value.append(line.decode("latin-1"))
+        elif value:
+            break
+        elif line.lower().startswith(b"from:"):
+            value.append(line.decode("latin-1")[5:])
+    address = parseaddr(" ".join(value))[1]
+    return address if "@" in address and address.isascii() else ""
 
 
 def backlog_messages(size: int, to: str, tag: str) -> list[bytes]:
@@ -177,6 +199,7 @@ class TriageResult:
     seconds: float  # first `seen` to last `done`, from the store's timestamps
     wall_seconds: float  # from the MOVE to the last `done` seen by polling
     decisions: dict[str, int]
+    replies: int  # dry-run replies composed and stored
     main_cpu_ms: float  # CPU per message of the main process (all its threads)
     worker_cpu_ms: float  # CPU per message of the worker processes together
 
@@ -219,8 +242,9 @@ def _finished(store: Path) -> int:
         return int(row.fetchone()[0])
 
 
-def _span(store: Path) -> tuple[float, dict[str, int]]:
-    """Seconds from the first `seen` row to the last finished one, and the decision counts."""
+def _span(store: Path) -> tuple[float, dict[str, int], int]:
+    """Seconds from the first `seen` row to the last finished one, the decision counts, and
+    how many (dry-run) replies were composed."""
     with contextlib.closing(_store(store)) as conn:
         first, last = conn.execute(
             "SELECT MIN(created_at), MAX(updated_at) FROM messages"
@@ -228,8 +252,9 @@ def _span(store: Path) -> tuple[float, dict[str, int]]:
         decisions = dict(
             conn.execute("SELECT COALESCE(decision, state), COUNT(*) FROM messages GROUP BY 1")
         )
+        replies = int(conn.execute("SELECT COUNT(*) FROM replies").fetchone()[0])
     span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
-    return span, {str(k): int(v) for k, v in decisions.items()}
+    return span, {str(k): int(v) for k, v in decisions.items()}, replies
 
 
 def wait_done(
@@ -276,7 +301,7 @@ def run(
         move_all(harness, "hello", STAGING, "INBOX")
         finished = wait_done(setup.store, size, sampler)
         cpu_after = _cpu(proc.pid)
-        span, decisions = _span(setup.store)
+        span, decisions, replies = _span(setup.store)
         time.sleep(settle)
         after = snapshot(proc.pid)
         # The ceiling, in the same run on the same messages; the median of three passes.
@@ -285,7 +310,7 @@ def run(
     used = {p: cpu_after[p] - cpu_before.get(p, 0.0) for p in cpu_after}
     main_ms = used.pop(main_pid) / size * 1000
     workers_ms = sum(used.values()) / size * 1000
-    triage = TriageResult(size, span, finished - moved, decisions, main_ms, workers_ms)
+    triage = TriageResult(size, span, finished - moved, decisions, replies, main_ms, workers_ms)
     memory = MemoryResult(before, after, sampler.peak_pss)
     return BacklogResult(workers, size, seed_seconds, triage, bare, memory)
 
@@ -316,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"memory ({'PSS' if m.by_pss else 'RSS'}): before {m.steady_mib[0]:.0f} MiB, after "
         f"{m.steady_mib[1]:.0f} MiB, "
-        f"peak {m.peak_mib:.0f} MiB, growth {m.growth:+.1%}; decisions {r.triage.decisions}"
+        f"peak {m.peak_mib:.0f} MiB, growth {m.growth:+.1%}; decisions {r.triage.decisions}, "
+        f"{r.triage.replies} replies"
     )
     return 0
 
