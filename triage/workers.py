@@ -28,6 +28,7 @@ import logging
 import multiprocessing
 import operator
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -168,6 +169,11 @@ def _initialise(model: ModelHandle, ctx: guards.GuardContext, parent: int) -> No
     """Runs once in each worker process (forked: `model` is the parent's, already loaded)."""
     global _state  # noqa: PLW0603 - one state per worker process is the point
     _state = _Worker(model, ctx)
+    # Stopping is the main process's business: systemd's SIGTERM to the whole unit, or Ctrl-C to
+    # the terminal's process group, must not kill a worker in the middle of the batch that the
+    # main process is waiting for. The main process shuts the pool down when it stops.
+    for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signo, signal.SIG_IGN)
 
     def watch() -> None:
         # Pool workers block reading their task pipe, whose write end they inherited, so they
