@@ -89,3 +89,32 @@ def test_a_folder_move_is_recorded_and_retraining_learns_it(
     assert result.returncode == 0, result.stderr
     verdict = json.loads(result.stdout.strip().splitlines()[0])
     assert verdict["label"] == "sales", verdict
+
+
+def test_a_keyword_change_is_recorded_once_and_the_old_keyword_goes(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path
+) -> None:
+    """A person gives a message `$Triage-Sales` in their client (it had `$Triage-Marketing`):
+    one correction (marketing → sales, source keyword), and only the person's keyword remains."""
+    base = tmp_path / "triage"
+    config = config_for(mail_harness, base)
+    env = {"TRIAGE_CLASSIFIER__THRESHOLDS": '{"marketing": 0.5}'}
+    assert triage(config, "once", env=env).returncode == 0
+    mail_harness.send(BROCHURE, "bob@example.test", HELLO)
+    mail_harness.wait_for_messages("hello", count=1, timeout=20)
+    assert triage(config, "once", env=env).returncode == 0
+    with mail_harness.imap("hello") as client:
+        client.select_folder("INBOX")
+        uids = client.search(["KEYWORD", "$Triage-Marketing"])
+        assert len(uids) == 1
+        client.add_flags(uids, ["$Triage-Sales"])
+
+    for _run in range(2):
+        assert triage(config, "once", env=env).returncode == 0
+    with db(base) as conn:
+        rows = conn.execute("SELECT old_label, new_label, source FROM corrections").fetchall()
+    assert [tuple(r) for r in rows] == [("marketing", "sales", "keyword")]
+    with mail_harness.imap("hello") as client:
+        client.select_folder("INBOX", readonly=True)
+        flags = next(iter(client.get_flags(client.search("ALL")).values()))
+    assert b"$Triage-Sales" in flags and b"$Triage-Marketing" not in flags

@@ -86,17 +86,11 @@ class CorrectionScan:
             uids = self.mailbox.search_keyword(keyword_for(label))
             if not uids:
                 continue
-            rows = self._rows(folder, info.uidvalidity, uids)
-            changed = [
-                (uid, row)
-                for uid, row in rows.items()
-                if (row["reviewed_label"] or row["decision"]) not in (label, None)
-                and row["decision"] in (*LABELS, "review")
-            ]
+            changed = self._relabelled(folder, info.uidvalidity, uids, label)
             if not changed:
                 continue
-            raws = self.mailbox.fetch([uid for uid, _ in changed])
-            for uid, row in changed:
+            raws = self.mailbox.fetch(list(changed))
+            for uid, row in changed.items():
                 count += self._record(
                     row["id"],
                     row["message_id"],
@@ -110,15 +104,25 @@ class CorrectionScan:
                 self._set_keyword([uid], label)
         return count
 
-    def _rows(self, folder: str, uidvalidity: int, uids: Sequence[int]) -> dict[int, sqlite3.Row]:
+    def _relabelled(
+        self, folder: str, uidvalidity: int, uids: Sequence[int], label: str
+    ) -> dict[int, sqlite3.Row]:
+        """The rows among `uids` whose label in the ledger differs from the keyword `label`.
+
+        Filtered in SQL: a mailbox holds thousands of keyworded messages and almost none of them
+        was re-labelled, so their bodies are never read into memory.
+        """
         out: dict[int, sqlite3.Row] = {}
+        decisions = (*LABELS, "review")
         for start in range(0, len(uids), 500):
             chunk = list(uids[start : start + 500])
             marks = ",".join("?" * len(chunk))
             cur = self.db.conn.execute(
-                "SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"  # noqa: S608
-                f" AND uid IN ({marks})",
-                (self.mailbox.account.name, folder, uidvalidity, *chunk),
+                "SELECT id, uid, message_id, decision, reviewed_label, subject, body"  # noqa: S608
+                " FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"
+                f" AND uid IN ({marks})"
+                " AND decision IN (?, ?, ?, ?) AND COALESCE(reviewed_label, decision) != ?",
+                (self.mailbox.account.name, folder, uidvalidity, *chunk, *decisions, label),
             )
             out.update((r["uid"], r) for r in cur)
         return out

@@ -72,6 +72,7 @@ class ImapMailbox:
         self.account = account
         self._client: IMAPClient | None = None
         self._delimiter = "/"
+        self._capabilities: set[str] | None = None
         self.folder: FolderInfo | None = None
 
     # -- connection ----------------------------------------------------------------------------
@@ -115,6 +116,7 @@ class ImapMailbox:
             _quiet_logout(client)
             raise
         self._client = client
+        self._capabilities = None
         self.folder = None
 
     def close(self) -> None:
@@ -124,9 +126,11 @@ class ImapMailbox:
             _quiet_logout(client)
 
     def capabilities(self) -> set[str]:
-        """The server's capabilities, upper-case text."""
-        with _translated(f"{self.account.name}: CAPABILITY"):
-            return {_text(c).upper() for c in self.client.capabilities()}
+        """The server's capabilities, upper-case text (asked once per connection)."""
+        if self._capabilities is None:
+            with _translated(f"{self.account.name}: CAPABILITY"):
+                self._capabilities = {_text(c).upper() for c in self.client.capabilities()}
+        return self._capabilities
 
     @property
     def has_idle(self) -> bool:
