@@ -9,22 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_model_cli import KEYS
 from triage.sources import iter_sources
 
 TORTURE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "parser_torture"
-KEYS = {
-    "path",
-    "message_id",
-    "label",
-    "confidence",
-    "probabilities",
-    "review",
-    "may_reply",
-    "reasons",
-    "contact",
-    "explanation",
-    "error",
-}
 
 pytestmark = [
     pytest.mark.corpus,
