@@ -19,6 +19,7 @@ from triage.errors import TriageError
 from triage.leads import assign_owner, business_due
 from triage.models import LABELS, Address, LeadKind
 from triage.settings import Settings
+from triage.store.corrections import insert_correction
 from triage.store.db import Database
 from triage.store.leads import NewLead, record_lead, timestamp
 
@@ -125,19 +126,16 @@ def label(
             "UPDATE messages SET reviewed_label = ?, reviewed_by = ?, updated_at = ? WHERE id = ?",
             (new_label, by, at, row_id),
         )
-        c.execute(
-            "INSERT OR IGNORE INTO corrections (message_row, message_id, old_label, new_label,"
-            " source, subject, body, raw, created_at) VALUES (?, ?, ?, ?, 'review', ?, ?, ?, ?)",
-            (
-                row_id,
-                row["message_id"],
-                row["label"],
-                new_label,
-                row["subject"],
-                row["body"] or "",
-                row["raw"],
-                at,
-            ),
+        insert_correction(
+            c,
+            message_row=row_id,
+            message_id=row["message_id"],
+            old_label=row["label"],
+            new_label=new_label,
+            source="review",
+            subject=row["subject"],
+            body=row["body"] or "",
+            raw=row["raw"],
         )
         kind = _LEAD_KIND.get(new_label)
         lead_id = None if kind is None else _record(c, row, kind, new_label, by, settings)
