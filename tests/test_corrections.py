@@ -56,6 +56,8 @@ def test_a_folder_move_is_recorded_and_retraining_learns_it(
         client.select_folder(marketing)
         uids = client.search("ALL")
         assert len(uids) == 1, "the message was filed under Triage/Marketing"
+        # Answered before it was moved, so the flag travelled with it.
+        assert b"\\Answered" in client.get_flags(uids)[uids[0]]
         client.create_folder(sales)
         client.move(uids, sales)  # what a person does in their mail client
 

@@ -289,6 +289,9 @@ class FolderSync:
         self.checkpoint("after_record")
         self.effects.deliver()
         self.checkpoint("after_send")
+        # File copies and set \Answered while the originals are still here: a move below would
+        # give them new UIDs in another folder.
+        self.effects.file_replies(self.mailbox, self.folder, todo[0].uidvalidity)
         # Mark the mailbox for everything classified: this batch and rows resumed after a crash.
         classified = {r.id: r for r in todo if r.state == CLASSIFIED}
         by_id = {r.id: r for r in todo}
