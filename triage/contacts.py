@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 
 from triage.models import Address, Contact
+from triage.sanitize import is_addr_spec
 
 MAX_TEXT = 20_000
 MAX_FORM_LINES = 300  # labelled lines looked at
@@ -347,11 +348,13 @@ def extract(
         len(form.keys() & {"name", "company"}) >= 1 and len(form.keys() & {"email", "phone"}) >= 1
     )
     sender = _prospect(from_, reply_to, to, forwarded_from, is_form)
-    email = sender.email if sender is not None and "@" in sender.email else ""
+    # Only a plain addr-spec: the address becomes a mailto link and a lead's key, and a value
+    # like "jane@acme.example?bcc=…" would smuggle recipients and text into both.
+    email = sender.email if sender is not None and is_addr_spec(sender.email) else ""
     name = _display_name(sender.name) if sender is not None else ""
     if is_form:
         form_email = _EMAIL.search(form.get("email", ""))
-        if form_email:
+        if form_email and is_addr_spec(form_email.group(0)):
             email = form_email.group(0)
         name = form.get("name", "") or name
         signed = Contact()
@@ -364,6 +367,6 @@ def extract(
     company = form.get("company", "") if is_form else signed.company
     phone = _phone(form.get("phone", "")) if is_form else signed.phone
     website = _website(form.get("website", "")) if is_form else signed.website
-    if not company and email and "@" in email:
+    if not company and email:
         company = company_from_domain(email.rpartition("@")[2])
     return Contact(name=name, email=email, company=company, phone=phone, website=website)

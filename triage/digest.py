@@ -49,6 +49,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
 
 import jinja2
 
@@ -60,8 +61,15 @@ from triage.errors import (
     TriageError,
 )
 from triage.leads import age, check_business_hours, is_overdue, zone
-from triage.replies import describe, make_environment, one_line, render_error_location
+from triage.replies import (
+    MAX_SINGLE_LINE,
+    describe,
+    make_environment,
+    one_line,
+    render_error_location,
+)
 from triage.review import ReviewItem, pending, pending_count
+from triage.sanitize import is_addr_spec, strip_invisible
 from triage.settings import Settings, SmtpSettings
 from triage.smtp import open_client
 from triage.store.db import Database
@@ -182,21 +190,57 @@ def _pause(db: Database, kind: str, until: datetime) -> None:
 # --- what a digest shows -------------------------------------------------------------------------
 
 
+def shown(value: str, limit: int = MAX_SINGLE_LINE) -> str:
+    """A value a prospect wrote as staff see it: one line, without invisible characters."""
+    return one_line(strip_invisible(value), limit)
+
+
 def snippet(text: str, limit: int = SNIPPET) -> str:
     """The start of a message as one line, cut at a word boundary with "…"."""
-    flat = " ".join(text.split())
+    flat = " ".join(strip_invisible(text).split())
     if len(flat) <= limit:
         return flat
     cut = flat[:limit].rsplit(" ", 1)[0]
     return cut + "…"
 
 
-def link(website: str) -> str:
-    """A safe http(s) URL for a website the prospect gave, or "" (never `javascript:` & co)."""
-    value = one_line(website, 300)
-    if re.match(r"(?i)^www\.", value):
+# A host name of letters, digits and hyphens ending in a name (no IP address, no IDN look-alike:
+# `xn--` spells those out); with an optional path, it is what signatures give as a website.
+_HOST = r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_BARE_WEBSITE = re.compile(rf"(?i){_HOST}(?:[/?#]\S*)?")
+_PLAIN_HOST = re.compile(_HOST)
+# Characters a URL never holds unencoded; a backslash is a slash to browsers but not to urlsplit.
+_NOT_IN_URL = re.compile(r"[\s\"'<>\\`{}|^]")
+
+
+def website_link(website: str) -> tuple[str, str]:
+    """(URL, host) to link a website the prospect gave: the link and its text; ("", "") unless
+    it is an http(s) URL with a plain host name (never `javascript:`, `data:`, `mailto:`, a user
+    name before the host, or odd characters). A bare `acme.example` is taken as https."""
+    value = one_line(strip_invisible(website), 300)
+    if _BARE_WEBSITE.fullmatch(value):
         value = "https://" + value
-    return value if re.match(r"(?i)^https?://[^\s\"'<>]+$", value) else ""
+    if _NOT_IN_URL.search(value):
+        return "", ""
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        _ = parts.port  # ValueError for a port that is not a number
+    except ValueError:
+        return "", ""
+    if (
+        parts.scheme not in ("http", "https")
+        or "@" in parts.netloc  # "https://acme.example@evil.example" goes to evil.example
+        or not _PLAIN_HOST.fullmatch(host)
+    ):
+        return "", ""
+    return value, host
+
+
+def mailto(email: str) -> str:
+    """The `mailto:` URL of `email`, percent-encoded, when it is a plain addr-spec; else ""
+    (the templates' `mailto` filter: the address is then shown as text, not linked)."""
+    return "mailto:" + quote(email, safe="@") if is_addr_spec(email) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +254,7 @@ class LeadView:
     phone: str
     website: str
     website_url: str
+    website_host: str
     owner: str
     status: str
     subject: str
@@ -274,19 +319,21 @@ def local_time(moment: datetime | None, settings: Settings) -> str:
 def lead_view(lead: LeadRecord, now: datetime, settings: Settings) -> LeadView:
     """The display form of a lead (times in the digest's time zone)."""
     late = is_overdue(lead, now)
+    website_url, website_host = website_link(lead.website)
     return LeadView(
         id=lead.id,
-        name=one_line(lead.name),
-        email=one_line(lead.email, 320),
-        company=one_line(lead.company),
-        phone=one_line(lead.phone),
-        website=one_line(lead.website),
-        website_url=link(lead.website),
-        owner=one_line(lead.owner),
+        name=shown(lead.name),
+        email=shown(lead.email, 320),
+        company=shown(lead.company),
+        phone=shown(lead.phone),
+        website=shown(lead.website),
+        website_url=website_url,
+        website_host=website_host,
+        owner=shown(lead.owner),
         status=lead.status,
-        subject=one_line(lead.last_subject or lead.first_subject, 300),
+        subject=shown(lead.last_subject or lead.first_subject, 300),
         snippet=snippet(lead.last_body),
-        terms=tuple(one_line(t, 60) for t in lead.explanation[:8]),
+        terms=tuple(shown(t, 60) for t in lead.explanation[:8]),
         confidence=f"{lead.confidence:.0%}",
         age=age(lead.created_at, now),
         received=local_time(lead.created_at, settings),
@@ -301,8 +348,8 @@ def review_view(item: ReviewItem, now: datetime) -> ReviewView:
     """The display form of a review item."""
     return ReviewView(
         id=item.row_id,
-        sender=one_line(item.sender, 320),
-        subject=one_line(item.subject, 300),
+        sender=shown(item.sender, 320),
+        subject=shown(item.subject, 300),
         snippet=snippet(item.body, 160),
         guess=item.guess,
         confidence=f"{item.confidence:.0%}",
@@ -408,6 +455,7 @@ def render(name: str, context: Mapping[str, Any], settings: Settings) -> Rendere
     """Render `name`.subject/.txt/.html (`digest` or `alert`) from the templates directory."""
     directory = templates_dir(settings)
     env = make_environment(directory)
+    env.filters["mailto"] = mailto
     return Rendered(
         subject=one_line(_render_file(env, directory, f"{name}.subject", context), 998),
         text=_render_file(env, directory, f"{name}.txt", context),

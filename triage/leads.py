@@ -16,12 +16,13 @@ import csv
 import logging
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triage.errors import ConfigError, TriageError
+from triage.sanitize import strip_invisible
 from triage.settings import LeadsSettings, Settings
 from triage.store import leads as store
 from triage.store.db import Database
@@ -280,6 +281,45 @@ def response_target(settings: Settings) -> Callable[[datetime], datetime]:
 # --- presentation --------------------------------------------------------------------------------
 
 
+def for_staff(lead: LeadRecord) -> LeadRecord:
+    """`lead` as staff may see it: every text without the invisible characters (bidi overrides,
+    zero-width characters) that make a value read other than it shows. For display and export
+    only; the stored lead keeps what the prospect wrote."""
+    return replace(
+        lead,
+        name=strip_invisible(lead.name),
+        email=strip_invisible(lead.email),
+        company=strip_invisible(lead.company),
+        phone=strip_invisible(lead.phone),
+        website=strip_invisible(lead.website),
+        owner=strip_invisible(lead.owner),
+        explanation=tuple(strip_invisible(term) for term in lead.explanation),
+        first_subject=strip_invisible(lead.first_subject),
+        last_subject=strip_invisible(lead.last_subject),
+        last_body=strip_invisible(lead.last_body),
+    )
+
+
+def detail_for_staff(detail: LeadDetail) -> LeadDetail:
+    """`detail` as staff may see it: the lead, its messages and notes through `for_staff`."""
+    return LeadDetail(
+        for_staff(detail.lead),
+        [
+            replace(
+                m,
+                sender=strip_invisible(m.sender),
+                subject=strip_invisible(m.subject),
+                body=strip_invisible(m.body),
+            )
+            for m in detail.messages
+        ],
+        [
+            replace(n, author=strip_invisible(n.author), text=strip_invisible(n.text))
+            for n in detail.notes
+        ],
+    )
+
+
 def _iso(moment: datetime | None) -> str:
     return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else ""
 
@@ -388,12 +428,19 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def export_rows(db: Database, now: datetime | None = None) -> list[dict[str, str]]:
-    """Every lead (all statuses) as one CSV row each, in EXPORT_FIELDS order, oldest first."""
+    """Every lead (all statuses) as one CSV row each, in EXPORT_FIELDS order, oldest first;
+    values as staff may see them (`for_staff`)."""
     moment = now or datetime.now(UTC)
     rows = []
-    for lead in store.find_leads(db.conn, STATUSES):
-        messages = store.lead_messages(db.conn, lead.id)
-        notes = store.lead_notes(db.conn, lead.id)
+    for found in store.find_leads(db.conn, STATUSES):
+        detail = detail_for_staff(
+            LeadDetail(
+                found,
+                store.lead_messages(db.conn, found.id),
+                store.lead_notes(db.conn, found.id),
+            )
+        )
+        lead, messages, notes = detail.lead, detail.messages, detail.notes
         first, last = split_name(lead.name)
         rows.append(
             {
@@ -516,7 +563,9 @@ __all__ = [
     "business_due",
     "check_business_hours",
     "claim",
+    "detail_for_staff",
     "export_rows",
+    "for_staff",
     "is_overdue",
     "list_leads",
     "response_target",

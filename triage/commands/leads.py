@@ -83,8 +83,18 @@ def _when(moment: datetime | None, settings: Settings) -> str:
 
 
 def _contact(lead: LeadRecord) -> str:
-    who = f"{lead.name} <{lead.email}>" if lead.name else lead.email
+    if lead.name and lead.email:
+        who = f"{lead.name} <{lead.email}>"
+    else:
+        who = lead.name or lead.email or "(no valid address)"
     return f"{who} ({lead.company})" if lead.company else who
+
+
+def _clean(text: str) -> str:
+    """`text` without invisible characters: what a prospect wrote must show as it reads."""
+    from triage.sanitize import strip_invisible
+
+    return strip_invisible(text)
 
 
 # --- triage leads --------------------------------------------------------------------------------
@@ -108,7 +118,7 @@ def list_leads(
 
     with _store(ctx) as (settings, db):
         statuses = leads.STATUSES if every else tuple(status or leads.OPEN_STATUSES)
-        found = leads.list_leads(db, statuses, kind)
+        found = [leads.for_staff(lead) for lead in leads.list_leads(db, statuses, kind)]
         now = datetime.now(UTC)
         if as_json:
             _print_json([leads.lead_as_dict(lead, now) for lead in found])
@@ -143,7 +153,7 @@ def show(
     from triage import leads
 
     with _store(ctx) as (settings, db):
-        detail = leads.show(db, lead_id)
+        detail = leads.detail_for_staff(leads.show(db, lead_id))
         now = datetime.now(UTC)
         if as_json:
             _print_json(leads.detail_as_dict(detail, now))
@@ -279,13 +289,13 @@ def review_list(
                     {
                         "id": i.row_id,
                         "message_id": i.message_id,
-                        "sender": i.sender,
-                        "subject": i.subject,
+                        "sender": _clean(i.sender),
+                        "subject": _clean(i.subject),
                         "received": i.received_at.astimezone(UTC).isoformat(timespec="seconds"),
                         "guess": i.guess,
                         "confidence": round(i.confidence, 4),
-                        "explanation": list(i.explanation),
-                        "body": i.body,
+                        "explanation": [_clean(term) for term in i.explanation],
+                        "body": _clean(i.body),
                     }
                     for i in items
                 ]
@@ -299,8 +309,8 @@ def review_list(
                 str(i.row_id),
                 age(i.received_at, now),
                 f"{i.guess} {i.confidence:.0%}",
-                _cut(i.sender, 36),
-                _cut(i.subject, 50),
+                _cut(_clean(i.sender), 36),
+                _cut(_clean(i.subject), 50),
             ]
             for i in items
         ]

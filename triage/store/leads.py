@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from triage.models import Contact, LeadKind
+from triage.sanitize import is_addr_spec
 from triage.store.db import utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")
@@ -41,6 +42,11 @@ _SELECT = (
     " FROM leads l"
 )
 MAX_THREAD_IDS = 50  # a References header can be long; the newest ids find the thread
+NOTE_AUTHOR = "triage"  # the author of the notes triage itself adds to a lead
+INVALID_ADDRESS_NOTE = (
+    "The sender address is not a valid address, so it was not stored as the lead's address; "
+    "the message shows what was given."
+)
 
 
 def timestamp(moment: datetime) -> str:
@@ -205,9 +211,28 @@ def _address_lead(c: sqlite3.Connection, email: str) -> sqlite3.Row | None:
     return row
 
 
+def _note_once(c: sqlite3.Connection, lead_id: int, text: str, at: str) -> None:
+    """Add triage's note `text` to a lead unless it already has it."""
+    if c.execute(
+        "SELECT 1 FROM lead_notes WHERE lead_id = ? AND author = ? AND text = ?",
+        (lead_id, NOTE_AUTHOR, text),
+    ).fetchone():
+        return
+    c.execute(
+        "INSERT INTO lead_notes (lead_id, author, text, created_at) VALUES (?, ?, ?, ?)",
+        (lead_id, NOTE_AUTHOR, text, at),
+    )
+
+
 def record_lead(c: sqlite3.Connection, lead: NewLead) -> int:
-    """Within the caller's transaction: add the message to the prospect's lead; return its id."""
-    email = lead.contact.email.lower()
+    """Within the caller's transaction: add the message to the prospect's lead; return its id.
+
+    Only a plain addr-spec is stored as the lead's address. Anything else ("jane@acme.example?
+    bcc=…&body=…" becomes a mailto link with extra recipients and a body of the sender's choosing)
+    is dropped and the lead kept without it, with a note saying why: a person still decides.
+    """
+    given = lead.contact.email.strip().lower()
+    email = given if is_addr_spec(given) else ""
     now = utcnow()
     due = timestamp(lead.due_at) if lead.due_at else None
     explanation = json.dumps(list(lead.explanation))
@@ -277,6 +302,8 @@ def record_lead(c: sqlite3.Connection, lead: NewLead) -> int:
         "INSERT OR IGNORE INTO lead_messages (lead_id, message_row) VALUES (?, ?)",
         (lead_id, lead.message_row),
     )
+    if given and not email:
+        _note_once(c, lead_id, INVALID_ADDRESS_NOTE, now)
     return lead_id
 
 
