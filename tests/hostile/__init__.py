@@ -1,0 +1,1 @@
+"""The hostile message corpus (see README.md); make_corpus.py writes its generated part."""
