@@ -72,7 +72,7 @@ def _body_candidates(entity: mime.Entity) -> list[mime.Entity]:
 
 def _decode_text(entity: mime.Entity, budget: mime.Budget) -> str:
     """The text of a text part: transfer-decoded, charset-decoded, bounded."""
-    if len(entity.body) > MAX_TEXT_BYTES:
+    if entity.size > MAX_TEXT_BYTES:
         budget.defect("text part too large; truncated")
     payload, defect = entity.decoded(MAX_TEXT_BYTES)
     if defect:
@@ -96,10 +96,14 @@ def _body_text(
     explanation is missing), the text of the first attached message is used instead.
     """
     for part in _body_candidates(root):
+        if budget.text_parts <= 0:
+            budget.defect("too many text parts without text; the rest were not read")
+            break
+        budget.text_parts -= 1
         text = _decode_text(part, budget)
         from_html = part.content_type == "text/html"
         if from_html:
-            text = htmltext.to_text(text)
+            text = _html_text(text, budget)
         if text.strip():
             if len(text) > MAX_TEXT_CHARS:
                 budget.defect("text too long; truncated")
@@ -108,12 +112,27 @@ def _body_text(
     if nesting < MAX_ATTACHED_NESTING:
         for leaf in _leaves(root):
             if leaf.content_type in ("message/rfc822", "message/global"):
-                payload, _ = leaf.decoded()
-                inner = mime.parse_entity(payload, budget, depth=nesting + 1)
+                if budget.text_parts <= 0:
+                    budget.defect("too many text parts without text; the rest were not read")
+                    break
+                budget.text_parts -= 1
+                inner = mime.attached_message(leaf, budget, depth=nesting + 1)
                 text, from_html, _ = _body_text(inner, budget, nesting + 1)
                 if text:
                     return text, from_html, None
     return "", False, None
+
+
+def _html_text(markup: str, budget: mime.Budget) -> str:
+    """The text of an HTML part, converted within what is left of the message's HTML budget."""
+    if budget.html_chars < min(len(markup), htmltext.MAX_HTML_CHARS):
+        budget.defect("too much HTML in the message; the rest was not converted")
+        markup = markup[: max(0, budget.html_chars)]
+    budget.html_chars -= min(len(markup), htmltext.MAX_HTML_CHARS)
+    converted = htmltext.convert(markup, MAX_TEXT_CHARS)
+    for defect in converted.defects:
+        budget.defect(defect)
+    return converted.text
 
 
 def _leaves(entity: mime.Entity) -> list[mime.Entity]:
@@ -130,10 +149,9 @@ def _attachments(root: mime.Entity, body: mime.Entity | None) -> tuple[Attachmen
             continue
         if leaf.maintype == "text" and leaf.disposition != "attachment":
             continue
-        encoding = (leaf.header("content-transfer-encoding") or "").strip().lower()
-        size = len(leaf.body)
-        if encoding == "base64":
-            size = (size - leaf.body.count(b"\n")) * 3 // 4  # decoded size, without decoding
+        size = leaf.size
+        if leaf.transfer_encoding == "base64":
+            size = (size - leaf.count(b"\n")) * 3 // 4  # decoded size, without decoding
         found.append(Attachment(headers.clean(leaf.filename), leaf.content_type, size))
     return tuple(found)
 

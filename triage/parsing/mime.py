@@ -2,8 +2,10 @@
 
 The stdlib feed parser walks every body line in Python; here header blocks and multipart bodies
 are split with `bytes.find`, which keeps parsing linear and cheap. Every loop is bounded (header
-bytes and count, part count, nesting depth), so no input can make a parse slow. What was wrong is
-recorded as short defect strings instead of raised.
+bytes and count, part count, nesting depth, lines that look like boundaries), so no input can
+make a parse slow. Entities do not copy their bodies: each records where its body lies in the
+message's bytes, so a part nested twenty multiparts deep costs no more memory than a top-level
+one. What was wrong is recorded as short defect strings instead of raised.
 """
 
 from __future__ import annotations
@@ -17,26 +19,56 @@ from dataclasses import dataclass, field
 from triage.parsing import charsets
 
 MAX_HEAD_BYTES = 256 * 1024  # a header block beyond this is spam or an attack; the rest is dropped
+# Header bytes read per message over all its entities; once they are used up, each further
+# part's header block is read only as far as a real one reaches.
+MAX_HEAD_BYTES_TOTAL = 1024 * 1024
+MIN_HEAD_BYTES = 8 * 1024
 MAX_HEADERS = 500
 MAX_PARTS = 200
-MAX_DEPTH = 20
+# Real mail nests multiparts four deep at most (mixed > alternative > related, a signed or
+# forwarded wrapper); each level rescans its body for its boundary, so depth multiplies cost.
+MAX_DEPTH = 10
+# The start of a multipart body searched for a delimiter when the boundary parameter is missing.
+GUESS_BOUNDARY_BYTES = 16 * 1024
+# Lines that start like a delimiter but are not one ("--boundaryX"), looked at per message before
+# the rest of a multipart is taken as its last part: each costs a Python loop turn.
+MAX_DELIMITER_CANDIDATES = 10_000
+# Text parts tried for the body (an empty one makes the parser try the next) and attached
+# messages opened for their text, per message; real mail needs two or three.
+MAX_TEXT_PARTS_READ = 8
+# HTML characters converted to text per message, over every HTML part tried.
+MAX_HTML_CHARS_READ = 400_000
+# Transfer-encoded bytes of an attached message decoded to read its text: its headers and first
+# text part are near its start, and decoding all of a 25 MB forward would double the memory.
+MAX_ATTACHED_BYTES = 4 * 1024 * 1024
 
 # One header field with its continuation lines; the name is any printable ASCII but the colon.
 _FIELD_PATTERN = r"([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)"
 _FIELD = re.compile(_FIELD_PATTERN)
 _FIELDS = re.compile("^" + _FIELD_PATTERN, re.MULTILINE)  # every field of a block at once
-_PARAM = re.compile(r';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]|\\.)*"?|[^;]*)')
+# Possessive runs inside the quoted string: a long quoted value is one C-level step, not one
+# backtracking point per character (a 250 KB file name took 70 ms).
+_PARAM = re.compile(r';\s*([^\s=;"]+)\s*=\s*("(?:[^"\\]++|\\.)*+"?|[^;]*)')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 _GUESS_BOUNDARY = re.compile(rb"^--([^\s]{1,100}?)(?:--)?[ \t]*$", re.MULTILINE)
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/]")
+_CR_TO_LF = bytes.maketrans(b"\r", b"\n")
+# What may follow `--boundary` on a delimiter line: `--` for the closing one, then blanks.
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t\r\x0b\x0c]*\Z")
 
 
 @dataclass(slots=True)
 class Entity:
-    """One MIME entity: its headers (lower-cased name → first raw unfolded value) and content."""
+    """One MIME entity: its headers (lower-cased name → first raw unfolded value) and content.
+
+    The body is `data[start:end]`: `data` is the whole message, shared by every entity of it, so
+    nothing is copied until a part is decoded (and then only as much as is asked for).
+    """
 
     headers: dict[str, str]
-    body: bytes
+    data: bytes
+    start: int = 0
+    end: int = 0
     content_type: str = "text/plain"
     params: dict[str, str] = field(default_factory=dict)
     children: list[Entity] = field(default_factory=list)
@@ -65,11 +97,30 @@ class Entity:
         name = params(value).get("filename", "") if value else ""
         return name or self.params.get("name", "")
 
+    @property
+    def size(self) -> int:
+        """The length of the (transfer-encoded) body in bytes."""
+        return self.end - self.start
+
+    def body(self, limit: int | None = None) -> bytes:
+        """The transfer-encoded body, or its first `limit` bytes: a copy, so ask for no more."""
+        end = self.end if limit is None else min(self.end, self.start + limit)
+        return self.data[self.start : end]
+
+    def count(self, sub: bytes) -> int:
+        """How often `sub` occurs in the body, without copying it."""
+        return self.data.count(sub, self.start, self.end)
+
+    @property
+    def transfer_encoding(self) -> str:
+        """The Content-Transfer-Encoding, lower-cased ("" when absent)."""
+        return (self.header("content-transfer-encoding") or "").strip().lower()
+
     def decoded(self, limit: int | None = None) -> tuple[bytes, str | None]:
         """The body (its first `limit` bytes) with its Content-Transfer-Encoding undone, and a
         defect or None."""
-        body = self.body if limit is None else self.body[:limit]
-        cte = (self.header("content-transfer-encoding") or "").strip().lower()
+        body = self.body(limit)
+        cte = self.transfer_encoding
         if cte == "base64":
             return _base64(body)
         if cte == "quoted-printable":
@@ -82,6 +133,10 @@ class Budget:
     """Work left for one message, shared by every entity, and the defects found so far."""
 
     parts: int = MAX_PARTS
+    head_bytes: int = MAX_HEAD_BYTES_TOTAL
+    delimiter_candidates: int = MAX_DELIMITER_CANDIDATES
+    text_parts: int = MAX_TEXT_PARTS_READ
+    html_chars: int = MAX_HTML_CHARS_READ
     defects: list[str] = field(default_factory=list)
 
     def defect(self, text: str) -> None:
@@ -92,15 +147,19 @@ class Budget:
 
 def normalise(raw: bytes) -> bytes:
     """LF line endings (from CRLF or old-Mac CR), no byte-order mark, no mbox `From ` line."""
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    if b"\r" in raw:
-        # CRLF first, so that a CRLF is one line break; then stray or old-Mac CRs.
-        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    if raw.startswith(b"From "):
-        newline = raw.find(b"\n")
-        raw = raw[newline + 1 :] if newline != -1 else b""
-    return raw
+    data = raw
+    if b"\r" in data:
+        # CRLF first, so that a CRLF is one line break; then stray or old-Mac CRs, with
+        # `translate` (one C loop) rather than `replace` (one search per CR, of millions).
+        data = data.replace(b"\r\n", b"\n")
+        if b"\r" in data:
+            data = data.translate(_CR_TO_LF)
+    start = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    if data.startswith(b"From ", start):
+        newline = data.find(b"\n", start)
+        start = newline + 1 if newline != -1 else len(data)
+    # One copy at most: a message is up to tens of megabytes.
+    return data[start:] if start else data
 
 
 def _repair(value: str) -> str:
@@ -112,22 +171,28 @@ def _repair(value: str) -> str:
     return value
 
 
-def split_headers(data: bytes, budget: Budget) -> tuple[dict[str, str], bytes]:
-    """Split an entity into its header fields and its body.
+def split_headers(
+    data: bytes, budget: Budget, start: int = 0, end: int | None = None
+) -> tuple[dict[str, str], int]:
+    """Split the entity `data[start:end]` into its header fields and its body.
 
     Returns the first value of each header (name lower-cased, value unfolded, 8-bit bytes read as
-    UTF-8 or else cp1252) and the body bytes. Like the stdlib parser, the header block ends at
-    the first empty line or at the first line that is neither a header nor a continuation; the
-    latter is recorded as a defect.
+    UTF-8 or else cp1252) and where the body starts (it runs to `end`). Like the stdlib parser,
+    the header block ends at the first empty line or at the first line that is neither a header
+    nor a continuation; the latter is recorded as a defect.
     """
-    if data.startswith(b"\n"):
-        return {}, data[1:]
-    end = data.find(b"\n\n")
-    head, body = (data, b"") if end == -1 else (data[:end], data[end + 2 :])
-    if len(head) > MAX_HEAD_BYTES:
+    end = len(data) if end is None else end
+    if data.startswith(b"\n", start, end):
+        return {}, start + 1
+    blank = data.find(b"\n\n", start, end)
+    head_end, body_start = (end, end) if blank == -1 else (blank, blank + 2)
+    allowed = max(MIN_HEAD_BYTES, min(MAX_HEAD_BYTES, budget.head_bytes))
+    if head_end - start > allowed:
         budget.defect("header block too long; truncated")
-        cut = head.rfind(b"\n", 0, MAX_HEAD_BYTES)
-        head = head[: cut if cut > 0 else MAX_HEAD_BYTES]
+        cut = data.rfind(b"\n", start, start + allowed)
+        head_end = cut if cut > start else start + allowed
+    budget.head_bytes -= head_end - start
+    head = data[start:head_end]
     try:
         text, legacy = head.decode("utf-8"), False
     except UnicodeDecodeError:
@@ -140,8 +205,13 @@ def split_headers(data: bytes, budget: Budget) -> tuple[dict[str, str], bytes]:
         and text[:1] not in (" ", "\t")
     ):
         # The common case: every line is a field or a continuation, found in one C-level pass.
-        return _first_values(pairs, legacy), body
-    return _split_headers_slowly(text, head, body, end != -1, legacy, budget)
+        return _first_values(pairs, legacy), body_start
+    fields, body_offset = _split_headers_slowly(text, legacy, budget)
+    if body_offset is None:
+        return fields, body_start
+    # The body starts at the first line that is not a header; what follows it (the blank line
+    # and the rest) is body too.
+    return fields, start + body_offset
 
 
 def _first_values(pairs: list[tuple[str, str]], legacy: bool) -> dict[str, str]:
@@ -157,31 +227,38 @@ def _first_values(pairs: list[tuple[str, str]], legacy: bool) -> dict[str, str]:
 
 
 def _split_headers_slowly(
-    text: str, head: bytes, body: bytes, separated: bool, legacy: bool, budget: Budget
-) -> tuple[dict[str, str], bytes]:
-    """Field by field, for header blocks with stray lines, too many fields or no separator."""
+    text: str, legacy: bool, budget: Budget
+) -> tuple[dict[str, str], int | None]:
+    """Field by field, for header blocks with stray lines, too many fields or no separator.
+
+    Returns the fields and, when a line that is no header ends the block early, its byte offset
+    in the block (None otherwise).
+    """
     pairs: list[tuple[str, str]] = []
     position = 0
     size = len(text)
+    body_offset = None
+    misplaced = 0
     while position < size:
         match = _FIELD.match(text, position)
         if match is None:
             if text[position] in " \t" or text.startswith("From ", position):
                 budget.defect("misplaced continuation or mbox From line in headers")
+                misplaced += 1
+                if misplaced > MAX_HEADERS:
+                    break  # junk, not headers: each line costs a loop turn
                 newline = text.find("\n", position)
                 position = size if newline == -1 else newline + 1
                 continue
             budget.defect("missing blank line between headers and body")
-            offset = len(text[:position].encode("utf-8", "surrogateescape"))
-            rest = head[offset:]
-            body = rest + b"\n\n" + body if separated else rest
+            body_offset = len(text[:position].encode("utf-8", "surrogateescape"))
             break
         if len(pairs) >= MAX_HEADERS:
             budget.defect("too many headers; the rest were dropped")
             break
         pairs.append((match.group(1), match.group(2)))
         position = match.end() + 1
-    return _first_values(pairs, legacy), body
+    return _first_values(pairs, legacy), body_offset
 
 
 def params(value: str) -> dict[str, str]:
@@ -239,11 +316,18 @@ def _content_type(value: str | None, default: str) -> tuple[str, dict[str, str]]
 
 
 def parse_entity(
-    data: bytes, budget: Budget, depth: int = 0, default: str = "text/plain"
+    data: bytes,
+    budget: Budget,
+    depth: int = 0,
+    default: str = "text/plain",
+    start: int = 0,
+    end: int | None = None,
 ) -> Entity:
-    """Parse one entity and, for a multipart, its children (within the budget)."""
-    headers, body = split_headers(data, budget)
-    entity = Entity(headers, body)
+    """Parse the entity `data[start:end]` and, for a multipart, its children (within the
+    budget)."""
+    end = len(data) if end is None else end
+    headers, body_start = split_headers(data, budget, start, end)
+    entity = Entity(headers, data, body_start, end)
     entity.content_type, entity.params = _content_type(entity.header("content-type"), default)
     if entity.maintype == "multipart":
         _split_children(entity, budget, depth)
@@ -257,13 +341,17 @@ def _split_children(entity: Entity, budget: Budget, depth: int) -> None:
         return
     boundary = entity.params.get("boundary", "").strip()
     if not boundary:
-        guess = _GUESS_BOUNDARY.search(entity.body, 0, 65_536)
+        guess = _GUESS_BOUNDARY.search(
+            entity.data, entity.start, min(entity.end, entity.start + GUESS_BOUNDARY_BYTES)
+        )
         budget.defect("multipart without boundary")
         if guess is None:
             entity.as_text = True
             return
         boundary = guess.group(1).decode("ascii", "replace")
-    pieces, closed = split_multipart(entity.body, boundary.encode("utf-8", "replace"))
+    pieces, closed = split_multipart(
+        entity.data, boundary.encode("utf-8", "replace"), budget, entity.start, entity.end
+    )
     if not pieces:
         budget.defect("multipart boundary not found in body")
         entity.as_text = True
@@ -271,43 +359,62 @@ def _split_children(entity: Entity, budget: Budget, depth: int) -> None:
     if not closed:
         budget.defect("multipart without closing boundary (truncated?)")
     default = "message/rfc822" if entity.content_type == "multipart/digest" else "text/plain"
-    for piece in pieces:
+    for begin, end in pieces:
         if budget.parts <= 0:
             budget.defect("too many MIME parts; the rest were ignored")
             break
         budget.parts -= 1
-        entity.children.append(parse_entity(piece, budget, depth + 1, default))
+        entity.children.append(parse_entity(entity.data, budget, depth + 1, default, begin, end))
 
 
-def split_multipart(body: bytes, boundary: bytes) -> tuple[list[bytes], bool]:
-    """The parts between `--boundary` lines, and whether the closing `--boundary--` was seen."""
+def attached_message(entity: Entity, budget: Budget, depth: int) -> Entity:
+    """The message attached as `entity` (message/rfc822), parsed; when it is transfer-encoded,
+    only its first `MAX_ATTACHED_BYTES` are decoded (else it is read in place, without a copy)."""
+    if entity.transfer_encoding not in ("base64", "quoted-printable"):
+        return parse_entity(entity.data, budget, depth, start=entity.start, end=entity.end)
+    if entity.size > MAX_ATTACHED_BYTES:
+        budget.defect("attached message too large; only its start is read")
+    payload, defect = entity.decoded(MAX_ATTACHED_BYTES)
+    if defect:
+        budget.defect(defect)
+    return parse_entity(payload, budget, depth)
+
+
+def split_multipart(
+    data: bytes, boundary: bytes, budget: Budget, start: int = 0, end: int | None = None
+) -> tuple[list[tuple[int, int]], bool]:
+    """Where the parts between `--boundary` lines of the body `data[start:end]` lie, as
+    (start, end) offsets in `data`, and whether the closing `--boundary--` was seen."""
+    end = len(data) if end is None else end
     delimiter = b"--" + boundary
     size = len(delimiter)
     starts: list[tuple[int, int]] = []  # (start of delimiter line, start of the next line)
     closed = False
-    if body.startswith(delimiter):
-        position = 0
+    if data.startswith(delimiter, start, end):
+        position = start
     else:
-        found = body.find(b"\n" + delimiter)
+        found = data.find(b"\n" + delimiter, start, end)
         position = found + 1 if found != -1 else -1
     while position != -1 and len(starts) <= MAX_PARTS:
-        eol = body.find(b"\n", position + size)
+        eol = data.find(b"\n", position + size, end)
         if eol == -1:
-            eol = len(body)
-        tail = body[position + size : eol]
-        is_close = tail.startswith(b"--")
-        if not (tail[2:] if is_close else tail).strip():
+            eol = end
+        tail = _DELIMITER_TAIL.match(data, position + size, eol)
+        if tail is not None:
             starts.append((position, eol + 1))
-            if is_close:
+            if tail.group(1):
                 closed = True
                 break
-        found = body.find(b"\n" + delimiter, eol)
+        else:
+            budget.delimiter_candidates -= 1
+            if budget.delimiter_candidates < 0:
+                budget.defect("too many lines that look like MIME boundaries; the rest ignored")
+                break
+        found = data.find(b"\n" + delimiter, eol, end)
         position = found + 1 if found != -1 else -1
-    pieces = []
-    for (_, begin), (end, _) in itertools.pairwise(starts):
-        pieces.append(body[begin : max(begin, end - 1)])
+    pieces = [(begin, max(begin, stop - 1)) for (_, begin), (stop, _) in itertools.pairwise(starts)]
     if starts and not closed:
-        pieces.append(body[starts[-1][1] :])
+        pieces.append((min(starts[-1][1], end), end))
     return pieces, closed
 
 

@@ -17,6 +17,7 @@ out of a forwarded original that this module has already found (`Reply.original`
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import NamedTuple
 
@@ -225,13 +226,15 @@ def _attribution_at(scan: str, colon: re.Match[str]) -> tuple[int, int, str] | N
 def _first_cut(scan: str) -> int | None:
     """The start of the first separator line or copied header block, or None."""
     cuts = []
+    # Lines that start like a separator or a header block but are none are looked at up to
+    # MAX_CANDIDATES times: each costs a detailed match (ten lines for a header block).
     if _SEPARATOR_MARKERS.search(scan):
-        for match in _SEPARATOR_START.finditer(scan):
+        for match in itertools.islice(_SEPARATOR_START.finditer(scan), MAX_CANDIDATES):
             if _SEPARATOR.match(_line_at(scan, match.start() + 1)):
                 cuts.append(match.start() + 1)
                 break
     if _FROM_MARKERS.search(scan):
-        for match in _BLOCK_START.finditer(scan):
+        for match in itertools.islice(_BLOCK_START.finditer(scan), MAX_CANDIDATES):
             if _is_header_block(scan, match.start() + 1):
                 cuts.append(match.start() + 1)
                 break
