@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from triage.doctor import Finding, check_store, run_checks
+from triage.doctor import Finding, check_certificates, check_store, checks, run_checks
 from triage.mailharness import MailHarness
 from triage.settings import Settings, load_settings
 
@@ -236,3 +236,50 @@ def test_store_that_cannot_be_created_is_a_problem(tmp_path: Path) -> None:
     assert finding.status == "problem"
     assert str(blocker) in finding.detail
     assert "store.path" in finding.fix
+
+
+def test_unverified_certificates_are_a_warning_naming_the_setting() -> None:
+    """`verify_certificates = false` on an IMAP account or on SMTP is a warning row each, with
+    the setting to change; verified connections (and plain ones, which have no certificate)
+    add no row."""
+    settings = load_settings(
+        None,
+        environ={},
+        overrides={
+            "imap": {
+                "username": "u",
+                "password": "p",
+                "host": "imap.example.com",
+                "accounts": [
+                    {
+                        "name": "other",
+                        "username": "o",
+                        "password": "p",
+                        "host": "mail.example.org",
+                        "verify_certificates": False,
+                    }
+                ],
+            },
+            "smtp": {"host": "smtp.example.com", "verify_certificates": False},
+        },
+    )
+    assert "certificates" in dict(checks(settings))
+    found = by_check(check_certificates(settings))
+    assert set(found) == {"imap other: certificates", "smtp: certificates"}
+    imap = found["imap other: certificates"]
+    assert imap.status == "warning"
+    assert "imap.accounts[0].verify_certificates = false" in imap.detail
+    assert "mail.example.org" in imap.detail
+    assert "imap.accounts[0].ca_file" in imap.fix
+    assert found["smtp: certificates"].status == "warning"
+    assert "smtp.ca_file" in found["smtp: certificates"].fix
+
+    verified = load_settings(
+        None,
+        environ={},
+        overrides={
+            "imap": {"username": "u", "password": "p", "security": "plain"},
+            "smtp": {"security": "plain", "verify_certificates": False},
+        },
+    )
+    assert check_certificates(verified) == []

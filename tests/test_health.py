@@ -4,12 +4,17 @@ with one line per failing mailbox otherwise; `/metrics` serves the registry."""
 from __future__ import annotations
 
 import http.client
+import logging
+import select
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from triage import health
 from triage.daemon import AccountStatus
 from triage.health import HealthServer, problems, start_from_settings, start_health_server
 from triage.metrics import Metrics
@@ -163,3 +168,108 @@ def test_settings_host_port_and_max_age_are_used(statuses: list[AccountStatus]) 
         assert srv.port == free_port
         statuses[0].last_sync = time.time() - 5
         assert _get(srv, "/healthz")[0] == 503
+
+
+def test_a_client_that_goes_away_mid_answer_leaves_no_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A client that resets the connection before the answer is written: nothing on stderr (no
+    BrokenPipe/ConnectionReset traceback), and the server goes on answering."""
+    gone = threading.Event()
+
+    def answer_late() -> None:
+        gone.wait(5)
+
+    with start_health_server(
+        "127.0.0.1", 0, list, Metrics(), 300, before_scrape=answer_late
+    ) as srv:
+        client = socket.create_connection((srv.host, srv.port), timeout=5)
+        client.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        time.sleep(0.3)  # the server has read the request and waits in before_scrape
+        # SO_LINGER 0: close with a reset, as a client killed mid-request does.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        time.sleep(0.1)
+        gone.set()  # now the server writes its answer into the reset connection
+        time.sleep(0.3)
+        assert _get(srv, "/metrics")[0] == 200
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert "Error" not in captured.err
+
+
+def _closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> float | None:
+    """Seconds until the server closes `sock` (sending `trickle` a byte at a time meanwhile),
+    or None when it is still open after `seconds`."""
+    start = time.monotonic()
+    sent = 0
+    while time.monotonic() - start < seconds:
+        if sent < len(trickle):
+            try:
+                sock.send(trickle[sent : sent + 1])
+            except OSError:
+                return time.monotonic() - start
+            sent += 1
+        readable, _w, _x = select.select([sock], [], [], 0.1)
+        if readable:
+            try:
+                if sock.recv(4096) == b"":
+                    return time.monotonic() - start
+            except OSError:
+                return time.monotonic() - start
+    return None
+
+
+def test_a_request_trickled_byte_by_byte_is_cut_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The deadline is for the whole request, not for each read: a client sending one byte every
+    0.1 s never reaches a per-read timeout, but is cut off once the deadline has passed."""
+    monkeypatch.setattr(health, "REQUEST_DEADLINE", 1.0)
+    with start_health_server("127.0.0.1", 0, list, Metrics(), 300) as srv:
+        slow = socket.create_connection((srv.host, srv.port), timeout=5)
+        with slow:
+            trickle = b"GET /healthz HTTP/1.0\r\n" + b"X-Slow: " + b"a" * 200
+            waited = _closed_within(slow, 4.0, trickle)
+        assert waited is not None, "the server still waits for the trickling client"
+        assert 0.8 < waited < 2.0
+        assert _get(srv, "/healthz")[0] == 503  # no mailbox: served, after the slow one
+
+
+def test_connections_beyond_the_cap_are_closed_and_the_slots_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With every handler busy (clients that connect and say nothing), a further connection is
+    closed at once instead of starting another thread; once they leave, requests are served."""
+    monkeypatch.setattr(health, "MAX_CONCURRENT", 2)
+    statuses = [AccountStatus("default", connected=True, last_sync=time.time())]
+    with start_health_server("127.0.0.1", 0, lambda: statuses, Metrics(), 300) as srv:
+        idle = [socket.create_connection((srv.host, srv.port), timeout=5) for _ in range(2)]
+        time.sleep(0.3)  # both accepted, each holding a handler thread
+        extra = socket.create_connection((srv.host, srv.port), timeout=5)
+        with extra:
+            assert _closed_within(extra, 1.0) is not None
+        for sock in idle:
+            sock.close()
+        time.sleep(0.3)
+        assert _get(srv, "/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [("0.0.0.0", True), ("127.0.0.1", False)],  # noqa: S104 - the case under test
+)
+def test_binding_beyond_loopback_is_warned_about(
+    caplog: pytest.LogCaptureFixture, host: str, warned: bool
+) -> None:
+    """The endpoint has no authentication: listening on anything but loopback logs a WARNING
+    that names the address and the setting."""
+    with caplog.at_level(logging.WARNING, logger="triage.health"):
+        start_health_server(host, 0, list, Metrics(), 300).close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warned:
+        (message,) = warnings
+        assert "beyond loopback" in message
+        assert "daemon.health_host" in message
+    else:
+        assert warnings == []

@@ -6,6 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -23,12 +26,14 @@ def stream() -> Iterator[io.StringIO]:
     restored afterwards, so other tests see the logging pytest set up."""
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    saved_hooks = sys.excepthook, threading.excepthook
     out = io.StringIO()
     try:
         yield out
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+        sys.excepthook, threading.excepthook = saved_hooks
         logs.clear_secrets()
 
 
@@ -137,3 +142,54 @@ def test_log_outcome_json_fields(stream: io.StringIO) -> None:
     }
     assert record["reasons"] == []
     assert record["message_id"] == "(no Message-ID)"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_an_exception_in_a_thread_is_logged_redacted_in_the_log_format(
+    stream: io.StringIO, fmt: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A thread dying of an exception that quotes a password: the record goes through the
+    configured handler (JSON when configured) with the password redacted, and nothing reaches
+    stderr past it."""
+    setup_logging(fmt, "INFO", stream=stream)
+    redact_secrets([SECRET])
+
+    def work() -> None:
+        raise RuntimeError(f"login failed with {SECRET}")
+
+    thread = threading.Thread(target=work, name="account-default")
+    thread.start()
+    thread.join()
+    out = stream.getvalue()
+    assert SECRET not in out
+    assert "thread account-default died" in out
+    assert f"RuntimeError: login failed with {REDACTED}" in out
+    if fmt == "json":
+        (record,) = [json.loads(line) for line in out.splitlines()]
+        assert record["level"] == "ERROR"
+        assert "Traceback" in record["exc"]
+    else:
+        assert out.splitlines()[0].split(" ", 3)[2] == "ERROR"
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.err
+    assert SECRET not in captured.err + captured.out
+
+
+def test_an_uncaught_exception_in_the_main_thread_is_one_json_record() -> None:
+    """`sys.excepthook` too: a process dying of an exception writes one JSON line on stderr,
+    password redacted, instead of Python's bare traceback."""
+    code = (
+        "from triage.logs import redact_secrets, setup_logging\n"
+        "setup_logging('json', 'INFO')\n"
+        f"redact_secrets([{SECRET!r}])\n"
+        f"raise RuntimeError('login failed with {SECRET}')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    record = json.loads(line)
+    assert record["level"] == "CRITICAL"
+    assert f"RuntimeError: login failed with {REDACTED}" in record["exc"]
+    assert SECRET not in result.stderr

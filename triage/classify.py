@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field
@@ -156,11 +157,28 @@ class ModelCard:
             raise ModelError(f"model card {where} has an invalid field: {exc}") from None
 
 
+def _read_unwritable(path: Path, what: str) -> bytes:
+    """The bytes of a model or card file, refused when group or others may write it.
+
+    The card vouches for the model and the model decides what is answered: a file other users
+    can change is as good as theirs. The mode checked is that of the file read (fstat).
+    """
+    with path.open("rb") as fh:
+        mode = os.fstat(fh.fileno()).st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ModelError(
+                f"{what} {path} can be changed by other users (mode {stat.S_IMODE(mode):04o}); "
+                f"run `chmod go-w {path}`"
+            )
+        return fh.read()
+
+
 def read_card(model_path: Path) -> ModelCard:
-    """The card of `model_path`; `ModelError` when it is missing or invalid."""
+    """The card of `model_path`; `ModelError` when it is missing, invalid or writable by
+    other users."""
     path = card_path(model_path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_unwritable(path, "model card").decode("utf-8")
     except FileNotFoundError:
         raise ModelError(
             f"model card {path} is missing; train a model with `triage train`"
@@ -200,7 +218,7 @@ def check_compatible(card: ModelCard, where: Path) -> None:
 def load_pipeline(path: Path, card: ModelCard) -> Any:
     """Load the pipeline of `path` after checking its hash and its types against `card`."""
     try:
-        data = path.read_bytes()
+        data = _read_unwritable(path, "model file")
     except FileNotFoundError:
         raise ModelError(f"model file {path} is missing; train one with `triage train`") from None
     except OSError as exc:

@@ -301,6 +301,38 @@ def check_smtp(settings: Settings) -> list[Finding]:
     return [finding]
 
 
+# -- certificates ---------------------------------------------------------------------------------
+
+
+def check_certificates(settings: Settings) -> list[Finding]:
+    """A warning for each TLS connection whose certificate is not verified: anyone on the path
+    can pose as the server and read the password and the mail. Nothing when all are verified."""
+    findings = []
+    for index, account in enumerate(settings.imap.all_accounts()):
+        if not account.verify_certificates and account.security != "plain":
+            key = _account_key(index)
+            findings.append(
+                _warning(
+                    f"imap {account.name}: certificates",
+                    f"{key}.verify_certificates = false: the certificate of {account.host} is "
+                    "not checked",
+                    f"set {key}.ca_file to the CA that signed the server's certificate and "
+                    f"remove {key}.verify_certificates",
+                )
+            )
+    smtp = settings.smtp
+    if not smtp.verify_certificates and smtp.security != "plain":
+        findings.append(
+            _warning(
+                "smtp: certificates",
+                f"smtp.verify_certificates = false: the certificate of {smtp.host} is not checked",
+                "set smtp.ca_file to the CA that signed the server's certificate and remove "
+                "smtp.verify_certificates",
+            )
+        )
+    return findings
+
+
 # -- templates ------------------------------------------------------------------------------------
 
 
@@ -394,6 +426,7 @@ def checks(settings: Settings) -> Iterator[tuple[str, Check]]:
     for index, account in enumerate(settings.imap.all_accounts()):
         yield f"imap {account.name}", partial(check_imap, settings, account, index)
     yield "smtp", partial(check_smtp, settings)
+    yield "certificates", partial(check_certificates, settings)
     yield "templates", partial(check_templates, settings)
     yield "model", partial(check_model, settings)
 

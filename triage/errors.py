@@ -49,3 +49,7 @@ class PermanentError(TriageError):
 
 class StoreError(TriageError):
     """Raised when the database file is unusable (locked, corrupt, newer schema than this code)."""
+
+
+class StoreInUseError(StoreError):
+    """Raised when another triage process holds the store's lock: one process per store."""

@@ -5,16 +5,23 @@
   `default: not connected; last sync 412 s ago; last error: cannot connect …`.
 - `GET /metrics` answers the metrics registry in the Prometheus text format.
 
+A client gets `REQUEST_DEADLINE` seconds to send its request and as long to take the answer; at
+most `MAX_CONCURRENT` requests are served at once (further connections are closed), and a client
+that goes away early is a debug line, never a traceback.
+
 The server knows nothing of the daemon's internals: it calls `statuses()` on every request, which
 returns the current `AccountStatus` of each account. It binds to `daemon.health_host` (loopback by
-default: the endpoint has no authentication, so exposing it is a deliberate choice of the operator).
+default: the endpoint has no authentication, so exposing it is a deliberate choice of the operator,
+warned about at start).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +29,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
 
+from triage.hosts import is_loopback
 from triage.metrics import Metrics
 
 if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
     from triage.daemon import AccountStatus
     from triage.settings import DaemonSettings
 
@@ -35,6 +45,15 @@ log = logging.getLogger(__name__)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Statuses = Callable[[], Sequence["AccountStatus"]]
+
+# Every request must be answered within this many seconds from its connection, or is dropped:
+# a scrape takes milliseconds, and a client trickling bytes must not hold a thread.
+REQUEST_DEADLINE = 5.0
+# Requests served at once; a connection beyond these is closed unanswered, so that a flood of
+# connections costs a bounded number of threads.
+MAX_CONCURRENT = 16
+# A client that goes away mid-answer is its own business, not a fault of triage.
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 
 def _one_line(text: str) -> str:
@@ -86,9 +105,52 @@ class _Server(ThreadingHTTPServer):
         self.metrics = metrics
         self.max_age = max_age
         self.before_scrape = before_scrape
+        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT)
+        self._refused_logged = 0.0
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        """Serve the connection in a thread if one of `MAX_CONCURRENT` slots is free, else close
+        it at once."""
+        if not self.slots.acquire(blocking=False):
+            now = time.monotonic()
+            if now - self._refused_logged > 60:
+                self._refused_logged = now
+                log.warning(
+                    "health endpoint: %d requests in progress, closing further connections",
+                    MAX_CONCURRENT,
+                )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()  # no thread started to release it
+            raise
+
+    def process_request_thread(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        """Serve one connection in its thread, then free its slot."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
+        """A request that failed: a client that went away is a debug line, anything else an
+        error in the log. Never socketserver's traceback on stderr, past the log handlers."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _GONE):
+            log.debug("health client %s went away: %r", client_address, exc)
+        else:
+            log.error("health request from %s failed", client_address, exc_info=True)
 
     def server_bind(self) -> None:
         """Bind without HTTPServer's reverse DNS lookup of the host (it can stall start-up)."""
@@ -102,9 +164,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     server: _Server
     server_version = "triage"
-    # A client that connects and says nothing must not hold a thread forever.
-    timeout = 10.0
+    # A client that connects and says nothing must not hold a thread forever; `setup` turns
+    # this per-operation timeout into a deadline for the whole request.
+    timeout = REQUEST_DEADLINE
     sys_version = ""
+
+    def setup(self) -> None:
+        """Read the request through a reader that enforces `REQUEST_DEADLINE` in total."""
+        super().setup()
+        # The socket's own reader would hold the socket open after the server closes it.
+        self.rfile.close()
+        deadline = time.monotonic() + REQUEST_DEADLINE
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline))
+
+    def handle(self) -> None:
+        """Serve the request; a client that went away or ran out of time ends it quietly."""
+        try:
+            super().handle()
+        except _GONE as exc:
+            log.debug("health client %s went away: %r", self.client_address, exc)
+            self.close_connection = True
 
     def do_GET(self) -> None:
         """Answer a GET request."""
@@ -122,6 +201,9 @@ class _Handler(BaseHTTPRequestHandler):
             status, content_type, body = self._metrics()
         else:
             status, content_type, body = HTTPStatus.NOT_FOUND, "text/plain", b"not found\n"
+        # Writing the answer gets its own deadline (sendall honours a timeout in total): time
+        # spent here computing it is ours, not the client's.
+        self.connection.settimeout(REQUEST_DEADLINE)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -151,6 +233,28 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # `format`: stdlib's name
         """Requests go to the debug log, not to stderr: scrapes every 15 s are not news."""
         log.debug("%s %s", self.address_string(), format % args)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's input that raises `TimeoutError` once `deadline` (monotonic) has passed,
+    however slowly the bytes trickle in."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        """Always: this is an input stream."""
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        """Receive into `buffer`, waiting at most until the deadline."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request took longer than its deadline")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
 
 
 class HealthServer:
@@ -210,6 +314,13 @@ def start_health_server(
     server = _Server((host, port), statuses, metrics, max_age, before_scrape)
     health = HealthServer(server)
     log.info("health and metrics on %s (/healthz, /metrics)", health.url)
+    if not is_loopback(host):
+        log.warning(
+            "the health endpoint listens on %s, beyond loopback, without authentication: "
+            "anyone who reaches it sees the mailbox names, errors and metrics; set "
+            'daemon.health_host = "127.0.0.1" unless a firewall or proxy guards it',
+            health.url,
+        )
     return health
 
 

@@ -22,6 +22,7 @@ import sys
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
@@ -183,6 +184,37 @@ def setup_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python prints an uncaught exception's traceback straight to stderr, past the redactor and
+    # the JSON format: send it through the handler like any other record.
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_thread_exception
+
+
+_CRASH_LOG = logging.getLogger("triage.crash")
+
+
+def _log_uncaught(
+    exc_type: type[BaseException],
+    exc: BaseException,
+    tb: TracebackType | None,
+) -> None:
+    """`sys.excepthook`: the main thread's uncaught exception as one CRITICAL record."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        sys.__excepthook__(exc_type, exc, tb)  # Ctrl-C: the usual short report
+        return
+    _CRASH_LOG.critical("uncaught exception, triage stops", exc_info=(exc_type, exc, tb))
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """`threading.excepthook`: a thread that dies of an exception says so, through the logs."""
+    if issubclass(args.exc_type, SystemExit):
+        return  # a thread that exits on purpose, as the default hook treats it
+    name = args.thread.name if args.thread is not None else "unknown"
+    if args.exc_value is None:
+        _CRASH_LOG.error("thread %s died of %s", name, args.exc_type.__name__)
+        return
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    _CRASH_LOG.error("thread %s died of an uncaught exception", name, exc_info=exc_info)
 
 
 def _field(value: str) -> str:

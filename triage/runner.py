@@ -26,6 +26,7 @@ from triage.mailbox import ImapMailbox
 from triage.metrics import Metrics
 from triage.service import Service, Shared
 from triage.settings import ImapAccount, Settings
+from triage.store.lock import exclusive
 from triage.sync import Checkpoint, SyncResult
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,31 @@ def sync_factory(shared: Shared) -> SyncFactory:
     return make
 
 
+def warn_unverified_certificates(settings: Settings) -> None:
+    """A WARNING per connection whose TLS certificate is not checked (`verify_certificates =
+    false`): anyone on the path can then read the password and the mail."""
+    for account in settings.imap.all_accounts():
+        if not account.verify_certificates and account.security != "plain":
+            log.warning(
+                "imap account %s: verify_certificates = false, the certificate of %s is not "
+                "checked; set ca_file to the server's CA instead",
+                account.name,
+                account.host,
+            )
+    smtp = settings.smtp
+    if not smtp.verify_certificates and smtp.security != "plain":
+        log.warning(
+            "smtp: verify_certificates = false, the certificate of %s is not checked; set "
+            "smtp.ca_file to the server's CA instead",
+            smtp.host,
+        )
+
+
 def prepare(
     settings: Settings, checkpoint: Checkpoint = _no_checkpoint, metrics: Metrics | None = None
 ) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
+    warn_unverified_certificates(settings)
     # Mistakes that would otherwise surface per batch or per digest are config errors now.
     message_id_domain(settings.replies)
     check_digest_settings(settings)
@@ -68,12 +90,16 @@ def prepare(
 
 
 def run_once_command(settings: Settings, checkpoint: Checkpoint = _no_checkpoint) -> bool:
-    """Sync every account once; True when every account succeeded."""
-    shared = prepare(settings, checkpoint)
-    try:
-        errors = run_once(settings, sync_factory(shared))
-    finally:
-        shared.close()
+    """Sync every account once; True when every account succeeded.
+
+    Raises `StoreInUseError` before doing anything when another process holds the store.
+    """
+    with exclusive(settings.store.path):
+        shared = prepare(settings, checkpoint)
+        try:
+            errors = run_once(settings, sync_factory(shared))
+        finally:
+            shared.close()
     return all(e is None for e in errors.values())
 
 
@@ -85,8 +111,19 @@ def run_forever(
 ) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.
 
-    The metrics and the health endpoint live across reloads, so the port stays bound.
+    The metrics and the health endpoint live across reloads, so the port stays bound, and so
+    does the store's lock (`StoreInUseError` at start when another process holds it).
     """
+    with exclusive(settings.store.path):
+        _run_forever(settings, reload_settings, checkpoint, control)
+
+
+def _run_forever(
+    settings: Settings,
+    reload_settings: Callable[[], Settings],
+    checkpoint: Checkpoint,
+    control: Control | None,
+) -> None:
     control = control or Control()
     reload = threading.Event()
 
@@ -131,13 +168,25 @@ def run_forever(
             control.stop.clear()
             log.info("SIGHUP: reloading settings")
             try:
-                settings = reload_settings()
+                settings = _keep_store(settings, reload_settings())
                 redact_settings_secrets(settings)
             except ConfigError as exc:
                 log.error("new settings are invalid, keeping the old ones: %s", exc)
     finally:
         if health is not None:
             health.close()
+
+
+def _keep_store(old: Settings, new: Settings) -> Settings:
+    """`new`, but on the store this process has locked: another store needs a restart."""
+    if new.store.path == old.store.path:
+        return new
+    log.warning(
+        "store.path changed to %s; it takes effect at the next start, %s stays in use",
+        new.store.path,
+        old.store.path,
+    )
+    return new.model_copy(update={"store": old.store})
 
 
 RETENTION_PERIOD = 24 * 3600.0

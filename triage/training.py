@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import platform
+import stat
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -314,6 +315,9 @@ def save_model(pipeline: Pipeline, card: ModelCard, path: Path) -> ModelCard:
     card_file = card_path(path)
     card_tmp = card_file.with_name(f".{card_file.name}.tmp")
     card_tmp.write_text(final.to_json(), encoding="utf-8")
+    # The daemon refuses model files others can write, whatever umask `triage train` ran with.
+    for written in (tmp, card_tmp):
+        written.chmod(stat.S_IMODE(written.stat().st_mode) & ~(stat.S_IWGRP | stat.S_IWOTH))
     os.replace(card_tmp, card_file)
     os.replace(tmp, path)
     return final

@@ -6,14 +6,26 @@ success and rolls back on error, so an effect and its record land together or no
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
 from triage.errors import StoreError
 from triage.store.schema import MIGRATIONS
+
+log = logging.getLogger(__name__)
+
+# The store holds every inbound message and reply: readable by the service user only.
+FILE_MODE = 0o600
+DIRECTORY_MODE = 0o700
+# SQLite's companions of the database file in WAL mode.
+COMPANION_SUFFIXES = ("-wal", "-shm")
 
 
 def utcnow() -> str:
@@ -21,14 +33,66 @@ def utcnow() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def ensure_directory(path: Path) -> None:
+    """Create the store's directory (mode 0700) if missing; warn once if an existing one can be
+    written by group or others (it is the operator's: left as it is)."""
+    directory = path.parent
+    try:
+        directory.mkdir(mode=DIRECTORY_MODE, parents=True)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"cannot create the directory of the store {path}: {exc}") from None
+    else:
+        return
+    try:
+        mode = directory.stat().st_mode
+    except OSError as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from None
+    if stat.S_ISDIR(mode) and mode & (stat.S_IWGRP | stat.S_IWOTH):
+        _warn_writable_directory(str(directory), mode & (stat.S_ISVTX | 0o777))
+
+
+@functools.cache
+def _warn_writable_directory(directory: str, mode: int) -> None:
+    # Once per directory and mode: every thread opens the store, one warning is enough.
+    log.warning(
+        "the store's directory %s (mode %03o) can be written by other users, who could replace "
+        "the database; run `chmod go-w %s` or move store.path",
+        directory,
+        mode,
+        directory,
+    )
+
+
+def _create_private(path: Path) -> bool:
+    """Create an empty database file of mode 0600 unless one exists; True when created here.
+
+    SQLite creates the -wal and -shm files with the database file's mode, so they are 0600 too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise StoreError(f"cannot open the database {path}: {exc}") from None
+    try:
+        os.fchmod(fd, FILE_MODE)  # whatever the umask
+    finally:
+        os.close(fd)
+    return True
+
+
 class Database:
     """An open, migrated triage database."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        created = False
         try:
             if str(path) != ":memory:":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                ensure_directory(self.path)
+                created = _create_private(self.path)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
             # the block we say it is.
             self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
@@ -37,6 +101,8 @@ class Database:
         self.conn.row_factory = sqlite3.Row
         try:
             self.conn.execute("PRAGMA journal_mode = WAL")
+            if created:
+                self._private_companions()
             # NORMAL in WAL mode survives a process crash (SIGKILL); only power loss can drop
             # the last transactions, and the ledger makes that safe to redo.
             self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -45,6 +111,13 @@ class Database:
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise StoreError(f"the database {path} is unusable: {exc}") from None
+
+    def _private_companions(self) -> None:
+        # SQLite gives -wal and -shm the database file's mode already; this holds even where a
+        # build or a file system does otherwise.
+        for suffix in COMPANION_SUFFIXES:
+            with suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", FILE_MODE)
 
     @property
     def schema_version(self) -> int:
