@@ -101,7 +101,8 @@ def test_systemd_rates_the_unit_well_hardened(local_unit: Path) -> None:
 
 def test_the_unit_keeps_the_settings_operations_md_describes() -> None:
     """Dedicated user, writable state dir only, reload by SIGHUP, restart on failure but not on a
-    configuration error, the config file location and the install path."""
+    configuration error, the config file location and the install path, and a ceiling on memory
+    and tasks (a message that needs more kills the service, which counts it as an attempt)."""
     d = _directives(UNIT.read_text())
     expected = {
         "User": ["triage"],
@@ -118,6 +119,9 @@ def test_the_unit_keeps_the_settings_operations_md_describes() -> None:
         "ExecReload": ["/bin/kill -HUP $MAINPID"],
         "ExecStart": [f"{INSTALLED_EXEC} run"],
         "WantedBy": ["multi-user.target"],
+        "MemoryMax": ["1G"],
+        "OOMPolicy": ["continue"],
+        "TasksMax": ["64"],
     }
     for key, values in expected.items():
         assert d.get(key) == values, key
