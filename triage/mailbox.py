@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from triage.errors import AuthenticationError, MailboxError
@@ -104,6 +104,10 @@ class ImapMailbox:
                 ssl_context=ctx if acc.security == "tls" else None,
                 timeout=acc.timeout,
             )
+        # imapclient sets imaplib's debug level to 5 so that its logger may see the protocol;
+        # at that level imaplib formats a repr() of every response, logged or not: a message
+        # fetched costs two to three times its size again in memory, and the time to format it.
+        client._imap.debug = 0
         try:
             with _translated(f"cannot log in to {where}"):
                 if acc.security == "starttls":
@@ -196,6 +200,21 @@ class ImapMailbox:
         with _translated(f"{self.account.name}: FETCH RFC822.SIZE"):
             data = self.client.fetch(list(uids), [b"RFC822.SIZE"])
         return {uid: int(v.get(b"RFC822.SIZE", 0)) for uid, v in data.items()}
+
+    def internal_dates(self, uids: Sequence[int]) -> dict[int, datetime]:
+        """INTERNALDATE of each UID that still exists (when the server received the message, or
+        the date an APPEND gave it), timezone-aware."""
+        if not uids:
+            return {}
+        with _translated(f"{self.account.name}: FETCH INTERNALDATE"):
+            data = self.client.fetch(list(uids), [b"INTERNALDATE"])
+        out = {}
+        for uid, v in data.items():
+            value = v.get(b"INTERNALDATE")
+            if isinstance(value, datetime):
+                # imapclient hands out naive local time unless told otherwise.
+                out[uid] = value if value.tzinfo else value.astimezone()
+        return out
 
     def fetch(self, uids: Sequence[int]) -> dict[int, bytes]:
         """The raw bytes of each UID that still exists, without setting \\Seen."""

@@ -4,7 +4,8 @@ A message is keyed by (account, folder, UIDVALIDITY, UID) and carries its Messag
 `seen` (fetched and recorded) → `classified` (decision, lead and queued reply recorded in one
 transaction) → `done` (mailbox marks applied), or ends `quarantined`. Parsing and classifying are
 pure, so a crash between states simply redoes them; every side effect is recorded before it is made
-and checked before it is repeated.
+and checked before it is repeated. Each attempt to decide a message is counted before it starts, so
+a message that kills the process while it is decided is quarantined after a few restarts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from triage.store.db import Database, utcnow
 
@@ -49,6 +51,9 @@ class LedgerRow:
     backfill: bool
     decision: str | None
     label: str | None
+    # Why an earlier attempt failed, when it raised or its worker process died (the death of the
+    # whole process leaves no word).
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,7 @@ def _row(r: sqlite3.Row) -> LedgerRow:
         backfill=bool(r["backfill"]),
         decision=r["decision"],
         label=r["label"],
+        error=r["error"],
     )
 
 
@@ -137,6 +143,15 @@ class Ledger:
                 "UPDATE mailbox_state SET last_sync = ? WHERE account = ? AND folder = ?",
                 (utcnow(), account, folder),
             )
+
+    def first_seen(self, account: str, folder: str) -> datetime | None:
+        """When triage first synced this folder (kept across UIDVALIDITY changes): mail the
+        server received before then is backfill."""
+        r = self.db.conn.execute(
+            "SELECT first_seen FROM mailbox_state WHERE account = ? AND folder = ?",
+            (account, folder),
+        ).fetchone()
+        return datetime.fromisoformat(r[0]) if r else None
 
     def last_syncs(self) -> dict[tuple[str, str], str | None]:
         """When each folder last synced successfully (ISO time), for health and metrics."""
@@ -247,21 +262,35 @@ class Ledger:
                 [(now, i) for i in row_ids],
             )
 
+    def begin_attempt(self, row_ids: Sequence[int]) -> None:
+        """Count an attempt to decide these messages, committed before deciding starts.
+
+        A message that kills the process (or its worker) while it is decided leaves this count
+        behind, so the deaths add up across restarts even though no exception was ever caught.
+        """
+        now = utcnow()
+        with self.db.transaction() as c:
+            c.executemany(
+                "UPDATE messages SET attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ? AND state = 'seen'",
+                [(now, i) for i in row_ids],
+            )
+
     def record_failure(self, row_id: int, error: str, max_attempts: int, raw: bytes | None) -> bool:
-        """Count a failed attempt; quarantine (keeping the raw bytes) at the limit.
+        """Note why the attempt counted by `begin_attempt` failed; quarantine (keeping the raw
+        bytes) once the attempts reach `max_attempts`.
 
         Returns True when the message is now quarantined.
         """
         with self.db.transaction() as c:
             r = c.execute("SELECT attempts FROM messages WHERE id = ?", (row_id,)).fetchone()
-            attempts = (r["attempts"] if r else 0) + 1
-            quarantine = attempts >= max_attempts
+            quarantine = (r["attempts"] if r else 0) >= max_attempts
             c.execute(
-                "UPDATE messages SET attempts = ?, error = ?, updated_at = ?,"
+                "UPDATE messages SET error = ?, updated_at = ?,"
                 " state = CASE WHEN ? THEN 'quarantined' ELSE state END,"
                 " decision = CASE WHEN ? THEN 'quarantine' ELSE decision END,"
                 " raw = CASE WHEN ? THEN ? ELSE raw END WHERE id = ?",
-                (attempts, error, utcnow(), quarantine, quarantine, quarantine, raw, row_id),
+                (error, utcnow(), quarantine, quarantine, quarantine, raw, row_id),
             )
         return quarantine
 
