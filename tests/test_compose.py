@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+from dataclasses import replace
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -60,7 +61,7 @@ DEST = Address("Pat Prospect", "pat@client.example")
 
 def test_reply_headers() -> None:
     """From, To, Subject, Date, a Message-ID on our domain, and the RFC 3834 markers."""
-    reply = reparse(compose(inquiry(), DEST, rendered(), SETTINGS, now=NOW))
+    reply = reparse(compose(inquiry(), DEST, rendered(), SETTINGS, trusted=True, now=NOW))
     assert reply["From"] == "Example Ltd <hello@example.test>"
     assert reply["To"] == "Pat Prospect <pat@client.example>"
     assert reply["Subject"] == "Re: Quote for 40 units"
@@ -75,18 +76,31 @@ def test_reply_headers() -> None:
 
 def test_reply_is_threaded() -> None:
     """In-Reply-To is the inquiry; References is the inquiry's References plus the inquiry."""
-    reply = reparse(compose(inquiry(), DEST, rendered(), SETTINGS))
+    reply = reparse(compose(inquiry(), DEST, rendered(), SETTINGS, trusted=True))
     assert reply["In-Reply-To"] == "<inquiry-1@client.example>"
     assert reply["References"] == "<root@client.example> <inquiry-1@client.example>"
+
+
+def test_an_untrusted_reply_repeats_no_message_ids_of_the_sender() -> None:
+    """`<WIN-A-FREE-IPHONE.call-555@spam.example>` is text a stranger chose: a fixed-text reply
+    carries no In-Reply-To or References (it is not threaded)."""
+    msg = inquiry(message_id="<WIN-A-FREE-IPHONE.call-555@spam.example>")
+    reply = reparse(compose(msg, DEST, rendered(), SETTINGS))
+    assert reply["In-Reply-To"] is None and reply["References"] is None
+    assert "IPHONE" not in reply.as_string()
 
 
 def test_references_fall_back_to_in_reply_to_and_are_capped() -> None:
     """Without References the parent's In-Reply-To starts the chain; long chains keep their root
     and newest ids."""
-    reply = reparse(compose(inquiry(references=()), DEST, rendered(), SETTINGS))
+    reply = reparse(compose(inquiry(references=()), DEST, rendered(), SETTINGS, trusted=True))
     assert reply["References"] == "<root@client.example> <inquiry-1@client.example>"
     many = tuple(f"<r{i}@client.example>" for i in range(50))
-    refs = str(reparse(compose(inquiry(references=many), DEST, rendered(), SETTINGS))["References"])
+    refs = str(
+        reparse(compose(inquiry(references=many), DEST, rendered(), SETTINGS, trusted=True))[
+            "References"
+        ]
+    )
     ids = refs.split()
     assert len(ids) == 20
     assert ids[0] == "<r0@client.example>"
@@ -150,7 +164,7 @@ def test_subject_prefix_is_configurable() -> None:
 def test_non_ascii_subject_and_names_are_rfc2047_encoded() -> None:
     """Non-ASCII in headers is encoded words on the wire and decodes back to the original."""
     dest = Address("Jürgen Groß", "juergen@client.example")
-    reply = compose(inquiry(), dest, rendered(subject="Anfrage für Öfen"), SETTINGS)
+    reply = compose(inquiry(), dest, rendered(subject="Anfrage für Öfen"), SETTINGS, trusted=True)
     raw = reply.as_bytes(policy=policy.SMTP)
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert head.isascii()
@@ -200,7 +214,9 @@ def test_contact_name_with_crlf_cannot_add_a_header() -> None:
         from_=Address(INJECTION, "eve@client.example"),
         contact=Contact(name=INJECTION, email="eve@client.example"),
     )
-    reply = make_reply(msg, Address(INJECTION, "eve@client.example"), "sales", TEMPLATES, SETTINGS)
+    reply = make_reply(
+        msg, Address(INJECTION, "eve@client.example"), "sales", TEMPLATES, SETTINGS, trusted=True
+    )
     names = header_names(reply)
     assert "bcc" not in names
     assert names.count("to") == 1
@@ -213,7 +229,7 @@ def test_contact_name_with_crlf_cannot_add_a_header() -> None:
 def test_subject_with_crlf_cannot_add_a_header() -> None:
     """The original subject and a template's subject output are folded into one Subject."""
     msg = inquiry(subject="Hi\r\nBcc: victim@example.test\r\nX-Evil: 1")
-    reply = make_reply(msg, DEST, "sales", TEMPLATES, SETTINGS)
+    reply = make_reply(msg, DEST, "sales", TEMPLATES, SETTINGS, trusted=True)
     assert "bcc" not in header_names(reply)
     assert "x-evil" not in header_names(reply)
     assert reparse(reply)["Subject"] == "Re: Hi Bcc: victim@example.test X-Evil: 1"
@@ -248,7 +264,9 @@ def test_our_own_settings_with_crlf_are_flattened() -> None:
 
 def test_make_reply_renders_in_the_message_language() -> None:
     """The pipeline's one call: template in the inquiry's language, composed to the destination."""
-    reply = reparse(make_reply(inquiry(language="de"), DEST, "sales", TEMPLATES, SETTINGS))
+    reply = reparse(
+        make_reply(inquiry(language="de"), DEST, "sales", TEMPLATES, SETTINGS, trusted=True)
+    )
     assert reply["Content-Language"] == "de"
     body = reply.get_body(("plain",))
     assert body is not None
@@ -258,5 +276,42 @@ def test_make_reply_renders_in_the_message_language() -> None:
 def test_reply_to_without_a_name_uses_the_contact_name() -> None:
     """A web form's Reply-To often has no display name; the form's Name field supplies it."""
     msg = inquiry(contact=Contact(name="Pat Prospect", email="pat@client.example"))
-    reply = reparse(compose(msg, Address("", "pat@client.example"), rendered(), SETTINGS))
+    reply = reparse(
+        compose(msg, Address("", "pat@client.example"), rendered(), SETTINGS, trusted=True)
+    )
     assert reply["To"] == "Pat Prospect <pat@client.example>"
+
+
+def test_untrusted_reply_reflects_nothing_the_sender_wrote() -> None:
+    """A form spam (`Name: WIN A FREE IPHONE at http://spam.example/claim`) answered at an
+    address nobody vouched for: fixed subject and greeting, no display name in To."""
+    spam = "WIN A FREE IPHONE at http://spam.example/claim"
+    msg = inquiry(
+        subject="BUY CHEAP PILLS http://spam.example/x quote for 40 pallets",
+        from_=Address(spam, "victim@third.example"),
+        contact=Contact(name=spam, email="victim@third.example", company="http://spam.example"),
+    )
+    for language in ("en", "de", "fr"):
+        reply = reparse(
+            make_reply(
+                replace(msg, language=language),
+                Address(spam, "victim@third.example"),
+                "sales",
+                TEMPLATES,
+                SETTINGS,
+            )
+        )
+        raw = reply.as_string()
+        assert "spam.example" not in raw
+        assert "IPHONE" not in raw and "PILLS" not in raw
+        assert str(reply["To"]) == "victim@third.example"
+        assert "Example Ltd" in str(reply["Subject"])
+
+
+def test_invisible_characters_never_reach_a_reply() -> None:
+    """Bidi overrides and zero-width characters in a trusted name are removed."""
+    msg = inquiry(contact=Contact(name="Pat\u202e\u200bProspect", email="pat@client.example"))
+    reply = reparse(make_reply(msg, DEST, "sales", TEMPLATES, SETTINGS, trusted=True))
+    raw = reply.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "PatProspect" in raw
+    assert "\u202e" not in raw and "\u200b" not in raw

@@ -277,3 +277,21 @@ def test_institution_without_legal_form() -> None:
         "Polymer Processing Lab\nGhent University\n",
     )
     assert parse(raw).contact.company == "Ghent University"
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "finance@third.example, mia@third.example",
+        "noah@third.example%0D%0ABcc: olga@third.example",
+        "olga@third.example?bcc=attacker@evil.example&body=hi",
+        "write to olga@third.example please",
+    ],
+)
+def test_form_email_field_must_be_one_plain_address(field: str) -> None:
+    """A field that is not exactly one address is somebody steering the reply: not taken."""
+    raw = message(
+        b"WordPress <wordpress@stretchpak.example>",
+        FORM.replace("sofia.garcia@logistica-iberica.example", field),
+    )
+    assert "third.example" not in parse(raw).contact.email

@@ -282,6 +282,30 @@ def test_review_marketing_and_new_overdue_sections(
     assert "OVERDUE" in html
 
 
+def test_digest_says_when_the_sending_caps_held_replies_back(
+    store: Store, settings: Settings
+) -> None:
+    """Staff must notice a flood: replies deferred or dropped by the caps since the last digest
+    get a line in both parts; without any, the line is absent."""
+    quiet = digest.preview(settings, store.db, MONDAY_8)
+    assert "HELD BACK" not in quiet.text and "held back" not in quiet.html
+    row = store.message("reader@agency.example", decision="sales")
+    with store.db.transaction() as c:
+        for n, (state, deferrals) in enumerate([("queued", 2), ("expired", 5), ("sent", 1)]):
+            c.execute(
+                "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
+                " template, mode, state, raw, next_attempt, created_at, deferrals)"
+                " VALUES (?, ?, 'r@x', '', 'sales', 'live', ?, x'', '', ?, ?)",
+                (row, f"<cap{n}@x>", state, timestamp(MONDAY_8 - timedelta(hours=1)), deferrals),
+            )
+    rendered = digest.preview(settings, store.db, MONDAY_8)
+    assert (
+        "REPLIES HELD BACK BY THE SENDING CAPS: 3 deferred (1 still waiting), 1 dropped"
+        in rendered.text
+    )
+    assert "Replies held back by the sending caps: 3 deferred (1 still waiting)" in rendered.html
+
+
 def test_preview_marks_nothing(store: Store, settings: Settings) -> None:
     """A preview shows the new leads and leaves them new."""
     ids = seed_week(store)

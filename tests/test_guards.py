@@ -29,15 +29,13 @@ class FakeHistory:
     """A reply history with fixed answers that remembers what it was asked."""
 
     recent: set[str] = field(default_factory=set)
-    last_hour: int = 0
     asked: list[tuple[str, timedelta]] = field(default_factory=list)
 
-    def replied_recently(self, address: str, window: timedelta) -> bool:
-        self.asked.append((address, window))
-        return address in self.recent
+    verified_only: set[str] = field(default_factory=set)
 
-    def replies_last_hour(self) -> int:
-        return self.last_hour
+    def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
+        self.asked.append((address, window))
+        return address in self.recent or (verified and address in self.verified_only)
 
 
 def make_msg(**changes: Any) -> InboundMessage:
@@ -64,6 +62,21 @@ def make_ctx(**changes: Any) -> GuardContext:
     return replace(ctx, **changes)
 
 
+MX = "mx.example.com"  # our receiving server's authserv-id in these tests
+
+
+def authenticated(
+    msg: InboundMessage, result: str = "dmarc=pass header.from=client.example"
+) -> InboundMessage:
+    """`msg` as our own server stamps it after checking its sender."""
+    return replace(msg, auth_results=(f"{MX}; {result}", *msg.auth_results))
+
+
+def trusting(**changes: Any) -> GuardContext:
+    """The context of a daemon that believes the Authentication-Results of `MX`."""
+    return make_ctx(trusted_authserv_ids=frozenset({MX}), **changes)
+
+
 def rule_names(reasons: tuple[str, ...]) -> set[str]:
     return {r.split(":", 1)[0] for r in reasons}
 
@@ -72,17 +85,126 @@ def rule_names(reasons: tuple[str, ...]) -> set[str]:
 
 
 def test_plain_inquiry_may_be_answered_at_its_sender() -> None:
-    """A person's mail to our address, with a Return-Path, and no history: reply to From."""
+    """A person's mail to our address, with a Return-Path, and no history: reply to From —
+    without its display name and without reflecting anything, as nobody vouched for the sender."""
     verdict = check(make_msg(), make_ctx())
     assert verdict.may_reply, verdict.reasons
     assert verdict.reasons == ()
+    assert verdict.destination == Address("", "pat@client.example")
+    assert not verdict.verified
+    assert not verdict.reflect
+    assert any(n.startswith("unauthenticated:") for n in verdict.notes)
+
+
+def test_authenticated_sender_is_answered_by_name_and_may_be_reflected() -> None:
+    """A DMARC pass from our own server for the From domain: reply to From, by name."""
+    verdict = check(authenticated(make_msg()), trusting())
+    assert verdict.may_reply, verdict.reasons
     assert verdict.destination == Address("Pat Prospect", "pat@client.example")
+    assert verdict.verified
+    assert verdict.reflect
+    assert verdict.notes == ()
 
 
-def test_reply_to_is_the_destination_when_present() -> None:
-    """Reply-To names where the sender wants answers (RFC 5322 3.6.2)."""
-    msg = make_msg(reply_to=(Address("Pat at home", "pat@home.example"),))
-    assert check(msg, make_ctx()).destination == Address("Pat at home", "pat@home.example")
+@pytest.mark.parametrize(
+    "result",
+    [
+        "spf=pass smtp.mailfrom=bounces.client.example",
+        "dkim=pass header.d=client.example",
+        "dkim=pass header.i=@mail.client.example",
+        "dmarc=pass (p=reject) header.from=client.example; spf=fail smtp.mailfrom=x.example",
+    ],
+)
+def test_aligned_spf_or_dkim_authenticates_the_sender(result: str) -> None:
+    """Without DMARC, an SPF or DKIM pass for a domain aligned with From's counts."""
+    assert check(authenticated(make_msg(), result), trusting()).verified
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        "dmarc=pass header.from=other.example",  # a pass for some other domain
+        "dmarc=fail header.from=client.example; dkim=pass header.d=client.example",  # final
+        "spf=pass smtp.mailfrom=attacker.example",  # not aligned
+        "dkim=pass header.d=attacker.example",  # not aligned
+        "dkim=pass header.d=example",  # a TLD is not an organisation
+        "dkim=fail header.d=client.example",
+        "none",
+        "dmarc=pass (unclosed comment header.from=client.example",
+    ],
+)
+def test_unaligned_or_failed_results_do_not_authenticate(result: str) -> None:
+    """A pass for another domain, a failure, or an unreadable header leaves the sender
+    unauthenticated: the reply goes to From with fixed text."""
+    verdict = check(authenticated(make_msg(), result), trusting())
+    assert not verdict.verified
+    assert not verdict.reflect
+    assert verdict.destination == Address("", "pat@client.example")
+
+
+def test_only_our_own_topmost_authentication_results_count() -> None:
+    """RFC 8601 5: a header with another authserv-id, or one with ours below our server's own,
+    may be forged by the sender and is ignored."""
+    forged_foreign = replace(
+        make_msg(), auth_results=("mx.attacker.example; dmarc=pass header.from=client.example",)
+    )
+    assert not check(forged_foreign, trusting()).verified
+    # Our server's real verdict on top says fail; a forged pass with our id sits below it.
+    forged_below = replace(
+        make_msg(),
+        auth_results=(
+            f"{MX}; dmarc=fail header.from=client.example",
+            f"{MX}; dmarc=pass header.from=client.example",
+        ),
+    )
+    assert not check(forged_below, trusting()).verified
+    # Without a configured authserv-id nothing is believed at all.
+    assert not check(authenticated(make_msg()), make_ctx()).verified
+
+
+def test_two_from_fields_are_never_authenticated() -> None:
+    """A message with two From fields may have been checked against the other one."""
+    msg = replace(authenticated(make_msg()), from_count=2)
+    assert not check(msg, trusting()).verified
+
+
+def test_exchange_online_header_without_authserv_id() -> None:
+    """Exchange Online writes no authserv-id; `exchange-online` makes its header count."""
+    stamped = replace(
+        make_msg(),
+        auth_results=(
+            "spf=pass (sender IP is 192.0.2.1) smtp.mailfrom=client.example; dkim=pass "
+            "(signature was verified) header.d=client.example;dmarc=pass action=none "
+            "header.from=client.example;compauth=pass reason=100",
+        ),
+    )
+    assert check(stamped, make_ctx(trusted_authserv_ids=frozenset({"exchange-online"}))).verified
+    assert not check(stamped, trusting()).verified
+
+
+def test_reply_to_in_the_authenticated_domain_is_the_destination() -> None:
+    """Reply-To names where the sender wants answers (RFC 5322 3.6.2): followed when it lies in
+    the authenticated From domain."""
+    msg = authenticated(make_msg(reply_to=(Address("Pat at sales", "sales@eu.client.example"),)))
+    verdict = check(msg, trusting())
+    assert verdict.destination == Address("Pat at sales", "sales@eu.client.example")
+    assert verdict.reflect
+
+
+def test_foreign_reply_to_is_never_the_destination() -> None:
+    """From alice, Reply-To bob: bob gets nothing, authenticated or not; the note says why."""
+    msg = make_msg(reply_to=(Address("BUY NOW http://spam.example", "bob@third.example"),))
+    for verdict in (check(msg, make_ctx()), check(authenticated(msg), trusting())):
+        assert verdict.destination is not None
+        assert verdict.destination.email == "pat@client.example"
+        assert any(n.startswith("reply-to-ignored:") for n in verdict.notes)
+
+
+def test_unauthenticated_none_answers_only_authenticated_senders() -> None:
+    """`replies.unauthenticated = "none"`: no reply unless our server vouched for the sender."""
+    ctx = trusting(unauthenticated="none")
+    assert rule_names(check(make_msg(), ctx).reasons) == {"unauthenticated"}
+    assert check(authenticated(make_msg()), ctx).may_reply
 
 
 def test_every_reason_is_returned_not_just_the_first() -> None:
@@ -334,7 +456,10 @@ def test_web_form_from_no_reply_with_a_person_in_reply_to_is_human_mail() -> Non
         contact=Contact(),
     )
     assert automated_reason(msg) is None
-    verdict = check(msg, make_ctx())
+    # Unauthenticated, the reply could only go to From, which takes none.
+    assert rule_names(check(msg, make_ctx()).reasons) == {"do-not-reply-destination"}
+    # Authenticated, a Reply-To in the same organisation's domain is followed.
+    verdict = check(authenticated(msg, "dmarc=pass header.from=forms.client.example"), trusting())
     assert verdict.may_reply, verdict.reasons
     assert verdict.destination == Address("Pat", "pat@client.example")
 
@@ -353,6 +478,7 @@ def test_unconfigured_web_form_without_reply_to_is_not_answered() -> None:
 # --- configured web-form relays -------------------------------------------------------------------
 
 FORM = "no-reply@forms.client.example"
+RELAY_PASS = "dmarc=pass header.from=forms.client.example"  # the relay's own notification
 
 
 @pytest.mark.parametrize("entry", [FORM, "@forms.client.example"])
@@ -363,9 +489,11 @@ def test_form_sender_reply_to_is_the_destination(entry: str) -> None:
         reply_to=(Address("Pat", "pat@client.example"),),
         contact=Contact(),
     )
-    verdict = check(msg, make_ctx(form_senders=frozenset({entry})))
+    verdict = check(authenticated(msg, RELAY_PASS), trusting(form_senders=frozenset({entry})))
     assert verdict.may_reply, verdict.reasons
-    assert verdict.destination == Address("Pat", "pat@client.example")
+    # Whoever filled in the form typed the address: no name from it, nothing reflected.
+    assert verdict.destination == Address("", "pat@client.example")
+    assert not verdict.reflect
 
 
 def test_form_sender_without_reply_to_uses_the_form_email_field() -> None:
@@ -373,9 +501,10 @@ def test_form_sender_without_reply_to_uses_the_form_email_field() -> None:
     msg = make_msg(
         from_=Address("Website", FORM), contact=Contact(name="Pat Doe", email="pat@client.example")
     )
-    verdict = check(msg, make_ctx(form_senders=frozenset({FORM})))
+    verdict = check(authenticated(msg, RELAY_PASS), trusting(form_senders=frozenset({FORM})))
     assert verdict.may_reply, verdict.reasons
-    assert verdict.destination == Address("Pat Doe", "pat@client.example")
+    assert verdict.destination == Address("", "pat@client.example")
+    assert not verdict.reflect
 
 
 def test_form_sender_without_a_visitor_address_is_not_answered() -> None:
@@ -388,18 +517,20 @@ def test_form_sender_without_a_visitor_address_is_not_answered() -> None:
 
 def test_form_visitor_address_gets_the_same_sender_rules() -> None:
     """A visitor who typed a no-reply address, or ours, is not answered either."""
-    ctx = make_ctx(form_senders=frozenset({FORM}))
+    ctx = trusting(form_senders=frozenset({FORM}))
     robot = make_msg(from_=Address("W", FORM), contact=Contact(email="noreply@client.example"))
+    robot = authenticated(robot, RELAY_PASS)
     assert "do-not-reply-destination" in rule_names(check(robot, ctx).reasons)
     us = make_msg(from_=Address("W", FORM), contact=Contact(email="Hello@Example.com"))
-    assert rule_names(check(us, ctx).reasons) == {"own-address"}
+    assert rule_names(check(authenticated(us, RELAY_PASS), ctx).reasons) == {"own-address"}
 
 
 def test_form_relay_may_send_as_our_own_address() -> None:
     """Websites often send form mail as hello@ourdomain with the visitor in Reply-To."""
     msg = make_msg(from_=Address("Website", OURS), reply_to=(Address("Pat", "pat@client.example"),))
     assert not check(msg, make_ctx()).may_reply  # unconfigured: our own address
-    verdict = check(msg, make_ctx(form_senders=frozenset({OURS})))
+    ours = authenticated(msg, "dmarc=pass header.from=example.com")
+    verdict = check(ours, trusting(form_senders=frozenset({OURS})))
     assert verdict.may_reply, verdict.reasons
 
 
@@ -419,11 +550,13 @@ def test_mail_from_our_own_address_is_not_answered() -> None:
     assert rule_names(check(msg, make_ctx()).reasons) == {"own-address"}
 
 
-def test_reply_to_our_own_address_is_not_answered() -> None:
-    """A Reply-To pointing at us would make us write to ourselves."""
+def test_reply_to_our_own_address_is_not_followed() -> None:
+    """A Reply-To pointing at us would make us write to ourselves: the reply goes to From."""
     msg = make_msg(reply_to=(Address("", "no-reply@example.com"),))
-    names = rule_names(check(msg, make_ctx()).reasons)
-    assert "own-address" in names  # the envelope sender is one of our addresses
+    verdict = check(msg, make_ctx())
+    assert verdict.destination == Address("", "pat@client.example")
+    sender_is_us = make_msg(from_=Address("", "no-reply@example.com"))
+    assert "own-address" in rule_names(check(sender_is_us, make_ctx()).reasons)
 
 
 def test_our_own_message_id_domain_is_a_loop() -> None:
@@ -489,13 +622,14 @@ def test_window_is_at_least_one_day() -> None:
     assert history.asked[0][1] == MIN_WINDOW
 
 
-def test_hourly_cap_stops_replies() -> None:
-    """The global cap per hour brakes floods and undetected loops."""
-    assert check(make_msg(), make_ctx(history=FakeHistory(last_hour=59))).may_reply
-    verdict = check(make_msg(), make_ctx(history=FakeHistory(last_hour=60)))
-    assert rule_names(verdict.reasons) == {"hourly-cap"}
-    stopped = check(make_msg(), make_ctx(max_per_hour=0, history=FakeHistory()))
-    assert rule_names(stopped.reasons) == {"hourly-cap"}
+def test_window_counts_tag_case_and_gmail_dot_variants_as_one_address() -> None:
+    """`+tag`, case and (for dotless domains) dots reach one mailbox: one window for all."""
+    ctx = make_ctx(history=FakeHistory(recent={"janedoe@gmail.com"}))
+    for variant in ("Jane.Doe+x@gmail.com", "j.a.n.e.d.o.e@googlemail.com", "JANEDOE@GMAIL.COM"):
+        msg = make_msg(from_=Address("", variant), return_path=f"<{variant}>")
+        assert "already-replied" in rule_names(check(msg, ctx).reasons), variant
+    # Elsewhere a dot is significant.
+    assert canonical("j.doe+x@client.example") == "j.doe@client.example"
 
 
 def test_without_history_the_rate_rules_are_off() -> None:
@@ -516,12 +650,14 @@ def test_context_from_settings_knows_all_our_addresses() -> None:
         our_addresses=("sales@example.com",),
         window_days=3,
         form_senders=(" Forms@Site.example ",),
+        trusted_authserv_ids=(" MX.Example.com ",),
     )
     ctx = GuardContext.from_settings(replies, None)
     assert ctx.our_addresses == {"hello@example.com", "bounces@example.com", "sales@example.com"}
     assert ctx.message_id_domains == {"example.com"}
     assert ctx.window == timedelta(days=3)
     assert ctx.is_form_sender("forms@site.example")
+    assert ctx.trusted_authserv_ids == {"mx.example.com"}
     own = RepliesSettings(message_id_domain="mail.example.net")
     assert GuardContext.from_settings(own, None).message_id_domains == {"mail.example.net"}
 
@@ -551,3 +687,91 @@ def test_destination_without_any_sender() -> None:
     msg = make_msg(from_=None, contact=Contact())
     assert destination(msg, make_ctx()) is None
     assert "no-destination" in rule_names(check(msg, make_ctx()).reasons)
+
+
+def test_a_trusted_dmarc_failure_anywhere_vetoes_a_pass() -> None:
+    """A forged pass on top of our server's real failure (when the server strips nothing and
+    the forger put theirs first) is not believed."""
+    forged_on_top = replace(
+        make_msg(),
+        auth_results=(
+            f"{MX}; dmarc=pass header.from=client.example",
+            f"{MX}; dmarc=fail (p=reject) header.from=client.example",
+        ),
+    )
+    verdict = check(forged_on_top, trusting())
+    assert not verdict.verified
+    assert any("conflicting results" in n for n in verdict.notes)
+
+
+def test_from_with_several_mailboxes_or_a_group_is_not_answered() -> None:
+    """`From: Team: a@x, b@y;` or `From: a@x, b@y` names nobody in particular."""
+    msg = replace(make_msg(), from_single=False)
+    verdict = check(msg, make_ctx())
+    assert verdict.destination is None
+    assert "no-destination" in rule_names(verdict.reasons)
+    assert not check(authenticated(msg), trusting()).verified
+
+
+def test_form_relay_must_be_authenticated() -> None:
+    """A notification that merely claims to come from the form relay is not answered (anyone
+    could pose as the form and pick the address); the relay's own one is, with fixed text."""
+    form = make_msg(
+        from_=Address("Website", FORM), contact=Contact(name="Pat", email="pat@client.example")
+    )
+    ctx = trusting(form_senders=frozenset({FORM}))
+    assert "unauthenticated" in rule_names(check(form, ctx).reasons)
+    real = authenticated(form, "dmarc=pass header.from=forms.client.example")
+    verdict = check(real, ctx)
+    assert verdict.may_reply, verdict.reasons
+    assert verdict.destination == Address("", "pat@client.example")
+    assert not verdict.reflect
+
+
+def test_the_window_asks_about_verified_replies_for_a_verified_sender() -> None:
+    """Someone forges `jane.doe+promo@gmail.com` and gets a fixed-text reply; Jane's own,
+    authenticated inquiry later asks only about replies to verified senders (see the outbox),
+    so the forgery does not use up her one reply. An unverified one asks about every reply."""
+    history = FakeHistory(verified_only={"janedoe@gmail.com"})
+    jane = make_msg(from_=Address("Jane", "Jane.Doe@gmail.com"), return_path="<j@gmail.com>")
+    ctx = trusting(history=history, dotless_domains=frozenset({"gmail.com"}))
+    real = check(authenticated(jane, "dmarc=pass header.from=gmail.com"), ctx)
+    assert "already-replied" in rule_names(real.reasons)  # a verified reply was made already
+    history.verified_only = set()
+    history.recent = set()
+    assert check(authenticated(jane, "dmarc=pass header.from=gmail.com"), ctx).may_reply
+    assert history.asked[-1][0] == "janedoe@gmail.com"
+    # Unverified, the verified-only record is not consulted.
+    history.verified_only = {"janedoe@gmail.com"}
+    assert check(jane, ctx).may_reply
+
+
+def test_hostile_authentication_results_cannot_crash_or_stall_the_check() -> None:
+    """A comment before the authserv-id (RFC 8601 allows it), a header too long or with too
+    many results to read, or more trusted headers than a server writes: never an exception,
+    never verified by accident."""
+    ok = "dmarc=pass header.from=client.example"
+    commented = replace(make_msg(), auth_results=(f"(our gateway) {MX} 1; {ok}",))
+    assert check(commented, trusting()).verified
+    assert not check(replace(make_msg(), auth_results=("(x)", "()", "(", ";")), trusting()).verified
+    long_one = replace(make_msg(), auth_results=(f"{MX}; {ok}; " + "x=y; " * 400,))
+    assert not check(long_one, trusting()).verified
+    many = replace(make_msg(), auth_results=(f"{MX}; {ok}",) * 6)
+    assert "too many" in " ".join(check(many, trusting()).notes)
+    cut = replace(make_msg(), auth_results=(f"{MX}; {ok}",), auth_results_cut=True)
+    assert not check(cut, trusting()).verified
+
+
+def test_alignment_follows_the_public_suffix_list() -> None:
+    """`attacker.eu.org` is not `eu.org`'s organisation; `mail.acme.co.uk` is `acme.co.uk`'s."""
+    from triage.sender_auth import aligned
+
+    assert aligned("mail.acme.co.uk", "acme.co.uk")
+    assert not aligned("attacker.eu.org", "eu.org")
+    assert not aligned("acme.co.uk", "other.co.uk")
+    msg = make_msg(
+        from_=Address("", "attacker@attacker.eu.org"),
+        reply_to=(Address("", "hostmaster@eu.org"),),
+    )
+    verdict = check(authenticated(msg, "dmarc=pass header.from=attacker.eu.org"), trusting())
+    assert verdict.destination == Address("", "attacker@attacker.eu.org")

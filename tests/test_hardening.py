@@ -1,5 +1,5 @@
-"""Findings of an attack review, each pinned down: one process per store, private store files,
-model files others cannot change, warnings for unverified TLS."""
+"""Findings of an attack review, each pinned down: one process per store, a reply's copy filed
+once, private store files, model files others cannot change, warnings for unverified TLS."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,17 +19,24 @@ import pytest
 from tests.mailtools import (
     DaemonStarter,
     config_for,
+    db,
+    inquiry,
     synced,
     triage,
     wait_until,
 )
+from tests.test_ingest import HELLO, deliver
 from triage.classify import card_path, load_classifier
+from triage.daemon import run_once
 from triage.errors import ModelError, StoreInUseError
+from triage.mailbox import ImapMailbox
 from triage.mailharness import MailHarness
-from triage.runner import warn_unverified_certificates
-from triage.settings import load_settings
+from triage.runner import prepare, warn_unverified_certificates
+from triage.service import Service, Shared
+from triage.settings import ImapAccount, Settings, load_settings
 from triage.store.db import Database
 from triage.store.lock import exclusive, lock_path
+from triage.sync import SyncResult
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "classifiers" / "model.skops"
@@ -209,6 +217,120 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# -- filing a reply's copy once -------------------------------------------------------------------
+
+
+class _Crash(BaseException):
+    """A power cut in the middle of `file_replies` (not an error anything would catch)."""
+
+
+class _CrashAfterAppend(ImapMailbox):
+    """A mailbox whose APPEND lands, and then the process "dies"."""
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
+        """APPEND, then crash."""
+        super().append(folder, raw, flags)
+        raise _Crash
+
+
+@pytest.fixture
+def unfiled(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path
+) -> Iterator[tuple[Settings, Shared]]:
+    """A store whose one reply was sent but not yet filed in Sent (and not \\Answered)."""
+    base = tmp_path / "triage"
+    config = config_for(mail_harness, base)
+    assert triage(config, "once").returncode == 0  # the baseline on the empty mailbox
+    deliver(mail_harness, [("alice@example.test", inquiry("alice@example.test", HELLO, 1))])
+    settings = load_settings(config, environ={})
+    shared = prepare(settings)
+
+    class NoFiling(Service):
+        def file_replies(self, mailbox: ImapMailbox, folder: str, uidvalidity: int) -> None:
+            """Leave the filing for the test."""
+
+    services: list[Service] = []
+
+    def factory(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
+        services.append(NoFiling(shared))
+        return services[-1].folder_syncs(account, mailbox)
+
+    try:
+        assert run_once(settings, factory) == {"default": None}
+        for service in services:
+            service.close()
+        with db(base) as conn:
+            rows = conn.execute("SELECT state, filed_at FROM replies").fetchall()
+        assert [tuple(r) for r in rows] == [("sent", None)]
+        yield settings, shared
+    finally:
+        shared.close()
+
+
+def _connected(mailbox: ImapMailbox) -> tuple[ImapMailbox, int]:
+    mailbox.connect()
+    return mailbox, mailbox.select("INBOX").uidvalidity
+
+
+def _sent_copies_and_answered(harness: MailHarness) -> tuple[int, bool]:
+    with harness.imap("hello") as client:
+        client.select_folder("INBOX", readonly=True)
+        flags = next(iter(client.get_flags(client.search("ALL")).values()))
+        client.select_folder("Sent", readonly=True)
+        return len(client.search("ALL")), b"\\Answered" in flags
+
+
+@pytest.mark.mail
+def test_two_processes_filing_the_same_reply_append_one_copy(
+    mail_harness: MailHarness, unfiled: tuple[Settings, Shared], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two services (as two processes would) both see the reply waiting to be filed; the second
+    acts on what it saw after the first has filed it: still one copy in Sent, and \\Answered."""
+    settings, shared = unfiled
+    account = settings.imap.all_accounts()[0]
+    first, second = Service(shared), Service(shared)
+    box_a, uidvalidity = _connected(ImapMailbox(account))
+    box_b, _ = _connected(ImapMailbox(account))
+    try:
+        seen_by_second = second.outbox.pending_filing()
+        assert len(seen_by_second) == 1
+        first.file_replies(box_a, "INBOX", uidvalidity)
+        monkeypatch.setattr(second.outbox, "pending_filing", lambda: seen_by_second)
+        second.file_replies(box_b, "INBOX", uidvalidity)
+    finally:
+        for box in (box_a, box_b):
+            box.close()
+        for service in (first, second):
+            service.close()
+    assert _sent_copies_and_answered(mail_harness) == (1, True)
+
+
+@pytest.mark.mail
+def test_a_crash_right_after_the_append_never_files_a_second_copy(
+    mail_harness: MailHarness, unfiled: tuple[Settings, Shared]
+) -> None:
+    """The process dies just after its APPEND landed, before anything else: the restarted
+    service does not append the copy again (the claim was committed before the APPEND)."""
+    settings, shared = unfiled
+    account = settings.imap.all_accounts()[0]
+    crashed = Service(shared)
+    box, uidvalidity = _connected(_CrashAfterAppend(account))
+    try:
+        with pytest.raises(_Crash):
+            crashed.file_replies(box, "INBOX", uidvalidity)
+    finally:
+        box.close()
+        crashed.close()
+    restarted = Service(shared)
+    box, uidvalidity = _connected(ImapMailbox(account))
+    try:
+        restarted.file_replies(box, "INBOX", uidvalidity)
+    finally:
+        box.close()
+        restarted.close()
+    assert _sent_copies_and_answered(mail_harness) == (1, True)
 
 
 # -- private store files --------------------------------------------------------------------------

@@ -165,7 +165,8 @@ class Case:
         """For a form notification: the visitor's address (Reply-To, else the Email field)."""
         if self.reply_to_address:
             return self.reply_to_address
-        found = re.search(r"^Email:[ \t]*(\S+@\S+)[ \t]*$", self.text, re.MULTILINE)
+        # A bare CR ends the field as a line break does (the parser reads it as one).
+        found = re.search(r"^Email:[ \t]*(\S+@\S+)[ \t]*(?=\r|$)", self.text, re.MULTILINE)
         return found.group(1) if found else ""
 
     def allowed_recipients(self, mode: str) -> frozenset[str]:

@@ -49,6 +49,10 @@ KEYS = {
     "review",
     "may_reply",
     "reasons",
+    "reply_to",
+    "verified",
+    "reflect",
+    "notes",
     "contact",
     "explanation",
     "error",
@@ -173,6 +177,10 @@ def test_classify_json_prints_one_line_per_message(
     assert set(quote["probabilities"]) == {"sales", "marketing", "other"}
     assert quote["contact"]["email"] == "sam@client.example"
     assert quote["may_reply"] is True and quote["reasons"] == []
+    # No trusted Authentication-Results: answered at From, with fixed text, and it says why.
+    assert quote["reply_to"] == "sam@client.example"
+    assert quote["verified"] is False and quote["reflect"] is False
+    assert any(n.startswith("unauthenticated: ") for n in quote["notes"])
     assert quote["explanation"]
     for bad in ("garbage.eml", "empty.eml", "missing.eml"):
         assert by_path[bad]["label"] is None

@@ -25,7 +25,7 @@ import pytest
 from triage.compose import compose
 from triage.errors import PermanentError, SendError
 from triage.models import Address, InboundMessage
-from triage.outbox import Outbox, OutboxItem
+from triage.outbox import Outbox, OutboxItem, timestamp
 from triage.replies import RenderedReply
 from triage.settings import RepliesSettings, SmtpSettings
 from triage.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession
@@ -177,9 +177,13 @@ def test_enqueue_twice_is_a_no_op(db: Database) -> None:
     box = outbox(db, Connector(), Clock())
     row = message_row(db)
     reply = make_reply()
-    kwargs = {"recipient": "pat@client.example", "envelope_from": "x@example.test"}
-    first = box.enqueue(row, reply, template="sales", mode="live", **kwargs)
-    second = box.enqueue(row, make_reply(), template="sales", mode="live", **kwargs)
+    to, sender = "pat@client.example", "x@example.test"
+    first = box.enqueue(
+        row, reply, recipient=to, envelope_from=sender, template="sales", mode="live"
+    )
+    second = box.enqueue(
+        row, make_reply(), recipient=to, envelope_from=sender, template="sales", mode="live"
+    )
     assert first == second
     assert db.conn.execute("SELECT count(*) FROM replies").fetchone()[0] == 1
 
@@ -480,6 +484,38 @@ def test_replied_recently_counts_replies_that_are_or_may_become_real(db: Databas
     assert box.replied_recently("draft@client.example", week)
 
 
+def test_a_reply_to_an_unverified_sender_does_not_block_a_verified_one(db: Database) -> None:
+    """A fixed-text reply to a message forged in Jane's name (priority of an unverified
+    sender) does not count when Jane herself, authenticated, writes; it does for anyone else."""
+    box = outbox(db, Connector(), Clock())
+    week = timedelta(days=7)
+    from triage.outbox import UNVERIFIED
+
+    row = message_row(db)
+    box.enqueue(
+        row,
+        make_reply(1, "jane@client.example"),
+        recipient="jane@client.example",
+        envelope_from="",
+        template="sales",
+        mode="live",
+        priority=UNVERIFIED,
+    )
+    assert box.replied_recently("jane@client.example", week)
+    assert not box.replied_recently("jane@client.example", week, verified=True)
+    row2 = message_row(db, 2)
+    box.enqueue(
+        row2,
+        make_reply(2, "jane@client.example"),
+        recipient="jane@client.example",
+        envelope_from="",
+        template="sales",
+        mode="live",
+        priority=0,
+    )
+    assert box.replied_recently("jane@client.example", week, verified=True)
+
+
 def test_replied_recently_ignores_failed_replies(db: Database) -> None:
     """A reply that never left does not use up the sender's one reply."""
     connector = Connector()
@@ -497,17 +533,98 @@ def test_like_wildcards_in_the_domain_are_literal(db: Database) -> None:
     assert not box.replied_recently("pat@client_example.test", timedelta(days=7))
 
 
-def test_replies_last_hour(db: Database) -> None:
-    """The global cap counts replies created in the last hour."""
-    clock = Clock()
-    box = outbox(db, Connector(), clock)
-    enqueue(box, 1)
-    clock.advance(minutes=30)
-    enqueue(box, 2, "q@client.example")
-    enqueue(box, 3, "r@client.example", mode="dry-run")
-    assert box.replies_last_hour() == 2
-    clock.advance(minutes=31)
-    assert box.replies_last_hour() == 1
+def capped(db: Database, clock: Clock, connector: Connector, **limits: object) -> Outbox:
+    """An outbox with send caps (`max_per_hour`, `max_per_domain_per_hour`, `max_defer`)."""
+    from triage.outbox import SendLimits
+
+    caps: list[str] = []
+    box = Outbox(
+        db,
+        SMTP,
+        connector=connector,
+        clock=clock,
+        jitter=lambda: 0.5,
+        limits=SendLimits(**limits),  # type: ignore[arg-type]
+        on_cap=caps.append,
+    )
+    box.caps = caps  # type: ignore[attr-defined]
+    return box
+
+
+def enqueue_prio(box: Outbox, n: int, to: str, priority: int) -> int:
+    row = message_row(box.db, n)
+    return box.enqueue(
+        row,
+        make_reply(n, to),
+        recipient=to,
+        envelope_from="noreply@example.test",
+        template="sales",
+        mode="live",
+        priority=priority,
+    )
+
+
+def test_hourly_cap_defers_replies_instead_of_dropping_them(db: Database) -> None:
+    """60 forged inquiries in an hour use up the cap; a real prospect's reply is deferred (not
+    dropped), goes out first when the hour frees a slot, and the metric names the cap."""
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector, max_per_hour=60)
+    for n in range(1, 61):
+        enqueue_prio(box, n, f"victim{n}@spam-target.example", priority=3)
+        clock.advance(seconds=30)
+    assert len(box.deliver_due()) == 60
+    for n in range(61, 71):
+        enqueue_prio(box, n, f"victim{n}@spam-target.example", priority=3)
+    real = enqueue_prio(box, 100, "pat@client.example", priority=0)
+    assert box.deliver_due() == []
+    item = box.get(real)
+    assert item is not None
+    assert item.state == "queued"
+    assert item.deferrals == 1
+    assert (item.error or "").startswith("deferred: 60 replies in the last hour")
+    assert "hourly" in box.caps  # type: ignore[attr-defined]
+    # It waits until an hour after the first of the 60 went out; then the prospect goes first.
+    assert datetime.fromisoformat(item.next_attempt) == T0 + timedelta(minutes=30, hours=1)
+    clock.now = datetime.fromisoformat(item.next_attempt)
+    sent = box.deliver_due()
+    assert [s.recipient for s in sent][:1] == ["pat@client.example"]
+    assert box.cap_report(T0).deferred == 11
+
+
+def test_domain_cap_defers_replies_to_one_domain_only(db: Database) -> None:
+    """A flood aimed at one domain is held at `max_per_domain_per_hour`; others still go."""
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector, max_per_domain_per_hour=3)
+    for n in range(1, 6):
+        enqueue_prio(box, n, f"user{n}@victim.example", priority=2)
+    enqueue_prio(box, 9, "pat@client.example", priority=2)
+    sent = [s.recipient for s in box.deliver_due()]
+    assert sorted(sent) == sorted(
+        [
+            "user1@victim.example",
+            "user2@victim.example",
+            "user3@victim.example",
+            "pat@client.example",
+        ]
+    )
+    assert box.caps.count("domain") == 2  # type: ignore[attr-defined]
+
+
+def test_replies_deferred_too_long_are_dropped_with_a_reason(db: Database) -> None:
+    """`max_defer` bounds the wait: then the reply is `expired`, which is on record."""
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector, max_per_hour=0, max_defer=timedelta(hours=24))
+    row = enqueue_prio(box, 1, "pat@client.example", priority=0)
+    assert box.deliver_due() == []
+    clock.advance(hours=25)
+    assert box.deliver_due() == []
+    item = box.get(row)
+    assert item is not None
+    assert item.state == "expired"
+    assert "held back by the reply caps" in (item.error or "")
+    assert box.caps == ["hourly", "expired"]  # type: ignore[attr-defined]
+    assert connector.session.sent == []
+    assert box.cap_report(T0 - timedelta(seconds=1)).expired == 1
 
 
 def test_outbox_is_a_reply_history_for_the_guards(db: Database) -> None:
@@ -892,3 +1009,71 @@ def test_implicit_tls_verified_against_the_ca(
     row_id = enqueue(box2, 2)
     assert box2.deliver_due() == []
     assert "certificate verification failed" in (state(box2, row_id).error or "")
+
+
+def test_caps_are_checked_again_when_a_reply_is_claimed(db: Database) -> None:
+    """Another thread may send between this pass's budget and its claim: the claim's own write
+    transaction recounts, so two passes together cannot exceed `max_per_hour`."""
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector, max_per_hour=1)
+    mine = enqueue_prio(box, 1, "pat@client.example", priority=0)
+
+    def another_pass_sends(sender: str, recipient: str) -> None:
+        other = message_row(db, 2)
+        with db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
+                " template, mode, state, raw, next_attempt, created_at, claimed_at)"
+                " VALUES (?, '<other@x>', 'q@other.example', '', 'sales', 'live', 'sent', x'',"
+                " ?, ?, ?)",
+                (other, timestamp(clock.now), timestamp(clock.now), timestamp(clock.now)),
+            )
+
+    connector.session.envelope = another_pass_sends  # type: ignore[method-assign]
+    assert box.deliver_due() == []
+    item = box.get(mine)
+    assert item is not None
+    assert item.state == "queued"
+    assert item.deferrals == 1
+    assert connector.session.resets == 1
+
+
+def test_the_domain_cap_counts_subdomains_as_one_domain(db: Database) -> None:
+    """`s1.victim.example` … `s5.victim.example` are one organisation: one cap."""
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector, max_per_domain_per_hour=2)
+    for n in range(1, 6):
+        enqueue_prio(box, n, f"x@s{n}.victim.example", priority=2)
+    assert len(box.deliver_due()) == 2
+
+
+def test_deferred_replies_keep_their_place_in_line(db: Database) -> None:
+    """Within one priority the oldest reply goes first, however often it was deferred."""
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector, max_per_hour=1)
+    first = enqueue_prio(box, 1, "a@one.example", priority=2)
+    enqueue_prio(box, 2, "b@two.example", priority=2)
+    assert [s.id for s in box.deliver_due()] == [first]
+    clock.advance(minutes=1)
+    enqueue_prio(box, 3, "c@three.example", priority=2)
+    clock.advance(hours=1)
+    assert [s.recipient for s in box.deliver_due()] == ["b@two.example"]
+
+
+def test_rekey_recomputes_keys_after_an_upgrade(db: Database) -> None:
+    """Rows migrated with a lower-cased key are recognised by the canonical form again."""
+    from triage.guards import canonical
+
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector)
+    enqueue_prio(box, 1, "Jane.Doe+web@gmail.com", priority=0)
+    with db.transaction() as conn:
+        conn.execute("UPDATE replies SET recipient_key = lower(recipient)")
+    dotless = frozenset({"gmail.com"})
+    from triage.outbox import SendLimits
+
+    box.limits = SendLimits(canonical=lambda e: canonical(e, dotless))
+    assert not box.replied_recently("janedoe@gmail.com", timedelta(days=7))
+    assert box.rekey() == 1
+    assert box.replied_recently("jane.doe@gmail.com", timedelta(days=7))
+    assert box.rekey() == 0

@@ -340,7 +340,7 @@ def test_variables_from_a_message_are_single_line() -> None:
         language="de",
     )
     dest = Address("Eve", "eve@x.example")
-    v = ReplyVariables.for_message(msg, SETTINGS, destination=dest, lead_owner="Sam")
+    v = ReplyVariables.for_message(msg, SETTINGS, destination=dest, lead_owner="Sam", trusted=True)
     assert v.contact.name == "Eve Bcc: victim@example.test"
     assert v.contact.company == "A B"
     assert v.contact.email == "eve@x.example"
@@ -353,7 +353,9 @@ def test_variables_from_a_message_are_single_line() -> None:
 def test_contact_name_falls_back_to_the_destination() -> None:
     """Without a parsed contact name the reply greets the addressee by name."""
     msg = InboundMessage(message_id="<m@x.example>", from_=Address("Pat", "pat@x.example"))
-    v = ReplyVariables.for_message(msg, SETTINGS, destination=Address("Pat", "pat@x.example"))
+    v = ReplyVariables.for_message(
+        msg, SETTINGS, destination=Address("Pat", "pat@x.example"), trusted=True
+    )
     assert v.contact.name == "Pat"
     assert v.contact.first_name == "Pat"
     assert v.language == "en"

@@ -30,6 +30,7 @@ security = "plain"
 def secret(tmp_path: Path) -> Path:
     path = tmp_path / "imap.pass"
     path.write_text("s3cret-pw\n")
+    path.chmod(0o600)
     return path
 
 
@@ -86,6 +87,50 @@ def test_plain_imap_to_a_remote_host_is_refused(tmp_path: Path, secret: Path) ->
         load_settings(path, environ={})
 
 
+@pytest.mark.parametrize("host", ["127.attacker.example", "127.0.0.1.nip.io", "::1.example"])
+def test_plain_to_a_name_that_only_looks_like_loopback_is_refused(
+    tmp_path: Path, secret: Path, host: str
+) -> None:
+    """`127.attacker.example` is a name anyone can point anywhere: not loopback."""
+    path = tmp_path / "t.toml"
+    path.write_text(GOOD.format(secret=secret).replace('"127.0.0.1"', f'"{host}"', 1))
+    with pytest.raises(ConfigError, match=r"imap: .*plain"):
+        load_settings(path, environ={})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.4.5", "::1", "localhost", "LOCALHOST"])
+def test_plain_to_loopback_is_allowed(tmp_path: Path, secret: Path, host: str) -> None:
+    """Loopback addresses (127.0.0.0/8, ::1) and the name `localhost` need no allow_plain."""
+    path = tmp_path / "t.toml"
+    path.write_text(GOOD.format(secret=secret).replace('"127.0.0.1"', f'"{host}"', 1))
+    assert load_settings(path, environ={}).imap.host == host
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o620], ids=oct)
+def test_a_password_file_open_to_other_users_is_refused(
+    good_config: Path, secret: Path, mode: int
+) -> None:
+    """A password file group or others may read is a config error naming the file and the
+    `chmod 600` that fixes it; `triage check-config` prints it as one line and exits 2."""
+    secret.chmod(mode)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(good_config, environ={})
+    assert f"run `chmod 600 {secret}`" in str(caught.value)
+    assert str(caught.value).count("\n") == 0
+    result = run_cli("--config", str(good_config), "check-config")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"triage: setting imap: password_file {secret} is open to other")
+    assert f"chmod 600 {secret}" in line
+    assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_a_password_file_of_mode_0400_is_accepted(good_config: Path, secret: Path) -> None:
+    """Read-only for its owner is as private as 0600."""
+    secret.chmod(0o400)
+    assert load_settings(good_config, environ={}).imap.secret() == "s3cret-pw"
+
+
 BROKEN = {
     "missing file": (None, "does not exist"),
     "bad toml": ("[imap\nhost = 1", "not valid TOML"),
@@ -132,6 +177,7 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     text = example.read_text()
     secret = tmp_path / "pw"
     secret.write_text("x")
+    secret.chmod(0o600)
     text = text.replace("/etc/triage/imap.password", str(secret)).replace(
         "/etc/triage/smtp.password", str(secret)
     )
@@ -139,3 +185,14 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     path.write_text(text)
     settings = load_settings(path, environ={})
     assert settings.imap.username
+
+
+def test_form_senders_need_trusted_authserv_ids() -> None:
+    """A form relay anyone could pose as would let strangers pick whom we write to."""
+    from pydantic import ValidationError
+
+    from triage.settings import RepliesSettings
+
+    with pytest.raises(ValidationError, match="form_senders needs trusted_authserv_ids"):
+        RepliesSettings(form_senders=("forms@webforms.example",))
+    RepliesSettings(form_senders=("forms@webforms.example",), trusted_authserv_ids=("mx.x",))

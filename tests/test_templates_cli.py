@@ -148,13 +148,33 @@ def test_preview_answers_a_message_file(
     """`--message FILE.eml` answers that message: its sender, subject, thread and language."""
     path = tmp_path / "inquiry.eml"
     path.write_bytes(INQUIRY)
-    result = runner.invoke(app, ["templates", "preview", "sales", "--message", str(path)])
+    result = runner.invoke(
+        app, ["templates", "preview", "sales", "--trusted", "--message", str(path)]
+    )
     assert result.exit_code == 0, result.output
     reply = mime(result.stdout)
     assert reply["To"].addresses[0].addr_spec == "juergen@client.example"
     assert reply["Subject"] == "Re: Angebot für 40 Einheiten"
     assert reply["In-Reply-To"] == "<inq-7@client.example>"
     assert reply["Content-Language"] == "de"
+
+
+def test_preview_untrusted_shows_the_fixed_text_reply(
+    runner: CliRunner, local_templates: Path, tmp_path: Path
+) -> None:
+    """A message file without a trusted Authentication-Results is answered with fixed text: the
+    template's own subject and greeting, no display name in To."""
+    path = tmp_path / "inquiry.eml"
+    path.write_bytes(INQUIRY)
+    result = runner.invoke(app, ["templates", "preview", "sales", "--message", str(path)])
+    assert result.exit_code == 0, result.output
+    reply = mime(result.stdout)
+    assert str(reply["To"]) == "juergen@client.example"
+    assert reply["Subject"] == "Re: Ihre Anfrage an Example Ltd"
+    sample = mime(runner.invoke(app, ["templates", "preview", "sales", "--untrusted"]).stdout)
+    body = sample.get_body(("plain",))
+    assert body is not None
+    assert "Jane" not in body.get_content()
 
 
 def test_preview_of_an_unknown_outcome_fails_in_one_line(

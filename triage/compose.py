@@ -18,6 +18,7 @@ from email.utils import format_datetime
 from triage.errors import ConfigError, PermanentError
 from triage.models import Address, InboundMessage
 from triage.replies import RenderedReply, ReplyVariables, TemplateRenderer, one_line
+from triage.sanitize import is_addr_spec, strip_invisible
 from triage.settings import RepliesSettings
 
 # "Re:" in the languages we answer in, optionally numbered ("Re[2]:"): already a reply subject.
@@ -83,12 +84,15 @@ def compose(
     rendered: RenderedReply,
     replies: RepliesSettings,
     *,
+    trusted: bool = False,
     now: datetime | None = None,
 ) -> EmailMessage:
     """The complete reply to `msg`, addressed to `destination` (the guards' verdict).
 
-    Raises PermanentError when `destination` is not a usable address, ConfigError when our own
-    address settings are unusable.
+    The To header carries a display name only when `trusted` (an authenticated sender answered
+    at its own address): otherwise a stranger's name, which could be an advertisement, would be
+    the first thing the recipient reads. Raises PermanentError when `destination` is not a usable
+    address, ConfigError when our own address settings are unusable.
     """
     reply = EmailMessage(policy=policy.SMTP)
     try:
@@ -97,15 +101,21 @@ def compose(
         )
     except (ValueError, IndexError) as exc:
         raise ConfigError(f"replies.from_address {replies.from_address!r}: {exc}") from None
-    # A Reply-To without a display name: greet the visitor by the name the form gave.
-    same = msg.contact.email.strip().lower() == destination.email.strip().lower()
-    to_name = destination.name or (msg.contact.name if same else "")
+    to_name = ""
+    if trusted:
+        # A Reply-To without a display name: greet the sender by the name the signature gave.
+        same = msg.contact.email.strip().lower() == destination.email.strip().lower()
+        to_name = strip_invisible(destination.name or (msg.contact.name if same else ""))
+    if not is_addr_spec(destination.email):
+        raise PermanentError(f"cannot address a reply to {destination.email[:80]!r}")
     reply["To"] = _header_address(to_name, destination.email)
     reply["Subject"] = reply_subject(rendered.subject, replies.subject_prefix)
     reply["Date"] = format_datetime(now or datetime.now(UTC))
     reply["Message-ID"] = reply_message_id(msg.message_id, message_id_domain(replies))
     # A message id we invented ourselves means nothing to the sender's client: don't thread on it.
-    if not msg.message_id_synthesised and _is_msgid(msg.message_id):
+    # Nor do we repeat ids a stranger chose (`<WIN-A-FREE-IPHONE@spam.example>`) to an address
+    # nobody vouched for: a fixed-text reply stands alone.
+    if trusted and not msg.message_id_synthesised and _is_msgid(msg.message_id):
         reply["In-Reply-To"] = one_line(msg.message_id, 250)
         reply["References"] = " ".join(_references(msg))
     # RFC 3834 5: mark the reply as automatic, and ask Exchange not to answer it (loop brake).
@@ -131,12 +141,15 @@ def make_reply(
     replies: RepliesSettings,
     *,
     lead_owner: str = "",
+    trusted: bool = False,
     now: datetime | None = None,
 ) -> EmailMessage:
     """Render outcome `template` in the message's language and compose the reply: what the
-    pipeline calls for one planned reply. Raises TemplateError, PermanentError or ConfigError."""
+    pipeline calls for one planned reply. `trusted` (the verdict's `reflect`) lets the reply
+    repeat the sender's name, company and subject. Raises TemplateError, PermanentError or
+    ConfigError."""
     variables = ReplyVariables.for_message(
-        msg, replies, destination=destination, lead_owner=lead_owner
+        msg, replies, destination=destination, lead_owner=lead_owner, trusted=trusted
     )
     rendered = renderer.render(template, variables, msg.language)
-    return compose(msg, destination, rendered, replies, now=now)
+    return compose(msg, destination, rendered, replies, trusted=trusted, now=now)

@@ -353,9 +353,12 @@ def extract(
     email = sender.email if sender is not None and is_addr_spec(sender.email) else ""
     name = _display_name(sender.name) if sender is not None else ""
     if is_form:
-        form_email = _EMAIL.search(form.get("email", ""))
-        if form_email and is_addr_spec(form_email.group(0)):
-            email = form_email.group(0)
+        # The field must hold one plain address and nothing else: "a@x, b@y", "a@x%0D%0ABcc: …"
+        # or "a@x?bcc=…" is somebody steering the reply, not a visitor's address.
+        field = form.get("email", "").strip()
+        field = field.removeprefix("mailto:").strip().removeprefix("<").removesuffix(">")
+        if is_addr_spec(field):
+            email = field
         name = form.get("name", "") or name
         signed = Contact()
     else:

@@ -55,6 +55,10 @@ from_address = "{user}@{domain}"
 from_name = "Example Furniture"
 envelope_sender = "noreply@{domain}"
 our_addresses = ["{user}@{domain}"]
+# The demo's first sample carries the Authentication-Results header that the company's own MX
+# (mx.example.test) would add after checking DMARC: that sender is answered by name, the others
+# with fixed text (docs/security.md).
+trusted_authserv_ids = ["mx.example.test"]
 company_name = "Example Furniture Ltd"
 signature = "The Example Furniture team"
 
@@ -178,7 +182,7 @@ def show_outcomes(console: Console, db: sqlite3.Connection) -> None:
 def show_replies(console: Console, harness: MailHarness) -> None:
     """The replies as they arrived in the prospects' own mailboxes."""
     table = Table(title="6. replies in the senders' mailboxes")
-    for col in ("mailbox", "subject", "Auto-Submitted", "In-Reply-To"):
+    for col in ("mailbox", "To", "subject", "Auto-Submitted", "In-Reply-To"):
         table.add_column(col, overflow="fold")
     deadline = time.monotonic() + 5
     for user in PROSPECTS:
@@ -193,6 +197,7 @@ def show_replies(console: Console, harness: MailHarness) -> None:
                 head = email.message_from_bytes(data[b"BODY[HEADER]"], policy=email.policy.default)
                 table.add_row(
                     harness.address(user),
+                    str(head["To"]),
                     str(head["Subject"]),
                     str(head["Auto-Submitted"]),
                     str(head["In-Reply-To"]),

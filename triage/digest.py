@@ -61,6 +61,7 @@ from triage.errors import (
     TriageError,
 )
 from triage.leads import age, check_business_hours, is_overdue, zone
+from triage.outbox import CapReport, cap_report
 from triage.replies import (
     MAX_SINGLE_LINE,
     describe,
@@ -298,6 +299,8 @@ class DigestContent:
     review: tuple[ReviewItem, ...]
     review_count: int
     marketing_sent: int
+    # Replies created since the last digest that a sending cap held back (see `outbox`).
+    caps: CapReport = field(default_factory=CapReport)
 
     def counts(self) -> dict[str, int]:
         """The numbers the subject line may use."""
@@ -388,6 +391,7 @@ def collect(c: sqlite3.Connection, now: datetime) -> DigestContent:
         review=tuple(pending(c, REVIEW_SHOWN)),
         review_count=pending_count(c),
         marketing_sent=int(row[0]),
+        caps=cap_report(c, since),
     )
 
 
@@ -427,6 +431,7 @@ def digest_context(content: DigestContent, settings: Settings) -> dict[str, Any]
         "review_count": content.review_count,
         "review_more": max(0, content.review_count - len(content.review)),
         "marketing_sent": content.marketing_sent,
+        "caps": content.caps,
     }
 
 
@@ -454,12 +459,16 @@ def _render_file(
 def render(name: str, context: Mapping[str, Any], settings: Settings) -> Rendered:
     """Render `name`.subject/.txt/.html (`digest` or `alert`) from the templates directory."""
     directory = templates_dir(settings)
-    env = make_environment(directory)
-    env.filters["mailto"] = mailto
+    # The part decides escaping, not each file's name: a `.txt` partial included from the HTML
+    # part is escaped there, and the text parts are never escaped.
+    plain = make_environment(directory, autoescape=False)
+    html = make_environment(directory, autoescape=True)
+    for env in (plain, html):
+        env.filters["mailto"] = mailto
     return Rendered(
-        subject=one_line(_render_file(env, directory, f"{name}.subject", context), 998),
-        text=_render_file(env, directory, f"{name}.txt", context),
-        html=_render_file(env, directory, f"{name}.html", context),
+        subject=one_line(_render_file(plain, directory, f"{name}.subject", context), 998),
+        text=_render_file(plain, directory, f"{name}.txt", context),
+        html=_render_file(html, directory, f"{name}.html", context),
     )
 
 

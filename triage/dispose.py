@@ -72,4 +72,6 @@ def dispose(
         keyword=keyword_for(decision),
         folder=folder,
         reasons=tuple(reasons),
+        # How the reply is routed (a Reply-To passed over, fixed text only) is on record too.
+        notes=verdict.notes if template is not None else (),
     )

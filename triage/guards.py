@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Protocol
 
 from triage.models import Address, InboundMessage, Verdict
+from triage.sender_auth import aligned, authenticate
 from triage.settings import RepliesSettings
 
 # RFC 5230 4.1: the minimum interval between two replies to one sender is one day.
@@ -26,14 +27,12 @@ DEFAULT_WINDOW = timedelta(days=7)
 
 
 class ReplyHistory(Protocol):
-    """What the rate rules need to know about replies already made (the outbox implements it)."""
+    """What the rate rule needs to know about replies already made (the outbox implements it)."""
 
-    def replied_recently(self, address: str, window: timedelta) -> bool:
-        """True when a reply to `address` was made or queued within `window`."""
-        ...
-
-    def replies_last_hour(self) -> int:
-        """How many replies were made or queued during the last hour, to anyone."""
+    def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
+        """True when a reply to canonical address `address` was made or queued within `window`;
+        with `verified`, only replies to a verified sender count (a fixed-text reply to a
+        message forged in someone's name must not use up that person's one reply)."""
         ...
 
 
@@ -41,8 +40,9 @@ class ReplyHistory(Protocol):
 class GuardContext:
     """What the rules need besides the message: who we are, and what we replied before.
 
-    Addresses are compared lower-cased with any `+detail` removed. `history=None` switches the two
-    rate rules off (for `triage classify` on files, where there is no outbox).
+    Addresses are compared in their `canonical` form. `history=None` switches the rate rule off
+    (for `triage classify` on files, where there is no outbox). The hourly and per-domain caps
+    are not etiquette: they defer sending (see `outbox`), they never refuse a reply.
     """
 
     our_addresses: frozenset[str] = frozenset()
@@ -51,8 +51,14 @@ class GuardContext:
     require_return_path: bool = True
     require_addressed_to_us: bool = True
     window: timedelta = DEFAULT_WINDOW
-    max_per_hour: int = 60
+    dotless_domains: frozenset[str] = frozenset()
+    trusted_authserv_ids: frozenset[str] = frozenset()
+    unauthenticated: str = "fixed"
     history: ReplyHistory | None = field(default=None, compare=False)
+    # Per message (see `for_route`): our server authenticated the From address; the reply would
+    # go to that authenticated sender.
+    sender_verified: bool = False
+    recipient_verified: bool = False
 
     @classmethod
     def from_settings(
@@ -66,20 +72,33 @@ class GuardContext:
         files (`False`: a message read from a file or APPENDed has none)."""
         ours = {replies.from_address, replies.envelope_sender, *replies.our_addresses}
         domain = replies.message_id_domain or Address("", replies.from_address).domain
+        dotless = frozenset(d.strip().lower() for d in replies.dotless_domains if d.strip())
         return cls(
-            our_addresses=frozenset(canonical(a) for a in ours if a),
+            our_addresses=frozenset(canonical(a, dotless) for a in ours if a),
             message_id_domains=frozenset({domain.lower()} if domain else set()),
             form_senders=frozenset(s.strip().lower() for s in replies.form_senders if s.strip()),
             require_return_path=require_return_path,
             require_addressed_to_us=replies.require_addressed_to_us,
             window=timedelta(days=replies.window_days),
-            max_per_hour=replies.max_per_hour,
+            dotless_domains=dotless,
+            trusted_authserv_ids=frozenset(
+                t.strip().lower() for t in replies.trusted_authserv_ids if t.strip()
+            ),
+            unauthenticated=replies.unauthenticated,
             history=history,
         )
 
+    def for_route(self, where: Route) -> GuardContext:
+        """This context for one message routed as `where`: what the rules know of its sender."""
+        return replace(self, sender_verified=where.verified, recipient_verified=where.reflect)
+
+    def canonical(self, email: str) -> str:
+        """`email` in the form the rate limits count it in (see `canonical`)."""
+        return canonical(email, self.dotless_domains)
+
     def is_ours(self, email: str) -> bool:
         """True when `email` is one of our own addresses."""
-        return canonical(email) in self.our_addresses
+        return self.canonical(email) in self.our_addresses
 
     def is_form_sender(self, email: str) -> bool:
         """True when `email` is a configured web-form relay (`forms@x.example` or `@x.example`)."""
@@ -88,12 +107,24 @@ class GuardContext:
         return addr in self.form_senders or f"@{domain}" in self.form_senders
 
 
-def canonical(email: str) -> str:
-    """`Hello+Web@Example.COM` → `hello@example.com`: the form addresses are compared in."""
+# Providers that deliver `j.doe@` and `jdoe@` to one mailbox, and their alias domains.
+_DOMAIN_ALIASES = {"googlemail.com": "gmail.com"}
+
+
+def canonical(email: str, dotless_domains: frozenset[str] = frozenset()) -> str:
+    """The mailbox an address reaches, as far as we can tell: `J.Doe+web@GoogleMail.com` →
+    `jdoe@gmail.com` when gmail.com/googlemail.com are `dotless_domains`; case and `+detail`
+    are ignored for every domain. What the per-recipient window and our own addresses compare."""
     local, at, domain = email.strip().lower().rpartition("@")
     if not at:
         return email.strip().lower()
-    return f"{local.split('+', 1)[0]}@{domain}"
+    local = local.split("+", 1)[0]
+    if domain in dotless_domains:
+        local = local.replace(".", "")
+        domain = _DOMAIN_ALIASES.get(domain, domain)
+        if domain not in dotless_domains:  # an alias configured without its target
+            domain = email.strip().lower().rpartition("@")[2]
+    return f"{local}@{domain}"
 
 
 Check = Callable[[InboundMessage, GuardContext, Address | None], str | None]
@@ -338,6 +369,8 @@ def _no_destination(msg: InboundMessage, ctx: GuardContext, dest: Address | None
     if dest is None:
         if msg.from_ and ctx.is_form_sender(msg.from_.email):
             return f"web form from {msg.from_.email} carries no prospect address"
+        if msg.from_ and not msg.from_single:
+            return "the From field names several mailboxes or a group: nobody to answer"
         return "the message has no sender address to reply to"
     if not _ADDR_SPEC.match(dest.email):
         return f"the reply address {dest.email[:80]!r} is not a valid address"
@@ -409,20 +442,26 @@ def _already_replied(msg: InboundMessage, ctx: GuardContext, dest: Address | Non
     if ctx.history is None or dest is None:
         return None
     window = max(ctx.window, MIN_WINDOW)
-    if ctx.history.replied_recently(canonical(dest.email), window):
+    key = ctx.canonical(dest.email)
+    if ctx.history.replied_recently(key, window, verified=ctx.recipient_verified):
         return f"{dest.email} got an automatic reply within the last {_days(window)}"
     return None
 
 
-@rule("hourly-cap")
-def _hourly_cap(msg: InboundMessage, ctx: GuardContext, dest: Address | None) -> str | None:
-    # A global brake: a flood of inquiries (or a loop we failed to detect) cannot become a flood
-    # of replies. max_per_hour = 0 stops every automatic reply.
-    if ctx.history is None:
+@rule("unauthenticated")
+def _unauthenticated(msg: InboundMessage, ctx: GuardContext, dest: Address | None) -> str | None:
+    # replies.unauthenticated = "none": only a sender our own server authenticated is answered,
+    # and a web form's visitor never is. A form notification must come from the relay itself
+    # (authenticated), or anyone could pose as the form and pick whom we write to.
+    if dest is None:
         return None
-    made = ctx.history.replies_last_hour()
-    if made >= ctx.max_per_hour:
-        return f"{made} replies in the last hour reached the cap of {ctx.max_per_hour}"
+    form = msg.from_ is not None and ctx.is_form_sender(msg.from_.email)
+    if form and ctx.unauthenticated == "none":
+        return "a web-form visitor's address cannot be authenticated"
+    if form and not ctx.sender_verified:
+        return "the web-form relay is not authenticated by our server"
+    if ctx.unauthenticated == "none" and not ctx.recipient_verified:
+        return "the sender is not authenticated by our server"
     return None
 
 
@@ -442,40 +481,108 @@ RULES: tuple[Rule, ...] = (
     _own_address,
     _own_message_id,
     _not_addressed_to_us,
+    _unauthenticated,
     _already_replied,
-    _hourly_cap,
 )
 MACHINE_RULES: tuple[Rule, ...] = tuple(r for r in RULES if r.machine)
 
 _MACHINE_CTX = GuardContext(require_return_path=False, require_addressed_to_us=False)
 
 
-def destination(msg: InboundMessage, ctx: GuardContext) -> Address | None:
-    """Where a reply would go: the prospect for a configured web form, else Reply-To, else From."""
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a reply would go and how much of the message it may repeat.
+
+    `reflect` is True only for a sender our own server authenticated, answered at its From or at
+    a Reply-To in the same domain; a reply that is not `reflect` carries fixed text only and no
+    display name from the message. `notes` say why a Reply-To was passed over.
+    """
+
+    address: Address | None
+    verified: bool = False
+    reflect: bool = False
+    notes: tuple[str, ...] = ()
+
+
+def route(msg: InboundMessage, ctx: GuardContext) -> Route:
+    """Whom a reply may go to: an authenticated From (or its same-domain Reply-To), a configured
+    web form's visitor (fixed text), else the From address (fixed text) — never a Reply-To that a
+    stranger could point at somebody else."""
     sender = msg.from_
     if sender is not None and ctx.is_form_sender(sender.email):
-        for addr in msg.reply_to:
-            if addr.email and canonical(addr.email) != canonical(sender.email):
-                return addr
-        contact = msg.contact.email
-        if contact and canonical(contact) != canonical(sender.email):
-            return Address(msg.contact.name, contact)
-        return None
+        return _form_visitor(msg, ctx, sender)
+    auth = authenticate(msg, ctx.trusted_authserv_ids)
+    if sender is None or not sender.email or not msg.from_single:
+        # "From: Team: a@x, b@y;" or "From: a@x, b@y": answering any of them is a guess.
+        return Route(None)
+    reply_to = next((a for a in msg.reply_to if a.email), None)
+    if auth.verified:
+        if reply_to is not None and aligned(reply_to.domain, sender.domain):
+            return Route(reply_to, verified=True, reflect=True)
+        passed_over: tuple[str, ...] = ()
+        if reply_to is not None and ctx.canonical(reply_to.email) != ctx.canonical(sender.email):
+            passed_over = (
+                f"reply-to-ignored: Reply-To {reply_to.email[:80]} is outside the authenticated "
+                f"domain {sender.domain}; the reply goes to From",
+            )
+        return Route(sender, verified=True, reflect=True, notes=passed_over)
+    notes = [f"unauthenticated: {auth.reason}; the reply carries fixed text only"]
+    if reply_to is not None and ctx.canonical(reply_to.email) != ctx.canonical(sender.email):
+        notes.append(
+            f"reply-to-ignored: Reply-To {reply_to.email[:80]} of an unauthenticated sender; "
+            "the reply goes to From"
+        )
+    return Route(Address("", sender.email), notes=tuple(notes))
+
+
+def _form_visitor(msg: InboundMessage, ctx: GuardContext, relay: Address) -> Route:
+    # Whoever filled in the form typed this address: it may be anybody's, so fixed text only.
+    # `verified` says the notification came from the relay itself.
+    relay_auth = authenticate(msg, ctx.trusted_authserv_ids)
+    visitor = ""
     for addr in msg.reply_to:
-        if addr.email:
-            return addr
-    return sender if sender is not None and sender.email else None
+        if addr.email and ctx.canonical(addr.email) != ctx.canonical(relay.email):
+            visitor = addr.email
+            break
+    contact = msg.contact.email
+    if not visitor and contact and ctx.canonical(contact) != ctx.canonical(relay.email):
+        visitor = contact
+    if not visitor:
+        return Route(None, verified=relay_auth.verified)
+    note = "web-form: the visitor's address is not authenticated; the reply carries fixed text only"
+    if not relay_auth.verified:
+        note = f"web-form: the relay is not authenticated ({relay_auth.reason})"
+    return Route(Address("", visitor), verified=relay_auth.verified, notes=(note,))
+
+
+def destination(msg: InboundMessage, ctx: GuardContext) -> Address | None:
+    """Where a reply would go (see `route`)."""
+    return route(msg, ctx).address
 
 
 def check(msg: InboundMessage, ctx: GuardContext, rules: Iterable[Rule] = RULES) -> Verdict:
     """Run every rule and return whether a reply may be sent, every reason against, and to whom."""
-    dest = destination(msg, ctx)
+    where = route(msg, ctx)
+    ctx = ctx.for_route(where)
     reasons: list[str] = []
     for each in rules:
-        reason = each(msg, ctx, dest)
+        reason = each(msg, ctx, where.address)
         if reason is not None:
             reasons.append(reason)
-    return Verdict(may_reply=not reasons, reasons=tuple(reasons), destination=dest)
+    return verdict_of(where, reasons)
+
+
+def verdict_of(where: Route, reasons: Iterable[str]) -> Verdict:
+    """The verdict for a route and the reasons the rules gave against replying."""
+    found = tuple(reasons)
+    return Verdict(
+        may_reply=not found,
+        reasons=found,
+        destination=where.address,
+        verified=where.verified,
+        reflect=where.reflect,
+        notes=where.notes,
+    )
 
 
 def automated_reason(msg: InboundMessage) -> str | None:

@@ -79,6 +79,13 @@ class Metrics:
         self.replies_sent = Counter(
             "triage_replies_sent", "Replies the SMTP server accepted.", registry=r
         )
+        self.replies_capped = Counter(
+            "triage_replies_capped",
+            "Replies held back by a cap: deferred by the hourly or per-domain cap (`hourly`, "
+            "`domain`) or dropped after waiting too long (`expired`).",
+            ["cap"],
+            registry=r,
+        )
         self.replies_suppressed = Counter(
             "triage_replies_suppressed",
             "Replies not sent, by the rule that prevented them (a message may count for several).",
@@ -155,6 +162,10 @@ class Metrics:
         """Count replies the SMTP server accepted (the outbox's `deliver_due` result)."""
         if count > 0:
             self.replies_sent.inc(count)
+
+    def reply_capped(self, cap: str) -> None:
+        """Count one reply a cap deferred (`hourly`, `domain`) or dropped (`expired`)."""
+        self.replies_capped.labels(cap=cap).inc()
 
     def quarantined(self, count: int = 1) -> None:
         """Count messages moved to quarantine."""

@@ -95,6 +95,13 @@ class InboundMessage:
     contact: Contact = field(default_factory=Contact)
     defects: tuple[str, ...] = ()
     message_id_synthesised: bool = False
+    # Every Authentication-Results value, topmost first (RFC 8601: the receiving server adds its
+    # own on top), and how many From fields the header block had (DMARC needs exactly one).
+    auth_results: tuple[str, ...] = ()
+    auth_results_cut: bool = False  # more of them than were kept, or one cut short
+    from_count: int = 1
+    # False when From names several mailboxes or a group: no single sender to answer.
+    from_single: bool = True
 
     def header(self, name: str) -> str:
         """The first value of header `name` (any case), or "" when absent."""
@@ -129,11 +136,20 @@ class Classification:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The etiquette verdict (RFC 3834 / RFC 5230): may we reply, to whom, and if not why."""
+    """The etiquette verdict (RFC 3834 / RFC 5230): may we reply, to whom, and if not why.
+
+    `verified` says the From address was authenticated by our own receiving server (DMARC, or
+    SPF/DKIM aligned with the From domain); `reflect` says a reply may repeat what the sender
+    wrote (name, company, subject) — only true for a verified sender answered at a verified
+    address. `notes` records routing choices that did not stop the reply (an ignored Reply-To).
+    """
 
     may_reply: bool
     reasons: tuple[str, ...] = ()
     destination: Address | None = None
+    verified: bool = False
+    reflect: bool = False
+    notes: tuple[str, ...] = ()
 
 
 class LeadKind(StrEnum):
@@ -153,3 +169,6 @@ class Disposition:
     keyword: str = ""
     folder: str | None = None
     reasons: tuple[str, ...] = ()
+    # How a reply is routed (a Reply-To passed over, fixed text only): on record, but not a
+    # reason against replying.
+    notes: tuple[str, ...] = ()

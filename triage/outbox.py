@@ -13,6 +13,12 @@ States of a reply row:
 The row is set to `sending` in its own committed transaction right before DATA and to `sent` right
 after the server's 250. A crash in between leaves `sending`, which `recover()` turns into
 `uncertain` at the next start: delivery is at most once.
+
+Sending is limited per hour, in all and per recipient domain (`SendLimits`). A reply that would
+exceed a cap is not dropped: it stays `queued` with a later `next_attempt` (deferred), the
+deferred ones go out in order of `priority` (authenticated senders' sales replies first) as the
+caps allow, and only a reply deferred for longer than `max_defer` becomes `expired`, with its
+reason. So a flood of forged inquiries delays a real prospect's reply; it cannot cancel it.
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ from typing import Literal, TypeAlias, get_args
 
 from triage.errors import PermanentError, SendError, TransientError
 from triage.guards import canonical
-from triage.settings import SmtpSettings
+from triage.settings import RepliesSettings, SmtpSettings
 from triage.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession, connect
 from triage.store.db import Database
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["live", "draft", "dry-run"]
-State = Literal["queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run"]
+State = Literal["queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run", "expired"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 _INITIAL_STATE: dict[Mode, State] = {"live": "queued", "draft": "draft", "dry-run": "dry-run"}
 # Rows that are, or may become, a reply the recipient sees: what the rate limits count.
@@ -45,19 +51,29 @@ COUNTED_STATES: tuple[State, ...] = ("queued", "sending", "sent", "uncertain", "
 FILING_STATES: tuple[State, ...] = ("sent", "draft")
 _COLUMNS = (
     "id, message_row, reply_message_id, recipient, envelope_from, template, mode, state, raw,"
-    " attempts, next_attempt, error, created_at, sent_at, filed_at"
+    " attempts, next_attempt, error, created_at, sent_at, filed_at, recipient_key, priority,"
+    " deferrals, recipient_domain"
 )
 
 # SQL pieces built once from the constants above; no value from outside is ever interpolated.
 _SELECT = f"SELECT {_COLUMNS} FROM replies"  # noqa: S608
 _COUNTED = "state IN ({})".format(", ".join(f"'{s}'" for s in COUNTED_STATES))
 _FILING = "state IN ({})".format(", ".join(f"'{s}'" for s in FILING_STATES))
-_RECENT_TO_DOMAIN = (
-    "SELECT recipient FROM replies WHERE created_at >= ? AND "  # noqa: S608
+# Priorities from here on are replies to senders nobody authenticated (see `service`).
+UNVERIFIED = 2
+_RECENT_TO = (
+    "SELECT 1 FROM replies WHERE recipient_key = ? AND created_at >= ? AND "  # noqa: S608
     + _COUNTED
-    + " AND lower(recipient) LIKE ? ESCAPE '\\'"
+    + " LIMIT 1"
 )
-_COUNT_SINCE = "SELECT count(*) AS n FROM replies WHERE created_at >= ? AND " + _COUNTED  # noqa: S608
+_RECENT_TO_VERIFIED = _RECENT_TO.replace(" LIMIT 1", f" AND priority < {UNVERIFIED} LIMIT 1")
+# What the caps count: replies handed to SMTP within the hour (a `failed` one was refused there).
+_CLAIMED = "claimed_at > ? AND state IN ('sending', 'sent', 'uncertain')"
+_SENT_SINCE = f"SELECT count(*) AS n, min(claimed_at) AS oldest FROM replies WHERE {_CLAIMED}"  # noqa: S608
+_SENT_SINCE_BY_DOMAIN = (
+    "SELECT recipient_domain AS domain, count(*) AS n, min(claimed_at) AS oldest"  # noqa: S608
+    f" FROM replies WHERE {_CLAIMED} GROUP BY recipient_domain"
+)
 
 Connector = Callable[[], SmtpSession]
 Clock = Callable[[], datetime]
@@ -91,6 +107,10 @@ class OutboxItem:
     created_at: str
     sent_at: str | None
     filed_at: str | None
+    recipient_key: str = ""
+    priority: int = 0
+    deferrals: int = 0
+    recipient_domain: str = ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> OutboxItem:
@@ -99,6 +119,64 @@ class OutboxItem:
 
 
 SentReply: TypeAlias = OutboxItem
+
+
+def _canonical(email: str) -> str:
+    return canonical(email)
+
+
+@dataclass(frozen=True, slots=True)
+class SendLimits:
+    """How many replies may go to SMTP per hour, in all and per recipient domain, and how long a
+    reply may wait behind these caps before it is dropped. `canonical` maps an address to the
+    mailbox it reaches (see `guards.canonical`): the key the per-recipient window compares."""
+
+    max_per_hour: int | None = None
+    max_per_domain_per_hour: int | None = None
+    max_defer: timedelta = timedelta(hours=24)
+    canonical: Callable[[str], str] = _canonical
+
+    @classmethod
+    def from_settings(cls, replies: RepliesSettings, canonical: Callable[[str], str]) -> SendLimits:
+        """The limits of `[replies]`."""
+        return cls(
+            max_per_hour=replies.max_per_hour,
+            max_per_domain_per_hour=replies.max_per_domain_per_hour,
+            max_defer=timedelta(hours=replies.max_defer_hours),
+            canonical=canonical,
+        )
+
+
+@dataclass
+class _Budget:
+    """What the caps still allow during one delivery pass."""
+
+    limits: SendLimits
+    moment: datetime
+    sent: int
+    oldest: datetime | None
+    by_domain: dict[str, tuple[int, datetime | None]]
+
+    def refusal(self, domain: str) -> tuple[str, datetime, str] | None:
+        """(cap, when a slot frees up, reason) when a reply to `domain` must wait, else None."""
+        hour = timedelta(hours=1)
+        cap = self.limits.max_per_hour
+        if cap is not None and self.sent >= cap:
+            free = (self.oldest + hour) if self.oldest and cap > 0 else self.moment + hour
+            return "hourly", free, f"{self.sent} replies in the last hour reached the cap of {cap}"
+        cap = self.limits.max_per_domain_per_hour
+        count, oldest = self.by_domain.get(domain, (0, None))
+        if cap is not None and count >= cap:
+            free = (oldest + hour) if oldest and cap > 0 else self.moment + hour
+            return "domain", free, f"{count} replies to {domain} in the last hour reached {cap}"
+        return None
+
+    def spend(self, domain: str) -> None:
+        """Count one reply handed to SMTP now."""
+        self.sent += 1
+        count, oldest = self.by_domain.get(domain, (0, None))
+        self.by_domain[domain] = (count + 1, oldest or self.moment)
+        self.oldest = self.oldest or self.moment
 
 
 class Outbox:
@@ -113,6 +191,8 @@ class Outbox:
         clock: Clock = _utcnow,
         batch_size: int = 100,
         jitter: Callable[[], float] = random.random,
+        limits: SendLimits | None = None,
+        on_cap: Callable[[str], None] = lambda _cap: None,
     ) -> None:
         self.db = db
         self.smtp = smtp
@@ -120,6 +200,9 @@ class Outbox:
         self._clock = clock
         self._batch_size = batch_size
         self._jitter = jitter
+        self.limits = limits or SendLimits()
+        # Told "hourly" or "domain" for each reply a cap defers, "expired" for each it drops.
+        self._on_cap = on_cap
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -142,11 +225,13 @@ class Outbox:
         envelope_from: str,
         template: str,
         mode: Mode,
+        priority: int = 0,
     ) -> int:
         """Store `reply` for sending (live), as a draft, or as a dry run; return its row id.
 
-        Idempotent: a reply whose Message-ID is already stored is not stored again, and the
-        existing row's id is returned. Joins the caller's transaction when there is one.
+        `priority` orders replies that the caps hold back (lower first). Idempotent: a reply
+        whose Message-ID is already stored is not stored again, and the existing row's id is
+        returned. Joins the caller's transaction when there is one.
         """
         if mode not in MODES:
             raise ValueError(f"unknown reply mode {mode!r}")
@@ -156,6 +241,7 @@ class Outbox:
         raw = reply.as_bytes(policy=policy.SMTP)
         now = timestamp(self._clock())
         state = _INITIAL_STATE[mode]
+        key = self.limits.canonical(recipient)
         with self._write() as conn:
             existing = conn.execute(
                 "SELECT id, state FROM replies WHERE reply_message_id = ?", (reply_id,)
@@ -165,8 +251,9 @@ class Outbox:
                 return int(existing["id"])
             cursor = conn.execute(
                 "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
-                " template, mode, state, raw, next_attempt, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " template, mode, state, raw, next_attempt, created_at, recipient_key,"
+                " recipient_domain, priority)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     message_row,
                     reply_id,
@@ -178,6 +265,9 @@ class Outbox:
                     raw,
                     now,
                     now,
+                    key,
+                    cap_domain(key),
+                    priority,
                 ),
             )
             row_id = int(cursor.lastrowid or 0)
@@ -237,6 +327,24 @@ class Outbox:
                 )
         return cursor.rowcount == 1
 
+    def claim_filing(self, row_id: int) -> bool:
+        """Take the filing of a reply's copy (Sent or Drafts) before APPENDing it: True for the
+        one caller that may append, False when it is filed or claimed already.
+
+        Committed on its own, before the APPEND, so that neither a second process nor a restart
+        after a crash appends the same copy again. The price: a crash between this claim and the
+        APPEND leaves no copy in the mailbox (the reply itself is unaffected) — one missing copy
+        rather than two, since the mailbox cannot tell us whether an interrupted APPEND landed.
+        """
+        if self.db.conn.in_transaction:
+            raise RuntimeError("claim_filing commits at once; call it outside a transaction")
+        with self.db.transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE replies SET filed_at = ? WHERE id = ? AND filed_at IS NULL",
+                (timestamp(self._clock()), row_id),
+            )
+        return cursor.rowcount == 1
+
     def mark_filed(self, row_id: int) -> None:
         """Record that the copy of a sent reply (or a draft) was filed in the mailbox."""
         with self._write() as conn:
@@ -257,7 +365,10 @@ class Outbox:
         if self.db.conn.in_transaction:
             raise RuntimeError("deliver_due commits each step; call it outside a transaction")
         moment = now or self._clock()
+        self._expire(moment)
         due = self._due(moment)
+        budget = self._budget(moment)
+        due = [item for item in due if not self._deferred(item, budget)]
         if not due:
             return []
         try:
@@ -270,6 +381,11 @@ class Outbox:
         sent: list[SentReply] = []
         try:
             for item in due:
+                # The budget was checked for the batch; spend it as replies go, so a batch
+                # larger than what is left of the hour defers its tail.
+                if self._deferred(item, budget, moment):
+                    continue
+                budget.spend(self._domain(item))
                 try:
                     done = self._send_one(session, item, moment)
                 except (ConnectionLostError, AmbiguousDeliveryError) as exc:
@@ -295,7 +411,7 @@ class Outbox:
             raise_if_lost(exc)
             return None
         if not self._claim(item):
-            session.reset()  # another process took it between our SELECT and now
+            session.reset()  # another process took it, or a cap was reached meanwhile
             return None
         try:
             session.data(item.raw)
@@ -314,20 +430,119 @@ class Outbox:
     def _due(self, moment: datetime) -> list[OutboxItem]:
         rows = self.db.conn.execute(
             _SELECT + " WHERE state = 'queued' AND next_attempt <= ?"
-            " ORDER BY next_attempt, id LIMIT ?",
+            " ORDER BY priority, created_at, id LIMIT ?",
             (timestamp(moment), self._batch_size),
         ).fetchall()
         return [OutboxItem.from_row(r) for r in rows]
 
-    def _claim(self, item: OutboxItem) -> bool:
-        # Committed before DATA: if we crash after this, the row says "maybe sent".
+    # --- the caps --------------------------------------------------------------------------------
+
+    def _domain(self, item: OutboxItem) -> str:
+        return item.recipient_domain or cap_domain(
+            item.recipient_key or self.limits.canonical(item.recipient)
+        )
+
+    def _budget(self, moment: datetime) -> _Budget:
+        since = timestamp(moment - timedelta(hours=1))
+        row = self.db.conn.execute(_SENT_SINCE, (since,)).fetchone()
+        by_domain = {
+            str(r["domain"]): (int(r["n"]), _parse_time(r["oldest"]))
+            for r in self.db.conn.execute(_SENT_SINCE_BY_DOMAIN, (since,))
+        }
+        return _Budget(self.limits, moment, int(row["n"]), _parse_time(row["oldest"]), by_domain)
+
+    def _deferred(self, item: OutboxItem, budget: _Budget, moment: datetime | None = None) -> bool:
+        """Defer `item` when a cap is reached (recorded, with the reason); True if deferred."""
+        refusal = budget.refusal(self._domain(item))
+        if refusal is None:
+            return False
         with self.db.transaction() as conn:
+            self._defer(conn, item, refusal, moment or budget.moment)
+        return True
+
+    def _defer(
+        self,
+        conn: sqlite3.Connection,
+        item: OutboxItem,
+        refusal: tuple[str, datetime, str],
+        moment: datetime,
+    ) -> None:
+        cap, free_at, reason = refusal
+        conn.execute(
+            "UPDATE replies SET next_attempt = ?, deferrals = deferrals + 1, error = ?"
+            " WHERE id = ? AND state = 'queued'",
+            (timestamp(max(free_at, moment)), f"deferred: {reason}", item.id),
+        )
+        log.info("reply %d to %s deferred: %s", item.id, item.recipient, reason)
+        self._on_cap(cap)
+
+    def _expire(self, moment: datetime) -> int:
+        """Drop, with a reason, replies the caps have held back for longer than `max_defer`."""
+        cutoff = timestamp(moment - self.limits.max_defer)
+        hours = self.limits.max_defer / timedelta(hours=1)
+        with self.db.transaction() as conn:
+            ids = [
+                int(r["id"])
+                for r in conn.execute(
+                    "SELECT id FROM replies WHERE state = 'queued' AND deferrals > 0"
+                    " AND created_at < ?",
+                    (cutoff,),
+                )
+            ]
+            conn.executemany(
+                "UPDATE replies SET state = 'expired', error = ? WHERE id = ? AND state = 'queued'",
+                [
+                    (f"dropped: held back by the reply caps for more than {hours:g} h", i)
+                    for i in ids
+                ],
+            )
+        for row_id in ids:
+            log.warning("reply %d dropped: held back by the reply caps for too long", row_id)
+            self._on_cap("expired")
+        return len(ids)
+
+    def cap_report(self, since: datetime | None) -> CapReport:
+        """How the caps bit on replies created since `since` (see `cap_report`)."""
+        return cap_report(self.db.conn, since)
+
+    def _claim(self, item: OutboxItem) -> bool:
+        # Committed before DATA: if we crash after this, the row says "maybe sent". The claim
+        # time is what the caps count, and they are checked again in the same write transaction:
+        # other threads (each account's, the housekeeping one) deliver too, and each pass's own
+        # budget knows only what it sent itself.
+        moment = self._clock()
+        with self.db.transaction() as conn:
+            refusal = self._budget(moment).refusal(self._domain(item))
+            if refusal is not None:
+                self._defer(conn, item, refusal, moment)
+                return False
             cursor = conn.execute(
-                "UPDATE replies SET state = 'sending', attempts = attempts + 1"
+                "UPDATE replies SET state = 'sending', attempts = attempts + 1, claimed_at = ?"
                 " WHERE id = ? AND state = 'queued'",
-                (item.id,),
+                (timestamp(moment), item.id),
             )
         return cursor.rowcount == 1
+
+    def rekey(self) -> int:
+        """Recompute every stored recipient key and cap domain with the current settings (after
+        an upgrade, or when `dotless_domains` changed), so that the window still recognises a
+        mailbox written to before; returns how many rows changed. Call once at start."""
+        rows = self.db.conn.execute(
+            "SELECT id, recipient, recipient_key, recipient_domain FROM replies"
+        ).fetchall()
+        changes = []
+        for r in rows:
+            key = self.limits.canonical(str(r["recipient"]))
+            domain = cap_domain(key)
+            if (key, domain) != (r["recipient_key"], r["recipient_domain"]):
+                changes.append((key, domain, int(r["id"])))
+        if changes:
+            with self._write() as conn:
+                conn.executemany(
+                    "UPDATE replies SET recipient_key = ?, recipient_domain = ? WHERE id = ?",
+                    changes,
+                )
+        return len(changes)
 
     def _mark_sent(self, item: OutboxItem) -> SentReply:
         sent_at = timestamp(self._clock())
@@ -440,23 +655,15 @@ class Outbox:
 
     # --- the reply history for the etiquette rules ----------------------------------------------
 
-    def replied_recently(self, address: str, window: timedelta) -> bool:
-        """True when a reply to `address` (case and `+detail` ignored) was made or queued within
-        `window`; counts every state that is or may become a reply (not failed, not dry-run)."""
-        wanted = canonical(address)
-        domain = wanted.rpartition("@")[2]
+    def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
+        """True when a reply to the mailbox `address` reaches (its canonical form) was made or
+        queued within `window`; counts every state that is or may become a reply (not failed,
+        not expired, not dry-run). With `verified`, only replies to a verified sender count:
+        a fixed-text reply to a message forged in someone's name does not use up their reply."""
         since = timestamp(self._clock() - window)
-        rows = self.db.conn.execute(
-            _RECENT_TO_DOMAIN,
-            (since, "%@" + _like_escape(domain)),
-        ).fetchall()
-        return any(canonical(r["recipient"]) == wanted for r in rows)
-
-    def replies_last_hour(self) -> int:
-        """How many replies were made or queued in the last hour (same states as above)."""
-        since = timestamp(self._clock() - timedelta(hours=1))
-        row = self.db.conn.execute(_COUNT_SINCE, (since,)).fetchone()
-        return int(row["n"])
+        key = self.limits.canonical(address)
+        query = _RECENT_TO_VERIFIED if verified else _RECENT_TO
+        return self.db.conn.execute(query, (key, since)).fetchone() is not None
 
 
 def raise_if_lost(exc: SendError) -> None:
@@ -465,5 +672,40 @@ def raise_if_lost(exc: SendError) -> None:
         raise exc
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def cap_domain(address: str) -> str:
+    """The domain the per-domain cap counts `address` under: its organisational domain
+    (`s1.victim.example` and `s2.victim.example` are one victim), else its domain."""
+    from triage.sender_auth import organisational_domain
+
+    domain = address.rpartition("@")[2].lower()
+    return organisational_domain(domain) or domain
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class CapReport:
+    """Replies the caps held back: deferred at least once, still waiting, dropped."""
+
+    deferred: int = 0
+    waiting: int = 0
+    expired: int = 0
+
+
+def cap_report(conn: sqlite3.Connection, since: datetime | None) -> CapReport:
+    """How the reply caps bit on the replies created after `since` (all, when None): what the
+    digest reports so that staff notice a flood."""
+    row = conn.execute(
+        "SELECT sum(deferrals > 0) AS deferred,"
+        " sum(deferrals > 0 AND state = 'queued') AS waiting,"
+        " sum(state = 'expired') AS expired"
+        " FROM replies WHERE created_at > ?",
+        (timestamp(since) if since else "",),
+    ).fetchone()
+    return CapReport(
+        deferred=int(row["deferred"] or 0),
+        waiting=int(row["waiting"] or 0),
+        expired=int(row["expired"] or 0),
+    )

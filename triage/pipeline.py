@@ -3,9 +3,11 @@
     raw bytes ─▶ parse ─▶ guards ─▶ classify ─▶ dispose      (pure: `decide`)
               ─▶ record outcome + lead + queued reply         (one transaction: `record`)
 
-`decide` does no I/O, so a crash before `record` simply redoes it. `record` writes everything the
-message causes in a single transaction and moves its ledger row to `classified`; sending the queued
-reply and marking the mailbox happen afterwards and are themselves recorded (see `sync`).
+`decide` does no I/O, so a crash before `record` simply redoes it. `record` renders the replies
+first, outside any transaction (a slow or failing template never holds the store's write lock),
+then writes everything the message causes in a single transaction and moves its ledger row to
+`classified`; sending the queued reply and marking the mailbox happen afterwards and are
+themselves recorded (see `sync`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from email.message import EmailMessage
 
 from triage.dispose import dispose
 from triage.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
@@ -41,12 +44,18 @@ class Decided:
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """A reply the pipeline wants queued for a decided message."""
+    """A reply the pipeline wants queued for a decided message; `reply` once it is rendered."""
 
     row_id: int
     msg: InboundMessage
     template: str
     verdict: Verdict
+    reply: EmailMessage | None = None
+
+
+def _as_planned(planned: Planned) -> Planned:
+    """The default preparation: none (the queue function renders, or the test needs no reply)."""
+    return planned
 
 
 def decide(
@@ -98,7 +107,7 @@ def outcome_of(d: Decided, reasons: Sequence[str]) -> Outcome:
         probabilities=dict(cls.probabilities),
         explanation=cls.explanation,
         may_reply=d.disposition.reply_template is not None,
-        reasons=reasons,
+        reasons=[*reasons, *d.disposition.notes],
     )
 
 
@@ -111,27 +120,37 @@ class Recorder:
         queue_reply: Callable[[sqlite3.Connection, Planned], str | None],
         response_target: Callable[[datetime], datetime],
         assign_owner: Callable[[sqlite3.Connection], str],
+        prepare_reply: Callable[[Planned], Planned | str] = _as_planned,
     ) -> None:
         self.ledger = ledger
         self.queue_reply = queue_reply
         self.response_target = response_target
         self.assign_owner = assign_owner
+        self.prepare_reply = prepare_reply
 
     def record(self, batch: Sequence[Decided]) -> list[Decided]:
         """Record a batch in one transaction; returns the dispositions as finally recorded.
 
-        `queue_reply` runs inside the transaction and may refuse (returning a reason), e.g. when
-        an earlier message of the same batch already earned this sender a reply.
+        `prepare_reply` renders each planned reply before the transaction and may refuse
+        (returning a reason, e.g. a broken template). `queue_reply` runs inside the transaction
+        and may refuse too, e.g. when an earlier message of the same batch already earned this
+        sender a reply.
         """
+        prepared: dict[int, Planned | str] = {
+            d.row_id: self.prepare_reply(
+                Planned(d.row_id, d.msg, d.disposition.reply_template, d.verdict)
+            )
+            for d in batch
+            if d.disposition.reply_template is not None
+        }
         final: list[Decided] = []
         with self.ledger.db.transaction() as c:
             for d in batch:
                 reasons = list(d.disposition.reasons)
                 disposition = d.disposition
                 if disposition.reply_template is not None:
-                    refusal = self.queue_reply(
-                        c, Planned(d.row_id, d.msg, disposition.reply_template, d.verdict)
-                    )
+                    planned = prepared[d.row_id]
+                    refusal = planned if isinstance(planned, str) else self.queue_reply(c, planned)
                     if refusal is not None:
                         reasons.append(refusal)
                         disposition = replace(disposition, reply_template=None)

@@ -56,6 +56,7 @@ from markupsafe import EscapeFormatter, Markup, escape, soft_str
 
 from triage.errors import TemplateError
 from triage.models import Address, InboundMessage
+from triage.sanitize import strip_invisible
 from triage.settings import RepliesSettings
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,11 @@ def one_line(value: str, limit: int = MAX_SINGLE_LINE) -> str:
     return " ".join(_CONTROL.sub(" ", value).split())[:limit]
 
 
+def _shown(value: str, limit: int = MAX_SINGLE_LINE) -> str:
+    """A value from a message as a reply may show it: one line, no invisible characters."""
+    return one_line(strip_invisible(value), limit)
+
+
 @dataclass(frozen=True, slots=True)
 class TemplateContact:
     """The prospect as templates see it: `contact.name`, `contact.company`, `contact.email`."""
@@ -119,6 +125,11 @@ class ReplyVariables:
     lead_owner: str = ""
     business_hours_promise: str = ""
     language: str = ""
+    # True when our own server authenticated the sender and the reply goes to that sender: only
+    # then do `contact.name`, `contact.company` and `original_subject` hold what the message
+    # said. Otherwise they are empty, so that no template can repeat a stranger's text to
+    # whatever address the stranger chose.
+    trusted: bool = False
 
     @classmethod
     def for_message(
@@ -128,22 +139,30 @@ class ReplyVariables:
         *,
         destination: Address | None = None,
         lead_owner: str = "",
+        trusted: bool = False,
     ) -> ReplyVariables:
-        """The variables for a reply to `msg`; values from the message are made single-line."""
-        name = msg.contact.name or (destination.name if destination else "")
-        if not name and msg.from_ is not None and destination is not None:
-            name = msg.from_.name if msg.from_.email == destination.email else ""
+        """The variables for a reply to `msg`; values from the message are made single-line and
+        visible (no bidi or zero-width characters), and left empty unless `trusted`."""
         email = destination.email if destination else msg.contact.email
+        name = company = subject = ""
+        if trusted:
+            name = msg.contact.name or (destination.name if destination else "")
+            if not name and msg.from_ is not None and destination is not None:
+                name = msg.from_.name if msg.from_.email == destination.email else ""
+            company, subject = msg.contact.company, msg.subject
         return cls(
             contact=TemplateContact(
-                name=one_line(name), company=one_line(msg.contact.company), email=one_line(email)
+                name=_shown(name),
+                company=_shown(company),
+                email=_shown(email),
             ),
-            original_subject=one_line(msg.subject, 998),
+            original_subject=_shown(subject, 998),
             company_name=replies.company_name,
             signature=replies.signature,
-            lead_owner=one_line(lead_owner),
+            lead_owner=_shown(lead_owner),
             business_hours_promise=replies.business_hours_promise,
             language=msg.language or replies.default_language,
+            trusted=trusted,
         )
 
     @classmethod
@@ -159,6 +178,7 @@ class ReplyVariables:
             lead_owner="Sam Seller",
             business_hours_promise=replies.business_hours_promise,
             language=replies.default_language,
+            trusted=True,
         )
 
     def as_context(self) -> dict[str, Any]:

@@ -82,6 +82,7 @@ def prepare(
     service = Service(shared)
     try:
         service.outbox.recover()  # logs its own warning for replies left half-sent
+        service.outbox.rekey()  # the window recognises mailboxes by the current settings
     finally:
         service.close()
     # Forked here, before any account thread exists, sharing the loaded model (triage.workers).

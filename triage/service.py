@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from triage.leads import assign_owner, response_target
 from triage.logs import log_outcome
 from triage.mailbox import ImapMailbox
 from triage.metrics import Metrics
-from triage.outbox import Outbox
+from triage.outbox import UNVERIFIED, Outbox, SendLimits
 from triage.pipeline import Decided, Planned, Recorder, decide
 from triage.replies import TemplateRenderer
 from triage.settings import ImapAccount, Settings
@@ -111,17 +112,21 @@ class Service:
         self.db = Database(self.settings.store.path)
         self.ledger = Ledger(self.db)
         smtp_settings = self.settings.smtp
+        self.guard_context = guards.GuardContext.from_settings(self.settings.replies, None)
         self.outbox = Outbox(
             self.db,
             smtp_settings,
             connector=lambda: CheckpointedSession(connect(smtp_settings), shared.checkpoint),
+            limits=SendLimits.from_settings(self.settings.replies, self.guard_context.canonical),
+            on_cap=shared.metrics.reply_capped,
         )
-        self.guard_context = guards.GuardContext.from_settings(self.settings.replies, self.outbox)
+        self.guard_context = replace(self.guard_context, history=self.outbox)
         self.recorder = Recorder(
             self.ledger,
             self._queue_reply,
             response_target=response_target(self.settings),
             assign_owner=partial(assign_owner, settings=self.settings.leads),
+            prepare_reply=self._prepare_reply,
         )
 
     def close(self) -> None:
@@ -156,33 +161,46 @@ class Service:
 
     # -- recording -----------------------------------------------------------------------------
 
-    def _queue_reply(self, _c: sqlite3.Connection, planned: Planned) -> str | None:
-        """Render and queue one reply inside the recording transaction, or say why not."""
+    def _prepare_reply(self, planned: Planned) -> Planned | str:
+        """Render one reply, outside the recording transaction, or say why there is none."""
         dest = planned.verdict.destination
         if dest is None:
             return "no-destination: nowhere to send a reply"
-        replies = self.settings.replies
-        # Checked again here, inside the transaction: an earlier message of this batch may have
-        # earned the same sender a reply after the guards looked.
-        window = timedelta(days=replies.window_days)
-        if self.outbox.replied_recently(dest.email, window):
-            return f"already-replied: {dest.email} got a reply within {replies.window_days:g} days"
-        if self.outbox.replies_last_hour() >= replies.max_per_hour:
-            return f"hourly-cap: {replies.max_per_hour} replies in the last hour already"
         try:
-            reply = make_reply(planned.msg, dest, planned.template, self.shared.renderer, replies)
+            reply = make_reply(
+                planned.msg,
+                dest,
+                planned.template,
+                self.shared.renderer,
+                self.settings.replies,
+                trusted=planned.verdict.reflect,
+            )
         except (TemplateError, PermanentError) as exc:
             # Never a reply by accident: a template or address problem means no reply, recorded.
             log.warning("no reply to %s: %s", dest.email, exc)
             return f"reply-failed: {exc}"
+        return replace(planned, reply=reply)
+
+    def _queue_reply(self, _c: sqlite3.Connection, planned: Planned) -> str | None:
+        """Queue one rendered reply inside the recording transaction, or say why not."""
+        dest = planned.verdict.destination
+        if dest is None or planned.reply is None:
+            return "no-destination: nowhere to send a reply"
+        replies = self.settings.replies
+        # Checked again here, inside the transaction: an earlier message of this batch may have
+        # earned the same mailbox a reply after the guards looked.
+        window = timedelta(days=replies.window_days)
+        if self.outbox.replied_recently(dest.email, window, verified=planned.verdict.reflect):
+            return f"already-replied: {dest.email} got a reply within {replies.window_days:g} days"
         envelope = "" if replies.envelope_sender in ("", "<>") else replies.envelope_sender
         self.outbox.enqueue(
             planned.row_id,
-            reply,
+            planned.reply,
             recipient=dest.email,
             envelope_from=envelope,
             template=planned.template,
             mode=replies.mode,
+            priority=reply_priority(planned),
         )
         return None
 
@@ -198,9 +216,11 @@ class Service:
         """One log line and the metrics for a recorded message."""
         replied = d.disposition.reply_template is not None
         reasons = d.disposition.reasons
+        shown = (*reasons, *d.disposition.notes)
         log_outcome(
-            log, account, folder, uid, d.msg.message_id, d.disposition.decision, replied, reasons
+            log, account, folder, uid, d.msg.message_id, d.disposition.decision, replied, shown
         )
+        # Only reasons against replying count as suppressions; routing notes do not.
         self.shared.metrics.observe_result(d.disposition.decision, replied=replied, reasons=reasons)
 
     def synced(self, account: str, folder: str) -> None:
@@ -218,14 +238,19 @@ class Service:
             row = self.ledger.get(item.message_row)
             if row is None or (row.account, row.folder) != (mailbox.account.name, folder):
                 continue
+            if item.state == "sent":
+                # First, while the row is unclaimed: setting a flag twice is harmless, so a crash
+                # after this line costs nothing.
+                uids = self._locate(mailbox, folder, uidvalidity, row.uid, row.message_id)
+                mailbox.add_flags(uids, ["\\Answered"])
+            # Claimed before the APPEND, which cannot be undone or checked: another process, or
+            # this one after a crash, never files a second copy (see `Outbox.claim_filing`).
+            if not self.outbox.claim_filing(item.id):
+                continue
             target = sent_folder if item.state == "sent" else drafts
             if target:
                 flags = ["\\Seen"] if item.state == "sent" else ["\\Draft"]
                 mailbox.append(target, item.raw, flags)
-            if item.state == "sent":
-                uids = self._locate(mailbox, folder, uidvalidity, row.uid, row.message_id)
-                mailbox.add_flags(uids, ["\\Answered"])
-            self.outbox.mark_filed(item.id)
 
     def _locate(
         self, mailbox: ImapMailbox, folder: str, uidvalidity: int, uid: int, message_id: str
@@ -278,6 +303,14 @@ class Service:
             # The replies stay queued; the next pass tries again after their backoff.
             self.shared.metrics.smtp_error()
             log.error("sending replies failed: %s", exc)
+
+
+def reply_priority(planned: Planned) -> int:
+    """The order in which replies held back by the caps go out: to a verified sender before an
+    unverified one (a flood of forged inquiries cannot push a real prospect to the back), a
+    sales acknowledgement before marketing information."""
+    base = 0 if planned.verdict.reflect else UNVERIFIED
+    return base + (0 if planned.template == "sales" else 1)
 
 
 def now() -> datetime:

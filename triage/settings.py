@@ -9,6 +9,7 @@ validated once into typed, frozen objects that are passed down; nothing else rea
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic_settings import (
 )
 
 from triage.errors import ConfigError
+from triage.hosts import is_loopback
 
 CONFIG_ENV = "TRIAGE_CONFIG"
 Security = Literal["tls", "starttls", "plain"]
@@ -51,9 +53,21 @@ class _Section(BaseModel):
 
 def _read_secret_file(path: Path, setting: str) -> SecretStr:
     try:
-        value = path.read_text(encoding="utf-8").strip()
+        with path.open("rb") as fh:
+            # The mode of the file read, not of a path that may have changed meanwhile.
+            mode = os.fstat(fh.fileno()).st_mode
+            data = fh.read()
     except OSError as exc:
         raise ValueError(f"cannot read {setting} {path}: {exc.strerror}") from None
+    if stat.S_ISREG(mode) and mode & 0o077:
+        raise ValueError(
+            f"{setting} {path} is open to other users (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        value = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {setting} {path}: not UTF-8 text") from None
     if not value:
         raise ValueError(f"{setting} {path} is empty")
     return SecretStr(value)
@@ -101,7 +115,7 @@ class ImapAccount(_Credentials):
             raise ValueError("username is required")
         if self.password is None:
             raise ValueError("password is missing: set password_file or TRIAGE_IMAP__PASSWORD")
-        if self.security == "plain" and not self.allow_plain and not _is_loopback(self.host):
+        if self.security == "plain" and not self.allow_plain and not is_loopback(self.host):
             raise ValueError(
                 f"security = 'plain' sends the password in clear to {self.host}; "
                 "use tls/starttls or set allow_plain = true"
@@ -145,7 +159,7 @@ class SmtpSettings(_Credentials):
 
     @model_validator(mode="after")
     def _check_plain(self) -> Self:
-        if self.security == "plain" and not self.allow_plain and not _is_loopback(self.host):
+        if self.security == "plain" and not self.allow_plain and not is_loopback(self.host):
             raise ValueError(
                 f"security = 'plain' to {self.host} is unencrypted; "
                 "use tls/starttls or set allow_plain = true"
@@ -175,6 +189,11 @@ class RepliesSettings(_Section):
     require_addressed_to_us: bool = True
     window_days: Annotated[float, Field(ge=1)] = 7.0
     max_per_hour: Annotated[int, Field(ge=0)] = 60
+    max_per_domain_per_hour: Annotated[int, Field(ge=0)] = 10
+    max_defer_hours: Annotated[float, Field(gt=0)] = 24.0
+    dotless_domains: tuple[str, ...] = ("gmail.com", "googlemail.com")
+    trusted_authserv_ids: tuple[str, ...] = ()
+    unauthenticated: Literal["fixed", "none"] = "fixed"
     form_senders: tuple[str, ...] = ()
     sent_folder: str = ""
     drafts_folder: str = ""
@@ -182,6 +201,19 @@ class RepliesSettings(_Section):
     signature: str = "The Example team"
     business_hours_promise: str = "within one business day"
     default_language: str = "en"
+
+    @model_validator(mode="after")
+    def _forms_need_authentication(self) -> Self:
+        # A form relay's notification names the address we write to; unless our server vouches
+        # that it came from the relay, anyone could pose as the form (docs/security.md).
+        if any(s.strip() for s in self.form_senders) and not any(
+            t.strip() for t in self.trusted_authserv_ids
+        ):
+            raise ValueError(
+                "form_senders needs trusted_authserv_ids: a form notification is answered only "
+                "when our own server authenticated the relay"
+            )
+        return self
 
 
 class ClassifierSettings(_Section):
@@ -212,6 +244,9 @@ class IngestSettings(_Section):
     folder_prefix: str = "Triage"
     corrections: bool = True
     max_message_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
+    # The bytes of mail one FETCH may bring into memory (by RFC822.SIZE, asked first); a
+    # message larger than this is fetched on its own. Bounds memory as batch_size bounds count.
+    batch_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     # Worker processes that parse and classify while the account thread fetches and records
     # (triage.workers); 0 keeps everything in the account thread. 1 uses a second core.
     workers: Annotated[int, Field(ge=0, le=16)] = 0
@@ -271,10 +306,6 @@ class Settings(BaseSettings):
     leads: LeadsSettings = Field(default_factory=LeadsSettings)
     digest: DigestSettings = Field(default_factory=DigestSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
-
-
-def _is_loopback(host: str) -> bool:
-    return host in {"localhost", "::1"} or host.startswith("127.")
 
 
 def _without_config_var(environ: Mapping[str, str]) -> dict[str, str]:

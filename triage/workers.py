@@ -14,9 +14,11 @@ process runs exactly those against the real outbox and puts every reason back in
 Workers are forked once at start-up, before the account threads exist, from the process that has
 already imported everything and loaded the model: they share those pages copy-on-write and start
 in milliseconds. Each keeps its own copy of the `ModelHandle`, which reloads the model when its
-file changes, as the main process's does. A worker that dies breaks the pool: the batch in hand
-fails and `FolderSync` decides it again in process (its poison-message path); the next batch gets
-a fresh pool. Workers exit by themselves when the main process is gone (SIGKILL included).
+file changes, as the main process's does. A worker that dies breaks the pool: the batches in hand
+fail, the next submit starts a fresh pool, and `FolderSync` decides their messages again one at a
+time in it, so that a message that kills its worker is found and counted (each attempt is recorded
+before the message is decided) without taking the main process with it. Workers exit by
+themselves when the main process is gone (SIGKILL included).
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ from triage.models import (
     Classification,
     Contact,
     InboundMessage,
-    Verdict,
 )
 from triage.parsing import parse
 from triage.pipeline import Decided
@@ -58,7 +59,7 @@ Item = tuple[int, bytes, bool]
 # What a worker returns per message: the message, the reply destination, the reasons of the rules
 # that did not need the history (with their rule index), the indices of those that did, and the
 # classification.
-Partial = tuple[InboundMessage, Address | None, tuple[tuple[int, str], ...], tuple[int, ...], Any]
+Partial = tuple[InboundMessage, guards.Route, tuple[tuple[int, str], ...], tuple[int, ...], Any]
 Wait = Callable[[], list[Decided]]
 
 # Batches submitted and not yet waited for that are remembered (see `DecidePool.start`).
@@ -115,15 +116,10 @@ class _ProbeHistory:
     def __init__(self) -> None:
         self.asked = False
 
-    def replied_recently(self, address: str, window: timedelta) -> bool:
+    def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
         """Never replied (the main process asks the real outbox)."""
         self.asked = True
         return False
-
-    def replies_last_hour(self) -> int:
-        """None made (the main process asks the real outbox)."""
-        self.asked = True
-        return 0
 
 
 class _Worker:
@@ -136,19 +132,20 @@ class _Worker:
 
     def check(
         self, msg: InboundMessage
-    ) -> tuple[Address | None, tuple[tuple[int, str], ...], tuple[int, ...]]:
+    ) -> tuple[guards.Route, tuple[tuple[int, str], ...], tuple[int, ...]]:
         """`guards.check`, except that rules consulting the history are only named."""
-        dest = guards.destination(msg, self.ctx)
+        where = guards.route(msg, self.ctx)
+        ctx = self.ctx.for_route(where)
         found: list[tuple[int, str]] = []
         deferred: list[int] = []
         for index, rule in enumerate(guards.RULES):
             self.probe.asked = False
-            reason = rule(msg, self.ctx, dest)
+            reason = rule(msg, ctx, where.address)
             if self.probe.asked:
                 deferred.append(index)
             elif reason is not None:
                 found.append((index, reason))
-        return dest, tuple(found), tuple(deferred)
+        return where, tuple(found), tuple(deferred)
 
     def decide(self, raws: Sequence[bytes]) -> list[Partial]:
         """Parse, check and classify a batch."""
@@ -205,26 +202,19 @@ class _BatchHistory:
 
     Nothing is recorded between the rules of one batch (recording comes after deciding, in the
     same thread), so the answers cannot change within it; the in-process path asks the store the
-    same questions at the same point. Saves two queries per message in a backlog.
+    same questions at the same point. Saves a query per message in a backlog.
     """
 
     def __init__(self, history: guards.ReplyHistory) -> None:
         self.history = history
-        self._recent: dict[tuple[str, timedelta], bool] = {}
-        self._last_hour: int | None = None
+        self._recent: dict[tuple[str, timedelta, bool], bool] = {}
 
-    def replied_recently(self, address: str, window: timedelta) -> bool:
-        """Asked of the real history once per address and window."""
-        key = (address, window)
+    def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
+        """Asked of the real history once per address, window and kind of sender."""
+        key = (address, window, verified)
         if key not in self._recent:
-            self._recent[key] = self.history.replied_recently(address, window)
+            self._recent[key] = self.history.replied_recently(address, window, verified=verified)
         return self._recent[key]
-
-    def replies_last_hour(self) -> int:
-        """Asked of the real history once per batch."""
-        if self._last_hour is None:
-            self._last_hour = self.history.replies_last_hour()
-        return self._last_hour
 
 
 def finish(
@@ -237,16 +227,15 @@ def finish(
     if ctx.history is not None:
         ctx = dataclasses.replace(ctx, history=_BatchHistory(ctx.history))
     out: list[Decided] = []
-    for (row, _raw, backfill), (msg, dest, found, deferred, cls) in zip(
+    for (row, _raw, backfill), (msg, where, found, deferred, cls) in zip(
         items, partials, strict=True
     ):
         reasons = dict(found)
         for index in deferred:
-            reason = guards.RULES[index](msg, ctx, dest)
+            reason = guards.RULES[index](msg, ctx.for_route(where), where.address)
             if reason is not None:
                 reasons[index] = reason
-        ordered = tuple(reasons[i] for i in sorted(reasons))
-        verdict = Verdict(may_reply=not ordered, reasons=ordered, destination=dest)
+        verdict = guards.verdict_of(where, (reasons[i] for i in sorted(reasons)))
         disposition = dispose(msg, verdict, cls, backfill=backfill, folder_prefix=folder_prefix)
         out.append(Decided(row, msg, verdict, cls, disposition))
     return out

@@ -82,7 +82,8 @@ def subject_998() -> bytes:
 
 
 def form_email_bare_cr() -> bytes:
-    """A relayed form whose Email field hides a Bcc line behind a bare CR."""
+    """A relayed form whose Email field hides a Bcc line behind a bare CR: the CR ends the
+    field, so the visitor (noah, fixed text) may be answered, never the Bcc."""
     head = (
         RELAY_AUTH
         + _head(
@@ -100,7 +101,7 @@ def form_email_bare_cr() -> bytes:
     body = (
         b"You have a new submission from the contact form on your website.\n\n"
         b"Name: Noah Field\n"
-        b"Email: noah@third.example\rBcc: carl@third.example\rSubject: WIN A FREE IPHONE\n"
+        b"Email: noah@field-co.example\rBcc: carl@third.example\rSubject: WIN A FREE IPHONE\n"
         b"Company: Field & Co\n"
         b"Message: We need a quote for 44 office chairs and 10 desks, delivered to our office"
         b" next month. Our budget is approved; please call me to discuss prices and delivery"

@@ -467,6 +467,14 @@ def _line(
         "review": result.review if result else True,
         "may_reply": bool(verdict_.may_reply) if verdict_ and result else False,
         "reasons": list(verdict_.reasons) if verdict_ else [],
+        # Whom a reply would go to, whether our server authenticated the sender, whether the
+        # reply may repeat what the sender wrote, and why (docs/security.md).
+        "reply_to": (
+            verdict_.destination.email if verdict_ and verdict_.destination is not None else None
+        ),
+        "verified": bool(verdict_.verified) if verdict_ else False,
+        "reflect": bool(verdict_.reflect) if verdict_ else False,
+        "notes": list(verdict_.notes) if verdict_ else [],
         "contact": {
             "name": contact.name if contact else "",
             "email": contact.email if contact else "",

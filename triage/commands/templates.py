@@ -80,13 +80,22 @@ def preview(
     lang: Annotated[
         str | None, typer.Option("--lang", "-l", help="Language variant, e.g. de.")
     ] = None,
+    trusted: Annotated[
+        bool | None,
+        typer.Option(
+            "--trusted/--untrusted",
+            help="Preview the reply to an authenticated sender (name, company and subject "
+            "repeated) or the fixed-text one. Default: trusted for the sample, as the guards "
+            "decide for --message.",
+        ),
+    ] = None,
     templates_dir: TemplatesDir = None,
 ) -> None:
     """Print the complete MIME reply that NAME would produce."""
     from dataclasses import replace
 
     from triage.compose import make_reply
-    from triage.guards import GuardContext, destination
+    from triage.guards import GuardContext, route
     from triage.models import Address
     from triage.replies import TemplateRenderer
 
@@ -96,10 +105,17 @@ def preview(
         msg = replace(msg, language=lang)
     # Files have no Return-Path, and a preview must show a reply even to a message we'd skip.
     guard_ctx = GuardContext.from_settings(replies, None, require_return_path=False)
-    dest = destination(msg, guard_ctx) or Address("", "recipient@example.invalid")
+    where = route(msg, guard_ctx)
+    if trusted is None:
+        trusted = message is None or where.reflect
+    dest = where.address or Address("", "recipient@example.invalid")
+    if trusted and message is None:
+        dest = msg.from_ or dest
     with user_errors():
         renderer = TemplateRenderer.from_settings(replies)
-        reply = make_reply(msg, dest, name, renderer, replies, lead_owner="Sam Seller")
+        reply = make_reply(
+            msg, dest, name, renderer, replies, lead_owner="Sam Seller", trusted=trusted
+        )
     print(reply.as_string(), end="")
 
 

@@ -172,6 +172,15 @@ def _mailbox_pairs(value: str) -> list[tuple[str, str]]:
         return [("", token) for token in _NOT_IN_ADDRESS.split(value) if "@" in token]
 
 
+# A group ("Team: a@x, b@y;"): a colon before any `<`, `@` or `,` outside a quoted string.
+_GROUP = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^"<@:,])*:')
+
+
+def is_group(value: str) -> bool:
+    """True when an address header uses group syntax (RFC 5322 3.4): nobody to answer."""
+    return _GROUP.match(value[:MAX_ADDRESS_HEADER]) is not None
+
+
 def first_address(value: str) -> Address | None:
     """The first mailbox of an address header, or None."""
     found = addresses(value)

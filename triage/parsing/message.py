@@ -11,7 +11,7 @@ import quotequail
 
 from triage import contacts
 from triage.models import Address, Attachment, InboundMessage
-from triage.parsing import charsets, headers, htmltext, language, mime, quotes
+from triage.parsing import charsets, headers, htmltext, language, mime, quotes, trace
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ def _parse(raw: bytes) -> InboundMessage:
     message_id = headers.message_id(header("message-id") or "")
     text, from_html, body = _body_text(root, budget)
     reply = quotes.new_text(text)
-    from_ = headers.first_address(header("from") or "")
+    senders = headers.addresses(header("from") or "")
+    from_ = senders[0] if senders else None
     reply_to = headers.addresses(header("reply-to") or "")
     to = headers.addresses(header("to") or "")
     header_map = _header_map(root, budget)
@@ -206,6 +207,7 @@ def _parse(raw: bytes) -> InboundMessage:
     if reply.original and contacts.forwarded_within_company(from_, to):
         # Only then does the original's sender matter, and quotequail costs a millisecond.
         forwarded = _forwarded_sender(reply.original, budget)
+    auth_results, auth_results_cut, from_count = trace.sender_fields(data)
     contact = contacts.extract(
         from_,
         reply_to,
@@ -236,6 +238,10 @@ def _parse(raw: bytes) -> InboundMessage:
         headers=MappingProxyType(header_map),
         contact=contact,
         defects=tuple(budget.defects),
+        auth_results=auth_results,
+        auth_results_cut=auth_results_cut,
+        from_count=from_count,
+        from_single=len(senders) == 1 and not headers.is_group(header("from") or ""),
     )
 
 

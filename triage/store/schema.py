@@ -165,4 +165,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX lead_messages_message ON lead_messages (message_row);
     CREATE INDEX messages_created ON messages (created_at);
     """,
+    # 3: replies limited by canonical recipient and by domain at send time (issue 12). The
+    # window compares `recipient_key` (case, +tag and provider dots removed); the hourly and
+    # per-domain caps count `claimed_at` (when a reply went to SMTP) and defer, never drop, a
+    # reply that would exceed them; `priority` orders the deferred (authenticated sales first);
+    # `deferrals` counts how often a cap held a reply back. Older rows keep their lower-cased
+    # recipient as key.
+    """
+    ALTER TABLE replies ADD COLUMN recipient_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE replies ADD COLUMN recipient_domain TEXT NOT NULL DEFAULT '';
+    ALTER TABLE replies ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE replies ADD COLUMN claimed_at TEXT;
+    ALTER TABLE replies ADD COLUMN deferrals INTEGER NOT NULL DEFAULT 0;
+    UPDATE replies SET recipient_key = lower(recipient),
+        recipient_domain = lower(substr(recipient, instr(recipient, '@') + 1)),
+        claimed_at = sent_at;
+    CREATE INDEX replies_recipient_key ON replies (recipient_key, created_at);
+    CREATE INDEX replies_claimed ON replies (claimed_at, recipient_domain);
+    """,
 )

@@ -1,0 +1,41 @@
+"""The header fields whose every occurrence matters, not only the first: sender authentication.
+
+`mime.split_headers` keeps the first value of each field, which is what the etiquette rules read.
+Authentication needs more: every `Authentication-Results` field in order (our receiving server
+adds its own on top; a sender may have put forged ones further down) and the number of `From`
+fields (a message with two is not DMARC-verifiable, and we must not pick the unverified one).
+"""
+
+from __future__ import annotations
+
+import re
+
+from triage.parsing.mime import MAX_HEAD_BYTES
+
+MAX_AUTH_RESULTS = 20  # fields kept; a real message has one per receiving hop
+MAX_AUTH_RESULT_CHARS = 4096  # per field: a real one is a few hundred characters
+
+_AUTH_RESULTS = re.compile(
+    r"^authentication-results[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.IGNORECASE | re.MULTILINE
+)
+_FROM = re.compile(r"^from[ \t]*:", re.IGNORECASE | re.MULTILINE)
+
+
+def sender_fields(data: bytes) -> tuple[tuple[str, ...], bool, int]:
+    """The unfolded `Authentication-Results` values (topmost first), whether any were left out
+    or cut short, and the count of `From` fields in the top-level header block of normalised
+    (LF) message bytes."""
+    # Only the header block is read, and no more of it than the MIME reader reads.
+    end = data.find(b"\n\n", 0, MAX_HEAD_BYTES)
+    head = data[: end if end != -1 else MAX_HEAD_BYTES]
+    text = head.decode("utf-8", "replace")
+    values: list[str] = []
+    cut = False
+    for match in _AUTH_RESULTS.finditer(text):
+        if len(values) >= MAX_AUTH_RESULTS:
+            cut = True
+            break
+        value = match.group(1)[: MAX_AUTH_RESULT_CHARS * 2].replace("\n", "").strip()
+        cut = cut or len(value) > MAX_AUTH_RESULT_CHARS
+        values.append(value[:MAX_AUTH_RESULT_CHARS])
+    return tuple(values), cut, len(_FROM.findall(text))
