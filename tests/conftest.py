@@ -3,40 +3,22 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.mailtools import DaemonStarter
-from triage.mailharness import HarnessConfig, MailHarness, unavailable_reason
+from tests.mailtools import DaemonStarter, running_harness
+from triage.mailharness import MailHarness
 
 
 @pytest.fixture(scope="session")
 def mail_harness() -> Iterator[MailHarness]:
-    """Real Dovecot and Postfix for the whole session, in a temporary folder.
-
-    Ports are chosen free at start (not the fixed defaults), so a demo harness or another
-    test run on the same machine does not collide with this one.
-    """
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    # Not under pytest's own temporary folder: another pytest run on the machine resets that to
-    # mode 0700, and the mail daemons (users dovecot, postfix) must be able to walk into ours.
-    base = Path(tempfile.mkdtemp(prefix="triage-mailservers-"))
-    harness = MailHarness(HarnessConfig(base_dir=base).with_free_ports())
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    """Real Dovecot and Postfix for the whole session, in a temporary folder."""
+    yield from running_harness()
 
 
 @pytest.fixture
@@ -73,3 +55,15 @@ def daemon_factory(tmp_path: Path) -> Iterator[DaemonStarter]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+def tdir(tmp_path: Path) -> Path:
+    """A templates directory with a minimal `sales` set."""
+    from tests.templating import write
+
+    directory = tmp_path / "templates"
+    directory.mkdir()
+    write(directory, "sales.subject", "{{ original_subject }}\n")
+    write(directory, "sales.txt", "Hello {{ contact.name }}\n")
+    return directory

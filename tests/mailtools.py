@@ -5,17 +5,21 @@ from __future__ import annotations
 import email
 import email.policy
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
+import pytest
+
 from triage.demo import write_config
-from triage.mailharness import MailHarness
+from triage.mailharness import HarnessConfig, MailHarness, unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,9 +34,19 @@ SALES_BODY = (
 )
 
 
-def inquiry(sender: str, to: str, n: int, name: str = "Pat Buyer") -> bytes:
-    """A sales inquiry from `sender` with a unique Message-ID."""
+# The authserv-id the test configuration trusts (see `triage.demo.CONFIG`).
+OUR_MX = "mx.example.test"
+
+
+def inquiry(
+    sender: str, to: str, n: int, name: str = "Pat Buyer", *, authenticated: bool = False
+) -> bytes:
+    """A sales inquiry from `sender` with a unique Message-ID; `authenticated` adds the DMARC
+    pass our own receiving server would stamp on it."""
     msg = EmailMessage()
+    if authenticated:
+        domain = sender.rpartition("@")[2]
+        msg["Authentication-Results"] = f"{OUR_MX}; dmarc=pass header.from={domain}"
     msg["From"] = f"{name} <{sender}>"
     msg["To"] = to
     msg["Subject"] = f"Quote request for {n} pallets"
@@ -116,3 +130,26 @@ def synced(base: Path) -> bool:
             return bool(conn.execute("SELECT COUNT(*) FROM mailbox_state").fetchone()[0] > 0)
         except Exception:  # noqa: BLE001 - the schema may not exist yet
             return False
+
+
+def running_harness(users: Mapping[str, str] | None = None) -> Iterator[MailHarness]:
+    """Start real Dovecot and Postfix in a temporary folder (with `users`, else the default
+    ones), yield them, stop them; skips the test when the servers are not installed.
+
+    Ports are chosen free at start (not the fixed defaults), so a demo harness or another
+    test run on the same machine does not collide with this one.
+    """
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    # Not under pytest's own temporary folder: another pytest run on the machine resets that to
+    # mode 0700, and the mail daemons (users dovecot, postfix) must be able to walk into ours.
+    base = Path(tempfile.mkdtemp(prefix="triage-mailservers-"))
+    config = HarnessConfig(base_dir=base) if users is None else HarnessConfig(base, users=users)
+    harness = MailHarness(config.with_free_ports())
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -8,10 +8,8 @@ up the hourly cap delays a real prospect's reply but does not cancel it.
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import sqlite3
-import tempfile
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.utils import format_datetime, localtime, make_msgid
@@ -19,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mailtools import config_for, db, replies_in, triage
-from triage.mailharness import HarnessConfig, MailHarness, unavailable_reason
+from tests.mailtools import config_for, db, replies_in, running_harness, triage
+from triage.mailharness import MailHarness
 
 pytestmark = pytest.mark.mail
 
@@ -210,19 +208,9 @@ CROWD = 60
 @pytest.fixture(scope="module")
 def crowd_harness() -> Iterator[MailHarness]:
     """A second harness with a mailbox for each of 60 forgers and one real prospect."""
-    reason = unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
     users = {f"f{n:02d}": f"pw-f{n:02d}" for n in range(CROWD)}
     users |= {"hello": "pw-hello", "noreply": "pw-noreply", "prospect": "pw-prospect"}
-    base = Path(tempfile.mkdtemp(prefix="triage-crowd-"))
-    harness = MailHarness(HarnessConfig(base_dir=base, users=users).with_free_ports())
-    harness.start()
-    try:
-        yield harness
-    finally:
-        harness.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    yield from running_harness(users)
 
 
 def test_a_flood_of_forged_inquiries_defers_but_never_drops_a_real_reply(

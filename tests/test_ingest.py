@@ -63,10 +63,10 @@ def deliver(harness: MailHarness, messages: list[tuple[str, bytes]]) -> None:
 def test_new_mail_is_answered_once_threaded_and_marked(
     mail_harness: MailHarness, started: tuple[Path, Path]
 ) -> None:
-    """A sales inquiry gets one threaded, Auto-Submitted reply, a Sent copy, \\Answered and a
-    keyword; a second pass changes nothing."""
+    """A sales inquiry from an authenticated sender gets one threaded, Auto-Submitted reply, a
+    Sent copy, \\Answered and a keyword; a second pass changes nothing."""
     base, config = started
-    raw = inquiry("alice@example.test", HELLO, 40, "Alice Moreau")
+    raw = inquiry("alice@example.test", HELLO, 40, "Alice Moreau", authenticated=True)
     deliver(mail_harness, [("alice@example.test", raw)])
     assert triage(config, "once").returncode == 0
     assert triage(config, "once").returncode == 0  # nothing new: must not reply again

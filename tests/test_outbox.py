@@ -683,7 +683,7 @@ def reply_to(harness: MailHarness, user: str, n: int) -> tuple[EmailMessage, Inb
     )
     rendered = RenderedReply("sales", "", inbound.subject, f"Thanks for inquiry {n}\n", "<p>Hi</p>")
     dest = Address(user.title(), harness.address(user))
-    return compose(inbound, dest, rendered, HARNESS_REPLIES), inbound
+    return compose(inbound, dest, rendered, HARNESS_REPLIES, trusted=True), inbound
 
 
 def queue(box: Outbox, harness: MailHarness, user: str, n: int) -> int:

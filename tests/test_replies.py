@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.templating import write
 from triage.errors import TemplateError
 from triage.models import Address, Contact, InboundMessage
 from triage.replies import (
@@ -29,26 +29,6 @@ def variables(**changes: object) -> ReplyVariables:
     base = ReplyVariables.sample(SETTINGS)
     data = {f: getattr(base, f) for f in base.__dataclass_fields__} | changes
     return ReplyVariables(**data)
-
-
-def write(directory: Path, name: str, text: str) -> Path:
-    """Write a template file and push its mtime forward, so even a same-second edit is seen."""
-    path = directory / name
-    stamp = path.stat().st_mtime_ns + 2_000_000_000 if path.exists() else None
-    path.write_text(text, encoding="utf-8")
-    if stamp is not None:
-        os.utime(path, ns=(stamp, stamp))
-    return path
-
-
-@pytest.fixture
-def tdir(tmp_path: Path) -> Path:
-    """A templates directory with a minimal `sales` set."""
-    directory = tmp_path / "templates"
-    directory.mkdir()
-    write(directory, "sales.subject", "{{ original_subject }}\n")
-    write(directory, "sales.txt", "Hello {{ contact.name }}\n")
-    return directory
 
 
 # --- the shipped templates ------------------------------------------------------------------------

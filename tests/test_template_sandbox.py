@@ -21,6 +21,7 @@ import jinja2
 import pytest
 from typer.testing import CliRunner
 
+from tests.templating import write
 from triage.cli import app
 from triage.compose import make_reply
 from triage.errors import TemplateError
@@ -48,26 +49,6 @@ SHORT_TIMEOUT = 0.3
 def variables(**changes: Any) -> ReplyVariables:
     """Sample variables, with changes."""
     return replace(ReplyVariables.sample(SETTINGS), **changes)
-
-
-def write(directory: Path, name: str, text: str) -> Path:
-    """Write a template file and push its mtime forward, so even a same-second edit is seen."""
-    path = directory / name
-    stamp = path.stat().st_mtime_ns + 2_000_000_000 if path.exists() else None
-    path.write_text(text, encoding="utf-8")
-    if stamp is not None:
-        os.utime(path, ns=(stamp, stamp))
-    return path
-
-
-@pytest.fixture
-def tdir(tmp_path: Path) -> Path:
-    """A templates directory with a minimal `sales` set."""
-    directory = tmp_path / "templates"
-    directory.mkdir()
-    write(directory, "sales.subject", "{{ original_subject }}\n")
-    write(directory, "sales.txt", "Hello {{ contact.name }}\n")
-    return directory
 
 
 @pytest.fixture
