@@ -68,6 +68,7 @@ mode = "live"
 sent_folder = "{sent_folder}"
 templates_dir = "{templates}"
 from_address = "hello@{cfg.domain}"
+trusted_authserv_ids = ["mx.{cfg.domain}"]
 
 [classifier]
 model_path = "{model}"
@@ -283,3 +284,24 @@ def test_unverified_certificates_are_a_warning_naming_the_setting() -> None:
         },
     )
     assert check_certificates(verified) == []
+
+
+def test_no_trusted_authserv_id_is_a_warning_saying_what_replies_become() -> None:
+    """Without `replies.trusted_authserv_ids` nobody is authenticated: doctor says so, what it
+    means for the replies, and where to read how to set it; with one, nothing is said."""
+    from triage.doctor import check_sender_authentication
+
+    base = {"imap": {"username": "u", "password": "p"}}
+    bare = load_settings(None, environ={}, overrides=base)
+    [finding] = check_sender_authentication(bare)
+    assert finding.status == "warning"
+    assert "fixed text only" in finding.detail
+    assert "docs/security.md" in finding.fix
+    silent = load_settings(
+        None, environ={}, overrides=base | {"replies": {"unauthenticated": "none"}}
+    )
+    assert "no reply is sent" in check_sender_authentication(silent)[0].detail
+    trusted = {"replies": {"trusted_authserv_ids": ["mx.example.com"]}}
+    assert (
+        check_sender_authentication(load_settings(None, environ={}, overrides=base | trusted)) == []
+    )

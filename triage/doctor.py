@@ -333,6 +333,30 @@ def check_certificates(settings: Settings) -> list[Finding]:
     return findings
 
 
+# -- sender authentication ------------------------------------------------------------------------
+
+
+def check_sender_authentication(settings: Settings) -> list[Finding]:
+    """A warning when no receiving server's verdict is trusted: then nobody is authenticated, so
+    every reply carries fixed text (or none goes out, with `unauthenticated = "none"`)."""
+    if any(t.strip() for t in settings.replies.trusted_authserv_ids):
+        return []
+    consequence = (
+        "no reply is sent"
+        if settings.replies.unauthenticated == "none"
+        else "every reply carries fixed text only, addressed to From"
+    )
+    return [
+        _warning(
+            "sender authentication",
+            f"replies.trusted_authserv_ids is empty: no sender can be authenticated, so "
+            f"{consequence}",
+            "set replies.trusted_authserv_ids to your receiving server's authserv-id "
+            "(docs/security.md)",
+        )
+    ]
+
+
 # -- templates ------------------------------------------------------------------------------------
 
 
@@ -427,6 +451,7 @@ def checks(settings: Settings) -> Iterator[tuple[str, Check]]:
         yield f"imap {account.name}", partial(check_imap, settings, account, index)
     yield "smtp", partial(check_smtp, settings)
     yield "certificates", partial(check_certificates, settings)
+    yield "sender authentication", partial(check_sender_authentication, settings)
     yield "templates", partial(check_templates, settings)
     yield "model", partial(check_model, settings)
 
