@@ -15,8 +15,8 @@ from triage.guards import (
     automated_reason,
     canonical,
     check,
-    destination,
     is_do_not_reply,
+    route,
 )
 from triage.models import Address, Attachment, Contact, InboundMessage
 from triage.settings import RepliesSettings
@@ -31,11 +31,13 @@ class FakeHistory:
     recent: set[str] = field(default_factory=set)
     asked: list[tuple[str, timedelta]] = field(default_factory=list)
 
-    verified_only: set[str] = field(default_factory=set)
+    # Replies to senders our server authenticated; `recent` holds those to unverified ones.
+    verified_recent: set[str] = field(default_factory=set)
 
     def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
+        """As the outbox: a verified sender is blocked only by replies to verified senders."""
         self.asked.append((address, window))
-        return address in self.recent or (verified and address in self.verified_only)
+        return address in self.verified_recent or (not verified and address in self.recent)
 
 
 def make_msg(**changes: Any) -> InboundMessage:
@@ -685,7 +687,7 @@ def test_automated_reason_names_machine_mail_only() -> None:
 def test_destination_without_any_sender() -> None:
     """A message without From or Reply-To has nobody to answer."""
     msg = make_msg(from_=None, contact=Contact())
-    assert destination(msg, make_ctx()) is None
+    assert route(msg, make_ctx()).address is None
     assert "no-destination" in rule_names(check(msg, make_ctx()).reasons)
 
 
@@ -728,22 +730,20 @@ def test_form_relay_must_be_authenticated() -> None:
     assert not verdict.reflect
 
 
-def test_the_window_asks_about_verified_replies_for_a_verified_sender() -> None:
-    """Someone forges `jane.doe+promo@gmail.com` and gets a fixed-text reply; Jane's own,
-    authenticated inquiry later asks only about replies to verified senders (see the outbox),
-    so the forgery does not use up her one reply. An unverified one asks about every reply."""
-    history = FakeHistory(verified_only={"janedoe@gmail.com"})
+def test_a_forged_fixed_text_reply_does_not_use_up_a_verified_senders_window() -> None:
+    """Someone forges `jane.doe+promo@gmail.com` and gets a fixed-text reply (recorded as a
+    reply to an unverified sender). Jane herself, authenticated, is still answered; anyone
+    unauthenticated writing as Jane is not (the outbox implements the same split)."""
+    history = FakeHistory(recent={"janedoe@gmail.com"})
     jane = make_msg(from_=Address("Jane", "Jane.Doe@gmail.com"), return_path="<j@gmail.com>")
     ctx = trusting(history=history, dotless_domains=frozenset({"gmail.com"}))
-    real = check(authenticated(jane, "dmarc=pass header.from=gmail.com"), ctx)
-    assert "already-replied" in rule_names(real.reasons)  # a verified reply was made already
-    history.verified_only = set()
-    history.recent = set()
     assert check(authenticated(jane, "dmarc=pass header.from=gmail.com"), ctx).may_reply
+    assert "already-replied" in rule_names(check(jane, ctx).reasons)
+    # A reply to the verified Jane blocks both.
+    history.verified_recent = {"janedoe@gmail.com"}
+    verdict = check(authenticated(jane, "dmarc=pass header.from=gmail.com"), ctx)
+    assert "already-replied" in rule_names(verdict.reasons)
     assert history.asked[-1][0] == "janedoe@gmail.com"
-    # Unverified, the verified-only record is not consulted.
-    history.verified_only = {"janedoe@gmail.com"}
-    assert check(jane, ctx).may_reply
 
 
 def test_hostile_authentication_results_cannot_crash_or_stall_the_check() -> None:

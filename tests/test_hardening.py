@@ -388,6 +388,25 @@ def test_a_private_existing_directory_gets_no_warning(
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
+def test_an_existing_store_readable_by_others_is_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A database made 0644 before stores were private holds every message: a WARNING names it
+    and the chmod; a 0600 one says nothing."""
+    old = tmp_path / "old.db"
+    Database(old).close()
+    old.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="triage.store.db"):
+        Database(old).close()
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert str(old) in message and "mode 0644" in message and f"chmod 600 {old}" in message
+    caplog.clear()
+    old.chmod(0o600)
+    with caplog.at_level(logging.WARNING, logger="triage.store.db"):
+        Database(old).close()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 # -- model files ----------------------------------------------------------------------------------
 
 

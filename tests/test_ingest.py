@@ -244,6 +244,36 @@ def test_poison_message_is_quarantined_and_the_rest_go_on(
         assert len(client.search(["KEYWORD", "$Triage-Quarantine"])) == 1
 
 
+def test_a_dropped_connection_does_not_count_against_the_message(
+    mail_harness: MailHarness, started: tuple[Path, Path]
+) -> None:
+    """A pass that stops on a server error (here: the connection drops while a message is being
+    decided) takes back the attempt it counted: after more such passes than `max_attempts` the
+    message is still answered, not quarantined as if it had killed the process."""
+    from triage.errors import TransientError
+
+    base, config = started
+    deliver(mail_harness, [("alice@example.test", inquiry("alice@example.test", HELLO, 3))])
+    settings = load_settings(config, environ={})
+
+    class Dropping(Service):
+        def decide_batch(self, items: Sequence[tuple[int, bytes, bool]]) -> list[Decided]:
+            raise TransientError("connection dropped")
+
+    shared = prepare(settings)
+
+    def dropping(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
+        return Dropping(shared).folder_syncs(account, mailbox)
+
+    for _ in range(settings.ingest.max_attempts + 1):
+        run_once(settings, dropping)
+        with db(base) as conn:
+            assert conn.execute("SELECT attempts FROM messages").fetchone()[0] == 0
+    assert triage(config, "once").returncode == 0
+    assert states(base) == {"done": 1}
+    assert len(replies_in(mail_harness, "alice")) == 1
+
+
 def test_one_account_with_a_wrong_password_does_not_stall_the_other(
     mail_harness: MailHarness, clean_mail: None, tmp_path: Path, daemon_factory: DaemonStarter
 ) -> None:

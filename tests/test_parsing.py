@@ -668,3 +668,10 @@ def test_pathological_runs_are_linear(run: str) -> None:
     msg = parse(raw)
     assert time.perf_counter() - started < 1.0
     assert not [defect for defect in msg.defects if defect.startswith("parser error")]
+
+
+def test_html_drops_invisible_and_reordering_characters_written_or_referenced() -> None:
+    """A bidi override or zero-width character, literal or as `&#x…;`, does not reach the text."""
+    from triage.parsing.htmltext import to_text
+
+    assert to_text("<p>Pat&#x202E;&#x200B;Pro\u2066spect \u202egh&shy;i</p>") == "PatProspect ghi"

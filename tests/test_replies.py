@@ -16,8 +16,8 @@ from triage.replies import (
     ReplyVariables,
     TemplateContact,
     TemplateRenderer,
-    one_line,
 )
+from triage.sanitize import one_line
 from triage.settings import RepliesSettings
 
 REPO_TEMPLATES = Path(__file__).parents[1] / "templates"

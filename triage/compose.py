@@ -17,8 +17,8 @@ from email.utils import format_datetime
 
 from triage.errors import ConfigError, PermanentError
 from triage.models import Address, InboundMessage
-from triage.replies import RenderedReply, ReplyVariables, TemplateRenderer, one_line
-from triage.sanitize import is_addr_spec, strip_invisible
+from triage.replies import RenderedReply, ReplyVariables, TemplateRenderer
+from triage.sanitize import is_addr_spec, one_line, strip_invisible
 from triage.settings import RepliesSettings
 
 # "Re:" in the languages we answer in, optionally numbered ("Re[2]:"): already a reply subject.

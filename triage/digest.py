@@ -62,15 +62,9 @@ from triage.errors import (
 )
 from triage.leads import age, check_business_hours, is_overdue, zone
 from triage.outbox import CapReport, cap_report
-from triage.replies import (
-    MAX_SINGLE_LINE,
-    describe,
-    make_environment,
-    one_line,
-    render_error_location,
-)
+from triage.replies import describe, make_environment, render_error_location
 from triage.review import ReviewItem, pending, pending_count
-from triage.sanitize import is_addr_spec, strip_invisible
+from triage.sanitize import is_addr_spec, one_line, shown, strip_invisible
 from triage.settings import Settings, SmtpSettings
 from triage.smtp import open_client
 from triage.store.db import Database
@@ -189,11 +183,6 @@ def _pause(db: Database, kind: str, until: datetime) -> None:
 
 
 # --- what a digest shows -------------------------------------------------------------------------
-
-
-def shown(value: str, limit: int = MAX_SINGLE_LINE) -> str:
-    """A value a prospect wrote as staff see it: one line, without invisible characters."""
-    return one_line(strip_invisible(value), limit)
 
 
 def snippet(text: str, limit: int = SNIPPET) -> str:

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Protocol
 
 from triage.models import Address, InboundMessage, Verdict
+from triage.sanitize import is_addr_spec
 from triage.sender_auth import aligned, authenticate
 from triage.settings import RepliesSettings
 
@@ -165,10 +166,6 @@ _DO_NOT_REPLY = re.compile(
     """,
     re.IGNORECASE | re.VERBOSE,
 )
-
-# A plain addr-spec with a dotted domain: nothing a header could be smuggled in with.
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_ADDR_SPEC = re.compile(rf"^[^@\s<>()\[\],;:\"\\]+@{_LABEL}(?:\.{_LABEL})+$")
 
 
 def is_do_not_reply(email: str) -> bool:
@@ -372,7 +369,8 @@ def _no_destination(msg: InboundMessage, ctx: GuardContext, dest: Address | None
         if msg.from_ and not msg.from_single:
             return "the From field names several mailboxes or a group: nobody to answer"
         return "the message has no sender address to reply to"
-    if not _ADDR_SPEC.match(dest.email):
+    # The same test the reply's To header and a lead's stored address pass.
+    if not is_addr_spec(dest.email):
         return f"the reply address {dest.email[:80]!r} is not a valid address"
     return None
 
@@ -553,11 +551,6 @@ def _form_visitor(msg: InboundMessage, ctx: GuardContext, relay: Address) -> Rou
     if not relay_auth.verified:
         note = f"web-form: the relay is not authenticated ({relay_auth.reason})"
     return Route(Address("", visitor), verified=relay_auth.verified, notes=(note,))
-
-
-def destination(msg: InboundMessage, ctx: GuardContext) -> Address | None:
-    """Where a reply would go (see `route`)."""
-    return route(msg, ctx).address
 
 
 def check(msg: InboundMessage, ctx: GuardContext, rules: Iterable[Rule] = RULES) -> Verdict:

@@ -121,10 +121,6 @@ class OutboxItem:
 SentReply: TypeAlias = OutboxItem
 
 
-def _canonical(email: str) -> str:
-    return canonical(email)
-
-
 @dataclass(frozen=True, slots=True)
 class SendLimits:
     """How many replies may go to SMTP per hour, in all and per recipient domain, and how long a
@@ -134,7 +130,7 @@ class SendLimits:
     max_per_hour: int | None = None
     max_per_domain_per_hour: int | None = None
     max_defer: timedelta = timedelta(hours=24)
-    canonical: Callable[[str], str] = _canonical
+    canonical: Callable[[str], str] = canonical
 
     @classmethod
     def from_settings(cls, replies: RepliesSettings, canonical: Callable[[str], str]) -> SendLimits:

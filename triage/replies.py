@@ -56,7 +56,7 @@ from markupsafe import EscapeFormatter, Markup, escape, soft_str
 
 from triage.errors import TemplateError
 from triage.models import Address, InboundMessage
-from triage.sanitize import strip_invisible
+from triage.sanitize import one_line, shown
 from triage.settings import RepliesSettings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ _FILE_RE = re.compile(
 )
 DEFAULT_SUBJECT = '{{ original_subject or "Your message to " ~ company_name }}'
 MAX_OUTPUT = 200_000  # characters per rendered part: a runaway loop must not build a huge mail
-MAX_SINGLE_LINE = 200  # characters kept of a one-line variable (name, company, subject)
 MAX_INT_BITS = 4096  # size of a number a template may compute (10**1233)
 RENDER_TIMEOUT = 2.0  # seconds one part may take to render; a reply normally takes milliseconds
 # What a template may raise while rendering; anything else is a bug in triage, not in the template.
@@ -83,21 +82,7 @@ _RENDER_ERRORS = (
     ValueError,
     RecursionError,
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
 _T = TypeVar("_T")
-
-
-def one_line(value: str, limit: int = MAX_SINGLE_LINE) -> str:
-    """`value` with every control character (CR, LF, TAB …) replaced by a space, trimmed.
-
-    Variables that come from a message may end up in a header; a line break there could forge one.
-    """
-    return " ".join(_CONTROL.sub(" ", value).split())[:limit]
-
-
-def _shown(value: str, limit: int = MAX_SINGLE_LINE) -> str:
-    """A value from a message as a reply may show it: one line, no invisible characters."""
-    return one_line(strip_invisible(value), limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,14 +137,14 @@ class ReplyVariables:
             company, subject = msg.contact.company, msg.subject
         return cls(
             contact=TemplateContact(
-                name=_shown(name),
-                company=_shown(company),
-                email=_shown(email),
+                name=shown(name),
+                company=shown(company),
+                email=shown(email),
             ),
-            original_subject=_shown(subject, 998),
+            original_subject=shown(subject, 998),
             company_name=replies.company_name,
             signature=replies.signature,
-            lead_owner=_shown(lead_owner),
+            lead_owner=shown(lead_owner),
             business_hours_promise=replies.business_hours_promise,
             language=msg.language or replies.default_language,
             trusted=trusted,

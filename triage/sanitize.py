@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 
+MAX_SINGLE_LINE = 200  # characters kept of a one-line value (name, company, subject)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+
 # Bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), marks
 # (U+200E, U+200F, U+061C), zero-width characters (U+200B-U+200D, U+2060, U+FEFF) and the
 # soft hyphen: they reorder or hide text ("Trojan Source", CVE-2021-42574) without being seen.
@@ -29,6 +32,19 @@ _ADDR_SPEC = re.compile(rf"{_DOT_ATOM}@{_LABEL}(?:\.{_LABEL})+")
 def strip_invisible(text: str) -> str:
     """`text` without bidi controls, zero-width characters and soft hyphens."""
     return _INVISIBLE.sub("", text)
+
+
+def one_line(value: str, limit: int = MAX_SINGLE_LINE) -> str:
+    """`value` with every control character (CR, LF, TAB …) replaced by a space, trimmed.
+
+    Values that come from a message may end up in a header; a line break there could forge one.
+    """
+    return " ".join(_CONTROL.sub(" ", value).split())[:limit]
+
+
+def shown(value: str, limit: int = MAX_SINGLE_LINE) -> str:
+    """A value a stranger wrote as a reply or a person shows it: one line, nothing invisible."""
+    return one_line(strip_invisible(value), limit)
 
 
 def is_addr_spec(email: str) -> bool:

@@ -106,12 +106,23 @@ class FolderSync:
         self.start_decide = start_decide
         # Rows whose attempt `_start_early` counted, not yet picked up by `_decide_batch`.
         self._charged: set[int] = set()
+        # Every row whose attempt this pass counted and no failure explained yet: refunded when
+        # the pass stops on a TransientError (a dropped connection is not the message's fault).
+        self._counted: set[int] = set()
 
     # -- one pass ------------------------------------------------------------------------------
 
     def sync(self) -> SyncResult:
         """Handle everything new or unfinished in the folder; raises TransientError on I/O."""
         self._charged.clear()
+        self._counted.clear()
+        try:
+            return self._sync()
+        except TransientError:
+            self.ledger.refund_attempt(self._counted)
+            raise
+
+    def _sync(self) -> SyncResult:
         info = self.mailbox.select(self.folder)
         result = SyncResult(folder=self.folder, uidnext=info.uidnext)
         state = self.ledger.folder_state(self.account, self.folder)
@@ -244,6 +255,9 @@ class FolderSync:
         # Without a Message-ID header the ledger holds the id the parser synthesised from content.
         blank = [u for u, mid in ids.items() if not mid]
         sizes = self._sizes(blank)
+        # A message too big to handle is never fetched, here either: it keeps no id (and is
+        # quarantined unread if it turns out to be new).
+        blank = [u for u in blank if not self._too_big(sizes, u)]
         for batch in self._batches(blank, sizes):
             for u, raw in self.mailbox.fetch(batch).items():
                 ids[u] = parse(raw).message_id
@@ -434,6 +448,10 @@ class FolderSync:
         """The rows of a batch never attempted before: these are decided together."""
         return [r for r in rows if r.state == SEEN and r.attempts == 0 and r.uid in raws]
 
+    def _begin_attempt(self, row_ids: list[int]) -> None:
+        self.ledger.begin_attempt(row_ids)
+        self._counted.update(row_ids)
+
     def _start_early(self, rows: Sequence[LedgerRow], raws: dict[int, bytes]) -> None:
         """Start deciding a fetched batch; `_decide_batch` later picks up the same batch."""
         assert self.start_decide is not None
@@ -441,7 +459,7 @@ class FolderSync:
         if not first:
             return
         # Counted now, before a worker starts on them (see `_decide_batch`).
-        self.ledger.begin_attempt([r.id for r in first])
+        self._begin_attempt([r.id for r in first])
         self._charged.update(r.id for r in first)
         try:
             self.start_decide([(r.id, raws[r.uid], r.backfill) for r in first])
@@ -459,7 +477,7 @@ class FolderSync:
         items = [(r.id, raws[r.uid], r.backfill) for r in rows]
         # The attempt is committed before deciding: if deciding kills the process, the count
         # survives it (unless `_start_early` counted this batch already).
-        self.ledger.begin_attempt([r.id for r in rows if r.id not in self._charged])
+        self._begin_attempt([r.id for r in rows if r.id not in self._charged])
         self._charged.difference_update(r.id for r in rows)
         wait = None
         if self.start_decide is not None:
@@ -492,7 +510,7 @@ class FolderSync:
         kills its process takes only a worker with it); record a failure, quarantine at the
         limit."""
         if count:
-            self.ledger.begin_attempt([r.id])
+            self._begin_attempt([r.id])
         item = [(r.id, raws[r.uid], r.backfill)]
         try:
             wait = None
@@ -506,6 +524,7 @@ class FolderSync:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
             error = _describe(exc)
+        self._counted.discard(r.id)  # this attempt failed for a reason: it stays counted
         if self.ledger.record_failure(r.id, error, self.settings.max_attempts, raws[r.uid]):
             log.warning(
                 "%s/%s: message uid %d quarantined after %d attempts: %s",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from triage.commands.common import EXIT_FAILURE, EXIT_USAGE, fail, load, user_errors
+from triage.sanitize import strip_invisible
 
 if TYPE_CHECKING:
     from triage.settings import Settings
@@ -88,13 +89,6 @@ def _contact(lead: LeadRecord) -> str:
     else:
         who = lead.name or lead.email or "(no valid address)"
     return f"{who} ({lead.company})" if lead.company else who
-
-
-def _clean(text: str) -> str:
-    """`text` without invisible characters: what a prospect wrote must show as it reads."""
-    from triage.sanitize import strip_invisible
-
-    return strip_invisible(text)
 
 
 # --- triage leads --------------------------------------------------------------------------------
@@ -289,13 +283,13 @@ def review_list(
                     {
                         "id": i.row_id,
                         "message_id": i.message_id,
-                        "sender": _clean(i.sender),
-                        "subject": _clean(i.subject),
+                        "sender": strip_invisible(i.sender),
+                        "subject": strip_invisible(i.subject),
                         "received": i.received_at.astimezone(UTC).isoformat(timespec="seconds"),
                         "guess": i.guess,
                         "confidence": round(i.confidence, 4),
-                        "explanation": [_clean(term) for term in i.explanation],
-                        "body": _clean(i.body),
+                        "explanation": [strip_invisible(term) for term in i.explanation],
+                        "body": strip_invisible(i.body),
                     }
                     for i in items
                 ]
@@ -309,8 +303,8 @@ def review_list(
                 str(i.row_id),
                 age(i.received_at, now),
                 f"{i.guess} {i.confidence:.0%}",
-                _cut(_clean(i.sender), 36),
-                _cut(_clean(i.subject), 50),
+                _cut(strip_invisible(i.sender), 36),
+                _cut(strip_invisible(i.subject), 50),
             ]
             for i in items
         ]

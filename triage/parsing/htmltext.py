@@ -18,6 +18,8 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
+from triage.sanitize import strip_invisible
+
 MAX_HTML_CHARS = 200_000  # marketing mail is far smaller; more only costs time
 MAX_TEXT_CHARS = 100_000  # text written; the parser keeps no more of a body
 MAX_QUOTE_LEVELS = 8  # `> ` prefixes shown; a reply chain is rarely deeper and never needs more
@@ -38,8 +40,6 @@ _HEAD_OPEN = re.compile(r"<head[\s>]", re.IGNORECASE)
 _HEAD_CLOSE = re.compile(r"</head\s*>", re.IGNORECASE)
 # A character reference, as `html.unescape` finds them (named ones without `;` included).
 _REFERENCE = re.compile(r"&(?:#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
-# Characters that show as nothing; str.split does not count them as whitespace.
-_ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\ufeff", "\u00ad")
 
 # What a tag does to the text around it.
 _BREAK, _ITEM, _CELL, _QUOTE, _UNQUOTE, _PRE, _UNPRE = range(7)
@@ -77,8 +77,8 @@ class Converted(NamedTuple):
 
 @lru_cache(maxsize=1024)
 def _unescape(reference: str) -> str:
-    text = html.unescape(reference)
-    return "" if text in _ZERO_WIDTH else text
+    # A reference to a character that shows as nothing (`&#x200B;`, `&#x202E;`) is dropped.
+    return strip_invisible(html.unescape(reference))
 
 
 def _reference(match: re.Match[str]) -> str:
@@ -197,9 +197,9 @@ def convert(markup: str, limit: int = MAX_TEXT_CHARS) -> Converted:
         defects.append("HTML too long; only its start converted")
         markup = markup[:MAX_HTML_CHARS]
     markup = _drop_head(_INVISIBLE.sub("", markup))
-    for invisible in _ZERO_WIDTH:
-        if invisible in markup:
-            markup = markup.replace(invisible, "")
+    # Characters that show as nothing (str.split does not count them as whitespace) or reorder
+    # the text around them: one pass, with the same list as every value shown to a person.
+    markup = strip_invisible(markup)
     # Text and tag names alternate: [text, name, text, name, …, text], split in C.
     tokens = _TAG.split(markup)
     out = _Lines(limit)

@@ -24,8 +24,6 @@ log = logging.getLogger(__name__)
 # The store holds every inbound message and reply: readable by the service user only.
 FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
-# SQLite's companions of the database file in WAL mode.
-COMPANION_SUFFIXES = ("-wal", "-shm")
 
 
 def utcnow() -> str:
@@ -65,22 +63,38 @@ def _warn_writable_directory(directory: str, mode: int) -> None:
     )
 
 
-def _create_private(path: Path) -> bool:
-    """Create an empty database file of mode 0600 unless one exists; True when created here.
+def _create_private(path: Path) -> None:
+    """Create an empty database file of mode 0600 unless one exists; warn when an existing one
+    (say, from before triage made them private) can be read by group or others.
 
     SQLite creates the -wal and -shm files with the database file's mode, so they are 0600 too.
     """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     except FileExistsError:
-        return False
+        with suppress(OSError):
+            mode = path.stat().st_mode
+            if stat.S_ISREG(mode) and mode & 0o077:
+                _warn_readable_store(str(path), stat.S_IMODE(mode))
+        return
     except OSError as exc:
         raise StoreError(f"cannot open the database {path}: {exc}") from None
     try:
         os.fchmod(fd, FILE_MODE)  # whatever the umask
     finally:
         os.close(fd)
-    return True
+
+
+@functools.cache
+def _warn_readable_store(path: str, mode: int) -> None:
+    # Once per file and mode: every thread opens the store.
+    log.warning(
+        "the store %s (mode %04o) can be read by other users, and it holds every message; "
+        "run `chmod 600 %s*`",
+        path,
+        mode,
+        path,
+    )
 
 
 class Database:
@@ -88,11 +102,10 @@ class Database:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        created = False
         try:
             if str(path) != ":memory:":
                 ensure_directory(self.path)
-                created = _create_private(self.path)
+                _create_private(self.path)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
             # the block we say it is.
             self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
@@ -101,8 +114,6 @@ class Database:
         self.conn.row_factory = sqlite3.Row
         try:
             self.conn.execute("PRAGMA journal_mode = WAL")
-            if created:
-                self._private_companions()
             # NORMAL in WAL mode survives a process crash (SIGKILL); only power loss can drop
             # the last transactions, and the ledger makes that safe to redo.
             self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -111,13 +122,6 @@ class Database:
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise StoreError(f"the database {path} is unusable: {exc}") from None
-
-    def _private_companions(self) -> None:
-        # SQLite gives -wal and -shm the database file's mode already; this holds even where a
-        # build or a file system does otherwise.
-        for suffix in COMPANION_SUFFIXES:
-            with suppress(FileNotFoundError):
-                os.chmod(f"{self.path}{suffix}", FILE_MODE)
 
     @property
     def schema_version(self) -> int:

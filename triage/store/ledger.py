@@ -276,6 +276,18 @@ class Ledger:
                 [(now, i) for i in row_ids],
             )
 
+    def refund_attempt(self, row_ids: Iterable[int]) -> None:
+        """Take back attempts counted for messages that were never decided because the pass
+        stopped on a server or connection error: those did not fail, and must not be
+        quarantined as if they had killed the process."""
+        now = utcnow()
+        with self.db.transaction() as c:
+            c.executemany(
+                "UPDATE messages SET attempts = attempts - 1, updated_at = ?"
+                " WHERE id = ? AND state = 'seen' AND attempts > 0",
+                [(now, i) for i in row_ids],
+            )
+
     def record_failure(self, row_id: int, error: str, max_attempts: int, raw: bytes | None) -> bool:
         """Note why the attempt counted by `begin_attempt` failed; quarantine (keeping the raw
         bytes) once the attempts reach `max_attempts`.
