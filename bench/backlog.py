@@ -40,8 +40,8 @@ from imapclient import IMAPClient
 
 from bench.memory import MemoryResult, PeakSampler, cpu_seconds, descendants, snapshot
 from bench.startup import REPO, Setup, TriageProcess, ensure_model, make_setup, private_harness
-from triage.mailharness import MailHarness
-from triage.sources import iter_sources
+from devtools.mailharness import MailHarness
+from triage.ingest.sources import iter_sources
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 SHARED_SOURCES = tuple(

@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from triage.classify import Classifier, load_classifier, repo_root
-from triage.models import InboundMessage
+from triage.core.models import InboundMessage
+from triage.decide.classify import Classifier, load_classifier, repo_root
+from triage.ingest.sources import iter_sources
 from triage.parsing import parse
-from triage.sources import iter_sources
 
 REPO = repo_root()
 MODEL = REPO / "classifiers" / "model.skops"
@@ -42,7 +42,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import sklearn.calibration, sklearn.feature_extraction.text, sklearn.pipeline, sklearn.svm
 import skops.io
-from triage.classify import load_classifier
+from triage.decide.classify import load_classifier
 from pathlib import Path
 t1 = time.perf_counter()
 load_classifier(Path(sys.argv[1]))
@@ -131,7 +131,12 @@ def run(
     if cold:
         imports, load = cold_load(model)
         rows.append(
-            _row("first import of scikit-learn, skops, triage.classify", imports * 1e3, "ms", "-")
+            _row(
+                "first import of scikit-learn, skops, triage.decide.classify",
+                imports * 1e3,
+                "ms",
+                "-",
+            )
         )
         rows.append(
             _row(

@@ -27,7 +27,7 @@ from pathlib import Path
 from imapclient import IMAPClient
 
 from bench.startup import TriageProcess, ensure_model, make_setup, private_harness, prospects
-from triage.mailharness import MailHarness
+from devtools.mailharness import MailHarness
 
 POLL_S = 0.002
 REPLY_TIMEOUT_S = 20.0

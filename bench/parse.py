@@ -1,7 +1,8 @@
 """Parse throughput of `triage.parsing.parse` next to the stdlib `email` path, on real mail.
 
 The corpus is every message under `../shared/corpora/other` and `../shared/corpora/parser_torture`
-plus the project's own `classifiers/corpus`, read with `triage.sources` (so mbox files count as
+plus the project's own `classifiers/corpus`, read with
+`triage.ingest.sources` (so mbox files count as
 their messages), parsed by both parsers in this one process:
 
     python -m bench.parse              # the whole corpus
@@ -23,8 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from triage.ingest.sources import iter_sources
 from triage.parsing import parse
-from triage.sources import iter_sources
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = REPO.parent / "shared" / "corpora"

@@ -24,8 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from triage.demo import write_config
-from triage.mailharness import DEFAULT_USERS, HarnessConfig, MailHarness
+from devtools.demo import write_config
+from devtools.mailharness import DEFAULT_USERS, HarnessConfig, MailHarness
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_MODEL = REPO / "classifiers" / "model.skops"
@@ -55,8 +55,8 @@ def ensure_model(work: Path) -> Path:
     it only happens while `classifiers/model.skops` is missing or was fitted with another
     scikit-learn, so the benchmark never depends on it.
     """
-    from triage.classify import card_path, load_classifier
-    from triage.errors import ModelError
+    from triage.core.errors import ModelError
+    from triage.decide.classify import card_path, load_classifier
 
     path = work / "model" / "model.skops"
     if path.exists():
@@ -67,8 +67,8 @@ def ensure_model(work: Path) -> Path:
         shutil.copy2(card_path(REPO_MODEL), card_path(path))
         load_classifier(path)
     except (OSError, ModelError):
-        from triage.corpus import load_corpus
-        from triage.training import train
+        from triage.training.corpus import load_corpus
+        from triage.training.learn import train
 
         train(load_corpus(REPO / "classifiers" / "corpus"), path)
     return path

@@ -378,8 +378,8 @@ def _peak_mib() -> float:
 
 def load() -> tuple[Any, Any]:
     """The shipped classifier and the CLI's guard context, warmed up on a small message."""
-    from triage import guards
-    from triage.classify import load_classifier
+    from triage.decide import guards
+    from triage.decide.classify import load_classifier
     from triage.parsing import parse
 
     classifier = load_classifier(MODEL)
@@ -392,7 +392,7 @@ def load() -> tuple[Any, Any]:
 
 def measure(classifier: Any, context: Any, raw: bytes) -> dict[str, Any]:
     """Parse, classify and check one message; its CPU seconds and peak memory growth."""
-    from triage import guards
+    from triage.decide import guards
     from triage.parsing import parse
 
     start_peak = _peak_mib()
@@ -418,8 +418,8 @@ def measure(classifier: Any, context: Any, raw: bytes) -> dict[str, Any]:
 
 def cli_lines(classifier: Any, context: Any, name: str, raw: bytes) -> list[str]:
     """What `triage classify --json` prints for the message (its per-batch step, in process)."""
-    from triage.commands.model import _classify_batch
-    from triage.sources import SourceItem
+    from triage.cli.model import _classify_batch
+    from triage.ingest.sources import SourceItem
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import DaemonStarter, running_harness
-from triage.mailharness import MailHarness
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 import triage.parsing.message
-from triage.logs import setup_logging
-from triage.models import InboundMessage
-from triage.runner import run_once_command
-from triage.settings import load_settings
+from triage.core.models import InboundMessage
+from triage.core.settings import load_settings
+from triage.ops.logs import setup_logging
+from triage.ops.runner import run_once_command
 
 
 def kill_when_deciding(marker: bytes) -> None:

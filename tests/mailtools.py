@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from triage.demo import write_config
-from triage.mailharness import HarnessConfig, MailHarness, unavailable_reason
+from devtools.demo import write_config
+from devtools.mailharness import HarnessConfig, MailHarness, unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ SALES_BODY = (
 )
 
 
-# The authserv-id the test configuration trusts (see `triage.demo.CONFIG`).
+# The authserv-id the test configuration trusts (see `devtools.demo.CONFIG`).
 OUR_MX = "mx.example.test"
 
 

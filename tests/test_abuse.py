@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import config_for, db, replies_in, running_harness, triage
-from triage.mailharness import MailHarness
 
 pytestmark = pytest.mark.mail
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from triage.mailharness import unavailable_reason
+from devtools.mailharness import unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,8 +19,10 @@ import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from triage import training
-from triage.classify import (
+from triage.core.errors import ModelError
+from triage.core.models import InboundMessage, Label
+from triage.core.settings import ClassifierSettings
+from triage.decide.classify import (
     LITTLE_TEXT,
     TRUSTED_TYPES,
     Classifier,
@@ -33,10 +35,8 @@ from triage.classify import (
     read_card,
     repo_root,
 )
-from triage.corpus import Corpus, Example
-from triage.errors import ModelError
-from triage.models import InboundMessage, Label
-from triage.settings import ClassifierSettings
+from triage.training import learn
+from triage.training.corpus import Corpus, Example
 
 SALES = [
     (
@@ -125,7 +125,7 @@ def message(subject: str, body: str, **headers: str) -> InboundMessage:
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained on the sample corpus, saved once for the module."""
     path = tmp_path_factory.mktemp("model") / "model.skops"
-    training.train(sample_corpus(), path, ["sample corpus"])
+    learn.train(sample_corpus(), path, ["sample corpus"])
     return path
 
 
@@ -162,7 +162,7 @@ def test_model_round_trips_through_skops_not_pickle(
         assert not any(name.endswith((".pkl", ".pickle")) for name in archive.namelist())
     assert set(sio.get_untrusted_types(file=model_path)) <= TRUSTED_TYPES
     corpus = sample_corpus()
-    refit = training.fit(corpus)
+    refit = learn.fit(corpus)
     # The loaded model predicts exactly what the fitted pipeline does (training is seeded).
     expected = refit.predict_proba(corpus.messages)
     assert np.allclose(classifier.pipeline.predict_proba(corpus.messages), expected)
@@ -202,7 +202,7 @@ def test_untrusted_types_are_refused(model_path: Path, tmp_path: Path) -> None:
 
 def test_saving_refuses_untrusted_types(tmp_path: Path, classifier: Classifier) -> None:
     with pytest.raises(ModelError, match="does not trust"):
-        training.save_model(Pipeline([("evil", Evil())]), classifier.card, tmp_path / "m.skops")
+        learn.save_model(Pipeline([("evil", Evil())]), classifier.card, tmp_path / "m.skops")
     assert not (tmp_path / "m.skops").exists()
 
 
@@ -360,7 +360,7 @@ def test_model_handle_reloads_and_keeps_the_old_model_on_failure(
 
     # A broken file is logged once and the working model stays in use.
     path.write_bytes(b"broken")
-    with caplog.at_level(logging.ERROR, logger="triage.classify"):
+    with caplog.at_level(logging.ERROR, logger="triage.decide.classify"):
         assert handle.get() is second
         assert handle.get() is second
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -384,7 +384,7 @@ def test_model_handle_retries_when_the_files_change_while_loading(
             raise ModelError("model file does not match its card")
         return load_classifier(p, thresholds)
 
-    with caplog.at_level(logging.ERROR, logger="triage.classify"):
+    with caplog.at_level(logging.ERROR, logger="triage.decide.classify"):
         assert ModelHandle(path, loader=loader).get() is not None
     assert len(calls) == 2
     assert not [r for r in caplog.records if r.levelno == logging.ERROR]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_model_cli import KEYS
-from triage.sources import iter_sources
+from triage.ingest.sources import iter_sources
 
 TORTURE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "parser_torture"
 

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from triage.compose import (
+from triage.act.compose import (
     compose,
     make_reply,
     message_id_domain,
     reply_message_id,
     reply_subject,
 )
-from triage.errors import ConfigError, PermanentError
-from triage.models import Address, Contact, InboundMessage
-from triage.replies import RenderedReply, TemplateRenderer
-from triage.settings import RepliesSettings
+from triage.act.replies import RenderedReply, TemplateRenderer
+from triage.core.errors import ConfigError, PermanentError
+from triage.core.models import Address, Contact, InboundMessage
+from triage.core.settings import RepliesSettings
 
 SETTINGS = RepliesSettings(
     from_address="hello@example.test", from_name="Example Ltd", company_name="Example Ltd"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from triage.contacts import company_from_domain, extract, is_free_mail
-from triage.models import Address, Contact
+from triage.core.models import Address, Contact
 from triage.parsing import parse
+from triage.parsing.contacts import company_from_domain, extract, is_free_mail
 
 
 def message(sender: bytes, body: str, extra_headers: bytes = b"") -> bytes:

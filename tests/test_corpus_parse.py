@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from triage.models import InboundMessage
+from triage.core.models import InboundMessage
 from triage.parsing import parse
 
 pytestmark = pytest.mark.corpus

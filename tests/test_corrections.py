@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import ROOT, config_for, db, triage
-from triage.mailharness import MailHarness
 
 pytestmark = [pytest.mark.mail, pytest.mark.slow]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import ROOT, config_for, db, inquiry, replies_in, states, triage, wait_until
 from tests.test_ingest import HELLO, deliver
-from triage.mailharness import MailHarness
 
 pytestmark = pytest.mark.mail
 

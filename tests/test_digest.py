@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from tests.test_leads import JANE, Store, make_settings
-from triage import digest
-from triage.digest import DIGEST, AmbiguousError, dot_stuffed, notice_message_id
-from triage.errors import ConfigError, PermanentError, SendError, TriageError
-from triage.leads import claim, update
-from triage.models import Contact
-from triage.settings import Settings, SmtpSettings
+from triage.core.errors import ConfigError, PermanentError, SendError, TriageError
+from triage.core.models import Contact
+from triage.core.settings import Settings, SmtpSettings
+from triage.sales import digest
+from triage.sales.digest import DIGEST, AmbiguousError, dot_stuffed, notice_message_id
+from triage.sales.leads import claim, update
 from triage.store.leads import get_lead, timestamp
 
 # Mon 13 May 2024, Europe/Berlin (UTC+2): the default schedule "0 8 * * 1-5" fires at 06:00 UTC.
@@ -464,7 +464,7 @@ def test_recover_marks_a_dead_senders_digest_uncertain(
     with store.db.transaction() as c:
         c.execute("UPDATE digests SET state = 'sending', updated_at = ?", (timestamp(MONDAY_8),))
     assert digest.recover(settings, store.db, MONDAY_8 + timedelta(seconds=30)) == []
-    with caplog.at_level(logging.ERROR, logger="triage.digest"):
+    with caplog.at_level(logging.ERROR, logger="triage.sales.digest"):
         assert digest.recover(settings, store.db, MONDAY_8 + timedelta(minutes=3)) == [made[0]]
     assert "may or may not have been delivered" in caplog.text
     assert _state(store, made[0])[0] == "uncertain"
@@ -510,7 +510,7 @@ def test_a_broken_template_is_logged_and_retried_later(
     s = make_settings(tmp_path, replies={"templates_dir": str(templates)})
     store = Store(s)
     [lead, *_] = seed_week(store)
-    with caplog.at_level(logging.ERROR, logger="triage.digest"):
+    with caplog.at_level(logging.ERROR, logger="triage.sales.digest"):
         run = digest.run_digest_if_due(s, store.db, MONDAY_8, connector=smtp)
     assert run.prepared is None
     assert "digest.txt" in caplog.text and "no_such_variable" in caplog.text
@@ -575,7 +575,7 @@ def test_a_bad_schedule_does_not_stop_the_daemon_step(
     returns instead of raising into the daemon's loop."""
     s = make_settings(tmp_path, digest={"schedule": "0 8 * * mon-xyz"})
     store = Store(s)
-    with caplog.at_level(logging.ERROR, logger="triage.digest"):
+    with caplog.at_level(logging.ERROR, logger="triage.sales.digest"):
         run = digest.run_digest_if_due(s, store.db, MONDAY_8, connector=smtp)
     assert run.prepared is None and smtp.delivered == []
     assert "digest.schedule" in caplog.text

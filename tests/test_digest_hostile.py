@@ -18,13 +18,13 @@ import pytest
 from tests.test_digest import MONDAY_8, SATURDAY, FakeSmtp, parts
 from tests.test_leads import Store, make_settings
 from tests.test_leads_cli import triage, write_config
-from triage import digest
-from triage.contacts import extract
-from triage.leads import export_rows, write_csv
-from triage.models import Address, Classification, Contact, InboundMessage, Verdict
+from triage.core.models import Address, Classification, Contact, InboundMessage, Verdict
+from triage.core.sanitize import is_addr_spec
+from triage.core.settings import Settings, load_settings
+from triage.parsing.contacts import extract
 from triage.pipeline import Recorder, decide
-from triage.sanitize import is_addr_spec
-from triage.settings import Settings, load_settings
+from triage.sales import digest
+from triage.sales.leads import export_rows, write_csv
 from triage.store.leads import find_leads, get_lead, lead_notes
 
 PAYLOAD = "jane@acme.example?bcc=attacker%40evil.example&body=Our bank details changed"

@@ -6,7 +6,7 @@
 - Two messages from one prospect, through the real `triage once`, make one lead with both.
 - A digest send killed (SIGKILL) at each step and then rerun arrives exactly once, except when
   killed between committing `sending` and the final dot: then it is uncertain and not resent
-  (at most once, as documented in triage.digest).
+  (at most once, as documented in triage.sales.digest).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import config_for, db, inquiry, triage
 from tests.test_digest import KIM, MARCO, MONDAY_8, SATURDAY, TUESDAY_8, parts, seed_week
 from tests.test_leads import JANE, ROOT, Store
-from triage import digest
-from triage.leads import claim, update
-from triage.mailharness import MailHarness
-from triage.settings import Settings, load_settings
+from triage.core.settings import Settings, load_settings
+from triage.sales import digest
+from triage.sales.leads import claim, update
 
 pytestmark = pytest.mark.mail
 
@@ -231,8 +231,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from triage import digest
-from triage.settings import load_settings
+from triage.sales import digest
+from triage.core.settings import load_settings
 from triage.store.db import Database
 
 config, target, now = sys.argv[1:4]

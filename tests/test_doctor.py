@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from triage.doctor import Finding, check_certificates, check_store, checks, run_checks
-from triage.mailharness import MailHarness
-from triage.settings import Settings, load_settings
+from devtools.mailharness import MailHarness
+from triage.core.settings import Settings, load_settings
+from triage.ops.doctor import Finding, check_certificates, check_store, checks, run_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ROOT / "templates"
@@ -289,7 +289,7 @@ def test_unverified_certificates_are_a_warning_naming_the_setting() -> None:
 def test_no_trusted_authserv_id_is_a_warning_saying_what_replies_become() -> None:
     """Without `replies.trusted_authserv_ids` nobody is authenticated: doctor says so, what it
     means for the replies, and where to read how to set it; with one, nothing is said."""
-    from triage.doctor import check_sender_authentication
+    from triage.ops.doctor import check_sender_authentication
 
     base = {"imap": {"username": "u", "password": "p"}}
     bare = load_settings(None, environ={}, overrides=base)

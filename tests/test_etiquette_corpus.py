@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from triage.guards import GuardContext, automated_reason, check
-from triage.models import InboundMessage
+from triage.core.models import InboundMessage
+from triage.decide.guards import GuardContext, automated_reason, check
 from triage.parsing import parse
 
 pytestmark = pytest.mark.corpus

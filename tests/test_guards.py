@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from triage.guards import (
+from triage.core.models import Address, Attachment, Contact, InboundMessage
+from triage.core.settings import RepliesSettings
+from triage.decide.guards import (
     MIN_WINDOW,
     RULES,
     GuardContext,
@@ -18,8 +20,6 @@ from triage.guards import (
     is_do_not_reply,
     route,
 )
-from triage.models import Address, Attachment, Contact, InboundMessage
-from triage.settings import RepliesSettings
 
 OURS = "hello@example.com"
 
@@ -764,7 +764,7 @@ def test_hostile_authentication_results_cannot_crash_or_stall_the_check() -> Non
 
 def test_alignment_follows_the_public_suffix_list() -> None:
     """`attacker.eu.org` is not `eu.org`'s organisation; `mail.acme.co.uk` is `acme.co.uk`'s."""
-    from triage.sender_auth import aligned
+    from triage.decide.sender_auth import aligned
 
     assert aligned("mail.acme.co.uk", "acme.co.uk")
     assert not aligned("attacker.eu.org", "eu.org")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import (
     DaemonStarter,
     config_for,
@@ -26,17 +27,16 @@ from tests.mailtools import (
     wait_until,
 )
 from tests.test_ingest import HELLO, deliver
-from triage.classify import card_path, load_classifier
-from triage.daemon import run_once
-from triage.errors import ModelError, StoreInUseError
-from triage.mailbox import ImapMailbox
-from triage.mailharness import MailHarness
-from triage.runner import prepare, warn_unverified_certificates
-from triage.service import Service, Shared
-from triage.settings import ImapAccount, Settings, load_settings
+from triage.core.errors import ModelError, StoreInUseError
+from triage.core.settings import ImapAccount, Settings, load_settings
+from triage.decide.classify import card_path, load_classifier
+from triage.ingest.mailbox import ImapMailbox
+from triage.ingest.sync import SyncResult
+from triage.ops.daemon import run_once
+from triage.ops.runner import prepare, warn_unverified_certificates
+from triage.ops.service import Service, Shared
 from triage.store.db import Database
 from triage.store.lock import exclusive, lock_path
-from triage.sync import SyncResult
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "classifiers" / "model.skops"
@@ -447,7 +447,7 @@ def test_a_model_saved_under_a_group_writable_umask_still_loads(
     model_copy: Path, tmp_path: Path
 ) -> None:
     """`triage train` writes files the daemon accepts, whatever the umask it ran with."""
-    from triage.training import save_model
+    from triage.training.learn import save_model
 
     loaded = load_classifier(model_copy)
     target = tmp_path / "retrained" / "model.skops"
@@ -481,7 +481,7 @@ def test_unverified_certificates_are_warned_about_at_start(
             "smtp": {"host": "smtp.example.com", "verify_certificates": False},
         },
     )
-    with caplog.at_level(logging.WARNING, logger="triage.runner"):
+    with caplog.at_level(logging.WARNING, logger="triage.ops.runner"):
         warn_unverified_certificates(settings)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(messages) == 2
@@ -493,6 +493,6 @@ def test_unverified_certificates_are_warned_about_at_start(
     verified = load_settings(
         None, environ={}, overrides={"imap": {"username": "u", "password": "p"}}
     )
-    with caplog.at_level(logging.WARNING, logger="triage.runner"):
+    with caplog.at_level(logging.WARNING, logger="triage.ops.runner"):
         warn_unverified_certificates(verified)
     assert caplog.records == []

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from triage import health
-from triage.daemon import AccountStatus
-from triage.health import HealthServer, problems, start_from_settings, start_health_server
-from triage.metrics import Metrics
-from triage.settings import DaemonSettings
+from triage.core.settings import DaemonSettings
+from triage.ops import health
+from triage.ops.daemon import AccountStatus
+from triage.ops.health import HealthServer, problems, start_from_settings, start_health_server
+from triage.ops.metrics import Metrics
 
 NOW = 1_700_000_000.0
 
@@ -264,7 +264,7 @@ def test_binding_beyond_loopback_is_warned_about(
 ) -> None:
     """The endpoint has no authentication: listening on anything but loopback logs a WARNING
     that names the address and the setting."""
-    with caplog.at_level(logging.WARNING, logger="triage.health"):
+    with caplog.at_level(logging.WARNING, logger="triage.ops.health"):
         start_health_server(host, 0, list, Metrics(), 300).close()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     if warned:

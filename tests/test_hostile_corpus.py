@@ -50,10 +50,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import DEFAULT_USERS, HarnessConfig, MailHarness, unavailable_reason
 from tests.hostile.make_corpus import build as build_generated
 from tests.mailtools import ROOT, config_for, db, triage
 from tests.test_model_cli import KEYS
-from triage.mailharness import DEFAULT_USERS, HarnessConfig, MailHarness, unavailable_reason
 
 HOSTILE = Path(__file__).resolve().parent / "hostile"
 MANIFEST = HOSTILE / "manifest.csv"

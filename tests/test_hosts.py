@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from triage.hosts import is_loopback
+from triage.core.hosts import is_loopback
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.3.4.5", "::1", "localhost", "LOCALHOST"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import (
     DaemonStarter,
     config_for,
@@ -28,14 +29,13 @@ from tests.mailtools import (
     triage,
     wait_until,
 )
-from triage.daemon import run_once
-from triage.mailbox import ImapMailbox
-from triage.mailharness import MailHarness
+from triage.core.settings import ImapAccount, load_settings
+from triage.ingest.mailbox import ImapMailbox
+from triage.ingest.sync import SyncResult
+from triage.ops.daemon import run_once
+from triage.ops.runner import prepare
+from triage.ops.service import Service
 from triage.pipeline import Decided
-from triage.runner import prepare
-from triage.service import Service
-from triage.settings import ImapAccount, load_settings
-from triage.sync import SyncResult
 
 pytestmark = pytest.mark.mail
 
@@ -250,7 +250,7 @@ def test_a_dropped_connection_does_not_count_against_the_message(
     """A pass that stops on a server error (here: the connection drops while a message is being
     decided) takes back the attempt it counted: after more such passes than `max_attempts` the
     message is still answered, not quarantined as if it had killed the process."""
-    from triage.errors import TransientError
+    from triage.core.errors import TransientError
 
     base, config = started
     deliver(mail_harness, [("alice@example.test", inquiry("alice@example.test", HELLO, 3))])

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import ROOT, SALES_BODY, config_for, db, inquiry, replies_in, states, triage
 from tests.test_ingest import HELLO, deliver
-from triage.mailharness import MailHarness
-from triage.sync import byte_batches
+from triage.ingest.sync import byte_batches
 
 pytestmark = pytest.mark.mail
 

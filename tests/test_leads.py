@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from triage.errors import ConfigError
-from triage.leads import (
+from triage.core.errors import ConfigError
+from triage.core.models import Contact, LeadKind
+from triage.core.settings import LeadsSettings, Settings, load_settings
+from triage.sales.leads import (
     LeadError,
     apply_retention,
     assign_owner,
@@ -32,9 +34,7 @@ from triage.leads import (
     update,
     write_csv,
 )
-from triage.models import Contact, LeadKind
-from triage.review import ReviewError, label, pending, pending_count
-from triage.settings import LeadsSettings, Settings, load_settings
+from triage.sales.review import ReviewError, label, pending, pending_count
 from triage.store.db import Database
 from triage.store.leads import NewLead, get_lead, lead_messages, record_lead, timestamp
 from triage.store.ledger import Ledger, Outcome
@@ -574,7 +574,7 @@ def test_review_label_marketing_other_and_mistakes(store: Store, settings: Setti
 
 def test_lead_json_is_serialisable(store: Store) -> None:
     """The --json form of a lead holds plain JSON values."""
-    from triage.leads import detail_as_dict
+    from triage.sales.leads import detail_as_dict
 
     _, lead_id = store.inquiry(JANE)
     data = detail_as_dict(show(store.db, lead_id), datetime.now(UTC))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_leads import JANE, ROOT, Store
-from triage.models import Contact
-from triage.settings import load_settings
+from triage.core.models import Contact
+from triage.core.settings import load_settings
 
 CONFIG = """\
 [imap]

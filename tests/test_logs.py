@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from triage import logs
-from triage.logs import REDACTED, log_outcome, redact_secrets, setup_logging
+from triage.ops import logs
+from triage.ops.logs import REDACTED, log_outcome, redact_secrets, setup_logging
 
 SECRET = "s3cr3t-pa55"
 OTHER_SECRET = 'smtp"pw\\x'
@@ -107,7 +107,7 @@ def test_log_outcome_text_line_for_a_reply_and_for_a_skip(stream: io.StringIO) -
     """One line per message: where, which UID and Message-ID, decision, and replied or the
     reasons why not; header text from strangers cannot break the line."""
     setup_logging(stream=stream)
-    log = logging.getLogger("triage.daemon")
+    log = logging.getLogger("triage.ops.daemon")
     log_outcome(log, "default", "INBOX", 42, "<a@x.example>", "sales", True, [])
     log_outcome(
         log,
@@ -120,7 +120,7 @@ def test_log_outcome_text_line_for_a_reply_and_for_a_skip(stream: io.StringIO) -
         ["auto-submitted: auto-replied", "hourly-cap: 60 replies\nthis hour"],
     )
     first, second = stream.getvalue().splitlines()
-    assert first.endswith("triage.daemon: default/INBOX uid 42 <a@x.example>: sales, replied")
+    assert first.endswith("triage.ops.daemon: default/INBOX uid 42 <a@x.example>: sales, replied")
     assert second.endswith(
         "default/INBOX uid 43 <b@x.example> Injected: line: marketing, not replied "
         "(auto-submitted: auto-replied; hourly-cap: 60 replies this hour)"
@@ -130,7 +130,7 @@ def test_log_outcome_text_line_for_a_reply_and_for_a_skip(stream: io.StringIO) -
 def test_log_outcome_json_fields(stream: io.StringIO) -> None:
     """In JSON the outcome's parts are fields a log collector can query."""
     setup_logging("json", stream=stream)
-    log_outcome(logging.getLogger("triage.daemon"), "a", "INBOX", 1, "", "review", False, [])
+    log_outcome(logging.getLogger("triage.ops.daemon"), "a", "INBOX", 1, "", "review", False, [])
     record = json.loads(stream.getvalue())
     assert record["message"] == "a/INBOX uid 1 (no Message-ID): review, not replied"
     assert {k: record[k] for k in ("account", "folder", "uid", "decision", "replied")} == {
@@ -179,7 +179,7 @@ def test_an_uncaught_exception_in_the_main_thread_is_one_json_record() -> None:
     """`sys.excepthook` too: a process dying of an exception writes one JSON line on stderr,
     password redacted, instead of Python's bare traceback."""
     code = (
-        "from triage.logs import redact_secrets, setup_logging\n"
+        "from triage.ops.logs import redact_secrets, setup_logging\n"
         "setup_logging('json', 'INFO')\n"
         f"redact_secrets([{SECRET!r}])\n"
         f"raise RuntimeError('login failed with {SECRET}')\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import config_for, db, inquiry, triage
-from triage.mailharness import MailHarness
 
 pytestmark = pytest.mark.mail
 

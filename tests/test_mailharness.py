@@ -14,7 +14,7 @@ import pytest
 from imapclient.exceptions import LoginError
 from imapclient.imapclient import DRAFTS, JUNK, SENT, TRASH
 
-from triage.mailharness import HarnessError, MailHarness, main
+from devtools.mailharness import HarnessError, MailHarness, main
 
 pytestmark = pytest.mark.mail
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from triage.metrics import Metrics, rule_name
+from triage.ops.metrics import Metrics, rule_name
 from triage.store.db import Database, utcnow
 
 

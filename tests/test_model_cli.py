@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from triage import training
-from triage.classify import card_path, load_classifier, read_card
-from triage.cli import app
-from triage.corpus import load_corpus
+from triage.cli.main import app
+from triage.decide.classify import card_path, load_classifier, read_card
 from triage.store.db import Database, utcnow
+from triage.training import learn
+from triage.training.corpus import load_corpus
 
 TEXTS = {
     "sales": [
@@ -105,7 +105,7 @@ def runner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[CliRunne
 def trained(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model of the corpus, trained once for the module (the CLI test trains its own)."""
     path = tmp_path_factory.mktemp("trained") / "model.skops"
-    training.train(load_corpus(corpus), path)
+    learn.train(load_corpus(corpus), path)
     return path
 
 
@@ -297,11 +297,9 @@ def test_train_with_corrections_keeps_the_model_when_they_score_worse(
     good = {"macro_f1": 0.9, "labels": {"sales": {"recall": 0.9}}, "sales_recall": 0.9}
     bad = {"macro_f1": 0.5, "labels": {"sales": {"recall": 0.5}}, "sales_recall": 0.5}
     monkeypatch.setattr(
-        training,
+        learn,
         "compare_corrections",
-        lambda *_a: training.Comparison(
-            held_out=8, corrected_held_out=1, current=good, candidate=bad
-        ),
+        lambda *_a: learn.Comparison(held_out=8, corrected_held_out=1, current=good, candidate=bad),
     )
     before = model.read_bytes()
     args = ["train", "--corpus", str(corpus), "--with-corrections", "--store", str(store)]

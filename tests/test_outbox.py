@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from triage.compose import compose
-from triage.errors import PermanentError, SendError
-from triage.models import Address, InboundMessage
-from triage.outbox import Outbox, OutboxItem, timestamp
-from triage.replies import RenderedReply
-from triage.settings import RepliesSettings, SmtpSettings
-from triage.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession
+from triage.act.compose import compose
+from triage.act.outbox import Outbox, OutboxItem, timestamp
+from triage.act.replies import RenderedReply
+from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession
+from triage.core.errors import PermanentError, SendError
+from triage.core.models import Address, InboundMessage
+from triage.core.settings import RepliesSettings, SmtpSettings
 from triage.store.db import Database
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -227,7 +227,7 @@ def test_draft_and_dry_run_are_never_sent(db: Database, caplog: pytest.LogCaptur
     """Draft waits for the IMAP adapter to file it in Drafts; a dry run is only logged."""
     connector = Connector()
     box = outbox(db, connector, Clock())
-    with caplog.at_level(logging.INFO, logger="triage.outbox"):
+    with caplog.at_level(logging.INFO, logger="triage.act.outbox"):
         draft = enqueue(box, 1, mode="draft")
         dry = enqueue(box, 2, mode="dry-run")
     assert state(box, draft).state == "draft"
@@ -298,7 +298,7 @@ def test_crash_during_send_is_never_resent(db: Database, caplog: pytest.LogCaptu
     assert state(box, row_id).state == "sending"
 
     restarted = outbox(db, Connector(), Clock())
-    with caplog.at_level(logging.WARNING, logger="triage.outbox"):
+    with caplog.at_level(logging.WARNING, logger="triage.act.outbox"):
         assert restarted.recover() == [row_id]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -347,7 +347,7 @@ def test_server_down_keeps_replies_queued_with_backoff(
     clock = Clock()
     box = outbox(db, connector, clock)
     ids = [enqueue(box, 1), enqueue(box, 2, "q@client.example")]
-    with caplog.at_level(logging.ERROR, logger="triage.outbox"):
+    with caplog.at_level(logging.ERROR, logger="triage.act.outbox"):
         assert box.deliver_due() == []
     assert len([r for r in caplog.records if r.levelno == logging.ERROR]) == 1
     for row_id in ids:
@@ -489,7 +489,7 @@ def test_a_reply_to_an_unverified_sender_does_not_block_a_verified_one(db: Datab
     sender) does not count when Jane herself, authenticated, writes; it does for anyone else."""
     box = outbox(db, Connector(), Clock())
     week = timedelta(days=7)
-    from triage.outbox import UNVERIFIED
+    from triage.act.outbox import UNVERIFIED
 
     row = message_row(db)
     box.enqueue(
@@ -535,7 +535,7 @@ def test_like_wildcards_in_the_domain_are_literal(db: Database) -> None:
 
 def capped(db: Database, clock: Clock, connector: Connector, **limits: object) -> Outbox:
     """An outbox with send caps (`max_per_hour`, `max_per_domain_per_hour`, `max_defer`)."""
-    from triage.outbox import SendLimits
+    from triage.act.outbox import SendLimits
 
     caps: list[str] = []
     box = Outbox(
@@ -629,8 +629,8 @@ def test_replies_deferred_too_long_are_dropped_with_a_reason(db: Database) -> No
 
 def test_outbox_is_a_reply_history_for_the_guards(db: Database) -> None:
     """The guards' rate rules run against the outbox itself."""
-    from triage.guards import GuardContext, check
-    from triage.models import Contact
+    from triage.core.models import Contact
+    from triage.decide.guards import GuardContext, check
 
     box = outbox(db, Connector(), Clock())
     ctx = GuardContext.from_settings(REPLIES, box)
@@ -649,7 +649,7 @@ def test_outbox_is_a_reply_history_for_the_guards(db: Database) -> None:
 # --- against the harness's real Postfix -----------------------------------------------------------
 
 if TYPE_CHECKING:
-    from triage.mailharness import MailHarness
+    from devtools.mailharness import MailHarness
 
 
 def harness_smtp(harness: MailHarness, **changes: object) -> SmtpSettings:
@@ -1062,7 +1062,7 @@ def test_deferred_replies_keep_their_place_in_line(db: Database) -> None:
 
 def test_rekey_recomputes_keys_after_an_upgrade(db: Database) -> None:
     """Rows migrated with a lower-cased key are recognised by the canonical form again."""
-    from triage.guards import canonical
+    from triage.decide.guards import canonical
 
     clock, connector = Clock(), Connector()
     box = capped(db, clock, connector)
@@ -1070,7 +1070,7 @@ def test_rekey_recomputes_keys_after_an_upgrade(db: Database) -> None:
     with db.transaction() as conn:
         conn.execute("UPDATE replies SET recipient_key = lower(recipient)")
     dotless = frozenset({"gmail.com"})
-    from triage.outbox import SendLimits
+    from triage.act.outbox import SendLimits
 
     box.limits = SendLimits(canonical=lambda e: canonical(e, dotless))
     assert not box.replied_recently("janedoe@gmail.com", timedelta(days=7))

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from triage.models import Address
+from triage.core.models import Address
 from triage.parsing import parse
 from triage.parsing.htmltext import to_text
 from triage.parsing.language import detect

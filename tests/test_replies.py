@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 
 from tests.templating import write
-from triage.errors import TemplateError
-from triage.models import Address, Contact, InboundMessage
-from triage.replies import (
+from triage.act.replies import (
     Problem,
     ReplyVariables,
     TemplateContact,
     TemplateRenderer,
 )
-from triage.sanitize import one_line
-from triage.settings import RepliesSettings
+from triage.core.errors import TemplateError
+from triage.core.models import Address, Contact, InboundMessage
+from triage.core.sanitize import one_line
+from triage.core.settings import RepliesSettings
 
 REPO_TEMPLATES = Path(__file__).parents[1] / "templates"
 SETTINGS = RepliesSettings(company_name="Example Ltd", signature="The Example team")
@@ -208,7 +208,7 @@ def test_a_broken_edit_keeps_the_last_good_version_and_logs_once(
     renderer = TemplateRenderer(tdir)
     renderer.render("sales", variables())
     write(tdir, "sales.txt", "Hello {{ contact.name \n")
-    with caplog.at_level(logging.WARNING, logger="triage.replies"):
+    with caplog.at_level(logging.WARNING, logger="triage.act.replies"):
         for _ in range(3):
             assert renderer.render("sales", variables()).text == "Hello Jane Doe\n"
     broken = [r for r in caplog.records if "sales.txt" in r.getMessage()]
@@ -225,7 +225,7 @@ def test_an_edit_that_fails_to_render_keeps_the_last_good_version(
     renderer = TemplateRenderer(tdir)
     renderer.render("sales", variables())
     write(tdir, "sales.txt", "Hello {{ contact.surname }}\n")
-    with caplog.at_level(logging.WARNING, logger="triage.replies"):
+    with caplog.at_level(logging.WARNING, logger="triage.act.replies"):
         for _ in range(3):
             assert renderer.render("sales", variables()).text == "Hello Jane Doe\n"
     warnings = [r for r in caplog.records if "sales.txt" in r.getMessage()]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.mailharness import MailHarness
 from tests.mailtools import (
     ROOT,
     DaemonStarter,
@@ -26,7 +27,6 @@ from tests.mailtools import (
     wait_until,
 )
 from tests.test_ingest import HELLO
-from triage.mailharness import MailHarness
 
 pytestmark = pytest.mark.mail
 

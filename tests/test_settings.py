@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from triage.errors import ConfigError
-from triage.settings import load_settings, masked
+from triage.core.errors import ConfigError
+from triage.core.settings import load_settings, masked
 
 GOOD = """
 [imap]
@@ -191,7 +191,7 @@ def test_form_senders_need_trusted_authserv_ids() -> None:
     """A form relay anyone could pose as would let strangers pick whom we write to."""
     from pydantic import ValidationError
 
-    from triage.settings import RepliesSettings
+    from triage.core.settings import RepliesSettings
 
     with pytest.raises(ValidationError, match="form_senders needs trusted_authserv_ids"):
         RepliesSettings(form_senders=("forms@webforms.example",))

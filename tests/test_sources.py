@@ -1,11 +1,11 @@
-"""`triage.sources.iter_sources`: single files, directories, mbox files and Maildirs."""
+"""`triage.ingest.sources.iter_sources`: single files, directories, mbox files and Maildirs."""
 
 from __future__ import annotations
 
 import mailbox
 from pathlib import Path
 
-from triage.sources import SourceItem, is_mbox, iter_sources
+from triage.ingest.sources import SourceItem, is_mbox, iter_sources
 
 ONE = b"From: a@b.example\nSubject: one\n\nfirst\n"
 TWO = b"From: c@d.example\nSubject: two\n\nsecond\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from triage.errors import StoreError
+from triage.core.errors import StoreError
 from triage.store.db import Database
 from triage.store.ledger import Ledger
 from triage.store.schema import MIGRATIONS

@@ -22,11 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.templating import write
-from triage.cli import app
-from triage.compose import make_reply
-from triage.errors import TemplateError
-from triage.models import Address, Contact, InboundMessage
-from triage.replies import (
+from triage.act.compose import make_reply
+from triage.act.replies import (
     MAX_OUTPUT,
     RENDER_TIMEOUT,
     ReplyVariables,
@@ -34,7 +31,10 @@ from triage.replies import (
     TemplateRenderer,
     make_environment,
 )
-from triage.settings import RepliesSettings
+from triage.cli.main import app
+from triage.core.errors import TemplateError
+from triage.core.models import Address, Contact, InboundMessage
+from triage.core.settings import RepliesSettings
 
 SETTINGS = RepliesSettings(company_name="Example Ltd", signature="The Example team")
 SECRET = "imap-password-do-not-mail"
@@ -464,7 +464,7 @@ def test_a_runaway_edit_falls_back_to_the_last_good_version(
     renderer = TemplateRenderer(tdir, render_timeout=SHORT_TIMEOUT)
     assert renderer.render("sales", variables()).text == "Hello Jane Doe\n"
     write(tdir, "sales.txt", '{{ "x".ljust(150000000) }}' + NESTED_LOOPS)
-    with caplog.at_level(logging.WARNING, logger="triage.replies"):
+    with caplog.at_level(logging.WARNING, logger="triage.act.replies"):
         for _ in range(2):
             assert renderer.render("sales", variables()).text == "Hello Jane Doe\n"
     warnings = [r.getMessage() for r in caplog.records if "sales.txt" in r.getMessage()]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from triage.cli import app
+from triage.cli.main import app
 
 REPO_TEMPLATES = Path(__file__).parents[1] / "templates"
 INQUIRY = (

@@ -1,5 +1,5 @@
 """Allows `python -m triage`."""
 
-from triage.cli import main
+from triage.cli.main import main
 
 main()

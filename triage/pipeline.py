@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
-from triage.dispose import dispose
-from triage.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
+from triage.core.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
+from triage.decide.dispose import dispose
 from triage.parsing import parse
 from triage.store.leads import NewLead, record_lead
 from triage.store.ledger import Ledger, Outcome

@@ -12,7 +12,7 @@ import re
 from datetime import UTC, datetime
 from email.utils import getaddresses, parsedate_to_datetime
 
-from triage.models import Address
+from triage.core.models import Address
 from triage.parsing import charsets
 
 MAX_ADDRESS_HEADER = 16_384  # a To: with thousands of recipients is cut; nobody replies to all

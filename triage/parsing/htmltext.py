@@ -18,7 +18,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from triage.sanitize import strip_invisible
+from triage.core.sanitize import strip_invisible
 
 MAX_HTML_CHARS = 200_000  # marketing mail is far smaller; more only costs time
 MAX_TEXT_CHARS = 100_000  # text written; the parser keeps no more of a body

@@ -9,9 +9,8 @@ from types import MappingProxyType
 
 import quotequail
 
-from triage import contacts
-from triage.models import Address, Attachment, InboundMessage
-from triage.parsing import charsets, headers, htmltext, language, mime, quotes, trace
+from triage.core.models import Address, Attachment, InboundMessage
+from triage.parsing import charsets, contacts, headers, htmltext, language, mime, quotes, trace
 
 log = logging.getLogger(__name__)
 

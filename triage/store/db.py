@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
-from triage.errors import StoreError
+from triage.core.errors import StoreError
 from triage.store.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)

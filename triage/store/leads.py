@@ -6,7 +6,8 @@ lead of the same address, so staff see one record per prospect, not one per emai
 that turns hot is upgraded and reaches sales staff like a new hot lead.
 
 This module is the SQL only; the rules (valid status changes, assignment, response targets) live
-in `triage.leads`. Every timestamp is stored as UTC ISO 8601 text with microseconds, so the text
+in `triage.sales.leads`. Every timestamp is
+stored as UTC ISO 8601 text with microseconds, so the text
 sorts and compares like the time it stands for.
 """
 
@@ -18,8 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from triage.models import Contact, LeadKind
-from triage.sanitize import is_addr_spec
+from triage.core.models import Contact, LeadKind
+from triage.core.sanitize import is_addr_spec
 from triage.store.db import utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")

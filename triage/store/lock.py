@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from triage.errors import StoreError, StoreInUseError
+from triage.core.errors import StoreError, StoreInUseError
 from triage.store.db import FILE_MODE, ensure_directory
 
 

@@ -1,0 +1,1 @@
+"""Tools for tests, the demo and benchmarks: real mail servers on loopback. Never installed."""

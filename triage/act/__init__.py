@@ -1,0 +1,1 @@
+"""Effects of a decision: templates, composing the reply, SMTP, the delivery queue."""

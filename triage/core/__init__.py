@@ -1,0 +1,1 @@
+"""The values, settings, errors and small helpers every other part shares."""

@@ -1,0 +1,404 @@
+"""Settings: the only place that reads the environment and configuration files.
+
+Values come, highest priority first, from `TRIAGE_…` environment variables (nested with `__`, e.g.
+`TRIAGE_IMAP__PASSWORD`), the TOML file (`--config FILE` or `TRIAGE_CONFIG`), and the defaults here.
+Secrets may also come from files (`password_file = "/etc/triage/imap.pass"`). Everything is
+validated once into typed, frozen objects that are passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from triage.core.errors import ConfigError
+from triage.core.hosts import is_loopback
+
+CONFIG_ENV = "TRIAGE_CONFIG"
+Security = Literal["tls", "starttls", "plain"]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def default_data_dir() -> Path:
+    """Where the store lives unless configured: the user's data directory (XDG on Linux)."""
+    from platformdirs import user_data_dir  # local: keeps `import triage.core.settings` cheap
+
+    return Path(user_data_dir("triage", appauthor=False))
+
+
+class _Section(BaseModel):
+    """Base of every settings section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret_file(path: Path, setting: str) -> SecretStr:
+    try:
+        with path.open("rb") as fh:
+            # The mode of the file read, not of a path that may have changed meanwhile.
+            mode = os.fstat(fh.fileno()).st_mode
+            data = fh.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {setting} {path}: {exc.strerror}") from None
+    if stat.S_ISREG(mode) and mode & 0o077:
+        raise ValueError(
+            f"{setting} {path} is open to other users (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        value = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {setting} {path}: not UTF-8 text") from None
+    if not value:
+        raise ValueError(f"{setting} {path} is empty")
+    return SecretStr(value)
+
+
+class _Credentials(_Section):
+    """A login with a password given directly (env) or in a file (`password_file`)."""
+
+    username: str = ""
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _load_password_file(self) -> Self:
+        if self.password is None and self.password_file is not None:
+            secret = _read_secret_file(self.password_file, "password_file")
+            object.__setattr__(self, "password", secret)
+        return self
+
+    def secret(self) -> str:
+        """The password in clear, for the login call only."""
+        return self.password.get_secret_value() if self.password else ""
+
+
+class ImapAccount(_Credentials):
+    """One IMAP mailbox account watched by the daemon."""
+
+    name: str = "default"
+    host: str = "127.0.0.1"
+    port: Port = 993
+    security: Security = "tls"
+    ca_file: Path | None = None
+    verify_certificates: bool = True
+    allow_plain: bool = False
+    folders: tuple[str, ...] = ("INBOX",)
+    idle: bool = True
+    poll_interval: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    # Dovecot and most servers drop an idle client after 30 minutes (RFC 2177): renew before.
+    idle_renew: Annotated[float, Field(gt=0, le=29 * 60)] = 25 * 60.0
+
+    @model_validator(mode="after")
+    def _check_login(self) -> Self:
+        if not self.username:
+            raise ValueError("username is required")
+        if self.password is None:
+            raise ValueError("password is missing: set password_file or TRIAGE_IMAP__PASSWORD")
+        if self.security == "plain" and not self.allow_plain and not is_loopback(self.host):
+            raise ValueError(
+                f"security = 'plain' sends the password in clear to {self.host}; "
+                "use tls/starttls or set allow_plain = true"
+            )
+        return self
+
+
+class ImapSettings(ImapAccount):
+    """The primary IMAP account plus any further accounts in `[[imap.accounts]]`."""
+
+    accounts: tuple[ImapAccount, ...] = ()
+
+    def all_accounts(self) -> tuple[ImapAccount, ...]:
+        """Every configured account, the primary first; names are unique."""
+        primary = ImapAccount.model_validate(
+            self.model_dump(exclude={"accounts"}) | {"password": self.password}
+        )
+        return (primary, *self.accounts)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        names = [self.name, *(a.name for a in self.accounts)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"account names must be unique, got {names}")
+        return self
+
+
+class SmtpSettings(_Credentials):
+    """The SMTP server replies and digests are sent through."""
+
+    host: str = "127.0.0.1"
+    port: Port = 587
+    security: Security = "starttls"
+    ca_file: Path | None = None
+    verify_certificates: bool = True
+    allow_plain: bool = False
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    max_attempts: Annotated[int, Field(ge=1)] = 50
+    retry_initial: Annotated[float, Field(gt=0)] = 5.0
+    retry_max: Annotated[float, Field(gt=0)] = 900.0
+
+    @model_validator(mode="after")
+    def _check_plain(self) -> Self:
+        if self.security == "plain" and not self.allow_plain and not is_loopback(self.host):
+            raise ValueError(
+                f"security = 'plain' to {self.host} is unencrypted; "
+                "use tls/starttls or set allow_plain = true"
+            )
+        if self.username and self.password is None:
+            raise ValueError("username is set but password is missing")
+        return self
+
+
+class StoreSettings(_Section):
+    """Where the SQLite database file lives."""
+
+    path: Path = Field(default_factory=lambda: default_data_dir() / "triage.db")
+
+
+class RepliesSettings(_Section):
+    """How and whether replies are sent."""
+
+    mode: Literal["live", "draft", "dry-run"] = "dry-run"
+    templates_dir: Path = Path("templates")
+    from_address: str = "hello@example.com"
+    from_name: str = "Example Ltd"
+    envelope_sender: str = "no-reply@example.com"
+    subject_prefix: str = "Re: "
+    message_id_domain: str = ""
+    our_addresses: tuple[str, ...] = ()
+    require_addressed_to_us: bool = True
+    window_days: Annotated[float, Field(ge=1)] = 7.0
+    max_per_hour: Annotated[int, Field(ge=0)] = 60
+    max_per_domain_per_hour: Annotated[int, Field(ge=0)] = 10
+    max_defer_hours: Annotated[float, Field(gt=0)] = 24.0
+    dotless_domains: tuple[str, ...] = ("gmail.com", "googlemail.com")
+    trusted_authserv_ids: tuple[str, ...] = ()
+    unauthenticated: Literal["fixed", "none"] = "fixed"
+    form_senders: tuple[str, ...] = ()
+    sent_folder: str = ""
+    drafts_folder: str = ""
+    company_name: str = "Example Ltd"
+    signature: str = "The Example team"
+    business_hours_promise: str = "within one business day"
+    default_language: str = "en"
+
+    @model_validator(mode="after")
+    def _forms_need_authentication(self) -> Self:
+        # A form relay's notification names the address we write to; unless our server vouches
+        # that it came from the relay, anyone could pose as the form (docs/security.md).
+        if any(s.strip() for s in self.form_senders) and not any(
+            t.strip() for t in self.trusted_authserv_ids
+        ):
+            raise ValueError(
+                "form_senders needs trusted_authserv_ids: a form notification is answered only "
+                "when our own server authenticated the relay"
+            )
+        return self
+
+
+class ClassifierSettings(_Section):
+    """Which model to load and how sure it must be before acting."""
+
+    model_path: Path = Path("classifiers/model.skops")
+    # Per-label overrides; a label not given uses the threshold the model card suggests
+    # (chosen on cross-validation when the model was trained).
+    thresholds: Mapping[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_labels(self) -> Self:
+        unknown = set(self.thresholds) - {"sales", "marketing", "other"}
+        if unknown:
+            raise ValueError(f"thresholds for unknown labels: {sorted(unknown)}")
+        return self
+
+
+class IngestSettings(_Section):
+    """How mail is taken from the mailboxes and marked there."""
+
+    backfill_days: Annotated[float, Field(ge=0)] = 0.0
+    backfill_classify: bool = False
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 200
+    max_attempts: Annotated[int, Field(ge=1)] = 3
+    keywords: bool = True
+    move_to_folders: bool = False
+    folder_prefix: str = "Triage"
+    corrections: bool = True
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 25 * 1024 * 1024
+    # The bytes of mail one FETCH may bring into memory (by RFC822.SIZE, asked first); a
+    # message larger than this is fetched on its own. Bounds memory as batch_size bounds count.
+    batch_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # Worker processes that parse and classify while the account thread fetches and records
+    # (triage.ingest.workers); 0 keeps everything in the account thread. 1 uses a second core.
+    workers: Annotated[int, Field(ge=0, le=16)] = 0
+
+
+class LeadsSettings(_Section):
+    """How leads are assigned and how fast they must be answered."""
+
+    staff: tuple[str, ...] = ()
+    assignment: Literal["none", "round-robin", "least-busy"] = "none"
+    response_target_hours: Annotated[float, Field(gt=0)] = 4.0
+    business_hours: tuple[int, int] = (9, 17)
+    business_days: tuple[int, ...] = (0, 1, 2, 3, 4)
+    retention_days: Annotated[int, Field(ge=0)] = 0
+    alert_hot: bool = False
+    alert_recipients: tuple[str, ...] = ()
+
+
+class DigestSettings(_Section):
+    """The sales digest: to whom, when, from where."""
+
+    recipients: tuple[str, ...] = ()
+    schedule: str = "0 8 * * 1-5"
+    timezone: str = "UTC"
+    from_address: str = ""
+    subject: str = "triage digest: {new} new hot leads"
+
+
+class DaemonSettings(_Section):
+    """The service loop, health endpoint and logging."""
+
+    health_host: str = "127.0.0.1"
+    health_port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    health_max_sync_age: Annotated[float, Field(gt=0)] = 300.0
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    backoff_initial: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max: Annotated[float, Field(gt=0)] = 300.0
+
+
+class Settings(BaseSettings):
+    """Every setting of triage, validated. Build it with `load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIAGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    imap: ImapSettings
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    replies: RepliesSettings = Field(default_factory=RepliesSettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    leads: LeadsSettings = Field(default_factory=LeadsSettings)
+    digest: DigestSettings = Field(default_factory=DigestSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+
+
+def _without_config_var(environ: Mapping[str, str]) -> dict[str, str]:
+    # TRIAGE_CONFIG names the file; it is not a setting and must not trip `extra = forbid`.
+    return {k: v for k, v in environ.items() if k.upper() != CONFIG_ENV}
+
+
+def load_settings(
+    config: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read and validate settings; raise `ConfigError` whose message lists every problem.
+
+    `config` wins over `TRIAGE_CONFIG`. `environ` defaults to the process environment (tests pass
+    their own). `overrides` are applied above everything (used by the demo and tests).
+    """
+    env = dict(os.environ if environ is None else environ)
+    path = config or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else None)
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        file_values = _read_toml(path)
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            # Priority: explicit overrides, then TRIAGE_* variables, then the TOML file.
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+
+    saved = dict(os.environ)
+    try:
+        # pydantic-settings reads os.environ; give it exactly the environment we were handed.
+        os.environ.clear()
+        os.environ.update(_without_config_var(env))
+        return _Loaded(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError("\n".join(describe_validation_error(exc, path))) from None
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def describe_validation_error(exc: ValidationError, path: Path | None) -> list[str]:
+    """One line per problem, naming the setting as the operator writes it (`imap.port`)."""
+    where = f" ({path})" if path else ""
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "missing":
+            msg = "required setting is missing"
+        msg = msg.removeprefix("Value error, ")
+        lines.append(f"setting {loc or '(top level)'}: {msg}{where}")
+    return lines
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data with every secret replaced by `********`."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "********"
+        if isinstance(value, BaseModel):
+            return {k: walk(getattr(value, k)) for k in type(value).model_fields}
+        if isinstance(value, Mapping):
+            return {str(k): walk(v) for k, v in value.items()}
+        if isinstance(value, Sequence) and not isinstance(value, str):
+            return [walk(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    result = walk(settings)
+    assert isinstance(result, dict)
+    return result

@@ -1,0 +1,1 @@
+"""Pure decisions about one message: etiquette, sender authentication, features, model, dispose."""

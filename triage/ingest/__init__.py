@@ -1,0 +1,1 @@
+"""From mailboxes to the ledger: IMAP adapter, folder sync, worker processes, corrections scan."""

@@ -1,0 +1,318 @@
+"""The IMAP adapter: connect, wait for new mail (IDLE or poll), fetch by UID, mark, move, APPEND.
+
+Everything the daemon does to a mailbox goes through `ImapMailbox`, so network and protocol errors
+are translated in one place into `MailboxError` / `AuthenticationError` (both transient: the caller
+backs off and reconnects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from triage.core.errors import AuthenticationError, MailboxError
+from triage.core.settings import ImapAccount
+
+if TYPE_CHECKING:
+    from imapclient import IMAPClient
+
+log = logging.getLogger(__name__)
+
+FETCH_BODY = b"BODY[]"
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    """What SELECT tells about a folder."""
+
+    name: str
+    uidvalidity: int
+    uidnext: int
+    exists: int
+
+
+def tls_context(ca_file: object | None, verify: bool) -> ssl.SSLContext:
+    """A client TLS context: certificates verified against the system store or `ca_file`."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        # The operator asked for this explicitly (verify_certificates = false).
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn the many ways an IMAP call can fail into triage's transient errors."""
+    from imapclient.exceptions import IMAPClientError, LoginError
+
+    try:
+        yield
+    except LoginError as exc:
+        raise AuthenticationError(f"{what}: login rejected ({_short(exc)})") from None
+    except (IMAPClientError, OSError, ssl.SSLError, EOFError) as exc:
+        raise MailboxError(f"{what}: {type(exc).__name__}: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).replace("\r", " ").replace("\n", " ").strip()
+    return text[:200] or type(exc).__name__
+
+
+class ImapMailbox:
+    """One logged-in IMAP connection for one account."""
+
+    def __init__(self, account: ImapAccount) -> None:
+        self.account = account
+        self._client: IMAPClient | None = None
+        self._delimiter = "/"
+        self._capabilities: set[str] | None = None
+        self.folder: FolderInfo | None = None
+
+    # -- connection ----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> IMAPClient:
+        """The live client; raises MailboxError when not connected."""
+        if self._client is None:
+            raise MailboxError(f"{self.account.name}: not connected")
+        return self._client
+
+    @property
+    def connected(self) -> bool:
+        """True between a successful `connect()` and `close()`."""
+        return self._client is not None
+
+    def connect(self) -> None:
+        """Open the connection (implicit TLS, STARTTLS or plain) and log in."""
+        from imapclient import IMAPClient
+
+        acc = self.account
+        where = f"{acc.name} ({acc.host}:{acc.port})"
+        ctx = tls_context(acc.ca_file, acc.verify_certificates)
+        with _translated(f"cannot connect to {where}"):
+            client = IMAPClient(
+                acc.host,
+                port=acc.port,
+                ssl=acc.security == "tls",
+                ssl_context=ctx if acc.security == "tls" else None,
+                timeout=acc.timeout,
+            )
+        # imapclient sets imaplib's debug level to 5 so that its logger may see the protocol;
+        # at that level imaplib formats a repr() of every response, logged or not: a message
+        # fetched costs two to three times its size again in memory, and the time to format it.
+        client._imap.debug = 0
+        try:
+            with _translated(f"cannot log in to {where}"):
+                if acc.security == "starttls":
+                    client.starttls(ctx)
+                client.login(acc.username, acc.secret())
+                folders = client.list_folders(directory="", pattern="")
+                if folders and folders[0][1]:
+                    self._delimiter = _text(folders[0][1])
+        except BaseException:
+            _quiet_logout(client)
+            raise
+        self._client = client
+        self._capabilities = None
+        self.folder = None
+
+    def close(self) -> None:
+        """Log out and drop the connection; safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            _quiet_logout(client)
+
+    def capabilities(self) -> set[str]:
+        """The server's capabilities, upper-case text (asked once per connection)."""
+        if self._capabilities is None:
+            with _translated(f"{self.account.name}: CAPABILITY"):
+                self._capabilities = {_text(c).upper() for c in self.client.capabilities()}
+        return self._capabilities
+
+    @property
+    def has_idle(self) -> bool:
+        """True when the server offers IDLE (RFC 2177)."""
+        return "IDLE" in self.capabilities()
+
+    # -- folders -------------------------------------------------------------------------------
+
+    def folder_path(self, *parts: str) -> str:
+        """A folder name from parts joined with the server's hierarchy delimiter."""
+        return self._delimiter.join(parts)
+
+    def select(self, folder: str) -> FolderInfo:
+        """SELECT a folder read-write and return its UIDVALIDITY and UIDNEXT."""
+        with _translated(f"{self.account.name}: cannot select {folder!r}"):
+            info = self.client.select_folder(folder)
+        uidvalidity = int(info.get(b"UIDVALIDITY", 0))
+        uidnext = int(info.get(b"UIDNEXT", 0))
+        if not uidnext:
+            with _translated(f"{self.account.name}: STATUS {folder!r}"):
+                uidnext = int(self.client.folder_status(folder, [b"UIDNEXT"])[b"UIDNEXT"])
+        self.folder = FolderInfo(folder, uidvalidity, uidnext, int(info.get(b"EXISTS", 0)))
+        return self.folder
+
+    def ensure_folder(self, folder: str) -> None:
+        """Create `folder` (and subscribe to it) unless it exists."""
+        with _translated(f"{self.account.name}: cannot create {folder!r}"):
+            if not self.client.folder_exists(folder):
+                self.client.create_folder(folder)
+                self.client.subscribe_folder(folder)
+
+    def special_folder(self, flag: str) -> str | None:
+        """The folder marked with a special-use flag such as `\\Sent` (RFC 6154), if any."""
+        with _translated(f"{self.account.name}: LIST"):
+            for flags, _delim, name in self.client.list_folders():
+                if flag.encode() in flags or flag in flags:
+                    return str(name)
+        return None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def uids_from(self, first_uid: int) -> list[int]:
+        """UIDs ≥ first_uid in the selected folder, ascending."""
+        with _translated(f"{self.account.name}: UID SEARCH"):
+            found = self.client.search(["UID", f"{max(first_uid, 1)}:*"])
+        # `n:*` always matches the highest UID, even when it is below n (RFC 3501): filter.
+        return sorted(u for u in found if u >= first_uid)
+
+    def uids_since(self, day: date) -> list[int]:
+        """UIDs of messages whose internal date is on or after `day`."""
+        with _translated(f"{self.account.name}: UID SEARCH SINCE"):
+            return sorted(self.client.search(["SINCE", day]))
+
+    def all_uids(self) -> list[int]:
+        """Every UID in the selected folder."""
+        with _translated(f"{self.account.name}: UID SEARCH ALL"):
+            return sorted(self.client.search(["ALL"]))
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID that still exists."""
+        if not uids:
+            return {}
+        with _translated(f"{self.account.name}: FETCH RFC822.SIZE"):
+            data = self.client.fetch(list(uids), [b"RFC822.SIZE"])
+        return {uid: int(v.get(b"RFC822.SIZE", 0)) for uid, v in data.items()}
+
+    def internal_dates(self, uids: Sequence[int]) -> dict[int, datetime]:
+        """INTERNALDATE of each UID that still exists (when the server received the message, or
+        the date an APPEND gave it), timezone-aware."""
+        if not uids:
+            return {}
+        with _translated(f"{self.account.name}: FETCH INTERNALDATE"):
+            data = self.client.fetch(list(uids), [b"INTERNALDATE"])
+        out = {}
+        for uid, v in data.items():
+            value = v.get(b"INTERNALDATE")
+            if isinstance(value, datetime):
+                # imapclient hands out naive local time unless told otherwise.
+                out[uid] = value if value.tzinfo else value.astimezone()
+        return out
+
+    def fetch(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """The raw bytes of each UID that still exists, without setting \\Seen."""
+        if not uids:
+            return {}
+        with _translated(f"{self.account.name}: FETCH"):
+            data = self.client.fetch(list(uids), [b"BODY.PEEK[]"])
+        return {uid: bytes(v.get(FETCH_BODY, b"")) for uid, v in data.items()}
+
+    def fetch_message_ids(self, uids: Sequence[int]) -> dict[int, str]:
+        """The Message-ID header of each UID (empty string when absent)."""
+        if not uids:
+            return {}
+        field = b"BODY[HEADER.FIELDS (MESSAGE-ID)]"
+        with _translated(f"{self.account.name}: FETCH Message-ID"):
+            data = self.client.fetch(list(uids), [b"BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"])
+        out = {}
+        for uid, v in data.items():
+            raw = bytes(v.get(field, b"")).decode("ascii", "replace")
+            out[uid] = raw.partition(":")[2].strip()
+        return out
+
+    def search_keyword(self, keyword: str, present: bool = True) -> list[int]:
+        """UIDs that have (or lack) a keyword."""
+        criteria: list[Any] = ["KEYWORD", keyword] if present else ["UNKEYWORD", keyword]
+        with _translated(f"{self.account.name}: UID SEARCH KEYWORD"):
+            return sorted(self.client.search(criteria))
+
+    def search_message_id(self, message_id: str) -> list[int]:
+        """UIDs whose Message-ID header contains `message_id`."""
+        with _translated(f"{self.account.name}: UID SEARCH HEADER"):
+            return sorted(self.client.search(["HEADER", "Message-ID", message_id]))
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add_flags(self, uids: Sequence[int], flags: Sequence[str]) -> None:
+        """Add flags or keywords (e.g. `\\Answered`, `$Triage-Sales`) to messages."""
+        if uids and flags:
+            with _translated(f"{self.account.name}: STORE +FLAGS"):
+                self.client.add_flags(list(uids), list(flags), silent=True)
+
+    def remove_flags(self, uids: Sequence[int], flags: Sequence[str]) -> None:
+        """Remove flags or keywords from messages."""
+        if uids and flags:
+            with _translated(f"{self.account.name}: STORE -FLAGS"):
+                self.client.remove_flags(list(uids), list(flags), silent=True)
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        """Move messages to `folder` (MOVE when offered, else COPY + delete + UID EXPUNGE)."""
+        if not uids:
+            return
+        with _translated(f"{self.account.name}: MOVE to {folder!r}"):
+            if "MOVE" in self.capabilities():
+                self.client.move(list(uids), folder)
+            else:
+                self.client.copy(list(uids), folder)
+                self.client.delete_messages(list(uids))
+                self.client.uid_expunge(list(uids))
+
+    def append(self, folder: str, raw: bytes, flags: Sequence[str] = ()) -> None:
+        """APPEND a message to `folder` with flags."""
+        with _translated(f"{self.account.name}: APPEND to {folder!r}"):
+            self.client.append(folder, raw, flags=tuple(flags))
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    def noop(self) -> None:
+        """Ask the server for news (and prove the connection is alive)."""
+        with _translated(f"{self.account.name}: NOOP"):
+            self.client.noop()
+
+    def idle_start(self) -> None:
+        """Enter IDLE (RFC 2177) on the selected folder."""
+        with _translated(f"{self.account.name}: IDLE"):
+            self.client.idle()
+
+    def idle_poll(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds in IDLE; True when the server announced a change."""
+        with _translated(f"{self.account.name}: IDLE"):
+            return bool(self.client.idle_check(timeout=timeout))
+
+    def idle_stop(self) -> None:
+        """Leave IDLE (DONE) so other commands can be sent."""
+        with _translated(f"{self.account.name}: IDLE DONE"):
+            self.client.idle_done()
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _quiet_logout(client: IMAPClient) -> None:
+    # Logging out of a broken connection fails in many ways; none of them matter here.
+    try:
+        client.logout()
+    except (TimeoutError, OSError, ssl.SSLError, EOFError):
+        pass
+    except Exception as exc:  # noqa: BLE001 - imapclient raises bare imaplib errors on a dead socket
+        log.debug("logout failed: %s", exc)
+    with contextlib.suppress(OSError):
+        client.shutdown()

@@ -1,0 +1,655 @@
+"""Syncing one folder: from new UIDs on the server to `done` rows in the ledger.
+
+One pass (`FolderSync.sync`):
+1. SELECT; on the first start record a baseline (older mail is backfill, never answered); on a new
+   UIDVALIDITY rebaseline: messages the ledger knows by Message-ID are duplicates, and every
+   message the server received before the folder's first sync (INTERNALDATE) is backfill.
+2. Resume rows a crash left unfinished, then fetch new UIDs in batches bounded by count
+   (`batch_size`) and by bytes (`batch_bytes`, from RFC822.SIZE asked first): a message larger
+   than `batch_bytes` is fetched on its own, one above `max_message_bytes` is quarantined unread.
+3. For each batch: record `seen`, count an attempt, decide (pure), record outcome + lead + queued
+   reply (`classified`), send due replies, file copies, mark the mailbox, record `done`.
+An attempt is committed before a message is decided, so a message that kills the process (or a
+worker process) counts as surely as one whose handling raises. A message with an unfinished
+earlier attempt is decided alone; one that failed `max_attempts` times is quarantined (raw bytes
+kept) and the loop goes on with the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from triage.core.errors import TransientError
+from triage.core.settings import IngestSettings
+from triage.decide.dispose import KEYWORD_PREFIX, keyword_for
+from triage.ingest.mailbox import ImapMailbox
+from triage.parsing import parse
+from triage.pipeline import Decided, Recorder
+from triage.store.ledger import CLASSIFIED, DONE, QUARANTINED, SEEN, Ledger, LedgerRow
+
+log = logging.getLogger(__name__)
+_MSGID = re.compile(r"<[^<>\s]+>")
+
+Checkpoint = Callable[[str], None]
+DecideBatch = Callable[[Sequence[tuple[int, bytes, bool]]], list[Decided]]
+# Starts deciding a batch elsewhere (worker processes,
+# `triage.ingest.workers`); the returned function
+# waits for the result.
+StartDecide = Callable[[Sequence[tuple[int, bytes, bool]]], Callable[[], list[Decided]]]
+QUARANTINE = "Quarantine"
+
+
+def _no_checkpoint(_name: str) -> None:
+    """The default: no fault injection."""
+
+
+def _nothing() -> None:
+    """The default work to overlap with deciding: none."""
+
+
+@dataclass
+class SyncResult:
+    """What one pass over a folder did."""
+
+    fetched: int = 0
+    decided: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0
+    failed: int = 0
+    corrections: int = 0
+    # The folder and the UIDNEXT it had when the pass began: mail with a UID from there on may
+    # have arrived after the pass looked (the daemon checks before it goes into IDLE).
+    folder: str = ""
+    uidnext: int = 0
+
+
+@dataclass
+class Effects:
+    """The side effects after recording that are not the mailbox's: sending and filing."""
+
+    deliver: Callable[[], None]
+    file_replies: Callable[[ImapMailbox, str, int], None]
+    # Told about each recorded message (account, folder, uid, decided) and each finished pass
+    # (account, folder): for the outcome log line and metrics.
+    observe: Callable[[str, str, int, Decided], None] = lambda _a, _f, _u, _d: None
+    synced: Callable[[str, str], None] = lambda _a, _f: None
+
+
+class FolderSync:
+    """Brings one folder of one account up to date with the ledger."""
+
+    def __init__(
+        self,
+        account: str,
+        folder: str,
+        mailbox: ImapMailbox,
+        ledger: Ledger,
+        decide: DecideBatch,
+        recorder: Recorder,
+        effects: Effects,
+        settings: IngestSettings,
+        checkpoint: Checkpoint = _no_checkpoint,
+        start_decide: StartDecide | None = None,
+    ) -> None:
+        self.account = account
+        self.folder = folder
+        self.mailbox = mailbox
+        self.ledger = ledger
+        self.decide = decide
+        self.recorder = recorder
+        self.effects = effects
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.start_decide = start_decide
+        # Rows whose attempt `_start_early` counted, not yet picked up by `_decide_batch`.
+        self._charged: set[int] = set()
+        # Every row whose attempt this pass counted and no failure explained yet: refunded when
+        # the pass stops on a TransientError (a dropped connection is not the message's fault).
+        self._counted: set[int] = set()
+
+    # -- one pass ------------------------------------------------------------------------------
+
+    def sync(self) -> SyncResult:
+        """Handle everything new or unfinished in the folder; raises TransientError on I/O."""
+        self._charged.clear()
+        self._counted.clear()
+        try:
+            return self._sync()
+        except TransientError:
+            self.ledger.refund_attempt(self._counted)
+            raise
+
+    def _sync(self) -> SyncResult:
+        info = self.mailbox.select(self.folder)
+        result = SyncResult(folder=self.folder, uidnext=info.uidnext)
+        state = self.ledger.folder_state(self.account, self.folder)
+        if state is None:
+            self._first_start(info.uidvalidity, info.uidnext)
+        elif state.uidvalidity != info.uidvalidity:
+            self._rebaseline(info.uidvalidity)
+        state = self.ledger.folder_state(self.account, self.folder)
+        assert state is not None
+        uidvalidity = state.uidvalidity
+
+        unfinished = self.ledger.unfinished(self.account, self.folder, uidvalidity)
+        if unfinished:
+            log.info("%s/%s: resuming %d unfinished", self.account, self.folder, len(unfinished))
+            by_uid = {r.uid: r for r in unfinished}
+            sizes = self._sizes([r.uid for r in unfinished if r.state == SEEN])
+            big = [r for r in unfinished if r.state == SEEN and self._too_big(sizes, r.uid)]
+            self._quarantine_too_big(big, sizes, result)
+            unread = {r.uid for r in big}
+            left = [r.uid for r in unfinished if r.uid not in unread]
+            # Classified rows need no fetch (size 0 here): only their marks are left to do.
+            for batch in self._batches(left, sizes):
+                self._handle([by_uid[u] for u in batch], result)
+
+        new = self.mailbox.uids_from(state.last_uid + 1)
+        sizes = self._sizes(new)
+        batches = self._batches(new, sizes)
+        limit = self.settings.batch_bytes
+        ahead: list[tuple[list[LedgerRow], dict[int, bytes]]] = []
+        for number, batch in enumerate(batches):
+            if not ahead:
+                ahead.append(
+                    self._fetch_and_record(uidvalidity, batch, sizes, state.baseline_uid, result)
+                )
+            rows, raws = ahead.pop()
+            following = batches[number + 1] if number + 1 < len(batches) else None
+            if following is not None and self._weight(batch + following, sizes) > limit:
+                # Two batches in memory at once would exceed batch_bytes: no overlap.
+                following = None
+
+            def fetch_following(following: list[int] | None = following) -> None:
+                # While worker processes decide this batch, the next one is fetched, recorded
+                # `seen` and handed to them too, so they work on it while this one is recorded:
+                # both cores stay busy. Without workers the next loop turn fetches it.
+                if following is not None:
+                    ahead.append(
+                        self._fetch_and_record(
+                            uidvalidity, following, sizes, state.baseline_uid, result
+                        )
+                    )
+                    self._start_early(*ahead[-1])
+
+            self._handle(rows, result, raws, fetch_following if self.start_decide else _nothing)
+            # The batch's bytes go before the next batch is fetched.
+            del rows, raws
+        self.effects.deliver()
+        self.effects.file_replies(self.mailbox, self.folder, uidvalidity)
+        self.ledger.touch(self.account, self.folder)
+        self.effects.synced(self.account, self.folder)
+        return result
+
+    # -- baselines -----------------------------------------------------------------------------
+
+    def _first_start(self, uidvalidity: int, uidnext: int) -> None:
+        """First sight of this folder: what is there already is backfill, never answered."""
+        baseline = max(uidnext - 1, 0)
+        self.ledger.start_folder(self.account, self.folder, uidvalidity, baseline)
+        old = self._backfill_uids(baseline)
+        log.info(
+            "%s/%s: first start; %d messages already present are backfill (not answered)",
+            self.account,
+            self.folder,
+            len(old),
+        )
+        self._record_backfill(uidvalidity, old)
+        self.ledger.advance(self.account, self.folder, baseline)
+
+    def _backfill_uids(self, baseline: int) -> list[int]:
+        if baseline == 0:
+            return []
+        if self.settings.backfill_days <= 0:
+            return []
+        return [u for u in self.mailbox.uids_since(self._backfill_since()) if u <= baseline]
+
+    def _backfill_since(self) -> date:
+        return date.today() - timedelta(days=self.settings.backfill_days)
+
+    def _record_backfill(self, uidvalidity: int, uids: Sequence[int]) -> None:
+        for start in range(0, len(uids), self.settings.batch_size):
+            chunk = uids[start : start + self.settings.batch_size]
+            ids = self.mailbox.fetch_message_ids(chunk)
+            items = [
+                (u, ids.get(u, "") or f"<uid-{uidvalidity}-{u}@triage.invalid>", True)
+                for u in chunk
+                if u in ids
+            ]
+            if self.settings.backfill_classify:
+                # Recorded as `seen`: the normal path classifies and queues leads; the backfill
+                # flag keeps any reply from being sent.
+                self.ledger.record_seen(self.account, self.folder, uidvalidity, items)
+            else:
+                self.ledger.record_seen(
+                    self.account, self.folder, uidvalidity, items, state=DONE, decision="backfill"
+                )
+
+    def _rebaseline(self, uidvalidity: int) -> None:
+        """UIDVALIDITY changed: every UID is new, but no message is handled twice and none that
+        was in the folder before its first sync is answered.
+
+        Known Message-IDs are duplicates. Every other message the server received before the
+        folder's first sync is backfill, whatever its Message-ID: a folder recreated from old
+        mail (or from copies with rewritten Message-IDs) is not new mail. The rows are written
+        under the new UIDVALIDITY before the folder state switches to it, so a crash in between
+        rebaselines again instead of answering the old mail.
+        """
+        log.warning(
+            "%s/%s: UIDVALIDITY changed; rebaselining by Message-ID and by date",
+            self.account,
+            self.folder,
+        )
+        first_seen = self.ledger.first_seen(self.account, self.folder)
+        uids = self.mailbox.all_uids()
+        ids: dict[int, str] = {}
+        received: dict[int, datetime] = {}
+        for start in range(0, len(uids), self.settings.batch_size):
+            chunk = uids[start : start + self.settings.batch_size]
+            found = self.mailbox.fetch_message_ids(chunk)
+            ids.update((u, normalize_message_id(v)) for u, v in found.items())
+            received.update(self.mailbox.internal_dates(chunk))
+        # Without a Message-ID header the ledger holds the id the parser synthesised from content.
+        blank = [u for u, mid in ids.items() if not mid]
+        sizes = self._sizes(blank)
+        # A message too big to handle is never fetched, here either: it keeps no id (and is
+        # quarantined unread if it turns out to be new).
+        blank = [u for u in blank if not self._too_big(sizes, u)]
+        for batch in self._batches(blank, sizes):
+            for u, raw in self.mailbox.fetch(batch).items():
+                ids[u] = parse(raw).message_id
+        known = self.ledger.known_message_ids(self.account, self.folder, ids.values())
+        dupes = [(u, mid, False) for u, mid in ids.items() if mid and mid in known]
+        self.ledger.record_seen(
+            self.account, self.folder, uidvalidity, dupes, state=DONE, decision="duplicate"
+        )
+        duplicate = {u for u, _, _ in dupes}
+        old = [
+            u
+            for u in ids
+            if u not in duplicate
+            and first_seen is not None
+            and u in received
+            and received[u] < first_seen
+        ]
+        since = self._backfill_since()
+        classify = [
+            u
+            for u in old
+            if self.settings.backfill_classify
+            and self.settings.backfill_days > 0
+            and received[u].date() >= since
+        ]
+        to_classify = set(classify)
+        backfill = [(u, ids[u] or f"<uid-{uidvalidity}-{u}@triage.invalid>", True) for u in old]
+        self.ledger.record_seen(
+            self.account,
+            self.folder,
+            uidvalidity,
+            [item for item in backfill if item[0] in to_classify],
+        )
+        self.ledger.record_seen(
+            self.account,
+            self.folder,
+            uidvalidity,
+            [item for item in backfill if item[0] not in to_classify],
+            state=DONE,
+            decision="backfill",
+        )
+        self.ledger.start_folder(self.account, self.folder, uidvalidity, 0)
+        log.info(
+            "%s/%s: of %d messages, %d were handled before the change and %d are older than the"
+            " folder's first sync (backfill, not answered)",
+            self.account,
+            self.folder,
+            len(uids),
+            len(dupes),
+            len(old),
+        )
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    def _sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID that still exists, asked `batch_size` UIDs at a time."""
+        sizes: dict[int, int] = {}
+        for start in range(0, len(uids), self.settings.batch_size):
+            sizes.update(self.mailbox.sizes(uids[start : start + self.settings.batch_size]))
+        return sizes
+
+    def _too_big(self, sizes: Mapping[int, int], uid: int) -> bool:
+        return sizes.get(uid, 0) > self.settings.max_message_bytes
+
+    def _batches(self, uids: Sequence[int], sizes: Mapping[int, int]) -> list[list[int]]:
+        """`uids` in batches bounded by count and by the bytes a FETCH of them holds in memory."""
+        weights = {u: self._weight([u], sizes) for u in uids}
+        return byte_batches(uids, weights, self.settings.batch_size, self.settings.batch_bytes)
+
+    def _weight(self, uids: Sequence[int], sizes: Mapping[int, int]) -> int:
+        """The bytes fetching `uids` brings into memory (a message above `max_message_bytes` is
+        never fetched: it weighs nothing)."""
+        return sum(0 if self._too_big(sizes, u) else sizes.get(u, 0) for u in uids)
+
+    def _fetch_and_record(
+        self,
+        uidvalidity: int,
+        uids: Sequence[int],
+        sizes: Mapping[int, int],
+        baseline: int,
+        result: SyncResult,
+    ) -> tuple[list[LedgerRow], dict[int, bytes]]:
+        """Fetch a batch, record every message as `seen`, advance the high-water mark.
+
+        `sizes` are the RFC822.SIZE values the batch was planned with; a UID without one was
+        gone by then and is skipped.
+        """
+        small = [u for u in uids if sizes.get(u, 0) > 0 and not self._too_big(sizes, u)]
+        raws = self.mailbox.fetch(small)
+        too_big = [u for u in uids if self._too_big(sizes, u)]
+        # The Message-ID is filled in when the message is classified (parsing happens once,
+        # there); a row found `seen` after a crash is simply fetched and parsed again.
+        ids = {u: "" for u in raws}
+        if too_big:
+            big_ids = self.mailbox.fetch_message_ids(too_big)
+            ids.update({u: big_ids.get(u, "") for u in too_big})
+        items = [(u, ids[u], u <= baseline) for u in uids if u in ids]
+        self.ledger.record_seen(self.account, self.folder, uidvalidity, items)
+        if uids:
+            self.ledger.advance(self.account, self.folder, max(uids))
+        result.fetched += len(items)
+        rows = self.ledger.rows_for(
+            self.account, self.folder, uidvalidity, [u for u, _, _ in items]
+        )
+        big = [rows[u] for u in too_big if u in rows and rows[u].state == SEEN]
+        self._quarantine_too_big(big, sizes, result)
+        self.checkpoint("after_fetch")
+        return [rows[u] for u, _, _ in items if u in rows and u not in too_big], raws
+
+    def _quarantine_too_big(
+        self, rows: Sequence[LedgerRow], sizes: Mapping[int, int], result: SyncResult
+    ) -> None:
+        """Quarantine messages above `max_message_bytes` unread: their bytes are never held."""
+        for r in rows:
+            self.ledger.quarantine(
+                r.id, f"message of {sizes[r.uid]} bytes exceeds max_message_bytes", None
+            )
+            log.warning(
+                "%s/%s: message uid %d quarantined: %d bytes exceed max_message_bytes",
+                self.account,
+                self.folder,
+                r.uid,
+                sizes[r.uid],
+            )
+        if rows:
+            self._mark_quarantined([r.uid for r in rows])
+            result.quarantined += len(rows)
+
+    # -- handling ------------------------------------------------------------------------------
+
+    def _handle(
+        self,
+        rows: Sequence[LedgerRow],
+        result: SyncResult,
+        fetched: dict[int, bytes] | None = None,
+        meanwhile: Callable[[], None] = _nothing,
+    ) -> None:
+        """Decide, record, send, mark and finish `rows`; `meanwhile` runs once, while deciding."""
+        todo = [r for r in rows if r.state not in (DONE, QUARANTINED)]
+        if not todo:
+            meanwhile()
+            return
+        fresh = [r for r in todo if r.state != CLASSIFIED]
+        raws = dict(fetched or {})
+        raws.update(self.mailbox.fetch([r.uid for r in fresh if r.uid not in raws]))
+        vanished = [r for r in fresh if r.uid not in raws]
+        if vanished:
+            # Deleted or moved by a person before we finished: nothing left to act on.
+            self.ledger.mark_done([r.id for r in vanished])
+        candidates = [r for r in fresh if r.uid in raws]
+        exhausted = [r for r in candidates if r.attempts >= self.settings.max_attempts]
+        self._quarantine_exhausted(exhausted, raws, result)
+        first = self._first_tries(candidates, raws)
+        # An earlier attempt began and never ended: perhaps this message killed the process.
+        # Decided alone, so it cannot take the messages of its batch down with it again.
+        again = [r for r in candidates if 0 < r.attempts < self.settings.max_attempts]
+        decided: list[Decided] = []
+        if first:
+            decided = self._decide_batch(first, raws, result, meanwhile)
+        else:
+            meanwhile()
+        self.checkpoint("after_classification")
+        recorded = self.recorder.record(decided) if decided else []
+        for r in again:
+            # Recorded at once: the next one may kill the process.
+            alone = self._decide_alone(r, raws, result)
+            recorded.extend(self.recorder.record(alone) if alone else [])
+        uids = {r.id: r.uid for r in todo}
+        for d in recorded:
+            decision = d.disposition.decision
+            result.decided[decision] = result.decided.get(decision, 0) + 1
+            self.effects.observe(self.account, self.folder, uids[d.row_id], d)
+        self.checkpoint("after_record")
+        self.effects.deliver()
+        self.checkpoint("after_send")
+        # File copies and set \Answered while the originals are still here: a move below would
+        # give them new UIDs in another folder.
+        self.effects.file_replies(self.mailbox, self.folder, todo[0].uidvalidity)
+        # Mark the mailbox for everything classified: this batch and rows resumed after a crash.
+        classified = {r.id: r for r in todo if r.state == CLASSIFIED}
+        by_id = {r.id: r for r in todo}
+        classified.update({d.row_id: by_id[d.row_id] for d in recorded})
+        self._mark(list(classified.values()))
+        self.checkpoint("before_done")
+        self.ledger.mark_done(list(classified))
+
+    def _first_tries(self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes]) -> list[LedgerRow]:
+        """The rows of a batch never attempted before: these are decided together."""
+        return [r for r in rows if r.state == SEEN and r.attempts == 0 and r.uid in raws]
+
+    def _begin_attempt(self, row_ids: list[int]) -> None:
+        self.ledger.begin_attempt(row_ids)
+        self._counted.update(row_ids)
+
+    def _start_early(self, rows: Sequence[LedgerRow], raws: dict[int, bytes]) -> None:
+        """Start deciding a fetched batch; `_decide_batch` later picks up the same batch."""
+        assert self.start_decide is not None
+        first = self._first_tries(rows, raws)
+        if not first:
+            return
+        # Counted now, before a worker starts on them (see `_decide_batch`).
+        self._begin_attempt([r.id for r in first])
+        self._charged.update(r.id for r in first)
+        try:
+            self.start_decide([(r.id, raws[r.uid], r.backfill) for r in first])
+        except Exception:  # noqa: BLE001 - _decide_batch tries again and reports it
+            return
+
+    def _decide_batch(
+        self,
+        rows: Sequence[LedgerRow],
+        raws: dict[int, bytes],
+        result: SyncResult,
+        meanwhile: Callable[[], None] = _nothing,
+    ) -> list[Decided]:
+        """Decide rows never attempted before, together; one at a time if that fails."""
+        items = [(r.id, raws[r.uid], r.backfill) for r in rows]
+        # The attempt is committed before deciding: if deciding kills the process, the count
+        # survives it (unless `_start_early` counted this batch already).
+        self._begin_attempt([r.id for r in rows if r.id not in self._charged])
+        self._charged.difference_update(r.id for r in rows)
+        wait = None
+        if self.start_decide is not None:
+            try:
+                wait = self.start_decide(items)
+            except Exception as exc:  # noqa: BLE001 - deciding in process below still works
+                log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
+        meanwhile()
+        try:
+            return wait() if wait is not None else self.decide(items)
+        except TransientError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - find the poison message one by one below
+            log.info(
+                "%s/%s: a batch failed (%s); deciding its messages one at a time",
+                self.account,
+                self.folder,
+                _describe(exc),
+            )
+        # The batch's attempt counts for this pass: no second one per message.
+        out: list[Decided] = []
+        for r in rows:
+            out.extend(self._decide_alone(r, raws, result, count=False))
+        return out
+
+    def _decide_alone(
+        self, r: LedgerRow, raws: dict[int, bytes], result: SyncResult, count: bool = True
+    ) -> list[Decided]:
+        """Decide one message (in a worker process when there are any, so that a message that
+        kills its process takes only a worker with it); record a failure, quarantine at the
+        limit."""
+        if count:
+            self._begin_attempt([r.id])
+        item = [(r.id, raws[r.uid], r.backfill)]
+        try:
+            wait = None
+            if self.start_decide is not None:
+                try:
+                    wait = self.start_decide(item)
+                except Exception as exc:  # noqa: BLE001 - deciding in process still works
+                    log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
+            return wait() if wait is not None else self.decide(item)
+        except TransientError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
+            error = _describe(exc)
+        self._counted.discard(r.id)  # this attempt failed for a reason: it stays counted
+        if self.ledger.record_failure(r.id, error, self.settings.max_attempts, raws[r.uid]):
+            log.warning(
+                "%s/%s: message uid %d quarantined after %d attempts: %s",
+                self.account,
+                self.folder,
+                r.uid,
+                self.settings.max_attempts,
+                error,
+            )
+            self._mark_quarantined([r.uid])
+            result.quarantined += 1
+        else:
+            result.failed += 1
+        return []
+
+    def _quarantine_exhausted(
+        self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes], result: SyncResult
+    ) -> None:
+        """Quarantine messages whose attempts reached the limit without an outcome.
+
+        A failure that raised was quarantined when it happened; a row still `seen` at the limit
+        had its last attempt end with the process, killed while deciding it (out of memory, say).
+        Deciding it again would only kill the process again, on every restart.
+        """
+        for r in rows:
+            if r.error:
+                reason = (
+                    f"the process died while deciding it; {r.attempts} attempts without an"
+                    f" outcome (before: {r.error})"
+                )
+            else:
+                reason = f"the process died {r.attempts} times while deciding it"
+            self.ledger.quarantine(r.id, reason[:500], raws[r.uid])
+            log.warning(
+                "%s/%s: message uid %d quarantined: %s", self.account, self.folder, r.uid, reason
+            )
+        if rows:
+            self._mark_quarantined([r.uid for r in rows])
+            result.quarantined += len(rows)
+
+    # -- marking -------------------------------------------------------------------------------
+
+    def _mark(self, rows: Sequence[LedgerRow]) -> None:
+        """Keyword per decision and, if configured, a move into Triage/<Decision>."""
+        if not rows:
+            return
+        fresh = {r.id: r for r in rows}
+        decisions = self._decisions(rows)
+        by_decision: dict[str, list[int]] = {}
+        for row_id, decision in decisions.items():
+            if decision and row_id in fresh:
+                by_decision.setdefault(decision, []).append(fresh[row_id].uid)
+        for decision, uids in by_decision.items():
+            if self.settings.keywords:
+                self.mailbox.add_flags(uids, [keyword_for(decision)])
+            if self.settings.move_to_folders:
+                target = self.mailbox.folder_path(
+                    self.settings.folder_prefix, decision.capitalize()
+                )
+                self.mailbox.ensure_folder(target)
+                self.mailbox.move(uids, target)
+
+    def _mark_quarantined(self, uids: Sequence[int]) -> None:
+        try:
+            if self.settings.keywords:
+                self.mailbox.add_flags(uids, [KEYWORD_PREFIX + QUARANTINE])
+            if self.settings.move_to_folders:
+                target = self.mailbox.folder_path(self.settings.folder_prefix, QUARANTINE)
+                self.mailbox.ensure_folder(target)
+                self.mailbox.move(uids, target)
+        except TransientError as exc:
+            # The store already holds the message and its reason; the mark is a courtesy.
+            log.warning("%s/%s: cannot mark quarantined mail: %s", self.account, self.folder, exc)
+
+    def _decisions(self, rows: Sequence[LedgerRow]) -> dict[int, str | None]:
+        """The recorded decision of each row: one narrow query per 500 rows, not one per row
+        (and not `SELECT *`, which would read back every body just written)."""
+        ids = [r.id for r in rows]
+        out: dict[int, str | None] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found = self.ledger.db.conn.execute(
+                f"SELECT id, decision FROM messages WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            out.update((row[0], row[1]) for row in found)
+        return out
+
+
+def byte_batches(
+    uids: Sequence[int], sizes: Mapping[int, int], count: int, limit: int
+) -> list[list[int]]:
+    """Consecutive runs of `uids`, each at most `count` long and `limit` bytes in total (by
+    `sizes`; a UID without one weighs nothing). A message larger than `limit` is a run of its
+    own: it is fetched alone."""
+    out: list[list[int]] = []
+    current: list[int] = []
+    total = 0
+    for u in uids:
+        size = sizes.get(u, 0)
+        if current and (len(current) >= count or total + size > limit):
+            out.append(current)
+            current, total = [], 0
+        current.append(u)
+        total += size
+    if current:
+        out.append(current)
+    return out
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the ledger's `error` column."""
+    if isinstance(exc, BrokenProcessPool):
+        return "a worker process died while deciding it"
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def normalize_message_id(value: str) -> str:
+    """The `<…>` part of a Message-ID header value, as the parser records it."""
+    match = _MSGID.search(value)
+    return match.group(0) if match else value.strip()
+
+
+def now_utc() -> datetime:
+    """The current time, aware."""
+    return datetime.now(UTC)

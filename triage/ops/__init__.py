@@ -1,0 +1,1 @@
+"""Running the service: the loop, wiring, health, metrics, logs, doctor."""

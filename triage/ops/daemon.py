@@ -1,0 +1,222 @@
+"""The service loop: one worker thread per IMAP account, plus periodic work in the main thread.
+
+Each account worker owns its IMAP connection and its own database connection. It syncs its folders,
+then waits for news (IDLE when offered, else polling) in short slices so a stop request is noticed
+within a second. Any network or server error closes the connection and waits a jittered exponential
+backoff before reconnecting; the error is logged once per backoff step. One account failing never
+stalls another. Signal handlers only set the stop event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from triage.core.backoff import Backoff
+from triage.core.errors import AuthenticationError, TransientError
+from triage.core.settings import ImapAccount, Settings
+from triage.ingest.mailbox import ImapMailbox
+from triage.ingest.sync import Checkpoint, SyncResult
+
+log = logging.getLogger(__name__)
+
+# The slice in which a waiting worker checks for a stop request or a wake-up.
+SLICE = 1.0
+
+
+@dataclass
+class AccountStatus:
+    """What the health endpoint and metrics report about one account."""
+
+    name: str
+    connected: bool = False
+    last_sync: float | None = None
+    last_error: str | None = None
+    handled: int = 0
+
+
+@dataclass
+class Control:
+    """Shared flags between signal handlers, the main thread and the workers."""
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+SyncFactory = Callable[[ImapAccount, ImapMailbox], Sequence[Callable[[], SyncResult]]]
+
+
+class AccountWorker:
+    """Keeps one account's folders in sync until told to stop."""
+
+    def __init__(
+        self,
+        account: ImapAccount,
+        make_syncs: SyncFactory,
+        control: Control,
+        backoff: Backoff,
+        status: AccountStatus,
+        on_result: Callable[[SyncResult], None] = lambda _r: None,
+        on_error: Callable[[str], None] = lambda _account: None,
+    ) -> None:
+        self.account = account
+        self.make_syncs = make_syncs
+        self.control = control
+        self.backoff = backoff
+        self.status = status
+        self.on_result = on_result
+        self.on_error = on_error
+        # UIDNEXT of each folder when its last pass began (see `_wait`).
+        self.uidnext: dict[str, int] = {}
+
+    def sync_once(self, mailbox: ImapMailbox) -> None:
+        """Connect if needed and sync every folder once."""
+        if not mailbox.connected:
+            mailbox.connect()
+            self.status.connected = True
+            log.info("%s: connected", self.account.name)
+        for sync in self.make_syncs(self.account, mailbox):
+            result = sync()
+            if result.folder:
+                self.uidnext[result.folder] = result.uidnext
+            self.status.handled += sum(result.decided.values())
+            self.on_result(result)
+        self.status.last_sync = time.time()
+        self.status.last_error = None
+        self.backoff.reset()
+
+    def run(self) -> None:
+        """Sync, wait for news, repeat; reconnect with backoff after errors."""
+        mailbox = ImapMailbox(self.account)
+        try:
+            while not self.control.stop.is_set():
+                try:
+                    self.sync_once(mailbox)
+                    self._wait(mailbox)
+                except TransientError as exc:
+                    mailbox.close()
+                    self.on_error(self.account.name)
+                    self.status.connected = False
+                    self.status.last_error = str(exc)
+                    delay = self.backoff.next_delay()
+                    level = (
+                        logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
+                    )
+                    log.log(level, "%s; retrying in %.0f s", exc, delay)
+                    self.control.stop.wait(delay)
+        finally:
+            mailbox.close()
+            self.status.connected = False
+
+    def _wait(self, mailbox: ImapMailbox) -> None:
+        """Wait for new mail, a wake-up or a stop request."""
+        acc = self.account
+        use_idle = acc.idle and mailbox.has_idle
+        # Even with IDLE, sync at the poll interval: other folders, queued replies to file and
+        # retries get their turn, and IDLE is renewed long before the server's 30-minute limit.
+        deadline = time.monotonic() + min(acc.poll_interval, acc.idle_renew)
+        if use_idle:
+            # IDLE watches the last folder synced; select the first so it is the watched one.
+            info = mailbox.select(acc.folders[0])
+            if info.uidnext > self.uidnext.get(info.name, info.uidnext):
+                # Mail arrived while the pass was busy: SELECT counts it as already there, so
+                # IDLE would never announce it and it would wait for the poll interval.
+                return
+        if not use_idle:
+            while not self.control.stop.is_set() and time.monotonic() < deadline:
+                if self.control.wake.is_set():
+                    break
+                self.control.stop.wait(SLICE)
+            self.control.wake.clear()
+            return
+        # One IDLE command stays open; it is checked in short slices so that a stop request or
+        # a wake-up (a reply to file) is noticed within a second.
+        mailbox.idle_start()
+        try:
+            while not self.control.stop.is_set() and time.monotonic() < deadline:
+                if self.control.wake.is_set() or mailbox.idle_poll(SLICE):
+                    break
+        finally:
+            mailbox.idle_stop()
+        self.control.wake.clear()
+
+
+class Daemon:
+    """Starts the account workers and runs periodic work until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        make_syncs: SyncFactory,
+        periodic: Callable[[], None] = lambda: None,
+        control: Control | None = None,
+        period: float = 5.0,
+        on_result: Callable[[SyncResult], None] = lambda _r: None,
+        on_error: Callable[[str], None] = lambda _account: None,
+    ) -> None:
+        self.settings = settings
+        self.make_syncs = make_syncs
+        self.periodic = periodic
+        self.control = control or Control()
+        self.period = period
+        self.on_result = on_result
+        self.on_error = on_error
+        self.statuses = {a.name: AccountStatus(a.name) for a in settings.imap.all_accounts()}
+
+    def run(self) -> None:
+        """Run until `control.stop` is set; returns after every worker has finished."""
+        threads = []
+        for account in self.settings.imap.all_accounts():
+            worker = AccountWorker(
+                account,
+                self.make_syncs,
+                self.control,
+                Backoff(self.settings.daemon.backoff_initial, self.settings.daemon.backoff_max),
+                self.statuses[account.name],
+                self.on_result,
+                self.on_error,
+            )
+            thread = threading.Thread(target=worker.run, name=f"account-{account.name}")
+            thread.start()
+            threads.append(thread)
+        log.info("triage running: %d account(s)", len(threads))
+        try:
+            while not self.control.stop.wait(self.period):
+                try:
+                    self.periodic()
+                except TransientError as exc:
+                    log.warning("periodic work failed, will retry: %s", exc)
+        finally:
+            self.control.stop.set()
+            for thread in threads:
+                thread.join()
+            log.info("triage stopped")
+
+
+def run_once(settings: Settings, make_syncs: SyncFactory) -> dict[str, str | None]:
+    """Sync every account once; returns each account's error (None when it succeeded)."""
+    errors: dict[str, str | None] = {}
+    for account in settings.imap.all_accounts():
+        mailbox = ImapMailbox(account)
+        worker = AccountWorker(
+            account, make_syncs, Control(), Backoff(), AccountStatus(account.name)
+        )
+        try:
+            worker.sync_once(mailbox)
+            errors[account.name] = None
+        except TransientError as exc:
+            log.error("%s", exc)
+            errors[account.name] = str(exc)
+        finally:
+            mailbox.close()
+    return errors
+
+
+def no_checkpoint(_name: str) -> None:
+    """The default checkpoint: nothing happens."""
+
+
+__all__ = ["AccountWorker", "Checkpoint", "Control", "Daemon", "no_checkpoint", "run_once"]

@@ -1,0 +1,468 @@
+"""`triage doctor`: check everything the daemon needs before it is started, and say how to fix it.
+
+Each check is a function from settings to `Finding`s (check name, status, detail, fix). They talk to
+the real servers and files the daemon will use, the way the daemon uses them, but change nothing
+visible: no mail is sent (SMTP ends after the login with QUIT), no folder is created, and the only
+write is a rolled-back transaction in the database (which is created and migrated if missing, as the
+daemon would).
+
+Statuses: `ok`; `warning` (works, but degraded, e.g. no IDLE means polling); `problem` (the daemon
+will fail or misbehave). Details and fixes never contain a password.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from triage.core.errors import (
+    AuthenticationError,
+    ConfigError,
+    MailboxError,
+    ModelError,
+    SendError,
+    StoreError,
+    TemplateError,
+    TriageError,
+)
+from triage.core.settings import ImapAccount, Settings
+
+if TYPE_CHECKING:
+    from triage.ingest.mailbox import ImapMailbox
+
+Status = Literal["ok", "warning", "problem"]
+
+# A doctor must answer promptly even when a server does not: cap the configured timeouts.
+MAX_TIMEOUT = 10.0
+# How many template problems are listed in the table; `triage templates check` shows all.
+MAX_LISTED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """The result of one check: what was checked, how it went, and what to do about it."""
+
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True unless the status is `problem` (a warning does not fail the doctor)."""
+        return self.status != "problem"
+
+
+def _ok(check: str, detail: str) -> Finding:
+    return Finding(check, "ok", detail)
+
+
+def _warning(check: str, detail: str, fix: str = "") -> Finding:
+    return Finding(check, "warning", detail, fix)
+
+
+def _problem(check: str, detail: str, fix: str) -> Finding:
+    return Finding(check, "problem", detail, fix)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+def settings_findings(error: ConfigError | None, source: Path | None) -> list[Finding]:
+    """The settings row: ok, or one problem per line of the validation error."""
+    where = str(source) if source else "environment and defaults (no config file)"
+    if error is None:
+        return [_ok("settings", f"valid ({where})")]
+    return [
+        _problem("settings", line, "correct the setting named, then run `triage doctor` again")
+        for line in str(error).splitlines()
+    ]
+
+
+# -- store ----------------------------------------------------------------------------------------
+
+
+def check_store(settings: Settings) -> list[Finding]:
+    """Open (create, migrate) the database and prove it is writable with a rolled-back write."""
+    from triage.store.db import Database
+
+    path = settings.store.path
+    fix = (
+        f"make {path.parent} writable by the user triage runs as, or set store.path "
+        "(the systemd unit allows writes only below /var/lib/triage)"
+    )
+    try:
+        db = Database(path)
+    except StoreError as exc:
+        return [_problem("store", str(exc), fix)]
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            db.conn.execute(
+                "INSERT OR REPLACE INTO kv (key, value) VALUES ('doctor', 'write test')"
+            )
+        finally:
+            db.conn.execute("ROLLBACK")
+        version = db.schema_version
+    except sqlite3.Error as exc:
+        return [_problem("store", f"{path} is not writable: {exc}", fix)]
+    finally:
+        db.close()
+    return [_ok("store", f"{path} (schema {version}, writable)")]
+
+
+# -- IMAP -----------------------------------------------------------------------------------------
+
+
+def _account_key(index: int) -> str:
+    """How the operator writes account `index`'s settings: `imap` or `imap.accounts[N]`."""
+    return "imap" if index == 0 else f"imap.accounts[{index - 1}]"
+
+
+def _password_source(account: ImapAccount, key: str) -> str:
+    if account.password_file is not None:
+        return f"{key}.password_file ({account.password_file})"
+    if key == "imap":
+        return "TRIAGE_IMAP__PASSWORD"
+    return f"{key}.password_file"
+
+
+def check_imap(settings: Settings, account: ImapAccount, index: int) -> list[Finding]:
+    """Connect and log in; check IDLE, MOVE, the watched folders, and the Sent/Drafts folders."""
+    from triage.ingest.mailbox import ImapMailbox
+
+    key = _account_key(index)
+    name = f"imap {account.name}"
+    where = f"{account.username} at {account.host}:{account.port} ({account.security})"
+    account = account.model_copy(update={"timeout": min(account.timeout, MAX_TIMEOUT)})
+    mailbox = ImapMailbox(account)
+    try:
+        mailbox.connect()
+    except AuthenticationError:
+        return [
+            _problem(
+                f"{name}: login",
+                f"login rejected for {where}",
+                f"wrong password for {account.username}: check {_password_source(account, key)}"
+                f" (and {key}.username)",
+            )
+        ]
+    except MailboxError as exc:
+        return [
+            _problem(
+                f"{name}: connect",
+                str(exc),
+                f"check {key}.host, {key}.port and {key}.security (tls: usually port 993; "
+                f"starttls or plain: 143); for a private CA set {key}.ca_file",
+            )
+        ]
+    findings = [_ok(f"{name}: login", f"logged in as {where}")]
+    try:
+        findings.append(_capabilities(name, account, mailbox))
+        findings.extend(_folders(name, key, account, mailbox))
+        findings.extend(_special_folders(name, settings, mailbox))
+        return findings
+    except MailboxError as exc:
+        return [
+            *findings,
+            _problem(f"{name}: session", str(exc), "check the IMAP server's log for this user"),
+        ]
+    finally:
+        mailbox.close()
+
+
+def _capabilities(name: str, account: ImapAccount, mailbox: ImapMailbox) -> Finding:
+    caps = mailbox.capabilities()
+    missing = [c for c in ("IDLE", "MOVE") if c not in caps]
+    present = ", ".join(c for c in ("IDLE", "MOVE") if c in caps) or "neither IDLE nor MOVE"
+    if not missing:
+        return _ok(f"{name}: capabilities", present)
+    consequences = []
+    if "IDLE" in missing:
+        consequences.append(
+            f"no IDLE: new mail is seen by polling every {account.poll_interval:g} s"
+        )
+    if "MOVE" in missing:
+        consequences.append("no MOVE: moves use COPY + delete + EXPUNGE")
+    return _warning(
+        f"{name}: capabilities",
+        f"{present}; {'; '.join(consequences)}",
+        "works as is; a server with IDLE (RFC 2177) and MOVE (RFC 6851) answers faster",
+    )
+
+
+def _folders(name: str, key: str, account: ImapAccount, mailbox: ImapMailbox) -> list[Finding]:
+    findings = []
+    for folder in account.folders:
+        try:
+            info = mailbox.select(folder)
+        except MailboxError as exc:
+            findings.append(
+                _problem(
+                    f"{name}: folder {folder}",
+                    str(exc),
+                    f"create the folder on the server or correct {key}.folders",
+                )
+            )
+        else:
+            findings.append(_ok(f"{name}: folder {folder}", f"{info.exists} messages"))
+    return findings
+
+
+def _special_folders(name: str, settings: Settings, mailbox: ImapMailbox) -> list[Finding]:
+    """Sent (live mode files replies there) and Drafts (draft mode saves replies there)."""
+    replies = settings.replies
+    findings = []
+    for flag, configured, setting, needed_by in (
+        ("\\Sent", replies.sent_folder, "replies.sent_folder", "live"),
+        ("\\Drafts", replies.drafts_folder, "replies.drafts_folder", "draft"),
+    ):
+        check = f"{name}: {flag[1:]} folder"
+        if configured:
+            try:
+                mailbox.select(configured)
+            except MailboxError as exc:
+                findings.append(
+                    _problem(check, str(exc), f"create {configured!r} or correct {setting}")
+                )
+            else:
+                findings.append(_ok(check, f"{configured} (from {setting})"))
+            continue
+        found = mailbox.special_folder(flag)
+        if found:
+            findings.append(_ok(check, f"{found} (special-use {flag})"))
+            continue
+        detail = f"no folder is marked {flag} (RFC 6154) and {setting} is not set"
+        fix = f"set {setting} to the folder's name"
+        if replies.mode == needed_by:
+            findings.append(_problem(check, detail, fix))
+        else:
+            findings.append(_warning(check, f"{detail}; needed in {needed_by} mode", fix))
+    return findings
+
+
+# -- SMTP -----------------------------------------------------------------------------------------
+
+
+def _smtp_needed(settings: Settings) -> bool:
+    """Whether anything configured sends mail: live replies, the digest or hot-lead alerts."""
+    return (
+        settings.replies.mode == "live"
+        or bool(settings.digest.recipients)
+        or settings.leads.alert_hot
+    )
+
+
+def check_smtp(settings: Settings) -> list[Finding]:
+    """Connect, STARTTLS/TLS as configured, log in when a username is set, QUIT; no mail sent."""
+    from triage.act.smtp import connect
+
+    smtp = settings.smtp.model_copy(update={"timeout": min(settings.smtp.timeout, MAX_TIMEOUT)})
+    where = f"{smtp.host}:{smtp.port} ({smtp.security})"
+    needed = _smtp_needed(settings)
+    try:
+        connection = connect(smtp)
+    except AuthenticationError as exc:
+        source = (
+            f"smtp.password_file ({smtp.password_file})"
+            if smtp.password_file
+            else "TRIAGE_SMTP__PASSWORD"
+        )
+        finding = _problem(
+            "smtp",
+            str(exc),
+            f"wrong password for {smtp.username}: check {source} (and smtp.username)",
+        )
+    except SendError as exc:
+        finding = _problem(
+            "smtp",
+            str(exc),
+            "check smtp.host, smtp.port and smtp.security (tls: usually 465; starttls: 587); "
+            "for a private CA set smtp.ca_file",
+        )
+    else:
+        connection.close()
+        login = f"logged in as {smtp.username}" if smtp.username else "no login configured"
+        return [_ok("smtp", f"{where}: {login}; no mail sent")]
+    if not needed:
+        # Nothing sends mail in this configuration yet; the operator should still know.
+        return [
+            _warning(
+                finding.check,
+                f"{finding.detail} (not used now: replies.mode = {settings.replies.mode}, "
+                "no digest, no alerts)",
+                finding.fix,
+            )
+        ]
+    return [finding]
+
+
+# -- certificates ---------------------------------------------------------------------------------
+
+
+def check_certificates(settings: Settings) -> list[Finding]:
+    """A warning for each TLS connection whose certificate is not verified: anyone on the path
+    can pose as the server and read the password and the mail. Nothing when all are verified."""
+    findings = []
+    for index, account in enumerate(settings.imap.all_accounts()):
+        if not account.verify_certificates and account.security != "plain":
+            key = _account_key(index)
+            findings.append(
+                _warning(
+                    f"imap {account.name}: certificates",
+                    f"{key}.verify_certificates = false: the certificate of {account.host} is "
+                    "not checked",
+                    f"set {key}.ca_file to the CA that signed the server's certificate and "
+                    f"remove {key}.verify_certificates",
+                )
+            )
+    smtp = settings.smtp
+    if not smtp.verify_certificates and smtp.security != "plain":
+        findings.append(
+            _warning(
+                "smtp: certificates",
+                f"smtp.verify_certificates = false: the certificate of {smtp.host} is not checked",
+                "set smtp.ca_file to the CA that signed the server's certificate and remove "
+                "smtp.verify_certificates",
+            )
+        )
+    return findings
+
+
+# -- sender authentication ------------------------------------------------------------------------
+
+
+def check_sender_authentication(settings: Settings) -> list[Finding]:
+    """A warning when no receiving server's verdict is trusted: then nobody is authenticated, so
+    every reply carries fixed text (or none goes out, with `unauthenticated = "none"`)."""
+    if any(t.strip() for t in settings.replies.trusted_authserv_ids):
+        return []
+    consequence = (
+        "no reply is sent"
+        if settings.replies.unauthenticated == "none"
+        else "every reply carries fixed text only, addressed to From"
+    )
+    return [
+        _warning(
+            "sender authentication",
+            f"replies.trusted_authserv_ids is empty: no sender can be authenticated, so "
+            f"{consequence}",
+            "set replies.trusted_authserv_ids to your receiving server's authserv-id "
+            "(docs/security.md)",
+        )
+    ]
+
+
+# -- templates ------------------------------------------------------------------------------------
+
+
+def _reply_outcomes() -> list[str]:
+    """The outcomes the disposer answers with a template (`sales`, `marketing`)."""
+    # The mapping lives with the decision logic; read it rather than repeat it here.
+    from triage.decide.dispose import _REPLY_TEMPLATE
+
+    return sorted({t for t in _REPLY_TEMPLATE.values() if t})
+
+
+def check_templates(settings: Settings) -> list[Finding]:
+    """Every template compiles and renders with sample data; every reply outcome has one."""
+    from triage.act.replies import ReplyVariables, TemplateRenderer
+
+    replies = settings.replies
+    directory = replies.templates_dir
+    if not directory.is_dir():
+        return [
+            _problem(
+                "templates",
+                f"templates directory {directory} does not exist"
+                + (f" (relative to {Path.cwd()})" if not directory.is_absolute() else ""),
+                "set replies.templates_dir to the folder holding the reply templates "
+                "(an absolute path: a service starts in /)",
+            )
+        ]
+    try:
+        renderer = TemplateRenderer.from_settings(replies)
+        problems = [str(p) for p in renderer.check(ReplyVariables.sample(replies))]
+        outcomes = renderer.outcomes()
+    except TemplateError as exc:
+        return [_problem("templates", str(exc), "check replies.templates_dir and its permissions")]
+    problems += [
+        f"no template for outcome {name!r} ({name}.txt)"
+        for name in _reply_outcomes()
+        if name not in outcomes
+    ]
+    if problems:
+        listed = "; ".join(problems[:MAX_LISTED])
+        more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        return [
+            _problem(
+                "templates",
+                f"{len(problems)} problem(s) in {directory}: {listed}{more}",
+                f"run `triage templates check -d {directory}` and fix each file it names",
+            )
+        ]
+    variants = ", ".join(
+        f"{name} ({'/'.join(lang or 'default' for lang in langs)})"
+        for name, langs in outcomes.items()
+    )
+    return [_ok("templates", f"{directory}: {variants}")]
+
+
+# -- model ----------------------------------------------------------------------------------------
+
+
+def check_model(settings: Settings) -> list[Finding]:
+    """The model file loads the way the daemon loads it: card present, hash, trusted types only."""
+    from triage.decide.classify import load_classifier, resolve_model_path
+
+    path = settings.classifier.model_path
+    try:
+        classifier = load_classifier(path, settings.classifier.thresholds)
+    except ModelError as exc:
+        fix = "train a model with `triage train`, or set classifier.model_path"
+        resolved = resolve_model_path(path)
+        if resolved != path and resolved.exists():
+            # `triage classify` would find it in the checkout, but the daemon does not look there.
+            fix = f"set classifier.model_path to the absolute path {resolved}"
+        return [_problem("model", str(exc), fix)]
+    card = classifier.card
+    return [
+        _ok(
+            "model",
+            f"{path}: version {classifier.version}, classes {', '.join(classifier.classes)}, "
+            f"scikit-learn {card.sklearn_version}, card ok",
+        )
+    ]
+
+
+# -- all together ---------------------------------------------------------------------------------
+
+Check = Callable[[], list[Finding]]
+
+
+def checks(settings: Settings) -> Iterator[tuple[str, Check]]:
+    """The checks to run for `settings` with their names, in the order they are shown."""
+    yield "store", partial(check_store, settings)
+    for index, account in enumerate(settings.imap.all_accounts()):
+        yield f"imap {account.name}", partial(check_imap, settings, account, index)
+    yield "smtp", partial(check_smtp, settings)
+    yield "certificates", partial(check_certificates, settings)
+    yield "sender authentication", partial(check_sender_authentication, settings)
+    yield "templates", partial(check_templates, settings)
+    yield "model", partial(check_model, settings)
+
+
+def run_checks(settings: Settings) -> list[Finding]:
+    """Run every check; one that fails unexpectedly is reported as a problem, the others still
+    run (a triage error here is a gap in a check, not a reason to hide the rest)."""
+    findings: list[Finding] = []
+    for name, check in checks(settings):
+        try:
+            findings.extend(check())
+        except TriageError as exc:
+            findings.append(_problem(name, str(exc), "see the detail"))
+    return findings

@@ -1,0 +1,218 @@
+"""Prometheus metrics of the daemon, in a registry of their own.
+
+`Metrics` owns a dedicated `CollectorRegistry` (never prometheus-client's global one), so two
+daemons in one test process, or a test and the CLI, never share counters, and importing this module
+registers nothing. The daemon creates one `Metrics`, calls its methods as work happens, calls
+`refresh_from_store` from its periodic work, and hands it to the health server, which serves
+`generate_latest(metrics.registry)` at `/metrics`.
+
+Every metric name starts with `triage_`. Label values are bounded: decisions are the four
+`triage.core.models.DECISIONS`, suppression reasons are rule names (see `rule_name`), accounts and
+folders come from the settings.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+if TYPE_CHECKING:
+    from triage.store.db import Database
+
+# Per-message handling time (fetch → done): parsing and classifying take milliseconds, a reply
+# sent over SMTP and filed over IMAP takes up to seconds; beyond a minute something is wrong.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+_RULE_CHARS = re.compile(r"[^a-z0-9_-]+")
+_MAX_RULE_LEN = 40
+
+
+def rule_name(reason: str) -> str:
+    """The rule a suppression reason names: the text before the first `:`, as a label value.
+
+    Reasons are written by `triage.decide.guards` and `triage.decide.dispose`
+    as `rule: explanation`, with rule
+    names like `auto-submitted` or `hourly-cap`. The value is lower-cased, other characters become
+    `-`, and it is cut at 40 characters, so free text without a colon stays a tame label value.
+    """
+    head = reason.partition(":")[0].strip().lower()
+    name = _RULE_CHARS.sub("-", head).strip("-_")[:_MAX_RULE_LEN]
+    return name or "unknown"
+
+
+def _age_seconds(iso_timestamp: str | None, now: float) -> float:
+    """Seconds since an ISO 8601 timestamp of the store; 0 when there is none."""
+    if not iso_timestamp:
+        return 0.0
+    try:
+        moment = datetime.fromisoformat(iso_timestamp).timestamp()
+    except ValueError:
+        # A malformed row must not break every scrape; the gauge just reads "none".
+        return 0.0
+    return max(0.0, now - moment)
+
+
+class Metrics:
+    """The daemon's counters, gauges and histogram; thread-safe (prometheus-client locks)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        """Create every metric in `registry` (a new, private one by default)."""
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.messages_handled = Counter(
+            "triage_messages_handled",
+            "Messages handled to the end, by decision.",
+            ["decision"],
+            registry=r,
+        )
+        self.replies_sent = Counter(
+            "triage_replies_sent", "Replies the SMTP server accepted.", registry=r
+        )
+        self.replies_capped = Counter(
+            "triage_replies_capped",
+            "Replies held back by a cap: deferred by the hourly or per-domain cap (`hourly`, "
+            "`domain`) or dropped after waiting too long (`expired`).",
+            ["cap"],
+            registry=r,
+        )
+        self.replies_suppressed = Counter(
+            "triage_replies_suppressed",
+            "Replies not sent, by the rule that prevented them (a message may count for several).",
+            ["reason"],
+            registry=r,
+        )
+        self.quarantined_messages = Counter(
+            "triage_quarantined",
+            "Messages given up on after repeated failures and moved to quarantine.",
+            registry=r,
+        )
+        self.review_queue = Gauge(
+            "triage_review_queue_size",
+            "Messages waiting for a person to decide (decision review, not yet reviewed).",
+            registry=r,
+        )
+        self.oldest_hot_lead = Gauge(
+            "triage_oldest_unclaimed_hot_lead_age_seconds",
+            "Age of the oldest hot lead nobody has claimed yet; 0 when there is none.",
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "triage_outbox_depth", "Replies queued for sending, not yet sent.", registry=r
+        )
+        self.last_sync = Gauge(
+            "triage_last_sync_timestamp_seconds",
+            "Unix time of the last successful sync of a folder.",
+            ["account", "folder"],
+            registry=r,
+        )
+        self.imap_errors = Counter(
+            "triage_imap_errors", "IMAP connection or command failures.", ["account"], registry=r
+        )
+        # One SMTP server serves the whole deployment, so the counter carries no account label.
+        self.smtp_errors = Counter(
+            "triage_smtp_errors", "SMTP connection or sending failures.", registry=r
+        )
+        self.latency = Histogram(
+            "triage_handling_seconds",
+            "Time from fetching a message to marking it done.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model = Info("triage_model", "The classifier model in use.", registry=r)
+
+    # -- called by the daemon as work happens ----------------------------------------------------
+
+    def observe_result(
+        self,
+        decision: str,
+        *,
+        replied: bool,
+        reasons: Sequence[str] = (),
+        seconds: float | None = None,
+    ) -> None:
+        """Count one handled message: its decision and, when no reply went out, each distinct
+        rule among `reasons`; observe its handling time when `seconds` is given."""
+        self.messages_handled.labels(decision=decision).inc()
+        if not replied:
+            for rule in sorted({rule_name(r) for r in reasons}):
+                self.replies_suppressed.labels(reason=rule).inc()
+        if seconds is not None:
+            self.latency.observe(max(0.0, seconds))
+
+    def observe_latency(self, seconds: float, count: int = 1) -> None:
+        """Observe the handling time of a batch of `count` messages as `count` equal shares."""
+        if count <= 0:
+            return
+        share = max(0.0, seconds) / count
+        for _ in range(count):
+            self.latency.observe(share)
+
+    def reply_sent(self, count: int = 1) -> None:
+        """Count replies the SMTP server accepted (the outbox's `deliver_due` result)."""
+        if count > 0:
+            self.replies_sent.inc(count)
+
+    def reply_capped(self, cap: str) -> None:
+        """Count one reply a cap deferred (`hourly`, `domain`) or dropped (`expired`)."""
+        self.replies_capped.labels(cap=cap).inc()
+
+    def quarantined(self, count: int = 1) -> None:
+        """Count messages moved to quarantine."""
+        if count > 0:
+            self.quarantined_messages.inc(count)
+
+    def imap_error(self, account: str) -> None:
+        """Count one IMAP failure (connect, login or command) of `account`."""
+        self.imap_errors.labels(account=account).inc()
+
+    def smtp_error(self) -> None:
+        """Count one SMTP failure (connect, login or a refused/broken send)."""
+        self.smtp_errors.inc()
+
+    def set_sync(self, account: str, folder: str, ts: float | None = None) -> None:
+        """Record a successful sync of `account`/`folder` at unix time `ts` (default: now)."""
+        self.last_sync.labels(account=account, folder=folder).set(time.time() if ts is None else ts)
+
+    def set_model_version(self, version: str) -> None:
+        """Publish the version of the model in use (`Classifier.version`)."""
+        self.model.info({"version": version})
+
+    # -- read from the store ------------------------------------------------------------------
+
+    def refresh_from_store(self, db: Database, now: float | None = None) -> None:
+        """Set the review queue, oldest unclaimed hot lead and outbox depth from the database.
+
+        Three indexed reads; call it from the thread that owns `db` (SQLite connections are
+        per-thread), e.g. the daemon's periodic work, or from the health server's scrape hook
+        with a connection of its own.
+        """
+        now = time.time() if now is None else now
+        conn = db.conn
+        review = conn.execute(
+            "SELECT COUNT(*) FROM messages WHERE decision = 'review' AND reviewed_label IS NULL"
+        ).fetchone()[0]
+        oldest = conn.execute(
+            "SELECT MIN(created_at) FROM leads WHERE kind = 'hot' AND status = 'new'"
+        ).fetchone()[0]
+        queued = conn.execute("SELECT COUNT(*) FROM replies WHERE state = 'queued'").fetchone()[0]
+        self.review_queue.set(int(review))
+        self.oldest_hot_lead.set(_age_seconds(oldest, now))
+        self.outbox_depth.set(int(queued))
+
+    # -- exposition ------------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """Every metric in the Prometheus text format (what `/metrics` serves)."""
+        return generate_latest(self.registry)

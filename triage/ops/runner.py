@@ -1,0 +1,217 @@
+"""Running the service: `once` for cron and tests, `forever` for systemd.
+
+Signal handlers only set events; the main thread notices them within a second. SIGTERM and SIGINT
+finish the message in hand, leave IDLE, close connections and return. SIGHUP reloads settings
+(templates and the model reload by themselves when their files change).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from triage.act.compose import message_id_domain
+from triage.core.errors import ConfigError
+from triage.core.settings import ImapAccount, Settings
+from triage.ingest.mailbox import ImapMailbox
+from triage.ingest.sync import Checkpoint, SyncResult
+from triage.ops.daemon import Control, Daemon, SyncFactory, run_once
+from triage.ops.health import start_from_settings
+from triage.ops.logs import redact_settings_secrets
+from triage.ops.metrics import Metrics
+from triage.ops.service import Service, Shared
+from triage.sales.digest import check_settings as check_digest_settings
+from triage.sales.digest import run_digest_if_due
+from triage.sales.leads import apply_retention
+from triage.store.lock import exclusive
+
+log = logging.getLogger(__name__)
+
+
+def _no_checkpoint(_name: str) -> None:
+    """The default: no fault injection."""
+
+
+def sync_factory(shared: Shared) -> SyncFactory:
+    """A factory handing each thread its own Service (SQLite connections are per thread)."""
+    local = threading.local()
+
+    def make(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
+        service: Service | None = getattr(local, "service", None)
+        if service is None:
+            service = local.service = Service(shared)
+        return service.folder_syncs(account, mailbox)
+
+    return make
+
+
+def warn_unverified_certificates(settings: Settings) -> None:
+    """A WARNING per connection whose TLS certificate is not checked (`verify_certificates =
+    false`): anyone on the path can then read the password and the mail."""
+    for account in settings.imap.all_accounts():
+        if not account.verify_certificates and account.security != "plain":
+            log.warning(
+                "imap account %s: verify_certificates = false, the certificate of %s is not "
+                "checked; set ca_file to the server's CA instead",
+                account.name,
+                account.host,
+            )
+    smtp = settings.smtp
+    if not smtp.verify_certificates and smtp.security != "plain":
+        log.warning(
+            "smtp: verify_certificates = false, the certificate of %s is not checked; set "
+            "smtp.ca_file to the server's CA instead",
+            smtp.host,
+        )
+
+
+def prepare(
+    settings: Settings, checkpoint: Checkpoint = _no_checkpoint, metrics: Metrics | None = None
+) -> Shared:
+    """Load the model and templates, and settle replies a crash left half-sent."""
+    warn_unverified_certificates(settings)
+    # Mistakes that would otherwise surface per batch or per digest are config errors now.
+    message_id_domain(settings.replies)
+    check_digest_settings(settings)
+    shared = Shared(settings, checkpoint, metrics)
+    shared.model.get()  # fail now, with one line, if the model is unusable
+    service = Service(shared)
+    try:
+        service.outbox.recover()  # logs its own warning for replies left half-sent
+        service.outbox.rekey()  # the window recognises mailboxes by the current settings
+    finally:
+        service.close()
+    # Forked here, before any account thread exists, sharing the loaded model.
+    shared.start_workers()
+    return shared
+
+
+def run_once_command(settings: Settings, checkpoint: Checkpoint = _no_checkpoint) -> bool:
+    """Sync every account once; True when every account succeeded.
+
+    Raises `StoreInUseError` before doing anything when another process holds the store.
+    """
+    with exclusive(settings.store.path):
+        shared = prepare(settings, checkpoint)
+        try:
+            errors = run_once(settings, sync_factory(shared))
+        finally:
+            shared.close()
+    return all(e is None for e in errors.values())
+
+
+def run_forever(
+    settings: Settings,
+    reload_settings: Callable[[], Settings],
+    checkpoint: Checkpoint = _no_checkpoint,
+    control: Control | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.
+
+    The metrics and the health endpoint live across reloads, so the port stays bound, and so
+    does the store's lock (`StoreInUseError` at start when another process holds it).
+    """
+    with exclusive(settings.store.path):
+        _run_forever(settings, reload_settings, checkpoint, control)
+
+
+def _run_forever(
+    settings: Settings,
+    reload_settings: Callable[[], Settings],
+    checkpoint: Checkpoint,
+    control: Control | None,
+) -> None:
+    control = control or Control()
+    reload = threading.Event()
+
+    def on_stop(_signo: int, _frame: FrameType | None) -> None:
+        control.stop.set()
+
+    def on_hup(_signo: int, _frame: FrameType | None) -> None:
+        reload.set()
+        control.stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    metrics = Metrics()
+    current: list[Daemon] = []
+    health = start_from_settings(
+        settings.daemon,
+        lambda: list(current[-1].statuses.values()) if current else [],
+        metrics,
+    )
+    try:
+        while True:
+            shared = prepare(settings, checkpoint, metrics)
+            housekeeping = Housekeeping(shared)
+            daemon = Daemon(
+                settings,
+                sync_factory(shared),
+                periodic=housekeeping.run,
+                control=control,
+                on_result=lambda r: metrics.quarantined(r.quarantined) if r.quarantined else None,
+                on_error=metrics.imap_error,
+            )
+            current.append(daemon)
+            try:
+                daemon.run()
+            finally:
+                housekeeping.close()
+                shared.close()
+            if not reload.is_set():
+                return
+            reload.clear()
+            control.stop.clear()
+            log.info("SIGHUP: reloading settings")
+            try:
+                settings = _keep_store(settings, reload_settings())
+                redact_settings_secrets(settings)
+            except ConfigError as exc:
+                log.error("new settings are invalid, keeping the old ones: %s", exc)
+    finally:
+        if health is not None:
+            health.close()
+
+
+def _keep_store(old: Settings, new: Settings) -> Settings:
+    """`new`, but on the store this process has locked: another store needs a restart."""
+    if new.store.path == old.store.path:
+        return new
+    log.warning(
+        "store.path changed to %s; it takes effect at the next start, %s stays in use",
+        new.store.path,
+        old.store.path,
+    )
+    return new.model_copy(update={"store": old.store})
+
+
+RETENTION_PERIOD = 24 * 3600.0
+
+
+class Housekeeping:
+    """The main thread's periodic work: replies due for a retry, the digest and alerts when
+    due, daily retention, store-derived metrics."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.service = Service(shared)
+        self._next_retention = 0.0
+
+    def run(self) -> None:
+        """One round; called every few seconds by the daemon."""
+        self.service.deliver()
+        run_digest_if_due(self.shared.settings, self.service.db)
+        now = time.monotonic()
+        if now >= self._next_retention:
+            apply_retention(self.shared.settings.leads, self.service.db)
+            self._next_retention = now + RETENTION_PERIOD
+        self.shared.metrics.refresh_from_store(self.service.db)
+
+    def close(self) -> None:
+        """Release the store connection."""
+        self.service.close()

@@ -1,0 +1,318 @@
+"""The composition root: builds the objects of one worker from settings and wires them.
+
+Each thread that touches the store gets its own `Service` (SQLite connections are per thread);
+the classifier and the template renderer are shared, read-only, across threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from functools import partial
+from typing import TYPE_CHECKING
+
+from triage.act.compose import make_reply
+from triage.act.outbox import UNVERIFIED, Outbox, SendLimits
+from triage.act.replies import TemplateRenderer
+from triage.act.smtp import SmtpSession, connect
+from triage.core.errors import PermanentError, TemplateError, TransientError
+from triage.core.settings import ImapAccount, Settings
+from triage.decide import guards
+from triage.decide.classify import ModelHandle
+from triage.ingest.corrections import CorrectionScan
+from triage.ingest.mailbox import ImapMailbox
+from triage.ingest.sync import Checkpoint, Effects, FolderSync, SyncResult
+from triage.ops.logs import log_outcome
+from triage.ops.metrics import Metrics
+from triage.pipeline import Decided, Planned, Recorder, decide
+from triage.sales.leads import assign_owner, response_target
+from triage.store.db import Database
+from triage.store.ledger import Ledger
+
+if TYPE_CHECKING:
+    from triage.ingest.workers import DecidePool
+
+log = logging.getLogger(__name__)
+
+
+def no_checkpoint(_name: str) -> None:
+    """The default checkpoint: no fault injection."""
+
+
+class CheckpointedSession:
+    """An SMTP session that reports `smtp_accepted` once the server took a message's DATA.
+
+    The crash tests kill the process there: the reply has left, but the outbox has not yet
+    recorded it as sent.
+    """
+
+    def __init__(self, inner: SmtpSession, checkpoint: Checkpoint) -> None:
+        self.inner = inner
+        self.checkpoint = checkpoint
+
+    def envelope(self, sender: str, recipient: str) -> None:
+        """MAIL FROM and RCPT TO."""
+        self.inner.envelope(sender, recipient)
+
+    def data(self, raw: bytes) -> None:
+        """DATA, then the checkpoint."""
+        self.inner.data(raw)
+        self.checkpoint("smtp_accepted")
+
+    def reset(self) -> None:
+        """RSET."""
+        self.inner.reset()
+
+    def close(self) -> None:
+        """QUIT."""
+        self.inner.close()
+
+
+class Shared:
+    """What every worker thread shares: settings, the model and the templates."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        checkpoint: Checkpoint = no_checkpoint,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.model = ModelHandle(settings.classifier.model_path, settings.classifier.thresholds)
+        self.renderer = TemplateRenderer.from_settings(settings.replies)
+        self.checkpoint = checkpoint
+        self.metrics = metrics or Metrics()
+        self.workers: DecidePool | None = None
+
+    def start_workers(self) -> None:
+        """Fork the `ingest.workers` decide processes, if any; call before starting threads."""
+        count = self.settings.ingest.workers
+        if count and self.workers is None:
+            from triage.ingest.workers import DecidePool
+
+            ctx = guards.GuardContext.from_settings(self.settings.replies, None)
+            self.workers = DecidePool(count, self.model, ctx)
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        workers, self.workers = self.workers, None
+        if workers is not None:
+            workers.close()
+
+
+class Service:
+    """One thread's store connection, outbox and pipeline, ready to sync folders."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.settings = shared.settings
+        self.db = Database(self.settings.store.path)
+        self.ledger = Ledger(self.db)
+        smtp_settings = self.settings.smtp
+        self.guard_context = guards.GuardContext.from_settings(self.settings.replies, None)
+        self.outbox = Outbox(
+            self.db,
+            smtp_settings,
+            connector=lambda: CheckpointedSession(connect(smtp_settings), shared.checkpoint),
+            limits=SendLimits.from_settings(self.settings.replies, self.guard_context.canonical),
+            on_cap=shared.metrics.reply_capped,
+        )
+        self.guard_context = replace(self.guard_context, history=self.outbox)
+        self.recorder = Recorder(
+            self.ledger,
+            self._queue_reply,
+            response_target=response_target(self.settings),
+            assign_owner=partial(assign_owner, settings=self.settings.leads),
+            prepare_reply=self._prepare_reply,
+        )
+
+    def close(self) -> None:
+        """Close the store connection."""
+        self.db.close()
+
+    # -- the pure part -------------------------------------------------------------------------
+
+    def decide_batch(self, items: Sequence[tuple[int, bytes, bool]]) -> list[Decided]:
+        """Parse, check, classify and dispose a batch with the current model."""
+        classifier = self.shared.model.get()
+        self.shared.metrics.set_model_version(classifier.version)
+        prefix = (
+            self.settings.ingest.folder_prefix if self.settings.ingest.move_to_folders else None
+        )
+        return decide(
+            items,
+            check=partial(guards.check, ctx=self.guard_context),
+            classify=classifier.classify_many,
+            folder_prefix=prefix,
+        )
+
+    def start_decide(self, items: Sequence[tuple[int, bytes, bool]]) -> Callable[[], list[Decided]]:
+        """`decide_batch` in a worker process; the returned function waits for the result."""
+        assert self.shared.workers is not None
+        classifier = self.shared.model.get()  # reloads here too when the file changed
+        self.shared.metrics.set_model_version(classifier.version)
+        prefix = (
+            self.settings.ingest.folder_prefix if self.settings.ingest.move_to_folders else None
+        )
+        return self.shared.workers.start(items, self.guard_context, prefix)
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def _prepare_reply(self, planned: Planned) -> Planned | str:
+        """Render one reply, outside the recording transaction, or say why there is none."""
+        dest = planned.verdict.destination
+        if dest is None:
+            return "no-destination: nowhere to send a reply"
+        try:
+            reply = make_reply(
+                planned.msg,
+                dest,
+                planned.template,
+                self.shared.renderer,
+                self.settings.replies,
+                trusted=planned.verdict.reflect,
+            )
+        except (TemplateError, PermanentError) as exc:
+            # Never a reply by accident: a template or address problem means no reply, recorded.
+            log.warning("no reply to %s: %s", dest.email, exc)
+            return f"reply-failed: {exc}"
+        return replace(planned, reply=reply)
+
+    def _queue_reply(self, _c: sqlite3.Connection, planned: Planned) -> str | None:
+        """Queue one rendered reply inside the recording transaction, or say why not."""
+        dest = planned.verdict.destination
+        if dest is None or planned.reply is None:
+            return "no-destination: nowhere to send a reply"
+        replies = self.settings.replies
+        # Checked again here, inside the transaction: an earlier message of this batch may have
+        # earned the same mailbox a reply after the guards looked.
+        window = timedelta(days=replies.window_days)
+        if self.outbox.replied_recently(dest.email, window, verified=planned.verdict.reflect):
+            return f"already-replied: {dest.email} got a reply within {replies.window_days:g} days"
+        envelope = "" if replies.envelope_sender in ("", "<>") else replies.envelope_sender
+        self.outbox.enqueue(
+            planned.row_id,
+            planned.reply,
+            recipient=dest.email,
+            envelope_from=envelope,
+            template=planned.template,
+            mode=replies.mode,
+            priority=reply_priority(planned),
+        )
+        return None
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def deliver(self) -> None:
+        """Send every reply that is due (live mode queues; the others never reach SMTP)."""
+        sent = self.outbox.deliver_due()
+        if sent:
+            self.shared.metrics.reply_sent(len(sent))
+
+    def observe(self, account: str, folder: str, uid: int, d: Decided) -> None:
+        """One log line and the metrics for a recorded message."""
+        replied = d.disposition.reply_template is not None
+        reasons = d.disposition.reasons
+        shown = (*reasons, *d.disposition.notes)
+        log_outcome(
+            log, account, folder, uid, d.msg.message_id, d.disposition.decision, replied, shown
+        )
+        # Only reasons against replying count as suppressions; routing notes do not.
+        self.shared.metrics.observe_result(d.disposition.decision, replied=replied, reasons=reasons)
+
+    def synced(self, account: str, folder: str) -> None:
+        """Note a finished pass over a folder."""
+        self.shared.metrics.set_sync(account, folder)
+
+    def file_replies(self, mailbox: ImapMailbox, folder: str, uidvalidity: int) -> None:
+        """File sent replies in Sent and drafts in Drafts; mark answered originals \\Answered."""
+        pending = self.outbox.pending_filing()
+        if not pending:
+            return
+        sent_folder = self.settings.replies.sent_folder or mailbox.special_folder("\\Sent")
+        drafts = self.settings.replies.drafts_folder or mailbox.special_folder("\\Drafts")
+        for item in pending:
+            row = self.ledger.get(item.message_row)
+            if row is None or (row.account, row.folder) != (mailbox.account.name, folder):
+                continue
+            if item.state == "sent":
+                # First, while the row is unclaimed: setting a flag twice is harmless, so a crash
+                # after this line costs nothing.
+                uids = self._locate(mailbox, folder, uidvalidity, row.uid, row.message_id)
+                mailbox.add_flags(uids, ["\\Answered"])
+            # Claimed before the APPEND, which cannot be undone or checked: another process, or
+            # this one after a crash, never files a second copy (see `Outbox.claim_filing`).
+            if not self.outbox.claim_filing(item.id):
+                continue
+            target = sent_folder if item.state == "sent" else drafts
+            if target:
+                flags = ["\\Seen"] if item.state == "sent" else ["\\Draft"]
+                mailbox.append(target, item.raw, flags)
+
+    def _locate(
+        self, mailbox: ImapMailbox, folder: str, uidvalidity: int, uid: int, message_id: str
+    ) -> list[int]:
+        """Where the original is now: its UID, or found by Message-ID after a move."""
+        info = mailbox.folder
+        same = info is not None and info.name == folder and info.uidvalidity == uidvalidity
+        if same and uid in mailbox.sizes([uid]):
+            return [uid]
+        return []
+
+    def folder_syncs(
+        self, account: ImapAccount, mailbox: ImapMailbox
+    ) -> list[Callable[[], SyncResult]]:
+        """One sync callable per watched folder of `account`."""
+        effects = Effects(
+            deliver=self._deliver_checked,
+            file_replies=self.file_replies,
+            observe=self.observe,
+            synced=self.synced,
+        )
+        syncs: list[Callable[[], SyncResult]] = [
+            FolderSync(
+                account.name,
+                folder,
+                mailbox,
+                self.ledger,
+                self.decide_batch,
+                self.recorder,
+                effects,
+                self.settings.ingest,
+                self.shared.checkpoint,
+                self.start_decide if self.shared.workers is not None else None,
+            ).sync
+            for folder in account.folders
+        ]
+        if self.settings.ingest.corrections:
+            scan = CorrectionScan(mailbox, self.db, self.settings.ingest)
+
+            def corrections() -> SyncResult:
+                return SyncResult(corrections=scan.scan(account.folders))
+
+            syncs.append(corrections)
+        return syncs
+
+    def _deliver_checked(self) -> None:
+        try:
+            self.deliver()
+        except TransientError as exc:
+            # The replies stay queued; the next pass tries again after their backoff.
+            self.shared.metrics.smtp_error()
+            log.error("sending replies failed: %s", exc)
+
+
+def reply_priority(planned: Planned) -> int:
+    """The order in which replies held back by the caps go out: to a verified sender before an
+    unverified one (a flood of forged inquiries cannot push a real prospect to the back), a
+    sales acknowledgement before marketing information."""
+    base = 0 if planned.verdict.reflect else UNVERIFIED
+    return base + (0 if planned.template == "sales" else 1)
+
+
+def now() -> datetime:
+    """The current local time (aware)."""
+    return datetime.now().astimezone()

@@ -1,0 +1,1 @@
+"""The sales side: leads, the review queue, the digest and alerts."""
