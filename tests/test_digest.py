@@ -184,7 +184,7 @@ def test_digest_lists_exactly_the_new_hot_leads_once(
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["To"] == "sales@example.test"
     slot = timestamp(datetime(2024, 5, 13, 6, 0, tzinfo=UTC))
-    token = digest.instance(store.db.conn)
+    token = digest.instance(store.db.reads)
     assert msg["Message-ID"] == notice_message_id(DIGEST, slot, settings, token)
     text, html = parts(msg)
     for part in (text, html):
@@ -211,7 +211,7 @@ def test_digest_lists_exactly_the_new_hot_leads_once(
 
 def _lead(store: Store) -> Any:
     def get(lead_id: int) -> Any:
-        lead = get_lead(store.db.conn, lead_id)
+        lead = get_lead(store.db.reads, lead_id)
         assert lead is not None
         return lead
 
@@ -312,7 +312,7 @@ def test_preview_marks_nothing(store: Store, settings: Settings) -> None:
     rendered = digest.preview(settings, store.db, MONDAY_8)
     assert "NEW HOT LEADS: 3" in rendered.text and "Jane Doe" in rendered.html
     assert all(lead.digested_in is None for lead in map(_lead(store), ids))
-    assert store.db.conn.execute("SELECT COUNT(*) FROM digests").fetchone()[0] == 0
+    assert store.db.reads.execute("SELECT COUNT(*) FROM digests").fetchone()[0] == 0
 
 
 def test_html_escapes_what_prospects_wrote(store: Store, settings: Settings) -> None:
@@ -385,7 +385,7 @@ def test_check_settings_accepts_the_defaults(settings: Settings) -> None:
 
 
 def _state(store: Store, row_id: int) -> tuple[str, int]:
-    r = store.db.conn.execute("SELECT state, attempts FROM digests WHERE id = ?", (row_id,))
+    r = store.db.reads.execute("SELECT state, attempts FROM digests WHERE id = ?", (row_id,))
     state, attempts = r.fetchone()
     return state, attempts
 
@@ -412,7 +412,7 @@ def test_a_refused_send_is_retried_with_the_same_message(
     later += timedelta(seconds=11)
     assert digest.deliver(settings, store.db, later, connector=smtp) == {run.prepared: "sent"}
     assert _state(store, run.prepared) == ("sent", 3)
-    raw = store.db.conn.execute("SELECT raw FROM digests").fetchone()[0]
+    raw = store.db.reads.execute("SELECT raw FROM digests").fetchone()[0]
     assert smtp.delivered == [raw]
     digest.run_digest_if_due(settings, store.db, TUESDAY_8, connector=smtp)
     assert "NEW HOT LEADS: 0" in parts(smtp.messages()[1])[0]
@@ -478,7 +478,7 @@ def test_a_slot_is_prepared_only_once(store: Store, settings: Settings, tmp_path
     other = Store(make_settings(tmp_path / "other"))
     assert digest.prepare_digest(other.settings, other.db, MONDAY_8, "s1") is not None
     ids = [
-        s.db.conn.execute("SELECT message_id FROM digests").fetchone()[0] for s in (store, other)
+        s.db.reads.execute("SELECT message_id FROM digests").fetchone()[0] for s in (store, other)
     ]
     assert ids[0] != ids[1]
     other.close()
@@ -493,7 +493,7 @@ def test_send_now_refuses_while_an_earlier_digest_waits(
     smtp.failures = [("connect", SendError("still down"))]
     with pytest.raises(SendError, match="still waiting to be sent"):
         digest.send_now(settings, store.db, MONDAY_8 + timedelta(minutes=1), connector=smtp)
-    assert store.db.conn.execute("SELECT COUNT(*) FROM digests").fetchone()[0] == 1
+    assert store.db.reads.execute("SELECT COUNT(*) FROM digests").fetchone()[0] == 1
 
 
 def test_a_broken_template_is_logged_and_retried_later(

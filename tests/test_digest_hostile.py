@@ -80,7 +80,7 @@ def record_as_the_pipeline_does(store: Store, raw: bytes) -> int:
         assign_owner=lambda _c: "",
     )
     recorder.record(decided)
-    [lead] = find_leads(store.db.conn)
+    [lead] = find_leads(store.db.reads)
     return lead.id
 
 
@@ -106,11 +106,11 @@ def test_a_mailto_payload_in_from_is_not_stored_and_never_linked(
     """The attack as reported: the lead is kept for a person, without the address, with a note
     saying why; neither the digest nor the alert carries the payload or a link built from it."""
     lead_id = record_as_the_pipeline_does(store, RAW)
-    lead = get_lead(store.db.conn, lead_id)
+    lead = get_lead(store.db.reads, lead_id)
     assert lead is not None and lead.kind == "hot"
     assert lead.email == "" or (is_addr_spec(lead.email) and "bcc" not in lead.email)
     assert "bcc" not in lead.company.lower() and "?" not in lead.company
-    notes = lead_notes(store.db.conn, lead_id)
+    notes = lead_notes(store.db.reads, lead_id)
     assert any("not a valid address" in n.text for n in notes), notes
 
     now = datetime.now(UTC)
@@ -137,9 +137,9 @@ def test_record_lead_stores_only_an_addr_spec(store: Store, address: str) -> Non
     """The store's single entry point refuses an address that is not a plain `local@domain`,
     whoever calls it; the lead itself is kept."""
     _, lead_id = store.inquiry(Contact("Jane", address, "Acme"))
-    lead = get_lead(store.db.conn, lead_id)
+    lead = get_lead(store.db.reads, lead_id)
     assert lead is not None and lead.email == "" and lead.name == "Jane"
-    assert any("not a valid address" in n.text for n in lead_notes(store.db.conn, lead_id))
+    assert any("not a valid address" in n.text for n in lead_notes(store.db.reads, lead_id))
 
 
 def test_a_clean_address_is_stored_and_joins_the_lead(store: Store) -> None:
@@ -147,9 +147,9 @@ def test_a_clean_address_is_stored_and_joins_the_lead(store: Store) -> None:
     note is added."""
     _, first = store.inquiry(Contact("Jane", "Jane+Sales@Acme.example"))
     _, second = store.inquiry(Contact("Jane", "jane+sales@acme.example"))
-    lead = get_lead(store.db.conn, first)
+    lead = get_lead(store.db.reads, first)
     assert first == second and lead is not None and lead.email == "jane+sales@acme.example"
-    assert lead_notes(store.db.conn, first) == []
+    assert lead_notes(store.db.reads, first) == []
 
 
 def test_a_form_email_field_that_is_not_an_address_is_ignored() -> None:

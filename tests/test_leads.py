@@ -201,7 +201,7 @@ def test_two_messages_from_one_prospect_make_one_lead(store: Store) -> None:
     _, first = store.inquiry(Contact("", "jane@doe.example"), "Quote for 40 racks")
     _, second = store.inquiry(JANE, "Re: Quote for 40 racks")
     assert first == second
-    lead = get_lead(store.db.conn, first)
+    lead = get_lead(store.db.reads, first)
     assert lead is not None
     assert lead.message_count == 2
     assert (lead.name, lead.company, lead.phone) == (
@@ -209,7 +209,7 @@ def test_two_messages_from_one_prospect_make_one_lead(store: Store) -> None:
         "Doe Logistics GmbH",
         "+49 30 1234",
     )
-    assert [m.subject for m in lead_messages(store.db.conn, first)] == [
+    assert [m.subject for m in lead_messages(store.db.reads, first)] == [
         "Quote for 40 racks",
         "Re: Quote for 40 racks",
     ]
@@ -234,7 +234,7 @@ def test_a_reply_in_the_thread_joins_the_lead_from_another_address(store: Store)
     other = Contact("", "pat@doe.example")
     _, via_reply = store.inquiry(other, thread_ids=["<unknown@x>", "<triage.abc@example.test>"])
     assert via_reply == lead_id
-    lead = get_lead(store.db.conn, lead_id)
+    lead = get_lead(store.db.reads, lead_id)
     assert lead is not None and lead.message_count == 3
 
 
@@ -245,7 +245,7 @@ def test_a_nurture_lead_that_turns_hot_is_upgraded(store: Store) -> None:
         c.execute("UPDATE leads SET digested_in = 99 WHERE id = ?", (nurture,))
     _, hot = store.inquiry(JANE, decision="sales", explanation=("quote",))
     assert hot == nurture
-    lead = get_lead(store.db.conn, hot)
+    lead = get_lead(store.db.reads, hot)
     assert lead is not None
     assert (lead.kind, lead.label, lead.explanation) == ("hot", "sales", ("quote",))
     assert lead.due_at is not None
@@ -298,7 +298,7 @@ def test_invalid_status_changes_are_refused(
         update(store.db, lead_id, status=status, by="alice")
     with pytest.raises(LeadError, match=message):
         update(store.db, lead_id, status=target)
-    lead = get_lead(store.db.conn, lead_id)
+    lead = get_lead(store.db.reads, lead_id)
     assert lead is not None and lead.status == (path[-1] if path else "new")
 
 
@@ -387,7 +387,7 @@ def test_business_due_other_calendars_and_fallbacks(tmp_path: Path) -> None:
 
 def test_no_assignment_without_staff_or_strategy(store: Store) -> None:
     """assignment = none, or no staff: nobody."""
-    c = store.db.conn
+    c = store.db.reads
     assert assign_owner(c, LeadsSettings(staff=("a", "b"))) == ""
     assert assign_owner(c, LeadsSettings(assignment="round-robin")) == ""
 
@@ -398,9 +398,9 @@ def test_round_robin_takes_turns_and_unused_calls_leave_no_trace(tmp_path: Path)
     store = Store(s)
     owners = []
     for n in range(5):
-        assert assign_owner(store.db.conn, s.leads) == assign_owner(store.db.conn, s.leads)
+        assert assign_owner(store.db.reads, s.leads) == assign_owner(store.db.reads, s.leads)
         _, lead_id = store.inquiry(Contact("", f"p{n}@x.example"))
-        lead = get_lead(store.db.conn, lead_id)
+        lead = get_lead(store.db.reads, lead_id)
         assert lead is not None
         owners.append(lead.owner)
     assert owners == ["a", "b", "c", "a", "b"]
@@ -417,7 +417,7 @@ def test_least_busy_counts_open_hot_leads(tmp_path: Path) -> None:
     for lead_id in ids[:2]:  # a's first and b's first
         update(store.db, lead_id, status="dismissed")
     update(store.db, ids[3], status="dismissed")  # b has none open now, a has one
-    assert assign_owner(store.db.conn, s.leads) == "b"
+    assert assign_owner(store.db.reads, s.leads) == "b"
     store.close()
 
 
@@ -493,7 +493,7 @@ def test_retention_empties_old_bodies_and_keeps_leads(tmp_path: Path) -> None:
     result = apply_retention(s.leads, store.db, now)
     assert (result.messages, result.corrections) == (1, 1)
     assert apply_retention(s.leads, store.db, now).messages == 0  # idempotent
-    c = store.db.conn
+    c = store.db.reads
     bodies = dict(c.execute("SELECT id, body FROM messages").fetchall())
     assert bodies == {old_row: None, new_row: "new body"}
     assert c.execute("SELECT raw FROM messages WHERE id = ?", (old_row,)).fetchone()[0] is None
@@ -524,10 +524,10 @@ def test_review_label_sales_records_correction_and_hot_lead(tmp_path: Path) -> N
         explanation=("quote",),
         at=arrived,
     )
-    assert [i.row_id for i in pending(store.db.conn)] == [row]
+    assert [i.row_id for i in pending(store.db.reads)] == [row]
     done = label(store.db, row, "sales", s, by="ann")
     assert done.lead_id is not None
-    c = store.db.conn
+    c = store.db.reads
     assert tuple(c.execute("SELECT reviewed_label, reviewed_by FROM messages").fetchone()) == (
         "sales",
         "ann",
@@ -557,7 +557,7 @@ def test_review_label_marketing_other_and_mistakes(store: Store, settings: Setti
     sales = store.message("c@x.example", decision="sales")
     marketing = label(store.db, m, "marketing", settings)
     assert marketing.lead_id is not None
-    lead = get_lead(store.db.conn, marketing.lead_id)
+    lead = get_lead(store.db.reads, marketing.lead_id)
     assert lead is not None and lead.kind == "nurture" and lead.due_at is None
     assert label(store.db, o, "other", settings).lead_id is None
     with pytest.raises(ReviewError, match="unknown label 'spam'"):
@@ -568,7 +568,7 @@ def test_review_label_marketing_other_and_mistakes(store: Store, settings: Setti
         label(store.db, sales, "other", settings)
     with pytest.raises(ReviewError, match="already labelled other"):
         label(store.db, o, "sales", settings)
-    sources = [r[0] for r in store.db.conn.execute("SELECT source FROM corrections")]
+    sources = [r[0] for r in store.db.reads.execute("SELECT source FROM corrections")]
     assert sources == ["review", "review"]
 
 

@@ -13,7 +13,6 @@ themselves recorded (see `sync`).
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from email.message import EmailMessage
 from triage.core.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
 from triage.decide.dispose import dispose
 from triage.parsing import parse
+from triage.store.db import Tx
 from triage.store.leads import NewLead, record_lead
 from triage.store.ledger import Ledger, Outcome
 
@@ -117,9 +117,9 @@ class Recorder:
     def __init__(
         self,
         ledger: Ledger,
-        queue_reply: Callable[[sqlite3.Connection, Planned], str | None],
+        queue_reply: Callable[[Tx, Planned], str | None],
         response_target: Callable[[datetime], datetime],
-        assign_owner: Callable[[sqlite3.Connection], str],
+        assign_owner: Callable[[Tx], str],
         prepare_reply: Callable[[Planned], Planned | str] = _as_planned,
     ) -> None:
         self.ledger = ledger
@@ -161,7 +161,7 @@ class Recorder:
                 final.append(done)
         return final
 
-    def _lead(self, c: sqlite3.Connection, d: Decided) -> None:
+    def _lead(self, c: Tx, d: Decided) -> None:
         kind = d.disposition.lead_kind
         assert kind is not None
         email = prospect_contact(d.msg, d.verdict)

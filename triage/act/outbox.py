@@ -38,7 +38,7 @@ from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSes
 from triage.core.errors import PermanentError, SendError, TransientError
 from triage.core.settings import RepliesSettings, SmtpSettings
 from triage.decide.guards import canonical
-from triage.store.db import Database
+from triage.store.db import Database, Tx
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +203,11 @@ class Outbox:
     # --- writing ---------------------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[Tx]:
         # Join the caller's transaction (the pipeline records a message and queues its reply in
         # one), or make one of our own.
-        if self.db.conn.in_transaction:
-            yield self.db.conn
+        if self.db.in_transaction:
+            yield self.db.reads
         else:
             with self.db.transaction() as conn:
                 yield conn
@@ -332,7 +332,7 @@ class Outbox:
         APPEND leaves no copy in the mailbox (the reply itself is unaffected) — one missing copy
         rather than two, since the mailbox cannot tell us whether an interrupted APPEND landed.
         """
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             raise RuntimeError("claim_filing commits at once; call it outside a transaction")
         with self.db.transaction() as conn:
             cursor = conn.execute(
@@ -358,7 +358,7 @@ class Outbox:
         `next_attempt` back exponentially; a 5xx or too many attempts mark it `failed`. Must not
         be called inside a transaction: each state change is committed on its own.
         """
-        if self.db.conn.in_transaction:
+        if self.db.in_transaction:
             raise RuntimeError("deliver_due commits each step; call it outside a transaction")
         moment = now or self._clock()
         self._expire(moment)
@@ -458,7 +458,7 @@ class Outbox:
 
     def _defer(
         self,
-        conn: sqlite3.Connection,
+        conn: Tx,
         item: OutboxItem,
         refusal: tuple[str, datetime, str],
         moment: datetime,
@@ -499,7 +499,7 @@ class Outbox:
 
     def cap_report(self, since: datetime | None) -> CapReport:
         """How the caps bit on replies created since `since` (see `cap_report`)."""
-        return cap_report(self.db.conn, since)
+        return cap_report(self.db.reads, since)
 
     def _claim(self, item: OutboxItem) -> bool:
         # Committed before DATA: if we crash after this, the row says "maybe sent". The claim
@@ -690,7 +690,7 @@ class CapReport:
     expired: int = 0
 
 
-def cap_report(conn: sqlite3.Connection, since: datetime | None) -> CapReport:
+def cap_report(conn: Tx, since: datetime | None) -> CapReport:
     """How the reply caps bit on the replies created after `since` (all, when None): what the
     digest reports so that staff notice a flood."""
     row = conn.execute(

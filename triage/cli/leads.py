@@ -275,7 +275,7 @@ def review_list(
     from triage.sales.review import pending
 
     with _store(ctx) as (_settings, db):
-        items = pending(db.conn)
+        items = pending(db.reads)
         now = datetime.now(UTC)
         if as_json:
             _print_json(

@@ -7,7 +7,6 @@ the classifier and the template renderer are shared, read-only, across threads.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -29,7 +28,7 @@ from triage.ops.logs import log_outcome
 from triage.ops.metrics import Metrics
 from triage.pipeline import Decided, Planned, Recorder, decide
 from triage.sales.leads import assign_owner, response_target
-from triage.store.db import Database
+from triage.store.db import Database, Tx
 from triage.store.ledger import Ledger
 
 if TYPE_CHECKING:
@@ -181,7 +180,7 @@ class Service:
             return f"reply-failed: {exc}"
         return replace(planned, reply=reply)
 
-    def _queue_reply(self, _c: sqlite3.Connection, planned: Planned) -> str | None:
+    def _queue_reply(self, _c: Tx, planned: Planned) -> str | None:
         """Queue one rendered reply inside the recording transaction, or say why not."""
         dest = planned.verdict.destination
         if dest is None or planned.reply is None:

@@ -39,7 +39,6 @@ import logging
 import re
 import secrets
 import smtplib
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,7 +66,7 @@ from triage.core.sanitize import is_addr_spec, one_line, shown, strip_invisible
 from triage.core.settings import Settings, SmtpSettings
 from triage.sales.leads import age, check_business_hours, is_overdue, zone
 from triage.sales.review import ReviewItem, pending, pending_count
-from triage.store.db import Database
+from triage.store.db import Database, Tx
 from triage.store.leads import (
     LeadRecord,
     overdue_hot_leads,
@@ -161,7 +160,7 @@ def due(now: datetime, db: Database, settings: Settings) -> bool:
         return False
     if _retry_after(db, DIGEST) > now:
         return False
-    row = db.conn.execute(
+    row = db.reads.execute(
         "SELECT 1 FROM digests WHERE kind = ? AND slot = ?", (DIGEST, timestamp(slot))
     ).fetchone()
     return row is None
@@ -169,7 +168,9 @@ def due(now: datetime, db: Database, settings: Settings) -> bool:
 
 def _retry_after(db: Database, kind: str) -> datetime:
     """Until when preparing `kind` is paused after a template or settings error."""
-    row = db.conn.execute("SELECT value FROM kv WHERE key = ?", (f"{kind}.retry_after",)).fetchone()
+    row = db.reads.execute(
+        "SELECT value FROM kv WHERE key = ?", (f"{kind}.retry_after",)
+    ).fetchone()
     return datetime.fromisoformat(row["value"]) if row else datetime.min.replace(tzinfo=UTC)
 
 
@@ -349,7 +350,7 @@ def review_view(item: ReviewItem, now: datetime) -> ReviewView:
     )
 
 
-def _previous_cutoff(c: sqlite3.Connection) -> datetime | None:
+def _previous_cutoff(c: Tx) -> datetime | None:
     row = c.execute(
         "SELECT covers_until FROM digests WHERE kind = ? AND covers_until IS NOT NULL"
         " ORDER BY id DESC LIMIT 1",
@@ -358,7 +359,7 @@ def _previous_cutoff(c: sqlite3.Connection) -> datetime | None:
     return datetime.fromisoformat(row["covers_until"]) if row else None
 
 
-def collect(c: sqlite3.Connection, now: datetime) -> DigestContent:
+def collect(c: Tx, now: datetime) -> DigestContent:
     """Read what a digest at `now` reports. A lead that is new and already overdue is listed
     once, as new (marked overdue)."""
     since = _previous_cutoff(c)
@@ -463,7 +464,7 @@ def render(name: str, context: Mapping[str, Any], settings: Settings) -> Rendere
 
 def preview(settings: Settings, db: Database, now: datetime | None = None) -> Rendered:
     """What a digest sent now would say; reads only, marks nothing."""
-    content = collect(db.conn, now or datetime.now(UTC))
+    content = collect(db.reads, now or datetime.now(UTC))
     return render(DIGEST, digest_context(content, settings), settings)
 
 
@@ -477,7 +478,7 @@ def _header_address(name: str, email: str, setting: str) -> HeaderAddress:
         raise ConfigError(f"{setting}: {email!r} is not an address ({exc})") from None
 
 
-def instance(c: sqlite3.Connection) -> str:
+def instance(c: Tx) -> str:
     """A random token made once per database, inside the caller's write transaction.
 
     It goes into Message-IDs so that a staging copy, or a reinstall whose lead ids start at 1
@@ -530,7 +531,7 @@ def compose(
 
 
 def _insert(
-    c: sqlite3.Connection,
+    c: Tx,
     kind: str,
     slot: str,
     msg: EmailMessage,
@@ -607,7 +608,7 @@ def prepare_alerts(settings: Settings, db: Database, now: datetime) -> list[int]
     since = now - ALERT_MAX_AGE
     # Read first: the daemon calls this every few seconds, and a write transaction each time
     # would compete with the account workers for nothing.
-    if not unalerted_hot_leads(db.conn, since):
+    if not unalerted_hot_leads(db.reads, since):
         return []
     prepared = []
     with db.transaction() as c:
@@ -761,7 +762,7 @@ class Pending:
 
 
 def _pending(db: Database, now: datetime) -> list[Pending]:
-    rows = db.conn.execute(
+    rows = db.reads.execute(
         "SELECT id, kind, message_id, raw, recipients, envelope_from, attempts FROM digests"
         " WHERE state = 'prepared' AND (next_attempt IS NULL OR next_attempt <= ?) ORDER BY id",
         (timestamp(now),),
@@ -878,7 +879,7 @@ def recover(settings: Settings, db: Database, now: datetime) -> list[int]:
     """
     stale = timestamp(now - timedelta(seconds=2 * settings.smtp.timeout + 60))
     stuck = "SELECT 1 FROM digests WHERE state = 'sending' AND updated_at < ?"
-    if db.conn.execute(stuck, (stale,)).fetchone() is None:
+    if db.reads.execute(stuck, (stale,)).fetchone() is None:
         return []  # the usual case: no write transaction needed
     with db.transaction() as c:
         ids = [
@@ -915,7 +916,7 @@ def deliver(
 
     Must be called outside a transaction: each step commits on its own.
     """
-    if db.conn.in_transaction:
+    if db.in_transaction:
         raise RuntimeError("deliver commits each step; call it outside a transaction")
     moment = now or datetime.now(UTC)
     return {
@@ -983,7 +984,7 @@ def send_now(
     moment = now or datetime.now(UTC)
     recover(settings, db, moment)
     earlier = deliver(settings, db, moment, connector=connector, checkpoint=checkpoint)
-    waiting = db.conn.execute(
+    waiting = db.reads.execute(
         "SELECT id, error FROM digests WHERE kind = ? AND state = 'prepared' ORDER BY id LIMIT 1",
         (DIGEST,),
     ).fetchone()
@@ -1012,7 +1013,7 @@ class NoticeStatus:
 
 def status(db: Database, limit: int = 20) -> list[NoticeStatus]:
     """The most recent digests and alerts, newest first."""
-    rows = db.conn.execute(
+    rows = db.reads.execute(
         "SELECT id, kind, state, message_id, created_at, sent_at, attempts, error FROM digests"
         " ORDER BY id DESC LIMIT ?",
         (limit,),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -25,7 +24,7 @@ from triage.core.errors import ConfigError, TriageError
 from triage.core.sanitize import strip_invisible
 from triage.core.settings import LeadsSettings, Settings
 from triage.store import leads as store
-from triage.store.db import Database
+from triage.store.db import Database, Tx
 from triage.store.leads import (
     CLOSED_STATUSES,
     OPEN_STATUSES,
@@ -86,7 +85,7 @@ def check_transition(lead: LeadRecord, status: str) -> None:
     )
 
 
-def _require(c: sqlite3.Connection, lead_id: int) -> LeadRecord:
+def _require(c: Tx, lead_id: int) -> LeadRecord:
     lead = store.get_lead(c, lead_id)
     if lead is None:
         raise LeadError(f"no lead {lead_id}")
@@ -101,7 +100,7 @@ def list_leads(
         check_status(status)
     if kind is not None:
         check_kind(kind)
-    return store.find_leads(db.conn, statuses, kind)
+    return store.find_leads(db.reads, statuses, kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +114,9 @@ class LeadDetail:
 
 def show(db: Database, lead_id: int) -> LeadDetail:
     """One lead in full; LeadError when there is none."""
-    lead = _require(db.conn, lead_id)
+    lead = _require(db.reads, lead_id)
     return LeadDetail(
-        lead, store.lead_messages(db.conn, lead_id), store.lead_notes(db.conn, lead_id)
+        lead, store.lead_messages(db.reads, lead_id), store.lead_notes(db.reads, lead_id)
     )
 
 
@@ -183,7 +182,7 @@ def is_overdue(lead: LeadRecord, now: datetime) -> bool:
 # --- assignment ----------------------------------------------------------------------------------
 
 
-def assign_owner(c: sqlite3.Connection, settings: LeadsSettings) -> str:
+def assign_owner(c: Tx, settings: LeadsSettings) -> str:
     """Who gets a new hot lead: "" when `assignment` is "none" or there is no staff.
 
     Called inside the pipeline's transaction. Both strategies read the leads table instead of
@@ -432,12 +431,12 @@ def export_rows(db: Database, now: datetime | None = None) -> list[dict[str, str
     values as staff may see them (`for_staff`)."""
     moment = now or datetime.now(UTC)
     rows = []
-    for found in store.find_leads(db.conn, STATUSES):
+    for found in store.find_leads(db.reads, STATUSES):
         detail = detail_for_staff(
             LeadDetail(
                 found,
-                store.lead_messages(db.conn, found.id),
-                store.lead_notes(db.conn, found.id),
+                store.lead_messages(db.reads, found.id),
+                store.lead_notes(db.reads, found.id),
             )
         )
         lead, messages, notes = detail.lead, detail.messages, detail.notes

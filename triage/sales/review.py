@@ -20,7 +20,7 @@ from triage.core.settings import Settings
 from triage.parsing.contacts import extract
 from triage.sales.leads import assign_owner, business_due
 from triage.store.corrections import insert_correction
-from triage.store.db import Database
+from triage.store.db import Database, Tx
 from triage.store.leads import NewLead, record_lead, timestamp
 
 _PENDING = "decision = 'review' AND reviewed_label IS NULL"
@@ -78,7 +78,7 @@ def _item(r: sqlite3.Row) -> ReviewItem:
     )
 
 
-def pending(c: sqlite3.Connection, limit: int | None = None) -> list[ReviewItem]:
+def pending(c: Tx, limit: int | None = None) -> list[ReviewItem]:
     """Messages waiting for review, oldest first (at most `limit`)."""
     rows = c.execute(
         f"SELECT * FROM messages WHERE {_PENDING} ORDER BY id LIMIT ?",  # noqa: S608
@@ -87,7 +87,7 @@ def pending(c: sqlite3.Connection, limit: int | None = None) -> list[ReviewItem]
     return [_item(r) for r in rows]
 
 
-def pending_count(c: sqlite3.Connection) -> int:
+def pending_count(c: Tx) -> int:
     """How many messages wait for review."""
     row = c.execute(f"SELECT COUNT(*) FROM messages WHERE {_PENDING}").fetchone()  # noqa: S608
     return int(row[0])
@@ -143,7 +143,7 @@ def label(
 
 
 def _record(
-    c: sqlite3.Connection,
+    c: Tx,
     row: sqlite3.Row,
     kind: LeadKind,
     new_label: str,

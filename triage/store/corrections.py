@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from triage.store.db import utcnow
+from triage.store.db import Tx, utcnow
 
 
 def insert_correction(
-    c: sqlite3.Connection,
+    c: Tx,
     *,
     message_row: int | None,
     message_id: str,

@@ -11,10 +11,11 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
+from sqlite3 import Cursor
 
 from triage.core.errors import StoreError
 from triage.store.schema import MIGRATIONS
@@ -97,6 +98,27 @@ def _warn_readable_store(path: str, mode: int) -> None:
     )
 
 
+class Tx:
+    """One unit of work: the open transaction that a domain step hands to the repositories.
+
+    The domain receives a `Tx` (never a driver connection) and passes it on; only the modules of
+    `triage.store` run SQL on it, so a second backend changes what is behind it, not its callers.
+    """
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()) -> Cursor:
+        """Run one statement in this transaction (for `triage.store` only)."""
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> Cursor:
+        """Run one statement for many rows in this transaction (for `triage.store` only)."""
+        return self.conn.executemany(sql, rows)
+
+
 class Database:
     """An open, migrated triage database."""
 
@@ -124,6 +146,16 @@ class Database:
             raise StoreError(f"the database {path} is unusable: {exc}") from None
 
     @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on this connection."""
+        return self.conn.in_transaction
+
+    @property
+    def reads(self) -> Tx:
+        """The unit of work for reads outside a transaction: each statement sees committed data."""
+        return Tx(self.conn)
+
+    @property
     def schema_version(self) -> int:
         """The `user_version` of the open database: how many migrations it has had."""
         row = self.conn.execute("PRAGMA user_version").fetchone()
@@ -143,11 +175,11 @@ class Database:
             )
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self.conn
+            yield Tx(self.conn)
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise

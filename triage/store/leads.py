@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from triage.core.models import Contact, LeadKind
 from triage.core.sanitize import is_addr_spec
-from triage.store.db import utcnow
+from triage.store.db import Tx, utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")
 CLOSED_STATUSES = ("won", "lost", "dismissed")
@@ -186,7 +186,7 @@ def _record(r: sqlite3.Row) -> LeadRecord:
 # --- recording (inside the pipeline's transaction) -----------------------------------------------
 
 
-def _thread_lead(c: sqlite3.Connection, thread_ids: Sequence[str]) -> sqlite3.Row | None:
+def _thread_lead(c: Tx, thread_ids: Sequence[str]) -> sqlite3.Row | None:
     """The open lead one of `thread_ids` belongs to: a message of it, or our reply to one."""
     ids = [i.strip() for i in thread_ids if i.strip()][-MAX_THREAD_IDS:]
     if not ids:
@@ -203,7 +203,7 @@ def _thread_lead(c: sqlite3.Connection, thread_ids: Sequence[str]) -> sqlite3.Ro
     return row
 
 
-def _address_lead(c: sqlite3.Connection, email: str) -> sqlite3.Row | None:
+def _address_lead(c: Tx, email: str) -> sqlite3.Row | None:
     row: sqlite3.Row | None = c.execute(
         f"SELECT id, kind, owner FROM leads WHERE email = ? AND {_OPEN}"  # noqa: S608
         " ORDER BY kind = 'hot' DESC, id DESC LIMIT 1",
@@ -212,7 +212,7 @@ def _address_lead(c: sqlite3.Connection, email: str) -> sqlite3.Row | None:
     return row
 
 
-def _note_once(c: sqlite3.Connection, lead_id: int, text: str, at: str) -> None:
+def _note_once(c: Tx, lead_id: int, text: str, at: str) -> None:
     """Add triage's note `text` to a lead unless it already has it."""
     if c.execute(
         "SELECT 1 FROM lead_notes WHERE lead_id = ? AND author = ? AND text = ?",
@@ -225,7 +225,7 @@ def _note_once(c: sqlite3.Connection, lead_id: int, text: str, at: str) -> None:
     )
 
 
-def record_lead(c: sqlite3.Connection, lead: NewLead) -> int:
+def record_lead(c: Tx, lead: NewLead) -> int:
     """Within the caller's transaction: add the message to the prospect's lead; return its id.
 
     Only a plain addr-spec is stored as the lead's address. Anything else ("jane@acme.example?
@@ -311,14 +311,14 @@ def record_lead(c: sqlite3.Connection, lead: NewLead) -> int:
 # --- reading -------------------------------------------------------------------------------------
 
 
-def get_lead(c: sqlite3.Connection, lead_id: int) -> LeadRecord | None:
+def get_lead(c: Tx, lead_id: int) -> LeadRecord | None:
     """One lead by id, or None."""
     r = c.execute(_SELECT + " WHERE l.id = ?", (lead_id,)).fetchone()
     return _record(r) if r else None
 
 
 def find_leads(
-    c: sqlite3.Connection,
+    c: Tx,
     statuses: Iterable[str] = OPEN_STATUSES,
     kind: str | None = None,
 ) -> list[LeadRecord]:
@@ -335,7 +335,7 @@ def find_leads(
     return [_record(r) for r in c.execute(sql + " ORDER BY l.id", params)]
 
 
-def undigested_hot_leads(c: sqlite3.Connection) -> list[LeadRecord]:
+def undigested_hot_leads(c: Tx) -> list[LeadRecord]:
     """Open hot leads that no digest has reported yet, oldest first."""
     rows = c.execute(
         _SELECT + f" WHERE l.kind = 'hot' AND l.digested_in IS NULL AND l.{_OPEN} ORDER BY l.id"
@@ -343,7 +343,7 @@ def undigested_hot_leads(c: sqlite3.Connection) -> list[LeadRecord]:
     return [_record(r) for r in rows]
 
 
-def overdue_hot_leads(c: sqlite3.Connection, now: datetime) -> list[LeadRecord]:
+def overdue_hot_leads(c: Tx, now: datetime) -> list[LeadRecord]:
     """Hot leads past their response target that nobody has contacted yet, most overdue first."""
     rows = c.execute(
         _SELECT + " WHERE l.kind = 'hot' AND l.status IN ('new', 'claimed')"
@@ -353,7 +353,7 @@ def overdue_hot_leads(c: sqlite3.Connection, now: datetime) -> list[LeadRecord]:
     return [_record(r) for r in rows]
 
 
-def unalerted_hot_leads(c: sqlite3.Connection, since: datetime) -> list[LeadRecord]:
+def unalerted_hot_leads(c: Tx, since: datetime) -> list[LeadRecord]:
     """New hot leads without an alert yet that arrived or turned hot after `since`."""
     rows = c.execute(
         _SELECT + " WHERE l.kind = 'hot' AND l.status = 'new' AND l.alerted_at IS NULL"
@@ -363,7 +363,7 @@ def unalerted_hot_leads(c: sqlite3.Connection, since: datetime) -> list[LeadReco
     return [_record(r) for r in rows]
 
 
-def lead_messages(c: sqlite3.Connection, lead_id: int) -> list[LeadMessage]:
+def lead_messages(c: Tx, lead_id: int) -> list[LeadMessage]:
     """The messages of a lead, oldest first."""
     rows = c.execute(
         "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at"
@@ -389,7 +389,7 @@ def lead_messages(c: sqlite3.Connection, lead_id: int) -> list[LeadMessage]:
     return out
 
 
-def lead_notes(c: sqlite3.Connection, lead_id: int) -> list[LeadNote]:
+def lead_notes(c: Tx, lead_id: int) -> list[LeadNote]:
     """The notes of a lead, oldest first."""
     rows = c.execute(
         "SELECT id, author, text, created_at FROM lead_notes WHERE lead_id = ? ORDER BY id",
@@ -412,7 +412,7 @@ class OwnerLoad:
     last_assigned: str
 
 
-def owner_loads(c: sqlite3.Connection, staff: Sequence[str]) -> list[OwnerLoad]:
+def owner_loads(c: Tx, staff: Sequence[str]) -> list[OwnerLoad]:
     """The load of every name in `staff`, in `staff` order (zero and "" for a newcomer)."""
     rows = c.execute(
         f"SELECT owner, SUM(CASE WHEN {_OPEN} THEN 1 ELSE 0 END) AS open_leads,"  # noqa: S608
@@ -427,7 +427,7 @@ def owner_loads(c: sqlite3.Connection, staff: Sequence[str]) -> list[OwnerLoad]:
 
 
 def set_status(
-    c: sqlite3.Connection,
+    c: Tx,
     lead_id: int,
     status: str,
     now: datetime,
@@ -445,7 +445,7 @@ def set_status(
     )
 
 
-def add_note(c: sqlite3.Connection, lead_id: int, author: str, text: str, now: datetime) -> int:
+def add_note(c: Tx, lead_id: int, author: str, text: str, now: datetime) -> int:
     """Within the caller's transaction: add a note to a lead; returns the note's id."""
     at = timestamp(now)
     cur = c.execute(

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Database, utcnow
+from triage.store.db import Database, Tx, utcnow
 
 SEEN = "seen"
 CLASSIFIED = "classified"
@@ -227,7 +227,7 @@ class Ledger:
         r = self.db.conn.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
         return _row(r) if r else None
 
-    def record_outcome(self, c: sqlite3.Connection, o: Outcome) -> None:
+    def record_outcome(self, c: Tx, o: Outcome) -> None:
         """Within the caller's transaction: store the decision and move the row to classified."""
         c.execute(
             "UPDATE messages SET state = 'classified', message_id = ?, sender = ?, subject = ?,"
