@@ -1125,3 +1125,55 @@ def test_rekey_recomputes_keys_after_an_upgrade(db: Database) -> None:
     assert box.rekey() == 1
     assert box.replied_recently("jane.doe@gmail.com", timedelta(days=7))
     assert box.rekey() == 0
+
+
+def test_a_database_of_schema_3_keeps_its_queued_mail(tmp_path: Path) -> None:
+    """Migration 4 loses nothing: a queued reply stays queued and is sent, a digest waiting as
+    `prepared` becomes `queued` (the one state machine) and keeps its bytes and recipients."""
+    import sqlite3
+
+    from triage.store.schema import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        old.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    old.execute(
+        "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
+        " updated_at) VALUES ('a', 'INBOX', 1, 1, '<in-1@client.example>', '', '')"
+    )
+    raw = make_reply(1).as_bytes(policy=policy.SMTP)
+    at = timestamp(T0)
+    old.execute(
+        "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from, template,"
+        " mode, state, raw, next_attempt, created_at, recipient_key, recipient_domain)"
+        " VALUES (1, '<r1@x>', 'pat@client.example', '', 'sales', 'live', 'queued', ?, ?, ?,"
+        " 'pat@client.example', 'client.example')",
+        (raw, at, at),
+    )
+    old.execute(
+        "INSERT INTO digests (state, message_id, raw, created_at, kind, slot, recipients,"
+        " envelope_from, updated_at) VALUES ('prepared', '<d1@x>', x'0102', ?, 'digest', 's1',"
+        " '[\"sales@example.test\"]', 'hello@example.test', ?)",
+        (at, at),
+    )
+    old.close()
+
+    db = Database(path)
+    assert db.schema_version == len(MIGRATIONS)
+    from triage.act.outbox import entries
+
+    found = {(e.kind, e.state, e.recipients) for e in entries(db)}
+    assert found == {
+        ("reply", "queued", "pat@client.example"),
+        ("digest", "queued", "sales@example.test"),
+    }
+    from triage.store.digests import due
+
+    [notice] = due(db.reads, T0)
+    assert (notice.raw, notice.recipients) == (b"\x01\x02", ("sales@example.test",))
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    assert [s.id for s in box.deliver_due()] == [1]
+    assert connector.session.sent[0][2] == raw
+    db.close()

@@ -14,6 +14,7 @@ queries (slots, leads reported) are in `triage.store.digests`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -171,6 +172,11 @@ class QueueEntry:
     resolved_by: str | None
 
 
+def _recipients(table: str, stored: str) -> str:
+    # A digest stores its recipients as a JSON list, a reply its one address.
+    return ", ".join(json.loads(stored)) if table == "digests" else stored
+
+
 def entries(tx: Tx, states: Iterable[str]) -> list[QueueEntry]:
     """Rows of both tables in `states`, oldest first."""
     wanted = tuple(states)
@@ -189,7 +195,7 @@ def entries(tx: Tx, states: Iterable[str]) -> list[QueueEntry]:
             table=r["tbl"],
             id=int(r["id"]),
             kind=str(r["kind"]),
-            recipients=str(r["recipients"]),
+            recipients=_recipients(r["tbl"], str(r["recipients"])),
             state=str(r["state"]),
             attempts=int(r["attempts"]),
             error=r["error"],
