@@ -177,18 +177,17 @@ def _recipients(table: str, stored: str) -> str:
     return ", ".join(json.loads(stored)) if table == "digests" else stored
 
 
-def entries(tx: Tx, states: Iterable[str]) -> list[QueueEntry]:
-    """Rows of both tables in `states`, oldest first."""
-    wanted = tuple(states)
-    marks = ", ".join("?" for _ in wanted)
+_ENTRY_COLUMNS = (
+    "SELECT 'replies' AS tbl, id, 'reply' AS kind, recipient AS recipients, state, attempts,"
+    " error, created_at, next_attempt, resolution, resolved_by FROM replies WHERE {where}"
+    " UNION ALL SELECT 'digests', id, kind, recipients, state, attempts, error, created_at,"
+    " next_attempt, resolution, resolved_by FROM digests WHERE {where}"
+)
+
+
+def _entries(tx: Tx, where: str, params: tuple[object, ...]) -> list[QueueEntry]:
     rows = tx.execute(
-        "SELECT 'replies' AS tbl, id, 'reply' AS kind, recipient AS recipients, state, attempts,"  # noqa: S608
-        " error, created_at, next_attempt, resolution, resolved_by FROM replies"
-        f" WHERE state IN ({marks})"
-        " UNION ALL SELECT 'digests', id, kind, recipients, state, attempts, error, created_at,"
-        f" next_attempt, resolution, resolved_by FROM digests WHERE state IN ({marks})"
-        " ORDER BY created_at, tbl, id",
-        (*wanted, *wanted),
+        _ENTRY_COLUMNS.format(where=where) + " ORDER BY created_at, tbl, id", (*params, *params)
     ).fetchall()
     return [
         QueueEntry(
@@ -208,10 +207,16 @@ def entries(tx: Tx, states: Iterable[str]) -> list[QueueEntry]:
     ]
 
 
+def entries(tx: Tx, states: Iterable[str]) -> list[QueueEntry]:
+    """Rows of both tables in `states`, oldest first."""
+    wanted = tuple(states)
+    return _entries(tx, "state IN ({})".format(", ".join("?" for _ in wanted)), wanted)
+
+
 def entry(tx: Tx, table: Table, row_id: int) -> QueueEntry | None:
     """One row of `table` as the operator sees it, or None."""
-    states = ("queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run", "expired")
-    return next((e for e in entries(tx, states) if e.table == table and e.id == row_id), None)
+    found = [e for e in _entries(tx, "id = ?", (row_id,)) if e.table == table]
+    return found[0] if found else None
 
 
 # --- replies -----------------------------------------------------------------------------------
