@@ -99,3 +99,43 @@ def test_resolve_refuses_what_is_not_uncertain(tmp_path: Path) -> None:
     )
     one_line_error(triage(config, "outbox", "list", "-s", "lost"), 2, "unknown state 'lost'")
     db.close()
+
+
+def test_an_uncertain_digest_is_resolved_like_a_reply(tmp_path: Path) -> None:
+    """Digests and alerts share the queue: `list` shows an uncertain digest with its recipients,
+    `resolve digest:N resend` queues it again; the id's kind must match the row's."""
+    from datetime import UTC, datetime
+
+    from triage.store import outbox as queue
+    from triage.store.digests import insert
+
+    config = write_config(tmp_path)
+    db = Database(tmp_path / "triage.db")
+    now = datetime.now(UTC)
+    with db.transaction() as tx:
+        row_id = insert(
+            tx,
+            kind="digest",
+            slot="s1",
+            message_id="<d1@example.test>",
+            raw=b"Subject: digest\r\n\r\nhi\r\n",
+            recipients=["sales@example.test", "boss@example.test"],
+            envelope_from="hello@example.test",
+            now=now,
+        )
+        assert queue.claim(tx, "digests", row_id, now)
+        queue.mark_uncertain(tx, "digests", row_id, "connection reset after the dot")
+    listed = json.loads(triage(config, "outbox", "list", "--json").stdout)
+    assert [(e["id"], e["state"], e["recipients"]) for e in listed] == [
+        (f"digest:{row_id}", "uncertain", "sales@example.test, boss@example.test")
+    ]
+    one_line_error(
+        triage(config, "outbox", "resolve", f"alert:{row_id}", "resend"), 2, f"no alert {row_id}"
+    )
+    done = triage(config, "outbox", "resolve", f"digest:{row_id}", "resend", "--by", "ops")
+    assert done.returncode == 0, done.stderr
+    row = db.reads.execute(
+        "SELECT state, resolution, resolved_by FROM digests WHERE id = ?", (row_id,)
+    ).fetchone()
+    assert tuple(row) == ("queued", "resend", "ops")
+    db.close()
