@@ -3,8 +3,9 @@
     python tests/crash_driver.py CONFIG POINT N
     python tests/crash_driver.py CONFIG --kill-deciding MARKER
 
-POINT is a checkpoint name (after_fetch, after_classification, after_record, smtp_accepted,
-after_send, before_done); the process dies on its N-th arrival there, like a power cut.
+POINT is a checkpoint name (after_fetch, after_classification, after_record, smtp_connected,
+smtp_data_sent, smtp_sending, smtp_accepted, after_send, before_done); the process dies on its
+N-th arrival there, like a power cut.
 
 With `--kill-deciding`, whichever process starts to decide (parse) a message whose bytes contain
 MARKER dies there: the main process, or the worker process deciding it when `ingest.workers` > 0.

@@ -1,9 +1,12 @@
 """Crash safety: SIGKILL at any point loses nothing and never sends a second reply.
 
 The process is killed like a power cut at each named point of the ledger (after fetch, after
-classification, after recording, after SMTP accepted a reply but before the outbox recorded it,
-after sending, before marking done), restarted, and every message must end `done` exactly once
-with exactly one reply in each prospect's mailbox.
+classification, after recording, after sending, before marking done) and of the two-phase send
+(connected; content sent with the final dot held back; `sending` recorded; the dot acknowledged
+but `sent` not recorded), restarted, and every message must end `done` exactly once with at most
+one reply in each prospect's mailbox. Only a kill between recording `sending` and recording the
+server's answer to the dot leaves a reply `uncertain`; a person settles it with `triage outbox
+resolve`, and even then nobody gets a second copy.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ POINTS = [
     "after_fetch",
     "after_classification",
     "after_record",
-    "smtp_accepted",
+    "smtp_connected",
+    "smtp_data_sent",
     "after_send",
     "before_done",
 ]
+# Killed here, the reply being sent may or may not have arrived: how many copies did.
+UNCERTAIN_POINTS = [("smtp_sending", 0, "resend"), ("smtp_accepted", 1, "sent")]
 PROSPECTS = ["alice", "bob", "carol"]
 
 
@@ -39,24 +45,7 @@ def test_sigkill_at_each_ledger_point_then_restart(
     mail_harness: MailHarness, clean_mail: None, tmp_path: Path, point: str
 ) -> None:
     """Killed at `point`, then restarted: each message done once, each prospect one reply."""
-    base = tmp_path / "triage"
-    config = config_for(mail_harness, base)
-    assert triage(config, "once").returncode == 0  # baseline
-    deliver(
-        mail_harness,
-        [
-            (f"{p}@example.test", inquiry(f"{p}@example.test", HELLO, i, p.title()))
-            for i, p in enumerate(PROSPECTS)
-        ],
-    )
-    crashed = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "crash_driver.py"), str(config), point, "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    config, base = kill_once_with_three_inquiries(mail_harness, tmp_path, point)
 
     result = triage(config, "once")
     assert result.returncode == 0, result.stderr
@@ -72,6 +61,76 @@ def test_sigkill_at_each_ledger_point_then_restart(
     for p in PROSPECTS:
         got = replies_in(mail_harness, p)
         assert len(got) == 1, f"{p} got {len(got)} replies after a crash at {point}"
+
+
+def kill_once_with_three_inquiries(
+    harness: MailHarness, tmp_path: Path, point: str
+) -> tuple[Path, Path]:
+    """Baseline, three inquiries, then `triage once` SIGKILLed at the first `point`; returns
+    (config, base)."""
+    base = tmp_path / "triage"
+    config = config_for(harness, base)
+    assert triage(config, "once").returncode == 0  # baseline
+    deliver(
+        harness,
+        [
+            (f"{p}@example.test", inquiry(f"{p}@example.test", HELLO, i, p.title()))
+            for i, p in enumerate(PROSPECTS)
+        ],
+    )
+    crashed = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "crash_driver.py"), str(config), point, "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    return config, base
+
+
+@pytest.mark.parametrize(("point", "arrived", "decision"), UNCERTAIN_POINTS)
+def test_sigkill_between_sending_and_sent_leaves_one_uncertain_reply(
+    mail_harness: MailHarness,
+    clean_mail: None,
+    tmp_path: Path,
+    point: str,
+    arrived: int,
+    decision: str,
+) -> None:
+    """Killed after `sending` was recorded (before the dot, or before `sent` was recorded):
+    after the restart that one reply is `uncertain` and not resent, the others go out once; the
+    operator's `triage outbox resolve` (resend when nothing arrived, sent when it did) leaves
+    every prospect exactly one reply."""
+    config, base = kill_once_with_three_inquiries(mail_harness, tmp_path, point)
+    assert triage(config, "once").returncode == 0
+    assert triage(config, "once").returncode == 0
+    assert states(base) == {"done": 3}
+    with db(base) as conn:
+        rows = conn.execute("SELECT id, recipient, state FROM replies ORDER BY id").fetchall()
+    uncertain = [(r[0], r[1]) for r in rows if r[2] == "uncertain"]
+    assert len(uncertain) == 1, rows
+    [(row_id, recipient)] = uncertain
+    assert sorted(r[2] for r in rows) == ["sent", "sent", "uncertain"]
+    doubtful = recipient.partition("@")[0]
+    for p in PROSPECTS:
+        mail_harness.wait_for_messages(p, count=arrived if p == doubtful else 1, timeout=20)
+    time.sleep(0.5)  # anything sent twice would have arrived by now
+    assert len(replies_in(mail_harness, doubtful)) == arrived
+
+    listed = triage(config, "outbox", "list", "--state", "uncertain")
+    assert f"reply:{row_id}" in listed.stdout, listed
+    resolved = triage(config, "outbox", "resolve", f"reply:{row_id}", decision, "--by", "ops")
+    assert resolved.returncode == 0, resolved.stderr
+    assert triage(config, "once").returncode == 0
+    mail_harness.wait_for_messages(doubtful, count=1, timeout=20)
+    time.sleep(0.5)
+    for p in PROSPECTS:
+        got = replies_in(mail_harness, p)
+        assert len(got) == 1, f"{p} got {len(got)} replies after a crash at {point}"
+    with db(base) as conn:
+        row = conn.execute("SELECT state FROM replies WHERE id = ?", (row_id,)).fetchone()
+        assert row[0] == "sent"
 
 
 @pytest.mark.slow

@@ -12,19 +12,25 @@ import logging
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.test_leads import JANE, Store, make_settings
+from triage.act.outbox import recover, stale_claims
+from triage.act.smtp import AmbiguousDeliveryError as AmbiguousError
+from triage.act.smtp import dot_stuffed
 from triage.core.errors import ConfigError, PermanentError, SendError, TriageError
 from triage.core.models import Contact
 from triage.core.settings import Settings, SmtpSettings
 from triage.sales import digest
-from triage.sales.digest import DIGEST, AmbiguousError, dot_stuffed, notice_message_id
+from triage.sales.digest import DIGEST, notice_message_id
 from triage.sales.leads import claim, update
-from triage.store.leads import get_lead, timestamp
+from triage.store.db import timestamp
+from triage.store.digests import instance
+from triage.store.leads import get_lead
 
 # Mon 13 May 2024, Europe/Berlin (UTC+2): the default schedule "0 8 * * 1-5" fires at 06:00 UTC.
 MONDAY_8 = datetime(2024, 5, 13, 6, 0, 30, tzinfo=UTC)
@@ -184,7 +190,7 @@ def test_digest_lists_exactly_the_new_hot_leads_once(
     assert msg["Auto-Submitted"] == "auto-generated"
     assert msg["To"] == "sales@example.test"
     slot = timestamp(datetime(2024, 5, 13, 6, 0, tzinfo=UTC))
-    token = digest.instance(store.db.reads)
+    token = instance(store.db.reads)
     assert msg["Message-ID"] == notice_message_id(DIGEST, slot, settings, token)
     text, html = parts(msg)
     for part in (text, html):
@@ -393,8 +399,8 @@ def _state(store: Store, row_id: int) -> tuple[str, int]:
 def test_a_refused_send_is_retried_with_the_same_message(
     store: Store, settings: Settings, smtp: FakeSmtp
 ) -> None:
-    """Server down, then 4xx on the message: the digest stays prepared with a backoff, the retry
-    sends the very same bytes, and no lead is reported new in a second digest."""
+    """Server down, then 4xx on the message: the digest stays queued with a jittered backoff,
+    the retry sends the very same bytes, and no lead is reported new in a second digest."""
     seed_week(store)
     smtp.failures = [
         ("connect", SendError("connection refused")),
@@ -402,14 +408,14 @@ def test_a_refused_send_is_retried_with_the_same_message(
     ]
     run = digest.run_digest_if_due(settings, store.db, MONDAY_8, connector=smtp)
     assert run.prepared is not None
-    assert run.delivered == {run.prepared: "prepared"}
-    assert _state(store, run.prepared) == ("prepared", 1)
-    # Not before its next attempt (5 s after the first failure).
+    assert run.delivered == {run.prepared: "queued"}
+    assert _state(store, run.prepared) == ("queued", 1)
+    # Not before its next attempt (5 s ± 20 % after the first failure).
     assert digest.deliver(settings, store.db, MONDAY_8 + timedelta(seconds=1), connector=smtp) == {}
     later = MONDAY_8 + timedelta(seconds=6)
-    assert digest.deliver(settings, store.db, later, connector=smtp) == {run.prepared: "prepared"}
-    assert _state(store, run.prepared) == ("prepared", 2)
-    later += timedelta(seconds=11)
+    assert digest.deliver(settings, store.db, later, connector=smtp) == {run.prepared: "queued"}
+    assert _state(store, run.prepared) == ("queued", 2)
+    later += timedelta(seconds=13)  # 10 s ± 20 %
     assert digest.deliver(settings, store.db, later, connector=smtp) == {run.prepared: "sent"}
     assert _state(store, run.prepared) == ("sent", 3)
     raw = store.db.reads.execute("SELECT raw FROM digests").fetchone()[0]
@@ -443,7 +449,7 @@ def test_a_digest_another_process_claimed_is_not_finished_twice(
     final dot (the server discards that copy)."""
 
     def steal(name: str) -> None:
-        if name == "content-sent":
+        if name == "smtp_data_sent":
             with store.db.transaction() as c:
                 c.execute("UPDATE digests SET state = 'sending'")
 
@@ -458,14 +464,16 @@ def test_recover_marks_a_dead_senders_digest_uncertain(
     store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A row left in `sending` by a dead process becomes uncertain once it is older than any
-    live send could be; it is logged and not resent."""
+    live send could be (the recovery rule of every outbound mail); logged, not resent."""
     made = digest.prepare_digest(settings, store.db, MONDAY_8, "slot")
     assert made is not None
     with store.db.transaction() as c:
-        c.execute("UPDATE digests SET state = 'sending', updated_at = ?", (timestamp(MONDAY_8),))
-    assert digest.recover(settings, store.db, MONDAY_8 + timedelta(seconds=30)) == []
-    with caplog.at_level(logging.ERROR, logger="triage.sales.digest"):
-        assert digest.recover(settings, store.db, MONDAY_8 + timedelta(minutes=3)) == [made[0]]
+        c.execute("UPDATE digests SET state = 'sending', claimed_at = ?", (timestamp(MONDAY_8),))
+    stale = partial(stale_claims, settings.smtp)
+    assert recover(store.db, stale(MONDAY_8 + timedelta(seconds=30))) == []
+    with caplog.at_level(logging.WARNING, logger="triage.act.outbox"):
+        found = recover(store.db, stale(MONDAY_8 + timedelta(minutes=3)))
+    assert found == [("digests", made[0])]
     assert "may or may not have been delivered" in caplog.text
     assert _state(store, made[0])[0] == "uncertain"
 

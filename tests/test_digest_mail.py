@@ -280,10 +280,10 @@ def kill_at(config: Path, target: str) -> list[str]:
     ("target", "arrives", "state"),
     [
         ("prepared", 1, "sent"),  # frozen, not sent: sent on rerun
-        ("connected", 1, "sent"),  # nothing handed over yet
-        ("content-sent", 1, "sent"),  # all but the final dot: the server discarded it
-        ("sending", 0, "uncertain"),  # committed `sending`, dot not written: not resent
-        ("accepted", 1, "uncertain"),  # the server has it, `sent` not recorded: not resent
+        ("smtp_connected", 1, "sent"),  # nothing handed over yet
+        ("smtp_data_sent", 1, "sent"),  # all but the final dot: the server discarded it
+        ("smtp_sending", 0, "uncertain"),  # committed `sending`, dot not written: not resent
+        ("smtp_accepted", 1, "uncertain"),  # the server has it, `sent` not recorded: not resent
     ],
 )
 def test_a_killed_digest_send_arrives_at_most_once(

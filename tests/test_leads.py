@@ -35,8 +35,8 @@ from triage.sales.leads import (
     write_csv,
 )
 from triage.sales.review import ReviewError, label, pending, pending_count
-from triage.store.db import Database
-from triage.store.leads import NewLead, get_lead, lead_messages, record_lead, timestamp
+from triage.store.db import Database, timestamp
+from triage.store.leads import NewLead, get_lead, lead_messages, record_lead
 from triage.store.ledger import Ledger, Outcome
 
 ROOT = Path(__file__).resolve().parents[1]

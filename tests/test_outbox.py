@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from triage.act.compose import compose
-from triage.act.outbox import Outbox, OutboxItem, timestamp
+from triage.act.outbox import Outbox, OutboxItem
 from triage.act.replies import RenderedReply
 from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession
 from triage.core.errors import PermanentError, SendError
 from triage.core.models import Address, InboundMessage
 from triage.core.settings import RepliesSettings, SmtpSettings
-from triage.store.db import Database
+from triage.store.db import Database, timestamp
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 REPLIES = RepliesSettings(
@@ -58,34 +58,44 @@ class Clock:
 
 @dataclass
 class FakeSession:
-    """A scripted SMTP session: records what was sent; `fail` maps a step to the error to raise."""
+    """A scripted two-phase SMTP session: records what was delivered (at the final dot);
+    `fail` maps a step ("begin" or "commit", optionally ":recipient") to the error it raises."""
 
     sent: list[tuple[str, str, bytes]] = field(default_factory=list)
     fail: dict[str, BaseException] = field(default_factory=dict)
     fail_for: dict[str, BaseException] = field(default_factory=dict)  # by recipient
-    on_data: Callable[[], None] | None = None
+    on_begin: Callable[[], None] | None = None
+    on_commit: Callable[[], None] | None = None
     closed: bool = False
-    resets: int = 0
-    _rcpt: str = ""
+    aborted: int = 0
+    _pending: tuple[str, bytes] | None = None
 
-    def envelope(self, sender: str, recipient: str) -> None:
-        self._rcpt = recipient
-        if "envelope" in self.fail:
-            raise self.fail["envelope"]
-        if f"envelope:{recipient}" in self.fail_for:
-            raise self.fail_for[f"envelope:{recipient}"]
+    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+        [rcpt] = recipients
+        if "begin" in self.fail:
+            raise self.fail["begin"]
+        if f"begin:{rcpt}" in self.fail_for:
+            raise self.fail_for[f"begin:{rcpt}"]
+        if self.on_begin is not None:
+            self.on_begin()
+        self._pending = (rcpt, raw)
+        return []
 
-    def data(self, raw: bytes) -> None:
-        if self.on_data is not None:
-            self.on_data()
-        if "data" in self.fail:
-            raise self.fail["data"]
-        if f"data:{self._rcpt}" in self.fail_for:
-            raise self.fail_for[f"data:{self._rcpt}"]
-        self.sent.append(("", self._rcpt, raw))
+    def commit(self) -> None:
+        assert self._pending is not None, "the final dot without a message"
+        rcpt, raw = self._pending
+        self._pending = None
+        if self.on_commit is not None:
+            self.on_commit()
+        if "commit" in self.fail:
+            raise self.fail["commit"]
+        if f"commit:{rcpt}" in self.fail_for:
+            raise self.fail_for[f"commit:{rcpt}"]
+        self.sent.append(("", rcpt, raw))
 
-    def reset(self) -> None:
-        self.resets += 1
+    def abort(self) -> None:
+        self.aborted += 1
+        self._pending = None
 
     def close(self) -> None:
         self.closed = True
@@ -169,7 +179,6 @@ def test_enqueue_stores_the_reply_queued_and_due_now(db: Database) -> None:
     assert b"Auto-Submitted: auto-replied\r\n" in item.raw
     assert item.attempts == 0
     assert datetime.fromisoformat(item.next_attempt) == T0
-    assert box.next_due() == T0
 
 
 def test_enqueue_twice_is_a_no_op(db: Database) -> None:
@@ -267,8 +276,12 @@ def test_deliver_due_sends_over_one_connection_and_marks_sent(db: Database) -> N
     assert state(box, ids[0]).filed_at is not None
 
 
-def test_row_is_committed_as_sending_before_data(db: Database, tmp_path: Path) -> None:
-    """Crash safety: while DATA runs, another connection already sees the row as `sending`."""
+def test_row_is_committed_as_sending_only_between_content_and_final_dot(
+    db: Database, tmp_path: Path
+) -> None:
+    """Crash safety: while the envelope and content go out the row is still `queued` (the server
+    drops a message without its final dot); only right before the dot does another connection
+    see it `sending`."""
     connector = Connector()
     box = outbox(db, connector, Clock())
     row_id = enqueue(box)
@@ -280,11 +293,33 @@ def test_row_is_committed_as_sending_before_data(db: Database, tmp_path: Path) -
             other.conn.execute("SELECT state FROM replies WHERE id = ?", (row_id,)).fetchone()[0]
         )
 
-    connector.session.on_data = look
+    connector.session.on_begin = look
+    connector.session.on_commit = look
     box.deliver_due()
     other.close()
-    assert seen == ["sending"]
+    assert seen == ["queued", "sending"]
     assert state(box, row_id).state == "sent"
+
+
+def test_crash_with_the_dot_held_back_sends_the_reply_again(db: Database) -> None:
+    """Killed after the content went out but before `sending` was recorded: nothing was
+    delivered (no final dot), the row is still queued, and the restart sends it once."""
+    connector = Connector()
+
+    def die(name: str) -> None:
+        if name == "smtp_data_sent":
+            raise KeyboardInterrupt  # the process dies here
+
+    box = Outbox(db, SMTP, connector=connector, clock=Clock(), checkpoint=die)
+    row_id = enqueue(box)
+    with pytest.raises(KeyboardInterrupt):
+        box.deliver_due()
+    assert connector.session.sent == []
+    assert state(box, row_id).state == "queued"
+    restarted = outbox(db, connector, Clock())
+    assert restarted.recover() == []
+    assert [s.id for s in restarted.deliver_due()] == [row_id]
+    assert len(connector.session.sent) == 1
 
 
 def test_crash_during_send_is_never_resent(db: Database, caplog: pytest.LogCaptureFixture) -> None:
@@ -292,14 +327,14 @@ def test_crash_during_send_is_never_resent(db: Database, caplog: pytest.LogCaptu
     connector = Connector()
     box = outbox(db, connector, Clock())
     row_id = enqueue(box)
-    connector.session.fail["data"] = KeyboardInterrupt()  # the process dies mid-DATA
+    connector.session.fail["commit"] = KeyboardInterrupt()  # the process dies at the dot
     with pytest.raises(KeyboardInterrupt):
         box.deliver_due()
     assert state(box, row_id).state == "sending"
 
     restarted = outbox(db, Connector(), Clock())
     with caplog.at_level(logging.WARNING, logger="triage.act.outbox"):
-        assert restarted.recover() == [row_id]
+        assert restarted.recover() == [("replies", row_id)]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert str(row_id) in warnings[0].getMessage()
@@ -314,7 +349,7 @@ def test_connection_broken_during_data_is_uncertain(db: Database) -> None:
     connector = Connector()
     box = outbox(db, connector, Clock())
     first, second = enqueue(box, 1), enqueue(box, 2, "q@client.example")
-    connector.session.fail_for["data:pat@client.example"] = AmbiguousDeliveryError("gone")
+    connector.session.fail_for["commit:pat@client.example"] = AmbiguousDeliveryError("gone")
     assert box.deliver_due() == []
     assert state(box, first).state == "uncertain"
     assert state(box, first).error == "gone"
@@ -323,19 +358,29 @@ def test_connection_broken_during_data_is_uncertain(db: Database) -> None:
 
 
 def test_person_resolves_an_uncertain_reply(db: Database) -> None:
-    """Delivered → sent (and filed later); not delivered → queued and sent on the next call."""
+    """Delivered → sent (and filed later); resend → queued and sent on the next call; drop →
+    failed. Only an uncertain reply can be resolved; who and when are recorded."""
     connector = Connector()
     box = outbox(db, connector, Clock())
     a, b = enqueue(box, 1), enqueue(box, 2, "q@client.example")
-    connector.session.fail["data"] = AmbiguousDeliveryError("gone")
-    box.deliver_due()
-    box.deliver_due()
+    c = enqueue(box, 3, "r@client.example")
+    connector.session.fail["commit"] = AmbiguousDeliveryError("gone")
+    for _ in range(3):
+        box.deliver_due()
     connector.session.fail.clear()
-    assert box.resolve_uncertain(a, delivered=True)
-    assert box.resolve_uncertain(b, delivered=False)
-    assert not box.resolve_uncertain(a, delivered=False)  # no longer uncertain
+    assert box.resolve(a, "sent", "ops")
+    assert box.resolve(b, "resend", "ops")
+    assert box.resolve(c, "drop", "ops")
+    assert not box.resolve(a, "resend", "ops")  # no longer uncertain
     assert state(box, a).state == "sent"
+    assert [i.id for i in box.pending_filing()] == [a]
+    assert state(box, c).state == "failed"
     assert [s.id for s in box.deliver_due()] == [b]
+    row = db.reads.execute(
+        "SELECT resolution, resolved_by, resolved_at FROM replies WHERE id = ?", (a,)
+    ).fetchone()
+    assert (row[0], row[1]) == ("sent", "ops")
+    assert row[2] is not None
 
 
 def test_server_down_keeps_replies_queued_with_backoff(
@@ -371,11 +416,13 @@ def test_server_down_keeps_replies_queued_with_backoff(
 
 
 def test_backoff_doubles_up_to_the_maximum() -> None:
-    """retry_initial × 2^(n-1), capped at retry_max, jitter ±10 %."""
+    """retry_initial × 2^(n-1), capped at retry_max, jitter ±20 % (never above retry_max)."""
     box = Outbox(Database(":memory:"), SMTP, jitter=lambda: 0.5)
     assert [box.backoff(n).total_seconds() for n in (1, 2, 3, 5, 10)] == [10, 20, 40, 160, 300]
     low = Outbox(Database(":memory:"), SMTP, jitter=lambda: 0.0)
-    assert low.backoff(1).total_seconds() == pytest.approx(9.0)
+    assert low.backoff(1).total_seconds() == pytest.approx(8.0)
+    high = Outbox(Database(":memory:"), SMTP, jitter=lambda: 0.999)
+    assert high.backoff(10).total_seconds() == 300
 
 
 def test_too_many_transient_failures_mark_failed(db: Database) -> None:
@@ -399,10 +446,10 @@ def test_permanent_refusals_fail_at_once(db: Database) -> None:
     bad_rcpt = enqueue(box, 1, "nobody@client.example")
     bad_data = enqueue(box, 2, "spam@client.example")
     good = enqueue(box, 3, "pat@client.example")
-    connector.session.fail_for["envelope:nobody@client.example"] = PermanentError(
+    connector.session.fail_for["begin:nobody@client.example"] = PermanentError(
         "SMTP RCPT TO refused: 550 5.1.1 unknown user"
     )
-    connector.session.fail_for["data:spam@client.example"] = PermanentError(
+    connector.session.fail_for["commit:spam@client.example"] = PermanentError(
         "SMTP DATA refused: 554 rejected"
     )
     assert [s.id for s in box.deliver_due()] == [good]
@@ -419,7 +466,7 @@ def test_temporary_refusal_retries_that_reply_only(db: Database) -> None:
     box = outbox(db, connector, Clock())
     greylisted = enqueue(box, 1, "grey@client.example")
     good = enqueue(box, 2)
-    connector.session.fail_for["envelope:grey@client.example"] = SendError("451 greylisted")
+    connector.session.fail_for["begin:grey@client.example"] = SendError("451 greylisted")
     assert [s.id for s in box.deliver_due()] == [good]
     item = state(box, greylisted)
     assert (item.state, item.attempts, item.error) == ("queued", 1, "451 greylisted")
@@ -430,7 +477,7 @@ def test_lost_connection_stops_the_batch(db: Database) -> None:
     connector = Connector()
     box = outbox(db, connector, Clock())
     first, second = enqueue(box, 1), enqueue(box, 2, "q@client.example")
-    connector.session.fail["envelope"] = ConnectionLostError("lost")
+    connector.session.fail["begin"] = ConnectionLostError("lost")
     assert box.deliver_due() == []
     assert state(box, first).state == "queued"
     assert state(box, first).attempts == 1
@@ -439,19 +486,20 @@ def test_lost_connection_stops_the_batch(db: Database) -> None:
 
 
 def test_a_row_claimed_by_another_process_is_skipped(db: Database) -> None:
-    """Two senders on one database: only the one that flips `queued` → `sending` sends."""
+    """Two senders on one database: only the one that flips `queued` → `sending` sends; the
+    other drops its connection before the final dot, so the server discards its copy."""
     connector = Connector()
     box = outbox(db, connector, Clock())
     row_id = enqueue(box)
 
-    def steal(sender: str, recipient: str) -> None:
+    def steal() -> None:
         with db.transaction() as conn:
             conn.execute("UPDATE replies SET state = 'sending' WHERE id = ?", (row_id,))
 
-    connector.session.envelope = steal  # type: ignore[method-assign]
+    connector.session.on_begin = steal
     assert box.deliver_due() == []
     assert connector.session.sent == []
-    assert connector.session.resets == 1
+    assert connector.session.aborted == 1
 
 
 def test_deliver_due_refuses_to_run_inside_a_transaction(db: Database) -> None:
@@ -521,7 +569,7 @@ def test_replied_recently_ignores_failed_replies(db: Database) -> None:
     connector = Connector()
     box = outbox(db, connector, Clock())
     enqueue(box, 1)
-    connector.session.fail["envelope"] = PermanentError("550 no")
+    connector.session.fail["begin"] = PermanentError("550 no")
     box.deliver_due()
     assert not box.replied_recently("pat@client.example", timedelta(days=7))
 
@@ -858,7 +906,7 @@ def test_relay_refusal_fails_the_reply_for_good(clean_mail: MailHarness, db: Dat
     assert [s.id for s in box.deliver_due()] == [good]
     item = state(box, row_id)
     assert item.state == "failed"
-    assert (item.error or "").startswith("SMTP RCPT TO refused: 5")
+    assert (item.error or "").startswith("SMTP RCPT TO <someone@elsewhere.invalid> refused: 5")
 
 
 # --- against a scripted SMTP server on a real socket ----------------------------------------------
@@ -949,7 +997,7 @@ def test_connection_dropped_after_data_is_uncertain_not_resent(
     assert box.deliver_due() == []
     item = state(box, row_id)
     assert item.state == "uncertain"
-    assert "broke during DATA" in (item.error or "")
+    assert "broke after the message" in (item.error or "")
     assert box.deliver_due(T0 + timedelta(days=1)) == []
 
 
@@ -963,7 +1011,7 @@ def test_refusal_after_data_is_definite(
     assert box.deliver_due() == []
     item = state(box, row_id)
     assert item.state == expected
-    assert (item.error or "").startswith(f"SMTP DATA refused: {code}")
+    assert (item.error or "").startswith(f"SMTP message refused: {code}")
 
 
 def test_dot_stuffing_and_bytes_arrive_intact(
@@ -1018,7 +1066,7 @@ def test_caps_are_checked_again_when_a_reply_is_claimed(db: Database) -> None:
     box = capped(db, clock, connector, max_per_hour=1)
     mine = enqueue_prio(box, 1, "pat@client.example", priority=0)
 
-    def another_pass_sends(sender: str, recipient: str) -> None:
+    def another_pass_sends() -> None:
         other = message_row(db, 2)
         with db.transaction() as conn:
             conn.execute(
@@ -1029,13 +1077,13 @@ def test_caps_are_checked_again_when_a_reply_is_claimed(db: Database) -> None:
                 (other, timestamp(clock.now), timestamp(clock.now), timestamp(clock.now)),
             )
 
-    connector.session.envelope = another_pass_sends  # type: ignore[method-assign]
+    connector.session.on_begin = another_pass_sends
     assert box.deliver_due() == []
     item = box.get(mine)
     assert item is not None
     assert item.state == "queued"
     assert item.deferrals == 1
-    assert connector.session.resets == 1
+    assert connector.session.aborted == 1
 
 
 def test_the_domain_cap_counts_subdomains_as_one_domain(db: Database) -> None:
@@ -1077,3 +1125,55 @@ def test_rekey_recomputes_keys_after_an_upgrade(db: Database) -> None:
     assert box.rekey() == 1
     assert box.replied_recently("jane.doe@gmail.com", timedelta(days=7))
     assert box.rekey() == 0
+
+
+def test_a_database_of_schema_3_keeps_its_queued_mail(tmp_path: Path) -> None:
+    """Migration 4 loses nothing: a queued reply stays queued and is sent, a digest waiting as
+    `prepared` becomes `queued` (the one state machine) and keeps its bytes and recipients."""
+    import sqlite3
+
+    from triage.store.schema import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        old.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    old.execute(
+        "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
+        " updated_at) VALUES ('a', 'INBOX', 1, 1, '<in-1@client.example>', '', '')"
+    )
+    raw = make_reply(1).as_bytes(policy=policy.SMTP)
+    at = timestamp(T0)
+    old.execute(
+        "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from, template,"
+        " mode, state, raw, next_attempt, created_at, recipient_key, recipient_domain)"
+        " VALUES (1, '<r1@x>', 'pat@client.example', '', 'sales', 'live', 'queued', ?, ?, ?,"
+        " 'pat@client.example', 'client.example')",
+        (raw, at, at),
+    )
+    old.execute(
+        "INSERT INTO digests (state, message_id, raw, created_at, kind, slot, recipients,"
+        " envelope_from, updated_at) VALUES ('prepared', '<d1@x>', x'0102', ?, 'digest', 's1',"
+        " '[\"sales@example.test\"]', 'hello@example.test', ?)",
+        (at, at),
+    )
+    old.close()
+
+    db = Database(path)
+    assert db.schema_version == len(MIGRATIONS)
+    from triage.act.outbox import entries
+
+    found = {(e.kind, e.state, e.recipients) for e in entries(db)}
+    assert found == {
+        ("reply", "queued", "pat@client.example"),
+        ("digest", "queued", "sales@example.test"),
+    }
+    from triage.store.digests import due
+
+    [notice] = due(db.reads, T0)
+    assert (notice.raw, notice.recipients) == (b"\x01\x02", ("sales@example.test",))
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    assert [s.id for s in box.deliver_due()] == [1]
+    assert connector.session.sent[0][2] == raw
+    db.close()

@@ -16,7 +16,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from triage.act.replies import RenderedReply, ReplyVariables, TemplateRenderer
-from triage.core.errors import ConfigError, PermanentError
+from triage.core.errors import ConfigError, PermanentError, TriageError
 from triage.core.models import Address, InboundMessage
 from triage.core.sanitize import is_addr_spec, one_line, strip_invisible
 from triage.core.settings import RepliesSettings
@@ -71,11 +71,18 @@ def _cte(text: str) -> str | None:
     return None if text.isascii() else "quoted-printable"
 
 
-def _header_address(name: str, email: str) -> HeaderAddress:
+def header_address(
+    name: str,
+    email: str,
+    what: str = "a reply",
+    error: type[TriageError] = PermanentError,
+) -> HeaderAddress:
+    """A From/To header address, each part one line: `error` (naming `what` is addressed) when
+    `email` is no address — PermanentError for a reply, ConfigError for a configured address."""
     try:
         return HeaderAddress(display_name=one_line(name), addr_spec=one_line(email, 320))
     except (ValueError, IndexError) as exc:
-        raise PermanentError(f"cannot address a reply to {email[:80]!r}: {exc}") from None
+        raise error(f"cannot address {what} to {email[:80]!r}: {exc}") from None
 
 
 def compose(
@@ -108,7 +115,7 @@ def compose(
         to_name = strip_invisible(destination.name or (msg.contact.name if same else ""))
     if not is_addr_spec(destination.email):
         raise PermanentError(f"cannot address a reply to {destination.email[:80]!r}")
-    reply["To"] = _header_address(to_name, destination.email)
+    reply["To"] = header_address(to_name, destination.email)
     reply["Subject"] = reply_subject(rendered.subject, replies.subject_prefix)
     reply["Date"] = format_datetime(now or datetime.now(UTC))
     reply["Message-ID"] = reply_message_id(msg.message_id, message_id_domain(replies))

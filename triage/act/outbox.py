@@ -1,20 +1,27 @@
-"""The durable send queue: replies are written to the `replies` table first, then sent over SMTP.
+"""The delivery queue: every outbound mail — replies, digests, alerts — is recorded before it is
+attempted and sent by one function, `Delivery.send_batch`, over one two-phase SMTP session.
 
-States of a reply row:
+The states (`triage.store.outbox` runs them for the `replies` and the `digests` table alike):
 
-    queued ──▶ sending ──▶ sent ──▶ (filed: copy in Sent, original \\Answered)
+    queued ──▶ sending ──▶ sent ──▶ (replies: filed — copy in Sent, original \\Answered)
        ▲  │        │
        └──┘        ├──▶ failed     (5xx from the server, or max_attempts transient failures)
-    retry with     └──▶ uncertain  (found in `sending` at start-up, or the connection broke
-    backoff                         during DATA: maybe delivered, never resent automatically)
-    draft          (mode "draft": the IMAP adapter APPENDs it to Drafts; never sent)
-    dry-run        (mode "dry-run": logged, never sent)
+    retry with     └──▶ uncertain  (the connection broke after the final dot, or triage died
+    backoff                         between recording `sending` and recording `sent`)
+    draft          (replies in mode "draft": the IMAP adapter APPENDs them to Drafts; never sent)
+    dry-run        (replies in mode "dry-run": logged, never sent)
+    expired        (replies held back by the caps for longer than `max_defer`)
 
-The row is set to `sending` in its own committed transaction right before DATA and to `sent` right
-after the server's 250. A crash in between leaves `sending`, which `recover()` turns into
-`uncertain` at the next start: delivery is at most once.
+One mail goes out like this (checkpoint names in brackets, where the crash tests kill triage):
+MAIL FROM and RCPT TO accepted, DATA and the whole message sent but the final "." held back
+[smtp_data_sent]; `sending` committed [smtp_sending]; the final "." and the server's 250
+[smtp_accepted]; `sent` committed. Without the dot the server discards the message, so a crash
+before `sending` is committed leaves the row `queued` and it is safely sent again; only a crash
+between the commit and the server's answer to the dot leaves a mail that may or may not have
+arrived. Such a row becomes `uncertain` (see `recover`) and is never resent automatically: a
+person decides with `triage outbox resolve` (sent, resend or drop).
 
-Sending is limited per hour, in all and per recipient domain (`SendLimits`). A reply that would
+Replies are limited per hour, in all and per recipient domain (`SendLimits`). A reply that would
 exceed a cap is not dropped: it stays `queued` with a later `next_attempt` (deferred), the
 deferred ones go out in order of `priority` (authenticated senders' sales replies first) as the
 caps allow, and only a reply deferred for longer than `max_defer` becomes `expired`, with its
@@ -25,100 +32,263 @@ from __future__ import annotations
 
 import logging
 import random
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
-from typing import Literal, TypeAlias, get_args
+from typing import Literal, get_args
 
 from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession, connect
+from triage.core.backoff import delay
+from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import PermanentError, SendError, TransientError
 from triage.core.settings import RepliesSettings, SmtpSettings
 from triage.decide.guards import canonical
+from triage.store import outbox as queue
 from triage.store.db import Database, Tx
+from triage.store.outbox import (
+    COUNTED_STATES,
+    FILING_STATES,
+    UNVERIFIED,
+    CapReport,
+    OutboxItem,
+    QueueEntry,
+    Resolution,
+    SentSince,
+    Table,
+    cap_report,
+)
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["live", "draft", "dry-run"]
 State = Literal["queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run", "expired"]
+Outcome = Literal["sent", "queued", "failed", "uncertain", "taken"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 _INITIAL_STATE: dict[Mode, State] = {"live": "queued", "draft": "draft", "dry-run": "dry-run"}
-# Rows that are, or may become, a reply the recipient sees: what the rate limits count.
-COUNTED_STATES: tuple[State, ...] = ("queued", "sending", "sent", "uncertain", "draft")
-FILING_STATES: tuple[State, ...] = ("sent", "draft")
-_COLUMNS = (
-    "id, message_row, reply_message_id, recipient, envelope_from, template, mode, state, raw,"
-    " attempts, next_attempt, error, created_at, sent_at, filed_at, recipient_key, priority,"
-    " deferrals, recipient_domain"
-)
-
-# SQL pieces built once from the constants above; no value from outside is ever interpolated.
-_SELECT = f"SELECT {_COLUMNS} FROM replies"  # noqa: S608
-_COUNTED = "state IN ({})".format(", ".join(f"'{s}'" for s in COUNTED_STATES))
-_FILING = "state IN ({})".format(", ".join(f"'{s}'" for s in FILING_STATES))
-# Priorities from here on are replies to senders nobody authenticated (see `service`).
-UNVERIFIED = 2
-_RECENT_TO = (
-    "SELECT 1 FROM replies WHERE recipient_key = ? AND created_at >= ? AND "  # noqa: S608
-    + _COUNTED
-    + " LIMIT 1"
-)
-_RECENT_TO_VERIFIED = _RECENT_TO.replace(" LIMIT 1", f" AND priority < {UNVERIFIED} LIMIT 1")
-# What the caps count: replies handed to SMTP within the hour (a `failed` one was refused there).
-_CLAIMED = "claimed_at > ? AND state IN ('sending', 'sent', 'uncertain')"
-_SENT_SINCE = f"SELECT count(*) AS n, min(claimed_at) AS oldest FROM replies WHERE {_CLAIMED}"  # noqa: S608
-_SENT_SINCE_BY_DOMAIN = (
-    "SELECT recipient_domain AS domain, count(*) AS n, min(claimed_at) AS oldest"  # noqa: S608
-    f" FROM replies WHERE {_CLAIMED} GROUP BY recipient_domain"
-)
+# States a person looks at (`triage outbox list`): waiting, given up, or in doubt.
+OPEN_STATES: tuple[State, ...] = ("queued", "sending", "failed", "uncertain")
+RECOVERED = "triage stopped while sending: the mail may or may not have been delivered"
 
 Connector = Callable[[], SmtpSession]
 Clock = Callable[[], datetime]
 
-
-def timestamp(moment: datetime) -> str:
-    """The stored form of a time: UTC ISO 8601 with microseconds (sorts as text)."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+__all__ = [
+    "COUNTED_STATES",
+    "FILING_STATES",
+    "UNVERIFIED",
+    "CapReport",
+    "Delivery",
+    "Outbox",
+    "OutboxItem",
+    "Outgoing",
+    "QueueEntry",
+    "SendLimits",
+    "cap_domain",
+    "cap_report",
+    "entries",
+    "recover",
+    "resolve",
+]
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxItem:
-    """One row of the `replies` table."""
+# --- one state machine and one send function for every outbound mail ---------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One queued mail as the send function sees it, whatever its kind."""
+
+    table: Table
     id: int
-    message_row: int
-    reply_message_id: str
-    recipient: str
+    kind: str  # "reply", "digest" or "alert"
     envelope_from: str
-    template: str
-    mode: str
-    state: str
+    recipients: tuple[str, ...]
     raw: bytes
     attempts: int
-    next_attempt: str
-    error: str | None
-    created_at: str
-    sent_at: str | None
-    filed_at: str | None
-    recipient_key: str = ""
-    priority: int = 0
-    deferrals: int = 0
-    recipient_domain: str = ""
 
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> OutboxItem:
-        """Build from a row selected with all columns."""
-        return cls(**dict(zip(row.keys(), tuple(row), strict=True)))
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id} to {', '.join(self.recipients)}"
 
 
-SentReply: TypeAlias = OutboxItem
+# Called in the transaction that claims a mail, before the claim: False keeps it queued (a cap
+# was reached meanwhile, say), and the half-sent message is then dropped without its dot.
+Admit = Callable[[Tx, Outgoing, datetime], bool]
+
+
+def _admit_all(_tx: Tx, _item: Outgoing, _now: datetime) -> bool:
+    return True
+
+
+class Delivery:
+    """Sends queued mail of any kind in two phases and records each step (see the module)."""
+
+    def __init__(
+        self,
+        db: Database,
+        smtp: SmtpSettings,
+        *,
+        clock: Clock = _utcnow,
+        jitter: Callable[[], float] = random.random,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> None:
+        self.db = db
+        self.smtp = smtp
+        self._clock = clock
+        self._jitter = jitter
+        self._checkpoint = checkpoint
+
+    def send_batch(
+        self,
+        items: Sequence[Outgoing],
+        connector: Connector,
+        *,
+        may_send: Callable[[Outgoing], bool] = lambda _item: True,
+        admit: Admit = _admit_all,
+    ) -> dict[int, Outcome]:
+        """Send `items` over one connection; returns id → outcome for those tried.
+
+        `may_send` is asked right before each item (False: skip it, it stays queued). When the
+        connection is lost or dropped, the rest of the batch is left due for the next call. Must
+        not be called inside a transaction: each step commits on its own.
+        """
+        if self.db.in_transaction:
+            raise RuntimeError("sending commits each step; call it outside a transaction")
+        if not items:
+            return {}
+        try:
+            session = connector()
+        except TransientError as exc:
+            log.error("cannot send %d queued mails: %s", len(items), exc)
+            return {item.id: self._not_delivered(item, exc) for item in items}
+        outcomes: dict[int, Outcome] = {}
+        try:
+            self._checkpoint("smtp_connected")
+            for item in items:
+                if not may_send(item):
+                    continue
+                outcome, usable = self._send(session, item, admit)
+                outcomes[item.id] = outcome
+                if not usable:
+                    break
+        finally:
+            session.close()
+        return outcomes
+
+    def _send(self, session: SmtpSession, item: Outgoing, admit: Admit) -> tuple[Outcome, bool]:
+        """One mail in two phases; returns its outcome and whether the session is still usable."""
+        try:
+            refused = session.begin(item.envelope_from, item.recipients, item.raw)
+        except (SendError, PermanentError) as exc:
+            return self._not_delivered(item, exc), not isinstance(exc, ConnectionLostError)
+        self._checkpoint("smtp_data_sent")
+        moment = self._clock()
+        with self.db.transaction() as tx:
+            claimed = admit(tx, item, moment) and queue.claim(tx, item.table, item.id, moment)
+        if not claimed:
+            # Another process sends it, or a cap was reached: without our dot the server drops
+            # the message we handed over, and the connection with it.
+            session.abort()
+            return "taken", False
+        self._checkpoint("smtp_sending")
+        try:
+            session.commit()
+        except AmbiguousDeliveryError as exc:
+            with self.db.transaction() as tx:
+                queue.mark_uncertain(tx, item.table, item.id, str(exc))
+            log.error(
+                "%s may or may not have been delivered (%s); it will not be resent automatically "
+                "(see triage outbox list)",
+                item,
+                exc,
+            )
+            return "uncertain", False
+        except (SendError, PermanentError) as exc:
+            return self._not_delivered(item, exc), not isinstance(exc, ConnectionLostError)
+        self._checkpoint("smtp_accepted")
+        error = f"refused by the server: {', '.join(refused)}" if refused else None
+        with self.db.transaction() as tx:
+            queue.mark_sent(tx, item.table, item.id, self._clock(), error)
+        log.info("%s sent", item)
+        return "sent", True
+
+    def _not_delivered(self, item: Outgoing, exc: TransientError | PermanentError) -> Outcome:
+        """Record a try that delivered nothing: retry with backoff, or give up (5xx, too many)."""
+        attempts = item.attempts + 1  # also right after the claim, which counted this try
+        moment = self._clock()
+        if isinstance(exc, PermanentError) or attempts >= self.smtp.max_attempts:
+            permanent = isinstance(exc, PermanentError)
+            error = str(exc) if permanent else f"gave up after {attempts} attempts: {exc}"
+            with self.db.transaction() as tx:
+                queue.fail(tx, item.table, item.id, attempts, error)
+            log.warning("%s failed for good: %s", item, error)
+            return "failed"
+        wait = self.backoff(attempts)
+        with self.db.transaction() as tx:
+            queue.retry_later(tx, item.table, item.id, attempts, str(exc), moment + wait)
+        log.info("%s not sent yet (%s); next try in %.0f s", item, exc, wait.total_seconds())
+        return "queued"
+
+    def backoff(self, attempts: int) -> timedelta:
+        """The wait after failed attempt number `attempts`: jittered exponential backoff from
+        `smtp.retry_initial` up to `smtp.retry_max` (see `triage.core.backoff.delay`)."""
+        seconds = delay(attempts, self.smtp.retry_initial, self.smtp.retry_max, self._jitter)
+        return timedelta(seconds=seconds)
+
+
+def recover(db: Database, claimed_before: datetime) -> list[tuple[Table, int]]:
+    """The one recovery rule: a mail still `sending` that was claimed before `claimed_before`
+    belongs to a process that died between recording `sending` and recording the server's
+    answer; it becomes `uncertain` and is never resent automatically. Returns (table, id) of each.
+
+    A live sender holds `sending` for at most one SMTP answer, so `claimed_before` is "now minus
+    twice the SMTP timeout" while other processes may send, and "now" at the start of the
+    process holding the store's lock (`triage run`/`once`), since no other one sends replies.
+    """
+    if not queue.any_sending(db.reads, claimed_before):
+        return []  # the usual case: no write transaction needed
+    with db.transaction() as tx:
+        found = queue.recover(tx, claimed_before, RECOVERED)
+    if found:
+        log.warning(
+            "%d mails were being sent when triage stopped and may or may not have been "
+            "delivered; they are marked uncertain and will not be resent automatically (see "
+            "triage outbox list): %s",
+            len(found),
+            ", ".join(f"{t}/{i}" for t, i in found),
+        )
+    return found
+
+
+def stale_claims(smtp: SmtpSettings, now: datetime) -> datetime:
+    """Claims older than this belong to a dead process: a live one waits at most for one answer."""
+    return now - timedelta(seconds=2 * smtp.timeout + 60)
+
+
+def resolve(
+    db: Database, table: Table, row_id: int, resolution: Resolution, who: str, now: datetime
+) -> bool:
+    """A person's decision on an uncertain mail (see `triage.store.outbox.resolve`); False when
+    it is not uncertain. Recorded with `who` and `now` in the row."""
+    with db.transaction() as tx:
+        done = queue.resolve(tx, table, row_id, resolution, who, now)
+    if done:
+        log.info("%s/%d resolved by %s: %s", table, row_id, who, resolution)
+    return done
+
+
+def entries(db: Database, states: Iterable[str] = OPEN_STATES) -> list[QueueEntry]:
+    """Mails of every kind in `states`, oldest first (for `triage outbox list`)."""
+    return queue.entries(db.reads, states)
+
+
+# --- replies -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +323,11 @@ class _Budget:
     oldest: datetime | None
     by_domain: dict[str, tuple[int, datetime | None]]
 
+    @classmethod
+    def of(cls, limits: SendLimits, moment: datetime, counts: SentSince) -> _Budget:
+        """The budget left at `moment`, given what went to SMTP within the hour before it."""
+        return cls(limits, moment, counts.count, counts.oldest, dict(counts.by_domain))
+
     def refusal(self, domain: str) -> tuple[str, datetime, str] | None:
         """(cap, when a slot frees up, reason) when a reply to `domain` must wait, else None."""
         hour = timedelta(hours=1)
@@ -175,6 +350,18 @@ class _Budget:
         self.oldest = self.oldest or self.moment
 
 
+def _outgoing(item: OutboxItem) -> Outgoing:
+    return Outgoing(
+        "replies",
+        item.id,
+        "reply",
+        item.envelope_from,
+        (item.recipient,),
+        item.raw,
+        item.attempts,
+    )
+
+
 class Outbox:
     """The reply queue over one database; also the reply history the etiquette rules consult."""
 
@@ -189,13 +376,14 @@ class Outbox:
         jitter: Callable[[], float] = random.random,
         limits: SendLimits | None = None,
         on_cap: Callable[[str], None] = lambda _cap: None,
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self.db = db
         self.smtp = smtp
         self._connect: Connector = connector or (lambda: connect(smtp))
         self._clock = clock
         self._batch_size = batch_size
-        self._jitter = jitter
+        self.delivery = Delivery(db, smtp, clock=clock, jitter=jitter, checkpoint=checkpoint)
         self.limits = limits or SendLimits()
         # Told "hourly" or "domain" for each reply a cap defers, "expired" for each it drops.
         self._on_cap = on_cap
@@ -209,8 +397,8 @@ class Outbox:
         if self.db.in_transaction:
             yield self.db.reads
         else:
-            with self.db.transaction() as conn:
-                yield conn
+            with self.db.transaction() as tx:
+                yield tx
 
     def enqueue(
         self,
@@ -234,39 +422,27 @@ class Outbox:
         reply_id = str(reply.get("Message-ID", "")).strip()
         if not reply_id:
             raise ValueError("the reply has no Message-ID")
-        raw = reply.as_bytes(policy=policy.SMTP)
-        now = timestamp(self._clock())
-        state = _INITIAL_STATE[mode]
         key = self.limits.canonical(recipient)
-        with self._write() as conn:
-            existing = conn.execute(
-                "SELECT id, state FROM replies WHERE reply_message_id = ?", (reply_id,)
-            ).fetchone()
+        with self._write() as tx:
+            existing = queue.reply_id_by_message_id(tx, reply_id)
             if existing is not None:
-                log.debug("reply %s is already in the outbox (%s)", reply_id, existing["state"])
-                return int(existing["id"])
-            cursor = conn.execute(
-                "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
-                " template, mode, state, raw, next_attempt, created_at, recipient_key,"
-                " recipient_domain, priority)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    message_row,
-                    reply_id,
-                    recipient.strip(),
-                    envelope_from.strip(),
-                    template,
-                    mode,
-                    state,
-                    raw,
-                    now,
-                    now,
-                    key,
-                    cap_domain(key),
-                    priority,
-                ),
+                log.debug("reply %s is already in the outbox (%s)", reply_id, existing[1])
+                return existing[0]
+            row_id = queue.insert_reply(
+                tx,
+                message_row=message_row,
+                reply_message_id=reply_id,
+                recipient=recipient.strip(),
+                envelope_from=envelope_from.strip(),
+                template=template,
+                mode=mode,
+                state=_INITIAL_STATE[mode],
+                raw=reply.as_bytes(policy=policy.SMTP),
+                now=self._clock(),
+                recipient_key=key,
+                recipient_domain=cap_domain(key),
+                priority=priority,
             )
-            row_id = int(cursor.lastrowid or 0)
         if mode == "dry-run":
             log.info(
                 "dry run: would reply to %s with template %s (reply %d)",
@@ -276,52 +452,14 @@ class Outbox:
             )
         return row_id
 
-    def recover(self) -> list[int]:
-        """At start-up: turn rows left in `sending` by a crash into `uncertain`; return their ids.
+    def recover(self) -> list[tuple[Table, int]]:
+        """At start-up of the process holding the store's lock: every mail left in `sending` by
+        a crash becomes `uncertain` (see `recover`). Call once before delivering."""
+        return recover(self.db, self._clock())
 
-        The server may have accepted such a message, so it is never resent automatically; a person
-        decides with `resolve_uncertain`. Call once before delivering, not while another process
-        is delivering from the same database.
-        """
-        with self._write() as conn:
-            ids = [
-                int(r["id"])
-                for r in conn.execute("SELECT id FROM replies WHERE state = 'sending' ORDER BY id")
-            ]
-            if ids:
-                conn.execute(
-                    "UPDATE replies SET state = 'uncertain', error = ? WHERE state = 'sending'",
-                    ("triage stopped while sending: the reply may or may not have been delivered",),
-                )
-        if ids:
-            log.warning(
-                "%d replies were being sent when triage stopped and may or may not have been "
-                "delivered; they are marked uncertain and will not be resent automatically: %s",
-                len(ids),
-                ", ".join(map(str, ids)),
-            )
-        return ids
-
-    def resolve_uncertain(self, row_id: int, *, delivered: bool) -> bool:
-        """A person's decision on an uncertain reply: delivered (→ sent) or not (→ queued, now).
-
-        Returns False when the row is not uncertain (any more).
-        """
-        now = timestamp(self._clock())
-        with self._write() as conn:
-            if delivered:
-                cursor = conn.execute(
-                    "UPDATE replies SET state = 'sent', sent_at = ?, error = NULL"
-                    " WHERE id = ? AND state = 'uncertain'",
-                    (now, row_id),
-                )
-            else:
-                cursor = conn.execute(
-                    "UPDATE replies SET state = 'queued', next_attempt = ?, error = NULL"
-                    " WHERE id = ? AND state = 'uncertain'",
-                    (now, row_id),
-                )
-        return cursor.rowcount == 1
+    def resolve(self, row_id: int, resolution: Resolution, who: str) -> bool:
+        """A person's decision on an uncertain reply (see `resolve`)."""
+        return resolve(self.db, "replies", row_id, resolution, who, self._clock())
 
     def claim_filing(self, row_id: int) -> bool:
         """Take the filing of a reply's copy (Sent or Drafts) before APPENDing it: True for the
@@ -334,164 +472,97 @@ class Outbox:
         """
         if self.db.in_transaction:
             raise RuntimeError("claim_filing commits at once; call it outside a transaction")
-        with self.db.transaction() as conn:
-            cursor = conn.execute(
-                "UPDATE replies SET filed_at = ? WHERE id = ? AND filed_at IS NULL",
-                (timestamp(self._clock()), row_id),
-            )
-        return cursor.rowcount == 1
+        with self.db.transaction() as tx:
+            return queue.claim_filing(tx, row_id, self._clock())
 
     def mark_filed(self, row_id: int) -> None:
         """Record that the copy of a sent reply (or a draft) was filed in the mailbox."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE replies SET filed_at = ? WHERE id = ? AND filed_at IS NULL",
-                (timestamp(self._clock()), row_id),
-            )
+        with self._write() as tx:
+            queue.claim_filing(tx, row_id, self._clock())
 
     # --- sending ---------------------------------------------------------------------------------
 
-    def deliver_due(self, now: datetime | None = None) -> list[SentReply]:
+    def deliver_due(self, now: datetime | None = None) -> list[OutboxItem]:
         """Send every queued reply that is due, over one SMTP connection; return those sent.
 
         Transient failures (server down, 4xx) keep a row queued with its error and move
-        `next_attempt` back exponentially; a 5xx or too many attempts mark it `failed`. Must not
-        be called inside a transaction: each state change is committed on its own.
+        `next_attempt` back with jittered exponential backoff; a 5xx or too many attempts mark it
+        `failed`. Must not be called inside a transaction: each state change commits on its own.
         """
         if self.db.in_transaction:
             raise RuntimeError("deliver_due commits each step; call it outside a transaction")
         moment = now or self._clock()
         self._expire(moment)
-        due = self._due(moment)
         budget = self._budget(moment)
-        due = [item for item in due if not self._deferred(item, budget)]
-        if not due:
-            return []
-        try:
-            session = self._connect()
-        except TransientError as exc:
-            log.error("cannot send %d queued replies: %s", len(due), exc)
-            for item in due:
-                self._retry(item, str(exc), moment)
-            return []
-        sent: list[SentReply] = []
-        try:
-            for item in due:
-                # The budget was checked for the batch; spend it as replies go, so a batch
-                # larger than what is left of the hour defers its tail.
-                if self._deferred(item, budget, moment):
-                    continue
-                budget.spend(self._domain(item))
-                try:
-                    done = self._send_one(session, item, moment)
-                except (ConnectionLostError, AmbiguousDeliveryError) as exc:
-                    # The rest of the batch was not tried; it stays due for the next call.
-                    log.error("SMTP connection lost, %s", exc)
-                    break
-                if done is not None:
-                    sent.append(done)
-        finally:
-            session.close()
-        return sent
+        due = [
+            item
+            for item in queue.due_replies(self.db.reads, moment, self._batch_size)
+            if not self._deferred(item.id, item.recipient, budget)
+        ]
 
-    def _send_one(
-        self, session: SmtpSession, item: OutboxItem, moment: datetime
-    ) -> SentReply | None:
-        try:
-            session.envelope(item.envelope_from, item.recipient)
-        except PermanentError as exc:
-            self._fail(item, str(exc))
-            return None
-        except SendError as exc:
-            self._retry(item, str(exc), moment)
-            raise_if_lost(exc)
-            return None
-        if not self._claim(item):
-            session.reset()  # another process took it, or a cap was reached meanwhile
-            return None
-        try:
-            session.data(item.raw)
-        except AmbiguousDeliveryError as exc:
-            self._set_uncertain(item, str(exc))
-            raise
-        except PermanentError as exc:
-            self._fail(item, str(exc))
-            return None
-        except SendError as exc:
-            self._retry(item, str(exc), moment)
-            raise_if_lost(exc)
-            return None
-        return self._mark_sent(item)
+        def may_send(item: Outgoing) -> bool:
+            # The budget was checked for the batch; spend it as replies go, so a batch larger
+            # than what is left of the hour defers its tail.
+            if self._deferred(item.id, item.recipients[0], budget, moment):
+                return False
+            budget.spend(self._domain(item.recipients[0]))
+            return True
 
-    def _due(self, moment: datetime) -> list[OutboxItem]:
-        rows = self.db.conn.execute(
-            _SELECT + " WHERE state = 'queued' AND next_attempt <= ?"
-            " ORDER BY priority, created_at, id LIMIT ?",
-            (timestamp(moment), self._batch_size),
-        ).fetchall()
-        return [OutboxItem.from_row(r) for r in rows]
+        outcomes = self.delivery.send_batch(
+            [_outgoing(item) for item in due], self._connect, may_send=may_send, admit=self._admit
+        )
+        sent = [self.get(i) for i, outcome in outcomes.items() if outcome == "sent"]
+        return [item for item in sent if item is not None]
+
+    def _admit(self, tx: Tx, item: Outgoing, moment: datetime) -> bool:
+        # The caps are checked again in the claiming transaction: other threads (each account's,
+        # the housekeeping one) deliver too, and each pass's own budget knows only what it sent.
+        budget = _Budget.of(self.limits, moment, queue.sent_since(tx, moment - timedelta(hours=1)))
+        refusal = budget.refusal(self._domain(item.recipients[0]))
+        if refusal is None:
+            return True
+        self._defer(tx, item.id, item.recipients[0], refusal, moment)
+        return False
 
     # --- the caps --------------------------------------------------------------------------------
 
-    def _domain(self, item: OutboxItem) -> str:
-        return item.recipient_domain or cap_domain(
-            item.recipient_key or self.limits.canonical(item.recipient)
-        )
+    def _domain(self, recipient: str) -> str:
+        return cap_domain(self.limits.canonical(recipient))
 
     def _budget(self, moment: datetime) -> _Budget:
-        since = timestamp(moment - timedelta(hours=1))
-        row = self.db.conn.execute(_SENT_SINCE, (since,)).fetchone()
-        by_domain = {
-            str(r["domain"]): (int(r["n"]), _parse_time(r["oldest"]))
-            for r in self.db.conn.execute(_SENT_SINCE_BY_DOMAIN, (since,))
-        }
-        return _Budget(self.limits, moment, int(row["n"]), _parse_time(row["oldest"]), by_domain)
+        counts = queue.sent_since(self.db.reads, moment - timedelta(hours=1))
+        return _Budget.of(self.limits, moment, counts)
 
-    def _deferred(self, item: OutboxItem, budget: _Budget, moment: datetime | None = None) -> bool:
-        """Defer `item` when a cap is reached (recorded, with the reason); True if deferred."""
-        refusal = budget.refusal(self._domain(item))
+    def _deferred(
+        self, row_id: int, recipient: str, budget: _Budget, moment: datetime | None = None
+    ) -> bool:
+        """Defer a reply when a cap is reached (recorded, with the reason); True if deferred."""
+        refusal = budget.refusal(self._domain(recipient))
         if refusal is None:
             return False
-        with self.db.transaction() as conn:
-            self._defer(conn, item, refusal, moment or budget.moment)
+        with self.db.transaction() as tx:
+            self._defer(tx, row_id, recipient, refusal, moment or budget.moment)
         return True
 
     def _defer(
         self,
-        conn: Tx,
-        item: OutboxItem,
+        tx: Tx,
+        row_id: int,
+        recipient: str,
         refusal: tuple[str, datetime, str],
         moment: datetime,
     ) -> None:
         cap, free_at, reason = refusal
-        conn.execute(
-            "UPDATE replies SET next_attempt = ?, deferrals = deferrals + 1, error = ?"
-            " WHERE id = ? AND state = 'queued'",
-            (timestamp(max(free_at, moment)), f"deferred: {reason}", item.id),
-        )
-        log.info("reply %d to %s deferred: %s", item.id, item.recipient, reason)
+        queue.defer(tx, row_id, max(free_at, moment), reason)
+        log.info("reply %d to %s deferred: %s", row_id, recipient, reason)
         self._on_cap(cap)
 
     def _expire(self, moment: datetime) -> int:
         """Drop, with a reason, replies the caps have held back for longer than `max_defer`."""
-        cutoff = timestamp(moment - self.limits.max_defer)
         hours = self.limits.max_defer / timedelta(hours=1)
-        with self.db.transaction() as conn:
-            ids = [
-                int(r["id"])
-                for r in conn.execute(
-                    "SELECT id FROM replies WHERE state = 'queued' AND deferrals > 0"
-                    " AND created_at < ?",
-                    (cutoff,),
-                )
-            ]
-            conn.executemany(
-                "UPDATE replies SET state = 'expired', error = ? WHERE id = ? AND state = 'queued'",
-                [
-                    (f"dropped: held back by the reply caps for more than {hours:g} h", i)
-                    for i in ids
-                ],
-            )
+        reason = f"dropped: held back by the reply caps for more than {hours:g} h"
+        with self.db.transaction() as tx:
+            ids = queue.expire_deferred(tx, moment - self.limits.max_defer, reason)
         for row_id in ids:
             log.warning("reply %d dropped: held back by the reply caps for too long", row_id)
             self._on_cap("expired")
@@ -501,153 +572,39 @@ class Outbox:
         """How the caps bit on replies created since `since` (see `cap_report`)."""
         return cap_report(self.db.reads, since)
 
-    def _claim(self, item: OutboxItem) -> bool:
-        # Committed before DATA: if we crash after this, the row says "maybe sent". The claim
-        # time is what the caps count, and they are checked again in the same write transaction:
-        # other threads (each account's, the housekeeping one) deliver too, and each pass's own
-        # budget knows only what it sent itself.
-        moment = self._clock()
-        with self.db.transaction() as conn:
-            refusal = self._budget(moment).refusal(self._domain(item))
-            if refusal is not None:
-                self._defer(conn, item, refusal, moment)
-                return False
-            cursor = conn.execute(
-                "UPDATE replies SET state = 'sending', attempts = attempts + 1, claimed_at = ?"
-                " WHERE id = ? AND state = 'queued'",
-                (timestamp(moment), item.id),
-            )
-        return cursor.rowcount == 1
-
     def rekey(self) -> int:
         """Recompute every stored recipient key and cap domain with the current settings (after
         an upgrade, or when `dotless_domains` changed), so that the window still recognises a
         mailbox written to before; returns how many rows changed. Call once at start."""
-        rows = self.db.conn.execute(
-            "SELECT id, recipient, recipient_key, recipient_domain FROM replies"
-        ).fetchall()
         changes = []
-        for r in rows:
-            key = self.limits.canonical(str(r["recipient"]))
+        for row_id, recipient, old_key, old_domain in queue.recipient_keys(self.db.reads):
+            key = self.limits.canonical(recipient)
             domain = cap_domain(key)
-            if (key, domain) != (r["recipient_key"], r["recipient_domain"]):
-                changes.append((key, domain, int(r["id"])))
+            if (key, domain) != (old_key, old_domain):
+                changes.append((key, domain, row_id))
         if changes:
-            with self._write() as conn:
-                conn.executemany(
-                    "UPDATE replies SET recipient_key = ?, recipient_domain = ? WHERE id = ?",
-                    changes,
-                )
+            with self._write() as tx:
+                queue.set_recipient_keys(tx, changes)
         return len(changes)
 
-    def _mark_sent(self, item: OutboxItem) -> SentReply:
-        sent_at = timestamp(self._clock())
-        with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE replies SET state = 'sent', sent_at = ?, error = NULL WHERE id = ?",
-                (sent_at, item.id),
-            )
-        log.info("reply %d (%s) sent to %s", item.id, item.template, item.recipient)
-        return self._get(item.id)
-
-    def _set_uncertain(self, item: OutboxItem, error: str) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE replies SET state = 'uncertain', error = ? WHERE id = ?",
-                (error, item.id),
-            )
-        log.warning(
-            "reply %d to %s may or may not have been delivered (%s); it will not be resent "
-            "automatically",
-            item.id,
-            item.recipient,
-            error,
-        )
-
-    def _fail(self, item: OutboxItem, error: str) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE replies SET state = 'failed', error = ?, attempts = ? WHERE id = ?",
-                (error, self._attempts_after(item), item.id),
-            )
-        log.warning("reply %d to %s failed for good: %s", item.id, item.recipient, error)
-
-    def _retry(self, item: OutboxItem, error: str, moment: datetime) -> None:
-        attempts = self._attempts_after(item)
-        if attempts >= self.smtp.max_attempts:
-            with self.db.transaction() as conn:
-                conn.execute(
-                    "UPDATE replies SET state = 'failed', error = ?, attempts = ? WHERE id = ?",
-                    (f"gave up after {attempts} attempts: {error}", attempts, item.id),
-                )
-            log.warning(
-                "reply %d to %s failed after %d attempts: %s",
-                item.id,
-                item.recipient,
-                attempts,
-                error,
-            )
-            return
-        later = moment + self.backoff(attempts)
-        with self.db.transaction() as conn:
-            conn.execute(
-                "UPDATE replies SET state = 'queued', error = ?, attempts = ?, next_attempt = ?"
-                " WHERE id = ?",
-                (error, attempts, timestamp(later), item.id),
-            )
-
-    def _attempts_after(self, item: OutboxItem) -> int:
-        # A claimed row already counted this attempt in `_claim`.
-        row = self.db.conn.execute(
-            "SELECT attempts, state FROM replies WHERE id = ?", (item.id,)
-        ).fetchone()
-        attempts = int(row["attempts"])
-        return attempts if row["state"] == "sending" else attempts + 1
-
     def backoff(self, attempts: int) -> timedelta:
-        """The wait before attempt `attempts + 1`: doubling from `retry_initial` up to
-        `retry_max`, with ±10 % jitter so that many queued replies don't retry in lock-step."""
-        base = min(self.smtp.retry_max, self.smtp.retry_initial * 2 ** max(attempts - 1, 0))
-        factor = 0.9 + 0.2 * self._jitter()
-        return timedelta(seconds=min(self.smtp.retry_max, base * factor))
+        """The wait after failed attempt number `attempts` (see `Delivery.backoff`)."""
+        return self.delivery.backoff(attempts)
 
     # --- reading ---------------------------------------------------------------------------------
 
-    def _get(self, row_id: int) -> OutboxItem:
-        row = self.db.conn.execute(
-            _SELECT + " WHERE id = ?",
-            (row_id,),
-        ).fetchone()
-        if row is None:
-            raise KeyError(row_id)
-        return OutboxItem.from_row(row)
-
     def get(self, row_id: int) -> OutboxItem | None:
         """One reply row, or None."""
-        try:
-            return self._get(row_id)
-        except KeyError:
-            return None
+        return queue.reply(self.db.reads, row_id)
 
     def in_state(self, state: State) -> list[OutboxItem]:
         """Every reply in `state`, oldest first (e.g. `in_state("uncertain")` for the review)."""
-        rows = self.db.conn.execute(_SELECT + " WHERE state = ? ORDER BY id", (state,)).fetchall()
-        return [OutboxItem.from_row(r) for r in rows]
+        return queue.replies_in_state(self.db.reads, state)
 
     def pending_filing(self) -> list[OutboxItem]:
         """Sent replies (file a copy in Sent, set \\Answered on the original) and drafts (APPEND
         to Drafts) whose copy is not yet in the mailbox; `item.state` says which."""
-        rows = self.db.conn.execute(
-            _SELECT + " WHERE " + _FILING + " AND filed_at IS NULL ORDER BY id"
-        ).fetchall()
-        return [OutboxItem.from_row(r) for r in rows]
-
-    def next_due(self) -> datetime | None:
-        """When the next queued reply is due (for the daemon's sleep), or None."""
-        row = self.db.conn.execute(
-            "SELECT min(next_attempt) AS due FROM replies WHERE state = 'queued'"
-        ).fetchone()
-        return datetime.fromisoformat(row["due"]) if row["due"] else None
+        return queue.pending_filing(self.db.reads)
 
     # --- the reply history for the etiquette rules ----------------------------------------------
 
@@ -656,16 +613,8 @@ class Outbox:
         queued within `window`; counts every state that is or may become a reply (not failed,
         not expired, not dry-run). With `verified`, only replies to a verified sender count:
         a fixed-text reply to a message forged in someone's name does not use up their reply."""
-        since = timestamp(self._clock() - window)
         key = self.limits.canonical(address)
-        query = _RECENT_TO_VERIFIED if verified else _RECENT_TO
-        return self.db.conn.execute(query, (key, since)).fetchone() is not None
-
-
-def raise_if_lost(exc: SendError) -> None:
-    """Re-raise a lost connection so the batch stops; a plain 4xx lets the batch go on."""
-    if isinstance(exc, ConnectionLostError):
-        raise exc
+        return queue.replied_recently(self.db.reads, key, self._clock() - window, verified=verified)
 
 
 def cap_domain(address: str) -> str:
@@ -675,33 +624,3 @@ def cap_domain(address: str) -> str:
 
     domain = address.rpartition("@")[2].lower()
     return organisational_domain(domain) or domain
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
-@dataclass(frozen=True, slots=True)
-class CapReport:
-    """Replies the caps held back: deferred at least once, still waiting, dropped."""
-
-    deferred: int = 0
-    waiting: int = 0
-    expired: int = 0
-
-
-def cap_report(conn: Tx, since: datetime | None) -> CapReport:
-    """How the reply caps bit on the replies created after `since` (all, when None): what the
-    digest reports so that staff notice a flood."""
-    row = conn.execute(
-        "SELECT sum(deferrals > 0) AS deferred,"
-        " sum(deferrals > 0 AND state = 'queued') AS waiting,"
-        " sum(state = 'expired') AS expired"
-        " FROM replies WHERE created_at > ?",
-        (timestamp(since) if since else "",),
-    ).fetchone()
-    return CapReport(
-        deferred=int(row["deferred"] or 0),
-        waiting=int(row["waiting"] or 0),
-        expired=int(row["expired"] or 0),
-    )

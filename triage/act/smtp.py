@@ -1,47 +1,60 @@
-"""One SMTP connection to the configured server, in the steps the outbox needs to be crash-safe.
+"""One SMTP connection to the configured server, sending in two phases for every outbound mail.
 
-The outbox must record "sending" between the envelope (MAIL FROM, RCPT TO) and DATA, so the session
-exposes those steps separately instead of smtplib's all-in-one `sendmail`. Errors are sorted by
-what they mean for the message: `SendError` (try again later), `PermanentError` (the server said
-5xx: never), `AmbiguousDeliveryError` (the connection broke after the message was handed over).
+Replies, digests and alerts all go through `SmtpConnection`: `begin` gives the envelope (MAIL
+FROM, RCPT TO), DATA and the whole message *except the final "."*; `commit` writes the dot and
+reads the server's answer. Until the dot the server discards the message if we die or the
+connection drops, so the delivery queue records `sending` between the two phases and the window in
+which a crash leaves a mail "maybe delivered" is only the server's answer to the dot.
+
+Errors are sorted by what they mean for the message: `SendError` (not delivered, try again
+later), `ConnectionLostError` (not delivered, and this connection is gone), `PermanentError` (the
+server said 5xx: never), `AmbiguousDeliveryError` (the connection broke after the dot: the server
+may or may not have the message).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import socket
 import ssl
+from collections.abc import Sequence
 from typing import Protocol
 
 from triage.core.errors import AuthenticationError, PermanentError, SendError, TriageError
+from triage.core.hosts import tls_context as client_tls_context
 from triage.core.settings import SmtpSettings
 
 log = logging.getLogger(__name__)
 
 
 class ConnectionLostError(SendError):
-    """Raised when the connection broke before the message was handed over: safe to retry."""
+    """Raised when the connection broke before the final dot: nothing delivered, safe to retry."""
 
 
 class AmbiguousDeliveryError(TriageError):
-    """Raised when the connection broke after DATA: the server may or may not have the message."""
+    """Raised when the connection broke after the final dot: the server may have the message."""
 
 
 class SmtpSession(Protocol):
-    """What the outbox needs from an open SMTP connection (the real one or a test double)."""
+    """What the delivery queue needs from an open SMTP connection (the real one or a double)."""
 
-    def envelope(self, sender: str, recipient: str) -> None:
-        """MAIL FROM and RCPT TO; raises SendError (4xx or connection lost) or PermanentError."""
+    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+        """Envelope, DATA and the content without the final dot; returns the recipients the
+        server refused (it accepted at least one). Raises SendError, ConnectionLostError or
+        PermanentError; nothing is delivered until `commit`."""
         ...
 
-    def data(self, raw: bytes) -> None:
-        """DATA; raises SendError/PermanentError on a refusal, AmbiguousDeliveryError when the
-        connection broke without a reply."""
+    def commit(self) -> None:
+        """The final dot and the server's answer: returns when the server took the message.
+        Raises SendError/PermanentError when it refused it, AmbiguousDeliveryError when the
+        connection broke without an answer."""
         ...
 
-    def reset(self) -> None:
-        """RSET after a refused envelope, so the next message starts clean."""
+    def abort(self) -> None:
+        """Drop the connection without the final dot: the server discards the message. The
+        session is unusable afterwards."""
         ...
 
     def close(self) -> None:
@@ -50,65 +63,97 @@ class SmtpSession(Protocol):
 
 
 def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
-    """Certificate verification on (with the optional CA file) unless explicitly switched off."""
-    context = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    """The TLS context of `[smtp]`: certificates verified (with the optional CA file) unless
+    explicitly switched off."""
     if not settings.verify_certificates:
         log.warning("SMTP certificate verification is off for %s", settings.host)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return client_tls_context(settings.ca_file, settings.verify_certificates)
 
 
-def _refusal(stage: str, code: int, reply: bytes | str) -> TriageError:
+def refusal(stage: str, code: int, reply: bytes | str) -> TriageError:
+    """The error for the server's answer `code` at `stage`: 5xx PermanentError, 421 (closing)
+    and -1 (no answer at all) ConnectionLostError, any other SendError."""
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     message = f"SMTP {stage} refused: {code} {' '.join(text.split())}"[:500]
     if 500 <= code <= 599:
         return PermanentError(message)
-    # 421: the server is closing the connection; -1: smtplib saw no reply at all.
     return ConnectionLostError(message) if code in (421, -1) else SendError(message)
 
 
+_EOL = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def dot_stuffed(raw: bytes) -> bytes:
+    """The message as SMTP DATA carries it (RFC 5321 4.5.2): CRLF line ends, a leading "." on a
+    line doubled, ending with CRLF — everything but the final ".\\r\\n"."""
+    data = _LEADING_DOT.sub(b"..", _EOL.sub(b"\r\n", raw))
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
 class SmtpConnection:
-    """An open, authenticated connection; `connect` builds it."""
+    """An open, authenticated connection sending in two phases; `connect` builds it."""
 
     def __init__(self, client: smtplib.SMTP, host: str) -> None:
         self._client = client
         self._host = host
 
-    def envelope(self, sender: str, recipient: str) -> None:
-        """MAIL FROM and RCPT TO for one message."""
+    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+        """MAIL FROM, RCPT TO each recipient, DATA and the content without the final dot."""
+        client = self._client
+        refused: dict[str, TriageError] = {}
         try:
-            code, reply = self._client.mail(sender)
+            code, reply = client.mail(sender)
             if code != 250:
-                self.reset()
-                raise _refusal("MAIL FROM", code, reply)
-            code, reply = self._client.rcpt(recipient)
-            if code not in (250, 251):
-                self.reset()
-                raise _refusal("RCPT TO", code, reply)
+                self._reset()
+                raise refusal("MAIL FROM", code, reply)
+            for rcpt in recipients:
+                code, reply = client.rcpt(rcpt)
+                if code not in (250, 251):
+                    refused[rcpt] = refusal(f"RCPT TO <{rcpt}>", code, reply)
+            if len(refused) == len(recipients):
+                self._reset()
+                transient = [e for e in refused.values() if not isinstance(e, PermanentError)]
+                raise (transient or list(refused.values()))[0]
+            client.putcmd("data")
+            code, reply = client.getreply()
+            if code != 354:
+                self._reset()
+                raise refusal("DATA", code, reply)
+            client.send(dot_stuffed(raw))
+        except UnicodeEncodeError:
+            # smtplib speaks ASCII commands; internationalised addresses would need SMTPUTF8.
+            self._reset()
+            raise PermanentError(
+                f"non-ASCII address in {sender!r} or {list(recipients)}: not supported"
+            ) from None
         except (smtplib.SMTPException, OSError) as exc:
             raise ConnectionLostError(f"SMTP connection to {self._host} lost: {exc}") from None
+        for error in refused.values():
+            log.warning("%s", error)
+        return list(refused)
 
-    def data(self, raw: bytes) -> None:
-        """Send the message itself; the server's 250 means it took responsibility for it."""
+    def commit(self) -> None:
+        """The final dot; the server's 250 means it took responsibility for the message."""
         try:
-            # smtplib checks the 354 but returns the final reply unchecked (sendmail checks it).
-            code, reply = self._client.data(raw)
-        except smtplib.SMTPDataError as exc:
-            self.reset()
-            raise _refusal("DATA", exc.smtp_code, exc.smtp_error) from None
+            self._client.send(b".\r\n")
+            code, reply = self._client.getreply()
         except (smtplib.SMTPException, OSError) as exc:
             raise AmbiguousDeliveryError(
-                f"SMTP connection to {self._host} broke during DATA: {exc}"
+                f"SMTP connection to {self._host} broke after the message: {exc}"
             ) from None
         if code == -1:
-            raise AmbiguousDeliveryError(f"SMTP {self._host} sent no reply after DATA")
+            raise AmbiguousDeliveryError(f"SMTP {self._host} sent no reply after the message")
         if code != 250:
-            self.reset()
-            raise _refusal("DATA", code, reply)
+            raise refusal("message", code, reply)
 
-    def reset(self) -> None:
-        """RSET; a failure here only means the connection is gone, which the next step reports."""
+    def abort(self) -> None:
+        """Close without the final dot: the server discards the half-sent message."""
+        self._client.close()
+
+    def _reset(self) -> None:
+        # RSET after a refusal; a failure here only means the connection is gone, which the next
+        # step reports.
         try:
             self._client.rset()
         except (smtplib.SMTPException, OSError):
@@ -154,7 +199,7 @@ def open_client(settings: SmtpSettings, local_hostname: str | None = None) -> sm
 
 
 def connect(settings: SmtpSettings, local_hostname: str | None = None) -> SmtpConnection:
-    """Open a connection as configured (see `open_client`) for the reply outbox."""
+    """Open a connection as configured (see `open_client`) for the delivery queue."""
     client = open_client(settings, local_hostname)
     return SmtpConnection(client, f"{settings.host}:{settings.port}")
 

@@ -358,12 +358,12 @@ def digest(
             return
         if send:
             run = digests.send_now(settings, db)
-            state = run.delivered.get(run.prepared or 0, "prepared")
+            state = run.delivered.get(run.prepared or 0, "queued")
             counts = ", ".join(f"{v} {k}" for k, v in run.counts.items())
             if state != "sent":
                 fail(
                     f"digest {run.prepared} is {state}, not sent ({counts}); "
-                    "see triage digest --status",
+                    "see triage outbox list",
                     EXIT_FAILURE,
                 )
             print(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from triage.cli import config, daemon, doctor, leads, model, templates
+from triage.cli import config, daemon, doctor, leads, model, outbox, templates
 from triage.cli.common import GlobalOptions
 
 app = typer.Typer(
@@ -51,6 +51,7 @@ app.add_typer(templates.app, name="templates")
 app.add_typer(leads.leads_app, name="leads")
 app.add_typer(leads.review_app, name="review")
 app.command("digest")(leads.digest)
+app.add_typer(outbox.app, name="outbox")
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ endpoint). Names are never resolved: `127.attacker.example` may point anywhere.
 from __future__ import annotations
 
 import ipaddress
+import ssl
+from pathlib import Path
 
 
 def is_loopback(host: str) -> bool:
@@ -17,3 +19,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def tls_context(ca_file: Path | str | None, verify: bool) -> ssl.SSLContext:
+    """A client TLS context (IMAP and SMTP alike): certificates verified against the system store
+    or `ca_file`, unless the operator explicitly switched verification off."""
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

@@ -17,6 +17,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from triage.core.errors import AuthenticationError, MailboxError
+from triage.core.hosts import tls_context
 from triage.core.settings import ImapAccount
 
 if TYPE_CHECKING:
@@ -35,16 +36,6 @@ class FolderInfo:
     uidvalidity: int
     uidnext: int
     exists: int
-
-
-def tls_context(ca_file: object | None, verify: bool) -> ssl.SSLContext:
-    """A client TLS context: certificates verified against the system store or `ca_file`."""
-    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if not verify:
-        # The operator asked for this explicitly (verify_certificates = false).
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @contextmanager

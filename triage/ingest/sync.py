@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import TransientError
 from triage.core.settings import IngestSettings
 from triage.decide.dispose import KEYWORD_PREFIX, keyword_for
@@ -35,17 +36,12 @@ from triage.store.ledger import CLASSIFIED, DONE, QUARANTINED, SEEN, Ledger, Led
 log = logging.getLogger(__name__)
 _MSGID = re.compile(r"<[^<>\s]+>")
 
-Checkpoint = Callable[[str], None]
 DecideBatch = Callable[[Sequence[tuple[int, bytes, bool]]], list[Decided]]
 # Starts deciding a batch elsewhere (worker processes,
 # `triage.ingest.workers`); the returned function
 # waits for the result.
 StartDecide = Callable[[Sequence[tuple[int, bytes, bool]]], Callable[[], list[Decided]]]
 QUARANTINE = "Quarantine"
-
-
-def _no_checkpoint(_name: str) -> None:
-    """The default: no fault injection."""
 
 
 def _nothing() -> None:
@@ -92,7 +88,7 @@ class FolderSync:
         recorder: Recorder,
         effects: Effects,
         settings: IngestSettings,
-        checkpoint: Checkpoint = _no_checkpoint,
+        checkpoint: Checkpoint = no_checkpoint,
         start_decide: StartDecide | None = None,
     ) -> None:
         self.account = account

@@ -19,7 +19,7 @@ from triage.core.backoff import Backoff
 from triage.core.errors import AuthenticationError, TransientError
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
-from triage.ingest.sync import Checkpoint, SyncResult
+from triage.ingest.sync import SyncResult
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,4 @@ def run_once(settings: Settings, make_syncs: SyncFactory) -> dict[str, str | Non
     return errors
 
 
-def no_checkpoint(_name: str) -> None:
-    """The default checkpoint: nothing happens."""
-
-
-__all__ = ["AccountWorker", "Checkpoint", "Control", "Daemon", "no_checkpoint", "run_once"]
+__all__ = ["AccountWorker", "Control", "Daemon", "run_once"]

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from types import FrameType
 
 from triage.act.compose import message_id_domain
+from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import ConfigError
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
-from triage.ingest.sync import Checkpoint, SyncResult
+from triage.ingest.sync import SyncResult
 from triage.ops.daemon import Control, Daemon, SyncFactory, run_once
 from triage.ops.health import start_from_settings
 from triage.ops.logs import redact_settings_secrets
@@ -30,10 +31,6 @@ from triage.sales.leads import apply_retention
 from triage.store.lock import exclusive
 
 log = logging.getLogger(__name__)
-
-
-def _no_checkpoint(_name: str) -> None:
-    """The default: no fault injection."""
 
 
 def sync_factory(shared: Shared) -> SyncFactory:
@@ -70,7 +67,7 @@ def warn_unverified_certificates(settings: Settings) -> None:
 
 
 def prepare(
-    settings: Settings, checkpoint: Checkpoint = _no_checkpoint, metrics: Metrics | None = None
+    settings: Settings, checkpoint: Checkpoint = no_checkpoint, metrics: Metrics | None = None
 ) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
     warn_unverified_certificates(settings)
@@ -90,7 +87,7 @@ def prepare(
     return shared
 
 
-def run_once_command(settings: Settings, checkpoint: Checkpoint = _no_checkpoint) -> bool:
+def run_once_command(settings: Settings, checkpoint: Checkpoint = no_checkpoint) -> bool:
     """Sync every account once; True when every account succeeded.
 
     Raises `StoreInUseError` before doing anything when another process holds the store.
@@ -107,7 +104,7 @@ def run_once_command(settings: Settings, checkpoint: Checkpoint = _no_checkpoint
 def run_forever(
     settings: Settings,
     reload_settings: Callable[[], Settings],
-    checkpoint: Checkpoint = _no_checkpoint,
+    checkpoint: Checkpoint = no_checkpoint,
     control: Control | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.

@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING
 from triage.act.compose import make_reply
 from triage.act.outbox import UNVERIFIED, Outbox, SendLimits
 from triage.act.replies import TemplateRenderer
-from triage.act.smtp import SmtpSession, connect
+from triage.act.smtp import connect
+from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import PermanentError, TemplateError, TransientError
 from triage.core.settings import ImapAccount, Settings
 from triage.decide import guards
 from triage.decide.classify import ModelHandle
 from triage.ingest.corrections import CorrectionScan
 from triage.ingest.mailbox import ImapMailbox
-from triage.ingest.sync import Checkpoint, Effects, FolderSync, SyncResult
+from triage.ingest.sync import Effects, FolderSync, SyncResult
 from triage.ops.logs import log_outcome
 from triage.ops.metrics import Metrics
 from triage.pipeline import Decided, Planned, Recorder, decide
@@ -35,39 +36,6 @@ if TYPE_CHECKING:
     from triage.ingest.workers import DecidePool
 
 log = logging.getLogger(__name__)
-
-
-def no_checkpoint(_name: str) -> None:
-    """The default checkpoint: no fault injection."""
-
-
-class CheckpointedSession:
-    """An SMTP session that reports `smtp_accepted` once the server took a message's DATA.
-
-    The crash tests kill the process there: the reply has left, but the outbox has not yet
-    recorded it as sent.
-    """
-
-    def __init__(self, inner: SmtpSession, checkpoint: Checkpoint) -> None:
-        self.inner = inner
-        self.checkpoint = checkpoint
-
-    def envelope(self, sender: str, recipient: str) -> None:
-        """MAIL FROM and RCPT TO."""
-        self.inner.envelope(sender, recipient)
-
-    def data(self, raw: bytes) -> None:
-        """DATA, then the checkpoint."""
-        self.inner.data(raw)
-        self.checkpoint("smtp_accepted")
-
-    def reset(self) -> None:
-        """RSET."""
-        self.inner.reset()
-
-    def close(self) -> None:
-        """QUIT."""
-        self.inner.close()
 
 
 class Shared:
@@ -115,7 +83,8 @@ class Service:
         self.outbox = Outbox(
             self.db,
             smtp_settings,
-            connector=lambda: CheckpointedSession(connect(smtp_settings), shared.checkpoint),
+            connector=lambda: connect(smtp_settings),
+            checkpoint=shared.checkpoint,
             limits=SendLimits.from_settings(self.settings.replies, self.guard_context.canonical),
             on_cap=shared.metrics.reply_capped,
         )

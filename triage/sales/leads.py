@@ -24,7 +24,7 @@ from triage.core.errors import ConfigError, TriageError
 from triage.core.sanitize import strip_invisible
 from triage.core.settings import LeadsSettings, Settings
 from triage.store import leads as store
-from triage.store.db import Database, Tx
+from triage.store.db import Database, Tx, timestamp
 from triage.store.leads import (
     CLOSED_STATUSES,
     OPEN_STATUSES,
@@ -520,7 +520,7 @@ def apply_retention(
     if settings.retention_days <= 0:
         return RetentionResult()
     moment = now or datetime.now(UTC)
-    cutoff = store.timestamp(moment - timedelta(days=settings.retention_days))
+    cutoff = timestamp(moment - timedelta(days=settings.retention_days))
     with db.transaction() as c:
         messages = c.execute(
             "UPDATE messages SET body = NULL, raw = NULL"

@@ -20,8 +20,8 @@ from triage.core.settings import Settings
 from triage.parsing.contacts import extract
 from triage.sales.leads import assign_owner, business_due
 from triage.store.corrections import insert_correction
-from triage.store.db import Database, Tx
-from triage.store.leads import NewLead, record_lead, timestamp
+from triage.store.db import Database, Tx, timestamp
+from triage.store.leads import NewLead, record_lead
 
 _PENDING = "decision = 'review' AND reviewed_label IS NULL"
 _LEAD_KIND = {"sales": LeadKind.HOT, "marketing": LeadKind.NURTURE}

@@ -27,9 +27,17 @@ FILE_MODE = 0o600
 DIRECTORY_MODE = 0o700
 
 
+def timestamp(moment: datetime) -> str:
+    """The stored form of a time: UTC ISO 8601 with microseconds, which sorts as text (a naive
+    time is taken as UTC). Every timestamp column holds this form."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def utcnow() -> str:
-    """The current time as the ISO 8601 text stored in every timestamp column."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    """The current time in its stored form (see `timestamp`)."""
+    return timestamp(datetime.now(UTC))
 
 
 def ensure_directory(path: Path) -> None:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from triage.core.models import Contact, LeadKind
 from triage.core.sanitize import is_addr_spec
-from triage.store.db import Tx, utcnow
+from triage.store.db import Tx, timestamp, utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")
 CLOSED_STATUSES = ("won", "lost", "dismissed")
@@ -48,13 +48,6 @@ INVALID_ADDRESS_NOTE = (
     "The sender address is not a valid address, so it was not stored as the lead's address; "
     "the message shows what was given."
 )
-
-
-def timestamp(moment: datetime) -> str:
-    """The stored form of a time: UTC ISO 8601 with microseconds (a naive time is taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _time(value: str | None) -> datetime | None:

@@ -183,4 +183,21 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX replies_recipient_key ON replies (recipient_key, created_at);
     CREATE INDEX replies_claimed ON replies (claimed_at, recipient_domain);
     """,
+    # 4: one delivery queue for replies, digests and alerts (issue 15). Both tables walk the same
+    # states: `queued` (digests called it `prepared`), `sending` (claimed between the held-back
+    # final dot and the server's answer; `claimed_at` dates it), `sent`, `failed`, `uncertain`.
+    # A person settles an uncertain mail (`triage outbox resolve`): `resolution` says how,
+    # `resolved_by` and `resolved_at` who and when. Queued digests keep their place.
+    """
+    ALTER TABLE replies ADD COLUMN resolution TEXT;
+    ALTER TABLE replies ADD COLUMN resolved_by TEXT;
+    ALTER TABLE replies ADD COLUMN resolved_at TEXT;
+    ALTER TABLE digests ADD COLUMN claimed_at TEXT;
+    ALTER TABLE digests ADD COLUMN resolution TEXT;
+    ALTER TABLE digests ADD COLUMN resolved_by TEXT;
+    ALTER TABLE digests ADD COLUMN resolved_at TEXT;
+    UPDATE digests SET state = 'queued' WHERE state = 'prepared';
+    UPDATE digests SET next_attempt = created_at WHERE next_attempt IS NULL;
+    UPDATE digests SET claimed_at = updated_at WHERE state IN ('sending', 'sent', 'uncertain');
+    """,
 )

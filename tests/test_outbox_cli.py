@@ -1,0 +1,141 @@
+"""`triage outbox list` and `triage outbox resolve` as an operator runs them: what waits or is in
+doubt, and a person's decision on an uncertain reply or digest, recorded with who and when."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.test_leads_cli import one_line_error, triage, write_config
+from tests.test_outbox import Clock, Connector, enqueue, outbox
+from triage.act.smtp import AmbiguousDeliveryError
+from triage.store.db import Database
+
+
+def uncertain_replies(db: Database, count: int) -> list[int]:
+    """Queue `count` replies and lose the connection at each final dot: all uncertain."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    ids = [enqueue(box, n, f"p{n}@client.example") for n in range(1, count + 1)]
+    connector.session.fail["commit"] = AmbiguousDeliveryError("connection reset after the dot")
+    for _ in ids:
+        box.deliver_due()
+    assert [i.id for i in box.in_state("uncertain")] == ids
+    return ids
+
+
+def test_resolve_sent_settles_an_uncertain_reply(tmp_path: Path) -> None:
+    """`list` shows the uncertain reply with its error; `resolve reply:N sent` marks it sent,
+    records who and when, and hands it to filing (copy in Sent, original \\Answered)."""
+    config = write_config(tmp_path)
+    db = Database(tmp_path / "triage.db")
+    [row_id] = uncertain_replies(db, 1)
+
+    listed = triage(config, "outbox", "list")
+    assert listed.returncode == 0, listed.stderr
+    [header, line] = listed.stdout.splitlines()
+    assert header.split()[:4] == ["ID", "STATE", "TRIES", "AGE"]
+    assert line.split()[:3] == [f"reply:{row_id}", "uncertain", "1"]
+    assert "p1@client.example" in line and "connection reset after the dot" in line
+
+    done = triage(config, "outbox", "resolve", f"reply:{row_id}", "sent", "--by", "ops")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"reply:{row_id} resolved: sent (by ops)"
+    row = db.reads.execute(
+        "SELECT state, resolution, resolved_by, resolved_at, sent_at FROM replies WHERE id = ?",
+        (row_id,),
+    ).fetchone()
+    assert tuple(row)[:3] == ("sent", "sent", "ops")
+    assert row["resolved_at"] is not None and row["sent_at"] is not None
+    from triage.act.outbox import Outbox
+    from triage.core.settings import SmtpSettings
+
+    assert [i.id for i in Outbox(db, SmtpSettings()).pending_filing()] == [row_id]
+    assert triage(config, "outbox", "list").stdout.strip() == "nothing in the outbox"
+    db.close()
+
+
+def test_resend_queues_again_and_drop_gives_up(tmp_path: Path) -> None:
+    """`resend` puts the reply back in the queue, due now; `drop` fails it for good with who
+    dropped it; `--state` and `--json` filter and describe the rows."""
+    config = write_config(tmp_path)
+    db = Database(tmp_path / "triage.db")
+    first, second = uncertain_replies(db, 2)
+    assert triage(config, "outbox", "resolve", str(first), "resend", "--by", "ops").returncode == 0
+    assert (
+        triage(config, "outbox", "resolve", f"reply:{second}", "drop", "--by", "ana").returncode
+        == 0
+    )
+
+    queued = triage(config, "outbox", "list", "--state", "queued", "--json")
+    assert queued.returncode == 0, queued.stderr
+    [item] = json.loads(queued.stdout)
+    assert (item["id"], item["state"], item["resolution"], item["resolved_by"]) == (
+        f"reply:{first}",
+        "queued",
+        "resend",
+        "ops",
+    )
+    assert item["error"] is None
+    assert item["age"][:-1].isdigit() and item["age"][-1] in "mhd"  # created at T0
+    failed = json.loads(triage(config, "outbox", "list", "-s", "failed", "--json").stdout)
+    assert [(f["id"], f["error"]) for f in failed] == [(f"reply:{second}", "dropped by ana")]
+    db.close()
+
+
+def test_resolve_refuses_what_is_not_uncertain(tmp_path: Path) -> None:
+    """Only an uncertain mail can be resolved; wrong ids and decisions are one-line errors."""
+    config = write_config(tmp_path)
+    db = Database(tmp_path / "triage.db")
+    [row_id] = uncertain_replies(db, 1)
+    assert triage(config, "outbox", "resolve", f"reply:{row_id}", "sent").returncode == 0
+    again = triage(config, "outbox", "resolve", f"reply:{row_id}", "resend")
+    one_line_error(again, 2, f"reply:{row_id} is sent, not uncertain")
+    one_line_error(triage(config, "outbox", "resolve", "reply:99", "sent"), 2, "no reply 99")
+    one_line_error(triage(config, "outbox", "resolve", "digest:1", "sent"), 2, "no digest 1")
+    one_line_error(triage(config, "outbox", "resolve", "x:1", "sent"), 2, "is not a mail id")
+    one_line_error(
+        triage(config, "outbox", "resolve", str(row_id), "maybe"), 2, "unknown decision 'maybe'"
+    )
+    one_line_error(triage(config, "outbox", "list", "-s", "lost"), 2, "unknown state 'lost'")
+    db.close()
+
+
+def test_an_uncertain_digest_is_resolved_like_a_reply(tmp_path: Path) -> None:
+    """Digests and alerts share the queue: `list` shows an uncertain digest with its recipients,
+    `resolve digest:N resend` queues it again; the id's kind must match the row's."""
+    from datetime import UTC, datetime
+
+    from triage.store import outbox as queue
+    from triage.store.digests import insert
+
+    config = write_config(tmp_path)
+    db = Database(tmp_path / "triage.db")
+    now = datetime.now(UTC)
+    with db.transaction() as tx:
+        row_id = insert(
+            tx,
+            kind="digest",
+            slot="s1",
+            message_id="<d1@example.test>",
+            raw=b"Subject: digest\r\n\r\nhi\r\n",
+            recipients=["sales@example.test", "boss@example.test"],
+            envelope_from="hello@example.test",
+            now=now,
+        )
+        assert queue.claim(tx, "digests", row_id, now)
+        queue.mark_uncertain(tx, "digests", row_id, "connection reset after the dot")
+    listed = json.loads(triage(config, "outbox", "list", "--json").stdout)
+    assert [(e["id"], e["state"], e["recipients"]) for e in listed] == [
+        (f"digest:{row_id}", "uncertain", "sales@example.test, boss@example.test")
+    ]
+    one_line_error(
+        triage(config, "outbox", "resolve", f"alert:{row_id}", "resend"), 2, f"no alert {row_id}"
+    )
+    done = triage(config, "outbox", "resolve", f"digest:{row_id}", "resend", "--by", "ops")
+    assert done.returncode == 0, done.stderr
+    row = db.reads.execute(
+        "SELECT state, resolution, resolved_by FROM digests WHERE id = ?", (row_id,)
+    ).fetchone()
+    assert tuple(row) == ("queued", "resend", "ops")
+    db.close()
