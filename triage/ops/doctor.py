@@ -362,10 +362,10 @@ def check_sender_authentication(settings: Settings) -> list[Finding]:
 
 def _reply_outcomes() -> list[str]:
     """The outcomes the disposer answers with a template (`sales`, `marketing`)."""
-    # The mapping lives with the decision logic; read it rather than repeat it here.
-    from triage.decide.dispose import _REPLY_TEMPLATE
+    # The mapping lives in the label table; read it rather than repeat it here.
+    from triage.core.labels import reply_templates
 
-    return sorted({t for t in _REPLY_TEMPLATE.values() if t})
+    return reply_templates()
 
 
 def check_templates(settings: Settings) -> list[Finding]:
