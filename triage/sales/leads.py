@@ -33,6 +33,7 @@ from triage.store.leads import (
     LeadNote,
     LeadRecord,
 )
+from triage.store.retention import empty_before
 
 log = logging.getLogger(__name__)
 
@@ -522,28 +523,15 @@ def apply_retention(
     moment = now or datetime.now(UTC)
     cutoff = store.timestamp(moment - timedelta(days=settings.retention_days))
     with db.transaction() as c:
-        messages = c.execute(
-            "UPDATE messages SET body = NULL, raw = NULL"
-            " WHERE created_at < ? AND (body IS NOT NULL OR raw IS NOT NULL)",
-            (cutoff,),
-        ).rowcount
-        corrections = c.execute(
-            "UPDATE corrections SET raw = NULL WHERE created_at < ? AND raw IS NOT NULL",
-            (cutoff,),
-        ).rowcount
-        digests = c.execute(
-            "UPDATE digests SET raw = x'' WHERE created_at < ? AND length(raw) > 0"
-            " AND state IN ('sent', 'failed', 'uncertain')",
-            (cutoff,),
-        ).rowcount
-    result = RetentionResult(messages, corrections, digests)
-    if messages or corrections or digests:
+        emptied = empty_before(c, cutoff)
+    result = RetentionResult(emptied.messages, emptied.corrections, emptied.digests)
+    if result.messages or result.corrections or result.digests:
         log.info(
             "retention (%d days): emptied %d messages, %d corrections, %d digests",
             settings.retention_days,
-            messages,
-            corrections,
-            digests,
+            result.messages,
+            result.corrections,
+            result.digests,
         )
     return result
 
