@@ -5,8 +5,9 @@ Status flow (anything else is refused):
     new ──▶ claimed ──▶ contacted ──▶ won | lost
      └──────────┴────────────┴──────▶ dismissed
 
-`sales` messages make hot leads (due within `leads.response_target_hours` business hours),
-`marketing` messages nurture leads; `review` decisions wait for a person (`triage.sales.review`).
+The label table (`triage.core.labels`) says which labels make which kind of lead: hot leads are
+due within `leads.response_target_hours` business hours, nurture leads have no target; `review`
+decisions wait for a person (`triage.sales.review`).
 The pipeline calls `assign_owner` and `business_due` inside its transaction; the CLI calls the rest.
 """
 
@@ -21,6 +22,7 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triage.core.errors import ConfigError, TriageError
+from triage.core.models import LeadKind
 from triage.core.sanitize import strip_invisible
 from triage.core.settings import LeadsSettings, Settings
 from triage.store import leads as store
@@ -37,7 +39,7 @@ from triage.store.retention import empty_before
 
 log = logging.getLogger(__name__)
 
-KINDS = ("hot", "nurture")
+KINDS = tuple(kind.value for kind in LeadKind)
 TRANSITIONS: Mapping[str, tuple[str, ...]] = {
     "new": ("claimed", "dismissed"),
     "claimed": ("contacted", "dismissed"),
