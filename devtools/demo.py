@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
-import json
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -24,6 +22,9 @@ from rich.console import Console
 from rich.table import Table
 
 from devtools.mailharness import MailHarness
+from triage.store.db import Database
+from triage.store.leads import STATUSES, find_leads
+from triage.store.stats import handled_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "config" / "demo"
@@ -140,8 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     triage_once(config)
     console.print(f"handled in {time.monotonic() - started:.1f} s (including start-up)")
 
-    db = sqlite3.connect(base / "triage.db")
-    db.row_factory = sqlite3.Row
+    db = Database(base / "triage.db")
     show_outcomes(console, db)
     show_replies(console, harness)
     show_leads(console, db)
@@ -154,28 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def show_outcomes(console: Console, db: sqlite3.Connection) -> None:
+def show_outcomes(console: Console, db: Database) -> None:
     """One row per handled message: decision, confidence, reply, reasons."""
     table = Table(title="5. what triage decided", show_lines=True)
     for col in ("from", "subject", "decision", "confidence", "reply", "reasons / explanation"):
         table.add_column(col, overflow="fold")
-    rows = db.execute(
-        "SELECT m.*, (SELECT state FROM replies r WHERE r.message_row = m.id) AS reply_state"
-        " FROM messages m ORDER BY m.id"
-    )
-    for r in rows:
-        reasons = json.loads(r["reasons"] or "[]")
-        explanation = json.loads(r["explanation"] or "[]")
-        why = "; ".join(reasons) or ("terms: " + ", ".join(explanation[:5]) if explanation else "")
-        confidence = f"{r['confidence']:.2f}" if r["confidence"] is not None else ""
-        table.add_row(
-            r["sender"],
-            r["subject"],
-            r["decision"] or r["state"],
-            confidence,
-            r["reply_state"] or "none",
-            why,
+    for m in handled_messages(db.reads):
+        why = "; ".join(m.reasons) or (
+            "terms: " + ", ".join(m.explanation[:5]) if m.explanation else ""
         )
+        confidence = f"{m.confidence:.2f}" if m.confidence is not None else ""
+        table.add_row(m.sender, m.subject, m.decision, confidence, m.reply_state or "none", why)
     console.print(table)
 
 
@@ -205,25 +194,21 @@ def show_replies(console: Console, harness: MailHarness) -> None:
     console.print(table)
 
 
-def show_leads(console: Console, db: sqlite3.Connection) -> None:
+def show_leads(console: Console, db: Database) -> None:
     """The lead queue sales staff work from."""
     table = Table(title="7. leads queued for sales staff")
     for col in ("id", "kind", "status", "name", "email", "company", "phone", "messages"):
         table.add_column(col, overflow="fold")
-    rows = db.execute(
-        "SELECT l.*, (SELECT COUNT(*) FROM lead_messages x WHERE x.lead_id = l.id) AS n"
-        " FROM leads l ORDER BY l.kind, l.id"
-    )
-    for r in rows:
+    for lead in sorted(find_leads(db.reads, STATUSES), key=lambda lead: (lead.kind, lead.id)):
         table.add_row(
-            str(r["id"]),
-            r["kind"],
-            r["status"],
-            r["name"],
-            r["email"],
-            r["company"],
-            r["phone"],
-            str(r["n"]),
+            str(lead.id),
+            lead.kind,
+            lead.status,
+            lead.name,
+            lead.email,
+            lead.company,
+            lead.phone,
+            str(lead.message_count),
         )
     console.print(table)
 

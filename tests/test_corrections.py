@@ -120,3 +120,63 @@ def test_a_keyword_change_is_recorded_once_and_the_old_keyword_goes(
         client.select_folder("INBOX", readonly=True)
         flags = next(iter(client.get_flags(client.search("ALL")).values()))
     assert b"$Triage-Sales" in flags and b"$Triage-Marketing" not in flags
+
+
+# No label is sure enough: every message waits for a person.
+FORCE_REVIEW = {"TRIAGE_CLASSIFIER__THRESHOLDS": '{"sales": 1.0, "marketing": 1.0, "other": 1.0}'}
+STAFF = '\n[leads]\nstaff = ["ann", "ben"]\nassignment = "round-robin"\n'
+
+
+@pytest.mark.parametrize("how", ["folder", "keyword"])
+def test_a_review_item_relabelled_sales_in_the_mailbox_becomes_a_hot_lead(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path, how: str
+) -> None:
+    """A message waiting for review that a person moves to Triage/Sales (or gives
+    `$Triage-Sales`) in their mail client leaves the review queue AND becomes a hot lead on the
+    next pass — owner assigned, due time set — exactly as `triage review label … sales` would."""
+    base = tmp_path / "triage"
+    extra = STAFF + ("\n[ingest]\nmove_to_folders = true\n" if how == "folder" else "")
+    config = config_for(mail_harness, base, extra)
+    assert triage(config, "once", env=FORCE_REVIEW).returncode == 0
+    mail_harness.send(BROCHURE, "bob@example.test", HELLO)
+    mail_harness.wait_for_messages("hello", count=1, timeout=20)
+    assert triage(config, "once", env=FORCE_REVIEW).returncode == 0
+    with db(base) as conn:
+        [row] = conn.execute("SELECT decision FROM messages").fetchall()
+        assert row["decision"] == "review"
+        assert conn.execute("SELECT COUNT(*) FROM leads").fetchone()[0] == 0
+
+    with mail_harness.imap("hello") as client:
+        if how == "folder":
+            client.select_folder(folder_named(mail_harness, "Triage", "Review"))
+            uids = client.search("ALL")
+            assert len(uids) == 1, "the message was filed under Triage/Review"
+            sales = folder_named(mail_harness, "Triage", "Sales")
+            client.create_folder(sales)
+            client.move(uids, sales)
+        else:
+            client.select_folder("INBOX")
+            uids = client.search(["KEYWORD", "$Triage-Review"])
+            assert len(uids) == 1
+            client.add_flags(uids, ["$Triage-Sales"])
+
+    for _run in range(2):  # the second pass changes nothing
+        assert triage(config, "once", env=FORCE_REVIEW).returncode == 0
+    with db(base) as conn:
+        corrections = conn.execute("SELECT old_label, new_label, source FROM corrections")
+        assert [tuple(r) for r in corrections] == [("review", "sales", how)]
+        message = conn.execute("SELECT id, reviewed_label FROM messages").fetchone()
+        assert message["reviewed_label"] == "sales"
+        leads = conn.execute(
+            "SELECT l.*, lm.message_row FROM leads l JOIN lead_messages lm ON lm.lead_id = l.id"
+        ).fetchall()
+    assert len(leads) == 1, "one hot lead, made once"
+    [lead] = leads
+    assert lead["kind"] == "hot" and lead["status"] == "new"
+    assert lead["message_row"] == message["id"]
+    assert lead["email"] == "bob@example.test"
+    assert lead["owner"] == "ann"
+    assert lead["due_at"], "a hot lead has a response target"
+    assert lead["label"] == "sales" and lead["confidence"] == 1.0
+    assert f"labelled sales in the mailbox ({how})" in json.loads(lead["explanation"])
+    assert triage(config, "review", "list").stdout == "nothing waits for review\n"

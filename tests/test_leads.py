@@ -581,3 +581,46 @@ def test_lead_json_is_serialisable(store: Store) -> None:
     assert (
         json.loads(json.dumps(data))["conversation"][0]["body"] == "We need a quote for 40 units."
     )
+
+
+def test_relabel_makes_the_lead_a_decided_message_lacks_and_never_a_second(
+    store: Store, settings: Settings
+) -> None:
+    """A person's label given in the mailbox (`relabel`, as the correction scan calls it): an
+    `other` message relabelled marketing becomes a nurture lead; a message that is already in a
+    lead gets no second one; a label without a lead kind makes none. Each records a correction."""
+    from triage.sales.review import relabel
+    from triage.store.review import get_message
+
+    other = store.message("a@x.example", decision="other")
+    sales = store.message("c@x.example", decision="sales")
+    with store.db.transaction() as c:
+        existing = record_lead(
+            c, NewLead(sales, LeadKind.HOT, Contact(email="c@x.example"), "sales", 0.9, ())
+        )
+    done = {}
+    with store.db.transaction() as c:
+        for row, new in ((other, "marketing"), (sales, "marketing"), (sales, "other")):
+            message = get_message(c, row)
+            assert message is not None
+            done[(row, new)] = relabel(
+                c,
+                message,
+                new,
+                settings,
+                old_label=message.current_label,
+                source="keyword",
+                by="mailbox keyword",
+                reason=f"labelled {new} in the mailbox (keyword)",
+            )
+    made = done[(other, "marketing")]
+    assert made.correction_added and made.lead_id is not None
+    lead = get_lead(store.db.reads, made.lead_id)
+    assert lead is not None
+    assert (lead.kind, lead.email, lead.owner, lead.due_at) == ("nurture", "a@x.example", "", None)
+    assert lead.explanation[0] == "labelled marketing in the mailbox (keyword)"
+    assert done[(sales, "marketing")].lead_id is None
+    assert done[(sales, "other")].lead_id is None
+    leads = store.db.reads.execute("SELECT id FROM leads ORDER BY id").fetchall()
+    assert [r["id"] for r in leads] == [existing, made.lead_id]
+    assert store.db.reads.execute("SELECT COUNT(*) FROM corrections").fetchone()[0] == 3

@@ -32,6 +32,7 @@ from pydantic_settings import (
 
 from triage.core.errors import ConfigError
 from triage.core.hosts import is_loopback
+from triage.core.models import LABELS
 
 CONFIG_ENV = "TRIAGE_CONFIG"
 Security = Literal["tls", "starttls", "plain"]
@@ -226,7 +227,7 @@ class ClassifierSettings(_Section):
 
     @model_validator(mode="after")
     def _known_labels(self) -> Self:
-        unknown = set(self.thresholds) - {"sales", "marketing", "other"}
+        unknown = set(self.thresholds) - set(LABELS)
         if unknown:
             raise ValueError(f"thresholds for unknown labels: {sorted(unknown)}")
         return self

@@ -1,45 +1,17 @@
 """Turn the verdicts about one message into what to do with it: a pure decision.
 
-| decision  | reply (if etiquette allows) | lead    | keyword              |
-|-----------|-----------------------------|---------|----------------------|
-| sales     | `sales` acknowledgement     | hot     | `$Triage-Sales`      |
-| marketing | `marketing` information     | nurture | `$Triage-Marketing`  |
-| other     | none                        | none    | `$Triage-Other`      |
-| review    | none, ever                  | none    | `$Triage-Review`     |
-
-Mail that was already in the mailbox before triage first started (backfill) is never answered.
+The reply template, lead kind, keyword and folder of each decision come from the label table
+(`triage.core.labels`); a reply goes out only if etiquette allows, and a `review` decision is
+never answered. Mail that was already in the mailbox before triage first started (backfill) is
+never answered.
 """
 
 from __future__ import annotations
 
-from triage.core.models import (
-    Classification,
-    Decision,
-    Disposition,
-    InboundMessage,
-    LeadKind,
-    Verdict,
-)
+from triage.core.labels import KEYWORD_PREFIX, keyword_for, row_for
+from triage.core.models import Classification, Disposition, InboundMessage, Verdict
 
-KEYWORD_PREFIX = "$Triage-"
-
-_REPLY_TEMPLATE: dict[Decision, str | None] = {
-    "sales": "sales",
-    "marketing": "marketing",
-    "other": None,
-    "review": None,
-}
-_LEAD_KIND: dict[Decision, LeadKind | None] = {
-    "sales": LeadKind.HOT,
-    "marketing": LeadKind.NURTURE,
-    "other": None,
-    "review": None,
-}
-
-
-def keyword_for(decision: str) -> str:
-    """The IMAP keyword that shows a decision in mail clients, e.g. `$Triage-Sales`."""
-    return KEYWORD_PREFIX + decision.capitalize()
+__all__ = ["KEYWORD_PREFIX", "dispose", "keyword_for"]
 
 
 def dispose(
@@ -52,7 +24,8 @@ def dispose(
 ) -> Disposition:
     """Decide reply, lead, keyword and folder for one message; records why a reply is skipped."""
     decision = classification.decision
-    template = _REPLY_TEMPLATE[decision]
+    row = row_for(decision)
+    template = row.reply_template
     # A header rule that decided without the model is the first reason a person sees.
     reasons: list[str] = [classification.rule] if classification.rule else []
     if template is not None:
@@ -67,16 +40,16 @@ def dispose(
             f"review: confidence {classification.confidence:.2f} for {classification.label} "
             "is below its threshold"
         )
-    lead_kind = _LEAD_KIND[decision]
+    lead_kind = row.lead_kind
     if lead_kind is not None and not (msg.contact.email or (msg.from_ and msg.from_.email)):
         reasons.append("no sender address: no lead recorded")
         lead_kind = None
-    folder = f"{folder_prefix}/{decision.capitalize()}" if folder_prefix else None
+    folder = f"{folder_prefix}/{row.folder}" if folder_prefix else None
     return Disposition(
         decision=decision,
         reply_template=template,
         lead_kind=lead_kind,
-        keyword=keyword_for(decision),
+        keyword=row.keyword,
         folder=folder,
         reasons=tuple(reasons),
         # How the reply is routed (a Reply-To passed over, fixed text only) is on record too.

@@ -12,38 +12,45 @@ so the same correction is not recorded twice.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from triage.core.models import LABELS
-from triage.core.settings import IngestSettings
-from triage.decide.dispose import keyword_for
+from triage.core.labels import DECISION_TABLE, LABEL_TABLE, keyword_for
+from triage.core.settings import Settings
 from triage.ingest.mailbox import ImapMailbox
 from triage.parsing import parse
+from triage.sales.review import relabel
+from triage.store import review as ledger
 from triage.store.corrections import insert_correction
-from triage.store.db import Database, utcnow
+from triage.store.db import Database
+from triage.store.review import LedgerMessage
 
 log = logging.getLogger(__name__)
 
-_DECISION_KEYWORDS = [keyword_for(d) for d in (*LABELS, "review")]
+_DECISION_KEYWORDS = [row.keyword for row in DECISION_TABLE.values()]
 
 
 class CorrectionScan:
-    """Finds and records corrections in one account's mailbox."""
+    """Finds and records corrections in one account's mailbox.
 
-    def __init__(self, mailbox: ImapMailbox, db: Database, settings: IngestSettings) -> None:
+    `settings` are the whole settings: a correction to a label that makes a lead records the
+    lead, which needs the staff, assignment and response target of `leads`.
+    """
+
+    def __init__(self, mailbox: ImapMailbox, db: Database, settings: Settings) -> None:
         self.mailbox = mailbox
         self.db = db
         self.settings = settings
 
     def scan(self, watched: Sequence[str]) -> int:
         """Look through the label folders and the watched folders; returns corrections made."""
+        ingest = self.settings.ingest
         found = 0
-        if self.settings.move_to_folders:
-            for label in LABELS:
-                folder = self.mailbox.folder_path(self.settings.folder_prefix, label.capitalize())
+        if ingest.move_to_folders:
+            for label, row in LABEL_TABLE.items():
+                folder = self.mailbox.folder_path(ingest.folder_prefix, row.folder)
                 found += self._scan_label_folder(folder, label)
-        if self.settings.keywords:
+        if ingest.keywords:
             for folder in watched:
                 found += self._scan_keywords(folder)
         return found
@@ -59,15 +66,11 @@ class CorrectionScan:
         count = 0
         for uid, raw in raws.items():
             msg = parse(raw)
-            row = self.db.conn.execute(
-                "SELECT * FROM messages WHERE account = ? AND message_id = ?"
-                " ORDER BY id DESC LIMIT 1",
-                (self.mailbox.account.name, msg.message_id),
-            ).fetchone()
-            old = (row["reviewed_label"] or row["decision"]) if row else None
+            row = ledger.latest_message(self.db.reads, self.mailbox.account.name, msg.message_id)
+            old = row.current_label if row else None
             if old != label:
                 count += self._record(
-                    row["id"] if row else None,
+                    row,
                     msg.message_id,
                     old,
                     label,
@@ -82,54 +85,33 @@ class CorrectionScan:
     def _scan_keywords(self, folder: str) -> int:
         info = self.mailbox.select(folder)
         count = 0
-        for label in LABELS:
+        for label in LABEL_TABLE:
             uids = self.mailbox.search_keyword(keyword_for(label))
             if not uids:
                 continue
-            changed = self._relabelled(folder, info.uidvalidity, uids, label)
+            changed = ledger.relabelled(
+                self.db.reads, self.mailbox.account.name, folder, info.uidvalidity, uids, label
+            )
             if not changed:
                 continue
             raws = self.mailbox.fetch(list(changed))
             for uid, row in changed.items():
                 count += self._record(
-                    row["id"],
-                    row["message_id"],
-                    row["reviewed_label"] or row["decision"],
+                    row,
+                    row.message_id,
+                    row.current_label,
                     label,
                     "keyword",
-                    row["subject"],
-                    row["body"] or "",
+                    row.subject,
+                    row.body,
                     raws.get(uid),
                 )
                 self._set_keyword([uid], label)
         return count
 
-    def _relabelled(
-        self, folder: str, uidvalidity: int, uids: Sequence[int], label: str
-    ) -> dict[int, sqlite3.Row]:
-        """The rows among `uids` whose label in the ledger differs from the keyword `label`.
-
-        Filtered in SQL: a mailbox holds thousands of keyworded messages and almost none of them
-        was re-labelled, so their bodies are never read into memory.
-        """
-        out: dict[int, sqlite3.Row] = {}
-        decisions = (*LABELS, "review")
-        for start in range(0, len(uids), 500):
-            chunk = list(uids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            cur = self.db.conn.execute(
-                "SELECT id, uid, message_id, decision, reviewed_label, subject, body"  # noqa: S608
-                " FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"
-                f" AND uid IN ({marks})"
-                " AND decision IN (?, ?, ?, ?) AND COALESCE(reviewed_label, decision) != ?",
-                (self.mailbox.account.name, folder, uidvalidity, *chunk, *decisions, label),
-            )
-            out.update((r["uid"], r) for r in cur)
-        return out
-
     def _record(
         self,
-        row_id: int | None,
+        row: LedgerMessage | None,
         message_id: str,
         old: str | None,
         new: str,
@@ -138,26 +120,44 @@ class CorrectionScan:
         body: str,
         raw: bytes | None,
     ) -> int:
+        """Record one correction; for a message in the ledger also the person's label and, when
+        the label makes a lead and the message has none, the lead (as `triage review label`)."""
+        lead_id = None
         with self.db.transaction() as c:
-            added = insert_correction(
-                c,
-                message_row=row_id,
-                message_id=message_id,
-                old_label=old,
-                new_label=new,
-                source=source,
-                subject=subject,
-                body=body,
-                raw=raw,
-            )
-            if row_id is not None:
-                c.execute(
-                    "UPDATE messages SET reviewed_label = ?, reviewed_by = ?, updated_at = ?"
-                    " WHERE id = ?",
-                    (new, f"mailbox {source}", utcnow(), row_id),
+            if row is None:
+                added = insert_correction(
+                    c,
+                    message_row=None,
+                    message_id=message_id,
+                    old_label=old,
+                    new_label=new,
+                    source=source,
+                    subject=subject,
+                    body=body,
+                    raw=raw,
                 )
+            else:
+                done = relabel(
+                    c,
+                    row,
+                    new,
+                    self.settings,
+                    old_label=old,
+                    source=source,
+                    by=f"mailbox {source}",
+                    reason=f"labelled {new} in the mailbox ({source})",
+                    subject=subject,
+                    body=body,
+                    raw=raw,
+                    now=datetime.now(UTC),
+                )
+                added, lead_id = done.correction_added, done.lead_id
         if added:
             log.info("correction: %s was %s, a person says %s (%s)", message_id, old, new, source)
+        if lead_id is not None:
+            log.info(
+                "lead %d: %s labelled %s in the mailbox (%s)", lead_id, message_id, new, source
+            )
         return int(added)
 
     def _set_keyword(self, uids: Sequence[int], label: str) -> None:

@@ -12,7 +12,6 @@ will fail or misbehave). Details and fixes never contain a password.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -89,6 +88,7 @@ def settings_findings(error: ConfigError | None, source: Path | None) -> list[Fi
 def check_store(settings: Settings) -> list[Finding]:
     """Open (create, migrate) the database and prove it is writable with a rolled-back write."""
     from triage.store.db import Database
+    from triage.store.probe import probe_write
 
     path = settings.store.path
     fix = (
@@ -100,16 +100,9 @@ def check_store(settings: Settings) -> list[Finding]:
     except StoreError as exc:
         return [_problem("store", str(exc), fix)]
     try:
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            db.conn.execute(
-                "INSERT OR REPLACE INTO kv (key, value) VALUES ('doctor', 'write test')"
-            )
-        finally:
-            db.conn.execute("ROLLBACK")
-        version = db.schema_version
-    except sqlite3.Error as exc:
-        return [_problem("store", f"{path} is not writable: {exc}", fix)]
+        version = probe_write(db)
+    except StoreError as exc:
+        return [_problem("store", str(exc), fix)]
     finally:
         db.close()
     return [_ok("store", f"{path} (schema {version}, writable)")]
@@ -362,10 +355,10 @@ def check_sender_authentication(settings: Settings) -> list[Finding]:
 
 def _reply_outcomes() -> list[str]:
     """The outcomes the disposer answers with a template (`sales`, `marketing`)."""
-    # The mapping lives with the decision logic; read it rather than repeat it here.
-    from triage.decide.dispose import _REPLY_TEMPLATE
+    # The mapping lives in the label table; read it rather than repeat it here.
+    from triage.core.labels import reply_templates
 
-    return sorted({t for t in _REPLY_TEMPLATE.values() if t})
+    return reply_templates()
 
 
 def check_templates(settings: Settings) -> list[Finding]:

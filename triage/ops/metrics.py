@@ -198,18 +198,13 @@ class Metrics:
         per-thread), e.g. the daemon's periodic work, or from the health server's scrape hook
         with a connection of its own.
         """
+        from triage.store.stats import queue_counts
+
         now = time.time() if now is None else now
-        conn = db.conn
-        review = conn.execute(
-            "SELECT COUNT(*) FROM messages WHERE decision = 'review' AND reviewed_label IS NULL"
-        ).fetchone()[0]
-        oldest = conn.execute(
-            "SELECT MIN(created_at) FROM leads WHERE kind = 'hot' AND status = 'new'"
-        ).fetchone()[0]
-        queued = conn.execute("SELECT COUNT(*) FROM replies WHERE state = 'queued'").fetchone()[0]
-        self.review_queue.set(int(review))
-        self.oldest_hot_lead.set(_age_seconds(oldest, now))
-        self.outbox_depth.set(int(queued))
+        counts = queue_counts(db.reads)
+        self.review_queue.set(counts.review)
+        self.oldest_hot_lead.set(_age_seconds(counts.oldest_new_hot_lead, now))
+        self.outbox_depth.set(counts.queued_replies)
 
     # -- exposition ------------------------------------------------------------------------------
 

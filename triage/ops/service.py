@@ -256,7 +256,7 @@ class Service:
             for folder in account.folders
         ]
         if self.settings.ingest.corrections:
-            scan = CorrectionScan(mailbox, self.db, self.settings.ingest)
+            scan = CorrectionScan(mailbox, self.db, self.settings)
 
             def corrections() -> SyncResult:
                 return SyncResult(corrections=scan.scan(account.folders))

@@ -5,8 +5,9 @@ Status flow (anything else is refused):
     new ──▶ claimed ──▶ contacted ──▶ won | lost
      └──────────┴────────────┴──────▶ dismissed
 
-`sales` messages make hot leads (due within `leads.response_target_hours` business hours),
-`marketing` messages nurture leads; `review` decisions wait for a person (`triage.sales.review`).
+The label table (`triage.core.labels`) says which labels make which kind of lead: hot leads are
+due within `leads.response_target_hours` business hours, nurture leads have no target; `review`
+decisions wait for a person (`triage.sales.review`).
 The pipeline calls `assign_owner` and `business_due` inside its transaction; the CLI calls the rest.
 """
 
@@ -21,6 +22,7 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triage.core.errors import ConfigError, TriageError
+from triage.core.models import LeadKind
 from triage.core.sanitize import strip_invisible
 from triage.core.settings import LeadsSettings, Settings
 from triage.store import leads as store
@@ -33,10 +35,11 @@ from triage.store.leads import (
     LeadNote,
     LeadRecord,
 )
+from triage.store.retention import empty_before
 
 log = logging.getLogger(__name__)
 
-KINDS = ("hot", "nurture")
+KINDS = tuple(kind.value for kind in LeadKind)
 TRANSITIONS: Mapping[str, tuple[str, ...]] = {
     "new": ("claimed", "dismissed"),
     "claimed": ("contacted", "dismissed"),
@@ -522,28 +525,15 @@ def apply_retention(
     moment = now or datetime.now(UTC)
     cutoff = timestamp(moment - timedelta(days=settings.retention_days))
     with db.transaction() as c:
-        messages = c.execute(
-            "UPDATE messages SET body = NULL, raw = NULL"
-            " WHERE created_at < ? AND (body IS NOT NULL OR raw IS NOT NULL)",
-            (cutoff,),
-        ).rowcount
-        corrections = c.execute(
-            "UPDATE corrections SET raw = NULL WHERE created_at < ? AND raw IS NOT NULL",
-            (cutoff,),
-        ).rowcount
-        digests = c.execute(
-            "UPDATE digests SET raw = x'' WHERE created_at < ? AND length(raw) > 0"
-            " AND state IN ('sent', 'failed', 'uncertain')",
-            (cutoff,),
-        ).rowcount
-    result = RetentionResult(messages, corrections, digests)
-    if messages or corrections or digests:
+        emptied = empty_before(c, cutoff)
+    result = RetentionResult(emptied.messages, emptied.corrections, emptied.digests)
+    if result.messages or result.corrections or result.digests:
         log.info(
             "retention (%d days): emptied %d messages, %d corrections, %d digests",
             settings.retention_days,
-            messages,
-            corrections,
-            digests,
+            result.messages,
+            result.corrections,
+            result.digests,
         )
     return result
 

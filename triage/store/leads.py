@@ -106,11 +106,6 @@ class LeadRecord:
     last_body: str
     last_message_at: datetime | None
 
-    @property
-    def is_open(self) -> bool:
-        """True while someone still has to act on the lead."""
-        return self.status in OPEN_STATUSES
-
 
 @dataclass(frozen=True, slots=True)
 class LeadMessage:
@@ -302,6 +297,14 @@ def record_lead(c: Tx, lead: NewLead) -> int:
 
 
 # --- reading -------------------------------------------------------------------------------------
+
+
+def message_has_lead(c: Tx, message_row: int) -> bool:
+    """Whether ledger row `message_row` belongs to a lead (of any kind or status)."""
+    row = c.execute(
+        "SELECT 1 FROM lead_messages WHERE message_row = ? LIMIT 1", (message_row,)
+    ).fetchone()
+    return row is not None
 
 
 def get_lead(c: Tx, lead_id: int) -> LeadRecord | None:

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import sqlite3
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from triage.core.errors import ConfigError, StoreError
+from triage.core.errors import ConfigError
 from triage.core.models import LABELS, InboundMessage, Label
 from triage.ingest.sources import iter_sources
 from triage.parsing import parse
+from triage.store.corrections import StoredCorrection, read_corrections
 
 LABELS_FILE = "labels.csv"
 DEFAULT_CORPUS = Path("classifiers/corpus")
@@ -244,26 +244,19 @@ def load_corrections(db_path: Path) -> Corpus:
     """
     if not db_path.is_file():
         raise ConfigError(f"store {db_path} does not exist")
-    try:
-        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the store {db_path}: {exc}") from None
-    try:
-        rows = conn.execute(
-            "SELECT message_id, new_label, subject, body, raw FROM corrections "
-            "ORDER BY created_at, id"
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read corrections from {db_path}: {exc}") from None
-    finally:
-        conn.close()
-    latest: dict[str, tuple[str, str, str, str, bytes | None]] = {}
-    for message_id, new_label, subject, body, raw in rows:
-        latest[message_key(message_id)] = (message_id, new_label, subject, body, raw)
+    latest: dict[str, StoredCorrection] = {}
+    for correction in read_corrections(db_path):
+        latest[message_key(correction.message_id)] = correction
     examples = []
     problems = []
     for key in sorted(latest):
-        message_id, new_label, subject, body, raw = latest[key]
+        found = latest[key]
+        message_id, new_label, subject, raw = (
+            found.message_id,
+            found.new_label,
+            found.subject,
+            found.raw,
+        )
         source = f"{CORRECTION_PREFIX}{message_id}"
         if new_label not in LABELS:
             problems.append(f"{source}: skipped: unknown label {new_label!r}")
@@ -277,7 +270,7 @@ def load_corrections(db_path: Path) -> Corpus:
                 message = replace(message, message_id=message_id)
                 example = Example(source, label, message, example.digest)
         else:
-            text = body or ""
+            text = found.body or ""
             message = InboundMessage(
                 message_id=message_id, subject=subject or "", text=text, new_text=text
             )
