@@ -41,6 +41,8 @@ password_file = "{base}/{user}.password"
 idle = true
 poll_interval = 5
 
+# The harness Postfix's inbound port, a local relay on loopback: no login (SMTP AUTH is on its
+# submission port, which depends on Dovecot being up).
 [smtp]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -51,7 +53,7 @@ path = "{base}/triage.db"
 
 [replies]
 mode = "live"
-templates_dir = "{root}/templates"
+# No templates_dir: the templates shipped with triage.
 from_address = "{user}@{domain}"
 from_name = "Example Furniture"
 envelope_sender = "noreply@{domain}"
@@ -63,8 +65,7 @@ trusted_authserv_ids = ["mx.example.test"]
 company_name = "Example Furniture Ltd"
 signature = "The Example Furniture team"
 
-[classifier]
-model_path = "{root}/classifiers/model.skops"
+# No [classifier] model_path: the model shipped with triage.
 
 [daemon]
 health_port = 0
@@ -84,7 +85,6 @@ def write_config(harness: MailHarness, base: Path, extra: str = "", user: str = 
             smtp_port=cfg.smtp_port,
             ca_file=harness.ca_file,
             base=base,
-            root=ROOT,
             domain=cfg.domain,
             user=user,
         )

@@ -1,9 +1,21 @@
 """Real Dovecot and Postfix on loopback: the mail servers of the demo, the tests and the benchmarks.
 
 `MailHarness` writes every configuration file, certificate, queue, maildir and log under one folder
-(`HarnessConfig.base_dir`), starts Dovecot (IMAP, IMAPS, LMTP) and Postfix (SMTP) on 127.0.0.1 and
-non-default ports, and offers the helpers that tests need: send a message over SMTP, log in over
-IMAP, wait for a delivery, empty the mailboxes, stop and start either server for outage tests.
+(`HarnessConfig.base_dir`), starts Dovecot (IMAP, IMAPS, LMTP) and Postfix (SMTP, submission) on
+127.0.0.1 and non-default ports, and offers the helpers that tests need: send a message over SMTP,
+log in over IMAP, wait for a delivery, empty the mailboxes, stop and start either server for outage
+tests.
+
+Postfix listens twice, like a production MX with a submission service:
+
+- `smtp_port` (port 25's role): inbound mail and unauthenticated sending from loopback, optional
+  STARTTLS, no SMTP AUTH. It never asks Dovecot anything at connect time, so it keeps accepting
+  (and queueing) mail while Dovecot is stopped, whichever smtpd process answers.
+- `submission_port` (port 587's role): STARTTLS required, then SMTP AUTH against Dovecot's users
+  through Dovecot's auth socket. An smtpd process there fetches the SASL mechanisms from that
+  socket right after STARTTLS and exits if Dovecot is down, as in production: while Dovecot is
+  stopped, a submission session is dropped after STARTTLS (unless an older smtpd that already
+  holds the mechanisms happens to answer).
 
 Postfix delivers only the harness domain (to Dovecot over LMTP) and refuses every other
 destination, so nothing ever leaves the machine. Both servers run as root-started daemons, as
@@ -135,6 +147,7 @@ class HarnessConfig:
     imaps_port: int = 10993
     lmtp_port: int = 10024
     smtp_port: int = 10025
+    submission_port: int = 10587
     domain: str = "example.test"
     users: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
 
@@ -145,19 +158,27 @@ class HarnessConfig:
             "imaps": self.imaps_port,
             "lmtp": self.lmtp_port,
             "smtp": self.smtp_port,
+            "submission": self.submission_port,
         }
 
     def with_free_ports(self) -> HarnessConfig:
-        """A copy whose four ports are currently free, so parallel harnesses never collide."""
+        """A copy whose ports are currently free, so parallel harnesses never collide."""
         chosen: set[int] = set()
-        while len(chosen) < 4:
+        while len(chosen) < len(self.ports()):
             port = _FREE_PORT_RANGE[0] + secrets.randbelow(
                 _FREE_PORT_RANGE[1] - _FREE_PORT_RANGE[0]
             )
             if port not in chosen and _port_free(self.host, port):
                 chosen.add(port)
-        imap, imaps, lmtp, smtp = sorted(chosen)
-        return replace(self, imap_port=imap, imaps_port=imaps, lmtp_port=lmtp, smtp_port=smtp)
+        imap, imaps, lmtp, smtp, submission = sorted(chosen)
+        return replace(
+            self,
+            imap_port=imap,
+            imaps_port=imaps,
+            lmtp_port=lmtp,
+            smtp_port=smtp,
+            submission_port=submission,
+        )
 
     def to_json(self) -> str:
         """The configuration as JSON, saved in base_dir so `stop`/`status` find the ports."""
@@ -168,7 +189,7 @@ class HarnessConfig:
 
     @classmethod
     def from_json(cls, text: str) -> HarnessConfig:
-        """Inverse of `to_json`."""
+        """Inverse of `to_json`; a port missing from an older file takes its default."""
         data = json.loads(text)
         data["base_dir"] = Path(data["base_dir"])
         return cls(**data)
@@ -543,14 +564,19 @@ class MailHarness:
         """Write all files and start both servers; return once every port accepts connections.
 
         Idempotent: servers already running with this configuration are left alone; if the
-        folder last ran with another configuration, that instance is stopped first.
+        folder last ran with another configuration, or with server configuration files that
+        another version of this module wrote, that instance is stopped first.
         """
         if self.config_file.exists() and (self.dovecot_pid() or self.postfix_pid()):
             try:
                 previous = HarnessConfig.from_json(self.config_file.read_text())
             except (ValueError, TypeError, KeyError):
                 previous = None
-            if previous is None or replace(previous, base_dir=self.base_dir) != self.config:
+            if (
+                previous is None
+                or replace(previous, base_dir=self.base_dir) != self.config
+                or self._server_files_stale()
+            ):
                 self.stop()
         self.start_dovecot()
         self.start_postfix()
@@ -591,25 +617,32 @@ class MailHarness:
         )
 
     def start_postfix(self) -> None:
-        """Start Postfix alone (no-op when running); waits for SMTP."""
+        """Start Postfix alone (no-op when running); waits for SMTP and submission.
+
+        Works while Dovecot is stopped: mail for the harness domain is queued until it is back.
+        """
         self._prepare()
         if self.postfix_pid() is not None:
             return
-        self._check_ports_free((self.config.smtp_port,), "Postfix")
+        ports = self._postfix_ports()
+        self._check_ports_free(ports, "Postfix")
         env = self._env()
         # What `postfix start` runs after its permission checks (which take ~2.5 s; _prepare
         # already made the queue folders as /etc/postfix/postfix-files lists them): `-w`
         # returns once the master has initialised, with a non-zero exit if it could not.
         # Postfix reports its errors only to a terminal and the log, hence the log tail.
         _run([_POSTFIX_MASTER, "-c", str(self.postfix_dir), "-w"], log=self.postfix_log, env=env)
-        self._wait_accepting(
-            (self.config.smtp_port,), "Postfix", self.postfix_log, self.postfix_pid
-        )
+        # Connecting starts an smtpd on each port (Dovecot need not be up: the submission smtpd
+        # asks for SASL only after STARTTLS).
+        self._wait_accepting(ports, "Postfix", self.postfix_log, self.postfix_pid)
 
     def stop_postfix(self) -> None:
         """Stop Postfix (no-op when stopped); mail still queued stays in the queue folder."""
         # This is what `postfix stop` does (SIGTERM to the master), minus its 1 s polling sleeps.
-        self._terminate(self.postfix_pid(), (self.config.smtp_port,), "Postfix")
+        self._terminate(self.postfix_pid(), self._postfix_ports(), "Postfix")
+
+    def _postfix_ports(self) -> tuple[int, int]:
+        return (self.config.smtp_port, self.config.submission_port)
 
     def _env(self) -> dict[str, str]:
         return dict(os.environ, PATH=os.environ.get("PATH", "") + os.pathsep + _SBIN_PATH)
@@ -702,14 +735,27 @@ class MailHarness:
         self._make_certificates()
         # Test-only passwords; the auth process runs as user dovecot and must read the file.
         _write(self.passwd_file, "".join(f"{u}:{{PLAIN}}{pw}::::::\n" for u, pw in self._users()))
-        _write(self.dovecot_conf, self._dovecot_conf(mail_uid))
-        _write(self.postfix_dir / "main.cf", self._postfix_main_cf())
-        _write(self.postfix_dir / "master.cf", self._postfix_master_cf())
+        for path, text in self._server_files(mail_uid).items():
+            _write(path, text)
         _write(
             self.postfix_dir / "vmailbox",
             "".join(f"{self.address(u)} {u}/\n" for u, _ in self._users()),
         )
         _write(self.config_file, self.config.to_json() + "\n")
+
+    def _server_files(self, mail_uid: int) -> dict[Path, str]:
+        """The servers' configuration files and the text this module writes into them."""
+        return {
+            self.dovecot_conf: self._dovecot_conf(mail_uid),
+            self.postfix_dir / "main.cf": self._postfix_main_cf(),
+            self.postfix_dir / "master.cf": self._postfix_master_cf(),
+        }
+
+    def _server_files_stale(self) -> bool:
+        """True when a configuration file on disk differs from what this module would write
+        (servers started by an older version of the harness run with the old files)."""
+        files = self._server_files(_ids("mail")[0])
+        return any(not p.exists() or p.read_text() != text for p, text in files.items())
 
     def _users(self) -> list[tuple[str, str]]:
         return sorted(self.config.users.items())
@@ -843,7 +889,7 @@ service anvil {{
     mode = 0
   }}
 }}
-# Postfix's smtpd authenticates SMTP AUTH against the same users through this socket.
+# Postfix's submission smtpd authenticates SMTP AUTH against the same users through this socket.
 service auth {{
   unix_listener auth-postfix {{
     mode = 0600
@@ -914,24 +960,40 @@ queue_run_delay = 1s
 minimal_backoff_time = 1s
 maximal_backoff_time = 5s
 
-# Optional STARTTLS (same certificate as Dovecot) and SMTP AUTH against Dovecot's users,
-# for clients configured like production ones.
+# Optional STARTTLS (same certificate as Dovecot) on every smtpd. SMTP AUTH only on the
+# submission service (master.cf): an smtpd with SASL on asks Dovecot's auth socket for its
+# mechanisms when a session starts (with smtpd_tls_auth_only, after STARTTLS) and exits when
+# Dovecot is down, so the inbound port must
+# not have it, or mail sent during a Dovecot outage fails whenever a new smtpd answers.
 smtpd_tls_security_level = may
 smtpd_tls_cert_file = {self.tls_dir / "server.pem"}
 smtpd_tls_key_file = {self.tls_dir / "server.key"}
 smtpd_tls_session_cache_database =
-smtpd_sasl_auth_enable = yes
+smtpd_sasl_auth_enable = no
 smtpd_sasl_type = dovecot
 smtpd_sasl_path = {self.dovecot_run / "auth-postfix"}
-smtpd_tls_auth_only = no
 smtp_tls_security_level = none
 lmtp_tls_security_level = none
 """
 
     def _postfix_master_cf(self) -> str:
         # Nothing chrooted (column 5 "n"): the daemons read files under base_dir directly.
+        # Submission as in Debian's master.cf: TLS first, then a login, before any recipient;
+        # the harness domain stays the only destination (reject_unauth_destination).
+        cfg = self.config
+        submission = " ".join(
+            f"-o {setting}"
+            for setting in (
+                "syslog_name=postfix/submission",
+                "smtpd_tls_security_level=encrypt",
+                "smtpd_sasl_auth_enable=yes",
+                "smtpd_tls_auth_only=yes",
+                "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+            )
+        )
         services = [
-            f"{self.config.host}:{self.config.smtp_port} inet n - n - - smtpd",
+            f"{cfg.host}:{cfg.smtp_port} inet n - n - - smtpd",
+            f"{cfg.host}:{cfg.submission_port} inet n - n - - smtpd {submission}",
             "pickup unix n - n 60 1 pickup",
             "cleanup unix n - n - 0 cleanup",
             "qmgr unix n - n 300 1 qmgr",
@@ -966,7 +1028,8 @@ lmtp_tls_security_level = none
         mail_from: str,
         rcpt_tos: str | Sequence[str],
     ) -> dict[str, tuple[int, bytes]]:
-        """Submit a message over SMTP to the harness Postfix.
+        """Deliver a message over SMTP to the harness Postfix's inbound port (no login), as
+        another mail server would; works while Dovecot is stopped (the mail is queued).
 
         Returns the recipients Postfix refused while accepting others (smtplib's convention);
         raises smtplib.SMTPRecipientsRefused when it refused them all (e.g. outside domains).
@@ -1139,9 +1202,9 @@ def _print_summary(harness: MailHarness, seconds: float) -> None:
     print(f"mail harness running in {harness.base_dir} (ready in {seconds:.2f} s)")
     print(f"  IMAP   {cfg.host}:{cfg.imap_port}   plain")
     print(f"  IMAPS  {cfg.host}:{cfg.imaps_port}   TLS, CA {harness.ca_file}")
-    print(
-        f"  SMTP   {cfg.host}:{cfg.smtp_port}   optional STARTTLS and AUTH; other domains refused"
-    )
+    print(f"  SMTP   {cfg.host}:{cfg.smtp_port}   inbound, optional STARTTLS, no AUTH")
+    print(f"  SUBM   {cfg.host}:{cfg.submission_port}   STARTTLS then AUTH required")
+    print("         (both: the harness domain only, other domains refused)")
     print(f"  LMTP   {cfg.host}:{cfg.lmtp_port}   (Postfix -> Dovecot)")
     print(f"  logs   {harness.dovecot_log}, {harness.postfix_log}")
     print("  users  (login = local part or address, password)")

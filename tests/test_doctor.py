@@ -53,7 +53,7 @@ timeout = 5
 
 [smtp]
 host = "{cfg.host}"
-port = {cfg.smtp_port}
+port = {cfg.submission_port}
 security = "starttls"
 ca_file = "{harness.ca_file}"
 username = "hello"

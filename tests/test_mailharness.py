@@ -153,20 +153,45 @@ def test_wrong_password_fails_fast(mail_harness: MailHarness) -> None:
         assert client.noop()
 
 
-def test_smtp_starttls_and_auth(mail_harness: MailHarness) -> None:
-    """Postfix offers STARTTLS with the harness certificate and SMTP AUTH against the Dovecot
-    users; a wrong password is refused quickly (smtplib tries PLAIN, then LOGIN)."""
+def test_submission_requires_starttls_then_auth(mail_harness: MailHarness) -> None:
+    """The submission port offers AUTH only after STARTTLS (verified against the harness CA),
+    takes Dovecot's users, refuses a wrong password quickly (smtplib tries PLAIN, then LOGIN)
+    and refuses recipients to a client that has not logged in."""
     harness = mail_harness
     cfg = harness.config
-    with smtplib.SMTP(cfg.host, cfg.smtp_port, timeout=10) as smtp:
+    hello = harness.address("hello")
+    with smtplib.SMTP(cfg.host, cfg.submission_port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert not smtp.has_extn("auth")
         smtp.starttls(context=harness.ssl_context())
+        smtp.ehlo()
+        assert smtp.has_extn("auth")
         assert smtp.login("hello", harness.password("hello"))[0] == 235
-    with smtplib.SMTP(cfg.host, cfg.smtp_port, timeout=10) as smtp:
+        assert smtp.sendmail(hello, [hello], b"Subject: submitted\r\n\r\nhi\r\n") == {}
+    with smtplib.SMTP(cfg.host, cfg.submission_port, timeout=10) as smtp:
         smtp.starttls(context=harness.ssl_context())
         began = time.monotonic()
         with pytest.raises(smtplib.SMTPAuthenticationError):
             smtp.login("hello", "wrong")
         assert time.monotonic() - began < 2.0
+    with smtplib.SMTP(cfg.host, cfg.submission_port, timeout=10) as smtp:
+        smtp.starttls(context=harness.ssl_context())
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            smtp.sendmail(hello, [hello], b"Subject: anonymous\r\n\r\nhi\r\n")
+
+
+def test_inbound_port_offers_starttls_but_no_auth(mail_harness: MailHarness) -> None:
+    """The inbound port (port 25's role) offers STARTTLS with the harness certificate and no
+    SMTP AUTH: nothing there depends on Dovecot's auth socket."""
+    harness = mail_harness
+    cfg = harness.config
+    with smtplib.SMTP(cfg.host, cfg.smtp_port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.has_extn("starttls")
+        assert not smtp.has_extn("auth")
+        smtp.starttls(context=harness.ssl_context())
+        smtp.ehlo()
+        assert not smtp.has_extn("auth")
 
 
 def test_keywords_are_stored(clean_mail: MailHarness) -> None:
@@ -230,6 +255,26 @@ def test_delivery_waits_out_a_dovecot_outage(clean_mail: MailHarness) -> None:
     harness.flush_queue()
     harness.wait_for_messages("hello", count=1, timeout=10)
     assert harness.mail_queue() == []
+
+
+def test_postfix_started_during_a_dovecot_outage_still_accepts_inbound_mail(
+    clean_mail: MailHarness,
+) -> None:
+    """Every smtpd process is new (Postfix restarted while Dovecot is stopped): the inbound port
+    still greets, accepts and queues the message, because it does not depend on Dovecot's auth
+    socket; the message arrives once Dovecot is back."""
+    harness = clean_mail
+    alice, hello = harness.address("alice"), harness.address("hello")
+    harness.stop_dovecot()
+    try:
+        harness.stop_postfix()
+        harness.start_postfix()
+        for n in range(3):
+            assert harness.send(inquiry(alice, hello, f"outage {n}"), alice, hello) == {}
+    finally:
+        harness.start_dovecot()
+    harness.flush_queue()
+    harness.wait_for_messages("hello", count=3, timeout=10)
 
 
 def test_postfix_outage_refuses_connections(clean_mail: MailHarness) -> None:

@@ -701,10 +701,12 @@ if TYPE_CHECKING:
 
 
 def harness_smtp(harness: MailHarness, **changes: object) -> SmtpSettings:
-    """SMTP settings for the harness Postfix: plain on loopback unless changed."""
+    """SMTP settings for the harness Postfix: plain on loopback unless changed; with a login,
+    its submission port (the inbound port offers no AUTH)."""
+    cfg = harness.config
     data: dict[str, object] = {
-        "host": harness.config.host,
-        "port": harness.config.smtp_port,
+        "host": cfg.host,
+        "port": cfg.submission_port if "username" in changes else cfg.smtp_port,
         "security": "plain",
         "timeout": 10,
         "retry_initial": 30,

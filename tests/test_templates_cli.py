@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from triage.cli.main import app
+from triage.core.settings import SHIPPED_TEMPLATES
 
 REPO_TEMPLATES = Path(__file__).parents[1] / "templates"
 INQUIRY = (
@@ -96,10 +97,17 @@ def test_check_with_templates_dir_option(runner: CliRunner, tmp_path: Path) -> N
 
 def test_check_of_a_missing_directory_is_one_line(runner: CliRunner) -> None:
     """A wrong path is a user error: one line, exit 2, no traceback."""
-    result = runner.invoke(app, ["templates", "check"])
+    result = runner.invoke(app, ["templates", "check", "-d", "templates"])
     assert result.exit_code == 2
     assert result.stderr.startswith("triage: cannot read templates directory templates")
     assert "Traceback" not in result.output
+
+
+def test_check_without_local_templates_checks_the_shipped_ones(runner: CliRunner) -> None:
+    """No config and no `./templates`: the templates shipped with triage are checked."""
+    result = runner.invoke(app, ["templates", "check"])
+    assert result.exit_code == 0, result.output
+    assert f"templates ok ({SHIPPED_TEMPLATES})" in result.stdout
 
 
 def test_check_uses_the_configured_directory(runner: CliRunner, tmp_path: Path) -> None:

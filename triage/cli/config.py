@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from triage.cli.common import load
+
+if TYPE_CHECKING:
+    from triage.core.settings import Settings
 
 
 def check_config(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print the settings as JSON."),
 ) -> None:
-    """Validate the configuration and print the effective settings with secrets masked."""
+    """Validate the configuration and print the effective settings with secrets masked, then
+    which model and reply templates are in use."""
     settings = load(ctx)
     from triage.core.settings import masked
 
@@ -27,4 +33,25 @@ def check_config(
             for key, value in values.items():
                 print(f"{key} = {json.dumps(value, default=str)}")
         print()
+    for line in in_use(settings):
+        print(line)
     print("configuration ok")
+
+
+def in_use(settings: Settings) -> list[str]:
+    """One line each for the model and the reply templates: shipped with triage, or the
+    configured path (and whether it is there; `triage doctor` checks them in depth)."""
+    from triage.core.settings import SHIPPED_MODEL, SHIPPED_TEMPLATES
+
+    def describe(what: str, path: Path, shipped: Path, setting: str) -> str:
+        if path == shipped:
+            return f"{what}: shipped with triage ({path})"
+        found = "" if path.exists() else ", not found"
+        return f"{what}: {path} ({setting}{found})"
+
+    return [
+        describe("model", settings.classifier.model_path, SHIPPED_MODEL, "classifier.model_path"),
+        describe(
+            "templates", settings.replies.templates_dir, SHIPPED_TEMPLATES, "replies.templates_dir"
+        ),
+    ]

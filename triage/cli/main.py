@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from triage.cli import config, daemon, doctor, leads, model, outbox, templates
+from triage.cli import config, daemon, doctor, init, leads, model, outbox, templates
 from triage.cli.common import GlobalOptions
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ def _global(
     ctx.obj = GlobalOptions(config=config_file, log_format=log_format, log_level=log_level)
 
 
+app.command("init")(init.init)
 app.command("check-config")(config.check_config)
 app.command("once")(daemon.once)
 app.command("run")(daemon.run)

@@ -1,9 +1,8 @@
 """`triage train`, `triage evaluate`, `triage classify`: build, measure and use the model.
 
 None of them needs a configuration file: without one they use the default classifier settings
-(model `classifiers/model.skops`, found in the current directory or the repository) and the
-thresholds suggested by the model card. With `--config` they use the configured model path,
-thresholds, store and reply addresses.
+(the model shipped with triage) and the thresholds suggested by the model card. With `--config`
+they use the configured model path, thresholds, store and reply addresses.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from triage.cli.common import load, options, user_errors
+from triage.cli.common import fail, load, options, user_errors
 
 if TYPE_CHECKING:
     from triage.core.models import Classification, InboundMessage, Verdict
@@ -37,7 +36,7 @@ ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Model file (default: classifier.model_path, i.e. classifiers/model.skops).",
+        help="Model file (default: classifier.model_path, else the model shipped with triage).",
         dir_okay=False,
     ),
 ]
@@ -153,12 +152,17 @@ def train(
     """Train the model on the corpus (plus extra folders and corrections) and write it with its
     model card. Deterministic: the same data gives the same model."""
     from triage.core.settings import StoreSettings
-    from triage.decide.classify import card_path
+    from triage.decide.classify import card_path, is_installed_file
     from triage.training import learn
     from triage.training.corpus import load_corpus, load_folder, resolve_corpus_dir, split_label
 
     settings = _settings(ctx)
     target = output or _model_path(settings, None)
+    if output is None and is_installed_file(target):
+        fail(
+            f"{target} is the model installed with triage; write yours with --output PATH "
+            "and set classifier.model_path to it"
+        )
     with user_errors():
         corpus_dir = resolve_corpus_dir(corpus)
         data = load_corpus(corpus_dir)

@@ -1,7 +1,8 @@
 """`triage templates check|preview`: check reply templates and show the complete reply.
 
-Both work without a configuration file (templates in `./templates`, default reply settings), so an
-admin can edit templates on a workstation; with `--config` they use the configured settings.
+Both work without a configuration file (default reply settings; the templates in `./templates` when
+there is such a folder, so an admin can edit a copy on a workstation, else the ones shipped with
+triage); with `--config` they use the configured settings.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ TemplatesDir = Annotated[
     typer.Option(
         "--templates-dir",
         "-d",
-        help="Templates directory (default: replies.templates_dir, or ./templates).",
+        help="Templates directory (default: replies.templates_dir; without a config ./templates "
+        "if present, else the shipped templates).",
         file_okay=False,
     ),
 ]
@@ -41,6 +43,9 @@ def _replies(ctx: typer.Context, templates_dir: Path | None) -> RepliesSettings:
     else:
         setup_logging()
         replies = RepliesSettings()
+        local = Path("templates")
+        if local.is_dir():
+            replies = replies.model_copy(update={"templates_dir": local})
     if templates_dir is not None:
         replies = replies.model_copy(update={"templates_dir": templates_dir})
     return replies

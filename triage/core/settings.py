@@ -35,6 +35,12 @@ from triage.core.hosts import is_loopback
 from triage.core.models import LABELS
 
 CONFIG_ENV = "TRIAGE_CONFIG"
+#: The model and reply templates that come with triage, installed as package data; the defaults
+#: of `classifier.model_path` and `replies.templates_dir`, so triage works from any directory
+#: without configuration. (In the repository these are symlinks to classifiers/ and templates/.)
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "shipped"
+SHIPPED_MODEL = SHIPPED_DIR / "model.skops"
+SHIPPED_TEMPLATES = SHIPPED_DIR / "templates"
 Security = Literal["tls", "starttls", "plain"]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -180,7 +186,7 @@ class RepliesSettings(_Section):
     """How and whether replies are sent."""
 
     mode: Literal["live", "draft", "dry-run"] = "dry-run"
-    templates_dir: Path = Path("templates")
+    templates_dir: Path = SHIPPED_TEMPLATES
     from_address: str = "hello@example.com"
     from_name: str = "Example Ltd"
     envelope_sender: str = "no-reply@example.com"
@@ -220,7 +226,7 @@ class RepliesSettings(_Section):
 class ClassifierSettings(_Section):
     """Which model to load and how sure it must be before acting."""
 
-    model_path: Path = Path("classifiers/model.skops")
+    model_path: Path = SHIPPED_MODEL
     # Per-label overrides; a label not given uses the threshold the model card suggests
     # (chosen on cross-validation when the model was trained).
     thresholds: Mapping[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)

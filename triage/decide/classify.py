@@ -37,7 +37,7 @@ from sklearn.feature_extraction.text import TfidfTransformer
 
 from triage.core.errors import ModelError
 from triage.core.models import LABELS, Classification, Decision, InboundMessage, Label
-from triage.core.settings import ClassifierSettings
+from triage.core.settings import SHIPPED_MODEL, ClassifierSettings
 from triage.decide import guards
 from triage.decide.features import FEATURE_VERSION, TermCounter
 
@@ -70,19 +70,33 @@ def card_path(model_path: Path) -> Path:
 
 
 def repo_root() -> Path:
-    """The directory holding the `triage` package: the repository in a source checkout."""
+    """The directory holding the `triage` package: the repository in a source checkout
+    (site-packages in an installation, where it holds no model)."""
     return Path(__file__).resolve().parents[2]
 
 
 def resolve_model_path(path: Path) -> Path:
-    """`path` as given when absolute or present; else the same relative path in the repository.
+    """The model file that `path` names, for reading or (re)training it.
 
-    This lets `triage classify` find the shipped `classifiers/model.skops` from any directory.
+    The default, the shipped model, becomes the file itself: in a source checkout that is
+    `classifiers/model.skops` (`triage/shipped/model.skops` is a symlink to it, so training
+    updates the repository's model instead of replacing the symlink), in an installation the
+    packaged copy. Any other path is taken as given when absolute or present; else the same
+    relative path in the repository, so a checkout's `classifiers/…` works from any directory.
     """
+    if path == SHIPPED_MODEL:
+        return path.resolve()
     if path.is_absolute() or path.exists():
         return path
     candidate = repo_root() / path
     return candidate if candidate.exists() else path
+
+
+def is_installed_file(path: Path) -> bool:
+    """True when `path` is a file of the installed `triage` package (the shipped model of an
+    installation), which training must not overwrite: a package upgrade would replace it, and
+    the installation's record of its files would no longer match."""
+    return path.resolve().is_relative_to(Path(__file__).resolve().parents[1])
 
 
 def file_sha256(data: bytes) -> str:

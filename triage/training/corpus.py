@@ -138,13 +138,18 @@ def split_label(spec: str, default: Label | None = None) -> tuple[Path, Label]:
 
 
 def resolve_corpus_dir(path: Path | None) -> Path:
-    """The corpus directory: `path`, else `classifiers/corpus` here or in the repository."""
+    """The corpus directory: `path`, else `classifiers/corpus` here or in the repository.
+
+    An installed triage has no corpus (the wheel ships the model, not its training mail): then
+    the answer is the relative default, and loading it says that it does not exist.
+    """
     if path is not None:
         return path
     if DEFAULT_CORPUS.is_dir():
         return DEFAULT_CORPUS
     # The repository holding the `triage` package, so the command works from any directory.
-    return Path(__file__).resolve().parents[2] / DEFAULT_CORPUS
+    in_repository = Path(__file__).resolve().parents[2] / DEFAULT_CORPUS
+    return in_repository if in_repository.is_dir() else DEFAULT_CORPUS
 
 
 def _example(source: str, label: Label, raw: bytes) -> Example:
