@@ -43,9 +43,9 @@ from bench.memory import MemoryResult
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
-# The goals of issue 9.
+# The goals of issue 9: the backlog meets its goal at GOAL_RATE or at GOAL_RATIO of the bare fetch.
 GOAL_RATE = 1500.0
-GOAL_RATIO = 0.2
+GOAL_RATIO = 0.25
 GOAL_P95_S = 1.0
 GOAL_MEMORY_MIB = 180.0
 GOAL_GROWTH = 0.10
@@ -112,9 +112,19 @@ def backlog_row(r: backlog.BacklogResult) -> Row:
     return Row(
         f"Backlog of {r.size:,} new messages, `ingest.workers = {r.workers}`",
         result,
-        f"≥ {GOAL_RATE:,.0f} msgs/s, ratio ≥ {GOAL_RATIO}",
-        t.rate >= GOAL_RATE and r.ratio >= GOAL_RATIO,
+        f"≥ {GOAL_RATE:,.0f} msgs/s or ratio ≥ {GOAL_RATIO}",
+        backlog_met(r),
     )
+
+
+def backlog_met(r: backlog.BacklogResult) -> bool:
+    """The backlog goal: GOAL_RATE messages per second, or GOAL_RATIO of the bare fetch."""
+    return r.triage.rate >= GOAL_RATE or r.ratio >= GOAL_RATIO
+
+
+def memory_met(m: MemoryResult) -> bool:
+    """The memory goal: peak at most GOAL_MEMORY_MIB, growth at most GOAL_GROWTH."""
+    return m.peak_mib <= GOAL_MEMORY_MIB and m.growth <= GOAL_GROWTH
 
 
 def latency_row(r: latency.LatencyResult, workers: int) -> Row:
@@ -129,18 +139,29 @@ def latency_row(r: latency.LatencyResult, workers: int) -> Row:
     )
 
 
-def classifier_row(model: Path, plan: Plan) -> Row:
-    """Row 3: from `bench.classifier.run` (another engineer's module) when it is there."""
+def classifier_figures(model: Path, plan: Plan) -> list[dict[str, Any]]:
+    """The rows of `bench.classifier.run` (another engineer's module), [] when it is missing."""
     try:
         module: Any = importlib.import_module("bench.classifier")
     except ImportError:
-        return Row("Classifier", "bench.classifier is missing", "–", None)
+        return []
     rows: list[dict[str, Any]] = module.run(
         model, plan.classifier_messages, plan.classifier_repeat, plan.cold_classifier
     )
+    return rows
+
+
+def _find(rows: Sequence[dict[str, Any]], prefix: str) -> dict[str, Any] | None:
+    return next((r for r in rows if str(r["measure"]).startswith(prefix)), None)
+
+
+def classifier_row(rows: Sequence[dict[str, Any]]) -> Row:
+    """Row 3: the classifier's load time, one message, batch throughput."""
+    if not rows:
+        return Row("Classifier", "bench.classifier is missing", "–", None)
 
     def find(prefix: str) -> dict[str, Any] | None:
-        return next((r for r in rows if str(r["measure"]).startswith(prefix)), None)
+        return _find(rows, prefix)
 
     parts: list[str] = []
     goals: list[str] = []
@@ -182,7 +203,7 @@ def memory_row(m: MemoryResult, workers: int, size: int) -> Row:
         f"peak **{m.peak_mib:.0f} MiB** · steady {before:.0f} → {after:.0f} MiB"
         f" (**{m.growth:+.1%}**){detail}",
         f"≤ {GOAL_MEMORY_MIB:.0f} MiB, growth ≤ {GOAL_GROWTH:.0%}",
-        m.peak_mib <= GOAL_MEMORY_MIB and m.growth <= GOAL_GROWTH,
+        memory_met(m),
     )
 
 
@@ -245,6 +266,7 @@ class Results:
     backlogs: list[backlog.BacklogResult]
     latency: latency.LatencyResult
     startup: startup.StartupResult
+    classifier: list[dict[str, Any]]
 
 
 def run(plan: Plan, work: Path) -> Results:
@@ -261,10 +283,80 @@ def run(plan: Plan, work: Path) -> Results:
         ]
     rows.extend(backlog_row(b) for b in backlogs)
     rows.append(latency_row(lat, tuned))
-    rows.append(classifier_row(model, plan))
+    classifier = classifier_figures(model, plan)
+    rows.append(classifier_row(classifier))
     rows.extend(memory_row(b.memory, b.workers, b.size) for b in backlogs)
     rows.append(startup_row(started, tuned))
-    return Results(rows, backlogs, lat, started)
+    return Results(rows, backlogs, lat, started, classifier)
+
+
+# -- the figures as JSON ------------------------------------------------------------------------
+
+
+def backlog_figures(b: backlog.BacklogResult) -> dict[str, Any]:
+    """The backlog and memory figures of one `ingest.workers` value, under stable names."""
+    before, after = b.memory.steady_mib
+    return {
+        "workers": b.workers,
+        "backlog_messages": b.size,
+        "backlog_msgs_per_s": b.triage.rate,
+        "backlog_seconds": b.triage.seconds,
+        "backlog_wall_msgs_per_s": b.triage.wall_rate,
+        "fetch_msgs_per_s": b.bare.rate,
+        "backlog_ratio": b.ratio,
+        "cpu_main_ms_per_msg": b.triage.main_cpu_ms,
+        "cpu_workers_ms_per_msg": b.triage.worker_cpu_ms,
+        "replies_composed": b.triage.replies,
+        # VmHWM and VmRSS of the one process, or the PSS of the process tree with workers.
+        "memory_basis": "pss" if b.memory.by_pss else "rss",
+        "peak_rss_mib": b.memory.peak_mib,
+        "steady_before_mib": before,
+        "steady_after_mib": after,
+        "rss_growth_pct": b.memory.growth * 100,
+        "backlog_met": backlog_met(b),
+        "memory_met": memory_met(b.memory),
+    }
+
+
+def figures(results: Results) -> dict[str, Any]:
+    """Every figure of the table under a stable name, for scripts that compare runs.
+
+    The backlog and memory figures at top level are those of `ingest.workers = 0` (the run the
+    memory goal is about; the first one measured when 0 was not); `by_workers` has them all.
+    """
+    by_workers = {str(b.workers): backlog_figures(b) for b in results.backlogs}
+    main = by_workers.get("0") or next(iter(by_workers.values()), {})
+    lat = results.latency
+
+    def value(prefix: str) -> float | None:
+        row = _find(results.classifier, prefix)
+        return None if row is None else float(row["value"])
+
+    imports_ms = value("first import")
+    return {
+        **{k: v for k, v in main.items() if k != "workers"},
+        "backlog_workers": main.get("workers"),
+        "push_p50_s": lat.p50,
+        "push_p95_s": lat.p95,
+        "push_max_s": max(lat.seconds, default=float("inf")),
+        "push_sent": lat.sent,
+        "push_replied": lat.replied,
+        "push_met": lat.replied == lat.sent and lat.p95 <= GOAL_P95_S,
+        "classifier_load_ms": value("cold load") or value("warm load"),
+        "classifier_one_ms": value("one message (median)"),
+        "classifier_batch_msgs_per_s": value("batch of"),
+        "classifier_imports_s": None if imports_ms is None else imports_ms / 1000,
+        "help_s": results.startup.help_s,
+        "ready_s": results.startup.ready_s,
+        "by_workers": by_workers,
+        "goals": {
+            "backlog_msgs_per_s": GOAL_RATE,
+            "backlog_ratio": GOAL_RATIO,
+            "push_p95_s": GOAL_P95_S,
+            "peak_rss_mib": GOAL_MEMORY_MIB,
+            "rss_growth_pct": GOAL_GROWTH * 100,
+        },
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -293,9 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(header + "\n\n" + text + "\n")
     if args.json is not None:
-        figures = dataclasses.asdict(results)
-        figures["machine"], figures["command"] = machine(), command
-        args.json.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+        data = figures(results)
+        data["machine"], data["command"], data["when"] = machine(), command, when
+        data["nproc"] = os.cpu_count()
+        data["details"] = dataclasses.asdict(results)
+        args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return 0
 
 

@@ -19,7 +19,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from email.utils import format_datetime, localtime, make_msgid
 from pathlib import Path
@@ -125,6 +125,13 @@ def run(
     hello = harness.address("hello")
     extra = f"\n[ingest]\nworkers = {workers}\n"
     setup = make_setup(harness, work / f"latency-{workers}", model, "live", extra)
+    # Every prospect is on example.test: the default cap of replies per domain and hour would
+    # defer all but the first few, and the run would measure the cap instead of the service.
+    caps = {
+        "TRIAGE_REPLIES__MAX_PER_HOUR": str(10 * count),
+        "TRIAGE_REPLIES__MAX_PER_DOMAIN_PER_HOUR": str(10 * count),
+    }
+    setup = replace(setup, env={**setup.env, **caps})
     gaps = random.Random(SEED)
     latencies: list[float] = []
     with TriageProcess(setup) as proc:

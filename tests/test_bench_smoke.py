@@ -20,9 +20,41 @@ ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = [pytest.mark.slow, pytest.mark.mail]
 
+# The figures of one backlog run (top level for `ingest.workers = 0`, and in `by_workers`).
+BACKLOG_FIGURES = (
+    "backlog_msgs_per_s",
+    "backlog_seconds",
+    "backlog_wall_msgs_per_s",
+    "fetch_msgs_per_s",
+    "backlog_ratio",
+    "cpu_main_ms_per_msg",
+    "cpu_workers_ms_per_msg",
+    "replies_composed",
+    "peak_rss_mib",
+    "steady_before_mib",
+    "steady_after_mib",
+    "rss_growth_pct",
+)
+FIGURES = (
+    *BACKLOG_FIGURES,
+    "push_p50_s",
+    "push_p95_s",
+    "push_max_s",
+    "push_replied",
+    "classifier_load_ms",
+    "classifier_one_ms",
+    "classifier_batch_msgs_per_s",
+    "help_s",
+    "ready_s",
+    "machine",
+    "nproc",
+    "goals",
+)
+
 
 def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
-    """`python -m bench --quick` prints one table with every row and writes it where told."""
+    """`python -m bench --quick` prints one table with every row and writes it where told, and
+    its JSON holds every figure of the table under a stable name."""
     reason = unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
@@ -47,11 +79,23 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     assert done.stdout.count("| # | measure |") == 1  # one table
 
     data = json.loads(figures.read_text())
-    backlogs = data["backlogs"]
+    # Every figure of the table, under the names that scripts comparing runs rely on.
+    for key in FIGURES:
+        assert key in data, key
+        assert data[key] is not None, key
+    assert set(data["by_workers"]) == {"0", "1"}
+    for figures_of_run in data["by_workers"].values():
+        assert set(BACKLOG_FIGURES) <= set(figures_of_run)
+    assert data["backlog_workers"] == 0
+    assert data["backlog_msgs_per_s"] == data["by_workers"]["0"]["backlog_msgs_per_s"] > 0
+    assert data["fetch_msgs_per_s"] > 0
+    assert data["peak_rss_mib"] > 0
+
+    backlogs = data["details"]["backlogs"]
     assert [b["workers"] for b in backlogs] == [0, 1]
     for b in backlogs:
         assert sum(b["triage"]["decisions"].values()) == b["size"]
         assert b["bare"]["messages"] == b["size"]
     # The same mail, decided in process and in a worker process: the same decisions.
     assert backlogs[0]["triage"]["decisions"] == backlogs[1]["triage"]["decisions"]
-    assert data["latency"]["sent"] == len(data["latency"]["seconds"])
+    assert data["details"]["latency"]["sent"] == len(data["details"]["latency"]["seconds"])

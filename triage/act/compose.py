@@ -7,13 +7,21 @@ single-line first, so a CR or LF in a name or subject can never start a header o
 
 from __future__ import annotations
 
+import binascii
+import functools
 import hashlib
+import random
 import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from email import policy
+from email import policy, quoprimime
 from email.headerregistry import Address as HeaderAddress
+from email.headerregistry import BaseHeader
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Any
 
 from triage.act.replies import RenderedReply, ReplyVariables, TemplateRenderer
 from triage.core.errors import ConfigError, PermanentError, TriageError
@@ -66,11 +74,6 @@ def _is_msgid(value: str) -> bool:
     return value.startswith("<") and value.endswith(">") and "@" in value and " " not in value
 
 
-def _cte(text: str) -> str | None:
-    # 7-bit clean on the wire: no reliance on the server's 8BITMIME for non-ASCII text.
-    return None if text.isascii() else "quoted-printable"
-
-
 def header_address(
     name: str,
     email: str,
@@ -101,13 +104,13 @@ def compose(
     the first thing the recipient reads. Raises PermanentError when `destination` is not a usable
     address, ConfigError when our own address settings are unusable.
     """
-    reply = EmailMessage(policy=policy.SMTP)
-    try:
-        reply["From"] = HeaderAddress(
-            display_name=one_line(replies.from_name), addr_spec=replies.from_address
-        )
-    except (ValueError, IndexError) as exc:
-        raise ConfigError(f"replies.from_address {replies.from_address!r}: {exc}") from None
+    skeleton = _skeleton(
+        replies.from_name,
+        replies.from_address,
+        rendered.template,
+        rendered.language or replies.default_language,
+        html=rendered.html is not None,
+    )
     to_name = ""
     if trusted:
         # A Reply-To without a display name: greet the sender by the name the signature gave.
@@ -115,29 +118,180 @@ def compose(
         to_name = strip_invisible(destination.name or (msg.contact.name if same else ""))
     if not is_addr_spec(destination.email):
         raise PermanentError(f"cannot address a reply to {destination.email[:80]!r}")
-    reply["To"] = header_address(to_name, destination.email)
-    reply["Subject"] = reply_subject(rendered.subject, replies.subject_prefix)
-    reply["Date"] = format_datetime(now or datetime.now(UTC))
-    reply["Message-ID"] = reply_message_id(msg.message_id, message_id_domain(replies))
+    reply = EmailMessage(policy=_POLICY)
+    reply.set_raw("From", skeleton.sender)
+    reply.set_raw("To", _header("To", header_address(to_name, destination.email)))
+    reply.set_raw(
+        "Subject", _header("Subject", reply_subject(rendered.subject, replies.subject_prefix))
+    )
+    reply.set_raw("Date", _header("Date", format_datetime(now or datetime.now(UTC))))
+    reply.set_raw(
+        "Message-ID",
+        _header("Message-ID", reply_message_id(msg.message_id, message_id_domain(replies))),
+    )
     # A message id we invented ourselves means nothing to the sender's client: don't thread on it.
     # Nor do we repeat ids a stranger chose (`<WIN-A-FREE-IPHONE@spam.example>`) to an address
     # nobody vouched for: a fixed-text reply stands alone.
     if trusted and not msg.message_id_synthesised and _is_msgid(msg.message_id):
-        reply["In-Reply-To"] = one_line(msg.message_id, 250)
-        reply["References"] = " ".join(_references(msg))
-    # RFC 3834 5: mark the reply as automatic, and ask Exchange not to answer it (loop brake).
-    reply["Auto-Submitted"] = "auto-replied"
-    reply["X-Auto-Response-Suppress"] = "All"
-    reply.set_content(rendered.text, subtype="plain", charset="utf-8", cte=_cte(rendered.text))
-    if rendered.html is not None:
-        reply.add_alternative(
-            rendered.html, subtype="html", charset="utf-8", cte=_cte(rendered.html)
-        )
-        for part in reply.iter_parts():
-            del part["MIME-Version"]  # add_alternative copies it into the parts; it belongs on top
-    # After set_content, which clears every Content-* header.
-    reply["Content-Language"] = rendered.language or replies.default_language
+        reply.set_raw("In-Reply-To", _value("In-Reply-To", one_line(msg.message_id, 250)))
+        reply.set_raw("References", _value("References", " ".join(_references(msg))))
+    for name, value in skeleton.head:
+        reply.set_raw(name, value)
+    version, language = skeleton.tail
+    if rendered.html is None:
+        _set_text(reply, "plain", rendered.text)
+        reply.set_raw(*version)
+    else:
+        text, html = EmailMessage(policy=_POLICY), EmailMessage(policy=_POLICY)
+        _set_text(text, "plain", rendered.text)
+        _set_text(html, "html", rendered.html)
+        reply.set_payload([text, html])
+        reply.set_raw(*version)
+        reply.set_raw("Content-Type", _multipart_type(text, html))
+    reply.set_raw(*language)
     return reply
+
+
+# -- the fast path ------------------------------------------------------------------------------
+#
+# `EmailMessage.__setitem__` and `set_content` cost about 5 ms per reply, most of it spent
+# creating a new header class for every header (`HeaderRegistry.__getitem__`) and re-parsing the
+# Content-Type each time a parameter is set. The reply is built from the same pieces here: each
+# header value still goes through the policy's own header class (which parses it, encodes
+# non-ASCII text as RFC 2047 and folds it when the message is serialised), the bodies are encoded
+# exactly as `set_content` encodes them, and what is the same in every reply of one template and
+# language (From, the RFC 3834 markers, the MIME headers) is built once.
+
+_POLICY = policy.SMTP
+
+
+@dataclass(frozen=True, slots=True)
+class _Skeleton:
+    """The headers that are the same in every reply of one template and language."""
+
+    # Each value folded once, as the policy writes it.
+    sender: str  # From
+    head: tuple[tuple[str, str], ...]  # after the addressing and threading headers
+    tail: tuple[tuple[str, str], tuple[str, str]]  # MIME-Version, Content-Language
+
+
+@functools.cache
+def _header_class(name: str) -> Callable[[str, Any], BaseHeader]:
+    # The registry makes a new class on every lookup; the class is the same for one name.
+    registry: Any = _POLICY.header_factory  # a HeaderRegistry under the default policies
+    factory: Callable[[str, Any], BaseHeader] = registry[name]
+    return factory
+
+
+def _header(name: str, value: Any) -> BaseHeader:
+    """The header `name: value` as `EmailMessage.__setitem__` would store it (the value parsed
+    by the policy's header class); raises ValueError for a value with a line break."""
+    if isinstance(value, str) and len(value.splitlines()) > 1:
+        # What `policy.header_store_parse` refuses too: a line break would start a new header.
+        raise ValueError(f"header value {value!r} contains a line break")
+    return _header_class(name.lower())(name, value)
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton(
+    from_name: str, from_address: str, template: str, language: str, *, html: bool
+) -> _Skeleton:
+    """The fixed headers of the replies of `template` in `language` (`template` only keys the
+    cache: one skeleton per template and language, like the template files)."""
+    try:
+        sender = _header(
+            "From", HeaderAddress(display_name=one_line(from_name), addr_spec=from_address)
+        )
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(f"replies.from_address {from_address!r}: {exc}") from None
+    head = (
+        # RFC 3834 5: mark the reply as automatic, and ask Exchange not to answer it (loop brake).
+        ("Auto-Submitted", _folded(_header("Auto-Submitted", "auto-replied"))),
+        ("X-Auto-Response-Suppress", _folded(_header("X-Auto-Response-Suppress", "All"))),
+    )
+    version = ("MIME-Version", _folded(_header("MIME-Version", "1.0")))
+    language_header = ("Content-Language", _folded(_header("Content-Language", language)))
+    return _Skeleton(_folded(sender), head, (version, language_header))
+
+
+def _folded(header: BaseHeader) -> str:
+    """The value of `header` folded as the policy writes it, without the name and line end: the
+    generator writes such a string as it is."""
+    folded = header.fold(policy=_POLICY).partition(":")[2]
+    return folded.removeprefix(" ").removesuffix(_POLICY.linesep)
+
+
+# Values that every header class below stores and folds unchanged: printable ASCII words, single
+# spaces, nothing that reads as an RFC 2047 encoded word.
+_PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
+_VERBATIM = frozenset({"subject", "in-reply-to", "references", "date", "message-id"})
+
+
+def _value(name: str, value: str) -> str | BaseHeader:
+    """What to store for header `name: value`: the value itself when the policy would write it
+    unchanged on one line (header `name` is one of _VERBATIM and `value` is short, plain
+    ASCII), else the parsed header object that `EmailMessage.__setitem__` would store."""
+    plain = len(name) + 2 + len(value) <= (_POLICY.max_line_length or 78) and "=?" not in value
+    if plain and name.lower() in _VERBATIM and _PLAIN.fullmatch(value):
+        return value
+    return _header(name, value)
+
+
+def _multipart_type(*parts: EmailMessage) -> BaseHeader:
+    """The Content-Type of a multipart/alternative of `parts`, with a boundary that occurs in none
+    of them (a header object: the generator reads its boundary and type without parsing it)."""
+    bodies = [str(part.get_payload()) for part in parts]
+    while True:
+        # The generator's own form of boundary (`email.generator._make_boundary`).
+        boundary = f"{'=' * 15}{random.randrange(sys.maxsize):019d}=="
+        if not any(boundary in body for body in bodies):
+            return _header("Content-Type", f'multipart/alternative; boundary="{boundary}"')
+
+
+@functools.cache
+def _content_type(subtype: str) -> BaseHeader:
+    return _header("Content-Type", f'text/{subtype}; charset="utf-8"')
+
+
+@functools.cache
+def _transfer_encoding(cte: str) -> str:
+    return _folded(_header("Content-Transfer-Encoding", cte))
+
+
+def _set_text(part: EmailMessage, subtype: str, text: str) -> None:
+    """What `part.set_content(text, subtype=subtype, charset="utf-8", cte=...)` sets: the body
+    encoded 7-bit clean (no reliance on the server's 8BITMIME for non-ASCII text)."""
+    cte, payload = _encode_text(text)
+    part.set_raw("Content-Type", _content_type(subtype))
+    part.set_raw("Content-Transfer-Encoding", _transfer_encoding(cte))
+    part.set_payload(payload)
+
+
+def _encode_text(text: str) -> tuple[str, str]:
+    """(Content-Transfer-Encoding, body) as `email.contentmanager` encodes `text` in UTF-8 under
+    the SMTP policy: quoted-printable for non-ASCII text, else 7bit when every line fits, else
+    whichever of quoted-printable and base64 is shorter."""
+    width = _POLICY.max_line_length or 78
+    lines = text.encode("utf-8").splitlines()
+    ascii_text = text.isascii()
+    if ascii_text and max((len(line) for line in lines), default=0) <= width:
+        return "7bit", b"\n".join(lines).decode("ascii") + "\n"
+    cte = "quoted-printable"
+    if ascii_text:
+        sniff = b"\r\n".join(lines[:10]) + b"\r\n"
+        sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), width)
+        if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+            cte = "base64"
+        elif len(lines) <= 10:
+            return cte, sniff_qp
+    if cte == "base64":
+        data = b"\r\n".join(lines) + b"\r\n"
+        step = width // 4 * 3
+        return cte, "".join(
+            binascii.b2a_base64(data[i : i + step]).decode("ascii")
+            for i in range(0, len(data), step)
+        )
+    return cte, quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), width)
 
 
 def make_reply(

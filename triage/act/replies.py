@@ -61,7 +61,6 @@ from triage.core.settings import RepliesSettings
 
 log = logging.getLogger(__name__)
 
-PARTS = ("subject", "txt", "html")
 # Outcome names and languages are plain tokens: no dots, no slashes, nothing to traverse with.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 LANG_RE = re.compile(r"^[a-z]{2,3}(?:-[a-z0-9]{2,8})?$")

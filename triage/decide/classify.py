@@ -15,12 +15,16 @@ probability reaches that label's threshold, else `review` (a person decides; nev
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
+import importlib
 import io
 import json
 import logging
 import os
 import stat
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field
@@ -30,7 +34,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import sklearn
-import skops.io as sio
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import InconsistentVersionWarning
 from sklearn.feature_extraction.text import TfidfTransformer
@@ -61,7 +64,56 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
     }
 )
 
+# The scikit-learn estimators a triage model is built of (see `triage.training.learn`).
+MODEL_ESTIMATORS: tuple[tuple[str, str], ...] = (
+    ("sklearn.pipeline", "Pipeline"),
+    ("sklearn.feature_extraction.text", "TfidfTransformer"),
+    ("sklearn.calibration", "CalibratedClassifierCV"),
+    ("sklearn.svm", "LinearSVC"),
+)
+
 FloatArray = npt.NDArray[np.float64]
+
+
+def _skops_io() -> Any:
+    """`skops.io`, imported on first use with only MODEL_ESTIMATORS as its trusted estimators.
+
+    On import, skops lists every scikit-learn estimator to trust by default, which imports every
+    scikit-learn module (and pytest, through scikit-learn's test helpers): about 20 MiB and
+    seconds that the daemon would carry for its whole life to load one small pipeline. A model of
+    other estimators is refused either way (TRUSTED_TYPES); when something else imported skops
+    first (training does), that import is used as it is.
+    """
+    loaded = sys.modules.get("skops.io")
+    if loaded is not None:
+        return loaded
+    import sklearn.utils
+
+    estimators = [
+        (name, getattr(importlib.import_module(module), name)) for module, name in MODEL_ESTIMATORS
+    ]
+    everything = sklearn.utils.all_estimators
+    sklearn.utils.all_estimators = lambda type_filter=None: list(estimators)
+    try:
+        return importlib.import_module("skops.io")
+    finally:
+        sklearn.utils.all_estimators = everything
+
+
+def _release_memory() -> None:
+    """Give the memory freed after a model load back to the system (glibc keeps it otherwise).
+
+    No `gc.collect()`: with scikit-learn loaded it takes over 100 ms, a third of the load time
+    allowed, to free a few objects that the next automatic collection frees anyway.
+    """
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return
+    trim(0)
 
 
 def card_path(model_path: Path) -> Path:
@@ -243,6 +295,7 @@ def load_pipeline(path: Path, card: ModelCard) -> Any:
             f"model file {path} does not match its card (SHA-256 differs); "
             "restore both files together or retrain"
         )
+    sio = _skops_io()
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # noqa: BLE001  # skops raises anything on a corrupt file
@@ -567,7 +620,10 @@ def load_classifier(path: Path, thresholds: Mapping[str, float] | None = None) -
     card = read_card(path)
     check_compatible(card, path)
     pipeline = load_pipeline(path, card)
-    return Classifier(pipeline, card, thresholds, path)
+    classifier = Classifier(pipeline, card, thresholds, path)
+    # The file's bytes and skops' intermediate state are freed now: return their pages.
+    _release_memory()
+    return classifier
 
 
 def _signature(path: Path) -> tuple[tuple[int, int], ...]:
