@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from triage.core.errors import TransientError
 from triage.core.settings import IngestSettings
@@ -648,8 +648,3 @@ def normalize_message_id(value: str) -> str:
     """The `<…>` part of a Message-ID header value, as the parser records it."""
     match = _MSGID.search(value)
     return match.group(0) if match else value.strip()
-
-
-def now_utc() -> datetime:
-    """The current time, aware."""
-    return datetime.now(UTC)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -310,8 +310,3 @@ def reply_priority(planned: Planned) -> int:
     sales acknowledgement before marketing information."""
     base = 0 if planned.verdict.reflect else UNVERIFIED
     return base + (0 if planned.template == "sales" else 1)
-
-
-def now() -> datetime:
-    """The current local time (aware)."""
-    return datetime.now().astimezone()

@@ -22,7 +22,6 @@ SEEN = "seen"
 CLASSIFIED = "classified"
 DONE = "done"
 QUARANTINED = "quarantined"
-FINAL_STATES = (DONE, QUARANTINED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +151,6 @@ class Ledger:
             (account, folder),
         ).fetchone()
         return datetime.fromisoformat(r[0]) if r else None
-
-    def last_syncs(self) -> dict[tuple[str, str], str | None]:
-        """When each folder last synced successfully (ISO time), for health and metrics."""
-        rows = self.db.conn.execute("SELECT account, folder, last_sync FROM mailbox_state")
-        return {(r["account"], r["folder"]): r["last_sync"] for r in rows}
 
     # -- messages ------------------------------------------------------------------------------
 
