@@ -22,7 +22,7 @@ from triage.core.models import Classification, Disposition, InboundMessage, Lead
 from triage.decide.dispose import dispose
 from triage.parsing import parse
 from triage.store.db import Tx
-from triage.store.leads import NewLead, record_lead
+from triage.store.leads import NewLead, get_lead, record_lead
 from triage.store.ledger import Ledger, Outcome
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,8 @@ class Planned:
     template: str
     verdict: Verdict
     reply: EmailMessage | None = None
+    # The salesperson the message's hot lead is assigned to, named in the reply ("" for none).
+    lead_owner: str = ""
 
 
 def _as_planned(planned: Planned) -> Planned:
@@ -111,6 +113,10 @@ def outcome_of(d: Decided, reasons: Sequence[str]) -> Outcome:
     )
 
 
+class _Rehearsed(Exception):
+    """Ends the rehearsal transaction of `Recorder.owners`, rolling it back."""
+
+
 class Recorder:
     """Writes decided messages to the store: outcome, lead and the reply to queue."""
 
@@ -136,9 +142,16 @@ class Recorder:
         and may refuse too, e.g. when an earlier message of the same batch already earned this
         sender a reply.
         """
+        owners = self.owners(batch)
         prepared: dict[int, Planned | str] = {
             d.row_id: self.prepare_reply(
-                Planned(d.row_id, d.msg, d.disposition.reply_template, d.verdict)
+                Planned(
+                    d.row_id,
+                    d.msg,
+                    d.disposition.reply_template,
+                    d.verdict,
+                    lead_owner=owners.get(d.row_id, ""),
+                )
             )
             for d in batch
             if d.disposition.reply_template is not None
@@ -157,11 +170,37 @@ class Recorder:
                 done = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
                 self.ledger.record_outcome(c, outcome_of(done, reasons))
                 if disposition.lead_kind is not None:
-                    self._lead(c, done)
+                    self._lead(c, done, owners.get(d.row_id))
                 final.append(done)
         return final
 
-    def _lead(self, c: Tx, d: Decided) -> None:
+    def owners(self, batch: Sequence[Decided]) -> dict[int, str]:
+        """The owner each hot lead of `batch` will have once recorded, by row id, known before
+        any reply is rendered so that the reply can name its owner.
+
+        The batch's leads are recorded exactly as `record` will record them, in a transaction
+        that is then rolled back: a message that joins an existing lead gets that lead's owner,
+        and round-robin advances from one message of the batch to the next. `record` then
+        writes the same owners. One process holds the store, so nothing changes in between.
+        """
+        if not any(d.disposition.lead_kind is LeadKind.HOT for d in batch):
+            return {}
+        owners: dict[int, str] = {}
+        try:
+            with self.ledger.db.transaction() as c:
+                for d in batch:
+                    if d.disposition.lead_kind is None:
+                        continue
+                    lead = get_lead(c, self._lead(c, d, None))
+                    if d.disposition.lead_kind is LeadKind.HOT and lead is not None:
+                        owners[d.row_id] = lead.owner
+                raise _Rehearsed
+        except _Rehearsed:
+            pass
+        return owners
+
+    def _lead(self, c: Tx, d: Decided, owner: str | None) -> int:
+        """Record the message's lead; a hot one gets `owner`, or one assigned now (None)."""
         kind = d.disposition.lead_kind
         assert kind is not None
         email = prospect_contact(d.msg, d.verdict)
@@ -169,7 +208,9 @@ class Recorder:
         if not contact.name and d.msg.from_ and d.msg.from_.email == email:
             contact = replace(contact, name=d.msg.from_.name)
         now = datetime.now(UTC)
-        record_lead(
+        if kind is LeadKind.HOT and owner is None:
+            owner = self.assign_owner(c)
+        return record_lead(
             c,
             NewLead(
                 message_row=d.row_id,
@@ -179,7 +220,7 @@ class Recorder:
                 confidence=d.classification.confidence,
                 explanation=d.classification.explanation,
                 due_at=self.response_target(now) if kind is LeadKind.HOT else None,
-                owner=self.assign_owner(c) if kind is LeadKind.HOT else "",
+                owner=(owner or "") if kind is LeadKind.HOT else "",
                 thread_ids=(d.msg.in_reply_to, *d.msg.references),
             ),
         )

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -30,7 +31,15 @@ from triage.decide.dispose import KEYWORD_PREFIX, keyword_for
 from triage.ingest.mailbox import ImapMailbox
 from triage.parsing import parse
 from triage.pipeline import Decided, Recorder
-from triage.store.ledger import CLASSIFIED, DONE, QUARANTINED, SEEN, Ledger, LedgerRow
+from triage.store.ledger import (
+    CLASSIFIED,
+    DONE,
+    NOT_THE_MESSAGES_FAULT,
+    QUARANTINED,
+    SEEN,
+    Ledger,
+    LedgerRow,
+)
 
 log = logging.getLogger(__name__)
 _MSGID = re.compile(r"<[^<>\s]+>")
@@ -68,15 +77,33 @@ class SyncResult:
 
 
 @dataclass
+class Act:
+    """One message in the act half of a pass: its row, its decision (None for a row a crash
+    left `classified`), and how far acting on it got in this pass."""
+
+    row: LedgerRow
+    decided: Decided | None = None
+    recorded: bool = False
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        # A row found `classified` was recorded by an earlier pass.
+        self.recorded = self.recorded or self.row.state == CLASSIFIED
+
+
+@dataclass
 class Effects:
     """The side effects after recording that are not the mailbox's: sending and filing."""
 
     deliver: Callable[[], None]
-    file_replies: Callable[[ImapMailbox, str, int], None]
+    # (mailbox, folder, uidvalidity, only these message rows or None for all pending)
+    file_replies: Callable[[ImapMailbox, str, int, Collection[int] | None], None]
     # Told about each recorded message (account, folder, uid, decided) and each finished pass
     # (account, folder): for the outcome log line and metrics.
     observe: Callable[[str, str, int, Decided], None] = lambda _a, _f, _u, _d: None
     synced: Callable[[str, str], None] = lambda _a, _f: None
+    # Told the seconds each message took from its fetch to `done` (the handling-time metric).
+    finished: Callable[[Sequence[float]], None] = lambda _seconds: None
 
 
 class FolderSync:
@@ -110,6 +137,8 @@ class FolderSync:
         # Every row whose attempt this pass counted and no failure explained yet: refunded when
         # the pass stops on a TransientError (a dropped connection is not the message's fault).
         self._counted: set[int] = set()
+        # When each row of this pass was fetched (monotonic), until it is done.
+        self._fetched_at: dict[int, float] = {}
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -117,10 +146,15 @@ class FolderSync:
         """Handle everything new or unfinished in the folder; raises TransientError on I/O."""
         self._charged.clear()
         self._counted.clear()
+        self._fetched_at.clear()
         try:
             return self._sync()
-        except TransientError:
-            self.ledger.refund_attempt(self._counted)
+        except NOT_THE_MESSAGES_FAULT:
+            try:
+                self.ledger.refund_attempt(self._counted)
+            except NOT_THE_MESSAGES_FAULT as exc:
+                # The store itself is failing: the attempts stay counted, the pass's error wins.
+                log.warning("%s/%s: cannot refund attempts: %s", self.account, self.folder, exc)
             raise
 
     def _sync(self) -> SyncResult:
@@ -180,7 +214,7 @@ class FolderSync:
             # The batch's bytes go before the next batch is fetched.
             del rows, raws
         self.effects.deliver()
-        self.effects.file_replies(self.mailbox, self.folder, uidvalidity)
+        self.effects.file_replies(self.mailbox, self.folder, uidvalidity, None)
         self.ledger.touch(self.account, self.folder)
         self.effects.synced(self.account, self.folder)
         return result
@@ -360,11 +394,13 @@ class FolderSync:
         if uids:
             self.ledger.advance(self.account, self.folder, max(uids))
         result.fetched += len(items)
+        fetched_at = time.monotonic()
         rows = self.ledger.rows_for(
             self.account, self.folder, uidvalidity, [u for u, _, _ in items]
         )
         big = [rows[u] for u in too_big if u in rows and rows[u].state == SEEN]
         self._quarantine_too_big(big, sizes, result)
+        self._fetched_at.update((rows[u].id, fetched_at) for u in raws if u in rows)
         self.checkpoint("after_fetch")
         return [rows[u] for u, _, _ in items if u in rows and u not in too_big], raws
 
@@ -404,6 +440,9 @@ class FolderSync:
         fresh = [r for r in todo if r.state != CLASSIFIED]
         raws = dict(fetched or {})
         raws.update(self.mailbox.fetch([r.uid for r in fresh if r.uid not in raws]))
+        started = time.monotonic()
+        for r in todo:
+            self._fetched_at.setdefault(r.id, started)
         vanished = [r for r in fresh if r.uid not in raws]
         if vanished:
             # Deleted or moved by a person before we finished: nothing left to act on.
@@ -421,29 +460,112 @@ class FolderSync:
         else:
             meanwhile()
         self.checkpoint("after_classification")
-        recorded = self.recorder.record(decided) if decided else []
+        by_id = {r.id: r for r in todo}
+        # Rows a crash left classified need only their marks; the rest act on their decision.
+        work = [Act(r) for r in todo if r.state == CLASSIFIED]
+        work += [Act(by_id[d.row_id], d) for d in decided]
+        self._act(work, raws, result)
         for r in again:
-            # Recorded at once: the next one may kill the process.
-            alone = self._decide_alone(r, raws, result)
-            recorded.extend(self.recorder.record(alone) if alone else [])
-        uids = {r.id: r.uid for r in todo}
-        for d in recorded:
-            decision = d.disposition.decision
-            result.decided[decision] = result.decided.get(decision, 0) + 1
-            self.effects.observe(self.account, self.folder, uids[d.row_id], d)
+            # Decided and acted on alone: the next one may kill the process.
+            self._act([Act(r, d) for d in self._decide_alone(r, raws, result)], raws, result)
+
+    # -- acting --------------------------------------------------------------------------------
+
+    def _act(self, work: Sequence[Act], raws: Mapping[int, bytes], result: SyncResult) -> None:
+        """Run the act steps for `work` together; if that fails for a reason of its own (not a
+        server, network or store fault), again one message at a time, so that the message at
+        fault is found, counted and in the end quarantined while the others are handled."""
+        if not work:
+            return
+        try:
+            self._act_steps(work, result)
+            return
+        except NOT_THE_MESSAGES_FAULT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
+            if len(work) == 1:
+                self._act_failed(work[0], exc, raws, result)
+                return
+            log.info(
+                "%s/%s: acting on a batch failed (%s); acting on its messages one at a time",
+                self.account,
+                self.folder,
+                _describe(exc),
+            )
+        for one in work:
+            if one.finished:
+                continue
+            try:
+                self._act_steps([one], result, alone=True)
+            except NOT_THE_MESSAGES_FAULT:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
+                self._act_failed(one, exc, raws, result)
+
+    def _act_steps(self, work: Sequence[Act], result: SyncResult, alone: bool = False) -> None:
+        """Record, send, file, mark and finish `work`; each step skips what an earlier try of
+        the same pass already did."""
+        pending = [w for w in work if w.decided is not None and not w.recorded]
+        if pending:
+            recorded = self.recorder.record([w.decided for w in pending if w.decided])
+            for w, d in zip(pending, recorded, strict=True):
+                w.decided, w.recorded = d, True
+                decision = d.disposition.decision
+                result.decided[decision] = result.decided.get(decision, 0) + 1
+                self.effects.observe(self.account, self.folder, w.row.uid, d)
         self.checkpoint("after_record")
         self.effects.deliver()
         self.checkpoint("after_send")
         # File copies and set \Answered while the originals are still here: a move below would
         # give them new UIDs in another folder.
-        self.effects.file_replies(self.mailbox, self.folder, todo[0].uidvalidity)
+        only = {w.row.id for w in work} if alone else None
+        self.effects.file_replies(self.mailbox, self.folder, work[0].row.uidvalidity, only)
         # Mark the mailbox for everything classified: this batch and rows resumed after a crash.
-        classified = {r.id: r for r in todo if r.state == CLASSIFIED}
-        by_id = {r.id: r for r in todo}
-        classified.update({d.row_id: by_id[d.row_id] for d in recorded})
-        self._mark(list(classified.values()))
+        ready = [w for w in work if w.recorded and not w.finished]
+        self._mark([w.row for w in ready])
         self.checkpoint("before_done")
-        self.ledger.mark_done(list(classified))
+        self.ledger.mark_done([w.row.id for w in ready])
+        done = time.monotonic()
+        self.effects.finished([done - self._fetched_at.pop(w.row.id, done) for w in ready])
+        for w in ready:
+            w.finished = True
+
+    def _act_failed(
+        self, one: Act, exc: Exception, raws: Mapping[int, bytes], result: SyncResult
+    ) -> None:
+        """Count a failed act step against its message, as a failed decision is; quarantine it
+        (raw bytes kept) once the attempts reach the limit."""
+        error = _describe(exc)
+        row = one.row
+        self._counted.discard(row.id)  # this attempt failed for a reason: it stays counted
+        # A message decided in this pass had its attempt counted before deciding; one resumed
+        # in state `classified` was not, so the failure counts one now.
+        count = row.state == CLASSIFIED
+        raw = raws.get(row.uid)
+        if raw is None:
+            raw = self.mailbox.fetch([row.uid]).get(row.uid)
+        if self.ledger.record_failure(
+            row.id, error, self.settings.max_attempts, raw, count_attempt=count
+        ):
+            log.warning(
+                "%s/%s: message uid %d quarantined after %d attempts: %s",
+                self.account,
+                self.folder,
+                row.uid,
+                self.settings.max_attempts,
+                error,
+            )
+            self._mark_quarantined([row.uid])
+            result.quarantined += 1
+        else:
+            log.warning(
+                "%s/%s: message uid %d failed, will retry: %s",
+                self.account,
+                self.folder,
+                row.uid,
+                error,
+            )
+            result.failed += 1
 
     def _first_tries(self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes]) -> list[LedgerRow]:
         """The rows of a batch never attempted before: these are decided together."""
@@ -489,7 +611,7 @@ class FolderSync:
         meanwhile()
         try:
             return wait() if wait is not None else self.decide(items)
-        except TransientError:
+        except NOT_THE_MESSAGES_FAULT:
             raise
         except Exception as exc:  # noqa: BLE001 - find the poison message one by one below
             log.info(
@@ -521,7 +643,7 @@ class FolderSync:
                 except Exception as exc:  # noqa: BLE001 - deciding in process still works
                     log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
             return wait() if wait is not None else self.decide(item)
-        except TransientError:
+        except NOT_THE_MESSAGES_FAULT:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
             error = _describe(exc)
@@ -573,7 +695,7 @@ class FolderSync:
         if not rows:
             return
         fresh = {r.id: r for r in rows}
-        decisions = self._decisions(rows)
+        decisions = self.ledger.decisions([r.id for r in rows])
         by_decision: dict[str, list[int]] = {}
         for row_id, decision in decisions.items():
             if decision and row_id in fresh:
@@ -599,21 +721,6 @@ class FolderSync:
         except TransientError as exc:
             # The store already holds the message and its reason; the mark is a courtesy.
             log.warning("%s/%s: cannot mark quarantined mail: %s", self.account, self.folder, exc)
-
-    def _decisions(self, rows: Sequence[LedgerRow]) -> dict[int, str | None]:
-        """The recorded decision of each row: one narrow query per 500 rows, not one per row
-        (and not `SELECT *`, which would read back every body just written)."""
-        ids = [r.id for r in rows]
-        out: dict[int, str | None] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found = self.ledger.db.conn.execute(
-                f"SELECT id, decision FROM messages WHERE id IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            out.update((row[0], row[1]) for row in found)
-        return out
 
 
 def byte_batches(

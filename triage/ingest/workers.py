@@ -91,8 +91,9 @@ def _fields_reducer(cls: type[Any]) -> Callable[[Any], tuple[type[Any], tuple[An
     return lambda obj: (cls, getter(obj))
 
 
-def _register_pickling() -> None:
-    """Make the pipeline's values picklable, and cheaply so.
+def register_pickling() -> None:
+    """Make the pipeline's values picklable, and cheaply so; called when a pool starts (before
+    the fork, so the workers inherit it), never at import time. Registering twice is harmless.
 
     `InboundMessage.headers` is a mappingproxy, which pickle refuses. The frozen slotted
     dataclasses pickle through generic Python `__getstate__` code; a reducer that hands over their
@@ -102,9 +103,6 @@ def _register_pickling() -> None:
     copyreg.pickle(MappingProxyType, _reduce_proxy)
     for cls in (InboundMessage, Address, Attachment, Contact, Classification):
         copyreg.pickle(cls, _fields_reducer(cls))
-
-
-_register_pickling()
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -246,6 +244,7 @@ class DecidePool:
 
     def __init__(self, workers: int, model: ModelHandle, ctx: guards.GuardContext) -> None:
         """Fork the workers now (call before starting threads) and wait until they answer."""
+        register_pickling()
         self.workers = workers
         self.model = model
         self.ctx = dataclasses.replace(ctx, history=None)

@@ -109,14 +109,16 @@ def run_forever(
     reload_settings: Callable[[], Settings],
     checkpoint: Checkpoint = _no_checkpoint,
     control: Control | None = None,
-) -> None:
+) -> bool:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.
 
-    The metrics and the health endpoint live across reloads, so the port stays bound, and so
-    does the store's lock (`StoreInUseError` at start when another process holds it).
+    Returns False when an account's worker gave up (its passes kept failing, or it died): the
+    caller exits non-zero, so systemd restarts the service. The metrics and the health endpoint
+    live across reloads, so the port stays bound, and so does the store's lock
+    (`StoreInUseError` at start when another process holds it).
     """
     with exclusive(settings.store.path):
-        _run_forever(settings, reload_settings, checkpoint, control)
+        return _run_forever(settings, reload_settings, checkpoint, control)
 
 
 def _run_forever(
@@ -124,7 +126,7 @@ def _run_forever(
     reload_settings: Callable[[], Settings],
     checkpoint: Checkpoint,
     control: Control | None,
-) -> None:
+) -> bool:
     control = control or Control()
     reload = threading.Event()
 
@@ -163,8 +165,13 @@ def _run_forever(
             finally:
                 housekeeping.close()
                 shared.close()
+            if control.failed.is_set():
+                failed = [s for s in daemon.statuses.values() if s.fatal]
+                for status in failed:
+                    log.critical("stopping: account %s: %s", status.name, status.fatal)
+                return False
             if not reload.is_set():
-                return
+                return True
             reload.clear()
             control.stop.clear()
             log.info("SIGHUP: reloading settings")
