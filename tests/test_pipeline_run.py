@@ -222,7 +222,7 @@ def test_a_full_disk_is_retried_with_backoff_and_its_text_shown_in_healthz(
     from tests.test_service_run import get
     from triage.ops.daemon import Control, Daemon
     from triage.ops.health import start_health_server
-    from triage.ops.runner import sync_factory
+    from triage.ops.service import sync_factory
 
     base = tmp_path / "triage"
     config = started(mail_harness, base)

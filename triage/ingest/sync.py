@@ -30,7 +30,7 @@ from triage.core.settings import IngestSettings
 from triage.decide.dispose import KEYWORD_PREFIX, keyword_for
 from triage.ingest.mailbox import ImapMailbox
 from triage.parsing import parse
-from triage.pipeline import Decided, Recorder
+from triage.pipeline import Act, Decided, Recorder, act
 from triage.store.ledger import (
     CLASSIFIED,
     DONE,
@@ -53,8 +53,8 @@ StartDecide = Callable[[Sequence[tuple[int, bytes, bool]]], Callable[[], list[De
 QUARANTINE = "Quarantine"
 
 
-def _no_checkpoint(_name: str) -> None:
-    """The default: no fault injection."""
+def no_checkpoint(_name: str) -> None:
+    """The default checkpoint: no fault injection."""
 
 
 def _nothing() -> None:
@@ -74,21 +74,6 @@ class SyncResult:
     # have arrived after the pass looked (the daemon checks before it goes into IDLE).
     folder: str = ""
     uidnext: int = 0
-
-
-@dataclass
-class Act:
-    """One message in the act half of a pass: its row, its decision (None for a row a crash
-    left `classified`), and how far acting on it got in this pass."""
-
-    row: LedgerRow
-    decided: Decided | None = None
-    recorded: bool = False
-    finished: bool = False
-
-    def __post_init__(self) -> None:
-        # A row found `classified` was recorded by an earlier pass.
-        self.recorded = self.recorded or self.row.state == CLASSIFIED
 
 
 @dataclass
@@ -119,7 +104,7 @@ class FolderSync:
         recorder: Recorder,
         effects: Effects,
         settings: IngestSettings,
-        checkpoint: Checkpoint = _no_checkpoint,
+        checkpoint: Checkpoint = no_checkpoint,
         start_decide: StartDecide | None = None,
     ) -> None:
         self.account = account
@@ -132,13 +117,15 @@ class FolderSync:
         self.settings = settings
         self.checkpoint = checkpoint
         self.start_decide = start_decide
-        # Rows whose attempt `_start_early` counted, not yet picked up by `_decide_batch`.
+        # Rows whose attempt `_start_early` counted, not yet picked up by `_decide_together`.
         self._charged: set[int] = set()
         # Every row whose attempt this pass counted and no failure explained yet: refunded when
         # the pass stops on a TransientError (a dropped connection is not the message's fault).
         self._counted: set[int] = set()
         # When each row of this pass was fetched (monotonic), until it is done.
         self._fetched_at: dict[int, float] = {}
+        # The result of the pass in progress (the act steps count into it).
+        self._result = SyncResult()
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -433,6 +420,7 @@ class FolderSync:
         meanwhile: Callable[[], None] = _nothing,
     ) -> None:
         """Decide, record, send, mark and finish `rows`; `meanwhile` runs once, while deciding."""
+        self._result = result
         todo = [r for r in rows if r.state not in (DONE, QUARANTINED)]
         if not todo:
             meanwhile()
@@ -454,92 +442,65 @@ class FolderSync:
         # An earlier attempt began and never ended: perhaps this message killed the process.
         # Decided alone, so it cannot take the messages of its batch down with it again.
         again = [r for r in candidates if 0 < r.attempts < self.settings.max_attempts]
-        decided: list[Decided] = []
-        if first:
-            decided = self._decide_batch(first, raws, result, meanwhile)
-        else:
-            meanwhile()
-        self.checkpoint("after_classification")
         by_id = {r.id: r for r in todo}
         # Rows a crash left classified need only their marks; the rest act on their decision.
         work = [Act(r) for r in todo if r.state == CLASSIFIED]
-        work += [Act(by_id[d.row_id], d) for d in decided]
-        self._act(work, raws, result)
-        for r in again:
-            # Decided and acted on alone: the next one may kill the process.
-            self._act([Act(r, d) for d in self._decide_alone(r, raws, result)], raws, result)
-
-    # -- acting --------------------------------------------------------------------------------
-
-    def _act(self, work: Sequence[Act], raws: Mapping[int, bytes], result: SyncResult) -> None:
-        """Run the act steps for `work` together; if that fails for a reason of its own (not a
-        server, network or store fault), again one message at a time, so that the message at
-        fault is found, counted and in the end quarantined while the others are handled."""
-        if not work:
-            return
         try:
-            self._act_steps(work, result)
-            return
+            decided = self._decide_together(first, raws, meanwhile)
+            self.checkpoint("after_classification")
+            work += [Act(by_id[d.row_id], d) for d in decided]
+            act(self, work)
         except NOT_THE_MESSAGES_FAULT:
             raise
-        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
-            if len(work) == 1:
-                self._act_failed(work[0], exc, raws, result)
-                return
+        except Exception as exc:  # noqa: BLE001 - find the message at fault one by one below
             log.info(
-                "%s/%s: acting on a batch failed (%s); acting on its messages one at a time",
+                "%s/%s: a batch failed (%s); handling its messages one at a time",
                 self.account,
                 self.folder,
                 _describe(exc),
             )
-        for one in work:
-            if one.finished:
-                continue
-            try:
-                self._act_steps([one], result, alone=True)
-            except NOT_THE_MESSAGES_FAULT:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
-                self._act_failed(one, exc, raws, result)
+            begun = {w.row.id for w in work}
+            # The batch's attempt counts for this pass: no second one per message.
+            work += [Act(r) for r in first if r.id not in begun]
+            for w in work:
+                if not w.finished:
+                    self._handle_one(w, raws, result, count=False)
+        for r in again:
+            # An earlier attempt began and never ended: handled alone, so that a message that
+            # kills the process cannot take the messages of its batch down with it again.
+            self._handle_one(Act(r), raws, result, count=True)
 
-    def _act_steps(self, work: Sequence[Act], result: SyncResult, alone: bool = False) -> None:
-        """Record, send, file, mark and finish `work`; each step skips what an earlier try of
-        the same pass already did."""
-        pending = [w for w in work if w.decided is not None and not w.recorded]
-        if pending:
-            recorded = self.recorder.record([w.decided for w in pending if w.decided])
-            for w, d in zip(pending, recorded, strict=True):
-                w.decided, w.recorded = d, True
-                decision = d.disposition.decision
-                result.decided[decision] = result.decided.get(decision, 0) + 1
-                self.effects.observe(self.account, self.folder, w.row.uid, d)
-        self.checkpoint("after_record")
-        self.effects.deliver()
-        self.checkpoint("after_send")
-        # File copies and set \Answered while the originals are still here: a move below would
-        # give them new UIDs in another folder.
-        only = {w.row.id for w in work} if alone else None
-        self.effects.file_replies(self.mailbox, self.folder, work[0].row.uidvalidity, only)
-        # Mark the mailbox for everything classified: this batch and rows resumed after a crash.
-        ready = [w for w in work if w.recorded and not w.finished]
-        self._mark([w.row for w in ready])
-        self.checkpoint("before_done")
-        self.ledger.mark_done([w.row.id for w in ready])
-        done = time.monotonic()
-        self.effects.finished([done - self._fetched_at.pop(w.row.id, done) for w in ready])
-        for w in ready:
-            w.finished = True
+    def _handle_one(
+        self, one: Act, raws: Mapping[int, bytes], result: SyncResult, count: bool
+    ) -> None:
+        """Decide (unless decided already) and act on one message, inside the per-message failure
+        boundary: a failure of its own is counted against it and, at `max_attempts`, quarantines
+        it; a server, network or store fault stops the pass (and is not counted)."""
+        r = one.row
+        try:
+            if one.decided is None and not one.recorded:
+                if count:
+                    self._begin_attempt([r.id])
+                decided = self._decide_now([r], raws)
+                if not decided:
+                    return
+                one.decided = decided[0]
+            act(self, [one], alone=True)
+        except NOT_THE_MESSAGES_FAULT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
+            self._failed(one, exc, raws, result)
 
-    def _act_failed(
+    def _failed(
         self, one: Act, exc: Exception, raws: Mapping[int, bytes], result: SyncResult
     ) -> None:
-        """Count a failed act step against its message, as a failed decision is; quarantine it
+        """Count a failure against its message, whichever half it happened in; quarantine it
         (raw bytes kept) once the attempts reach the limit."""
         error = _describe(exc)
         row = one.row
         self._counted.discard(row.id)  # this attempt failed for a reason: it stays counted
         # A message decided in this pass had its attempt counted before deciding; one resumed
-        # in state `classified` was not, so the failure counts one now.
+        # in state `classified` was not, so its failure counts one now.
         count = row.state == CLASSIFIED
         raw = raws.get(row.uid)
         if raw is None:
@@ -567,6 +528,32 @@ class FolderSync:
             )
             result.failed += 1
 
+    # -- what the act steps use (`triage.pipeline.ActPorts`) --------------------------------------
+
+    def recorded(self, one: Act) -> None:
+        """Count a recorded message and tell the effects (log line, metrics)."""
+        assert one.decided is not None
+        decision = one.decided.disposition.decision
+        self._result.decided[decision] = self._result.decided.get(decision, 0) + 1
+        self.effects.observe(self.account, self.folder, one.row.uid, one.decided)
+
+    def send(self) -> None:
+        """Send the replies that are due."""
+        self.effects.deliver()
+
+    def file(self, work: Sequence[Act], alone: bool) -> None:
+        """File replies (all waiting ones, or only `work`'s when it is retried alone)."""
+        only = {w.row.id for w in work} if alone else None
+        self.effects.file_replies(self.mailbox, self.folder, work[0].row.uidvalidity, only)
+
+    def finish(self, work: Sequence[Act]) -> None:
+        """Record `done` and observe each message's time from fetch to done."""
+        self.ledger.mark_done([w.row.id for w in work])
+        done = time.monotonic()
+        self.effects.finished([done - self._fetched_at.pop(w.row.id, done) for w in work])
+
+    # -- deciding ------------------------------------------------------------------------------
+
     def _first_tries(self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes]) -> list[LedgerRow]:
         """The rows of a batch never attempted before: these are decided together."""
         return [r for r in rows if r.state == SEEN and r.attempts == 0 and r.uid in raws]
@@ -576,92 +563,61 @@ class FolderSync:
         self._counted.update(row_ids)
 
     def _start_early(self, rows: Sequence[LedgerRow], raws: dict[int, bytes]) -> None:
-        """Start deciding a fetched batch; `_decide_batch` later picks up the same batch."""
+        """Start deciding a fetched batch; `_decide_together` later picks up the same batch."""
         assert self.start_decide is not None
         first = self._first_tries(rows, raws)
         if not first:
             return
-        # Counted now, before a worker starts on them (see `_decide_batch`).
+        # Counted now, before a worker starts on them (see `_decide_together`).
         self._begin_attempt([r.id for r in first])
         self._charged.update(r.id for r in first)
         try:
             self.start_decide([(r.id, raws[r.uid], r.backfill) for r in first])
-        except Exception:  # noqa: BLE001 - _decide_batch tries again and reports it
+        except Exception:  # noqa: BLE001 - _decide_together tries again and reports it
             return
 
-    def _decide_batch(
+    def _decide_together(
         self,
         rows: Sequence[LedgerRow],
-        raws: dict[int, bytes],
-        result: SyncResult,
+        raws: Mapping[int, bytes],
         meanwhile: Callable[[], None] = _nothing,
     ) -> list[Decided]:
-        """Decide rows never attempted before, together; one at a time if that fails."""
-        items = [(r.id, raws[r.uid], r.backfill) for r in rows]
+        """Decide rows never attempted before, together; `meanwhile` runs while they are."""
+        if not rows:
+            meanwhile()
+            return []
         # The attempt is committed before deciding: if deciding kills the process, the count
         # survives it (unless `_start_early` counted this batch already).
         self._begin_attempt([r.id for r in rows if r.id not in self._charged])
         self._charged.difference_update(r.id for r in rows)
-        wait = None
-        if self.start_decide is not None:
-            try:
-                wait = self.start_decide(items)
-            except Exception as exc:  # noqa: BLE001 - deciding in process below still works
-                log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
+        wait = self._start([(r.id, raws[r.uid], r.backfill) for r in rows])
         meanwhile()
-        try:
-            return wait() if wait is not None else self.decide(items)
-        except NOT_THE_MESSAGES_FAULT:
-            raise
-        except Exception as exc:  # noqa: BLE001 - find the poison message one by one below
-            log.info(
-                "%s/%s: a batch failed (%s); deciding its messages one at a time",
-                self.account,
-                self.folder,
-                _describe(exc),
-            )
-        # The batch's attempt counts for this pass: no second one per message.
-        out: list[Decided] = []
-        for r in rows:
-            out.extend(self._decide_alone(r, raws, result, count=False))
-        return out
+        return wait() if wait is not None else self.decide(self._items(rows, raws))
 
-    def _decide_alone(
-        self, r: LedgerRow, raws: dict[int, bytes], result: SyncResult, count: bool = True
-    ) -> list[Decided]:
-        """Decide one message (in a worker process when there are any, so that a message that
-        kills its process takes only a worker with it); record a failure, quarantine at the
-        limit."""
-        if count:
-            self._begin_attempt([r.id])
-        item = [(r.id, raws[r.uid], r.backfill)]
+    def _decide_now(self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes]) -> list[Decided]:
+        """Decide rows at once (in a worker process when there are any, so that a message that
+        kills its process takes only a worker with it)."""
+        wait = self._start(self._items(rows, raws))
+        return wait() if wait is not None else self.decide(self._items(rows, raws))
+
+    def _start(
+        self, items: Sequence[tuple[int, bytes, bool]]
+    ) -> Callable[[], list[Decided]] | None:
+        """Hand `items` to the worker processes; None when there are none (or they cannot
+        start: deciding in process still works)."""
+        if self.start_decide is None:
+            return None
         try:
-            wait = None
-            if self.start_decide is not None:
-                try:
-                    wait = self.start_decide(item)
-                except Exception as exc:  # noqa: BLE001 - deciding in process still works
-                    log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
-            return wait() if wait is not None else self.decide(item)
-        except NOT_THE_MESSAGES_FAULT:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
-            error = _describe(exc)
-        self._counted.discard(r.id)  # this attempt failed for a reason: it stays counted
-        if self.ledger.record_failure(r.id, error, self.settings.max_attempts, raws[r.uid]):
-            log.warning(
-                "%s/%s: message uid %d quarantined after %d attempts: %s",
-                self.account,
-                self.folder,
-                r.uid,
-                self.settings.max_attempts,
-                error,
-            )
-            self._mark_quarantined([r.uid])
-            result.quarantined += 1
-        else:
-            result.failed += 1
-        return []
+            return self.start_decide(items)
+        except Exception as exc:  # noqa: BLE001 - deciding in process still works
+            log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
+            return None
+
+    @staticmethod
+    def _items(
+        rows: Sequence[LedgerRow], raws: Mapping[int, bytes]
+    ) -> list[tuple[int, bytes, bool]]:
+        return [(r.id, raws[r.uid], r.backfill) for r in rows]
 
     def _quarantine_exhausted(
         self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes], result: SyncResult
@@ -690,8 +646,9 @@ class FolderSync:
 
     # -- marking -------------------------------------------------------------------------------
 
-    def _mark(self, rows: Sequence[LedgerRow]) -> None:
+    def mark(self, work: Sequence[Act]) -> None:
         """Keyword per decision and, if configured, a move into Triage/<Decision>."""
+        rows = [w.row for w in work]
         if not rows:
             return
         fresh = {r.id: r for r in rows}

@@ -1,4 +1,5 @@
-"""The service loop: one worker thread per IMAP account, plus periodic work in the main thread.
+"""The service loop: one worker thread per IMAP account, plus periodic work in the main thread
+(`Housekeeping`).
 
 Each account worker owns its IMAP connection and its own database connection. It syncs its folders,
 then waits for news (IDLE when offered, else polling) in short slices so a stop request is noticed
@@ -20,6 +21,9 @@ from triage.core.errors import AuthenticationError, TransientError
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.sync import Checkpoint, SyncResult
+from triage.ops.service import Service, Shared
+from triage.sales.digest import run_digest_if_due
+from triage.sales.leads import apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +284,31 @@ def run_once(settings: Settings, make_syncs: SyncFactory) -> dict[str, str | Non
     return errors
 
 
-def no_checkpoint(_name: str) -> None:
-    """The default checkpoint: nothing happens."""
+RETENTION_PERIOD = 24 * 3600.0
 
 
-__all__ = ["AccountWorker", "Checkpoint", "Control", "Daemon", "no_checkpoint", "run_once"]
+class Housekeeping:
+    """The main thread's periodic work: replies due for a retry, the digest and alerts when
+    due, daily retention, store-derived metrics."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.service = Service(shared)
+        self._next_retention = 0.0
+
+    def run(self) -> None:
+        """One round; called every few seconds by the daemon."""
+        self.service.deliver()
+        run_digest_if_due(self.shared.settings, self.service.db)
+        now = time.monotonic()
+        if now >= self._next_retention:
+            apply_retention(self.shared.settings.leads, self.service.db)
+            self._next_retention = now + RETENTION_PERIOD
+        self.shared.metrics.refresh_from_store(self.service.db)
+
+    def close(self) -> None:
+        """Release the store connection."""
+        self.service.close()
+
+
+__all__ = ["AccountWorker", "Checkpoint", "Control", "Daemon", "Housekeeping", "run_once"]

@@ -10,43 +10,22 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 
 from triage.act.compose import message_id_domain
 from triage.core.errors import ConfigError
-from triage.core.settings import ImapAccount, Settings
-from triage.ingest.mailbox import ImapMailbox
-from triage.ingest.sync import Checkpoint, SyncResult
-from triage.ops.daemon import Control, Daemon, SyncFactory, run_once
+from triage.core.settings import Settings
+from triage.ingest.sync import Checkpoint, no_checkpoint
+from triage.ops.daemon import Control, Daemon, Housekeeping, run_once
 from triage.ops.health import start_from_settings
 from triage.ops.logs import redact_settings_secrets
 from triage.ops.metrics import Metrics
-from triage.ops.service import Service, Shared
+from triage.ops.service import Service, Shared, sync_factory
 from triage.sales.digest import check_settings as check_digest_settings
-from triage.sales.digest import run_digest_if_due
-from triage.sales.leads import apply_retention
 from triage.store.lock import exclusive
 
 log = logging.getLogger(__name__)
-
-
-def _no_checkpoint(_name: str) -> None:
-    """The default: no fault injection."""
-
-
-def sync_factory(shared: Shared) -> SyncFactory:
-    """A factory handing each thread its own Service (SQLite connections are per thread)."""
-    local = threading.local()
-
-    def make(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
-        service: Service | None = getattr(local, "service", None)
-        if service is None:
-            service = local.service = Service(shared)
-        return service.folder_syncs(account, mailbox)
-
-    return make
 
 
 def warn_unverified_certificates(settings: Settings) -> None:
@@ -70,7 +49,7 @@ def warn_unverified_certificates(settings: Settings) -> None:
 
 
 def prepare(
-    settings: Settings, checkpoint: Checkpoint = _no_checkpoint, metrics: Metrics | None = None
+    settings: Settings, checkpoint: Checkpoint = no_checkpoint, metrics: Metrics | None = None
 ) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
     warn_unverified_certificates(settings)
@@ -90,7 +69,7 @@ def prepare(
     return shared
 
 
-def run_once_command(settings: Settings, checkpoint: Checkpoint = _no_checkpoint) -> bool:
+def run_once_command(settings: Settings, checkpoint: Checkpoint = no_checkpoint) -> bool:
     """Sync every account once; True when every account succeeded.
 
     Raises `StoreInUseError` before doing anything when another process holds the store.
@@ -107,7 +86,7 @@ def run_once_command(settings: Settings, checkpoint: Checkpoint = _no_checkpoint
 def run_forever(
     settings: Settings,
     reload_settings: Callable[[], Settings],
-    checkpoint: Checkpoint = _no_checkpoint,
+    checkpoint: Checkpoint = no_checkpoint,
     control: Control | None = None,
 ) -> bool:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.
@@ -195,30 +174,3 @@ def _keep_store(old: Settings, new: Settings) -> Settings:
         old.store.path,
     )
     return new.model_copy(update={"store": old.store})
-
-
-RETENTION_PERIOD = 24 * 3600.0
-
-
-class Housekeeping:
-    """The main thread's periodic work: replies due for a retry, the digest and alerts when
-    due, daily retention, store-derived metrics."""
-
-    def __init__(self, shared: Shared) -> None:
-        self.shared = shared
-        self.service = Service(shared)
-        self._next_retention = 0.0
-
-    def run(self) -> None:
-        """One round; called every few seconds by the daemon."""
-        self.service.deliver()
-        run_digest_if_due(self.shared.settings, self.service.db)
-        now = time.monotonic()
-        if now >= self._next_retention:
-            apply_retention(self.shared.settings.leads, self.service.db)
-            self._next_retention = now + RETENTION_PERIOD
-        self.shared.metrics.refresh_from_store(self.service.db)
-
-    def close(self) -> None:
-        """Release the store connection."""
-        self.service.close()

@@ -7,6 +7,7 @@ the classifier and the template renderer are shared, read-only, across threads.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from datetime import timedelta
@@ -23,7 +24,7 @@ from triage.decide import guards
 from triage.decide.classify import ModelHandle
 from triage.ingest.corrections import CorrectionScan
 from triage.ingest.mailbox import ImapMailbox
-from triage.ingest.sync import Checkpoint, Effects, FolderSync, SyncResult
+from triage.ingest.sync import Checkpoint, Effects, FolderSync, SyncResult, no_checkpoint
 from triage.ops.logs import log_outcome
 from triage.ops.metrics import Metrics
 from triage.pipeline import Decided, Planned, Recorder, decide
@@ -33,12 +34,9 @@ from triage.store.ledger import Ledger, LedgerRow
 
 if TYPE_CHECKING:
     from triage.ingest.workers import DecidePool
+    from triage.ops.daemon import SyncFactory
 
 log = logging.getLogger(__name__)
-
-
-def no_checkpoint(_name: str) -> None:
-    """The default checkpoint: no fault injection."""
 
 
 class CheckpointedSession:
@@ -346,6 +344,20 @@ class Service:
             # The replies stay queued; the next pass tries again after their backoff.
             self.shared.metrics.smtp_error()
             log.error("sending replies failed: %s", exc)
+
+
+def sync_factory(shared: Shared) -> SyncFactory:
+    """The account threads' sync factory: each thread gets its own `Service` (SQLite connections
+    are per thread), built on first use and kept for the thread's life."""
+    local = threading.local()
+
+    def make(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
+        service: Service | None = getattr(local, "service", None)
+        if service is None:
+            service = local.service = Service(shared)
+        return service.folder_syncs(account, mailbox)
+
+    return make
 
 
 def reply_priority(planned: Planned) -> int:
