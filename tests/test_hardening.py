@@ -11,7 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -248,7 +248,13 @@ def unfiled(
     shared = prepare(settings)
 
     class NoFiling(Service):
-        def file_replies(self, mailbox: ImapMailbox, folder: str, uidvalidity: int) -> None:
+        def file_replies(
+            self,
+            mailbox: ImapMailbox,
+            folder: str,
+            uidvalidity: int,
+            only: Collection[int] | None = None,
+        ) -> None:
             """Leave the filing for the test."""
 
     services: list[Service] = []

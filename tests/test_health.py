@@ -55,6 +55,24 @@ def test_each_failing_mailbox_gets_one_line_with_its_reasons() -> None:
     ]
 
 
+def test_a_mailbox_whose_worker_gave_up_is_named_with_the_reason() -> None:
+    """An account whose worker stopped for good is one line saying so, with the reason, even
+    though its last sync was recent."""
+    statuses = [
+        AccountStatus("default", connected=True, last_sync=NOW - 5),
+        AccountStatus(
+            "sales",
+            last_sync=NOW - 5,
+            last_error="OperationalError: database or disk is full",
+            failed_passes=10,
+            fatal="10 passes in a row failed: OperationalError: database or disk is full",
+        ),
+    ]
+    assert problems(statuses, 300, NOW) == [
+        "sales: stopped: 10 passes in a row failed: OperationalError: database or disk is full"
+    ]
+
+
 def test_no_mailbox_at_all_is_unhealthy() -> None:
     """A daemon watching nothing is not doing its job."""
     assert problems([], max_age=300, now=NOW) == ["no mailbox is being watched"]

@@ -196,3 +196,44 @@ def test_form_senders_need_trusted_authserv_ids() -> None:
     with pytest.raises(ValidationError, match="form_senders needs trusted_authserv_ids"):
         RepliesSettings(form_senders=("forms@webforms.example",))
     RepliesSettings(form_senders=("forms@webforms.example",), trusted_authserv_ids=("mx.x",))
+
+
+def test_loading_leaves_the_process_environment_alone(
+    good_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`load_settings` reads the environment it is handed without writing to `os.environ`: no
+    other thread ever sees the process environment cleared or replaced, even for a moment."""
+    import os
+    from collections.abc import Iterator, MutableMapping
+
+    class Watched(MutableMapping[str, str]):
+        """The process environment, recording every write."""
+
+        def __init__(self, data: dict[str, str]) -> None:
+            self.data = data
+            self.writes: list[str] = []
+
+        def __getitem__(self, key: str) -> str:
+            return self.data[key]
+
+        def __setitem__(self, key: str, value: str) -> None:
+            self.writes.append(f"set {key}")
+            self.data[key] = value
+
+        def __delitem__(self, key: str) -> None:
+            self.writes.append(f"del {key}")
+            del self.data[key]
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.data)
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+    watched = Watched({**os.environ, "TRIAGE_IMAP__PORT": "1993"})
+    before = dict(watched.data)
+    monkeypatch.setattr(os, "environ", watched)
+    settings = load_settings(good_config, environ={"TRIAGE_IMAP__PORT": "2143"})
+    assert settings.imap.port == 2143  # the environment handed in, not the process's
+    assert watched.writes == []
+    assert watched.data == before

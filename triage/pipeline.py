@@ -1,13 +1,16 @@
-"""The flow of one message, written once, top to bottom.
+"""The flow of one message, written once, top to bottom, as two ordered tuples of named steps.
 
-    raw bytes ─▶ parse ─▶ guards ─▶ classify ─▶ dispose      (pure: `decide`)
-              ─▶ record outcome + lead + queued reply         (one transaction: `record`)
+    DECIDE_STEPS  parse ─▶ guards ─▶ classify ─▶ dispose             (pure: `decide`)
+    ACT_STEPS     record ─▶ send ─▶ file ─▶ mark ─▶ finish            (effects: `act`)
 
-`decide` does no I/O, so a crash before `record` simply redoes it. `record` renders the replies
-first, outside any transaction (a slow or failing template never holds the store's write lock),
-then writes everything the message causes in a single transaction and moves its ledger row to
-`classified`; sending the queued reply and marking the mailbox happen afterwards and are
-themselves recorded (see `sync`).
+The decide steps do no I/O, so a crash before `record` simply redoes them. `record` renders the
+replies first, outside any transaction (a slow or failing template never holds the store's write
+lock), then writes everything the message causes in a single transaction and moves its ledger row
+to `classified`; sending the queued reply, filing its copy, marking the mailbox and `done` come
+after it, each recorded before it is made. `triage.ingest.sync` drives both halves over a batch
+and puts one per-message failure boundary around them: retry, then quarantine, and the account
+goes on. The worker processes (`triage.ingest.workers`) run the steps that need neither the store
+nor the reply history (`WORKER_STEPS`); the main process finishes the rest.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from typing import Protocol
 
 from triage.core.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
 from triage.decide.dispose import dispose
 from triage.parsing import parse
 from triage.store.db import Tx
-from triage.store.leads import NewLead, record_lead
-from triage.store.ledger import Ledger, Outcome
+from triage.store.leads import NewLead, get_lead, record_lead
+from triage.store.ledger import CLASSIFIED, Ledger, LedgerRow, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +55,89 @@ class Planned:
     template: str
     verdict: Verdict
     reply: EmailMessage | None = None
+    # The salesperson the message's hot lead is assigned to, named in the reply ("" for none).
+    lead_owner: str = ""
 
 
 def _as_planned(planned: Planned) -> Planned:
     """The default preparation: none (the queue function renders, or the test needs no reply)."""
     return planned
+
+
+@dataclass(slots=True)
+class Deciding:
+    """One message while the decide steps fill it in, field by field."""
+
+    row_id: int
+    raw: bytes
+    backfill: bool
+    msg: InboundMessage | None = None
+    verdict: Verdict | None = None
+    classification: Classification | None = None
+    disposition: Disposition | None = None
+
+    def decided(self) -> Decided:
+        """The finished decision (every step has run)."""
+        assert self.msg and self.verdict and self.classification and self.disposition
+        return Decided(self.row_id, self.msg, self.verdict, self.classification, self.disposition)
+
+
+@dataclass(frozen=True, slots=True)
+class DecideTools:
+    """What the decide steps use: the etiquette check, the classifier and the folder layout."""
+
+    check: Checker
+    classify: Classify
+    folder_prefix: str | None
+
+
+def parse_step(batch: Sequence[Deciding], _tools: DecideTools) -> None:
+    """Raw bytes → InboundMessage (never raises; bounded time and memory)."""
+    for m in batch:
+        m.msg = parse(m.raw)
+
+
+def guards_step(batch: Sequence[Deciding], tools: DecideTools) -> None:
+    """RFC 3834/5230 etiquette and sender authentication → may we reply, and to whom."""
+    for m in batch:
+        assert m.msg is not None
+        m.verdict = tools.check(m.msg)
+
+
+def classify_step(batch: Sequence[Deciding], tools: DecideTools) -> None:
+    """Header rules, then the model, over the whole batch at once."""
+    messages = [m.msg for m in batch if m.msg is not None]
+    for m, cls in zip(batch, tools.classify(messages), strict=True):
+        m.classification = cls
+
+
+def dispose_step(batch: Sequence[Deciding], tools: DecideTools) -> None:
+    """The label table: reply template, lead kind, keyword and folder."""
+    for m in batch:
+        assert m.msg and m.verdict and m.classification
+        m.disposition = dispose(
+            m.msg,
+            m.verdict,
+            m.classification,
+            backfill=m.backfill,
+            folder_prefix=tools.folder_prefix,
+        )
+
+
+DecideStep = Callable[[Sequence[Deciding], DecideTools], None]
+DECIDE_STEPS: tuple[DecideStep, ...] = (parse_step, guards_step, classify_step, dispose_step)
+# The steps a worker process runs (neither needs the store or the reply history); the worker
+# also runs the guards that need no history, and the main process finishes the guards and runs
+# `dispose_step` (see `triage.ingest.workers`).
+WORKER_STEPS: tuple[DecideStep, ...] = (parse_step, classify_step)
+
+
+def run_decide_steps(
+    batch: Sequence[Deciding], tools: DecideTools, steps: Sequence[DecideStep] = DECIDE_STEPS
+) -> None:
+    """Run `steps` in order over `batch`."""
+    for step in steps:
+        step(batch, tools)
 
 
 def decide(
@@ -64,22 +146,10 @@ def decide(
     classify: Classify,
     folder_prefix: str | None,
 ) -> list[Decided]:
-    """Parse, check etiquette, classify and dispose a batch of (row id, raw, backfill)."""
-    messages = [parse(raw) for _row, raw, _bf in items]
-    verdicts = [check(m) for m in messages]
-    classes = classify(messages)
-    return [
-        Decided(
-            row_id=row,
-            msg=msg,
-            verdict=verdict,
-            classification=cls,
-            disposition=dispose(msg, verdict, cls, backfill=backfill, folder_prefix=folder_prefix),
-        )
-        for (row, _raw, backfill), msg, verdict, cls in zip(
-            items, messages, verdicts, classes, strict=True
-        )
-    ]
+    """Run the decide steps over a batch of (row id, raw, backfill)."""
+    batch = [Deciding(row, raw, backfill) for row, raw, backfill in items]
+    run_decide_steps(batch, DecideTools(check, classify, folder_prefix))
+    return [m.decided() for m in batch]
 
 
 def prospect_contact(msg: InboundMessage, verdict: Verdict) -> str:
@@ -111,6 +181,10 @@ def outcome_of(d: Decided, reasons: Sequence[str]) -> Outcome:
     )
 
 
+class _Rehearsed(Exception):
+    """Ends the rehearsal transaction of `Recorder.owners`, rolling it back."""
+
+
 class Recorder:
     """Writes decided messages to the store: outcome, lead and the reply to queue."""
 
@@ -136,9 +210,16 @@ class Recorder:
         and may refuse too, e.g. when an earlier message of the same batch already earned this
         sender a reply.
         """
+        owners = self.owners(batch)
         prepared: dict[int, Planned | str] = {
             d.row_id: self.prepare_reply(
-                Planned(d.row_id, d.msg, d.disposition.reply_template, d.verdict)
+                Planned(
+                    d.row_id,
+                    d.msg,
+                    d.disposition.reply_template,
+                    d.verdict,
+                    lead_owner=owners.get(d.row_id, ""),
+                )
             )
             for d in batch
             if d.disposition.reply_template is not None
@@ -157,11 +238,37 @@ class Recorder:
                 done = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
                 self.ledger.record_outcome(c, outcome_of(done, reasons))
                 if disposition.lead_kind is not None:
-                    self._lead(c, done)
+                    self._lead(c, done, owners.get(d.row_id))
                 final.append(done)
         return final
 
-    def _lead(self, c: Tx, d: Decided) -> None:
+    def owners(self, batch: Sequence[Decided]) -> dict[int, str]:
+        """The owner each hot lead of `batch` will have once recorded, by row id, known before
+        any reply is rendered so that the reply can name its owner.
+
+        The batch's leads are recorded exactly as `record` will record them, in a transaction
+        that is then rolled back: a message that joins an existing lead gets that lead's owner,
+        and round-robin advances from one message of the batch to the next. `record` then
+        writes the same owners. One process holds the store, so nothing changes in between.
+        """
+        if not any(d.disposition.lead_kind is LeadKind.HOT for d in batch):
+            return {}
+        owners: dict[int, str] = {}
+        try:
+            with self.ledger.db.transaction() as c:
+                for d in batch:
+                    if d.disposition.lead_kind is None:
+                        continue
+                    lead = get_lead(c, self._lead(c, d, None))
+                    if d.disposition.lead_kind is LeadKind.HOT and lead is not None:
+                        owners[d.row_id] = lead.owner
+                raise _Rehearsed
+        except _Rehearsed:
+            pass
+        return owners
+
+    def _lead(self, c: Tx, d: Decided, owner: str | None) -> int:
+        """Record the message's lead; a hot one gets `owner`, or one assigned now (None)."""
         kind = d.disposition.lead_kind
         assert kind is not None
         email = prospect_contact(d.msg, d.verdict)
@@ -169,7 +276,9 @@ class Recorder:
         if not contact.name and d.msg.from_ and d.msg.from_.email == email:
             contact = replace(contact, name=d.msg.from_.name)
         now = datetime.now(UTC)
-        record_lead(
+        if kind is LeadKind.HOT and owner is None:
+            owner = self.assign_owner(c)
+        return record_lead(
             c,
             NewLead(
                 message_row=d.row_id,
@@ -179,7 +288,96 @@ class Recorder:
                 confidence=d.classification.confidence,
                 explanation=d.classification.explanation,
                 due_at=self.response_target(now) if kind is LeadKind.HOT else None,
-                owner=self.assign_owner(c) if kind is LeadKind.HOT else "",
+                owner=(owner or "") if kind is LeadKind.HOT else "",
                 thread_ids=(d.msg.in_reply_to, *d.msg.references),
             ),
         )
+
+
+# -- the act half ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Act:
+    """One message in the act half of a pass: its ledger row, its decision (None until decided,
+    and for a row a crash left `classified`), and how far acting on it got in this pass."""
+
+    row: LedgerRow
+    decided: Decided | None = None
+    recorded: bool = False
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        # A row found `classified` was recorded by an earlier pass: only its marks are left.
+        self.recorded = self.recorded or self.row.state == CLASSIFIED
+
+
+class ActPorts(Protocol):
+    """What the act steps need from the folder being synced (`triage.ingest.sync.FolderSync`)."""
+
+    recorder: Recorder
+    checkpoint: Callable[[str], None]
+
+    def recorded(self, act: Act) -> None:
+        """Told about each message just recorded (outcome log line, counts, metrics)."""
+
+    def send(self) -> None:
+        """Send every reply that is due."""
+
+    def file(self, work: Sequence[Act], alone: bool) -> None:
+        """File sent replies and drafts, flag originals \\Answered (only `work`'s if `alone`)."""
+
+    def mark(self, work: Sequence[Act]) -> None:
+        """Keywords and folder moves for recorded messages."""
+
+    def finish(self, work: Sequence[Act]) -> None:
+        """Record the messages `done`."""
+
+
+def record_step(ports: ActPorts, work: Sequence[Act], _alone: bool) -> None:
+    """Outcome, lead and queued reply of every decided message, in one transaction."""
+    pending = [w for w in work if w.decided is not None and not w.recorded]
+    if pending:
+        recorded = ports.recorder.record([w.decided for w in pending if w.decided is not None])
+        for w, d in zip(pending, recorded, strict=True):
+            w.decided, w.recorded = d, True
+            ports.recorded(w)
+    ports.checkpoint("after_record")
+
+
+def send_step(ports: ActPorts, _work: Sequence[Act], _alone: bool) -> None:
+    """The queued replies go out (live mode; the other modes never reach SMTP)."""
+    ports.send()
+    ports.checkpoint("after_send")
+
+
+def file_step(ports: ActPorts, work: Sequence[Act], alone: bool) -> None:
+    """Copies in Sent or Drafts and \\Answered, while the originals are still in the folder: a
+    move by `mark_step` would give them new UIDs elsewhere."""
+    ports.file(work, alone)
+
+
+def mark_step(ports: ActPorts, work: Sequence[Act], _alone: bool) -> None:
+    """Keyword per decision and, if configured, a move into Triage/<Decision>."""
+    ports.mark([w for w in work if w.recorded and not w.finished])
+
+
+def finish_step(ports: ActPorts, work: Sequence[Act], _alone: bool) -> None:
+    """Every effect is recorded and applied: the messages are `done`."""
+    ready = [w for w in work if w.recorded and not w.finished]
+    ports.checkpoint("before_done")
+    ports.finish(ready)
+    for w in ready:
+        w.finished = True
+
+
+ActStep = Callable[[ActPorts, Sequence[Act], bool], None]
+ACT_STEPS: tuple[ActStep, ...] = (record_step, send_step, file_step, mark_step, finish_step)
+
+
+def act(ports: ActPorts, work: Sequence[Act], alone: bool = False) -> None:
+    """Run the act steps in order over `work`; each skips what an earlier try in the same pass
+    already did (a message recorded once is never recorded again). `alone`: `work` is one
+    message being retried by itself, so filing touches only its replies."""
+    for step in ACT_STEPS:
+        step(ports, work, alone)

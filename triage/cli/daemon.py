@@ -40,4 +40,6 @@ def run(ctx: typer.Context) -> None:
         from triage.ops.runner import run_forever
 
         config = options(ctx).config
-        run_forever(settings, lambda: load_settings(config))
+        if not run_forever(settings, lambda: load_settings(config)):
+            # An account could not be served any more: exit non-zero, for systemd to restart.
+            raise typer.Exit(EXIT_FAILURE)

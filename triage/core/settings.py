@@ -25,10 +25,12 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings.sources.utils import parse_env_vars
 
 from triage.core.errors import ConfigError
 from triage.core.hosts import is_loopback
@@ -292,6 +294,10 @@ class DaemonSettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     backoff_initial: Annotated[float, Field(gt=0)] = 1.0
     backoff_max: Annotated[float, Field(gt=0)] = 300.0
+    # Passes of one account in a row that fail with an error that is not a server's or the
+    # network's (the store's disk is full, say) before `triage run` gives up and exits non-zero,
+    # for systemd to restart it. With the default backoff: about ten minutes of failures.
+    max_failed_passes: Annotated[int, Field(ge=1)] = 10
 
 
 class Settings(BaseSettings):
@@ -336,6 +342,8 @@ def load_settings(
     if path is not None:
         file_values = _read_toml(path)
 
+    given = _without_config_var(env)
+
     class _Loaded(Settings):
         @classmethod
         def settings_customise_sources(
@@ -347,19 +355,31 @@ def load_settings(
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             # Priority: explicit overrides, then TRIAGE_* variables, then the TOML file.
-            return (init_settings, env_settings, InitSettingsSource(settings_cls, file_values))
+            return (
+                init_settings,
+                _GivenEnvironment(settings_cls, given),
+                InitSettingsSource(settings_cls, file_values),
+            )
 
-    saved = dict(os.environ)
     try:
-        # pydantic-settings reads os.environ; give it exactly the environment we were handed.
-        os.environ.clear()
-        os.environ.update(_without_config_var(env))
         return _Loaded(**dict(overrides or {}))
     except ValidationError as exc:
         raise ConfigError("\n".join(describe_validation_error(exc, path))) from None
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+
+
+class _GivenEnvironment(EnvSettingsSource):
+    """pydantic-settings' environment source, reading the mapping it is given instead of
+    `os.environ`: loading settings never writes to the process environment, which other threads
+    (and the tests' own environments) share."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._given = dict(environ)
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._given, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -683,8 +683,3 @@ class ModelHandle:
         if self._current is None:
             raise error
         log.error("model %s not reloaded, keeping %s: %s", self.path, self._current.version, error)
-
-
-def classify(msg: InboundMessage, classifier: Classifier) -> Classification:
-    """Classify one message with `classifier`: header rules first, then the model."""
-    return classifier.classify(msg)

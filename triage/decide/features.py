@@ -151,11 +151,6 @@ def message_terms(msg: InboundMessage) -> list[str]:
     return terms
 
 
-def terms_of_many(messages: Iterable[InboundMessage]) -> list[list[str]]:
-    """`message_terms` of each message, in order."""
-    return [message_terms(m) for m in messages]
-
-
 class TermCounter(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # sklearn is untyped
     """Pipeline step: counts `message_terms` of each message over a vocabulary learnt in `fit`.
 

@@ -150,6 +150,11 @@ class ImapMailbox:
         self.folder = FolderInfo(folder, uidvalidity, uidnext, int(info.get(b"EXISTS", 0)))
         return self.folder
 
+    def folder_exists(self, folder: str) -> bool:
+        """True when `folder` exists on the server."""
+        with _translated(f"{self.account.name}: LIST {folder!r}"):
+            return bool(self.client.folder_exists(folder))
+
     def ensure_folder(self, folder: str) -> None:
         """Create `folder` (and subscribe to it) unless it exists."""
         with _translated(f"{self.account.name}: cannot create {folder!r}"):

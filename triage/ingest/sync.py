@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import TransientError
@@ -30,8 +31,16 @@ from triage.core.settings import IngestSettings
 from triage.decide.dispose import KEYWORD_PREFIX, keyword_for
 from triage.ingest.mailbox import ImapMailbox
 from triage.parsing import parse
-from triage.pipeline import Decided, Recorder
-from triage.store.ledger import CLASSIFIED, DONE, QUARANTINED, SEEN, Ledger, LedgerRow
+from triage.pipeline import Act, Decided, Recorder, act
+from triage.store.ledger import (
+    CLASSIFIED,
+    DONE,
+    NOT_THE_MESSAGES_FAULT,
+    QUARANTINED,
+    SEEN,
+    Ledger,
+    LedgerRow,
+)
 
 log = logging.getLogger(__name__)
 _MSGID = re.compile(r"<[^<>\s]+>")
@@ -68,11 +77,14 @@ class Effects:
     """The side effects after recording that are not the mailbox's: sending and filing."""
 
     deliver: Callable[[], None]
-    file_replies: Callable[[ImapMailbox, str, int], None]
+    # (mailbox, folder, uidvalidity, only these message rows or None for all pending)
+    file_replies: Callable[[ImapMailbox, str, int, Collection[int] | None], None]
     # Told about each recorded message (account, folder, uid, decided) and each finished pass
     # (account, folder): for the outcome log line and metrics.
     observe: Callable[[str, str, int, Decided], None] = lambda _a, _f, _u, _d: None
     synced: Callable[[str, str], None] = lambda _a, _f: None
+    # Told the seconds each message took from its fetch to `done` (the handling-time metric).
+    finished: Callable[[Sequence[float]], None] = lambda _seconds: None
 
 
 class FolderSync:
@@ -101,11 +113,15 @@ class FolderSync:
         self.settings = settings
         self.checkpoint = checkpoint
         self.start_decide = start_decide
-        # Rows whose attempt `_start_early` counted, not yet picked up by `_decide_batch`.
+        # Rows whose attempt `_start_early` counted, not yet picked up by `_decide_together`.
         self._charged: set[int] = set()
         # Every row whose attempt this pass counted and no failure explained yet: refunded when
         # the pass stops on a TransientError (a dropped connection is not the message's fault).
         self._counted: set[int] = set()
+        # When each row of this pass was fetched (monotonic), until it is done.
+        self._fetched_at: dict[int, float] = {}
+        # The result of the pass in progress (the act steps count into it).
+        self._result = SyncResult()
 
     # -- one pass ------------------------------------------------------------------------------
 
@@ -113,10 +129,15 @@ class FolderSync:
         """Handle everything new or unfinished in the folder; raises TransientError on I/O."""
         self._charged.clear()
         self._counted.clear()
+        self._fetched_at.clear()
         try:
             return self._sync()
-        except TransientError:
-            self.ledger.refund_attempt(self._counted)
+        except NOT_THE_MESSAGES_FAULT:
+            try:
+                self.ledger.refund_attempt(self._counted)
+            except NOT_THE_MESSAGES_FAULT as exc:
+                # The store itself is failing: the attempts stay counted, the pass's error wins.
+                log.warning("%s/%s: cannot refund attempts: %s", self.account, self.folder, exc)
             raise
 
     def _sync(self) -> SyncResult:
@@ -176,7 +197,7 @@ class FolderSync:
             # The batch's bytes go before the next batch is fetched.
             del rows, raws
         self.effects.deliver()
-        self.effects.file_replies(self.mailbox, self.folder, uidvalidity)
+        self.effects.file_replies(self.mailbox, self.folder, uidvalidity, None)
         self.ledger.touch(self.account, self.folder)
         self.effects.synced(self.account, self.folder)
         return result
@@ -356,11 +377,13 @@ class FolderSync:
         if uids:
             self.ledger.advance(self.account, self.folder, max(uids))
         result.fetched += len(items)
+        fetched_at = time.monotonic()
         rows = self.ledger.rows_for(
             self.account, self.folder, uidvalidity, [u for u, _, _ in items]
         )
         big = [rows[u] for u in too_big if u in rows and rows[u].state == SEEN]
         self._quarantine_too_big(big, sizes, result)
+        self._fetched_at.update((rows[u].id, fetched_at) for u in raws if u in rows)
         self.checkpoint("after_fetch")
         return [rows[u] for u, _, _ in items if u in rows and u not in too_big], raws
 
@@ -393,6 +416,7 @@ class FolderSync:
         meanwhile: Callable[[], None] = _nothing,
     ) -> None:
         """Decide, record, send, mark and finish `rows`; `meanwhile` runs once, while deciding."""
+        self._result = result
         todo = [r for r in rows if r.state not in (DONE, QUARANTINED)]
         if not todo:
             meanwhile()
@@ -400,6 +424,9 @@ class FolderSync:
         fresh = [r for r in todo if r.state != CLASSIFIED]
         raws = dict(fetched or {})
         raws.update(self.mailbox.fetch([r.uid for r in fresh if r.uid not in raws]))
+        started = time.monotonic()
+        for r in todo:
+            self._fetched_at.setdefault(r.id, started)
         vanished = [r for r in fresh if r.uid not in raws]
         if vanished:
             # Deleted or moved by a person before we finished: nothing left to act on.
@@ -411,35 +438,117 @@ class FolderSync:
         # An earlier attempt began and never ended: perhaps this message killed the process.
         # Decided alone, so it cannot take the messages of its batch down with it again.
         again = [r for r in candidates if 0 < r.attempts < self.settings.max_attempts]
-        decided: list[Decided] = []
-        if first:
-            decided = self._decide_batch(first, raws, result, meanwhile)
-        else:
-            meanwhile()
-        self.checkpoint("after_classification")
-        recorded = self.recorder.record(decided) if decided else []
-        for r in again:
-            # Recorded at once: the next one may kill the process.
-            alone = self._decide_alone(r, raws, result)
-            recorded.extend(self.recorder.record(alone) if alone else [])
-        uids = {r.id: r.uid for r in todo}
-        for d in recorded:
-            decision = d.disposition.decision
-            result.decided[decision] = result.decided.get(decision, 0) + 1
-            self.effects.observe(self.account, self.folder, uids[d.row_id], d)
-        self.checkpoint("after_record")
-        self.effects.deliver()
-        self.checkpoint("after_send")
-        # File copies and set \Answered while the originals are still here: a move below would
-        # give them new UIDs in another folder.
-        self.effects.file_replies(self.mailbox, self.folder, todo[0].uidvalidity)
-        # Mark the mailbox for everything classified: this batch and rows resumed after a crash.
-        classified = {r.id: r for r in todo if r.state == CLASSIFIED}
         by_id = {r.id: r for r in todo}
-        classified.update({d.row_id: by_id[d.row_id] for d in recorded})
-        self._mark(list(classified.values()))
-        self.checkpoint("before_done")
-        self.ledger.mark_done(list(classified))
+        # Rows a crash left classified need only their marks; the rest act on their decision.
+        work = [Act(r) for r in todo if r.state == CLASSIFIED]
+        try:
+            decided = self._decide_together(first, raws, meanwhile)
+            self.checkpoint("after_classification")
+            work += [Act(by_id[d.row_id], d) for d in decided]
+            act(self, work)
+        except NOT_THE_MESSAGES_FAULT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - find the message at fault one by one below
+            log.info(
+                "%s/%s: a batch failed (%s); handling its messages one at a time",
+                self.account,
+                self.folder,
+                _describe(exc),
+            )
+            begun = {w.row.id for w in work}
+            # The batch's attempt counts for this pass: no second one per message.
+            work += [Act(r) for r in first if r.id not in begun]
+            for w in work:
+                if not w.finished:
+                    self._handle_one(w, raws, result, count=False)
+        for r in again:
+            # An earlier attempt began and never ended: handled alone, so that a message that
+            # kills the process cannot take the messages of its batch down with it again.
+            self._handle_one(Act(r), raws, result, count=True)
+
+    def _handle_one(
+        self, one: Act, raws: Mapping[int, bytes], result: SyncResult, count: bool
+    ) -> None:
+        """Decide (unless decided already) and act on one message, inside the per-message failure
+        boundary: a failure of its own is counted against it and, at `max_attempts`, quarantines
+        it; a server, network or store fault stops the pass (and is not counted)."""
+        r = one.row
+        try:
+            if one.decided is None and not one.recorded:
+                if count:
+                    self._begin_attempt([r.id])
+                decided = self._decide_now([r], raws)
+                if not decided:
+                    return
+                one.decided = decided[0]
+            act(self, [one], alone=True)
+        except NOT_THE_MESSAGES_FAULT:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
+            self._failed(one, exc, raws, result)
+
+    def _failed(
+        self, one: Act, exc: Exception, raws: Mapping[int, bytes], result: SyncResult
+    ) -> None:
+        """Count a failure against its message, whichever half it happened in; quarantine it
+        (raw bytes kept) once the attempts reach the limit."""
+        error = _describe(exc)
+        row = one.row
+        self._counted.discard(row.id)  # this attempt failed for a reason: it stays counted
+        # A message decided in this pass had its attempt counted before deciding; one resumed
+        # in state `classified` was not, so its failure counts one now.
+        count = row.state == CLASSIFIED
+        raw = raws.get(row.uid)
+        if raw is None:
+            raw = self.mailbox.fetch([row.uid]).get(row.uid)
+        if self.ledger.record_failure(
+            row.id, error, self.settings.max_attempts, raw, count_attempt=count
+        ):
+            log.warning(
+                "%s/%s: message uid %d quarantined after %d attempts: %s",
+                self.account,
+                self.folder,
+                row.uid,
+                self.settings.max_attempts,
+                error,
+            )
+            self._mark_quarantined([row.uid])
+            result.quarantined += 1
+        else:
+            log.warning(
+                "%s/%s: message uid %d failed, will retry: %s",
+                self.account,
+                self.folder,
+                row.uid,
+                error,
+            )
+            result.failed += 1
+
+    # -- what the act steps use (`triage.pipeline.ActPorts`) --------------------------------------
+
+    def recorded(self, one: Act) -> None:
+        """Count a recorded message and tell the effects (log line, metrics)."""
+        assert one.decided is not None
+        decision = one.decided.disposition.decision
+        self._result.decided[decision] = self._result.decided.get(decision, 0) + 1
+        self.effects.observe(self.account, self.folder, one.row.uid, one.decided)
+
+    def send(self) -> None:
+        """Send the replies that are due."""
+        self.effects.deliver()
+
+    def file(self, work: Sequence[Act], alone: bool) -> None:
+        """File replies (all waiting ones, or only `work`'s when it is retried alone)."""
+        only = {w.row.id for w in work} if alone else None
+        self.effects.file_replies(self.mailbox, self.folder, work[0].row.uidvalidity, only)
+
+    def finish(self, work: Sequence[Act]) -> None:
+        """Record `done` and observe each message's time from fetch to done."""
+        self.ledger.mark_done([w.row.id for w in work])
+        done = time.monotonic()
+        self.effects.finished([done - self._fetched_at.pop(w.row.id, done) for w in work])
+
+    # -- deciding ------------------------------------------------------------------------------
 
     def _first_tries(self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes]) -> list[LedgerRow]:
         """The rows of a batch never attempted before: these are decided together."""
@@ -450,92 +559,61 @@ class FolderSync:
         self._counted.update(row_ids)
 
     def _start_early(self, rows: Sequence[LedgerRow], raws: dict[int, bytes]) -> None:
-        """Start deciding a fetched batch; `_decide_batch` later picks up the same batch."""
+        """Start deciding a fetched batch; `_decide_together` later picks up the same batch."""
         assert self.start_decide is not None
         first = self._first_tries(rows, raws)
         if not first:
             return
-        # Counted now, before a worker starts on them (see `_decide_batch`).
+        # Counted now, before a worker starts on them (see `_decide_together`).
         self._begin_attempt([r.id for r in first])
         self._charged.update(r.id for r in first)
         try:
             self.start_decide([(r.id, raws[r.uid], r.backfill) for r in first])
-        except Exception:  # noqa: BLE001 - _decide_batch tries again and reports it
+        except Exception:  # noqa: BLE001 - _decide_together tries again and reports it
             return
 
-    def _decide_batch(
+    def _decide_together(
         self,
         rows: Sequence[LedgerRow],
-        raws: dict[int, bytes],
-        result: SyncResult,
+        raws: Mapping[int, bytes],
         meanwhile: Callable[[], None] = _nothing,
     ) -> list[Decided]:
-        """Decide rows never attempted before, together; one at a time if that fails."""
-        items = [(r.id, raws[r.uid], r.backfill) for r in rows]
+        """Decide rows never attempted before, together; `meanwhile` runs while they are."""
+        if not rows:
+            meanwhile()
+            return []
         # The attempt is committed before deciding: if deciding kills the process, the count
         # survives it (unless `_start_early` counted this batch already).
         self._begin_attempt([r.id for r in rows if r.id not in self._charged])
         self._charged.difference_update(r.id for r in rows)
-        wait = None
-        if self.start_decide is not None:
-            try:
-                wait = self.start_decide(items)
-            except Exception as exc:  # noqa: BLE001 - deciding in process below still works
-                log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
+        wait = self._start([(r.id, raws[r.uid], r.backfill) for r in rows])
         meanwhile()
-        try:
-            return wait() if wait is not None else self.decide(items)
-        except TransientError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - find the poison message one by one below
-            log.info(
-                "%s/%s: a batch failed (%s); deciding its messages one at a time",
-                self.account,
-                self.folder,
-                _describe(exc),
-            )
-        # The batch's attempt counts for this pass: no second one per message.
-        out: list[Decided] = []
-        for r in rows:
-            out.extend(self._decide_alone(r, raws, result, count=False))
-        return out
+        return wait() if wait is not None else self.decide(self._items(rows, raws))
 
-    def _decide_alone(
-        self, r: LedgerRow, raws: dict[int, bytes], result: SyncResult, count: bool = True
-    ) -> list[Decided]:
-        """Decide one message (in a worker process when there are any, so that a message that
-        kills its process takes only a worker with it); record a failure, quarantine at the
-        limit."""
-        if count:
-            self._begin_attempt([r.id])
-        item = [(r.id, raws[r.uid], r.backfill)]
+    def _decide_now(self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes]) -> list[Decided]:
+        """Decide rows at once (in a worker process when there are any, so that a message that
+        kills its process takes only a worker with it)."""
+        wait = self._start(self._items(rows, raws))
+        return wait() if wait is not None else self.decide(self._items(rows, raws))
+
+    def _start(
+        self, items: Sequence[tuple[int, bytes, bool]]
+    ) -> Callable[[], list[Decided]] | None:
+        """Hand `items` to the worker processes; None when there are none (or they cannot
+        start: deciding in process still works)."""
+        if self.start_decide is None:
+            return None
         try:
-            wait = None
-            if self.start_decide is not None:
-                try:
-                    wait = self.start_decide(item)
-                except Exception as exc:  # noqa: BLE001 - deciding in process still works
-                    log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
-            return wait() if wait is not None else self.decide(item)
-        except TransientError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
-            error = _describe(exc)
-        self._counted.discard(r.id)  # this attempt failed for a reason: it stays counted
-        if self.ledger.record_failure(r.id, error, self.settings.max_attempts, raws[r.uid]):
-            log.warning(
-                "%s/%s: message uid %d quarantined after %d attempts: %s",
-                self.account,
-                self.folder,
-                r.uid,
-                self.settings.max_attempts,
-                error,
-            )
-            self._mark_quarantined([r.uid])
-            result.quarantined += 1
-        else:
-            result.failed += 1
-        return []
+            return self.start_decide(items)
+        except Exception as exc:  # noqa: BLE001 - deciding in process still works
+            log.warning("%s/%s: no worker processes: %s", self.account, self.folder, exc)
+            return None
+
+    @staticmethod
+    def _items(
+        rows: Sequence[LedgerRow], raws: Mapping[int, bytes]
+    ) -> list[tuple[int, bytes, bool]]:
+        return [(r.id, raws[r.uid], r.backfill) for r in rows]
 
     def _quarantine_exhausted(
         self, rows: Sequence[LedgerRow], raws: Mapping[int, bytes], result: SyncResult
@@ -564,12 +642,13 @@ class FolderSync:
 
     # -- marking -------------------------------------------------------------------------------
 
-    def _mark(self, rows: Sequence[LedgerRow]) -> None:
+    def mark(self, work: Sequence[Act]) -> None:
         """Keyword per decision and, if configured, a move into Triage/<Decision>."""
+        rows = [w.row for w in work]
         if not rows:
             return
         fresh = {r.id: r for r in rows}
-        decisions = self._decisions(rows)
+        decisions = self.ledger.decisions([r.id for r in rows])
         by_decision: dict[str, list[int]] = {}
         for row_id, decision in decisions.items():
             if decision and row_id in fresh:
@@ -595,21 +674,6 @@ class FolderSync:
         except TransientError as exc:
             # The store already holds the message and its reason; the mark is a courtesy.
             log.warning("%s/%s: cannot mark quarantined mail: %s", self.account, self.folder, exc)
-
-    def _decisions(self, rows: Sequence[LedgerRow]) -> dict[int, str | None]:
-        """The recorded decision of each row: one narrow query per 500 rows, not one per row
-        (and not `SELECT *`, which would read back every body just written)."""
-        ids = [r.id for r in rows]
-        out: dict[int, str | None] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found = self.ledger.db.conn.execute(
-                f"SELECT id, decision FROM messages WHERE id IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            out.update((row[0], row[1]) for row in found)
-        return out
 
 
 def byte_batches(
@@ -644,8 +708,3 @@ def normalize_message_id(value: str) -> str:
     """The `<…>` part of a Message-ID header value, as the parser records it."""
     match = _MSGID.search(value)
     return match.group(0) if match else value.strip()
-
-
-def now_utc() -> datetime:
-    """The current time, aware."""
-    return datetime.now(UTC)

@@ -46,12 +46,18 @@ from triage.core.models import (
     Classification,
     Contact,
     InboundMessage,
+    Verdict,
 )
 from triage.decide import guards
 from triage.decide.classify import ModelHandle
-from triage.decide.dispose import dispose
-from triage.parsing import parse
-from triage.pipeline import Decided
+from triage.pipeline import (
+    WORKER_STEPS,
+    Decided,
+    DecideTools,
+    Deciding,
+    dispose_step,
+    run_decide_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +97,9 @@ def _fields_reducer(cls: type[Any]) -> Callable[[Any], tuple[type[Any], tuple[An
     return lambda obj: (cls, getter(obj))
 
 
-def _register_pickling() -> None:
-    """Make the pipeline's values picklable, and cheaply so.
+def register_pickling() -> None:
+    """Make the pipeline's values picklable, and cheaply so; called when a pool starts (before
+    the fork, so the workers inherit it), never at import time. Registering twice is harmless.
 
     `InboundMessage.headers` is a mappingproxy, which pickle refuses. The frozen slotted
     dataclasses pickle through generic Python `__getstate__` code; a reducer that hands over their
@@ -102,9 +109,6 @@ def _register_pickling() -> None:
     copyreg.pickle(MappingProxyType, _reduce_proxy)
     for cls in (InboundMessage, Address, Attachment, Contact, Classification):
         copyreg.pickle(cls, _fields_reducer(cls))
-
-
-_register_pickling()
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -148,15 +152,27 @@ class _Worker:
         return where, tuple(found), tuple(deferred)
 
     def decide(self, raws: Sequence[bytes]) -> list[Partial]:
-        """Parse, check and classify a batch."""
-        classifier = self.model.get()
-        messages = [parse(raw) for raw in raws]
-        checks = [self.check(m) for m in messages]
-        classes = classifier.classify_many(messages)
-        return [
-            (msg, dest, found, deferred, cls)
-            for msg, (dest, found, deferred), cls in zip(messages, checks, classes, strict=True)
-        ]
+        """Run the pipeline's worker steps (parse, classify) and the guards that need no reply
+        history over a batch."""
+        batch = [Deciding(0, raw, False) for raw in raws]
+        tools = DecideTools(_no_check, self.model.get().classify_many, None)
+        run_decide_steps(batch, tools, WORKER_STEPS)
+        out: list[Partial] = []
+        for m in batch:
+            assert m.msg is not None
+            dest, found, deferred = self.check(m.msg)
+            out.append((m.msg, dest, found, deferred, m.classification))
+        return out
+
+
+def _no_classify(_messages: Sequence[InboundMessage]) -> list[Classification]:
+    """Never called: the worker classified the batch."""
+    raise AssertionError("the classify step ran in the worker")
+
+
+def _no_check(_msg: InboundMessage) -> Verdict:
+    """Never called: a worker runs the guards itself (`_Worker.check`), not `guards_step`."""
+    raise AssertionError("the guards step runs in the main process")
 
 
 _state: _Worker | None = None
@@ -226,8 +242,8 @@ def finish(
     """Complete the workers' results in the main process: history rules, verdict, disposition."""
     if ctx.history is not None:
         ctx = dataclasses.replace(ctx, history=_BatchHistory(ctx.history))
-    out: list[Decided] = []
-    for (row, _raw, backfill), (msg, where, found, deferred, cls) in zip(
+    batch: list[Deciding] = []
+    for (row, raw, backfill), (msg, where, found, deferred, cls) in zip(
         items, partials, strict=True
     ):
         reasons = dict(found)
@@ -236,9 +252,11 @@ def finish(
             if reason is not None:
                 reasons[index] = reason
         verdict = guards.verdict_of(where, (reasons[i] for i in sorted(reasons)))
-        disposition = dispose(msg, verdict, cls, backfill=backfill, folder_prefix=folder_prefix)
-        out.append(Decided(row, msg, verdict, cls, disposition))
-    return out
+        batch.append(Deciding(row, raw, backfill, msg, verdict, cls))
+    # The steps after the worker's: the guards are done above, disposing is left.
+    tools = DecideTools(_no_check, _no_classify, folder_prefix)
+    run_decide_steps(batch, tools, (dispose_step,))
+    return [m.decided() for m in batch]
 
 
 class DecidePool:
@@ -246,6 +264,7 @@ class DecidePool:
 
     def __init__(self, workers: int, model: ModelHandle, ctx: guards.GuardContext) -> None:
         """Fork the workers now (call before starting threads) and wait until they answer."""
+        register_pickling()
         self.workers = workers
         self.model = model
         self.ctx = dataclasses.replace(ctx, history=None)

@@ -1,4 +1,5 @@
-"""The service loop: one worker thread per IMAP account, plus periodic work in the main thread.
+"""The service loop: one worker thread per IMAP account, plus periodic work in the main thread
+(`Housekeeping`).
 
 Each account worker owns its IMAP connection and its own database connection. It syncs its folders,
 then waits for news (IDLE when offered, else polling) in short slices so a stop request is noticed
@@ -20,6 +21,9 @@ from triage.core.errors import AuthenticationError, TransientError
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.sync import SyncResult
+from triage.ops.service import Service, Shared
+from triage.sales.digest import run_digest_if_due
+from triage.sales.leads import apply_retention
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,11 @@ class AccountStatus:
     last_sync: float | None = None
     last_error: str | None = None
     handled: int = 0
+    # Passes in a row that failed with an error that is not a server's or the network's.
+    failed_passes: int = 0
+    # Why the account's worker stopped for good (its failures persisted, or it died): the
+    # process then exits non-zero.
+    fatal: str | None = None
 
 
 @dataclass
@@ -44,6 +53,8 @@ class Control:
 
     stop: threading.Event = field(default_factory=threading.Event)
     wake: threading.Event = field(default_factory=threading.Event)
+    # Set with `stop` when an account's worker gave up: the service exits non-zero.
+    failed: threading.Event = field(default_factory=threading.Event)
 
 
 SyncFactory = Callable[[ImapAccount, ImapMailbox], Sequence[Callable[[], SyncResult]]]
@@ -61,6 +72,7 @@ class AccountWorker:
         status: AccountStatus,
         on_result: Callable[[SyncResult], None] = lambda _r: None,
         on_error: Callable[[str], None] = lambda _account: None,
+        max_failed_passes: int = 10,
     ) -> None:
         self.account = account
         self.make_syncs = make_syncs
@@ -69,6 +81,7 @@ class AccountWorker:
         self.status = status
         self.on_result = on_result
         self.on_error = on_error
+        self.max_failed_passes = max_failed_passes
         # UIDNEXT of each folder when its last pass began (see `_wait`).
         self.uidnext: dict[str, int] = {}
 
@@ -86,10 +99,23 @@ class AccountWorker:
             self.on_result(result)
         self.status.last_sync = time.time()
         self.status.last_error = None
+        self.status.failed_passes = 0
         self.backoff.reset()
 
     def run(self) -> None:
-        """Sync, wait for news, repeat; reconnect with backoff after errors."""
+        """Sync, wait for news, repeat; reconnect with backoff after errors. Never raises: an
+        account whose worker gives up (or dies) is reported in its status and stops the
+        service (`control.failed`), for the supervisor to restart it."""
+        try:
+            self._run()
+        except BaseException as exc:
+            # Whatever it was, the thread must not end silently while the others carry on.
+            self._give_up(f"the account's worker died: {type(exc).__name__}: {exc}")
+            log.critical("%s: worker died", self.account.name, exc_info=True)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _run(self) -> None:
         mailbox = ImapMailbox(self.account)
         try:
             while not self.control.stop.is_set():
@@ -97,19 +123,58 @@ class AccountWorker:
                     self.sync_once(mailbox)
                     self._wait(mailbox)
                 except TransientError as exc:
-                    mailbox.close()
-                    self.on_error(self.account.name)
-                    self.status.connected = False
-                    self.status.last_error = str(exc)
-                    delay = self.backoff.next_delay()
+                    self._failed(mailbox, str(exc))
                     level = (
                         logging.ERROR if isinstance(exc, AuthenticationError) else logging.WARNING
                     )
+                    delay = self.backoff.next_delay()
                     log.log(level, "%s; retrying in %.0f s", exc, delay)
+                    self.control.stop.wait(delay)
+                except Exception as exc:
+                    # Not a server's hiccup (those are TransientError): a full disk under the
+                    # store, say. Retried with backoff like one; given up after
+                    # `max_failed_passes` passes in a row.
+                    text = f"{type(exc).__name__}: {exc}"
+                    self._failed(mailbox, text)
+                    self.status.failed_passes += 1
+                    if self.status.failed_passes >= self.max_failed_passes:
+                        log.critical(
+                            "%s: %d passes in a row failed, giving up: %s",
+                            self.account.name,
+                            self.status.failed_passes,
+                            text,
+                            exc_info=True,
+                        )
+                        self._give_up(f"{self.status.failed_passes} passes in a row failed: {text}")
+                        return
+                    delay = self.backoff.next_delay()
+                    log.error(
+                        "%s: pass failed (%d of %d): %s; retrying in %.0f s",
+                        self.account.name,
+                        self.status.failed_passes,
+                        self.max_failed_passes,
+                        text,
+                        delay,
+                        exc_info=True,
+                    )
                     self.control.stop.wait(delay)
         finally:
             mailbox.close()
             self.status.connected = False
+
+    def _failed(self, mailbox: ImapMailbox, text: str) -> None:
+        """A pass failed: drop the connection (it may be in any state) and report why."""
+        mailbox.close()
+        self.on_error(self.account.name)
+        self.status.connected = False
+        self.status.last_error = text
+
+    def _give_up(self, reason: str) -> None:
+        """Stop the service: this account cannot be served by this process any more."""
+        self.status.fatal = reason
+        self.status.connected = False
+        self.control.failed.set()
+        self.control.stop.set()
 
     def _wait(self, mailbox: ImapMailbox) -> None:
         """Wait for new mail, a wake-up or a stop request."""
@@ -178,6 +243,7 @@ class Daemon:
                 self.statuses[account.name],
                 self.on_result,
                 self.on_error,
+                self.settings.daemon.max_failed_passes,
             )
             thread = threading.Thread(target=worker.run, name=f"account-{account.name}")
             thread.start()
@@ -210,9 +276,39 @@ def run_once(settings: Settings, make_syncs: SyncFactory) -> dict[str, str | Non
         except TransientError as exc:
             log.error("%s", exc)
             errors[account.name] = str(exc)
+        except Exception as exc:
+            log.exception("%s: pass failed", account.name)
+            errors[account.name] = f"{type(exc).__name__}: {exc}"
         finally:
             mailbox.close()
     return errors
 
 
-__all__ = ["AccountWorker", "Control", "Daemon", "run_once"]
+RETENTION_PERIOD = 24 * 3600.0
+
+
+class Housekeeping:
+    """The main thread's periodic work: replies due for a retry, the digest and alerts when
+    due, daily retention, store-derived metrics."""
+
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.service = Service(shared)
+        self._next_retention = 0.0
+
+    def run(self) -> None:
+        """One round; called every few seconds by the daemon."""
+        self.service.deliver()
+        run_digest_if_due(self.shared.settings, self.service.db)
+        now = time.monotonic()
+        if now >= self._next_retention:
+            apply_retention(self.shared.settings.leads, self.service.db)
+            self._next_retention = now + RETENTION_PERIOD
+        self.shared.metrics.refresh_from_store(self.service.db)
+
+    def close(self) -> None:
+        """Release the store connection."""
+        self.service.close()
+
+
+__all__ = ["AccountWorker", "Control", "Daemon", "Housekeeping", "run_once"]

@@ -2,7 +2,10 @@
 
 - `GET /healthz` answers `200 ok` when every mailbox is connected and synced within
   `daemon.health_max_sync_age` seconds, else `503` with one line per failing mailbox, e.g.
-  `default: not connected; last sync 412 s ago; last error: cannot connect …`.
+  `default: not connected; last sync 412 s ago; last error: cannot connect …`, or
+  `default: stopped: 10 passes in a row failed: OperationalError: database or disk is full`
+  when the account's worker gave up (the process is then on its way out, for systemd to
+  restart it).
 - `GET /metrics` answers the metrics registry in the Prometheus text format.
 
 A client gets `REQUEST_DEADLINE` seconds to send its request and as long to take the answer; at
@@ -71,7 +74,9 @@ def problems(
     lines = []
     for status in statuses:
         faults = []
-        if not status.connected:
+        if status.fatal:
+            faults.append(f"stopped: {_one_line(status.fatal)}")
+        elif not status.connected:
             faults.append("not connected")
         if status.last_sync is None:
             faults.append("never synced")
@@ -80,7 +85,7 @@ def problems(
             if age > max_age:
                 faults.append(f"last sync {age:.0f} s ago (limit {max_age:g} s)")
         if faults:
-            if status.last_error:
+            if status.last_error and not status.fatal:
                 faults.append(f"last error: {_one_line(status.last_error)}")
             lines.append(f"{status.name}: {'; '.join(faults)}")
     return lines

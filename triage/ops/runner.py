@@ -10,40 +10,22 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable
 from types import FrameType
 
 from triage.act.compose import message_id_domain
 from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import ConfigError
-from triage.core.settings import ImapAccount, Settings
-from triage.ingest.mailbox import ImapMailbox
-from triage.ingest.sync import SyncResult
-from triage.ops.daemon import Control, Daemon, SyncFactory, run_once
+from triage.core.settings import Settings
+from triage.ops.daemon import Control, Daemon, Housekeeping, run_once
 from triage.ops.health import start_from_settings
 from triage.ops.logs import redact_settings_secrets
 from triage.ops.metrics import Metrics
-from triage.ops.service import Service, Shared
+from triage.ops.service import Service, Shared, sync_factory
 from triage.sales.digest import check_settings as check_digest_settings
-from triage.sales.digest import run_digest_if_due
-from triage.sales.leads import apply_retention
 from triage.store.lock import exclusive
 
 log = logging.getLogger(__name__)
-
-
-def sync_factory(shared: Shared) -> SyncFactory:
-    """A factory handing each thread its own Service (SQLite connections are per thread)."""
-    local = threading.local()
-
-    def make(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
-        service: Service | None = getattr(local, "service", None)
-        if service is None:
-            service = local.service = Service(shared)
-        return service.folder_syncs(account, mailbox)
-
-    return make
 
 
 def warn_unverified_certificates(settings: Settings) -> None:
@@ -106,14 +88,16 @@ def run_forever(
     reload_settings: Callable[[], Settings],
     checkpoint: Checkpoint = no_checkpoint,
     control: Control | None = None,
-) -> None:
+) -> bool:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.
 
-    The metrics and the health endpoint live across reloads, so the port stays bound, and so
-    does the store's lock (`StoreInUseError` at start when another process holds it).
+    Returns False when an account's worker gave up (its passes kept failing, or it died): the
+    caller exits non-zero, so systemd restarts the service. The metrics and the health endpoint
+    live across reloads, so the port stays bound, and so does the store's lock
+    (`StoreInUseError` at start when another process holds it).
     """
     with exclusive(settings.store.path):
-        _run_forever(settings, reload_settings, checkpoint, control)
+        return _run_forever(settings, reload_settings, checkpoint, control)
 
 
 def _run_forever(
@@ -121,7 +105,7 @@ def _run_forever(
     reload_settings: Callable[[], Settings],
     checkpoint: Checkpoint,
     control: Control | None,
-) -> None:
+) -> bool:
     control = control or Control()
     reload = threading.Event()
 
@@ -160,8 +144,13 @@ def _run_forever(
             finally:
                 housekeeping.close()
                 shared.close()
+            if control.failed.is_set():
+                failed = [s for s in daemon.statuses.values() if s.fatal]
+                for status in failed:
+                    log.critical("stopping: account %s: %s", status.name, status.fatal)
+                return False
             if not reload.is_set():
-                return
+                return True
             reload.clear()
             control.stop.clear()
             log.info("SIGHUP: reloading settings")
@@ -185,30 +174,3 @@ def _keep_store(old: Settings, new: Settings) -> Settings:
         old.store.path,
     )
     return new.model_copy(update={"store": old.store})
-
-
-RETENTION_PERIOD = 24 * 3600.0
-
-
-class Housekeeping:
-    """The main thread's periodic work: replies due for a retry, the digest and alerts when
-    due, daily retention, store-derived metrics."""
-
-    def __init__(self, shared: Shared) -> None:
-        self.shared = shared
-        self.service = Service(shared)
-        self._next_retention = 0.0
-
-    def run(self) -> None:
-        """One round; called every few seconds by the daemon."""
-        self.service.deliver()
-        run_digest_if_due(self.shared.settings, self.service.db)
-        now = time.monotonic()
-        if now >= self._next_retention:
-            apply_retention(self.shared.settings.leads, self.service.db)
-            self._next_retention = now + RETENTION_PERIOD
-        self.shared.metrics.refresh_from_store(self.service.db)
-
-    def close(self) -> None:
-        """Release the store connection."""
-        self.service.close()

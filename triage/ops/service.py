@@ -7,9 +7,10 @@ the classifier and the template renderer are shared, read-only, across threads.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -30,10 +31,11 @@ from triage.ops.metrics import Metrics
 from triage.pipeline import Decided, Planned, Recorder, decide
 from triage.sales.leads import assign_owner, response_target
 from triage.store.db import Database, Tx
-from triage.store.ledger import Ledger
+from triage.store.ledger import Ledger, LedgerRow
 
 if TYPE_CHECKING:
     from triage.ingest.workers import DecidePool
+    from triage.ops.daemon import SyncFactory
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +143,7 @@ class Service:
                 planned.template,
                 self.shared.renderer,
                 self.settings.replies,
+                lead_owner=planned.lead_owner,
                 trusted=planned.verdict.reflect,
             )
         except (TemplateError, PermanentError) as exc:
@@ -191,13 +194,31 @@ class Service:
         # Only reasons against replying count as suppressions; routing notes do not.
         self.shared.metrics.observe_result(d.disposition.decision, replied=replied, reasons=reasons)
 
+    def finished(self, seconds: Sequence[float]) -> None:
+        """Observe each message's handling time, from its fetch to `done`."""
+        for value in seconds:
+            self.shared.metrics.observe_latency(value)
+
     def synced(self, account: str, folder: str) -> None:
         """Note a finished pass over a folder."""
         self.shared.metrics.set_sync(account, folder)
 
-    def file_replies(self, mailbox: ImapMailbox, folder: str, uidvalidity: int) -> None:
-        """File sent replies in Sent and drafts in Drafts; mark answered originals \\Answered."""
-        pending = self.outbox.pending_filing()
+    def file_replies(
+        self,
+        mailbox: ImapMailbox,
+        folder: str,
+        uidvalidity: int,
+        only: Collection[int] | None = None,
+    ) -> None:
+        """File sent replies in Sent and drafts in Drafts; mark answered originals \\Answered.
+
+        `only`: the message rows whose replies to file (None: every reply waiting to be filed).
+        """
+        pending = [
+            item
+            for item in self.outbox.pending_filing()
+            if only is None or item.message_row in only
+        ]
         if not pending:
             return
         sent_folder = self.settings.replies.sent_folder or mailbox.special_folder("\\Sent")
@@ -209,8 +230,7 @@ class Service:
             if item.state == "sent":
                 # First, while the row is unclaimed: setting a flag twice is harmless, so a crash
                 # after this line costs nothing.
-                uids = self._locate(mailbox, folder, uidvalidity, row.uid, row.message_id)
-                mailbox.add_flags(uids, ["\\Answered"])
+                self._flag_answered(mailbox, folder, uidvalidity, row)
             # Claimed before the APPEND, which cannot be undone or checked: another process, or
             # this one after a crash, never files a second copy (see `Outbox.claim_filing`).
             if not self.outbox.claim_filing(item.id):
@@ -220,15 +240,40 @@ class Service:
                 flags = ["\\Seen"] if item.state == "sent" else ["\\Draft"]
                 mailbox.append(target, item.raw, flags)
 
+    def _flag_answered(
+        self, mailbox: ImapMailbox, folder: str, uidvalidity: int, row: LedgerRow
+    ) -> None:
+        """Flag the original \\Answered where it is now: under its UID, else found by its
+        Message-ID in the folder, else in the triage folder its decision moved it to."""
+        uids = self._locate(mailbox, folder, uidvalidity, row.uid, row.message_id)
+        if uids:
+            mailbox.add_flags(uids, ["\\Answered"])
+            return
+        ingest = self.settings.ingest
+        if not (ingest.move_to_folders and row.decision and row.message_id):
+            return
+        # The reply went out after the pass that marked the original moved it (say, SMTP was
+        # down then): look in its new home, then select the synced folder again.
+        home = mailbox.folder_path(ingest.folder_prefix, row.decision.capitalize())
+        if home == folder or not mailbox.folder_exists(home):
+            return
+        try:
+            mailbox.select(home)
+            mailbox.add_flags(mailbox.search_message_id(row.message_id), ["\\Answered"])
+        finally:
+            mailbox.select(folder)
+
     def _locate(
         self, mailbox: ImapMailbox, folder: str, uidvalidity: int, uid: int, message_id: str
     ) -> list[int]:
-        """Where the original is now: its UID, or found by Message-ID after a move."""
+        """Where the original is now in `folder` (selected): its UID, or found by Message-ID
+        after a move or a new UIDVALIDITY gave it another UID."""
         info = mailbox.folder
-        same = info is not None and info.name == folder and info.uidvalidity == uidvalidity
-        if same and uid in mailbox.sizes([uid]):
+        if info is None or info.name != folder:
+            return []
+        if info.uidvalidity == uidvalidity and uid in mailbox.sizes([uid]):
             return [uid]
-        return []
+        return mailbox.search_message_id(message_id) if message_id else []
 
     def folder_syncs(
         self, account: ImapAccount, mailbox: ImapMailbox
@@ -239,6 +284,7 @@ class Service:
             file_replies=self.file_replies,
             observe=self.observe,
             synced=self.synced,
+            finished=self.finished,
         )
         syncs: list[Callable[[], SyncResult]] = [
             FolderSync(
@@ -273,14 +319,23 @@ class Service:
             log.error("sending replies failed: %s", exc)
 
 
+def sync_factory(shared: Shared) -> SyncFactory:
+    """The account threads' sync factory: each thread gets its own `Service` (SQLite connections
+    are per thread), built on first use and kept for the thread's life."""
+    local = threading.local()
+
+    def make(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
+        service: Service | None = getattr(local, "service", None)
+        if service is None:
+            service = local.service = Service(shared)
+        return service.folder_syncs(account, mailbox)
+
+    return make
+
+
 def reply_priority(planned: Planned) -> int:
     """The order in which replies held back by the caps go out: to a verified sender before an
     unverified one (a flood of forged inquiries cannot push a real prospect to the back), a
     sales acknowledgement before marketing information."""
     base = 0 if planned.verdict.reflect else UNVERIFIED
     return base + (0 if planned.template == "sales" else 1)
-
-
-def now() -> datetime:
-    """The current local time (aware)."""
-    return datetime.now().astimezone()

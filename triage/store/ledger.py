@@ -16,13 +16,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from triage.core.errors import StoreError, TransientError
 from triage.store.db import Database, Tx, utcnow
 
 SEEN = "seen"
 CLASSIFIED = "classified"
 DONE = "done"
 QUARANTINED = "quarantined"
-FINAL_STATES = (DONE, QUARANTINED)
+
+# Failures that say nothing about the message in hand: a server or network hiccup, or the store
+# itself failing (a full disk, say). They stop the pass, which is retried with backoff; they are
+# never counted against a message.
+NOT_THE_MESSAGES_FAULT: tuple[type[Exception], ...] = (TransientError, StoreError, sqlite3.Error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +158,6 @@ class Ledger:
         ).fetchone()
         return datetime.fromisoformat(r[0]) if r else None
 
-    def last_syncs(self) -> dict[tuple[str, str], str | None]:
-        """When each folder last synced successfully (ISO time), for health and metrics."""
-        rows = self.db.conn.execute("SELECT account, folder, last_sync FROM mailbox_state")
-        return {(r["account"], r["folder"]): r["last_sync"] for r in rows}
-
     # -- messages ------------------------------------------------------------------------------
 
     def known_message_ids(self, account: str, folder: str, ids: Iterable[str]) -> set[str]:
@@ -252,6 +252,20 @@ class Ledger:
             ),
         )
 
+    def decisions(self, row_ids: Sequence[int]) -> dict[int, str | None]:
+        """The recorded decision of each row: one narrow query per 500 rows, not one per row
+        (and not `SELECT *`, which would read back every body just written)."""
+        out: dict[int, str | None] = {}
+        for start in range(0, len(row_ids), 500):
+            chunk = list(row_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            found = self.db.conn.execute(
+                f"SELECT id, decision FROM messages WHERE id IN ({marks})",  # noqa: S608
+                chunk,
+            )
+            out.update((row[0], row[1]) for row in found)
+        return out
+
     def mark_done(self, row_ids: Sequence[int]) -> None:
         """Every effect of these messages is recorded and applied: they are finished."""
         now = utcnow()
@@ -288,13 +302,24 @@ class Ledger:
                 [(now, i) for i in row_ids],
             )
 
-    def record_failure(self, row_id: int, error: str, max_attempts: int, raw: bytes | None) -> bool:
-        """Note why the attempt counted by `begin_attempt` failed; quarantine (keeping the raw
-        bytes) once the attempts reach `max_attempts`.
+    def record_failure(
+        self,
+        row_id: int,
+        error: str,
+        max_attempts: int,
+        raw: bytes | None,
+        *,
+        count_attempt: bool = False,
+    ) -> bool:
+        """Note why the attempt counted by `begin_attempt` failed (or, with `count_attempt`,
+        count the failed attempt now: acting on a message recorded by an earlier pass);
+        quarantine (keeping the raw bytes) once the attempts reach `max_attempts`.
 
         Returns True when the message is now quarantined.
         """
         with self.db.transaction() as c:
+            if count_attempt:
+                c.execute("UPDATE messages SET attempts = attempts + 1 WHERE id = ?", (row_id,))
             r = c.execute("SELECT attempts FROM messages WHERE id = ?", (row_id,)).fetchone()
             quarantine = (r["attempts"] if r else 0) >= max_attempts
             c.execute(
