@@ -77,3 +77,17 @@ def lead_kind_for(label: str) -> LeadKind | None:
 def reply_templates() -> list[str]:
     """The templates some label is answered with (`marketing`, `sales`), sorted."""
     return sorted({r.reply_template for r in LABEL_TABLE.values() if r.reply_template})
+
+
+def folder_for(decision: str) -> str:
+    """The folder name (below `ingest.folder_prefix`) that `decision` is filed in, e.g. `Sales`."""
+    row = DECISION_TABLE.get(decision)
+    return row.folder if row else decision.capitalize()
+
+
+# The replies that acknowledge a hot lead: they go out first when the caps hold replies back.
+HOT_REPLY_TEMPLATES = frozenset(
+    r.reply_template
+    for r in LABEL_TABLE.values()
+    if r.lead_kind is LeadKind.HOT and r.reply_template is not None
+)

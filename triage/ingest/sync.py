@@ -27,6 +27,7 @@ from datetime import date, datetime, timedelta
 
 from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import TransientError
+from triage.core.labels import folder_for
 from triage.core.settings import IngestSettings
 from triage.decide.dispose import KEYWORD_PREFIX, keyword_for
 from triage.ingest.mailbox import ImapMailbox
@@ -657,9 +658,7 @@ class FolderSync:
             if self.settings.keywords:
                 self.mailbox.add_flags(uids, [keyword_for(decision)])
             if self.settings.move_to_folders:
-                target = self.mailbox.folder_path(
-                    self.settings.folder_prefix, decision.capitalize()
-                )
+                target = self.mailbox.folder_path(self.settings.folder_prefix, folder_for(decision))
                 self.mailbox.ensure_folder(target)
                 self.mailbox.move(uids, target)
 

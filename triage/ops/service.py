@@ -20,6 +20,7 @@ from triage.act.replies import TemplateRenderer
 from triage.act.smtp import connect
 from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import PermanentError, TemplateError, TransientError
+from triage.core.labels import HOT_REPLY_TEMPLATES, folder_for
 from triage.core.settings import ImapAccount, Settings
 from triage.decide import guards
 from triage.decide.classify import ModelHandle
@@ -254,7 +255,7 @@ class Service:
             return
         # The reply went out after the pass that marked the original moved it (say, SMTP was
         # down then): look in its new home, then select the synced folder again.
-        home = mailbox.folder_path(ingest.folder_prefix, row.decision.capitalize())
+        home = mailbox.folder_path(ingest.folder_prefix, folder_for(row.decision))
         if home == folder or not mailbox.folder_exists(home):
             return
         try:
@@ -338,4 +339,4 @@ def reply_priority(planned: Planned) -> int:
     unverified one (a flood of forged inquiries cannot push a real prospect to the back), a
     sales acknowledgement before marketing information."""
     base = 0 if planned.verdict.reflect else UNVERIFIED
-    return base + (0 if planned.template == "sales" else 1)
+    return base + (0 if planned.template in HOT_REPLY_TEMPLATES else 1)
