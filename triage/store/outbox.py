@@ -8,6 +8,11 @@ Both tables walk one state machine, whose transitions are the functions of the f
     retry later    └──▶ uncertain  (the connection broke after the dot, or the process died)
                            └──▶ sent | queued | dropped   (a person's decision, recorded)
 
+Several senders work at once (each account's thread, housekeeping, `triage digest --send`), so
+no transition trusts what a sender read earlier: before its claim a sender may only record a
+failure on a row still `queued` with the attempts it read, and after it every transition names
+its `Claim`. A sender therefore never moves a row another one is sending.
+
 The second part is what only replies have: the reply history, the caps, filing. Digests' own
 queries (slots, leads reported) are in `triage.store.digests`.
 """
