@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.test_leads import JANE, Store, make_settings
-from triage.act.outbox import recover, stale_claims
+from triage.act.outbox import Delivery, Outgoing, recover, stale_claims
 from triage.act.smtp import AmbiguousDeliveryError as AmbiguousError
 from triage.act.smtp import Refused, dot_stuffed
 from triage.core.errors import ConfigError, PermanentError, SendError, TriageError
@@ -464,6 +464,40 @@ def test_a_digest_another_process_claimed_is_not_finished_twice(
     assert run.delivered == {run.prepared: "taken"}
     assert smtp.sessions[0].aborted
     assert smtp.delivered == []
+
+
+def test_a_second_sender_failing_before_its_claim_leaves_a_digest_in_flight_alone(
+    store: Store, settings: Settings, smtp: FakeSmtp
+) -> None:
+    """`triage digest --send` and the daemon send digests at once. While one holds the final
+    dot, the other — which read the digest as queued — cannot connect (or is refused with a
+    5xx): it leaves the row alone, the first records `sent`, and the digest goes out once."""
+    made = digest.prepare_digest(settings, store.db, MONDAY_8, "s1")
+    assert made is not None
+    other = FakeSmtp()
+    seen: list[str] = []
+
+    def other_sender_fails(name: str) -> None:
+        if name == "smtp_sending":
+            other.failures = [("connect", SendError("connection refused"))]
+            items = [
+                Outgoing(
+                    "digests", made[0], "digest", "t@example.test", ("s@example.test",), b"x", 0
+                )
+            ]
+            Delivery(store.db, settings.smtp).send_batch(items, lambda: other(settings.smtp))
+            other.failures = [("begin", PermanentError("SMTP MAIL FROM refused: 550 no"))]
+            Delivery(store.db, settings.smtp).send_batch(items, lambda: other(settings.smtp))
+            seen.append(_state(store, made[0])[0])
+
+    sent = digest.deliver(
+        settings, store.db, MONDAY_8, connector=smtp, checkpoint=other_sender_fails
+    )
+    assert sent == {made[0]: "sent"}
+    assert seen == ["sending"]
+    assert _state(store, made[0]) == ("sent", 1)
+    assert digest.deliver(settings, store.db, TUESDAY_8, connector=smtp) == {}
+    assert len(smtp.delivered) == 1
 
 
 def test_recover_marks_a_dead_senders_digest_uncertain(
