@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from tests.test_leads import JANE, Store, make_settings
-from triage.act.outbox import recover, stale_claims
+from triage.act.outbox import Delivery, Outgoing, recover, stale_claims
 from triage.act.smtp import AmbiguousDeliveryError as AmbiguousError
-from triage.act.smtp import dot_stuffed
+from triage.act.smtp import Refused, dot_stuffed
 from triage.core.errors import ConfigError, PermanentError, SendError, TriageError
 from triage.core.models import Contact
 from triage.core.settings import Settings, SmtpSettings
@@ -52,25 +52,29 @@ class FakeSession:
         delivered: list[bytes],
         fail_at: str = "",
         error: TriageError | None = None,
-        refuse: Sequence[str] = (),
+        refuse: Sequence[Refused] = (),
     ) -> None:
         self.delivered = delivered
         self.fail_at = fail_at
         self.error = error
         self.refuse = list(refuse)
         self.raw = b""
+        self.recipients: list[str] = []
+        self.delivered_to: list[list[str]] = []
         self.aborted = False
 
-    def begin(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+    def begin(self, envelope_from: str, recipients: Sequence[str], raw: bytes) -> list[Refused]:
         if self.fail_at == "begin" and self.error is not None:
             raise self.error
         self.raw = raw
+        self.recipients = list(recipients)
         return self.refuse
 
     def commit(self) -> None:
         if self.fail_at == "commit" and self.error is not None:
             raise self.error
         self.delivered.append(self.raw)
+        self.delivered_to.append(self.recipients)
 
     def abort(self) -> None:
         self.aborted = True
@@ -86,12 +90,14 @@ class FakeSmtp:
         self.delivered: list[bytes] = []
         self.failures: list[tuple[str, TriageError]] = []
         self.sessions: list[FakeSession] = []
+        self.refuse: list[Refused] = []  # RCPT refusals of the next session
 
     def __call__(self, _settings: SmtpSettings) -> FakeSession:
         fail_at, error = self.failures.pop(0) if self.failures else ("", None)
         if fail_at == "connect" and error is not None:
             raise error
-        session = FakeSession(self.delivered, fail_at, error)
+        session = FakeSession(self.delivered, fail_at, error, self.refuse)
+        self.refuse = []
         self.sessions.append(session)
         return session
 
@@ -460,6 +466,40 @@ def test_a_digest_another_process_claimed_is_not_finished_twice(
     assert smtp.delivered == []
 
 
+def test_a_second_sender_failing_before_its_claim_leaves_a_digest_in_flight_alone(
+    store: Store, settings: Settings, smtp: FakeSmtp
+) -> None:
+    """`triage digest --send` and the daemon send digests at once. While one holds the final
+    dot, the other — which read the digest as queued — cannot connect (or is refused with a
+    5xx): it leaves the row alone, the first records `sent`, and the digest goes out once."""
+    made = digest.prepare_digest(settings, store.db, MONDAY_8, "s1")
+    assert made is not None
+    other = FakeSmtp()
+    seen: list[str] = []
+
+    def other_sender_fails(name: str) -> None:
+        if name == "smtp_sending":
+            other.failures = [("connect", SendError("connection refused"))]
+            items = [
+                Outgoing(
+                    "digests", made[0], "digest", "t@example.test", ("s@example.test",), b"x", 0
+                )
+            ]
+            Delivery(store.db, settings.smtp).send_batch(items, lambda: other(settings.smtp))
+            other.failures = [("begin", PermanentError("SMTP MAIL FROM refused: 550 no"))]
+            Delivery(store.db, settings.smtp).send_batch(items, lambda: other(settings.smtp))
+            seen.append(_state(store, made[0])[0])
+
+    sent = digest.deliver(
+        settings, store.db, MONDAY_8, connector=smtp, checkpoint=other_sender_fails
+    )
+    assert sent == {made[0]: "sent"}
+    assert seen == ["sending"]
+    assert _state(store, made[0]) == ("sent", 1)
+    assert digest.deliver(settings, store.db, TUESDAY_8, connector=smtp) == {}
+    assert len(smtp.delivered) == 1
+
+
 def test_recover_marks_a_dead_senders_digest_uncertain(
     store: Store, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -476,6 +516,82 @@ def test_recover_marks_a_dead_senders_digest_uncertain(
     assert found == [("digests", made[0])]
     assert "may or may not have been delivered" in caplog.text
     assert _state(store, made[0])[0] == "uncertain"
+
+
+def test_recipients_refused_at_rcpt_are_retried_or_recorded_failed(tmp_path: Path) -> None:
+    """The server accepts one recipient, refuses one for now (4xx) and one for good (5xx): the
+    digest is sent to the first, queued again for the second alone — sent to it on the next
+    try, never again to the first — and recorded failed for the third (in the outbox list)."""
+    from triage.act.outbox import entries
+
+    settings = make_settings(
+        tmp_path,
+        digest={"recipients": ["sales@example.test", "busy@example.test", "gone@example.test"]},
+    )
+    store = Store(settings)
+    smtp = FakeSmtp()
+    smtp.refuse = [
+        Refused("busy@example.test", SendError("SMTP RCPT TO <busy> refused: 450 mailbox busy")),
+        Refused("gone@example.test", PermanentError("SMTP RCPT TO <gone> refused: 550 no user")),
+    ]
+    run = digest.send_now(settings, store.db, MONDAY_8, connector=smtp)
+    assert run.prepared is not None
+    assert run.delivered == {run.prepared: "sent"}
+    rows = store.db.reads.execute(
+        "SELECT id, state, recipients, error, raw FROM digests ORDER BY id"
+    ).fetchall()
+    assert [(r["state"], r["recipients"]) for r in rows] == [
+        ("sent", '["sales@example.test", "busy@example.test", "gone@example.test"]'),
+        ("queued", '["busy@example.test"]'),
+        ("failed", '["gone@example.test"]'),
+    ]
+    assert "450 mailbox busy" in rows[1]["error"] and "550 no user" in rows[2]["error"]
+    assert rows[1]["raw"] == rows[0]["raw"]  # the same message, Message-ID and all
+    listed = {(e.recipients, e.state) for e in entries(store.db)}
+    assert listed == {("busy@example.test", "queued"), ("gone@example.test", "failed")}
+
+    again = digest.deliver(settings, store.db, MONDAY_8 + timedelta(minutes=5), connector=smtp)
+    assert again == {rows[1]["id"]: "sent"}
+    sent_to = [rcpts for session in smtp.sessions for rcpts in session.delivered_to]
+    assert sent_to == [
+        ["sales@example.test", "busy@example.test", "gone@example.test"],
+        ["busy@example.test"],
+    ]
+    assert digest.deliver(settings, store.db, TUESDAY_8, connector=smtp) == {}
+    store.close()
+
+
+def test_each_send_records_its_own_time(store: Store, settings: Settings, smtp: FakeSmtp) -> None:
+    """Claim and sent times are taken per step, not frozen at the run's start: two alerts and a
+    digest sent in one run have distinct claim times, each sent no earlier than claimed."""
+    seed_week(store)
+    digest.prepare_digest(settings, store.db, MONDAY_8, "s1")
+    digest.prepare_digest(settings, store.db, MONDAY_8, "s2")
+    sent = digest.deliver(settings, store.db, MONDAY_8, connector=smtp)
+    assert set(sent.values()) == {"sent"} and len(sent) == 2
+    rows = store.db.reads.execute("SELECT claimed_at, sent_at FROM digests ORDER BY id").fetchall()
+    claims = [datetime.fromisoformat(r["claimed_at"]) for r in rows]
+    sents = [datetime.fromisoformat(r["sent_at"]) for r in rows]
+    assert MONDAY_8 < claims[0] <= sents[0] < claims[1] <= sents[1]
+
+
+def test_non_ascii_digests_are_seven_bit_on_the_wire(
+    store: Store, settings: Settings, smtp: FakeSmtp
+) -> None:
+    """A digest with non-ASCII text (a lead's name) goes out 7-bit clean (quoted-printable),
+    like replies, so a server without 8BITMIME delivers it intact."""
+    store.inquiry(
+        Contact("Zoë Müller", "zoe@mueller.example", "Müller Gärten GmbH", "", ""),
+        "Angebot für 40 Regale",
+        "Wir brauchen ein Angebot für 40 Regale.",
+        confidence=0.93,
+        at=FRIDAY_16,
+    )
+    run = digest.send_now(settings, store.db, MONDAY_8, connector=smtp)
+    assert run.prepared is not None
+    [raw] = smtp.delivered
+    assert raw.isascii()
+    assert "Zoë Müller" in parts(smtp.messages()[0])[0]
 
 
 def test_a_slot_is_prepared_only_once(store: Store, settings: Settings, tmp_path: Path) -> None:

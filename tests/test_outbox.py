@@ -25,7 +25,7 @@ import pytest
 from triage.act.compose import compose
 from triage.act.outbox import Outbox, OutboxItem
 from triage.act.replies import RenderedReply
-from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession
+from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, Refused, SmtpSession
 from triage.core.errors import PermanentError, SendError
 from triage.core.models import Address, InboundMessage
 from triage.core.settings import RepliesSettings, SmtpSettings
@@ -70,7 +70,7 @@ class FakeSession:
     aborted: int = 0
     _pending: tuple[str, bytes] | None = None
 
-    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[Refused]:
         [rcpt] = recipients
         if "begin" in self.fail:
             raise self.fail["begin"]
@@ -921,9 +921,15 @@ class ScriptedSmtpServer:
     connection without a reply: the client cannot know whether the message was taken).
     """
 
-    def __init__(self, after_data: str = "250", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        after_data: str = "250",
+        tls: ssl.SSLContext | None = None,
+        rcpt: dict[str, str] | None = None,
+    ) -> None:
         self.after_data = after_data
         self.tls = tls
+        self.rcpt = rcpt or {}  # address → the answer to its RCPT TO (default 250)
         self.messages: list[bytes] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.sock.getsockname()[1])
@@ -957,6 +963,9 @@ class ScriptedSmtpServer:
                 elif verb == b"QUIT":
                     conn.sendall(b"221 bye\r\n")
                     return
+                elif verb == b"RCPT":
+                    address = line.decode().partition("<")[2].partition(">")[0]
+                    conn.sendall(self.rcpt.get(address, "250 ok").encode() + b"\r\n")
                 else:
                     conn.sendall(b"250 ok\r\n")
 
@@ -969,8 +978,12 @@ class ScriptedSmtpServer:
 def scripted() -> Iterator[Callable[..., ScriptedSmtpServer]]:
     servers: list[ScriptedSmtpServer] = []
 
-    def start(after_data: str = "250", tls: ssl.SSLContext | None = None) -> ScriptedSmtpServer:
-        servers.append(ScriptedSmtpServer(after_data, tls))
+    def start(
+        after_data: str = "250",
+        tls: ssl.SSLContext | None = None,
+        rcpt: dict[str, str] | None = None,
+    ) -> ScriptedSmtpServer:
+        servers.append(ScriptedSmtpServer(after_data, tls, rcpt))
         return servers[-1]
 
     yield start
@@ -1179,3 +1192,197 @@ def test_a_database_of_schema_3_keeps_its_queued_mail(tmp_path: Path) -> None:
     assert [s.id for s in box.deliver_due()] == [1]
     assert connector.session.sent[0][2] == raw
     db.close()
+
+
+# --- several senders at once ----------------------------------------------------------------------
+
+
+def _pass_of(db: Database, connector: Connector, row_id: int, attempts: int = 0) -> None:
+    """Another sender's pass over a reply it read as queued (with `attempts`) before it was
+    claimed elsewhere: it tries it now, over `connector`."""
+    from triage.act.outbox import Outgoing
+
+    box = outbox(db, connector, Clock())
+    item = Outgoing(
+        "replies", row_id, "reply", "x@example.test", ("pat@client.example",), b"x", attempts
+    )
+    box.delivery.send_batch([item], connector)
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ("connect", ConnectionLostError("SMTP connect refused: 421 too many connections")),
+        ("connect", SendError("cannot connect to SMTP 127.0.0.1:10025: refused")),
+        ("begin", SendError("SMTP RCPT TO <pat@client.example> refused: 450 try later")),
+        ("begin", PermanentError("SMTP MAIL FROM refused: 550 not today")),
+    ],
+)
+def test_a_failure_before_its_claim_never_touches_another_senders_reply(
+    db: Database, where: str, error: Exception
+) -> None:
+    """Replies are sent from several threads at once. While sender A holds the final dot of a
+    reply it claimed, sender B — which read the reply as queued earlier — fails before claiming
+    it (at connect, or at the envelope, 4xx or 5xx): B leaves the row alone, A records `sent`,
+    and the reply goes out exactly once."""
+    clock = Clock()
+    a_conn = Connector()
+    box = outbox(db, a_conn, clock)
+    row_id = enqueue(box)
+    b_conn = (
+        Connector(down=error)
+        if where == "connect"
+        else Connector(FakeSession(fail={"begin": error}))
+    )
+    seen: list[str] = []
+
+    def b_runs_now() -> None:
+        _pass_of(db, b_conn, row_id)
+        seen.append(state(box, row_id).state)
+
+    a_conn.session.on_commit = b_runs_now
+    assert [s.id for s in box.deliver_due()] == [row_id]
+    assert seen == ["sending"]
+    item = state(box, row_id)
+    assert (item.state, item.attempts, item.error) == ("sent", 1, None)
+    clock.advance(hours=1)
+    assert box.deliver_due() == []
+    assert len(a_conn.session.sent) == 1
+
+
+def test_a_senders_transitions_change_only_its_own_claim(db: Database) -> None:
+    """After its claim a sender's every transition names that claim: once the row was
+    recovered, resent and claimed by another sender, the first one's late `sent`, retry,
+    failure or `uncertain` changes nothing."""
+    from triage.store import outbox as queue
+
+    box = outbox(db, Connector(), Clock())
+    row_id = enqueue(box)
+    with db.transaction() as tx:
+        first = queue.claim(tx, "replies", row_id, T0, 0)
+    assert first is not None
+    assert box.recover() == [("replies", row_id)]
+    assert box.resolve(row_id, "resend", "ops")
+    with db.transaction() as tx:
+        second = queue.claim(tx, "replies", row_id, T0 + timedelta(minutes=5), 0)
+        assert second is not None and second != first
+        assert queue.claim(tx, "replies", row_id, T0 + timedelta(minutes=6), 0) is None
+        assert not queue.mark_sent(tx, "replies", row_id, first, T0, None)
+        assert not queue.retry_later(tx, "replies", row_id, 1, "late", T0, first)
+        assert not queue.fail(tx, "replies", row_id, 1, "late", first)
+        queue.mark_uncertain(tx, "replies", row_id, first, "late")
+        # Nor does a sender that failed before claiming, having read the row as queued.
+        assert not queue.retry_later(tx, "replies", row_id, 1, "late", T0, None)
+    assert state(box, row_id).state == "sending"
+    with db.transaction() as tx:
+        assert queue.mark_sent(tx, "replies", row_id, second, T0 + timedelta(minutes=5), None)
+    assert state(box, row_id).state == "sent"
+
+
+def test_a_live_senders_answer_still_counts_after_a_recovery(db: Database) -> None:
+    """A recovery marked a live sender's claim `uncertain` meanwhile: the server's 250 on that
+    very claim still records `sent` — also for a reply a person had resent earlier."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    row_id = enqueue(box)
+    connector.session.fail["commit"] = AmbiguousDeliveryError("gone")
+    assert box.deliver_due() == []
+    connector.session.fail.clear()
+    assert box.resolve(row_id, "resend", "ops")
+
+    def recovery_meanwhile() -> None:
+        assert box.recover() == [("replies", row_id)]
+
+    connector.session.on_commit = recovery_meanwhile
+    assert [s.id for s in box.deliver_due()] == [row_id]
+    assert state(box, row_id).state == "sent"
+
+
+def test_start_up_recovery_leaves_a_digest_being_sent_alone(db: Database) -> None:
+    """`triage digest --send` sends digests without the store's lock: the daemon's start-up
+    recovery marks replies left in `sending`, but a digest claimed a moment ago is left to the
+    stale-claim rule and its sender records `sent`."""
+    from triage.act.outbox import recover, stale_claims
+    from triage.store import digests as notices
+    from triage.store import outbox as queue
+
+    box = outbox(db, Connector(), Clock())
+    with db.transaction() as tx:
+        digest_id = notices.insert(
+            tx,
+            kind="digest",
+            slot="s1",
+            message_id="<d1@example.test>",
+            raw=b"Subject: digest\r\n\r\nhi\r\n",
+            recipients=["sales@example.test"],
+            envelope_from="hello@example.test",
+            now=T0,
+        )
+        mine = queue.claim(tx, "digests", digest_id, T0, 0)
+    assert mine is not None
+    assert box.recover() == []
+    with db.transaction() as tx:
+        assert queue.mark_sent(tx, "digests", digest_id, mine, T0, None)
+    # A digest whose sender died is still recovered, once its claim is stale.
+    with db.transaction() as tx:
+        db.reads.execute("UPDATE digests SET state = 'queued' WHERE id = ?", (digest_id,))
+        assert queue.claim(tx, "digests", digest_id, T0, 1) is not None
+    later = stale_claims(SMTP, T0 + timedelta(minutes=10))
+    assert recover(db, later) == [("digests", digest_id)]
+
+
+def test_resend_starts_the_reply_afresh(db: Database) -> None:
+    """`resend` clears the decision (leaving a note of it), the attempts and the deferrals, and
+    the caps' expiry counts from the resend: a reply deferred by a cap, then uncertain, then
+    resent a day later goes out — it is not expired at once."""
+    clock, connector = Clock(), Connector()
+    box = capped(db, clock, connector, max_per_hour=1, max_defer=timedelta(hours=24))
+    first = enqueue_prio(box, 1, "q@client.example", priority=0)
+    assert [s.id for s in box.deliver_due()] == [first]
+    row_id = enqueue_prio(box, 2, "pat@client.example", priority=0)
+    assert box.deliver_due() == []  # the hourly cap defers it
+    assert state(box, row_id).deferrals == 1
+    clock.advance(hours=1)
+    connector.session.fail["commit"] = AmbiguousDeliveryError("gone")
+    assert box.deliver_due() == []
+    connector.session.fail.clear()
+    assert state(box, row_id).state == "uncertain"
+
+    clock.advance(hours=30)
+    assert box.resolve(row_id, "resend", "ops")
+    item = state(box, row_id)
+    assert (item.state, item.attempts, item.deferrals) == ("queued", 0, 0)
+    assert "resend requested by ops" in (item.error or "")
+    row = db.reads.execute(
+        "SELECT resolution, resolved_by, resolved_at FROM replies WHERE id = ?", (row_id,)
+    ).fetchone()
+    assert tuple(row) == (None, None, None)
+    assert [s.id for s in box.deliver_due()] == [row_id]
+    assert (state(box, row_id).state, state(box, row_id).attempts) == ("sent", 1)
+    assert "expired" not in box.caps  # type: ignore[attr-defined]
+
+
+def test_smtp_session_reports_each_refused_recipient_and_refuses_no_recipients(
+    scripted: Callable[..., ScriptedSmtpServer],
+) -> None:
+    """RCPT TO refused for some recipients: `begin` names each with its error (4xx: try later,
+    5xx: never) and the message goes to the others; no recipient at all is a permanent error,
+    not a crash."""
+    from triage.act.smtp import connect
+
+    server = scripted(rcpt={"b@x.test": "450 mailbox busy", "c@x.test": "550 no such user"})
+    settings = SmtpSettings(host="127.0.0.1", port=server.port, security="plain", timeout=5)
+    session = connect(settings)
+    with pytest.raises(PermanentError, match="no recipients"):
+        session.begin("a@x.test", [], b"Subject: x\r\n\r\nhi\r\n")
+    refused = session.begin(
+        "a@x.test", ["a@x.test", "b@x.test", "c@x.test"], b"Subject: x\r\n\r\nhi\r\n"
+    )
+    assert [(r.recipient, r.permanent) for r in refused] == [
+        ("b@x.test", False),
+        ("c@x.test", True),
+    ]
+    assert "450 mailbox busy" in str(refused[0].error)
+    session.commit()
+    session.close()
+    assert len(server.messages) == 1

@@ -70,14 +70,15 @@ def test_resend_queues_again_and_drop_gives_up(tmp_path: Path) -> None:
     queued = triage(config, "outbox", "list", "--state", "queued", "--json")
     assert queued.returncode == 0, queued.stderr
     [item] = json.loads(queued.stdout)
+    # Queued afresh: no decision pending on it any more; the request stays readable as a note.
     assert (item["id"], item["state"], item["resolution"], item["resolved_by"]) == (
         f"reply:{first}",
         "queued",
-        "resend",
-        "ops",
+        None,
+        None,
     )
-    assert item["error"] is None
-    assert item["age"][:-1].isdigit() and item["age"][-1] in "mhd"  # created at T0
+    assert item["error"].startswith("resend requested by ops at ")
+    assert item["age"][:-1].isdigit() and item["age"][-1] in "mhd"
     failed = json.loads(triage(config, "outbox", "list", "-s", "failed", "--json").stdout)
     assert [(f["id"], f["error"]) for f in failed] == [(f"reply:{second}", "dropped by ana")]
     db.close()
@@ -94,6 +95,9 @@ def test_resolve_refuses_what_is_not_uncertain(tmp_path: Path) -> None:
     one_line_error(triage(config, "outbox", "resolve", "reply:99", "sent"), 2, "no reply 99")
     one_line_error(triage(config, "outbox", "resolve", "digest:1", "sent"), 2, "no digest 1")
     one_line_error(triage(config, "outbox", "resolve", "x:1", "sent"), 2, "is not a mail id")
+    # Digits int() or SQLite cannot take: one line and exit 2, not a traceback.
+    for odd in ("reply:²", "reply:١٢", "reply:99999999999999999999", "digest:-1", "reply:"):
+        one_line_error(triage(config, "outbox", "resolve", odd, "sent"), 2, "is not a mail id")
     one_line_error(
         triage(config, "outbox", "resolve", str(row_id), "maybe"), 2, "unknown decision 'maybe'"
     )
@@ -123,8 +127,9 @@ def test_an_uncertain_digest_is_resolved_like_a_reply(tmp_path: Path) -> None:
             envelope_from="hello@example.test",
             now=now,
         )
-        assert queue.claim(tx, "digests", row_id, now)
-        queue.mark_uncertain(tx, "digests", row_id, "connection reset after the dot")
+        mine = queue.claim(tx, "digests", row_id, now, 0)
+        assert mine is not None
+        queue.mark_uncertain(tx, "digests", row_id, mine, "connection reset after the dot")
     listed = json.loads(triage(config, "outbox", "list", "--json").stdout)
     assert [(e["id"], e["state"], e["recipients"]) for e in listed] == [
         (f"digest:{row_id}", "uncertain", "sales@example.test, boss@example.test")
@@ -135,7 +140,8 @@ def test_an_uncertain_digest_is_resolved_like_a_reply(tmp_path: Path) -> None:
     done = triage(config, "outbox", "resolve", f"digest:{row_id}", "resend", "--by", "ops")
     assert done.returncode == 0, done.stderr
     row = db.reads.execute(
-        "SELECT state, resolution, resolved_by FROM digests WHERE id = ?", (row_id,)
+        "SELECT state, resolution, resolved_by, error FROM digests WHERE id = ?", (row_id,)
     ).fetchone()
-    assert tuple(row) == ("queued", "resend", "ops")
+    assert tuple(row)[:3] == ("queued", None, None)
+    assert row["error"].startswith("resend requested by ops")
     db.close()

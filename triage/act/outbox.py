@@ -40,19 +40,28 @@ from email import policy
 from email.message import EmailMessage
 from typing import Literal, get_args
 
-from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, SmtpSession, connect
+from triage.act.smtp import (
+    AmbiguousDeliveryError,
+    ConnectionLostError,
+    Refused,
+    SmtpSession,
+    connect,
+)
 from triage.core.backoff import delay
 from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import PermanentError, SendError, TransientError
 from triage.core.settings import RepliesSettings, SmtpSettings
 from triage.decide.guards import canonical
+from triage.store import digests as notices
 from triage.store import outbox as queue
 from triage.store.db import Database, Tx
 from triage.store.outbox import (
     COUNTED_STATES,
     FILING_STATES,
+    TABLES,
     UNVERIFIED,
     CapReport,
+    Claim,
     OutboxItem,
     QueueEntry,
     Resolution,
@@ -190,8 +199,10 @@ class Delivery:
         self._checkpoint("smtp_data_sent")
         moment = self._clock()
         with self.db.transaction() as tx:
-            claimed = admit(tx, item, moment) and queue.claim(tx, item.table, item.id, moment)
-        if not claimed:
+            mine = None
+            if admit(tx, item, moment):
+                mine = queue.claim(tx, item.table, item.id, moment, item.attempts)
+        if mine is None:
             # Another process sends it, or a cap was reached: without our dot the server drops
             # the message we handed over, and the connection with it.
             session.abort()
@@ -201,7 +212,7 @@ class Delivery:
             session.commit()
         except AmbiguousDeliveryError as exc:
             with self.db.transaction() as tx:
-                queue.mark_uncertain(tx, item.table, item.id, str(exc))
+                queue.mark_uncertain(tx, item.table, item.id, mine, str(exc))
             log.error(
                 "%s may or may not have been delivered (%s); it will not be resent automatically "
                 "(see triage outbox list)",
@@ -210,28 +221,78 @@ class Delivery:
             )
             return "uncertain", False
         except (SendError, PermanentError) as exc:
-            return self._not_delivered(item, exc), not isinstance(exc, ConnectionLostError)
+            return self._not_delivered(item, exc, mine), not isinstance(exc, ConnectionLostError)
         self._checkpoint("smtp_accepted")
-        error = f"refused by the server: {', '.join(refused)}" if refused else None
-        with self.db.transaction() as tx:
-            queue.mark_sent(tx, item.table, item.id, self._clock(), error)
+        self._record_sent(item, mine, refused)
         log.info("%s sent", item)
         return "sent", True
 
-    def _not_delivered(self, item: Outgoing, exc: TransientError | PermanentError) -> Outcome:
-        """Record a try that delivered nothing: retry with backoff, or give up (5xx, too many)."""
+    def _record_sent(self, item: Outgoing, mine: Claim, refused: Sequence[Refused]) -> None:
+        """`sent`, and in the same transaction (so a crash keeps both or neither) a queued copy
+        for the recipients the server refused for now and a failed one for those it refused
+        for good: a digest is neither lost for nor sent twice to anyone."""
+        later = [r for r in refused if not r.permanent]
+        never = [r for r in refused if r.permanent]
+        error = (
+            f"refused by the server: {', '.join(r.recipient for r in refused)}" if refused else None
+        )
+        moment = self._clock()
+        with self.db.transaction() as tx:
+            if not queue.mark_sent(tx, item.table, item.id, mine, moment, error):
+                log.warning("%s was sent, but its row had moved on meanwhile", item)
+            if refused and item.table != "digests":
+                # A reply has one recipient: refused, `begin` raises instead.
+                raise RuntimeError(f"{item}: partial refusal of a single-recipient mail")
+            if later:
+                copy = notices.split_off(
+                    tx,
+                    item.id,
+                    [r.recipient for r in later],
+                    state="queued",
+                    error="; ".join(str(r.error) for r in later),
+                    next_attempt=moment + self.backoff(1),
+                )
+                log.warning(
+                    "%s: %d recipients refused for now, queued again as %d", item, len(later), copy
+                )
+            if never:
+                copy = notices.split_off(
+                    tx,
+                    item.id,
+                    [r.recipient for r in never],
+                    state="failed",
+                    error="; ".join(str(r.error) for r in never),
+                    next_attempt=moment,
+                )
+                log.warning("%s: %d recipients refused for good (row %d)", item, len(never), copy)
+
+    def _not_delivered(
+        self, item: Outgoing, exc: TransientError | PermanentError, mine: Claim | None = None
+    ) -> Outcome:
+        """Record a try that delivered nothing: retry with backoff, or give up (5xx, too many).
+
+        `mine` is this sender's claim; without one (the try failed before the claim) only a row
+        still queued as this sender read it is changed — never one another sender is sending."""
         attempts = item.attempts + 1  # also right after the claim, which counted this try
         moment = self._clock()
         if isinstance(exc, PermanentError) or attempts >= self.smtp.max_attempts:
             permanent = isinstance(exc, PermanentError)
             error = str(exc) if permanent else f"gave up after {attempts} attempts: {exc}"
             with self.db.transaction() as tx:
-                queue.fail(tx, item.table, item.id, attempts, error)
+                changed = queue.fail(tx, item.table, item.id, attempts, error, mine)
+            if not changed:
+                log.info("%s not sent by this process (%s); another one has it", item, exc)
+                return "taken"
             log.warning("%s failed for good: %s", item, error)
             return "failed"
         wait = self.backoff(attempts)
         with self.db.transaction() as tx:
-            queue.retry_later(tx, item.table, item.id, attempts, str(exc), moment + wait)
+            changed = queue.retry_later(
+                tx, item.table, item.id, attempts, str(exc), moment + wait, mine
+            )
+        if not changed:
+            log.info("%s not sent by this process (%s); another one has it", item, exc)
+            return "taken"
         log.info("%s not sent yet (%s); next try in %.0f s", item, exc, wait.total_seconds())
         return "queued"
 
@@ -242,19 +303,22 @@ class Delivery:
         return timedelta(seconds=seconds)
 
 
-def recover(db: Database, claimed_before: datetime) -> list[tuple[Table, int]]:
+def recover(
+    db: Database, claimed_before: datetime, tables: Sequence[Table] = TABLES
+) -> list[tuple[Table, int]]:
     """The one recovery rule: a mail still `sending` that was claimed before `claimed_before`
     belongs to a process that died between recording `sending` and recording the server's
     answer; it becomes `uncertain` and is never resent automatically. Returns (table, id) of each.
 
     A live sender holds `sending` for at most one SMTP answer, so `claimed_before` is "now minus
     twice the SMTP timeout" while other processes may send, and "now" at the start of the
-    process holding the store's lock (`triage run`/`once`), since no other one sends replies.
+    process holding the store's lock (`triage run`/`once`) for `tables=("replies",)` only: no
+    other process sends replies, but `triage digest --send` sends digests without the lock.
     """
-    if not queue.any_sending(db.reads, claimed_before):
+    if not queue.any_sending(db.reads, claimed_before, tables):
         return []  # the usual case: no write transaction needed
     with db.transaction() as tx:
-        found = queue.recover(tx, claimed_before, RECOVERED)
+        found = queue.recover(tx, claimed_before, RECOVERED, tables)
     if found:
         log.warning(
             "%d mails were being sent when triage stopped and may or may not have been "
@@ -453,9 +517,11 @@ class Outbox:
         return row_id
 
     def recover(self) -> list[tuple[Table, int]]:
-        """At start-up of the process holding the store's lock: every mail left in `sending` by
-        a crash becomes `uncertain` (see `recover`). Call once before delivering."""
-        return recover(self.db, self._clock())
+        """At start-up of the process holding the store's lock: every reply left in `sending` by
+        a crash becomes `uncertain` (see `recover`). Call once before delivering. Digests and
+        alerts are left to the stale-claim rule (`stale_claims`): `triage digest --send` may be
+        sending one right now."""
+        return recover(self.db, self._clock(), ("replies",))
 
     def resolve(self, row_id: int, resolution: Resolution, who: str) -> bool:
         """A person's decision on an uncertain reply (see `resolve`)."""

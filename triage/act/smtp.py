@@ -20,6 +20,7 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from triage.core.errors import AuthenticationError, PermanentError, SendError, TriageError
@@ -37,10 +38,23 @@ class AmbiguousDeliveryError(TriageError):
     """Raised when the connection broke after the final dot: the server may have the message."""
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A recipient the server refused at RCPT TO while it accepted others, and why."""
+
+    recipient: str
+    error: TriageError
+
+    @property
+    def permanent(self) -> bool:
+        """A 5xx: this recipient never gets the message; otherwise try it again later."""
+        return isinstance(self.error, PermanentError)
+
+
 class SmtpSession(Protocol):
     """What the delivery queue needs from an open SMTP connection (the real one or a double)."""
 
-    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[Refused]:
         """Envelope, DATA and the content without the final dot; returns the recipients the
         server refused (it accepted at least one). Raises SendError, ConnectionLostError or
         PermanentError; nothing is delivered until `commit`."""
@@ -98,8 +112,10 @@ class SmtpConnection:
         self._client = client
         self._host = host
 
-    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[str]:
+    def begin(self, sender: str, recipients: Sequence[str], raw: bytes) -> list[Refused]:
         """MAIL FROM, RCPT TO each recipient, DATA and the content without the final dot."""
+        if not recipients:
+            raise PermanentError("no recipients: nothing to send")
         client = self._client
         refused: dict[str, TriageError] = {}
         try:
@@ -131,7 +147,7 @@ class SmtpConnection:
             raise ConnectionLostError(f"SMTP connection to {self._host} lost: {exc}") from None
         for error in refused.values():
             log.warning("%s", error)
-        return list(refused)
+        return [Refused(rcpt, error) for rcpt, error in refused.items()]
 
     def commit(self) -> None:
         """The final dot; the server's 250 means it took responsibility for the message."""

@@ -28,6 +28,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+MAX_ID = 2**63 - 1  # the largest SQLite row id
 STATES = ("queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run", "expired")
 
 
@@ -60,7 +61,9 @@ def parse_id(text: str) -> tuple[Table, str, int]:
     """(table, kind, row id) of KIND:N (a bare N is a reply); exits 2 on anything else."""
     kind, _, number = text.strip().rpartition(":")
     kind = kind or "reply"
-    if kind not in ("reply", "digest", "alert") or not number.isdigit():
+    # isdigit() alone accepts "²" and other digits int() rejects; SQLite ids are 64-bit.
+    valid = number.isascii() and number.isdigit() and int(number) <= MAX_ID
+    if kind not in ("reply", "digest", "alert") or not valid:
         fail(f"{text!r} is not a mail id: use reply:N, digest:N or alert:N", EXIT_USAGE)
     return ("replies" if kind == "reply" else "digests"), kind, int(number)
 

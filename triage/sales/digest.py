@@ -24,6 +24,7 @@ Exactly once, in two steps:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -95,8 +96,16 @@ def deliver(
         Outgoing("digests", n.id, n.kind, n.envelope_from, n.recipients, n.raw, n.attempts)
         for n in store.due(db.reads, moment)
     ]
-    delivery = Delivery(db, settings.smtp, clock=lambda: moment, checkpoint=checkpoint)
+    delivery = Delivery(db, settings.smtp, clock=running_from(moment), checkpoint=checkpoint)
     return delivery.send_batch(items, lambda: connector(settings.smtp))
+
+
+def running_from(start: datetime) -> Callable[[], datetime]:
+    """A clock that reads `start` plus the real time elapsed since this call: each step of a run
+    (claim, sent, next try) gets the moment it happened — `claimed_at` and `sent_at` tell when
+    each mail went out — while a run given an explicit `now` stays anchored to it."""
+    began = time.monotonic()
+    return lambda: start + timedelta(seconds=time.monotonic() - began)
 
 
 # --- what the daemon and the CLI call ------------------------------------------------------------

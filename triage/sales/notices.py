@@ -49,6 +49,11 @@ def notice_message_id(kind: str, slot: str, settings: Settings, instance: str = 
     return f"<triage-{kind}.{digest}@{domain}>"
 
 
+def _cte(text: str) -> str | None:
+    # Non-ASCII text as quoted-printable, not 8-bit: the server may not offer 8BITMIME.
+    return None if text.isascii() else "quoted-printable"
+
+
 def compose(
     rendered: Rendered,
     recipients: Sequence[str],
@@ -67,8 +72,9 @@ def compose(
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Auto-Response-Suppress"] = "All"
     msg["Precedence"] = "bulk"
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    # 7-bit clean on the wire, like replies: no reliance on the server's 8BITMIME.
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8", cte=_cte(rendered.text))
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8", cte=_cte(rendered.html))
     for part in msg.iter_parts():
         del part["MIME-Version"]  # add_alternative copies it into the parts; it belongs on top
     return msg

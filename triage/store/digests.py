@@ -170,3 +170,39 @@ def status(tx: Tx, limit: int = 20) -> list[NoticeStatus]:
         (limit,),
     )
     return [NoticeStatus(**dict(zip(r.keys(), tuple(r), strict=True))) for r in rows]
+
+
+def split_off(
+    tx: Tx,
+    row_id: int,
+    recipients: Sequence[str],
+    *,
+    state: str,
+    error: str,
+    next_attempt: datetime,
+) -> int:
+    """A copy of digest or alert `row_id` (the same message) for `recipients` only, in `state`
+    (`queued` to try those again, `failed` to record that they never get it); returns its id.
+
+    For a mail the server took for some recipients and refused for others. Its slot and the
+    Message-ID column name the row it came from (both are unique), it covers no period and
+    reports no leads of its own: the original row did that when it was prepared.
+    """
+    suffix = f"#{row_id}.{state}"
+    cur = tx.execute(
+        "INSERT INTO digests (state, message_id, raw, created_at, kind, slot, lead_id,"
+        " recipients, envelope_from, covers_until, attempts, next_attempt, updated_at, error)"
+        " SELECT ?, message_id || ?, raw, created_at, kind, slot || ?, lead_id, ?,"
+        " envelope_from, NULL, 0, ?, ?, ? FROM digests WHERE id = ?",
+        (
+            state,
+            suffix,
+            suffix,
+            json.dumps(list(recipients)),
+            timestamp(next_attempt),
+            timestamp(next_attempt),
+            error,
+            row_id,
+        ),
+    )
+    return int(cur.lastrowid or 0)

@@ -8,6 +8,11 @@ Both tables walk one state machine, whose transitions are the functions of the f
     retry later    └──▶ uncertain  (the connection broke after the dot, or the process died)
                            └──▶ sent | queued | dropped   (a person's decision, recorded)
 
+Several senders work at once (each account's thread, housekeeping, `triage digest --send`), so
+no transition trusts what a sender read earlier: before its claim a sender may only record a
+failure on a row still `queued` with the attempts it read, and after it every transition names
+its `Claim`. A sender therefore never moves a row another one is sending.
+
 The second part is what only replies have: the reply history, the caps, filing. Digests' own
 queries (slots, leads reported) are in `triage.store.digests`.
 """
@@ -55,73 +60,121 @@ def _table(table: Table) -> str:
 # --- the state machine, for both tables --------------------------------------------------------
 
 
-def claim(tx: Tx, table: Table, row_id: int, now: datetime) -> bool:
-    """queued → sending, counting the attempt: False when the row is not queued (any more)."""
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One sender's claim on a row: when it claimed it and the attempt count it set. Every
+    transition after the claim names it, so a sender only ever changes the row it claimed — never
+    one that another sender claimed meanwhile, nor one a person resolved or a recovery marked."""
+
+    at: str
+    attempts: int
+
+
+def claim(tx: Tx, table: Table, row_id: int, now: datetime, attempts: int) -> Claim | None:
+    """queued → sending, counting the attempt; `attempts` is the count the sender read with the
+    row. None when the row is not queued (any more) or another try was counted meanwhile."""
+    at = timestamp(now)
     cur = tx.execute(
         f"UPDATE {_table(table)} SET state = 'sending', attempts = attempts + 1,"  # noqa: S608
-        " claimed_at = ? WHERE id = ? AND state = 'queued'",
-        (timestamp(now), row_id),
+        " claimed_at = ? WHERE id = ? AND state = 'queued' AND attempts = ?",
+        (at, row_id, attempts),
+    )
+    return Claim(at, attempts + 1) if cur.rowcount == 1 else None
+
+
+# The row is still the one `claim` took: in `sending` (or, for `mark_sent`, marked uncertain by
+# a start-up's recovery meanwhile — a person's decision would have moved it out of `uncertain`,
+# and a resend followed by a new claim changes `claimed_at`).
+_MINE = "id = ? AND claimed_at = ? AND attempts = ?"
+
+
+def mark_sent(
+    tx: Tx, table: Table, row_id: int, mine: Claim, now: datetime, error: str | None
+) -> bool:
+    """The server acknowledged the final dot of this sender's claim: → sent. Also from
+    `uncertain`, when a recovery marked this very claim meanwhile. False when the row moved on."""
+    cur = tx.execute(
+        f"UPDATE {_table(table)} SET state = 'sent', sent_at = ?, error = ?"  # noqa: S608
+        f" WHERE {_MINE} AND state IN ('sending', 'uncertain')",
+        (timestamp(now), error, row_id, mine.at, mine.attempts),
     )
     return cur.rowcount == 1
 
 
-def mark_sent(tx: Tx, table: Table, row_id: int, now: datetime, error: str | None) -> None:
-    """The server acknowledged the final dot: → sent. Also from `uncertain` (a start-up's
-    recovery may have marked a live sender's row meanwhile), unless a person resolved it."""
-    tx.execute(
-        f"UPDATE {_table(table)} SET state = 'sent', sent_at = ?, error = ?"  # noqa: S608
-        " WHERE id = ? AND (state = 'sending' OR (state = 'uncertain' AND resolved_at IS NULL))",
-        (timestamp(now), error, row_id),
-    )
-
-
-def mark_uncertain(tx: Tx, table: Table, row_id: int, error: str) -> None:
-    """sending → uncertain: maybe delivered, never resent automatically."""
+def mark_uncertain(tx: Tx, table: Table, row_id: int, mine: Claim, error: str) -> None:
+    """sending → uncertain (this sender's claim only): maybe delivered, never resent
+    automatically."""
     tx.execute(
         f"UPDATE {_table(table)} SET state = 'uncertain', error = ?"  # noqa: S608
-        " WHERE id = ? AND state = 'sending'",
-        (error, row_id),
+        f" WHERE {_MINE} AND state = 'sending'",
+        (error, row_id, mine.at, mine.attempts),
     )
 
 
-def retry_later(tx: Tx, table: Table, row_id: int, attempts: int, error: str, at: datetime) -> None:
-    """Not delivered, try again at `at`: → queued."""
-    tx.execute(
+def _unsent(mine: Claim | None, attempts: int) -> tuple[str, tuple[object, ...]]:
+    # Before its claim a sender may only touch a row still queued with the attempts it read (so
+    # never a row another sender is sending right now); after it, only its own claim.
+    if mine is None:
+        return "state = 'queued' AND attempts = ?", (attempts - 1,)
+    return "state = 'sending' AND claimed_at = ? AND attempts = ?", (mine.at, mine.attempts)
+
+
+def retry_later(
+    tx: Tx,
+    table: Table,
+    row_id: int,
+    attempts: int,
+    error: str,
+    at: datetime,
+    mine: Claim | None = None,
+) -> bool:
+    """Not delivered, try again at `at`: → queued with `attempts` counted. `mine` is the
+    sender's claim, None when it failed before claiming (then `attempts` is one more than it
+    read). False when the row is not the sender's to change."""
+    where, params = _unsent(mine, attempts)
+    cur = tx.execute(
         f"UPDATE {_table(table)} SET state = 'queued', error = ?, attempts = ?,"  # noqa: S608
-        " next_attempt = ? WHERE id = ? AND state IN ('queued', 'sending')",
-        (error, attempts, timestamp(at), row_id),
+        f" next_attempt = ? WHERE id = ? AND {where}",
+        (error, attempts, timestamp(at), row_id, *params),
     )
+    return cur.rowcount == 1
 
 
-def fail(tx: Tx, table: Table, row_id: int, attempts: int, error: str) -> None:
-    """Not delivered, and never will be: → failed."""
-    tx.execute(
+def fail(
+    tx: Tx, table: Table, row_id: int, attempts: int, error: str, mine: Claim | None = None
+) -> bool:
+    """Not delivered, and never will be: → failed (same rule as `retry_later`)."""
+    where, params = _unsent(mine, attempts)
+    cur = tx.execute(
         f"UPDATE {_table(table)} SET state = 'failed', error = ?, attempts = ?"  # noqa: S608
-        " WHERE id = ? AND state IN ('queued', 'sending')",
-        (error, attempts, row_id),
+        f" WHERE id = ? AND {where}",
+        (error, attempts, row_id, *params),
     )
+    return cur.rowcount == 1
 
 
-def any_sending(tx: Tx, claimed_before: datetime) -> bool:
-    """Whether a row of either table is in `sending`, claimed before `claimed_before`."""
+def any_sending(tx: Tx, claimed_before: datetime, tables: Iterable[Table] = TABLES) -> bool:
+    """Whether a row of `tables` is in `sending`, claimed before `claimed_before`."""
     return any(
         tx.execute(
-            f"SELECT 1 FROM {table} WHERE state = 'sending'"  # noqa: S608
+            f"SELECT 1 FROM {_table(table)} WHERE state = 'sending'"  # noqa: S608
             " AND (claimed_at IS NULL OR claimed_at <= ?) LIMIT 1",
             (timestamp(claimed_before),),
         ).fetchone()
-        for table in TABLES
+        for table in tables
     )
 
 
-def recover(tx: Tx, claimed_before: datetime, error: str) -> list[tuple[Table, int]]:
-    """Rows of both tables in `sending` claimed before `claimed_before` → uncertain."""
+def recover(
+    tx: Tx, claimed_before: datetime, error: str, tables: Iterable[Table] = TABLES
+) -> list[tuple[Table, int]]:
+    """Rows of `tables` in `sending` claimed before `claimed_before` → uncertain."""
     found: list[tuple[Table, int]] = []
-    for table in TABLES:
+    for table in tables:
         ids = [
             int(r["id"])
             for r in tx.execute(
-                f"SELECT id FROM {table} WHERE state = 'sending'"  # noqa: S608
+                f"SELECT id FROM {_table(table)} WHERE state = 'sending'"  # noqa: S608
                 " AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY id",
                 (timestamp(claimed_before),),
             )
@@ -139,11 +192,26 @@ def resolve(
     tx: Tx, table: Table, row_id: int, resolution: Resolution, who: str, now: datetime
 ) -> bool:
     """A person's decision on an uncertain row, recorded with who and when: `sent` (it arrived),
-    `resend` (queue it again, due now) or `drop` (give up). False unless the row is uncertain."""
+    `resend` (queue it again, due now) or `drop` (give up). False unless the row is uncertain.
+
+    A resend starts the mail afresh: no decision recorded (it is in the queue again, and a later
+    `uncertain` needs a new one), no attempts or deferrals counted, and a reply's time in the
+    queue — what the caps' expiry measures — counted from now. The decision stays readable in
+    `error` until the next try overwrites it.
+    """
     at = timestamp(now)
+    if resolution == "resend":
+        again = ", deferrals = 0, created_at = ?" if table == "replies" else ""
+        cur = tx.execute(
+            f"UPDATE {_table(table)} SET state = 'queued', attempts = 0, next_attempt = ?,"  # noqa: S608
+            " resolution = NULL, resolved_by = NULL, resolved_at = NULL,"
+            f" error = 'resend requested by ' || ? || ' at ' || ?{again}"
+            " WHERE id = ? AND state = 'uncertain'",
+            (at, who or "?", at, *((at,) if again else ()), row_id),
+        )
+        return cur.rowcount == 1
     state, extra = {
         "sent": ("sent", ", sent_at = ?, error = NULL"),
-        "resend": ("queued", ", next_attempt = ?, error = NULL"),
         "drop": ("failed", ", error = 'dropped by ' || ?"),
     }[resolution]
     value = who if resolution == "drop" else at
