@@ -276,6 +276,14 @@ class Ledger:
                 [(now, i) for i in row_ids],
             )
 
+    def note_error(self, row_id: int, error: str) -> None:
+        """Record why an effect after recording failed, keeping the message's state."""
+        with self.db.transaction() as c:
+            c.execute(
+                "UPDATE messages SET error = ?, updated_at = ? WHERE id = ?",
+                (error[:500], utcnow(), row_id),
+            )
+
     def begin_attempt(self, row_ids: Sequence[int]) -> None:
         """Count an attempt to decide these messages, committed before deciding starts.
 
