@@ -4,7 +4,7 @@ Each test states a guarantee of one pass: the reply names the salesperson the le
 every handled message is timed from fetch to done; an original moved before its reply is filed
 still gets \\Answered; a message whose act step fails is retried, then quarantined, while the
 next message is handled on the same pass; a store error is retried and reported, and ends the
-process when it persists.
+process when it persists; any other persistent failure of one account parks only that account.
 """
 
 from __future__ import annotations
@@ -303,3 +303,69 @@ def test_a_store_failing_for_good_makes_triage_run_exit_non_zero(
     log = proc.stdout + proc.stderr
     assert "database or disk is full" in log
     assert "default" in log and "3 passes in a row failed" in log
+
+
+def test_one_account_failing_for_good_is_parked_and_the_other_goes_on(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path
+) -> None:
+    """Two accounts; every pass of one (`sales`) fails with an error that is neither the
+    store's nor a server's. After `daemon.max_failed_passes` it is parked, not the service
+    stopped: /healthz answers 503 naming it with the error text, the other account's mail is
+    answered and done, the process keeps running, and SIGTERM ends it with exit code 0."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.mailtools import ROOT
+    from tests.test_service_run import get
+
+    base = tmp_path / "triage"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = (
+        '\n[[imap.accounts]]\nname = "sales"\nhost = "127.0.0.1"\n'
+        f'port = {mail_harness.config.imap_port}\nsecurity = "plain"\n'
+        f'username = "other"\npassword = "{mail_harness.password("other")}"\n'
+    )
+    config = started(mail_harness, base, extra)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRIAGE_FAULT_ACCOUNT": "sales",
+        "TRIAGE_DAEMON__BACKOFF_INITIAL": "0.2",
+        "TRIAGE_DAEMON__BACKOFF_MAX": "1",
+        "TRIAGE_DAEMON__MAX_FAILED_PASSES": "2",
+        "TRIAGE_DAEMON__HEALTH_PORT": str(port),
+        "TRIAGE_IMAP__POLL_INTERVAL": "1",
+    }
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as out:
+        driver = str(ROOT / "tests" / "fault_driver.py")
+        proc = subprocess.Popen(
+            [sys.executable, driver, "--config", str(config), "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: "sales: parked" in get(url)[1], 60)
+        status, body = get(url)
+        assert status == 503
+        assert "injected fault in account sales" in body
+        assert not any(line.startswith("default:") for line in body.splitlines())
+        deliver(mail_harness, [("alice@example.test", inquiry("alice@example.test", HELLO, 1))])
+        wait_until(lambda: states(base) == {"done": 1}, 60)
+        mail_harness.wait_for_messages("alice", count=1, timeout=20)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = log_path.read_text()
+    assert "account parked" in log and "giving up" not in log
