@@ -369,3 +369,48 @@ def test_one_account_failing_for_good_is_parked_and_the_other_goes_on(
             proc.wait()
     log = log_path.read_text()
     assert "account parked" in log and "giving up" not in log
+
+
+def test_a_message_whose_marking_keeps_failing_after_its_reply_is_done_never_quarantined(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marking the mailbox fails, with an error of its own, for a sales inquiry already recorded
+    and answered: it is retried on the next passes, then recorded `done` keeping its decision
+    (`sales`, its lead, its one reply) with the error in the ledger, never quarantined and never
+    given `$Triage-Quarantine`."""
+    from triage.ingest.sync import FolderSync
+    from triage.pipeline import Act
+
+    base = tmp_path / "triage"
+    config = started(mail_harness, base)
+    raw = inquiry("alice@example.test", HELLO, 1, "Alice Moreau", authenticated=True)
+    deliver(mail_harness, [("alice@example.test", raw)])
+    settings = load_settings(config, environ={})
+
+    def mark(self: FolderSync, work: list[Act]) -> None:
+        if work:
+            raise RuntimeError("cannot mark")
+
+    monkeypatch.setattr(FolderSync, "mark", mark)
+    shared = prepare(settings)
+    try:
+        for attempt in range(settings.ingest.max_attempts):
+            assert run_once(settings, factory_of(shared)) == {"default": None}
+            if attempt < settings.ingest.max_attempts - 1:
+                assert states(base) == {"classified": 1}
+    finally:
+        shared.close()
+    assert states(base) == {"done": 1}
+    with db(base) as conn:
+        row = conn.execute("SELECT decision, error, reasons FROM messages").fetchone()
+        leads = conn.execute("SELECT kind FROM leads").fetchall()
+        replies = conn.execute("SELECT state FROM replies").fetchall()
+    assert row["decision"] == "sales"
+    assert "cannot mark" in row["error"] and "cannot mark" in row["reasons"]
+    assert [r[0] for r in leads] == ["hot"]
+    assert [r[0] for r in replies] == ["sent"]
+    mail_harness.wait_for_messages("alice", count=1, timeout=20)
+    assert len(replies_in(mail_harness, "alice")) == 1
+    with mail_harness.imap("hello") as client:
+        client.select_folder("INBOX", readonly=True)
+        assert client.search(["KEYWORD", "$Triage-Quarantine"]) == []

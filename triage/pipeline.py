@@ -8,9 +8,10 @@ replies first, outside any transaction (a slow or failing template never holds t
 lock), then writes everything the message causes in a single transaction and moves its ledger row
 to `classified`; sending the queued reply, filing its copy, marking the mailbox and `done` come
 after it, each recorded before it is made. `triage.ingest.sync` drives both halves over a batch
-and puts one per-message failure boundary around them: retry, then quarantine, and the account
-goes on. The worker processes (`triage.ingest.workers`) run the steps that need neither the store
-nor the reply history (`WORKER_STEPS`); the main process finishes the rest.
+and puts one per-message failure boundary around them: retry, then quarantine (or, once the
+message is recorded, `done` with its decision and the error), and the account goes on. The
+worker processes (`triage.ingest.workers`) run the steps that need neither the store nor the
+reply history (`WORKER_STEPS`); the main process finishes the rest.
 """
 
 from __future__ import annotations
