@@ -391,9 +391,15 @@ def record_step(ports: ActPorts, work: Sequence[Act], _alone: bool) -> None:
     pending = [w for w in work if w.decided is not None and not w.recorded]
     if pending:
         recorded = ports.recorder.record([w.decided for w in pending if w.decided is not None])
+        # Every row is marked recorded before anyone is told: the transaction committed them
+        # all, and a retry must never record one again.
         for w, d in zip(pending, recorded, strict=True):
             w.decided, w.recorded = d, True
-            ports.recorded(w)
+        for w in pending:
+            try:
+                ports.recorded(w)
+            except Exception:  # a log line or a metric never fails a message
+                log.exception("telling about recorded message row %d failed", w.row.id)
     ports.checkpoint("after_record")
 
 
