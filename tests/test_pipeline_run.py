@@ -73,7 +73,9 @@ def test_sales_replies_name_the_owner_each_hot_lead_is_assigned(
 ) -> None:
     """Two sales inquiries handled in one batch with round-robin assignment: each reply that
     reaches the prospect through Postfix names the salesperson recorded as its lead's owner, and
-    the two leads go to different people."""
+    the two leads go to different people. On a later pass, Carol writes in Bob's thread (her
+    message joins Bob's lead) together with a new prospect, Olga: Carol's reply names Bob's
+    lead's owner, Olga's the owner of her own new lead."""
     base = tmp_path / "triage"
     config = started(mail_harness, base, STAFF)
     deliver(
@@ -96,13 +98,40 @@ def test_sales_replies_name_the_owner_each_hot_lead_is_assigned(
         assert owner in text
         other = ({"Rita Rep", "Sam Seller"} - {owner}).pop()
         assert other not in text
+    with db(base) as conn:
+        bob_id = conn.execute(
+            "SELECT message_id FROM messages WHERE sender = 'bob@example.test'"
+        ).fetchone()[0]
+    carol = inquiry("carol@example.test", HELLO, 3, "Carol Diaz", authenticated=True)
+    carol = f"In-Reply-To: {bob_id}\nReferences: {bob_id}\n".encode() + carol
+    olga = inquiry("other@example.test", HELLO, 4, "Olga Hill", authenticated=True)
+    deliver(mail_harness, [("carol@example.test", carol), ("other@example.test", olga)])
+    assert triage(config, "once").returncode == 0
+    with db(base) as conn:
+        leads = conn.execute("SELECT id, email, owner FROM leads WHERE kind = 'hot'").fetchall()
+        joined = conn.execute(
+            "SELECT lead_id FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+            " WHERE m.sender = 'carol@example.test'"
+        ).fetchone()
+    by_email = {r["email"]: r["owner"] for r in leads}
+    assert len(leads) == 3 and "carol@example.test" not in by_email
+    assert joined[0] == next(r["id"] for r in leads if r["email"] == "bob@example.test")
+    for user, owner in (
+        ("carol", by_email["bob@example.test"]),
+        ("other", by_email["other@example.test"]),
+    ):
+        mail_harness.wait_for_messages(user, count=1, timeout=20)
+        text = plain_text(mail_harness, user)
+        assert owner in text
+        assert ({"Rita Rep", "Sam Seller"} - {owner}).pop() not in text
 
 
 def test_handling_time_is_observed_per_message_from_fetch_to_done(
     mail_harness: MailHarness, clean_mail: None, tmp_path: Path
 ) -> None:
     """`triage_handling_seconds` counts one observation per message handled to the end, each the
-    time from its fetch to its `done`."""
+    time from its fetch to its `done`: after two passes (two messages, then one more) its count
+    equals the messages done, and a message is never observed again by a later pass."""
     base = tmp_path / "triage"
     config = started(mail_harness, base)
     deliver(
@@ -112,13 +141,17 @@ def test_handling_time_is_observed_per_message_from_fetch_to_done(
     settings = load_settings(config, environ={})
     metrics = Metrics()
     shared = prepare(settings, metrics=metrics)
+    registry = metrics.registry
     try:
+        assert run_once(settings, factory_of(shared)) == {"default": None}
+        assert states(base) == {"done": 2}
+        assert registry.get_sample_value("triage_handling_seconds_count") == 2
+        deliver(mail_harness, [("c@example.test", inquiry("c@example.test", HELLO, 3))])
         assert run_once(settings, factory_of(shared)) == {"default": None}
     finally:
         shared.close()
-    assert states(base) == {"done": 2}
-    registry = metrics.registry
-    assert registry.get_sample_value("triage_handling_seconds_count") == 2
+    assert states(base) == {"done": 3}
+    assert registry.get_sample_value("triage_handling_seconds_count") == 3
     total = registry.get_sample_value("triage_handling_seconds_sum")
     assert total is not None and 0 < total < 60
 
@@ -153,15 +186,21 @@ def test_an_original_moved_before_its_reply_is_filed_still_gets_answered(
             assert len(uids) == 1  # moved there, not yet answered
             assert b"\\Answered" not in client.get_flags(uids)[uids[0]]
         smtp["down"] = False
-        run_once(settings, factory_of(shared, SmtpDownOnce))
+        bob = inquiry("bob@example.test", HELLO, 2, "Bob Stone", authenticated=True)
+        deliver(mail_harness, [("bob@example.test", bob)])
+        assert run_once(settings, factory_of(shared, SmtpDownOnce)) == {"default": None}
     finally:
         shared.close()
+    assert states(base) == {"done": 2}
     mail_harness.wait_for_messages("alice", count=1, timeout=20)
+    mail_harness.wait_for_messages("bob", count=1, timeout=20)
     with mail_harness.imap("hello") as client:
         client.select_folder(sales_folder(client), readonly=True)
         uids = client.search("ALL")
-        assert len(uids) == 1
-        assert b"\\Answered" in client.get_flags(uids)[uids[0]]
+        assert len(uids) == 2  # alice's and bob's, both moved there
+        assert all(b"\\Answered" in f for f in client.get_flags(uids).values())
+        client.select_folder("INBOX", readonly=True)
+        assert client.search("ALL") == []
 
 
 def test_a_message_whose_act_step_fails_is_retried_then_quarantined_and_the_next_goes_on(
