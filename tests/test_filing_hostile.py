@@ -158,3 +158,49 @@ def test_only_the_exact_message_id_is_flagged(
         assert len(uids) == 2 and len(answered) == 1
         body = client.fetch(answered, [b"BODY.PEEK[HEADER.FIELDS (FROM)]"])
         assert b"Alice" in next(iter(body.values()))[b"BODY[HEADER.FIELDS (FROM)]"]
+
+
+def test_a_reply_that_cannot_be_filed_is_given_up_after_a_few_passes(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path
+) -> None:
+    """Flagging a sent reply's original fails on every pass with an error of its own: each pass
+    still succeeds and the message is done; within `FILING_TRIES` passes the filing is given up
+    (no copy in Sent, the reply no longer waits to be filed) with the reason in the message's
+    ledger row."""
+    from tests.mailtools import db
+    from triage.ingest.mailbox import ImapMailbox
+    from triage.ops.service import FILING_TRIES
+    from triage.store.ledger import LedgerRow
+
+    class CannotFlag(Service):
+        def _flag_answered(
+            self, mailbox: ImapMailbox, folder: str, uidvalidity: int, row: LedgerRow
+        ) -> None:
+            raise RuntimeError("cannot flag this one")
+
+    base = tmp_path / "triage"
+    config = started(mail_harness, base)
+    raw = inquiry("alice@example.test", HELLO, 1, "Alice Moreau", authenticated=True)
+    deliver(mail_harness, [("alice@example.test", raw)])
+    settings = load_settings(config, environ={})
+    shared = prepare(settings)
+    try:
+        for n in range(FILING_TRIES):
+            assert run_once(settings, factory_of(shared, CannotFlag)) == {"default": None}
+            assert states(base) == {"done": 1}
+            if n == 0:  # tried, not given up yet
+                with db(base) as conn:
+                    waiting = conn.execute("SELECT COUNT(*) FROM replies WHERE filed_at IS NULL")
+                    assert waiting.fetchone()[0] == 1
+    finally:
+        shared.close()
+    mail_harness.wait_for_messages("alice", count=1, timeout=20)
+    with db(base) as conn:
+        assert (
+            conn.execute("SELECT COUNT(*) FROM replies WHERE filed_at IS NULL").fetchone()[0] == 0
+        )
+        error = conn.execute("SELECT error FROM messages").fetchone()[0]
+    assert "filing the reply given up" in error and "cannot flag" in error
+    with mail_harness.imap("hello") as client:
+        client.select_folder("Sent", readonly=True)
+        assert client.search("ALL") == []
