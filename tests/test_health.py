@@ -73,6 +73,25 @@ def test_a_mailbox_whose_worker_gave_up_is_named_with_the_reason() -> None:
     ]
 
 
+def test_a_parked_mailbox_is_named_with_its_error_while_the_others_are_healthy() -> None:
+    """An account parked after its passes kept failing is one line naming it and the error
+    text; a healthy account beside it adds no line."""
+    statuses = [
+        AccountStatus("default", connected=True, last_sync=NOW - 5),
+        AccountStatus(
+            "sales",
+            last_sync=NOW - 900,
+            last_error="RuntimeError: injected fault",
+            failed_passes=12,
+            parked="12 passes in a row failed: RuntimeError: injected fault",
+        ),
+    ]
+    assert problems(statuses, 300, NOW) == [
+        "sales: parked: 12 passes in a row failed: RuntimeError: injected fault;"
+        " last sync 900 s ago (limit 300 s)"
+    ]
+
+
 def test_no_mailbox_at_all_is_unhealthy() -> None:
     """A daemon watching nothing is not doing its job."""
     assert problems([], max_age=300, now=NOW) == ["no mailbox is being watched"]

@@ -4,7 +4,7 @@ Each test states a guarantee of one pass: the reply names the salesperson the le
 every handled message is timed from fetch to done; an original moved before its reply is filed
 still gets \\Answered; a message whose act step fails is retried, then quarantined, while the
 next message is handled on the same pass; a store error is retried and reported, and ends the
-process when it persists.
+process when it persists; any other persistent failure of one account parks only that account.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def test_sales_replies_name_the_owner_each_hot_lead_is_assigned(
 ) -> None:
     """Two sales inquiries handled in one batch with round-robin assignment: each reply that
     reaches the prospect through Postfix names the salesperson recorded as its lead's owner, and
-    the two leads go to different people."""
+    the two leads go to different people. On a later pass, Carol writes in Bob's thread (her
+    message joins Bob's lead) together with a new prospect, Olga: Carol's reply names Bob's
+    lead's owner, Olga's the owner of her own new lead."""
     base = tmp_path / "triage"
     config = started(mail_harness, base, STAFF)
     deliver(
@@ -96,13 +98,40 @@ def test_sales_replies_name_the_owner_each_hot_lead_is_assigned(
         assert owner in text
         other = ({"Rita Rep", "Sam Seller"} - {owner}).pop()
         assert other not in text
+    with db(base) as conn:
+        bob_id = conn.execute(
+            "SELECT message_id FROM messages WHERE sender = 'bob@example.test'"
+        ).fetchone()[0]
+    carol = inquiry("carol@example.test", HELLO, 3, "Carol Diaz", authenticated=True)
+    carol = f"In-Reply-To: {bob_id}\nReferences: {bob_id}\n".encode() + carol
+    olga = inquiry("other@example.test", HELLO, 4, "Olga Hill", authenticated=True)
+    deliver(mail_harness, [("carol@example.test", carol), ("other@example.test", olga)])
+    assert triage(config, "once").returncode == 0
+    with db(base) as conn:
+        leads = conn.execute("SELECT id, email, owner FROM leads WHERE kind = 'hot'").fetchall()
+        joined = conn.execute(
+            "SELECT lead_id FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+            " WHERE m.sender = 'carol@example.test'"
+        ).fetchone()
+    by_email = {r["email"]: r["owner"] for r in leads}
+    assert len(leads) == 3 and "carol@example.test" not in by_email
+    assert joined[0] == next(r["id"] for r in leads if r["email"] == "bob@example.test")
+    for user, owner in (
+        ("carol", by_email["bob@example.test"]),
+        ("other", by_email["other@example.test"]),
+    ):
+        mail_harness.wait_for_messages(user, count=1, timeout=20)
+        text = plain_text(mail_harness, user)
+        assert owner in text
+        assert ({"Rita Rep", "Sam Seller"} - {owner}).pop() not in text
 
 
 def test_handling_time_is_observed_per_message_from_fetch_to_done(
     mail_harness: MailHarness, clean_mail: None, tmp_path: Path
 ) -> None:
     """`triage_handling_seconds` counts one observation per message handled to the end, each the
-    time from its fetch to its `done`."""
+    time from its fetch to its `done`: after two passes (two messages, then one more) its count
+    equals the messages done, and a message is never observed again by a later pass."""
     base = tmp_path / "triage"
     config = started(mail_harness, base)
     deliver(
@@ -112,13 +141,17 @@ def test_handling_time_is_observed_per_message_from_fetch_to_done(
     settings = load_settings(config, environ={})
     metrics = Metrics()
     shared = prepare(settings, metrics=metrics)
+    registry = metrics.registry
     try:
+        assert run_once(settings, factory_of(shared)) == {"default": None}
+        assert states(base) == {"done": 2}
+        assert registry.get_sample_value("triage_handling_seconds_count") == 2
+        deliver(mail_harness, [("c@example.test", inquiry("c@example.test", HELLO, 3))])
         assert run_once(settings, factory_of(shared)) == {"default": None}
     finally:
         shared.close()
-    assert states(base) == {"done": 2}
-    registry = metrics.registry
-    assert registry.get_sample_value("triage_handling_seconds_count") == 2
+    assert states(base) == {"done": 3}
+    assert registry.get_sample_value("triage_handling_seconds_count") == 3
     total = registry.get_sample_value("triage_handling_seconds_sum")
     assert total is not None and 0 < total < 60
 
@@ -153,15 +186,21 @@ def test_an_original_moved_before_its_reply_is_filed_still_gets_answered(
             assert len(uids) == 1  # moved there, not yet answered
             assert b"\\Answered" not in client.get_flags(uids)[uids[0]]
         smtp["down"] = False
-        run_once(settings, factory_of(shared, SmtpDownOnce))
+        bob = inquiry("bob@example.test", HELLO, 2, "Bob Stone", authenticated=True)
+        deliver(mail_harness, [("bob@example.test", bob)])
+        assert run_once(settings, factory_of(shared, SmtpDownOnce)) == {"default": None}
     finally:
         shared.close()
+    assert states(base) == {"done": 2}
     mail_harness.wait_for_messages("alice", count=1, timeout=20)
+    mail_harness.wait_for_messages("bob", count=1, timeout=20)
     with mail_harness.imap("hello") as client:
         client.select_folder(sales_folder(client), readonly=True)
         uids = client.search("ALL")
-        assert len(uids) == 1
-        assert b"\\Answered" in client.get_flags(uids)[uids[0]]
+        assert len(uids) == 2  # alice's and bob's, both moved there
+        assert all(b"\\Answered" in f for f in client.get_flags(uids).values())
+        client.select_folder("INBOX", readonly=True)
+        assert client.search("ALL") == []
 
 
 def test_a_message_whose_act_step_fails_is_retried_then_quarantined_and_the_next_goes_on(
@@ -303,3 +342,114 @@ def test_a_store_failing_for_good_makes_triage_run_exit_non_zero(
     log = proc.stdout + proc.stderr
     assert "database or disk is full" in log
     assert "default" in log and "3 passes in a row failed" in log
+
+
+def test_one_account_failing_for_good_is_parked_and_the_other_goes_on(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path
+) -> None:
+    """Two accounts; every pass of one (`sales`) fails with an error that is neither the
+    store's nor a server's. After `daemon.max_failed_passes` it is parked, not the service
+    stopped: /healthz answers 503 naming it with the error text, the other account's mail is
+    answered and done, the process keeps running, and SIGTERM ends it with exit code 0."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.mailtools import ROOT
+    from tests.test_service_run import get
+
+    base = tmp_path / "triage"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = (
+        '\n[[imap.accounts]]\nname = "sales"\nhost = "127.0.0.1"\n'
+        f'port = {mail_harness.config.imap_port}\nsecurity = "plain"\n'
+        f'username = "other"\npassword = "{mail_harness.password("other")}"\n'
+    )
+    config = started(mail_harness, base, extra)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRIAGE_FAULT_ACCOUNT": "sales",
+        "TRIAGE_DAEMON__BACKOFF_INITIAL": "0.2",
+        "TRIAGE_DAEMON__BACKOFF_MAX": "1",
+        "TRIAGE_DAEMON__MAX_FAILED_PASSES": "2",
+        "TRIAGE_DAEMON__HEALTH_PORT": str(port),
+        "TRIAGE_IMAP__POLL_INTERVAL": "1",
+    }
+    log_path = tmp_path / "run.log"
+    with log_path.open("w") as out:
+        driver = str(ROOT / "tests" / "fault_driver.py")
+        proc = subprocess.Popen(
+            [sys.executable, driver, "--config", str(config), "run"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        wait_until(lambda: "sales: parked" in get(url)[1], 60)
+        status, body = get(url)
+        assert status == 503
+        assert "injected fault in account sales" in body
+        assert not any(line.startswith("default:") for line in body.splitlines())
+        deliver(mail_harness, [("alice@example.test", inquiry("alice@example.test", HELLO, 1))])
+        wait_until(lambda: states(base) == {"done": 1}, 60)
+        mail_harness.wait_for_messages("alice", count=1, timeout=20)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = log_path.read_text()
+    assert "account parked" in log and "giving up" not in log
+
+
+def test_a_message_whose_marking_keeps_failing_after_its_reply_is_done_never_quarantined(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marking the mailbox fails, with an error of its own, for a sales inquiry already recorded
+    and answered: it is retried on the next passes, then recorded `done` keeping its decision
+    (`sales`, its lead, its one reply) with the error in the ledger, never quarantined and never
+    given `$Triage-Quarantine`."""
+    from triage.ingest.sync import FolderSync
+    from triage.pipeline import Act
+
+    base = tmp_path / "triage"
+    config = started(mail_harness, base)
+    raw = inquiry("alice@example.test", HELLO, 1, "Alice Moreau", authenticated=True)
+    deliver(mail_harness, [("alice@example.test", raw)])
+    settings = load_settings(config, environ={})
+
+    def mark(self: FolderSync, work: list[Act]) -> None:
+        if work:
+            raise RuntimeError("cannot mark")
+
+    monkeypatch.setattr(FolderSync, "mark", mark)
+    shared = prepare(settings)
+    try:
+        for attempt in range(settings.ingest.max_attempts):
+            assert run_once(settings, factory_of(shared)) == {"default": None}
+            if attempt < settings.ingest.max_attempts - 1:
+                assert states(base) == {"classified": 1}
+    finally:
+        shared.close()
+    assert states(base) == {"done": 1}
+    with db(base) as conn:
+        row = conn.execute("SELECT decision, error, reasons FROM messages").fetchone()
+        leads = conn.execute("SELECT kind FROM leads").fetchall()
+        replies = conn.execute("SELECT state FROM replies").fetchall()
+    assert row["decision"] == "sales"
+    assert "cannot mark" in row["error"] and "cannot mark" in row["reasons"]
+    assert [r[0] for r in leads] == ["hot"]
+    assert [r[0] for r in replies] == ["sent"]
+    mail_harness.wait_for_messages("alice", count=1, timeout=20)
+    assert len(replies_in(mail_harness, "alice")) == 1
+    with mail_harness.imap("hello") as client:
+        client.select_folder("INBOX", readonly=True)
+        assert client.search(["KEYWORD", "$Triage-Quarantine"]) == []

@@ -117,3 +117,26 @@ def test_a_retry_after_a_failed_step_does_not_record_twice() -> None:
     assert not any(c.startswith("record") for c in ports.calls)
     assert ports.calls[-3:] == ["mark [1]", "before_done", "finish [1]"]
     assert work[0].finished
+
+
+def test_a_failing_recorded_callback_never_gets_a_message_recorded_twice() -> None:
+    """The `recorded` callback (log line, metrics) raises for the first message of a batch: the
+    batch is recorded once, every message is marked recorded and the others are still told,
+    and the act steps go on; retrying a message alone never records it again."""
+    ports = FakePorts()
+    told: list[int] = []
+
+    def recorded(one: Act) -> None:
+        told.append(one.row.id)
+        if one.row.id == 1:
+            raise RuntimeError("log line failed")
+
+    ports.recorded = recorded  # type: ignore[method-assign]
+    work = [Act(row(1), DECIDED), Act(row(2), DECIDED)]
+    act(ports, work)
+    assert told == [1, 2]
+    assert all(w.recorded and w.finished for w in work)
+    assert ports.calls.count("record 2") == 1
+    ports.calls.clear()
+    act(ports, [work[1]], alone=True)
+    assert not any(c.startswith("record") for c in ports.calls)

@@ -8,15 +8,16 @@ replies first, outside any transaction (a slow or failing template never holds t
 lock), then writes everything the message causes in a single transaction and moves its ledger row
 to `classified`; sending the queued reply, filing its copy, marking the mailbox and `done` come
 after it, each recorded before it is made. `triage.ingest.sync` drives both halves over a batch
-and puts one per-message failure boundary around them: retry, then quarantine, and the account
-goes on. The worker processes (`triage.ingest.workers`) run the steps that need neither the store
-nor the reply history (`WORKER_STEPS`); the main process finishes the rest.
+and puts one per-message failure boundary around them: retry, then quarantine (or, once the
+message is recorded, `done` with its decision and the error), and the account goes on. The
+worker processes (`triage.ingest.workers`) run the steps that need neither the store nor the
+reply history (`WORKER_STEPS`); the main process finishes the rest.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -185,6 +186,20 @@ class _Rehearsed(Exception):
     """Ends the rehearsal transaction of `Recorder.owners`, rolling it back."""
 
 
+class _OwnerChanged(Exception):
+    """Rolls back a `Recorder.record` try whose replies name an owner their leads no longer
+    have (another thread or process changed the leads after the rehearsal)."""
+
+    def __init__(self, rows: set[int]) -> None:
+        super().__init__(f"lead owner changed for rows {sorted(rows)}")
+        self.rows = rows
+
+
+# Tries of `Recorder.record` that render replies naming the rehearsed owner before the replies
+# whose lead's owner keeps changing name none.
+OWNER_RETRIES = 2
+
+
 class Recorder:
     """Writes decided messages to the store: outcome, lead and the reply to queue."""
 
@@ -209,7 +224,30 @@ class Recorder:
         (returning a reason, e.g. a broken template). `queue_reply` runs inside the transaction
         and may refuse too, e.g. when an earlier message of the same batch already earned this
         sender a reply.
+
+        A reply names the owner its hot lead had when rehearsed (`owners`); another thread or
+        process may have changed that before the transaction (a lead created or claimed in
+        between). The transaction then rolls back and the batch is rehearsed and rendered
+        again; after `OWNER_RETRIES` such changes, the replies concerned name no owner. A reply
+        never names someone other than its lead's owner.
         """
+        unnamed: set[int] = set()
+        for attempt in range(OWNER_RETRIES + 1):
+            try:
+                return self._record(batch, unnamed)
+            except _OwnerChanged as changed:
+                log.info(
+                    "the owner of %d lead(s) changed while their replies were rendered;"
+                    " rendering them again",
+                    len(changed.rows),
+                )
+                if attempt + 1 >= OWNER_RETRIES:
+                    unnamed |= changed.rows
+        raise AssertionError("unreachable: the last try names no owner that could change")
+
+    def _record(self, batch: Sequence[Decided], unnamed: Collection[int]) -> list[Decided]:
+        """One try of `record`; raises _OwnerChanged (rolled back) when a queued reply would
+        name another owner than its lead has. Rows in `unnamed` get replies naming no owner."""
         owners = self.owners(batch)
         prepared: dict[int, Planned | str] = {
             d.row_id: self.prepare_reply(
@@ -218,28 +256,41 @@ class Recorder:
                     d.msg,
                     d.disposition.reply_template,
                     d.verdict,
-                    lead_owner=owners.get(d.row_id, ""),
+                    lead_owner="" if d.row_id in unnamed else owners.get(d.row_id, ""),
                 )
             )
             for d in batch
             if d.disposition.reply_template is not None
         }
         final: list[Decided] = []
+        changed: set[int] = set()
         with self.ledger.db.transaction() as c:
             for d in batch:
                 reasons = list(d.disposition.reasons)
                 disposition = d.disposition
+                named: str | None = None
                 if disposition.reply_template is not None:
                     planned = prepared[d.row_id]
                     refusal = planned if isinstance(planned, str) else self.queue_reply(c, planned)
                     if refusal is not None:
                         reasons.append(refusal)
                         disposition = replace(disposition, reply_template=None)
+                    elif isinstance(planned, Planned) and d.row_id not in unnamed:
+                        named = planned.lead_owner
                 done = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
                 self.ledger.record_outcome(c, outcome_of(done, reasons))
                 if disposition.lead_kind is not None:
-                    self._lead(c, done, owners.get(d.row_id))
+                    lead = get_lead(c, self._lead(c, done, owners.get(d.row_id)))
+                    if (
+                        named is not None
+                        and disposition.lead_kind is LeadKind.HOT
+                        and lead is not None
+                        and lead.owner != named
+                    ):
+                        changed.add(d.row_id)
                 final.append(done)
+            if changed:
+                raise _OwnerChanged(changed)
         return final
 
     def owners(self, batch: Sequence[Decided]) -> dict[int, str]:
@@ -249,7 +300,8 @@ class Recorder:
         The batch's leads are recorded exactly as `record` will record them, in a transaction
         that is then rolled back: a message that joins an existing lead gets that lead's owner,
         and round-robin advances from one message of the batch to the next. `record` then
-        writes the same owners. One process holds the store, so nothing changes in between.
+        writes the same owners, unless another account's thread (or `triage leads claim`)
+        changed the leads in between: `record` checks, and tries again.
         """
         if not any(d.disposition.lead_kind is LeadKind.HOT for d in batch):
             return {}
@@ -339,9 +391,15 @@ def record_step(ports: ActPorts, work: Sequence[Act], _alone: bool) -> None:
     pending = [w for w in work if w.decided is not None and not w.recorded]
     if pending:
         recorded = ports.recorder.record([w.decided for w in pending if w.decided is not None])
+        # Every row is marked recorded before anyone is told: the transaction committed them
+        # all, and a retry must never record one again.
         for w, d in zip(pending, recorded, strict=True):
             w.decided, w.recorded = d, True
-            ports.recorded(w)
+        for w in pending:
+            try:
+                ports.recorded(w)
+            except Exception:  # a log line or a metric never fails a message
+                log.exception("telling about recorded message row %d failed", w.row.id)
     ports.checkpoint("after_record")
 
 

@@ -240,9 +240,24 @@ class ImapMailbox:
             return sorted(self.client.search(criteria))
 
     def search_message_id(self, message_id: str) -> list[int]:
-        """UIDs whose Message-ID header contains `message_id`."""
+        """The UID of the one message whose Message-ID is exactly `message_id`; empty when
+        there is none, more than one, or the id is not safe to search for.
+
+        SEARCH HEADER matches substrings, and the id comes from the mail itself: only an id of
+        printable ASCII without IMAP's atom-specials is sent (quoted), so a hostile id can
+        neither break the command nor fail to encode; each hit's Message-ID is then fetched and
+        compared, so that a longer id or a forged second copy is never taken for the original.
+        """
+        if not searchable_message_id(message_id):
+            return []
+        command = b'HEADER Message-ID "' + message_id.encode("ascii") + b'"'
         with _translated(f"{self.account.name}: UID SEARCH HEADER"):
-            return sorted(self.client.search(["HEADER", "Message-ID", message_id]))
+            hits = sorted(self.client.search(command))
+        if not hits:
+            return []
+        ids = self.fetch_message_ids(hits)
+        exact = [u for u in hits if _angle_id(ids.get(u, "")) == message_id]
+        return exact if len(exact) == 1 else []
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -296,6 +311,28 @@ class ImapMailbox:
         """Leave IDLE (DONE) so other commands can be sent."""
         with _translated(f"{self.account.name}: IDLE DONE"):
             self.client.idle_done()
+
+
+# IMAP atom-specials (RFC 3501) and the quoted-string specials: an id holding any of them (or
+# anything outside printable ASCII) is never sent in a SEARCH.
+_UNSAFE_IN_SEARCH = frozenset('(){%*"\\]')
+
+
+def searchable_message_id(message_id: str) -> bool:
+    """True when `message_id` is `<…>` of printable ASCII without IMAP specials."""
+    return (
+        len(message_id) > 2
+        and message_id.startswith("<")
+        and message_id.endswith(">")
+        and all("!" <= ch <= "~" and ch not in _UNSAFE_IN_SEARCH for ch in message_id)
+    )
+
+
+def _angle_id(header_value: str) -> str:
+    """The `<…>` part of a Message-ID header value (unfolded), or the value stripped."""
+    value = " ".join(header_value.split())
+    start, end = value.find("<"), value.find(">")
+    return value[start : end + 1] if 0 <= start < end else value
 
 
 def _text(value: object) -> str:

@@ -12,7 +12,9 @@ One pass (`FolderSync.sync`):
 An attempt is committed before a message is decided, so a message that kills the process (or a
 worker process) counts as surely as one whose handling raises. A message with an unfinished
 earlier attempt is decided alone; one that failed `max_attempts` times is quarantined (raw bytes
-kept) and the loop goes on with the others.
+kept) and the loop goes on with the others. A failure after the record step (send, file, mark,
+finish) never quarantines: the decision stands, so after `max_attempts` the message is `done`
+with its decision and the error.
 """
 
 from __future__ import annotations
@@ -499,6 +501,9 @@ class FolderSync:
         # A message decided in this pass had its attempt counted before deciding; one resumed
         # in state `classified` was not, so its failure counts one now.
         count = row.state == CLASSIFIED
+        if one.recorded:
+            self._act_failed(one, error, result, count)
+            return
         raw = raws.get(row.uid)
         if raw is None:
             raw = self.mailbox.fetch([row.uid]).get(row.uid)
@@ -524,6 +529,34 @@ class FolderSync:
                 error,
             )
             result.failed += 1
+
+    def _act_failed(self, one: Act, error: str, result: SyncResult, count: bool) -> None:
+        """A step after `record` failed (send, file, mark, finish): the decision is recorded and
+        a reply may be queued or sent, so the message is never quarantined. It is retried, and
+        after `max_attempts` recorded `done` with its decision and the error."""
+        row = one.row
+        if self.ledger.record_act_failure(
+            row.id, error, self.settings.max_attempts, count_attempt=count
+        ):
+            one.finished = True
+            self._fetched_at.pop(row.id, None)
+            log.warning(
+                "%s/%s: message uid %d done after %d attempts; its marks are not all made: %s",
+                self.account,
+                self.folder,
+                row.uid,
+                self.settings.max_attempts,
+                error,
+            )
+        else:
+            log.warning(
+                "%s/%s: acting on message uid %d failed, will retry: %s",
+                self.account,
+                self.folder,
+                row.uid,
+                error,
+            )
+        result.failed += 1
 
     # -- what the act steps use (`triage.pipeline.ActPorts`) --------------------------------------
 

@@ -5,19 +5,22 @@ Each account worker owns its IMAP connection and its own database connection. It
 then waits for news (IDLE when offered, else polling) in short slices so a stop request is noticed
 within a second. Any network or server error closes the connection and waits a jittered exponential
 backoff before reconnecting; the error is logged once per backoff step. One account failing never
-stalls another. Signal handlers only set the stop event.
+stalls another: an account whose passes keep failing is parked (retried at the longest backoff)
+while the others go on; only a store that keeps failing, or a dead worker, stops the service.
+Signal handlers only set the stop event.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from triage.core.backoff import Backoff
-from triage.core.errors import AuthenticationError, TransientError
+from triage.core.errors import AuthenticationError, StoreError, TransientError
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.sync import SyncResult
@@ -26,6 +29,9 @@ from triage.sales.digest import run_digest_if_due
 from triage.sales.leads import apply_retention
 
 log = logging.getLogger(__name__)
+
+# Errors of the store, which every account shares: when they persist, the service stops.
+STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 
 # The slice in which a waiting worker checks for a stop request or a wake-up.
 SLICE = 1.0
@@ -42,8 +48,12 @@ class AccountStatus:
     handled: int = 0
     # Passes in a row that failed with an error that is not a server's or the network's.
     failed_passes: int = 0
-    # Why the account's worker stopped for good (its failures persisted, or it died): the
-    # process then exits non-zero.
+    # Set while the account's passes keep failing (`max_failed_passes` in a row, not the
+    # store's fault): the account is parked, retried at the longest backoff while the other
+    # accounts go on; the text is the last error. Cleared by the next pass that succeeds.
+    parked: str | None = None
+    # Why the account's worker stopped for good (the store kept failing, or the worker died):
+    # the process then exits non-zero.
     fatal: str | None = None
 
 
@@ -100,12 +110,16 @@ class AccountWorker:
         self.status.last_sync = time.time()
         self.status.last_error = None
         self.status.failed_passes = 0
+        if self.status.parked is not None:
+            log.warning("%s: a pass succeeded again; the account is back", self.account.name)
+        self.status.parked = None
         self.backoff.reset()
 
     def run(self) -> None:
         """Sync, wait for news, repeat; reconnect with backoff after errors. Never raises: an
-        account whose worker gives up (or dies) is reported in its status and stops the
-        service (`control.failed`), for the supervisor to restart it."""
+        account whose worker gives up (the store keeps failing) or dies is reported in its
+        status and stops the service (`control.failed`), for the supervisor to restart it; an
+        account whose passes keep failing otherwise is parked (see `_pass_failed`)."""
         try:
             self._run()
         except BaseException as exc:
@@ -130,37 +144,66 @@ class AccountWorker:
                     delay = self.backoff.next_delay()
                     log.log(level, "%s; retrying in %.0f s", exc, delay)
                     self.control.stop.wait(delay)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - parked or given up in `_pass_failed`
                     # Not a server's hiccup (those are TransientError): a full disk under the
-                    # store, say. Retried with backoff like one; given up after
-                    # `max_failed_passes` passes in a row.
-                    text = f"{type(exc).__name__}: {exc}"
-                    self._failed(mailbox, text)
-                    self.status.failed_passes += 1
-                    if self.status.failed_passes >= self.max_failed_passes:
-                        log.critical(
-                            "%s: %d passes in a row failed, giving up: %s",
-                            self.account.name,
-                            self.status.failed_passes,
-                            text,
-                            exc_info=True,
-                        )
-                        self._give_up(f"{self.status.failed_passes} passes in a row failed: {text}")
+                    # store, say, or a bug. Retried with backoff like one.
+                    if not self._pass_failed(mailbox, exc):
                         return
-                    delay = self.backoff.next_delay()
-                    log.error(
-                        "%s: pass failed (%d of %d): %s; retrying in %.0f s",
-                        self.account.name,
-                        self.status.failed_passes,
-                        self.max_failed_passes,
-                        text,
-                        delay,
-                        exc_info=True,
-                    )
-                    self.control.stop.wait(delay)
         finally:
             mailbox.close()
             self.status.connected = False
+
+    def _pass_failed(self, mailbox: ImapMailbox, exc: Exception) -> bool:
+        """A pass failed with an error that is not a server's or the network's; False when the
+        worker gives up.
+
+        After `max_failed_passes` in a row: a store error (the store is shared by every
+        account, so none can be served) stops the service, for the supervisor to restart it;
+        any other error parks this account, retried at the longest backoff while the other
+        accounts go on.
+        """
+        text = f"{type(exc).__name__}: {exc}"
+        self._failed(mailbox, text)
+        self.status.failed_passes += 1
+        n = self.status.failed_passes
+        if n < self.max_failed_passes:
+            delay = self.backoff.next_delay()
+            log.error(
+                "%s: pass failed (%d of %d): %s; retrying in %.0f s",
+                self.account.name,
+                n,
+                self.max_failed_passes,
+                text,
+                delay,
+                exc_info=True,
+            )
+            self.control.stop.wait(delay)
+            return True
+        if isinstance(exc, STORE_ERRORS):
+            log.critical(
+                "%s: %d passes in a row failed, giving up: %s",
+                self.account.name,
+                n,
+                text,
+                exc_info=True,
+            )
+            self._give_up(f"{n} passes in a row failed: {text}")
+            return False
+        if self.status.parked is None:
+            log.critical(
+                "%s: %d passes in a row failed, account parked (retried every %.0f s, the"
+                " other accounts go on): %s",
+                self.account.name,
+                n,
+                self.backoff.maximum,
+                text,
+                exc_info=True,
+            )
+        else:
+            log.error("%s: parked account's pass failed again: %s", self.account.name, text)
+        self.status.parked = f"{n} passes in a row failed: {text}"
+        self.control.stop.wait(self.backoff.maximum)
+        return True
 
     def _failed(self, mailbox: ImapMailbox, text: str) -> None:
         """A pass failed: drop the connection (it may be in any state) and report why."""

@@ -4,8 +4,10 @@
   `daemon.health_max_sync_age` seconds, else `503` with one line per failing mailbox, e.g.
   `default: not connected; last sync 412 s ago; last error: cannot connect …`, or
   `default: stopped: 10 passes in a row failed: OperationalError: database or disk is full`
-  when the account's worker gave up (the process is then on its way out, for systemd to
-  restart it).
+  when the account's worker gave up (the store kept failing: the process is then on its way
+  out, for systemd to restart it), or `sales: parked: 10 passes in a row failed: …` while one
+  account's passes keep failing for another reason (it is retried at the longest backoff; the
+  other accounts go on).
 - `GET /metrics` answers the metrics registry in the Prometheus text format.
 
 A client gets `REQUEST_DEADLINE` seconds to send its request and as long to take the answer; at
@@ -76,6 +78,8 @@ def problems(
         faults = []
         if status.fatal:
             faults.append(f"stopped: {_one_line(status.fatal)}")
+        elif status.parked:
+            faults.append(f"parked: {_one_line(status.parked)}")
         elif not status.connected:
             faults.append("not connected")
         if status.last_sync is None:
@@ -85,7 +89,7 @@ def problems(
             if age > max_age:
                 faults.append(f"last sync {age:.0f} s ago (limit {max_age:g} s)")
         if faults:
-            if status.last_error and not status.fatal:
+            if status.last_error and not (status.fatal or status.parked):
                 faults.append(f"last error: {_one_line(status.last_error)}")
             lines.append(f"{status.name}: {'; '.join(faults)}")
     return lines

@@ -91,10 +91,11 @@ def run_forever(
 ) -> bool:
     """Run until SIGTERM/SIGINT; SIGHUP re-reads settings and restarts the workers.
 
-    Returns False when an account's worker gave up (its passes kept failing, or it died): the
-    caller exits non-zero, so systemd restarts the service. The metrics and the health endpoint
-    live across reloads, so the port stays bound, and so does the store's lock
-    (`StoreInUseError` at start when another process holds it).
+    Returns False when an account's worker gave up (the store kept failing, or the worker
+    died): the caller exits non-zero, so systemd restarts the service. An account whose passes
+    keep failing for another reason is parked instead (`AccountWorker`): the others go on. The
+    metrics and the health endpoint live across reloads, so the port stays bound, and so does
+    the store's lock (`StoreInUseError` at start when another process holds it).
     """
     with exclusive(settings.store.path):
         return _run_forever(settings, reload_settings, checkpoint, control)

@@ -7,6 +7,7 @@ the classifier and the template renderer are shared, read-only, across threads.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
@@ -15,11 +16,11 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from triage.act.compose import make_reply
-from triage.act.outbox import UNVERIFIED, Outbox, SendLimits
+from triage.act.outbox import UNVERIFIED, Outbox, OutboxItem, SendLimits
 from triage.act.replies import TemplateRenderer
 from triage.act.smtp import connect
 from triage.core.checkpoint import Checkpoint, no_checkpoint
-from triage.core.errors import PermanentError, TemplateError, TransientError
+from triage.core.errors import PermanentError, StoreError, TemplateError, TransientError
 from triage.core.labels import HOT_REPLY_TEMPLATES, folder_for
 from triage.core.settings import ImapAccount, Settings
 from triage.decide import guards
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Passes in which filing one reply (its copy, \\Answered on its original) may fail before it is
+# given up: filing is a courtesy, the reply itself went out.
+FILING_TRIES = 3
+
 
 class Shared:
     """What every worker thread shares: settings, the model and the templates."""
@@ -56,6 +61,8 @@ class Shared:
         self.checkpoint = checkpoint
         self.metrics = metrics or Metrics()
         self.workers: DecidePool | None = None
+        # Failed filing tries by reply id (see `Service._filing_failed`), for the process's life.
+        self.filing_failures: dict[int, int] = {}
 
     def start_workers(self) -> None:
         """Fork the `ingest.workers` decide processes, if any; call before starting threads."""
@@ -228,18 +235,69 @@ class Service:
             row = self.ledger.get(item.message_row)
             if row is None or (row.account, row.folder) != (mailbox.account.name, folder):
                 continue
-            if item.state == "sent":
-                # First, while the row is unclaimed: setting a flag twice is harmless, so a crash
-                # after this line costs nothing.
-                self._flag_answered(mailbox, folder, uidvalidity, row)
-            # Claimed before the APPEND, which cannot be undone or checked: another process, or
-            # this one after a crash, never files a second copy (see `Outbox.claim_filing`).
-            if not self.outbox.claim_filing(item.id):
-                continue
-            target = sent_folder if item.state == "sent" else drafts
-            if target:
-                flags = ["\\Seen"] if item.state == "sent" else ["\\Draft"]
-                mailbox.append(target, item.raw, flags)
+            try:
+                self._file_one(mailbox, folder, uidvalidity, row, item, sent_folder, drafts)
+            except (StoreError, sqlite3.Error):
+                raise
+            except Exception as exc:  # noqa: BLE001 - filing is a courtesy: the reply was sent
+                self._filing_failed(mailbox, row, item.id, exc)
+
+    def _file_one(
+        self,
+        mailbox: ImapMailbox,
+        folder: str,
+        uidvalidity: int,
+        row: LedgerRow,
+        item: OutboxItem,
+        sent_folder: str | None,
+        drafts: str | None,
+    ) -> None:
+        """Flag one reply's original \\Answered and file its copy in Sent (or Drafts)."""
+        if item.state == "sent":
+            # First, while the row is unclaimed: setting a flag twice is harmless, so a crash
+            # after this line costs nothing.
+            self._flag_answered(mailbox, folder, uidvalidity, row)
+        # Claimed before the APPEND, which cannot be undone or checked: another process, or
+        # this one after a crash, never files a second copy (see `Outbox.claim_filing`).
+        if not self.outbox.claim_filing(item.id):
+            return
+        target = sent_folder if item.state == "sent" else drafts
+        if target:
+            flags = ["\\Seen"] if item.state == "sent" else ["\\Draft"]
+            mailbox.append(target, item.raw, flags)
+
+    def _filing_failed(
+        self, mailbox: ImapMailbox, row: LedgerRow, reply_id: int, exc: Exception
+    ) -> None:
+        """One reply could not be filed: try again in a later pass; after `FILING_TRIES` give
+        it up, with the reason in its message's ledger row. Never stops the pass, unless the
+        connection itself is gone (then the pass fails as for any other I/O error)."""
+        error = f"{type(exc).__name__}: {exc}"[:400]
+        failures = self.shared.filing_failures
+        failures[reply_id] = failures.get(reply_id, 0) + 1
+        if failures[reply_id] >= FILING_TRIES:
+            failures.pop(reply_id, None)
+            self.outbox.mark_filed(reply_id)
+            self.ledger.note_error(row.id, f"filing the reply given up: {error}")
+            log.warning(
+                "%s: reply %d to message uid %d not filed, given up after %d tries: %s",
+                mailbox.account.name,
+                reply_id,
+                row.uid,
+                FILING_TRIES,
+                error,
+            )
+        else:
+            log.warning(
+                "%s: filing reply %d to message uid %d failed, will retry: %s",
+                mailbox.account.name,
+                reply_id,
+                row.uid,
+                error,
+            )
+        if isinstance(exc, TransientError):
+            # A refused command leaves the connection usable; a dropped one fails the pass.
+            mailbox.noop()
 
     def _flag_answered(
         self, mailbox: ImapMailbox, folder: str, uidvalidity: int, row: LedgerRow

@@ -276,6 +276,14 @@ class Ledger:
                 [(now, i) for i in row_ids],
             )
 
+    def note_error(self, row_id: int, error: str) -> None:
+        """Record why an effect after recording failed, keeping the message's state."""
+        with self.db.transaction() as c:
+            c.execute(
+                "UPDATE messages SET error = ?, updated_at = ? WHERE id = ?",
+                (error[:500], utcnow(), row_id),
+            )
+
     def begin_attempt(self, row_ids: Sequence[int]) -> None:
         """Count an attempt to decide these messages, committed before deciding starts.
 
@@ -330,6 +338,34 @@ class Ledger:
                 (error, utcnow(), quarantine, quarantine, quarantine, raw, row_id),
             )
         return quarantine
+
+    def record_act_failure(
+        self, row_id: int, error: str, max_attempts: int, *, count_attempt: bool = False
+    ) -> bool:
+        """Note why acting on a recorded (`classified`) message failed after its record: its
+        decision stands (a reply may be queued or sent), so it is never quarantined. Once the
+        attempts reach `max_attempts` it is given up: `done`, keeping its decision, with the
+        error in `error` and added to its reasons.
+
+        Returns True when the message is now `done`.
+        """
+        with self.db.transaction() as c:
+            if count_attempt:
+                c.execute("UPDATE messages SET attempts = attempts + 1 WHERE id = ?", (row_id,))
+            r = c.execute(
+                "SELECT attempts, reasons FROM messages WHERE id = ?", (row_id,)
+            ).fetchone()
+            give_up = (r["attempts"] if r else 0) >= max_attempts
+            reasons = json.loads(r["reasons"] or "[]") if r else []
+            if give_up:
+                reasons.append(f"act-failed: {error}")
+            c.execute(
+                "UPDATE messages SET error = ?, updated_at = ?, reasons = ?,"
+                " state = CASE WHEN ? AND state = 'classified' THEN 'done' ELSE state END"
+                " WHERE id = ?",
+                (error, utcnow(), json.dumps(reasons), give_up, row_id),
+            )
+        return give_up
 
     def quarantine(self, row_id: int, error: str, raw: bytes | None) -> None:
         """Quarantine at once: the message can never be handled (e.g. too large)."""
