@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,3 +80,11 @@ def user_errors() -> Iterator[None]:
         fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+
+
+def current_user() -> str:
+    """Who runs the command (the login name), recorded as the author of a change; "" if unknown."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""

@@ -7,7 +7,6 @@ the commands so that `triage --help` stays fast.
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from triage.cli.common import EXIT_FAILURE, EXIT_USAGE, fail, load, user_errors
+from triage.cli.common import EXIT_FAILURE, EXIT_USAGE, current_user, fail, load, user_errors
 from triage.core.sanitize import strip_invisible
 
 if TYPE_CHECKING:
@@ -33,13 +32,6 @@ review_app = typer.Typer(
     help="Messages the classifier was unsure about: list them and give them a label.",
     no_args_is_help=True,
 )
-
-
-def _me() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 @contextmanager
@@ -219,7 +211,7 @@ def update(
     from triage.sales import leads
 
     with _store(ctx) as (_settings, db):
-        lead = leads.update(db, lead_id, status=status, note=note, by=by or _me())
+        lead = leads.update(db, lead_id, status=status, note=note, by=by or current_user())
         print(f"lead {lead.id} is {lead.status}" + (" (note added)" if note else ""))
 
 
@@ -325,7 +317,7 @@ def review_label(
     from triage.sales.review import label as give_label
 
     with _store(ctx) as (settings, db):
-        done = give_label(db, row_id, label, settings, by=by or _me())
+        done = give_label(db, row_id, label, settings, by=by or current_user())
         lead = f"; lead {done.lead_id}" if done.lead_id is not None else ""
         print(f"message {done.row_id} labelled {done.label}{lead}")
 

@@ -7,7 +7,6 @@ uncertain) end with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from triage.cli.common import EXIT_USAGE, fail, load, user_errors
+from triage.cli.common import EXIT_USAGE, current_user, fail, load, user_errors
 
 if TYPE_CHECKING:
     from triage.store.db import Database
@@ -43,13 +42,6 @@ def _db(ctx: typer.Context) -> Iterator[Database]:
             yield db
         finally:
             db.close()
-
-
-def _me() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return ""
 
 
 def label(entry: QueueEntry) -> str:
@@ -150,7 +142,7 @@ def resolve_command(
             fail(f"no {kind} {row_id} in the outbox", EXIT_USAGE)
         if found.state != "uncertain":
             fail(f"{label(found)} is {found.state}, not uncertain: nothing to resolve", EXIT_USAGE)
-        who = by or _me()
+        who = by or current_user()
         if not resolve(db, table, row_id, resolution, who, datetime.now(UTC)):
             fail(f"{label(found)} was settled meanwhile; see triage outbox list", EXIT_USAGE)
     print(f"{label(found)} resolved: {action}" + (f" (by {who})" if who else ""))
