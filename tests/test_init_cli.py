@@ -136,3 +136,34 @@ def test_check_config_names_the_model_and_templates_in_use(
     result = runner.invoke(app, ["--config", str(config), "check-config"])
     assert result.exit_code == 0, result.output
     assert f"model: {own} (classifier.model_path, not found)" in result.stdout
+
+
+def test_init_refuses_a_folder_name_with_control_characters(tmp_path: Path) -> None:
+    """A newline in DIR would break the TOML written around the path: one line, nothing written."""
+    target = tmp_path / "a\nb"
+    result = CliRunner().invoke(app, ["init", str(target)])
+    assert result.exit_code == 2
+    assert "without control characters" in result.stderr
+    assert not target.exists()
+
+
+def test_init_that_fails_partway_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write failing after the templates and password files were made removes them again, so
+    the next attempt is not blocked by a half-written set."""
+    from triage.cli import init as init_module
+
+    real = init_module._write_new
+
+    def failing(path: Path, text: str) -> None:
+        if path.name == init_module.CONFIG_NAME:
+            raise OSError(28, "No space left on device")
+        real(path, text)
+
+    monkeypatch.setattr(init_module, "_write_new", failing)
+    target = tmp_path / "cfg"
+    result = CliRunner().invoke(app, ["init", str(target)])
+    assert result.exit_code == 1
+    assert "No space left on device" in result.stderr
+    assert list(target.iterdir()) == []

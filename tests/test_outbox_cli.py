@@ -145,3 +145,11 @@ def test_an_uncertain_digest_is_resolved_like_a_reply(tmp_path: Path) -> None:
     assert tuple(row)[:3] == ("queued", None, None)
     assert row["error"].startswith("resend requested by ops")
     db.close()
+
+
+def test_a_missing_store_is_an_error_not_an_empty_outbox(tmp_path: Path) -> None:
+    """With a wrong store.path, `outbox list` says so in one line instead of creating an empty
+    store and reporting that nothing waits."""
+    config = write_config(tmp_path)
+    one_line_error(triage(config, "outbox", "list"), 2, "no store at")
+    assert not (tmp_path / "triage.db").exists()

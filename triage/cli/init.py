@@ -86,8 +86,12 @@ def _toml_string(value: Path) -> str:
 def _write_new(path: Path, text: str) -> None:
     """Create `path` with mode 0600 from the start; fail if it appeared meanwhile."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except OSError:
+        path.unlink(missing_ok=True)  # ours (O_EXCL): never leave a half-written file
+        raise
 
 
 def init(
@@ -103,19 +107,32 @@ def init(
     from triage.core.settings import SHIPPED_TEMPLATES
 
     base = directory.expanduser().absolute()
+    text = str(base)
+    if not text.isprintable() or "\x7f" in text:
+        fail(f"{text!r}: pick a folder name without control characters")
+    try:
+        text.encode()
+    except UnicodeError:
+        fail(f"{text!r}: pick a folder name that is valid text (UTF-8)")
     config = base / CONFIG_NAME
     templates = base / TEMPLATES_NAME
     secrets = [base / name for name in SECRET_NAMES]
-    if base.exists() and not base.is_dir():
-        fail(f"{base} exists and is not a folder")
-    for target in (config, templates, *secrets):
-        if target.exists() or target.is_symlink():
-            fail(f"{target} already exists; not overwriting it (move it away, or pick another DIR)")
+    made: list[Path] = []
     try:
+        if base.exists() and not base.is_dir():
+            fail(f"{base} exists and is not a folder")
+        for target in (config, templates, *secrets):
+            if target.exists() or target.is_symlink():
+                fail(
+                    f"{target} already exists; not overwriting it "
+                    "(move it away, or pick another DIR)"
+                )
         base.mkdir(mode=0o700, parents=True, exist_ok=True)
         shutil.copytree(SHIPPED_TEMPLATES, templates)
+        made.append(templates)
         for secret in secrets:
             _write_new(secret, "")
+            made.append(secret)
         _write_new(
             config,
             CONFIG.format(
@@ -127,6 +144,12 @@ def init(
             ),
         )
     except OSError as exc:
+        # Everything or nothing: a half-written set would block the next attempt.
+        for path in reversed(made):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         fail(f"cannot write into {base}: {exc}", EXIT_FAILURE)
     count = sum(1 for path in templates.rglob("*") if path.is_file())
     print(f"wrote {config} (mode 0600)")

@@ -34,6 +34,10 @@ STATES = ("queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run"
 @contextmanager
 def _db(ctx: typer.Context) -> Iterator[Database]:
     settings = load(ctx)
+    if not settings.store.path.exists():
+        # Opening would create an empty store and report "nothing in the outbox": a wrong
+        # store.path must not look like good news.
+        fail(f"no store at {settings.store.path}: check store.path")
     with user_errors():
         from triage.store.db import Database
 
