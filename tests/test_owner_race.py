@@ -43,23 +43,27 @@ def classify(msgs: Sequence[InboundMessage]) -> list[Classification]:
 
 
 class Account:
-    """One account thread's view: its own store connection and recorder; `queued` collects the
-    owner each queued reply names, by row id."""
+    """One account thread's view: its own store connection and recorder. Queueing a reply writes
+    (row id, owner named) to a table of the test in the recording transaction, so `queued` shows
+    what was committed: a reply queued twice shows twice, one rolled back not at all."""
 
     def __init__(self, settings: Settings, name: str, during_render: Callable[[], None]) -> None:
         self.name = name
         self.db = Database(settings.store.path)
         self.ledger = Ledger(self.db)
         self.rendered: list[str] = []
-        self.queued: dict[int, str] = {}
+        with self.db.transaction() as c:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS test_queued (account TEXT, row_id INTEGER, owner TEXT)"
+            )
 
         def prepare(p: Planned) -> Planned:
             self.rendered.append(p.lead_owner)
             during_render()  # rendering takes a moment; another account's thread runs meanwhile
             return p
 
-        def queue(_c: Tx, p: Planned) -> None:
-            self.queued[p.row_id] = p.lead_owner
+        def queue(c: Tx, p: Planned) -> None:
+            c.execute("INSERT INTO test_queued VALUES (?, ?, ?)", (name, p.row_id, p.lead_owner))
 
         self.recorder = Recorder(
             self.ledger,
@@ -68,6 +72,14 @@ class Account:
             assign_owner=partial(assign_owner, settings=settings.leads),
             prepare_reply=prepare,
         )
+
+    @property
+    def queued(self) -> list[tuple[int, str]]:
+        """Every committed (row id, owner named) of a reply this account queued, in order."""
+        rows = self.db.reads.execute(
+            "SELECT row_id, owner FROM test_queued WHERE account = ? ORDER BY rowid", (self.name,)
+        )
+        return [(int(r[0]), str(r[1])) for r in rows]
 
     def batch(self, mails: Sequence[bytes], first_uid: int = 1) -> list[Decided]:
         """`mails` recorded `seen` in this account's INBOX and decided."""
@@ -110,7 +122,7 @@ def test_a_lead_created_by_another_account_meanwhile_is_named_in_the_reply(
     leads = owners_of_leads(account.db)
     assert leads == {"carl@c.example": "Sam", "jane@j.example": "Rita"}
     assert account.rendered == ["Sam", "Rita"]  # rendered once more after the change
-    assert account.queued == {a_batch[0].row_id: "Rita"}
+    assert account.queued == [(a_batch[0].row_id, "Rita")]
 
 
 def test_a_lead_whose_owner_keeps_changing_gets_a_reply_naming_nobody(tmp_path: Path) -> None:
@@ -133,5 +145,5 @@ def test_a_lead_whose_owner_keeps_changing_gets_a_reply_naming_nobody(tmp_path: 
     account.recorder.record(a_batch)
     assert len(account.rendered) == OWNER_RETRIES + 1
     assert account.rendered[-1] == ""
-    assert account.queued == {a_batch[0].row_id: ""}
+    assert account.queued == [(a_batch[0].row_id, "")]
     assert owners_of_leads(account.db)["jane@j.example"] not in ("", "Sam")
