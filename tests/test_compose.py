@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from triage.act.compose import (
+    ComposedReply,
     compose,
     make_reply,
     message_id_domain,
@@ -49,9 +50,9 @@ def rendered(subject: str = "Quote for 40 units", html: str | None = "<p>Hi</p>"
     return RenderedReply("sales", "", subject, "Hi Pat\n", html)
 
 
-def reparse(reply: EmailMessage) -> EmailMessage:
+def reparse(reply: ComposedReply) -> EmailMessage:
     """What a receiving client sees: the serialised bytes parsed again."""
-    msg = email.message_from_bytes(reply.as_bytes(policy=policy.SMTP), policy=policy.default)
+    msg = email.message_from_bytes(reply.raw, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     return msg
 
@@ -165,7 +166,7 @@ def test_non_ascii_subject_and_names_are_rfc2047_encoded() -> None:
     """Non-ASCII in headers is encoded words on the wire and decodes back to the original."""
     dest = Address("Jürgen Groß", "juergen@client.example")
     reply = compose(inquiry(), dest, rendered(subject="Anfrage für Öfen"), SETTINGS, trusted=True)
-    raw = reply.as_bytes(policy=policy.SMTP)
+    raw = reply.raw
     head = raw.split(b"\r\n\r\n", 1)[0]
     assert head.isascii()
     assert b"=?utf-8?" in head.lower()
@@ -191,20 +192,20 @@ def test_text_and_html_make_multipart_alternative() -> None:
 
 def test_lines_are_crlf_on_the_wire() -> None:
     """SMTP wants CRLF line ends; there is no bare LF anywhere in the serialised reply."""
-    raw = compose(inquiry(), DEST, rendered(), SETTINGS).as_bytes(policy=policy.SMTP)
+    raw = compose(inquiry(), DEST, rendered(), SETTINGS).raw
     assert b"\n" not in raw.replace(b"\r\n", b"")
 
 
 def test_reply_is_seven_bit_clean() -> None:
     """Non-ASCII bodies are quoted-printable: no server needs 8BITMIME to take the reply."""
     reply = compose(inquiry(), DEST, rendered(subject="Öfen", html="<p>Grüße</p>"), SETTINGS)
-    assert reply.as_bytes(policy=policy.SMTP).isascii()
+    assert reply.raw.isascii()
 
 
 # --- header injection -----------------------------------------------------------------------------
 
 
-def header_names(reply: EmailMessage) -> list[str]:
+def header_names(reply: ComposedReply) -> list[str]:
     return [name.lower() for name in reparse(reply)]
 
 
@@ -220,7 +221,7 @@ def test_contact_name_with_crlf_cannot_add_a_header() -> None:
     names = header_names(reply)
     assert "bcc" not in names
     assert names.count("to") == 1
-    raw = reply.as_bytes(policy=policy.SMTP)
+    raw = reply.raw
     assert b"\r\nBcc:" not in raw
     assert b"\nBcc:" not in raw
     assert [a.addr_spec for a in reparse(reply)["To"].addresses] == ["eve@client.example"]

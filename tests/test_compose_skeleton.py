@@ -1,4 +1,4 @@
-"""The reply built from a cached skeleton is, byte for byte, the reply `EmailMessage` builds.
+"""The reply written from a cached skeleton is, byte for byte, the reply `EmailMessage` writes.
 
 `compose` skips `EmailMessage.__setitem__` and `set_content` for speed; these tests build the same
 reply through that public API (the reference below) and compare the serialised bytes, boundaries
@@ -17,6 +17,7 @@ from email.message import EmailMessage
 import pytest
 
 from triage.act.compose import (
+    ComposedReply,
     _is_msgid,
     _references,
     compose,
@@ -75,9 +76,10 @@ def reference(
     return reply
 
 
-def wire(reply: EmailMessage) -> bytes:
+def wire(reply: EmailMessage | ComposedReply) -> bytes:
     """The serialised reply with its multipart boundary (random) replaced by a fixed word."""
-    return BOUNDARY.sub(b"BOUNDARY", reply.as_bytes(policy=policy.SMTP))
+    raw = reply.raw if isinstance(reply, ComposedReply) else reply.as_bytes(policy=policy.SMTP)
+    return BOUNDARY.sub(b"BOUNDARY", raw)
 
 
 NAMES = ["Pat Prospect", "Jürgen Öfen-Bauer", "", 'Eve "the" <x@y>', "A" * 120, "Eve\r\nBcc: x@y"]
@@ -126,7 +128,7 @@ def test_a_boundary_never_occurs_in_a_part() -> None:
     rendered = RenderedReply("sales", "", "Hi", "Hi\n", "<p>Hi</p>")
     seen = set()
     for _ in range(20):
-        reply = compose(msg, Address("", "p@c.example"), rendered, replies)
+        reply = compose(msg, Address("", "p@c.example"), rendered, replies).message()
         boundary = reply.get_boundary()
         assert boundary is not None
         assert all(boundary not in str(part.get_payload()) for part in reply.iter_parts())

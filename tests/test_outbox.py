@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from triage.act.compose import compose
+from triage.act.compose import ComposedReply, compose
 from triage.act.outbox import Outbox, OutboxItem
 from triage.act.replies import RenderedReply
 from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, Refused, SmtpSession
@@ -134,7 +134,7 @@ def message_row(db: Database, n: int = 1) -> int:
     return int(cur.lastrowid or 0)
 
 
-def make_reply(n: int = 1, to: str = "pat@client.example") -> EmailMessage:
+def make_reply(n: int = 1, to: str = "pat@client.example") -> ComposedReply:
     inbound = InboundMessage(message_id=f"<in-{n}@client.example>", subject=f"Inquiry {n}")
     rendered = RenderedReply("sales", "", inbound.subject, f"Thanks for inquiry {n}\n")
     return compose(inbound, Address("Pat", to), rendered, REPLIES, now=T0)
@@ -219,7 +219,7 @@ def test_enqueue_rejects_unknown_modes_and_replies_without_id(db: Database) -> N
     box = outbox(db, Connector(), Clock())
     with pytest.raises(ValueError, match="mode"):
         enqueue(box, mode="loud")
-    reply = make_reply()
+    reply = make_reply().message()
     del reply["Message-ID"]
     with pytest.raises(ValueError, match="Message-ID"):
         box.enqueue(
@@ -1052,7 +1052,7 @@ def test_dot_stuffing_and_bytes_arrive_intact(
     unstuffed = b"".join(
         line[1:] if line.startswith(b".") else line for line in received.splitlines(keepends=True)
     )
-    assert unstuffed == reply.as_bytes(policy=policy.SMTP)
+    assert unstuffed == reply.raw
 
 
 @pytest.mark.mail
@@ -1157,7 +1157,7 @@ def test_a_database_of_schema_3_keeps_its_queued_mail(tmp_path: Path) -> None:
         "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
         " updated_at) VALUES ('a', 'INBOX', 1, 1, '<in-1@client.example>', '', '')"
     )
-    raw = make_reply(1).as_bytes(policy=policy.SMTP)
+    raw = make_reply(1).raw
     at = timestamp(T0)
     old.execute(
         "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from, template,"

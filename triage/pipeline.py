@@ -20,8 +20,7 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from triage.core.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
 from triage.decide.dispose import dispose
@@ -29,6 +28,9 @@ from triage.parsing import parse
 from triage.store.db import Tx
 from triage.store.leads import NewLead, get_lead, record_lead
 from triage.store.ledger import CLASSIFIED, Ledger, LedgerRow, Outcome
+
+if TYPE_CHECKING:  # the act modules (Jinja2) stay out of the worker processes
+    from triage.act.compose import ComposedReply
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class Planned:
     msg: InboundMessage
     template: str
     verdict: Verdict
-    reply: EmailMessage | None = None
+    reply: ComposedReply | None = None
     # The salesperson the message's hot lead is assigned to, named in the reply ("" for none).
     lead_owner: str = ""
 

@@ -1,13 +1,15 @@
 """Build the MIME reply to one inbound message from its rendered template parts.
 
-Headers are built with `email.message.EmailMessage` under `policy.SMTP`, which encodes non-ASCII
-text (RFC 2047) and folds long lines. Every value that came from a message or a template is made
-single-line first, so a CR or LF in a name or subject can never start a header of its own.
+The reply is written as `email`'s generator writes an `EmailMessage` under `policy.SMTP`, whose
+header classes encode non-ASCII text (RFC 2047) and fold long lines. Every value that came from a
+message or a template is made single-line first, so a CR or LF in a name or subject can never
+start a header of its own.
 """
 
 from __future__ import annotations
 
 import binascii
+import email
 import functools
 import hashlib
 import random
@@ -88,6 +90,20 @@ def header_address(
         raise error(f"cannot address {what} to {email[:80]!r}: {exc}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class ComposedReply:
+    """A reply as it goes on the wire: its Message-ID and its bytes (CRLF, 7-bit clean)."""
+
+    message_id: str
+    raw: bytes
+
+    def message(self) -> EmailMessage:
+        """The reply parsed again (for a preview or a test): what a receiving client sees."""
+        parsed = email.message_from_bytes(self.raw, policy=_POLICY)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
 def compose(
     msg: InboundMessage,
     destination: Address,
@@ -96,7 +112,7 @@ def compose(
     *,
     trusted: bool = False,
     now: datetime | None = None,
-) -> EmailMessage:
+) -> ComposedReply:
     """The complete reply to `msg`, addressed to `destination` (the guards' verdict).
 
     The To header carries a display name only when `trusted` (an authenticated sender answered
@@ -118,61 +134,70 @@ def compose(
         to_name = strip_invisible(destination.name or (msg.contact.name if same else ""))
     if not is_addr_spec(destination.email):
         raise PermanentError(f"cannot address a reply to {destination.email[:80]!r}")
-    reply = EmailMessage(policy=_POLICY)
-    reply.set_raw("From", skeleton.sender)
-    reply.set_raw("To", _header("To", header_address(to_name, destination.email)))
-    reply.set_raw(
-        "Subject", _header("Subject", reply_subject(rendered.subject, replies.subject_prefix))
-    )
-    reply.set_raw("Date", _header("Date", format_datetime(now or datetime.now(UTC))))
-    reply.set_raw(
-        "Message-ID",
-        _header("Message-ID", reply_message_id(msg.message_id, message_id_domain(replies))),
-    )
+    message_id = reply_message_id(msg.message_id, message_id_domain(replies))
+    lines = [
+        skeleton.sender,
+        _to_line(to_name, destination.email),
+        _line("Subject", reply_subject(rendered.subject, replies.subject_prefix)),
+        _line("Date", format_datetime(now or datetime.now(UTC))),
+        _line("Message-ID", message_id),
+    ]
     # A message id we invented ourselves means nothing to the sender's client: don't thread on it.
     # Nor do we repeat ids a stranger chose (`<WIN-A-FREE-IPHONE@spam.example>`) to an address
     # nobody vouched for: a fixed-text reply stands alone.
     if trusted and not msg.message_id_synthesised and _is_msgid(msg.message_id):
-        reply.set_raw("In-Reply-To", _value("In-Reply-To", one_line(msg.message_id, 250)))
-        reply.set_raw("References", _value("References", " ".join(_references(msg))))
-    for name, value in skeleton.head:
-        reply.set_raw(name, value)
+        lines.append(_line("In-Reply-To", one_line(msg.message_id, 250)))
+        lines.append(_line("References", " ".join(_references(msg))))
+    lines += skeleton.head
     version, language = skeleton.tail
     if rendered.html is None:
-        _set_text(reply, "plain", rendered.text)
-        reply.set_raw(*version)
+        part = _text_part("plain", rendered.text)
+        lines += [*part.head, version, language, _CRLF, part.body]
     else:
-        text, html = EmailMessage(policy=_POLICY), EmailMessage(policy=_POLICY)
-        _set_text(text, "plain", rendered.text)
-        _set_text(html, "html", rendered.html)
-        reply.set_payload([text, html])
-        reply.set_raw(*version)
-        reply.set_raw("Content-Type", _multipart_type(text, html))
-    reply.set_raw(*language)
-    return reply
+        text, html = _text_part("plain", rendered.text), _text_part("html", rendered.html)
+        boundary = _boundary(text.body, html.body)
+        lines += [version, _multipart_type(boundary), language, _CRLF]
+        # What `email.generator` writes for a multipart/alternative without preamble/epilogue.
+        for part in (text, html):
+            lines += [f"--{boundary}{_CRLF}", *part.head, _CRLF, part.body, _CRLF]
+        lines.append(f"--{boundary}--{_CRLF}")
+    # Every line is ASCII: non-ASCII header text is RFC 2047-encoded, bodies 7-bit encoded.
+    return ComposedReply(message_id, "".join(lines).encode("ascii"))
 
 
 # -- the fast path ------------------------------------------------------------------------------
 #
-# `EmailMessage.__setitem__` and `set_content` cost about 5 ms per reply, most of it spent
-# creating a new header class for every header (`HeaderRegistry.__getitem__`) and re-parsing the
-# Content-Type each time a parameter is set. The reply is built from the same pieces here: each
-# header value still goes through the policy's own header class (which parses it, encodes
-# non-ASCII text as RFC 2047 and folds it when the message is serialised), the bodies are encoded
-# exactly as `set_content` encodes them, and what is the same in every reply of one template and
-# language (From, the RFC 3834 markers, the MIME headers) is built once.
+# `EmailMessage.__setitem__`, `set_content` and `as_bytes` cost about 5 ms per reply, most of it
+# spent creating a new header class for every header (`HeaderRegistry.__getitem__`), re-parsing
+# the Content-Type each time it is read and folding every header object again when serialising.
+# The reply is written here as the SMTP policy's generator writes it (tests compare the bytes
+# with the `EmailMessage` API's): a header value that the policy would write unchanged on one line
+# is written as it is, every other one goes through the policy's own header class (which encodes
+# non-ASCII text as RFC 2047 and folds it); the bodies are encoded exactly as `set_content`
+# encodes them; and what is the same in every reply of one template and language (From, the
+# RFC 3834 markers, the MIME headers) is built once.
 
 _POLICY = policy.SMTP
+_CRLF = "\r\n"
+_NEWLINES = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
 class _Skeleton:
-    """The headers that are the same in every reply of one template and language."""
+    """The header lines that are the same in every reply of one template and language."""
 
-    # Each value folded once, as the policy writes it.
+    # Each a complete header line, folded as the policy writes it, with its CRLF.
     sender: str  # From
-    head: tuple[tuple[str, str], ...]  # after the addressing and threading headers
-    tail: tuple[tuple[str, str], tuple[str, str]]  # MIME-Version, Content-Language
+    head: tuple[str, ...]  # after the addressing and threading headers
+    tail: tuple[str, str]  # MIME-Version, Content-Language
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """One text body: its Content-Type and Content-Transfer-Encoding lines and its CRLF body."""
+
+    head: tuple[str, str]
+    body: str
 
 
 @functools.cache
@@ -192,79 +217,96 @@ def _header(name: str, value: Any) -> BaseHeader:
     return _header_class(name.lower())(name, value)
 
 
+def _folded(name: str, value: Any) -> str:
+    """The line `name: value` as the generator writes a header object: folded, with its CRLF."""
+    return _header(name, value).fold(policy=_POLICY)
+
+
 @functools.lru_cache(maxsize=64)
 def _skeleton(
     from_name: str, from_address: str, template: str, language: str, *, html: bool
 ) -> _Skeleton:
-    """The fixed headers of the replies of `template` in `language` (`template` only keys the
-    cache: one skeleton per template and language, like the template files)."""
+    """The fixed header lines of the replies of `template` in `language` (`template` only keys
+    the cache: one skeleton per template and language, like the template files)."""
     try:
-        sender = _header(
+        sender = _folded(
             "From", HeaderAddress(display_name=one_line(from_name), addr_spec=from_address)
         )
     except (ValueError, IndexError) as exc:
         raise ConfigError(f"replies.from_address {from_address!r}: {exc}") from None
     head = (
         # RFC 3834 5: mark the reply as automatic, and ask Exchange not to answer it (loop brake).
-        ("Auto-Submitted", _folded(_header("Auto-Submitted", "auto-replied"))),
-        ("X-Auto-Response-Suppress", _folded(_header("X-Auto-Response-Suppress", "All"))),
+        _folded("Auto-Submitted", "auto-replied"),
+        _folded("X-Auto-Response-Suppress", "All"),
     )
-    version = ("MIME-Version", _folded(_header("MIME-Version", "1.0")))
-    language_header = ("Content-Language", _folded(_header("Content-Language", language)))
-    return _Skeleton(_folded(sender), head, (version, language_header))
+    tail = (_folded("MIME-Version", "1.0"), _folded("Content-Language", language))
+    return _Skeleton(sender, head, tail)
 
 
-def _folded(header: BaseHeader) -> str:
-    """The value of `header` folded as the policy writes it, without the name and line end: the
-    generator writes such a string as it is."""
-    folded = header.fold(policy=_POLICY).partition(":")[2]
-    return folded.removeprefix(" ").removesuffix(_POLICY.linesep)
-
-
-# Values that every header class below stores and folds unchanged: printable ASCII words, single
-# spaces, nothing that reads as an RFC 2047 encoded word.
+# Values that every header class below writes unchanged: printable ASCII words, single spaces,
+# nothing that reads as an RFC 2047 encoded word.
 _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
 _VERBATIM = frozenset({"subject", "in-reply-to", "references", "date", "message-id"})
+# An address and a display name that the address header writes unchanged: a dot-atom
+# addr-spec, a name of plain words (no specials that would need quoting).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM_ADDR = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
 
 
-def _value(name: str, value: str) -> str | BaseHeader:
-    """What to store for header `name: value`: the value itself when the policy would write it
-    unchanged on one line (header `name` is one of _VERBATIM and `value` is short, plain
-    ASCII), else the parsed header object that `EmailMessage.__setitem__` would store."""
-    plain = len(name) + 2 + len(value) <= (_POLICY.max_line_length or 78) and "=?" not in value
-    if plain and name.lower() in _VERBATIM and _PLAIN.fullmatch(value):
-        return value
-    return _header(name, value)
+def _fits(name: str, value: str) -> bool:
+    return len(name) + 2 + len(value) <= (_POLICY.max_line_length or 78)
 
 
-def _multipart_type(*parts: EmailMessage) -> BaseHeader:
-    """The Content-Type of a multipart/alternative of `parts`, with a boundary that occurs in none
-    of them (a header object: the generator reads its boundary and type without parsing it)."""
-    bodies = [str(part.get_payload()) for part in parts]
+def _line(name: str, value: str) -> str:
+    """The header line `name: value` as the policy writes it: the value itself when the policy
+    would write it unchanged on one line (header `name` is one of _VERBATIM and `value` is short,
+    plain ASCII), else as the policy's header class folds it."""
+    plain = _fits(name, value) and "=?" not in value and _PLAIN.fullmatch(value)
+    if plain and name.lower() in _VERBATIM:
+        return f"{name}: {value}{_CRLF}"
+    return _folded(name, value)
+
+
+def _to_line(name: str, email: str) -> str:
+    """The To line for `name <email>` (PermanentError when `email` is no address)."""
+    name, email = one_line(name), one_line(email, 320)
+    if _DOT_ATOM_ADDR.fullmatch(email) and (not name or _PLAIN_NAME.fullmatch(name)):
+        value = f"{name} <{email}>" if name else email
+        if _fits("To", value):
+            return f"To: {value}{_CRLF}"
+    return _folded("To", header_address(name, email))
+
+
+def _boundary(*bodies: str) -> str:
+    """A multipart boundary that occurs in none of `bodies`."""
     while True:
         # The generator's own form of boundary (`email.generator._make_boundary`).
         boundary = f"{'=' * 15}{random.randrange(sys.maxsize):019d}=="
         if not any(boundary in body for body in bodies):
-            return _header("Content-Type", f'multipart/alternative; boundary="{boundary}"')
+            return boundary
+
+
+def _multipart_type(boundary: str) -> str:
+    return _folded("Content-Type", f'multipart/alternative; boundary="{boundary}"')
 
 
 @functools.cache
-def _content_type(subtype: str) -> BaseHeader:
-    return _header("Content-Type", f'text/{subtype}; charset="utf-8"')
+def _content_type(subtype: str) -> str:
+    return _folded("Content-Type", f'text/{subtype}; charset="utf-8"')
 
 
 @functools.cache
 def _transfer_encoding(cte: str) -> str:
-    return _folded(_header("Content-Transfer-Encoding", cte))
+    return _folded("Content-Transfer-Encoding", cte)
 
 
-def _set_text(part: EmailMessage, subtype: str, text: str) -> None:
-    """What `part.set_content(text, subtype=subtype, charset="utf-8", cte=...)` sets: the body
-    encoded 7-bit clean (no reliance on the server's 8BITMIME for non-ASCII text)."""
+def _text_part(subtype: str, text: str) -> _Part:
+    """What `set_content(text, subtype=subtype, charset="utf-8", cte=...)` sets, as the generator
+    writes it: the body encoded 7-bit clean (no reliance on the server's 8BITMIME)."""
     cte, payload = _encode_text(text)
-    part.set_raw("Content-Type", _content_type(subtype))
-    part.set_raw("Content-Transfer-Encoding", _transfer_encoding(cte))
-    part.set_payload(payload)
+    head = (_content_type(subtype), _transfer_encoding(cte))
+    return _Part(head, _NEWLINES.sub(_CRLF, payload))
 
 
 def _encode_text(text: str) -> tuple[str, str]:
@@ -304,7 +346,7 @@ def make_reply(
     lead_owner: str = "",
     trusted: bool = False,
     now: datetime | None = None,
-) -> EmailMessage:
+) -> ComposedReply:
     """Render outcome `template` in the message's language and compose the reply: what the
     pipeline calls for one planned reply. `trusted` (the verdict's `reflect`) lets the reply
     repeat the sender's name, company and subject. Raises TemplateError, PermanentError or

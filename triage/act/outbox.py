@@ -40,6 +40,7 @@ from email import policy
 from email.message import EmailMessage
 from typing import Literal, get_args
 
+from triage.act.compose import ComposedReply
 from triage.act.smtp import (
     AmbiguousDeliveryError,
     ConnectionLostError,
@@ -467,7 +468,7 @@ class Outbox:
     def enqueue(
         self,
         message_row: int,
-        reply: EmailMessage,
+        reply: ComposedReply | EmailMessage,
         *,
         recipient: str,
         envelope_from: str,
@@ -483,7 +484,11 @@ class Outbox:
         """
         if mode not in MODES:
             raise ValueError(f"unknown reply mode {mode!r}")
-        reply_id = str(reply.get("Message-ID", "")).strip()
+        if isinstance(reply, ComposedReply):
+            reply_id, raw = reply.message_id, reply.raw
+        else:
+            reply_id = str(reply.get("Message-ID", "")).strip()
+            raw = reply.as_bytes(policy=policy.SMTP)
         if not reply_id:
             raise ValueError("the reply has no Message-ID")
         key = self.limits.canonical(recipient)
@@ -501,7 +506,7 @@ class Outbox:
                 template=template,
                 mode=mode,
                 state=_INITIAL_STATE[mode],
-                raw=reply.as_bytes(policy=policy.SMTP),
+                raw=raw,
                 now=self._clock(),
                 recipient_key=key,
                 recipient_domain=cap_domain(key),

@@ -121,7 +121,7 @@ def preview(
         reply = make_reply(
             msg, dest, name, renderer, replies, lead_owner="Sam Seller", trusted=trusted
         )
-    print(reply.as_string(), end="")
+    print(reply.message().as_string(), end="")
 
 
 def _read_message(path: Path) -> InboundMessage:
