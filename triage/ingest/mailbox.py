@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -54,6 +55,70 @@ def _translated(what: str) -> Iterator[None]:
 def _short(exc: BaseException) -> str:
     text = str(exc).replace("\r", " ").replace("\n", " ").strip()
     return text[:200] or type(exc).__name__
+
+
+# -- FETCH, the fast way ------------------------------------------------------------------------
+#
+# imapclient's FETCH reads the responses with imaplib (in C, literals in one read) and then
+# tokenises every response again in Python, which costs more than the reading. The responses a
+# backlog gets are all of one shape (`* 7 FETCH (UID 42 BODY[] {1234}` + literal + `)`): those
+# are taken apart here with one regular expression each. Anything else (another item order,
+# FLAGS, an unsolicited FETCH of another message) goes to imapclient's own parser, unchanged.
+
+_BODY_RESPONSE = re.compile(rb"\d+ \(UID (\d+) BODY\[\] \{(\d+)\}")
+_SIZE_RESPONSE = re.compile(rb"\d+ \(UID (\d+) RFC822\.SIZE (\d+)\)")
+
+
+def _uid_fetch(client: IMAPClient, uids: Sequence[int], items: str) -> list[Any]:
+    """imaplib's untagged FETCH data of `UID FETCH uids items`; raises IMAPClientError."""
+    from imapclient.exceptions import IMAPClientError
+
+    imap: Any = client._imap  # the imaplib connection imapclient itself uses
+    typ, data = imap.uid("FETCH", ",".join(str(u) for u in uids), items)
+    if typ != "OK":
+        raise IMAPClientError(f"FETCH failed: {_short(Exception(data))}")
+    return list(data)
+
+
+def _fast_bodies(data: Sequence[Any], uids: Sequence[int]) -> dict[int, bytes] | None:
+    """UID -> body for responses all of the usual shape, else None (use `_parsed`)."""
+    wanted = set(uids)
+    out: dict[int, bytes] = {}
+    closing = False
+    for item in data:
+        if closing and item == b")":
+            closing = False
+            continue
+        if closing or not isinstance(item, tuple) or len(item) != 2:
+            return None
+        head, body = item
+        match = _BODY_RESPONSE.fullmatch(head)
+        if match is None or int(match[2]) != len(body) or int(match[1]) not in wanted:
+            return None
+        out[int(match[1])] = bytes(body)
+        closing = True
+    return None if closing else out
+
+
+def _fast_sizes(data: Sequence[Any], uids: Sequence[int]) -> dict[int, int] | None:
+    """UID -> RFC822.SIZE for responses all of the usual shape, else None (use `_parsed`)."""
+    wanted = set(uids)
+    out: dict[int, int] = {}
+    for item in data:
+        match = _SIZE_RESPONSE.fullmatch(item) if isinstance(item, bytes) else None
+        if match is None or int(match[1]) not in wanted:
+            return None
+        out[int(match[1])] = int(match[2])
+    return out
+
+
+def _parsed(data: list[Any], uids: Sequence[int]) -> dict[int, Any]:
+    """What `IMAPClient.fetch` returns for `data`: imapclient's parser, unsolicited responses for
+    other messages dropped."""
+    from imapclient.response_parser import parse_fetch_response
+
+    response = parse_fetch_response(data, True, True)
+    return {uid: response[uid] for uid in uids if uid in response}
 
 
 class ImapMailbox:
@@ -194,7 +259,11 @@ class ImapMailbox:
         if not uids:
             return {}
         with _translated(f"{self.account.name}: FETCH RFC822.SIZE"):
-            data = self.client.fetch(list(uids), [b"RFC822.SIZE"])
+            raw = _uid_fetch(self.client, uids, "(RFC822.SIZE)")
+            fast = _fast_sizes(raw, uids)
+            if fast is not None:
+                return fast
+            data = _parsed(raw, uids)
         return {uid: int(v.get(b"RFC822.SIZE", 0)) for uid, v in data.items()}
 
     def internal_dates(self, uids: Sequence[int]) -> dict[int, datetime]:
@@ -217,7 +286,11 @@ class ImapMailbox:
         if not uids:
             return {}
         with _translated(f"{self.account.name}: FETCH"):
-            data = self.client.fetch(list(uids), [b"BODY.PEEK[]"])
+            raw = _uid_fetch(self.client, uids, "(BODY.PEEK[])")
+            fast = _fast_bodies(raw, uids)
+            if fast is not None:
+                return fast
+            data = _parsed(raw, uids)
         return {uid: bytes(v.get(FETCH_BODY, b"")) for uid, v in data.items()}
 
     def fetch_message_ids(self, uids: Sequence[int]) -> dict[int, str]:
