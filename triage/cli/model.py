@@ -154,6 +154,7 @@ def train(
     from triage.core.settings import StoreSettings
     from triage.decide.classify import card_path, is_installed_file
     from triage.training import learn
+    from triage.training.blind import refuse_frozen
     from triage.training.corpus import load_corpus, load_folder, resolve_corpus_dir, split_label
 
     settings = _settings(ctx)
@@ -165,10 +166,12 @@ def train(
         )
     with user_errors():
         corpus_dir = resolve_corpus_dir(corpus)
+        refuse_frozen(corpus_dir)
         data = load_corpus(corpus_dir)
         sources = [f"corpus {corpus or corpus_dir}: {len(data)} messages"]
         for spec in extra or []:
             path, label = split_label(spec)
+            refuse_frozen(path)
             folder = load_folder(path, label)
             sources.append(f"extra {spec}: {len(folder)} messages")
             data = data + folder
@@ -247,12 +250,26 @@ def evaluate(
     ] = None,
     corpus: CorpusOption = None,
     model: ModelOption = None,
+    blind: Annotated[
+        bool,
+        typer.Option(
+            "--blind",
+            help="Measure the model on the frozen blind sets (classifiers/blind), reported "
+            "apart from cross-validation. Write every look down in their README.",
+        ),
+    ] = False,
+    blind_dir: Annotated[
+        Path | None,
+        typer.Option("--blind-dir", help="Blind sets' directory.", file_okay=False),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Measure the model: per-label precision, recall, F1, confusion matrix, review rate, and for
     `other` mail the share that would get an automatic reply (with and without header rules)."""
     settings = _settings(ctx)
-    if paths:
+    if blind or blind_dir is not None:
+        results = _evaluate_blind(settings, model, blind_dir)
+    elif paths:
         results = _evaluate_paths(settings, model, paths)
     else:
         results = {"cross_validation": _evaluate_corpus(settings, model, corpus)}
@@ -261,7 +278,10 @@ def evaluate(
         return
     for title, result in results.items():
         print(f"== {title}")
-        if "with_header_rules" in result:
+        if "by_language" in result:
+            _print_report(result)
+            _print_languages(result["by_language"])
+        elif "with_header_rules" in result:
             print("-- with header rules")
             _print_report(result["with_header_rules"])
             print("-- model only (header rules off)")
@@ -312,6 +332,41 @@ def _evaluate_paths(settings: Settings | None, model: Path | None, paths: Sequen
                 "model_only": learn.evaluate_classifier(classifier, data, rules=False),
             }
     return results
+
+
+def _evaluate_blind(settings: Settings | None, model: Path | None, root: Path | None) -> Any:
+    from triage.training import learn
+    from triage.training.blind import by_language, load_blind, resolve_blind_dir
+
+    classifier = _load_classifier(settings, model)
+    results: dict[str, Any] = {}
+    with user_errors():
+        sets = load_blind(resolve_blind_dir(root))
+    for blind_set in sets:
+        data = blind_set.corpus
+        decided = classifier.classify_many(data.messages, rules=True, explain=False)
+        result = learn.report(
+            data.labels, [r.label for r in decided], [r.decision for r in decided]
+        )
+        # A hot lead is lost when a sales message is neither decided sales nor sent to review.
+        result["hot_leads_lost"] = result["sales_missed"]
+        result["rule_decided"] = sum(1 for r in decided if r.rule is not None)
+        result["by_language"] = by_language(
+            blind_set.languages, data.labels, [r.decision for r in decided]
+        )
+        results[f"blind set {blind_set.name} ({len(data)} messages)"] = result
+    return results
+
+
+def _print_languages(rows: Mapping[str, Mapping[str, Any]]) -> None:
+    head = ("language", "messages", "correct", "hot lost", "review", "other answered")
+    print(f"{head[0]:<9} {head[1]:>8} {head[2]:>8} {head[3]:>9} {head[4]:>7} {head[5]:>15}")
+    for language, r in rows.items():
+        print(
+            f"{language:<9} {r['messages']:>8} {_pct(r['correct']):>8} "
+            f"{_pct(r['hot_leads_lost']):>9} {_pct(r['review_rate']):>7} "
+            f"{_pct(r['other_answered']):>15}"
+        )
 
 
 def _pct(value: float | None) -> str:

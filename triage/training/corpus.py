@@ -152,7 +152,7 @@ def resolve_corpus_dir(path: Path | None) -> Path:
     return in_repository if in_repository.is_dir() else DEFAULT_CORPUS
 
 
-def _example(source: str, label: Label, raw: bytes) -> Example:
+def example(source: str, label: Label, raw: bytes) -> Example:
     return Example(source, label, parse(raw), hashlib.sha256(raw).hexdigest())
 
 
@@ -206,7 +206,7 @@ def load_corpus(corpus_dir: Path) -> Corpus:
             raw = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{where}: {path.name} cannot be read: {exc.strerror}") from None
-        examples.append(_example(_relative(path, root), label, raw))
+        examples.append(example(_relative(path, root), label, raw))
     unlabelled = sum(1 for p in root.rglob("*.eml") if p.resolve() not in labelled)
     problems = (f"{corpus_dir}: {unlabelled} .eml files are in no {LABELS_FILE}",)
     return Corpus(tuple(examples), problems if unlabelled else ())
@@ -235,7 +235,7 @@ def load_folder(path: Path, label: Label, progress: Callable[[int], None] | None
         if item.raw is None:
             problems.append(f"{item.path}: skipped: {item.error or 'unreadable'}")
             continue
-        examples.append(_example(str(item.path), label, item.raw))
+        examples.append(example(str(item.path), label, item.raw))
     examples.sort(key=lambda e: e.source)
     return Corpus(tuple(examples), tuple(problems))
 
@@ -268,18 +268,18 @@ def load_corrections(db_path: Path) -> Corpus:
             continue
         label: Label = new_label
         if raw:
-            example = _example(source, label, bytes(raw))
+            made = example(source, label, bytes(raw))
             # Match by the stored Message-ID even if the parser would synthesise another one.
-            message = example.message
+            message = made.message
             if message_key(message.message_id) != key:
                 message = replace(message, message_id=message_id)
-                example = Example(source, label, message, example.digest)
+                made = Example(source, label, message, made.digest)
         else:
             text = found.body or ""
             message = InboundMessage(
                 message_id=message_id, subject=subject or "", text=text, new_text=text
             )
             digest = hashlib.sha256(f"{subject}\0{text}".encode()).hexdigest()
-            example = Example(source, label, message, digest)
-        examples.append(replace(example, weight=CORRECTION_WEIGHT))
+            made = Example(source, label, message, digest)
+        examples.append(replace(made, weight=CORRECTION_WEIGHT))
     return Corpus(tuple(examples), tuple(problems))
