@@ -84,6 +84,8 @@ def _load_classifier(settings: Settings | None, model: Path | None) -> Classifie
 
     with user_errors():
         classifier = load_classifier(_model_path(settings, model), _thresholds(settings))
+    if settings is not None:
+        classifier.spam_headers = settings.classifier.trusted_spam_headers
     return classifier
 
 

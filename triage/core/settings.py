@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -225,6 +226,18 @@ class RepliesSettings(_Section):
         return self
 
 
+# The spam-verdict headers `triage.decide.spam` can read (lower-case).
+SPAM_VERDICT_HEADERS = (
+    "x-spam-flag",  # SpamAssassin: "YES"
+    "x-spam-status",  # SpamAssassin: "Yes, score=7.1 required=5.0 ..."
+    "x-spam",  # rspamd milter: "Yes"
+    "x-spamd-result",  # rspamd: "default: True [12.30 / 15.00]; ..."
+    "x-rspamd-action",  # rspamd: "add header", "rewrite subject", "reject"
+    "x-ms-exchange-organization-scl",  # Exchange Online: spam confidence level 5..9
+    "x-spam-verdict",  # generic gateways: "spam"
+)
+
+
 class ClassifierSettings(_Section):
     """Which model to load and how sure it must be before acting."""
 
@@ -232,6 +245,20 @@ class ClassifierSettings(_Section):
     # Per-label overrides; a label not given uses the threshold the model card suggests
     # (chosen on cross-validation when the model was trained).
     thresholds: Mapping[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    # Spam-verdict headers that OUR receiving server adds (and strips from incoming mail):
+    # a message they call spam is `other` without asking the model (triage.decide.spam).
+    trusted_spam_headers: tuple[str, ...] = ()
+
+    @field_validator("trusted_spam_headers", mode="after")
+    @classmethod
+    def _readable_headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        names = [h.strip().lower() for h in value]
+        unread = [h for h in names if h not in SPAM_VERDICT_HEADERS]
+        if unread:
+            raise ValueError(
+                f"cannot read {', '.join(unread)}; known: {', '.join(SPAM_VERDICT_HEADERS)}"
+            )
+        return tuple(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _known_labels(self) -> Self:

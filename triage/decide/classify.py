@@ -43,6 +43,7 @@ from triage.core.models import LABELS, Classification, Decision, InboundMessage,
 from triage.core.settings import SHIPPED_MODEL, ClassifierSettings
 from triage.decide import guards
 from triage.decide.features import FEATURE_VERSION, TermCounter
+from triage.decide.spam import upstream_spam
 
 log = logging.getLogger(__name__)
 
@@ -512,6 +513,8 @@ class Classifier:
             **card.thresholds,
             **(thresholds or {}),
         }
+        # Spam-verdict headers our own server adds (settings): a header rule like the others.
+        self.spam_headers: tuple[str, ...] = ()
         self._scorer = _LinearScorer.from_pipeline(pipeline)
         if self._scorer is not None and not self._scorer_agrees():
             log.warning(
@@ -561,7 +564,9 @@ class Classifier:
         results: list[Classification | None] = [None] * len(messages)
         pending: list[int] = []
         for i, msg in enumerate(messages):
-            reason = guards.automated_reason(msg) if rules else None
+            reason = None
+            if rules:
+                reason = guards.automated_reason(msg) or upstream_spam(msg, self.spam_headers)
             if reason is not None:
                 results[i] = rule_classification(reason, self.version)
             else:
@@ -650,9 +655,11 @@ class ModelHandle:
         path: Path,
         thresholds: Mapping[str, float] | None = None,
         loader: Callable[[Path, Mapping[str, float] | None], Classifier] = load_classifier,
+        spam_headers: Sequence[str] = (),
     ) -> None:
         self.path = path
         self.thresholds = dict(thresholds) if thresholds is not None else None
+        self.spam_headers = tuple(spam_headers)
         self._loader = loader
         self._current: Classifier | None = None
         self._signature: tuple[tuple[int, int], ...] | None = None
@@ -673,6 +680,7 @@ class ModelHandle:
             self._signature = signature
             try:
                 self._current = self._loader(self.path, self.thresholds)
+                self._current.spam_headers = self.spam_headers
                 log.info("model %s loaded (%s)", self.path, self._current.version)
                 return
             except ModelError as exc:

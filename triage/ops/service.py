@@ -56,7 +56,11 @@ class Shared:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.model = ModelHandle(settings.classifier.model_path, settings.classifier.thresholds)
+        self.model = ModelHandle(
+            settings.classifier.model_path,
+            settings.classifier.thresholds,
+            spam_headers=settings.classifier.trusted_spam_headers,
+        )
         self.renderer = TemplateRenderer.from_settings(settings.replies)
         self.checkpoint = checkpoint
         self.metrics = metrics or Metrics()
