@@ -281,10 +281,53 @@ def cross_validation_report(
     result = report(corpus.labels, predicted, decided)
     result["folds"] = k
     result["thresholds"] = chosen
+    result["calibration"] = calibration(corpus.labels, runs[0])
     result["macro_f1_repeats"] = [
         report(corpus.labels, *decisions_for(p, chosen))["macro_f1"] for p in runs
     ]
     return result, chosen
+
+
+CALIBRATION_BINS = 10
+
+
+def calibration(
+    truth: Sequence[str], proba: FloatArray, bins: int = CALIBRATION_BINS
+) -> dict[str, dict[str, Any]]:
+    """How well the probabilities match reality, per label (one label against the rest).
+
+    The out-of-fold probabilities of each label are put in `bins` equal-width bins; per bin the
+    mean probability (`confidence`), the share that truly had the label (`frequency`) and the
+    count. The expected calibration error (ECE) is the count-weighted mean gap between the two:
+    0 is perfect; 0.05 means a "90%" is on average 5 points off.
+    """
+    truth_array = np.asarray(truth)
+    out: dict[str, dict[str, Any]] = {}
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for column, label in enumerate(LABELS):
+        p = proba[:, column]
+        actual = (truth_array == label).astype(np.float64)
+        which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+        rows = []
+        error = 0.0
+        for b in range(bins):
+            members = which == b
+            count = int(members.sum())
+            if not count:
+                continue
+            confidence, frequency = float(p[members].mean()), float(actual[members].mean())
+            error += abs(confidence - frequency) * count
+            rows.append(
+                {
+                    "low": round(float(edges[b]), 2),
+                    "high": round(float(edges[b + 1]), 2),
+                    "confidence": round(confidence, 4),
+                    "frequency": round(frequency, 4),
+                    "count": count,
+                }
+            )
+        out[label] = {"ece": round(error / len(p), 4) if len(p) else None, "bins": rows}
+    return out
 
 
 def evaluate_classifier(
