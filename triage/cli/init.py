@@ -71,6 +71,9 @@ signature = "The Example team"
 [classifier]
 # Default: the model shipped with triage. A model of your own (`triage train --output PATH`):
 # model_path = "/var/lib/triage/model.skops"
+# Spam-verdict headers YOUR receiving server adds (and strips from incoming mail): a message
+# they mark as spam is `other` without asking the model (docs/security.md).
+# trusted_spam_headers = ["X-Spam-Flag"]
 
 [digest]
 # recipients = ["sales@example.com"]
