@@ -28,18 +28,23 @@ MAX_SIGNATURE_LINES = 8
 
 _WROTE = (
     r"(?:wrote|writes|schrieb|schreibt|a\s+écrit|écrit|escribió|escribio|schreef|ha\s+scritto"
-    r"|scrisse|skrev|escreveu|geschreven|napisał|написал)"
+    r"|scrisse|skrev|escreveu|geschreven|napisał|написал|kirjoitti|napsal|yazdı)"
 )
+# Chinese and Korean Gmail end the attribution with the verb and a colon, no word boundary:
+# "张伟 <zw@x.example> 于2024年5月14日周二 09:12写道：", "… 홍길동 <h@x.example>님이 작성:".
+_CJK_WROTE_AT_END = re.compile(r"(?:写道|寫道|작성)[ \t]*[:：][ \t]*$")
 _INTRO = re.compile(
     r"[ \t>]*(?:On|Am|Le|El|Op|Il|Den|Em|Quoting|Zitat von|Citando|W dniu)\b", re.IGNORECASE
 )
 _WROTE_WORD = re.compile(
     r"(?:wrote|writes|schrieb|schreibt|crit|escribi|schreef|scritto|scrisse|skrev|escreveu"
-    r"|geschreven|napisał|написал)"
+    r"|geschreven|napisał|написал|kirjoitti|napsal|yazdı|写道|寫道|작성)"
 )
 _WROTE_AT_END = re.compile(rf"\b{_WROTE}\b[^:\n]{{0,80}}:[ \t]*$", re.IGNORECASE)
 _DATED_ADDRESS = re.compile(
-    r"[ \t>]*\d{4}[/.-]\d{1,2}[/.-]\d{1,2}\b[^\n]{0,150}<[^\n>@]{1,200}@[^\n>]{1,200}>:?[ \t]*$"
+    r"[ \t>]*\d{4}(?:[/.-]\d{1,2}[/.-]\d{1,2}\b"
+    r"|年\s?\d{1,2}月\s?\d{1,2}日|년\s?\d{1,2}월\s?\d{1,2}일)"
+    r"[^\n]{0,150}<[^\n>@]{1,200}@[^\n>]{1,200}>[:：]?[ \t]*$"
 )
 _LOOKS_DATED = re.compile(r"@|\d{1,2}:\d\d|\d{4}")
 
@@ -48,7 +53,12 @@ _SEPARATOR = re.compile(
     r"|Message d'origine|Message original|Mensaje original|Messaggio originale"
     r"|Oorspronkelijk bericht|Origineel bericht|Forwarded [Mm]essage|Weitergeleitete Nachricht"
     r"|Message transféré|Mensaje reenviado|Messaggio inoltrato|Doorgestuurd bericht"
-    r"|Reply message)[ \t]*-*[ \t]*$"
+    r"|Reply message|Ursprungligt meddelande|Vidarebefordrat meddelande|Mensagem original"
+    r"|Mensagem encaminhada|Oryginalna wiadomość|Wiadomość przekazana dalej|Původní zpráva"
+    r"|Přeposlaná zpráva|Alkuperäinen viesti|Välitetty viesti|Oprindelig meddelelse"
+    r"|Videresendt meddelelse|Opprinnelig melding|Videresendt melding|Orijinal [İI]leti"
+    r"|İletilen [İi]leti|Orijinal mesaj|原始邮件|原始郵件|转发邮件|转发的邮件|轉寄郵件|轉寄的郵件"
+    r"|元のメッセージ|転送されたメッセージ|원본 메시지|전달된 메시지)[ \t]*-*[ \t]*$"
     r"|[ \t>]*(?:Begin forwarded message|Anfang der weitergeleiteten (?:E-Mail|Nachricht)"
     r"|Début du message réexpédié|Inicio del mensaje reenviado|Inizio messaggio inoltrato"
     r"|Begin doorgestuurd bericht):?[ \t]*$"
@@ -58,11 +68,15 @@ _SEPARATOR = re.compile(
 # The labels of a header block that Outlook, Hotmail or Thunderbird copy above the quoted
 # message ("From: … Sent: … To: … Subject: …"), by what they name.
 _BLOCK_LABELS = {
-    "from": "From|Von|De|Van|Da|Från|Od|Fra",
+    "from": "From|Von|De|Van|Da|Från|Od|Fra|Lähettäjä|Kimden|差出人|送信者|发件人|發件人|寄件者"
+    "|보낸 사람",
     "date": "Sent|Date|Gesendet|Datum|Envoyé|Date d'envoi|Enviado|Enviado el|Fecha|Verzonden"
-    "|Inviato|Data|Skickat|Sendt",
-    "to": "To|An|À|A|Para|Aan|Till|Cc|Kopie|CC",
-    "subject": "Subject|Betreff|Objet|Asunto|Onderwerp|Oggetto|Ämne",
+    "|Inviato|Data|Skickat|Sendt|Wysłano|Odesláno|Lähetetty|Päivämäärä|Tarih|Gönderildi"
+    "|送信日時|日付|发送时间|發送時間|寄件日期|日期|时间|時間|보낸 날짜",
+    "to": "To|An|À|A|Para|Aan|Till|Cc|Kopie|CC|Do|Komu|Vastaanottaja|Til|Kime|宛先|收件人|收件者"
+    "|받는 사람",
+    "subject": "Subject|Betreff|Objet|Asunto|Onderwerp|Oggetto|Ämne|Assunto|Temat|Předmět|Aihe"
+    "|Emne|Konu|件名|主题|主題|主旨|제목",
 }
 _LABEL_KIND = {
     label.lower(): kind for kind, labels in _BLOCK_LABELS.items() for label in labels.split("|")
@@ -70,18 +84,20 @@ _LABEL_KIND = {
 _ANY_LABEL = "|".join(_BLOCK_LABELS.values())
 # Possessive `*+` everywhere two runs of blanks meet, so a failed match cannot backtrack
 # quadratically over a long run of spaces.
-_LABEL_COLON = r"[ \t]*+(?:\*[ \t]*+)?:"
+_LABEL_COLON = (
+    r"[ \t]*+(?:\*[ \t]*+)?[:：]"  # Chinese and Japanese clients write a full-width colon
+)
 _BLOCK_LINE = re.compile(rf"[ \t>*]*+({_ANY_LABEL}){_LABEL_COLON}")
 MAX_BLOCK_LINES = 10
 
 # Cheap scans: each pattern begins with a literal, so the regex engine jumps between newlines
 # or colons instead of trying every position.
-_COLON_AT_EOL = re.compile(r":[ \t]*(?=\n)")
+_COLON_AT_EOL = re.compile(r"[:：][ \t]*(?=\n)")
 # Substrings without which the scans below cannot match; one search for any of them is several
 # times cheaper than the scan it spares.
 # (Case-sensitive on purpose: with IGNORECASE the regex engine loses its fast scan, 20x slower.)
 _SEPARATOR_MARKERS = re.compile("--|__|Begin|begin|BEGIN|Anfang|Début|Inicio|Inizio")
-_FROM_MARKERS = re.compile(rf"(?:{_BLOCK_LABELS['from']})[ *]?:")
+_FROM_MARKERS = re.compile(rf"(?:{_BLOCK_LABELS['from']})[ *]?[:：]")
 _SEPARATOR_START = re.compile(r"\n[ \t>]*(?:--|__|Begin|begin|BEGIN|Anfang|Début|Inicio|Inizio)")
 _BLOCK_START = re.compile(rf"\n[ \t>*]*+(?:{_ANY_LABEL}){_LABEL_COLON}")
 _QUOTED_LINE = re.compile(r"\n[ \t]*>[^\n]*")
@@ -163,6 +179,8 @@ def _line_start(scan: str, position: int) -> int:
 def _is_attribution(line: str) -> bool:
     """True when `line` says who wrote the quoted text and when ("On … wrote:")."""
     if _DATED_ADDRESS.match(line):
+        return True
+    if _CJK_WROTE_AT_END.search(line) and "@" in line:
         return True
     if not _WROTE_AT_END.search(line):
         return False
@@ -374,9 +392,58 @@ class Reply(NamedTuple):
     original: str
 
 
+# -- legal disclaimers ----------------------------------------------------------------------
+#
+# A confidentiality footer is often longer than the message above it, and says nothing about
+# what the sender wants. It is cut when a line near the end opens like one ("This e-mail and
+# any attachments …", "Diese E-Mail enthält …", "本メールは …") AND what follows names
+# confidentiality or the intended recipient, AND some text comes before it: "This email is to
+# ask for a quote" at the top of a message is the message.
+
+DISCLAIMER_SCAN_CHARS = 4000  # disclaimers close a message; only its end is searched
+_DISCLAIMER_START = re.compile(
+    r"^[ \t>*_=-]*(?:"
+    r"this (?:e-?mail|email|message|communication|transmission)|the information (?:contained )?in"
+    r"|confidentiality|confidential|disclaimer|privileged|important notice|notice:"
+    r"|if you (?:are not|have received)|please consider the environment"
+    r"|diese (?:e-?mail|nachricht)|vertraulichkeit|haftungsausschluss|hinweis:"
+    r"|ce (?:message|courriel|e-?mail)|avertissement|avis de confidentialit"
+    r"|este (?:mensaje|correo|e-?mail)|aviso (?:legal|de confidencialidad)|la informaci[oó]n"
+    r"|questo (?:messaggio|e-?mail)|il presente messaggio|le informazioni contenute"
+    r"|dit (?:e-?mail)?bericht|de informatie|esta mensagem|este e-?mail|aviso de confidencialidade"
+    r"|a informação|ta wiadomość|niniejsza wiadomość|informacje zawarte"
+    r"|detta (?:e-?post|meddelande)"
+    r"|informationen i|denne (?:e-?mail|e-?post|meddelelse|meldingen)|tämä (?:sähköposti|viesti)"
+    r"|tato zpráva|tento e-?mail|bu (?:e-?posta|mesaj)|본 메일|이 메일은"
+    r"|※?(?:本メール|このメール|このメッセージ|本邮件|此邮件|本郵件|此郵件|免责声明|免責聲明|免責事項))",
+    re.IGNORECASE | re.MULTILINE,
+)
+_DISCLAIMER_WORDS = re.compile(
+    r"confidential|intended (?:recipient|solely|only)|privileged|vertraulich|empfänger"
+    r"|confidentiel|destinataire|confidencial|destinatario|riservat|vertrouwelijk|geadresseerde"
+    r"|poufn|adresat|konfidentiell|sekretess|mottagare|fortrolig|modtager|konfidensiell"
+    r"|luottamuksellinen|vastaanottaja|důvěrn|adresát|gizli|alıcı|기밀|수신자|機密|秘密|保密|机密"
+    r"|宛先|收件人|environment",
+    re.IGNORECASE,
+)
+MIN_WORDS_BEFORE_DISCLAIMER = 3
+
+
+def cut_disclaimer(text: str) -> tuple[str, str]:
+    """(`text` without a closing legal disclaimer, the disclaimer) — ("", "") parts when none."""
+    start = max(0, len(text) - DISCLAIMER_SCAN_CHARS)
+    for match in itertools.islice(_DISCLAIMER_START.finditer(text, start), MAX_CANDIDATES):
+        rest = text[match.start() :]
+        before = text[: match.start()]
+        if len(before.split()) >= MIN_WORDS_BEFORE_DISCLAIMER and _DISCLAIMER_WORDS.search(rest):
+            return before.rstrip(), rest.strip()
+    return text, ""
+
+
 def new_text(text: str) -> Reply:
-    """The new text of a message (no thread, no signature), its signature block and the start
-    of a forwarded original."""
+    """The new text of a message (no thread, no legal disclaimer, no signature), its signature
+    block and the start of a forwarded original."""
     body, original = strip_thread(text)
+    body, _disclaimer = cut_disclaimer(body)
     body, signature = split_signature(body)
     return Reply(_BLANK_RUNS.sub("\n\n", body).strip(), signature, original)

@@ -1,0 +1,99 @@
+"""The new text of a message in more languages and shapes: quote separators and copied header
+blocks of Swedish, Portuguese, Polish, Finnish, Chinese, Japanese and Korean clients, CJK
+attribution lines, and closing legal disclaimers cut away (but never the message itself)."""
+
+from __future__ import annotations
+
+import pytest
+
+from triage.parsing.quotes import cut_disclaimer, new_text
+
+
+@pytest.mark.parametrize(
+    "separator",
+    [
+        "-----Ursprungligt meddelande-----",
+        "-----Mensagem original-----",
+        "-----Oryginalna wiadomość-----",
+        "-----Alkuperäinen viesti-----",
+        "-----原始邮件-----",
+        "-----元のメッセージ-----",
+        "-----원본 메시지-----",
+    ],
+)
+def test_separators_in_other_languages_end_the_new_text(separator: str) -> None:
+    """Everything from an Outlook-style separator on is the thread."""
+    text = f"Please send the price for 20 units.\n\n{separator}\nOld text we sent before.\n"
+    assert new_text(text).text == "Please send the price for 20 units."
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        "差出人: 山田 太郎 <taro@client.example>\n送信日時: 2024年5月14日 9:12\n件名: 見積",
+        "发件人： 张伟 <zw@client.example>\n发送时间： 2024年5月14日 9:12\n主题： 报价",
+        "Od: Jan Kowalski <jan@client.example>\nWysłano: wtorek, 14 maja 2024\nTemat: Oferta",
+        "Lähettäjä: Matti <matti@client.example>\nLähetetty: 14. toukokuuta 2024\nAihe: Tarjous",
+    ],
+)
+def test_copied_header_blocks_in_other_languages_end_the_new_text(block: str) -> None:
+    """Outlook's copied header block (with a full-width colon in Chinese) starts the thread."""
+    text = f"見積もりをお願いします。\n\n{block}\n\nold\n"
+    assert new_text(text).text == "見積もりをお願いします。"
+
+
+@pytest.mark.parametrize(
+    "attribution",
+    [
+        "张伟 <zw@client.example> 于2024年5月14日周二 09:12写道：",
+        "2024年5月14日(火) 9:12 山田太郎 <taro@client.example>:",
+        "2024년 5월 14일 (화) 오전 9:12, 홍길동 <h@client.example>님이 작성:",
+    ],
+)
+def test_cjk_attribution_lines_start_the_quote(attribution: str) -> None:
+    """Gmail's Chinese, Japanese and Korean "… wrote:" lines introduce the quoted thread."""
+    text = f"请报价。\n\n{attribution}\n> 旧的邮件\n> 更多\n"
+    assert new_text(text).text == "请报价。"
+
+
+def test_a_closing_disclaimer_is_cut() -> None:
+    """A confidentiality footer longer than the message is not part of what the sender wrote."""
+    footer = (
+        "This e-mail and any attachments are confidential and intended solely for the "
+        "addressee. If you are not the intended recipient, please delete it. " * 3
+    )
+    text = f"Hi, can you quote 40 pumps for May?\n\nThanks\nPat\n\n{footer}"
+    reply = new_text(text)
+    assert reply.text == "Hi, can you quote 40 pumps for May?"
+    assert "confidential" not in reply.signature
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        "Diese E-Mail enthält vertrauliche Informationen. Wenn Sie nicht der richtige Empfänger "
+        "sind, informieren Sie bitte den Absender.",
+        "Ce message et toutes les pièces jointes sont confidentiels et établis à l'intention "
+        "exclusive de ses destinataires.",
+        "本メールは機密情報を含んでいます。誤って受信された場合は削除してください。",
+        "Ta wiadomość jest poufna i przeznaczona wyłącznie dla adresata.",
+    ],
+)
+def test_disclaimers_in_other_languages_are_cut(footer: str) -> None:
+    """German, French, Japanese and Polish confidentiality footers."""
+    body, cut = cut_disclaimer(f"Bitte um ein Angebot für 12 Stück.\n\n{footer}")
+    assert body == "Bitte um ein Angebot für 12 Stück."
+    assert cut == footer
+
+
+def test_a_message_that_starts_like_a_disclaimer_is_kept() -> None:
+    """"This email is to request …" at the top is the message, even with "confidential" in it."""
+    text = "This email is to request a confidential quote for 500 units of model X."
+    assert cut_disclaimer(text) == (text, "")
+    assert new_text(text).text == text
+
+
+def test_an_opener_without_confidentiality_words_is_kept() -> None:
+    """A closing line that only sounds like a disclaimer stays."""
+    text = "We need 30 licences by June.\n\nThis message was typed on a train, sorry for typos."
+    assert cut_disclaimer(text) == (text, "")
