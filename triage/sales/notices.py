@@ -134,7 +134,7 @@ def prepare_digest(
     )
     alert = drift_alert(content, settings)
     if alert:
-        log.warning("digest %d reports it: %s", digest_id, alert)
+        log.warning("digest %d: %s", digest_id, alert)
     return digest_id, content
 
 
