@@ -262,7 +262,8 @@ def review_list(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="JSON instead of a table."),
 ) -> None:
-    """Messages waiting for a person's label, oldest first."""
+    """Messages waiting for a person's label, the most uncertain first (the label that would teach
+    the model most; ties oldest first)."""
     from triage.sales.leads import age
     from triage.sales.review import pending
 
@@ -280,6 +281,7 @@ def review_list(
                         "received": i.received_at.astimezone(UTC).isoformat(timespec="seconds"),
                         "guess": i.guess,
                         "confidence": round(i.confidence, 4),
+                        "uncertainty": None if i.uncertainty is None else round(i.uncertainty, 4),
                         "explanation": [strip_invisible(term) for term in i.explanation],
                         "body": strip_invisible(i.body),
                     }
@@ -293,6 +295,7 @@ def review_list(
         rows = [
             [
                 str(i.row_id),
+                "-" if i.uncertainty is None else f"{i.uncertainty:.2f}",
                 age(i.received_at, now),
                 f"{i.guess} {i.confidence:.0%}",
                 _cut(strip_invisible(i.sender), 36),
@@ -300,7 +303,7 @@ def review_list(
             ]
             for i in items
         ]
-        _table(["ID", "AGE", "GUESS", "SENDER", "SUBJECT"], rows)
+        _table(["ID", "UNCERTAINTY", "AGE", "GUESS", "SENDER", "SUBJECT"], rows)
         print(
             f"\n{len(items)} waiting; label one with: triage review label ID sales|marketing|other"
         )

@@ -245,6 +245,10 @@ class ClassifierSettings(_Section):
     # Per-label overrides; a label not given uses the threshold the model card suggests
     # (chosen on cross-validation when the model was trained).
     thresholds: Mapping[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
+    # Drift, reported in the digest: a label's share of the decisions of the last 7 days moved by
+    # more than this (absolute) from the 4 weeks before, or its mean confidence fell by more.
+    drift_share_threshold: Annotated[float, Field(ge=0, le=1)] = 0.15
+    drift_confidence_threshold: Annotated[float, Field(ge=0, le=1)] = 0.10
     # Spam-verdict headers that OUR receiving server adds (and strips from incoming mail):
     # a message they call spam is `other` without asking the model (triage.decide.spam).
     trusted_spam_headers: tuple[str, ...] = ()

@@ -7,8 +7,8 @@ registers nothing. The daemon creates one `Metrics`, calls its methods as work h
 `generate_latest(metrics.registry)` at `/metrics`.
 
 Every metric name starts with `triage_`. Label values are bounded: decisions are the four
-`triage.core.models.DECISIONS`, suppression reasons are rule names (see `rule_name`), accounts and
-folders come from the settings.
+`triage.core.models.DECISIONS`, labels the three `LABELS`, drift windows `7d` and `28d`,
+suppression reasons are rule names (see `rule_name`), accounts and folders come from the settings.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 # Per-message handling time (fetch → done): parsing and classifying take milliseconds, a reply
 # sent over SMTP and filed over IMAP takes up to seconds; beyond a minute something is wrong.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+# The label drift gauges read 5 weeks of the ledger; they move over days, so the periodic work
+# (every few seconds) reads them again at most this often.
+DRIFT_REFRESH_SECONDS = 300.0
 
 _RULE_CHARS = re.compile(r"[^a-z0-9_-]+")
 _MAX_RULE_LEN = 40
@@ -131,6 +135,26 @@ class Metrics:
             registry=r,
         )
         self.model = Info("triage_model", "The classifier model in use.", registry=r)
+        self.label_messages = Gauge(
+            "triage_label_messages",
+            "Messages the classifier decided (review included, backfill not), by label, in the "
+            "last 7 days (window 7d) or the 4 weeks before (28d).",
+            ["label", "window"],
+            registry=r,
+        )
+        self.label_share = Gauge(
+            "triage_label_share",
+            "Share (0-1) of the window's decided messages that got this label; 0 when none.",
+            ["label", "window"],
+            registry=r,
+        )
+        self.label_confidence = Gauge(
+            "triage_label_confidence_mean",
+            "Mean confidence of the window's decided messages with this label; NaN when none.",
+            ["label", "window"],
+            registry=r,
+        )
+        self._drift_due = float("-inf")
 
     # -- called by the daemon as work happens ----------------------------------------------------
 
@@ -192,9 +216,10 @@ class Metrics:
     # -- read from the store ------------------------------------------------------------------
 
     def refresh_from_store(self, db: Database, now: float | None = None) -> None:
-        """Set the review queue, oldest unclaimed hot lead and outbox depth from the database.
+        """Set the review queue, oldest unclaimed hot lead and outbox depth from the database,
+        and the label drift gauges when they are older than DRIFT_REFRESH_SECONDS.
 
-        Three indexed reads; call it from the thread that owns `db` (SQLite connections are
+        Indexed reads; call it from the thread that owns `db` (SQLite connections are
         per-thread), e.g. the daemon's periodic work, or from the health server's scrape hook
         with a connection of its own.
         """
@@ -205,6 +230,24 @@ class Metrics:
         self.review_queue.set(counts.review)
         self.oldest_hot_lead.set(_age_seconds(counts.oldest_new_hot_lead, now))
         self.outbox_depth.set(counts.queued_replies)
+        if now >= self._drift_due:
+            self.refresh_drift(db, now)
+
+    def refresh_drift(self, db: Database, now: float | None = None) -> None:
+        """Set the per-label gauges of the last 7 days and the 4 weeks before from the database."""
+        from triage.store.drift import label_windows
+
+        now = time.time() if now is None else now
+        found = label_windows(db.reads, datetime.fromtimestamp(now, UTC))
+        for window in found.windows:
+            for label, stats in window.labels.items():
+                self.label_messages.labels(label=label, window=window.name).set(stats.count)
+                self.label_share.labels(label=label, window=window.name).set(stats.share)
+                mean = stats.confidence_mean
+                self.label_confidence.labels(label=label, window=window.name).set(
+                    float("nan") if mean is None else mean
+                )
+        self._drift_due = now + DRIFT_REFRESH_SECONDS
 
     # -- exposition ------------------------------------------------------------------------------
 

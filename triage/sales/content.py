@@ -17,10 +17,12 @@ from triage.act.replies import describe, make_environment, render_error_location
 from triage.core.errors import ConfigError, TemplateError
 from triage.core.sanitize import is_addr_spec, one_line, shown, strip_invisible
 from triage.core.settings import Settings
+from triage.sales.drift import alert_line, verdict
 from triage.sales.leads import age, is_overdue, zone
 from triage.sales.review import ReviewItem, pending, pending_count
 from triage.store import digests as store
 from triage.store.db import Database, Tx
+from triage.store.drift import LabelWindows, label_windows
 from triage.store.leads import (
     LeadRecord,
     overdue_hot_leads,
@@ -135,7 +137,8 @@ class LeadView:
 
 @dataclass(frozen=True, slots=True)
 class ReviewView:
-    """One message waiting for review, as the templates see it."""
+    """One message waiting for review, as the templates see it. `uncertainty` is 1 - (p_top -
+    p_second), two decimals ("" when unknown): the queue is listed highest first."""
 
     id: int
     sender: str
@@ -144,6 +147,7 @@ class ReviewView:
     guess: str
     confidence: str
     age: str
+    uncertainty: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,8 @@ class DigestContent:
     marketing_sent: int
     # Replies created since the last digest that a sending cap held back (see `outbox`).
     caps: CapReport = field(default_factory=CapReport)
+    # What the classifier decided in the last 7 days and the 4 weeks before (None: not read).
+    drift: LabelWindows | None = None
 
     def counts(self) -> dict[str, int]:
         """The numbers the subject line may use."""
@@ -220,6 +226,7 @@ def review_view(item: ReviewItem, now: datetime) -> ReviewView:
         guess=item.guess,
         confidence=f"{item.confidence:.0%}",
         age=age(item.received_at, now),
+        uncertainty="" if item.uncertainty is None else f"{item.uncertainty:.2f}",
     )
 
 
@@ -241,6 +248,7 @@ def collect(c: Tx, now: datetime) -> DigestContent:
         review_count=pending_count(c),
         marketing_sent=sent_with_template(c, "marketing", since, now),
         caps=cap_report(c, since),
+        drift=label_windows(c, now),
     )
 
 
@@ -266,6 +274,20 @@ def common_context(settings: Settings, now: datetime) -> dict[str, Any]:
     }
 
 
+def drift_alert(content: DigestContent, settings: Settings) -> str:
+    """The digest's drift line ("Drift: sales share 12% -> 31% …"), or "" when nothing drifted
+    past `classifier.drift_share_threshold` / `drift_confidence_threshold` (or too few messages
+    were decided to tell)."""
+    if content.drift is None:
+        return ""
+    found = verdict(
+        content.drift,
+        settings.classifier.drift_share_threshold,
+        settings.classifier.drift_confidence_threshold,
+    )
+    return alert_line(found)
+
+
 def digest_context(content: DigestContent, settings: Settings) -> dict[str, Any]:
     """The variables of the digest templates (documented in `docs/leads.md`)."""
     now = content.now
@@ -282,6 +304,7 @@ def digest_context(content: DigestContent, settings: Settings) -> dict[str, Any]
         "review_more": max(0, content.review_count - len(content.review)),
         "marketing_sent": content.marketing_sent,
         "caps": content.caps,
+        "drift_alert": drift_alert(content, settings),
     }
 
 

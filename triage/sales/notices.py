@@ -23,6 +23,7 @@ from triage.sales.content import (
     collect,
     common_context,
     digest_context,
+    drift_alert,
     lead_view,
     render,
     sender,
@@ -131,6 +132,9 @@ def prepare_digest(
         digest_id,
         *content.counts().values(),
     )
+    alert = drift_alert(content, settings)
+    if alert:
+        log.warning("digest %d: %s", digest_id, alert)
     return digest_id, content
 
 
