@@ -76,13 +76,15 @@ def _print(result: ModelComparison) -> None:
         ("other_auto_reply_rate", "other answered"),
     ]
     for r in result.blind:
-        print(f"\nblind set {r.name} ({r.size} messages)   live    candidate")
+        print(f"\nblind set {r.name} ({r.size} messages)")
+        print(f"  {'':<18} {'live':>8} {'candidate':>10}")
         for key, name in rows:
             print(f"  {name:<18} {_pct(r.live[key]):>8} {_pct(r.candidate[key]):>10}")
-    print(f"\nstored mail, last {result.weeks} weeks ({result.stored} messages)   live  candidate")
+    print(f"\nstored mail, last {result.weeks} weeks ({result.stored} messages decided)")
+    print(f"  {'':<18} {'live':>8} {'candidate':>10}")
     for decision in result.live_counts:
         live_n, cand_n = result.live_counts[decision], result.candidate_counts[decision]
-        print(f"  {decision:<10} {live_n:>8} {cand_n:>10}")
+        print(f"  {decision:<18} {live_n:>8} {cand_n:>10}")
     if result.flips:
         print(f"\n{len(result.flips)} stored messages would change:")
         for f in result.flips:
