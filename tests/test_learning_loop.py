@@ -156,7 +156,9 @@ def test_relabel_records_the_right_label_and_a_note(
 
 
 def test_a_lead_whose_message_kept_no_text_still_closes(store: Store) -> None:
-    _row, lead_id = store.inquiry(JANE, "", "")
+    """Retention removed the text: the lead is closed won all the same, and the command says
+    which message taught nothing."""
+    _row, lead_id = store.inquiry(JANE, "Quote please", "")
     with store.db.transaction() as c:
         c.execute("UPDATE messages SET body = NULL, raw = NULL")
     claim(store.db, lead_id, "al")
@@ -165,6 +167,13 @@ def test_a_lead_whose_message_kept_no_text_still_closes(store: Store) -> None:
     assert done.lead.status == "won"
     assert done.corrections is not None and done.corrections.added == 0
     assert done.corrections.skipped and "no text left" in done.corrections.skipped[0]
+    _row, other = store.inquiry(ACME, "Hello", "Is this the sales team?")
+    with store.db.transaction() as c:
+        c.execute("UPDATE messages SET message_id = '' WHERE id = ?", (_row,))
+    dismissed = update_lead(store.db, other, status="dismissed", not_a_lead=True)
+    assert dismissed.lead.status == "dismissed"
+    assert dismissed.corrections is not None and dismissed.corrections.added == 0
+    assert dismissed.corrections.skipped == (f"message {_row} has no Message-ID",)
 
 
 def test_the_migration_weighs_older_corrections_as_a_persons(tmp_path: Path) -> None:

@@ -112,7 +112,8 @@ def correct_lead_messages(c: Tx, lead_id: int, new_label: str, source: str) -> L
         if not message_id:
             skipped.append(f"message {r['id']} has no Message-ID")
             continue
-        if not raw and not body.strip() and not (r["subject"] or "").strip():
+        if not raw and not body.strip():
+            # A subject alone is too little to learn from, and retention removed the rest.
             skipped.append(f"message {r['id']} has no text left (removed by retention)")
             continue
         added += insert_correction(
