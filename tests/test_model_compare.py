@@ -23,7 +23,7 @@ from tests.test_leads import Store, make_settings
 from tests.test_model_cli import corpus  # noqa: F401  # the module-scoped fixture
 from triage.cli.main import app
 from triage.core.errors import ModelError
-from triage.decide.classify import card_path, load_classifier, read_card
+from triage.decide.classify import ModelHandle, card_path, load_classifier, read_card
 from triage.training import blind, compare, learn
 from triage.training.corpus import Corpus, load_corpus
 
@@ -176,8 +176,11 @@ def test_promote_accepts_an_equal_candidate_keeps_the_previous_and_rolls_back(
     )
     old, new = read_card(live).version, read_card(candidate).version
     assert old != new
+    daemon = ModelHandle(live)  # what the service asks for its classifier before each batch
+    assert daemon.get().version == old
     result = run(runner, store, live, "promote")
     assert result.exit_code == 0, result.output
+    assert daemon.get().version == new  # picked up without a restart
     assert f"promoted {candidate} to {live}" in result.stdout
     assert read_card(live).version == new and read_card(live).model_file == live.name
     assert load_classifier(live).version == new
