@@ -22,11 +22,13 @@ from triage.core.sanitize import strip_invisible
 
 if TYPE_CHECKING:
     from triage.core.settings import Settings
+    from triage.store.corrections import LeadCorrections
     from triage.store.db import Database
     from triage.store.leads import LeadRecord
 
 leads_app = typer.Typer(
-    help="The lead queue: list, show, claim, update and export leads.", no_args_is_help=True
+    help="The lead queue: list, show, claim, update, relabel and export leads.",
+    no_args_is_help=True,
 )
 review_app = typer.Typer(
     help="Messages the classifier was unsure about: list them and give them a label.",
@@ -206,13 +208,56 @@ def update(
     ),
     note: str | None = typer.Option(None, "--note", "-n", help="Add a note to the lead."),
     by: str = typer.Option("", "--by", help="Who you are (default: your login name)."),
+    not_a_lead: bool = typer.Option(
+        False,
+        "--not-a-lead",
+        help="With --status dismissed: it was no lead at all; its messages are labelled other "
+        "for training.",
+    ),
 ) -> None:
-    """Move a lead on (new → claimed → contacted → won/lost, or dismissed) and/or add a note."""
+    """Move a lead on (new → claimed → contacted → won/lost, or dismissed) and/or add a note.
+
+    Won and lost confirm the lead's label for training; dismissed --not-a-lead corrects it to
+    other."""
     from triage.sales import leads
 
     with _store(ctx) as (_settings, db):
-        lead = leads.update(db, lead_id, status=status, note=note, by=by or current_user())
+        done = leads.update_lead(
+            db, lead_id, status=status, note=note, by=by or current_user(), not_a_lead=not_a_lead
+        )
+        lead = done.lead
         print(f"lead {lead.id} is {lead.status}" + (" (note added)" if note else ""))
+        if done.corrections is not None:
+            _print_corrections(done.corrections)
+
+
+@leads_app.command("relabel")
+def relabel(
+    ctx: typer.Context,
+    lead_id: int = typer.Argument(..., metavar="ID", help="The lead's id."),
+    label: str = typer.Argument(..., metavar="LABEL", help="The right label: marketing or other."),
+    by: str = typer.Option("", "--by", help="Who you are (default: your login name)."),
+) -> None:
+    """The lead's label was wrong: record the right one for training (its status stays)."""
+    from triage.sales import leads
+
+    with _store(ctx) as (_settings, db):
+        done = leads.relabel(db, lead_id, label.strip().lower(), by=by or current_user())
+        assert done.corrections is not None
+        print(f"lead {done.lead.id} relabelled {done.corrections.label}")
+        _print_corrections(done.corrections)
+
+
+def _print_corrections(found: LeadCorrections) -> None:
+    """Say what a lead change taught the model, and which messages could not be used."""
+    from triage.store.corrections import weight_for
+
+    print(
+        f"{found.added} correction(s) recorded: {found.label} ({found.source}, weight "
+        f"{weight_for(found.source):g})"
+    )
+    for note in found.skipped:
+        print(f"  skipped: {note}")
 
 
 @leads_app.command("export")

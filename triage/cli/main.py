@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from triage.cli import config, daemon, doctor, init, leads, model, outbox, templates
+from triage.cli import (
+    candidate,
+    config,
+    corrections,
+    daemon,
+    doctor,
+    init,
+    leads,
+    model,
+    outbox,
+    templates,
+)
 from triage.cli.common import GlobalOptions
 
 app = typer.Typer(
@@ -53,6 +64,8 @@ app.add_typer(leads.leads_app, name="leads")
 app.add_typer(leads.review_app, name="review")
 app.command("digest")(leads.digest)
 app.add_typer(outbox.app, name="outbox")
+app.add_typer(corrections.app, name="corrections")
+app.add_typer(candidate.app, name="model")
 
 
 def main() -> None:

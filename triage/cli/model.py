@@ -131,8 +131,10 @@ def train(
         bool,
         typer.Option(
             "--with-corrections",
-            help="Add the labels people gave (the store's corrections); the model is replaced "
-            "only if it does not score worse on a held-out split than without them.",
+            help="Add the labels people gave (the store's corrections) and write a candidate "
+            "beside the live model (<stem>.candidate.skops), only if it does not score worse on "
+            "a held-out split than without them; `triage model compare|promote` take it from "
+            "there.",
         ),
     ] = False,
     store: Annotated[
@@ -146,7 +148,8 @@ def train(
         typer.Option(
             "--output",
             "-o",
-            help="Model file to write; its card goes beside it (default: the model path).",
+            help="Model file to write; its card goes beside it (default: the model path, or "
+            "its candidate with --with-corrections).",
             dir_okay=False,
         ),
     ] = None,
@@ -160,7 +163,14 @@ def train(
     from triage.training.corpus import load_corpus, load_folder, resolve_corpus_dir, split_label
 
     settings = _settings(ctx)
-    target = output or _model_path(settings, None)
+    live = _model_path(settings, None)
+    target = output or live
+    if output is None and with_corrections:
+        from triage.training.compare import candidate_path
+
+        # Corrections never replace the live model directly: `triage model promote` does, after
+        # comparing the two.
+        target = candidate_path(live)
     if output is None and is_installed_file(target):
         fail(
             f"{target} is the model installed with triage; write yours with --output PATH "
@@ -189,6 +199,13 @@ def train(
             run = learn.train(data, target, sources, progress)
     _print_training(run.card.training_size, run.cross_validation)
     print(f"wrote {target} and {card_path(target)}")
+    if target != live:
+        print(
+            f"the live model {live} is unchanged; compare with `triage model compare`, "
+            "put it live with `triage model promote`"
+            if output is None
+            else f"the live model {live} is unchanged"
+        )
 
 
 def _apply_corrections(base: Corpus, store_path: Path, sources: list[str]) -> Corpus | None:
@@ -221,7 +238,10 @@ def _apply_corrections(base: Corpus, store_path: Path, sources: list[str]) -> Co
             f"sales recall {_pct(scores['labels']['sales']['recall'])}"
         )
     if not comparison.candidate_wins:
-        print("the corrections make the model worse on the held-out split: model not replaced")
+        print(
+            "the corrections make the model worse on the held-out split: no model written "
+            "(model not replaced)"
+        )
         return None
     sources.append(f"corrections {store_path}: {len(corrections)} messages")
     return base.with_corrections(corrections)

@@ -9,6 +9,10 @@ The label table (`triage.core.labels`) says which labels make which kind of lead
 due within `leads.response_target_hours` business hours, nurture leads have no target; `review`
 decisions wait for a person (`triage.sales.review`).
 The pipeline calls `assign_owner` and `business_due` inside its transaction; the CLI calls the rest.
+
+Closing a lead teaches the model: won or lost confirms its label, dismissed as "not a lead" and
+`relabel` correct it; each is a weighted correction (`triage.store.corrections`) recorded in the
+same transaction as the change, and `triage train --with-corrections` learns from them.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from triage.core.errors import ConfigError, TriageError
-from triage.core.models import LeadKind
+from triage.core.labels import LABEL_TABLE
+from triage.core.models import LABELS, LeadKind
 from triage.core.sanitize import strip_invisible
 from triage.core.settings import LeadsSettings, Settings
 from triage.store import leads as store
+from triage.store.corrections import LeadCorrections, correct_lead_messages
 from triage.store.db import Database, Tx, timestamp
 from triage.store.leads import (
     CLOSED_STATUSES,
@@ -48,6 +54,7 @@ TRANSITIONS: Mapping[str, tuple[str, ...]] = {
     "lost": (),
     "dismissed": (),
 }
+OTHER_LABEL = "other"  # what a lead that was no lead at all should have been labelled
 MAX_SEARCH_DAYS = 3 * 366  # business days so sparse that a target lies further out are a mistake
 
 
@@ -148,18 +155,59 @@ def update(
     status: str | None = None,
     note: str | None = None,
     by: str = "",
+    not_a_lead: bool = False,
     now: datetime | None = None,
 ) -> LeadRecord:
+    """Move a lead to `status` and/or add a note by `by`, in one transaction (see `update_lead`,
+    which also says which corrections the change recorded)."""
+    return update_lead(
+        db, lead_id, status=status, note=note, by=by, not_a_lead=not_a_lead, now=now
+    ).lead
+
+
+@dataclass(frozen=True, slots=True)
+class LeadUpdate:
+    """A lead after a change, and the corrections the change recorded (None: none were due)."""
+
+    lead: LeadRecord
+    corrections: LeadCorrections | None = None
+
+
+def confirmed_label(kind: str) -> str:
+    """The label a lead of `kind` confirms when it is closed won or lost (hot: sales, nurture:
+    marketing), from the label table."""
+    for label, row in LABEL_TABLE.items():
+        if row.lead_kind is not None and row.lead_kind.value == kind:
+            return label
+    raise LeadError(f"no label makes a {kind} lead")
+
+
+def update_lead(
+    db: Database,
+    lead_id: int,
+    *,
+    status: str | None = None,
+    note: str | None = None,
+    by: str = "",
+    not_a_lead: bool = False,
+    now: datetime | None = None,
+) -> LeadUpdate:
     """Move a lead to `status` and/or add a note by `by`, in one transaction.
 
-    Setting the status it already has changes nothing; `claimed` makes `by` the owner.
+    Setting the status it already has changes nothing; `claimed` makes `by` the owner. Closing a
+    lead teaches the model, in the same transaction: `won` or `lost` records a correction
+    confirming its label (`confirmed_label`), `dismissed` with `not_a_lead` one saying `other`
+    (also for a lead dismissed earlier).
     """
     if status is None and not (note or "").strip():
         raise LeadError("nothing to update: give --status and/or --note")
     if status is not None:
         check_status(status)
+    if not_a_lead and status != "dismissed":
+        raise LeadError("--not-a-lead goes with --status dismissed")
     by = by.strip()
     moment = now or datetime.now(UTC)
+    corrections = None
     with db.transaction() as c:
         lead = _require(c, lead_id)
         if status is not None and status != lead.status:
@@ -167,9 +215,46 @@ def update(
             if status == "claimed" and not by:
                 raise LeadError("a claim needs a name: --by NAME")
             store.set_status(c, lead_id, status, moment, owner=by if status == "claimed" else None)
+            if status in ("won", "lost"):
+                corrections = correct_lead_messages(
+                    c, lead_id, confirmed_label(lead.kind), source=status
+                )
+        if not_a_lead:
+            corrections = correct_lead_messages(c, lead_id, OTHER_LABEL, source="not-a-lead")
+            _note_label(c, lead_id, by, "not a lead: labelled other for training", moment)
         if note and note.strip():
             store.add_note(c, lead_id, by, note.strip(), moment)
-        return _require(c, lead_id)
+        return LeadUpdate(_require(c, lead_id), corrections)
+
+
+def dismiss_not_a_lead(
+    db: Database, lead_id: int, *, by: str = "", now: datetime | None = None
+) -> LeadUpdate:
+    """Dismiss a lead that was no lead at all; its messages become corrections labelled
+    `other`. The CLI's `--status dismissed --not-a-lead` and the console call this."""
+    return update_lead(db, lead_id, status="dismissed", not_a_lead=True, by=by, now=now)
+
+
+def relabel(
+    db: Database, lead_id: int, label: str, *, by: str = "", now: datetime | None = None
+) -> LeadUpdate:
+    """The lead's label was wrong: record `label` as a correction of each of its messages and a
+    note on the lead, in one transaction. The lead's status is left to the workflow."""
+    if label not in LABELS:
+        raise LeadError(f"unknown label {label!r}; one of: {', '.join(LABELS)}")
+    moment = now or datetime.now(UTC)
+    with db.transaction() as c:
+        lead = _require(c, lead_id)
+        if label == lead.label:
+            raise LeadError(f"lead {lead_id} is already labelled {label}")
+        corrections = correct_lead_messages(c, lead_id, label, source="relabel")
+        _note_label(c, lead_id, by.strip(), f"relabelled {label} (was {lead.label})", moment)
+        return LeadUpdate(_require(c, lead_id), corrections)
+
+
+def _note_label(c: Tx, lead_id: int, by: str, text: str, moment: datetime) -> None:
+    # A note keeps who taught the model what, visible where staff look: on the lead.
+    store.add_note(c, lead_id, by or store.NOTE_AUTHOR, text, moment)
 
 
 def is_overdue(lead: LeadRecord, now: datetime) -> bool:

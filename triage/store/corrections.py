@@ -1,13 +1,46 @@
-"""Corrections: labels people gave to handled messages, kept as training data for the model."""
+"""Corrections: labels people gave to handled messages, kept as training data for the model.
+
+Each correction carries its `source` (where the label came from) and a `weight` (how much it
+counts when training), both fixed when it is recorded from the one table `CORRECTION_WEIGHTS`.
+"""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from triage.core.errors import StoreError
 from triage.store.db import Tx, utcnow
+
+# A correction is one person's explicit judgement of the company's own mail; among hundreds of
+# generic corpus messages a weight of 1 would barely move the model (POPFile-style learning needs
+# a correction to change the decision for that kind of message).
+PERSON_WEIGHT = 8.0
+# A lead closed won or lost confirms the label the model gave: true, but no news to the model,
+# so it counts like one corpus message.
+CONFIRMATION_WEIGHT = 1.0
+
+# The one table of correction sources and their weights; training reads the stored weight.
+CORRECTION_WEIGHTS: Mapping[str, float] = {
+    "review": PERSON_WEIGHT,  # `triage review label`
+    "folder": PERSON_WEIGHT,  # moved into another Triage/<Label> folder
+    "keyword": PERSON_WEIGHT,  # given another $Triage-<Label> keyword
+    "relabel": PERSON_WEIGHT,  # `triage leads relabel`: the lead's label was wrong
+    "not-a-lead": PERSON_WEIGHT,  # `triage leads update --status dismissed --not-a-lead`
+    "won": CONFIRMATION_WEIGHT,  # lead closed won: its label confirmed
+    "lost": CONFIRMATION_WEIGHT,  # lead closed lost: still a real inquiry of its kind
+}
+
+
+def weight_for(source: str) -> float:
+    """The weight of a correction from `source`; StoreError for a source not in the table."""
+    try:
+        return CORRECTION_WEIGHTS[source]
+    except KeyError:
+        raise StoreError(f"unknown correction source {source!r}") from None
 
 
 def insert_correction(
@@ -22,46 +55,167 @@ def insert_correction(
     body: str,
     raw: bytes | None,
 ) -> bool:
-    """Within the caller's transaction: record one correction; False if it was already there."""
+    """Within the caller's transaction: record one correction, weighted by its `source`; False
+    if it was already there (the same message with the same label)."""
     cur = c.execute(
         "INSERT OR IGNORE INTO corrections (message_row, message_id, old_label, new_label,"
-        " source, subject, body, raw, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (message_row, message_id, old_label, new_label, source, subject, body, raw, utcnow()),
+        " source, weight, subject, body, raw, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message_row,
+            message_id,
+            old_label,
+            new_label,
+            source,
+            weight_for(source),
+            subject,
+            body,
+            raw,
+            utcnow(),
+        ),
     )
     return cur.rowcount > 0
 
 
 @dataclass(frozen=True, slots=True)
+class LeadCorrections:
+    """What labelling a lead's messages recorded: how many corrections were new, and one note
+    per message that could not be used (no Message-ID, no text left)."""
+
+    label: str
+    source: str
+    added: int
+    skipped: tuple[str, ...] = ()
+
+
+def correct_lead_messages(c: Tx, lead_id: int, new_label: str, source: str) -> LeadCorrections:
+    """Within the caller's transaction: record `new_label` as a correction of every message of
+    lead `lead_id` (the lead workflow: won, lost, not a lead, relabelled).
+
+    The messages' ledger labels are left as they are: the mailbox still carries the keyword of
+    the model's decision, and the keyword scan would take a different ledger label for a new
+    correction by a person (`triage.ingest.corrections`). A message without a Message-ID or
+    without any text left (retention) is skipped with a note; the caller's change still happens.
+    """
+    rows = c.execute(
+        "SELECT m.id, m.message_id, m.subject, m.body, m.raw,"
+        " COALESCE(m.reviewed_label, m.decision) AS current"
+        " FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
+        " WHERE lm.lead_id = ? ORDER BY m.id",
+        (lead_id,),
+    ).fetchall()
+    added = 0
+    skipped = []
+    for r in rows:
+        message_id = (r["message_id"] or "").strip()
+        body = r["body"] or ""
+        raw = bytes(r["raw"]) if r["raw"] is not None else None
+        if not message_id:
+            skipped.append(f"message {r['id']} has no Message-ID")
+            continue
+        if not raw and not body.strip():
+            # A subject alone is too little to learn from, and retention removed the rest.
+            skipped.append(f"message {r['id']} has no text left (removed by retention)")
+            continue
+        added += insert_correction(
+            c,
+            message_row=int(r["id"]),
+            message_id=message_id,
+            old_label=r["current"],
+            new_label=new_label,
+            source=source,
+            subject=r["subject"] or "",
+            body=body,
+            raw=raw,
+        )
+    if not rows:
+        skipped.append(f"lead {lead_id} has no stored message")
+    return LeadCorrections(new_label, source, added, tuple(skipped))
+
+
+@dataclass(frozen=True, slots=True)
 class StoredCorrection:
-    """One correction as training reads it: the message and the label a person gave it."""
+    """One correction as training reads it: the message, the label a person gave it, and how
+    much it counts."""
 
     message_id: str
     new_label: str
     subject: str
     body: str
     raw: bytes | None
+    weight: float = PERSON_WEIGHT
 
 
 def read_corrections(db_path: Path) -> list[StoredCorrection]:
     """Every correction in the store at `db_path`, oldest first; StoreError when unreadable.
 
     The store is opened read-only and not migrated: training never changes it, and a running
-    daemon may keep writing.
+    daemon may keep writing. A store from before weights were recorded weighs each correction
+    by its source.
     """
     try:
         conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open the store {db_path}: {exc}") from None
     try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
+        weight = "weight" if "weight" in columns else "NULL"
         rows = conn.execute(
-            "SELECT message_id, new_label, subject, body, raw FROM corrections "
-            "ORDER BY created_at, id"
+            f"SELECT message_id, new_label, subject, body, raw, source, {weight}"  # noqa: S608
+            " FROM corrections ORDER BY created_at, id"
         ).fetchall()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read corrections from {db_path}: {exc}") from None
     finally:
         conn.close()
     return [
-        StoredCorrection(message_id, new_label, subject, body, raw)
-        for message_id, new_label, subject, body, raw in rows
+        StoredCorrection(
+            message_id,
+            new_label,
+            subject,
+            body,
+            raw,
+            float(stored) if stored is not None else CORRECTION_WEIGHTS.get(source, PERSON_WEIGHT),
+        )
+        for message_id, new_label, subject, body, raw, source, stored in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectionRow:
+    """One correction as `triage corrections list` shows it."""
+
+    id: int
+    created_at: datetime
+    message_row: int | None
+    message_id: str
+    subject: str
+    old_label: str | None
+    new_label: str
+    source: str
+    weight: float
+
+
+def list_corrections(c: Tx, limit: int | None = None) -> list[CorrectionRow]:
+    """Corrections, newest first (at most `limit`)."""
+    rows = c.execute(
+        "SELECT id, created_at, message_row, message_id, subject, old_label, new_label, source,"
+        " weight FROM corrections ORDER BY created_at DESC, id DESC LIMIT ?",
+        (-1 if limit is None else limit,),
+    )
+    out = []
+    for r in rows:
+        created = datetime.fromisoformat(r["created_at"])
+        out.append(
+            CorrectionRow(
+                id=int(r["id"]),
+                created_at=created if created.tzinfo else created.replace(tzinfo=UTC),
+                message_row=r["message_row"],
+                message_id=r["message_id"],
+                subject=r["subject"] or "",
+                old_label=r["old_label"],
+                new_label=r["new_label"],
+                source=r["source"],
+                weight=float(r["weight"]),
+            )
+        )
+    return out

@@ -200,4 +200,12 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE digests SET next_attempt = created_at WHERE next_attempt IS NULL;
     UPDATE digests SET claimed_at = updated_at WHERE state IN ('sending', 'sent', 'uncertain');
     """,
+    # 5: how much a correction counts when training (the learning loop). A person's correction
+    # (review, folder, keyword, and the lead workflow's relabel and not-a-lead) outweighs a
+    # generic corpus message; a lead closed won or lost only confirms the model's label and counts
+    # less (`triage.store.corrections.CORRECTION_WEIGHTS`). Every older row came from a person.
+    """
+    ALTER TABLE corrections ADD COLUMN weight REAL NOT NULL DEFAULT 8.0;
+    CREATE INDEX corrections_created ON corrections (created_at);
+    """,
 )

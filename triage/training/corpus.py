@@ -23,7 +23,7 @@ from triage.core.errors import ConfigError
 from triage.core.models import LABELS, InboundMessage, Label
 from triage.ingest.sources import iter_sources
 from triage.parsing import parse
-from triage.store.corrections import StoredCorrection, read_corrections
+from triage.store.corrections import PERSON_WEIGHT, StoredCorrection, read_corrections
 
 LABELS_FILE = "labels.csv"
 DEFAULT_CORPUS = Path("classifiers/corpus")
@@ -39,7 +39,7 @@ class Example:
     message: InboundMessage
     digest: str
     # How much the example counts when fitting: a person's correction of the company's own mail
-    # outweighs a generic corpus message (see CORRECTION_WEIGHT).
+    # outweighs a generic corpus message (see triage.store.corrections.CORRECTION_WEIGHTS).
     weight: float = 1.0
 
 
@@ -104,10 +104,9 @@ class Corpus:
         return Corpus(kept + corrections.examples, self.problems + corrections.problems)
 
 
-# A correction is one person's explicit judgement of the company's own mail; among hundreds of
-# generic corpus messages a weight of 1 would barely move the model (POPFile-style learning needs
-# a correction to change the decision for that kind of message).
-CORRECTION_WEIGHT = 8.0
+# The weight of a person's correction; every source's weight is in the one table
+# `CORRECTION_WEIGHTS` and stored with the correction, which `load_corrections` uses.
+CORRECTION_WEIGHT = PERSON_WEIGHT
 
 
 def message_key(message_id: str) -> str:
@@ -245,7 +244,7 @@ def load_corrections(db_path: Path) -> Corpus:
 
     The store is opened read-only: training never changes it, and a running daemon may keep
     writing. A correction with the raw message is parsed; one without is rebuilt from its subject
-    and body.
+    and body. Each example counts with the weight stored with its correction (by its source).
     """
     if not db_path.is_file():
         raise ConfigError(f"store {db_path} does not exist")
@@ -281,5 +280,5 @@ def load_corrections(db_path: Path) -> Corpus:
             )
             digest = hashlib.sha256(f"{subject}\0{text}".encode()).hexdigest()
             made = Example(source, label, message, digest)
-        examples.append(replace(made, weight=CORRECTION_WEIGHT))
+        examples.append(replace(made, weight=found.weight))
     return Corpus(tuple(examples), tuple(problems))

@@ -1,0 +1,53 @@
+"""Handled messages as the ledger kept them, read-only: what `triage model compare` runs the live
+and the candidate model over."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from triage.core.errors import StoreError
+from triage.store.db import timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class DecidedMessage:
+    """One decided message: what the ledger kept of it, and the decision it got."""
+
+    row_id: int
+    message_id: str
+    sender: str
+    subject: str
+    body: str
+    language: str
+    decision: str
+
+
+def decided_since(db_path: Path, since: datetime) -> list[DecidedMessage]:
+    """The messages decided (sales, marketing, other or review) since `since`, oldest first.
+
+    The store is opened read-only and not migrated, like training's reads: comparing models
+    never changes it, and a running daemon may keep writing. StoreError when it is unreadable.
+    """
+    try:
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store {db_path}: {exc}") from None
+    try:
+        rows = conn.execute(
+            "SELECT id, message_id, sender, subject, body, language, decision FROM messages"
+            " WHERE decision IS NOT NULL AND created_at >= ? ORDER BY id",
+            (timestamp(since),),
+        ).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read messages from {db_path}: {exc}") from None
+    finally:
+        conn.close()
+    return [
+        DecidedMessage(
+            int(row_id), message_id or "", sender or "", subject or "", body or "", lang or "", dec
+        )
+        for row_id, message_id, sender, subject, body, lang, dec in rows
+    ]
