@@ -311,7 +311,10 @@ def test_explanation_names_the_terms_that_decided(classifier: Classifier) -> Non
 
 def test_a_message_without_known_words_goes_to_review(classifier: Classifier) -> None:
     sure = classifier.with_thresholds(dict.fromkeys(("sales", "marketing", "other"), 0.0))
-    for msg in (message("", ""), message("免費無限次", "免費無限次任打中港長途電話")):
+    # An empty message, and Thai and Georgian: scripts the corpus has no word of.
+    thai = message("ขอใบเสนอราคา", "กรุณาส่งใบเสนอราคาสำหรับปั๊มน้ำ")
+    georgian = message("ფასი", "გთხოვთ გამოგვიგზავნოთ ფასი")
+    for msg in (message("", ""), thai, georgian):
         result = sure.classify(msg)
         assert result.decision == "review"
         assert result.explanation[0] == LITTLE_TEXT
@@ -416,6 +419,25 @@ def test_the_shipped_model_loads_and_separates_obvious_cases() -> None:
     )
     assert shipped.classify(sales).label == "sales"
     assert shipped.classify(other).label == "other"
+
+
+JAPANESE_SALES = [
+    (
+        "お見積りのお願い",
+        "いつもお世話になっております。ステンレス製ポンプを20台購入したく、お見積りをお願いします。"
+        "納期は6月末を希望しています。",
+    ),
+    ("デモのご依頼", "貴社のソフトウェアのデモを来週お願いできますでしょうか。導入を検討中です。"),
+    ("追加ライセンス", "現在10ライセンス利用中ですが、15ライセンス追加したく価格を教えて下さい"),
+]
+
+
+@pytest.mark.parametrize(("subject", "body"), JAPANESE_SALES)
+def test_a_japanese_sales_inquiry_is_never_confidently_other(subject: str, body: str) -> None:
+    """The shipped model sends a Japanese quote, demo or upgrade request to sales or to a
+    person, never to `other` (which would lose a hot lead without anyone reading it)."""
+    result = load_classifier(SHIPPED).classify(message(subject, body))
+    assert result.decision in ("sales", "review"), result
 
 
 def test_bench_runs_at_tiny_size(model_path: Path) -> None:

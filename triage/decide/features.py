@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from triage.core.models import InboundMessage
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 # Intent is stated early; long tails (pasted logs, legal footers, newsletters) only add noise and
 # time. 3,000 characters keep every hand-written inquiry whole while bounding the cost per message.
@@ -36,6 +36,15 @@ MAX_SUBJECT_CHARS = 300
 # language. Words of this length or shorter are their own stem. On the corpus, 4 did better than
 # 5 or 6, and stems did better than word pairs (which cost time and were dropped).
 STEM_CHARS = 4
+
+# Character n-grams: scripts written without spaces between words (Chinese, Japanese) come out
+# of the tokenizer as whole phrases that never repeat; they are cut into overlapping character
+# pairs instead, the usual unit for searching such text (Korean, written with spaces, gets pairs
+# too: its words inflect heavily). Character trigrams of Latin-script words (for typos and
+# compounds) were tried and left out: on the corpus they lowered the cross-validated macro-F1 by
+# 0.6 to 1.6 points whether taken from every word or only from words the vocabulary lacked
+# (classifiers/README.md).
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]")
 
 _DIGIT = re.compile(r"\d")
 # Words of two or more letters/digits (as scikit-learn's default), and the currency signs that
@@ -136,14 +145,39 @@ def _word_terms(tokens: list[str]) -> list[str]:
     return tokens + [t[:STEM_CHARS] + "*" for t in tokens if len(t) > STEM_CHARS]
 
 
+def tokens_of(text: str) -> list[str]:
+    """The words of normalised `text`; runs of Chinese, Japanese or Korean become pairs."""
+    tokens = _TOKEN.findall(text)
+    if not _CJK.search(text):  # the common case: one C-level scan
+        return tokens
+    out: list[str] = []
+    for token in tokens:
+        if not _CJK.search(token):
+            out.append(token)
+            continue
+        for run in _SCRIPT_RUNS.findall(token):
+            if _CJK.match(run):
+                out.extend(run[i : i + 2] for i in range(max(1, len(run) - 1)))
+            elif len(run) > 1:
+                out.append(run)
+    return out
+
+
+# A token split where it moves between CJK and other letters ("iphone15の見積"): each run apart.
+_SCRIPT_RUNS = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+"
+    r"|[^\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]+"
+)
+
+
 def message_terms(msg: InboundMessage) -> list[str]:
     """Every term the model counts for `msg` (repeats count): the pipeline's analyzer.
 
     Subject words appear twice, once plain and once as `subject:word`, because a subject states
     the purpose of a message more densely than its body.
     """
-    subject = _TOKEN.findall(normalise(msg.subject[:MAX_SUBJECT_CHARS]))
-    body = _TOKEN.findall(normalise(body_of(msg)[:MAX_TEXT_CHARS]))
+    subject = tokens_of(normalise(msg.subject[:MAX_SUBJECT_CHARS]))
+    body = tokens_of(normalise(body_of(msg)[:MAX_TEXT_CHARS]))
     terms = _word_terms(subject) + _word_terms(body)
     terms += [f"subject:{t}" for t in subject]
     terms += header_terms(msg)
