@@ -208,4 +208,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE corrections ADD COLUMN weight REAL NOT NULL DEFAULT 8.0;
     CREATE INDEX corrections_created ON corrections (created_at);
     """,
+    # 6: the drift figures (`triage.store.drift`) read label and confidence per arrival window;
+    # a covering index answers them without reading a row (a row holds the body before them:
+    # 0.4 s at 100,000 messages without it, a few milliseconds with it).
+    """
+    CREATE INDEX messages_decided ON messages (created_at, backfill, decision, label, confidence);
+    """,
 )
