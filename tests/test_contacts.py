@@ -295,3 +295,33 @@ def test_form_email_field_must_be_one_plain_address(field: str) -> None:
         FORM.replace("sofia.garcia@logistica-iberica.example", field),
     )
     assert "third.example" not in parse(raw).contact.email
+
+
+def test_an_html_form_table_with_labels_above_values_gives_the_visitor() -> None:
+    """Gravity Forms and others put each label in a table row above its value: as text, a
+    label line and a value line. The visitor's name, address and company are read from it."""
+    from triage.parsing.htmltext import to_text
+
+    table = "".join(
+        f"<tr><td><b>{label}</b></td></tr><tr><td>{value}</td></tr>"
+        for label, value in [
+            ("Name", "Pat Prospect"),
+            ("Email", "pat@client.example"),
+            ("Company", "Acme Pumps"),
+            ("Message", "Please quote 40 pumps."),
+        ]
+    )
+    text = to_text(f"<p>New submission from Contact</p><table>{table}</table>")
+    contact = extract(Address("WordPress", "wordpress@example.test"), (), text, from_html=True)
+    assert (contact.name, contact.email, contact.company) == (
+        "Pat Prospect",
+        "pat@client.example",
+        "Acme Pumps",
+    )
+
+
+def test_stacked_labels_are_only_read_in_html_text() -> None:
+    """In a plain-text message a line "Email" above an address is prose, not a form field."""
+    text = "Thanks for the call.\n\nEmail\n\nsomeone@else.example\n\nBest, Pat"
+    contact = extract(Address("Pat", "pat@client.example"), (), text)
+    assert contact.email == "pat@client.example"

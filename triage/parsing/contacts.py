@@ -9,6 +9,7 @@ function of values `triage.parsing` has already read.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 
@@ -137,8 +138,9 @@ def company_from_domain(domain: str) -> str:
     return " ".join(part.capitalize() for part in label.replace("_", "-").split("-") if part)
 
 
-def _form_fields(text: str) -> dict[str, str]:
-    """The labelled fields of a contact-form notification (first value of each kind).
+def _form_fields(text: str, *, stacked: bool = False) -> dict[str, str]:
+    """The labelled fields of a contact-form notification (first value of each kind); with
+    `stacked`, also labels alone on a line above their value (an HTML table as text).
 
     Driven by the colons in the text (few) rather than by its lines (many).
     """
@@ -157,9 +159,36 @@ def _form_fields(text: str) -> dict[str, str]:
             if kind is not None and value and kind not in found:
                 found[kind] = value[:200]
         colon = text.find(":", end)
+    if stacked and len(found) < 2:
+        _stacked_fields(text, found)
     if "name" not in found and ("first" in found or "last" in found):
         found["name"] = " ".join(found[key] for key in ("first", "last") if key in found)
     return found
+
+
+# A label alone on its line and its value on the next non-empty one: what an HTML notification
+# whose table puts each label in a row above its value (Gravity Forms, Elementor, HubSpot …)
+# becomes as text. Only the first part of the text is read: form fields come first.
+_STACKED_SCAN_CHARS = 6000
+_STACKED = re.compile(
+    r"^[ \t>*_]*("
+    + "|".join(sorted((re.escape(label) for label in _FORM_LABEL_KIND), key=len, reverse=True))
+    + r")[ \t*_]*:?[ \t]*\n(?:[ \t]*\n)*[ \t>]*([^\n]{1,200})$",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def _stacked_fields(text: str, found: dict[str, str]) -> None:
+    """Add to `found` the fields written as a label line followed by a value line."""
+    head = text[:_STACKED_SCAN_CHARS]
+    lowered = head.lower()
+    if "mail" not in lowered and "name" not in lowered and "courriel" not in lowered:
+        return  # no label worth the scan (every form asks for an address or a name)
+    for match in itertools.islice(_STACKED.finditer(head), MAX_FORM_LINES):
+        kind = _FORM_LABEL_KIND[match.group(1).lower()]
+        value = match.group(2).strip(" \t*_")
+        if value and kind not in found and value.lower() not in _FORM_LABEL_KIND:
+            found[kind] = value[:200]
 
 
 def _digits(text: str) -> int:
@@ -337,13 +366,16 @@ def extract(
     *,
     to: Sequence[Address] = (),
     forwarded_from: Address | None = None,
+    from_html: bool = False,
 ) -> Contact:
     """The prospect's contact details from the headers, the signature and any form fields.
 
-    `forwarded_from` is the sender of a forwarded original, when the text holds one.
+    `forwarded_from` is the sender of a forwarded original, when the text holds one;
+    `from_html` says the text was converted from HTML (where a form's table may put each label
+    on the line above its value).
     """
     text = text[:MAX_TEXT]
-    form = _form_fields(text) if ":" in text else {}
+    form = _form_fields(text, stacked=from_html)
     is_form = (
         len(form.keys() & {"name", "company"}) >= 1 and len(form.keys() & {"email", "phone"}) >= 1
     )

@@ -214,6 +214,7 @@ def _parse(raw: bytes) -> InboundMessage:
         reply.signature or _trailing_block(reply.text),
         to=to,
         forwarded_from=forwarded,
+        from_html=from_html,
     )
     return InboundMessage(
         message_id=message_id or synthesise_message_id(data),
