@@ -90,7 +90,7 @@ def test_a_folder_move_is_recorded_and_retraining_learns_it(
     result = triage(config, "classify", "--json", "--model", str(model), str(sample))
     assert result.returncode == 0, result.stderr
     verdict = json.loads(result.stdout.strip().splitlines()[0])
-    assert verdict["label"] == "sales", verdict
+    assert verdict["label"] == "sales", (verdict, trained.stdout[-1500:])
 
 
 def test_a_keyword_change_is_recorded_once_and_the_old_keyword_goes(
