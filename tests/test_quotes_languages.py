@@ -97,3 +97,21 @@ def test_an_opener_without_confidentiality_words_is_kept() -> None:
     """A closing line that only sounds like a disclaimer stays."""
     text = "We need 30 licences by June.\n\nThis message was typed on a train, sorry for typos."
     assert cut_disclaimer(text) == (text, "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hi,\nwe are a hospital in Leeds.\nThis email is to ask for a quote for confidential "
+        "document shredding, 40 bins a month.",
+        "Hola,\nsomos una empresa de logística.\nEste correo es para pedir un presupuesto de 40 "
+        "palés con entrega al destinatario final en Madrid.",
+        "Guten Tag,\nwir sind ein Reisebüro.\nDiese E-Mail ist unsere Anfrage: 30 Lizenzen, "
+        "Rechnung an den Empfänger in Köln.",
+    ],
+)
+def test_a_request_that_names_one_disclaimer_word_is_kept(text: str) -> None:
+    """A sentence that opens like a disclaimer but is the request ("This email is to ask for a
+    quote for confidential shredding") is the message: one such word is not a disclaimer."""
+    assert cut_disclaimer(text) == (text, "")
+    assert "40" in new_text(text).text or "30" in new_text(text).text

@@ -396,9 +396,10 @@ class Reply(NamedTuple):
 #
 # A confidentiality footer is often longer than the message above it, and says nothing about
 # what the sender wants. It is cut when a line near the end opens like one ("This e-mail and
-# any attachments …", "Diese E-Mail enthält …", "本メールは …") AND what follows names
-# confidentiality or the intended recipient, AND some text comes before it: "This email is to
-# ask for a quote" at the top of a message is the message.
+# any attachments …", "Diese E-Mail enthält …", "本メールは …") AND what follows names two of
+# confidentiality, the intended recipient, deletion (one alone is a request: "This email is to
+# ask for a quote for confidential shredding"), AND some text comes before it: "This email is
+# to ask for a quote" at the top of a message is the message.
 
 DISCLAIMER_SCAN_CHARS = 4000  # disclaimers close a message; only its end is searched
 _DISCLAIMER_START = re.compile(
@@ -423,10 +424,21 @@ _DISCLAIMER_WORDS = re.compile(
     r"|confidentiel|destinataire|confidencial|destinatario|riservat|vertrouwelijk|geadresseerde"
     r"|poufn|adresat|konfidentiell|sekretess|mottagare|fortrolig|modtager|konfidensiell"
     r"|luottamuksellinen|vastaanottaja|důvěrn|adresát|gizli|alıcı|기밀|수신자|機密|秘密|保密|机密"
-    r"|宛先|收件人|environment",
+    r"|宛先|收件人|削除|删除|刪除|environment",
     re.IGNORECASE,
 )
+MIN_DISCLAIMER_WORDS = 2  # different words of _DISCLAIMER_WORDS in a disclaimer
 MIN_WORDS_BEFORE_DISCLAIMER = 3
+
+
+def _names_disclaimer(text: str) -> bool:
+    """True when `text` holds at least MIN_DISCLAIMER_WORDS different disclaimer words."""
+    words: set[str] = set()
+    for match in _DISCLAIMER_WORDS.finditer(text):
+        words.add(match[0].lower())
+        if len(words) >= MIN_DISCLAIMER_WORDS:
+            return True
+    return False
 
 
 def cut_disclaimer(text: str) -> tuple[str, str]:
@@ -435,7 +447,7 @@ def cut_disclaimer(text: str) -> tuple[str, str]:
     for match in itertools.islice(_DISCLAIMER_START.finditer(text, start), MAX_CANDIDATES):
         rest = text[match.start() :]
         before = text[: match.start()]
-        if len(before.split()) >= MIN_WORDS_BEFORE_DISCLAIMER and _DISCLAIMER_WORDS.search(rest):
+        if len(before.split()) >= MIN_WORDS_BEFORE_DISCLAIMER and _names_disclaimer(rest):
             return before.rstrip(), rest.strip()
     return text, ""
 
