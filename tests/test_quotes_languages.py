@@ -4,6 +4,8 @@ attribution lines, and closing legal disclaimers cut away (but never the message
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from triage.parsing.quotes import cut_disclaimer, new_text
@@ -115,3 +117,13 @@ def test_a_request_that_names_one_disclaimer_word_is_kept(text: str) -> None:
     quote for confidential shredding") is the message: one such word is not a disclaimer."""
     assert cut_disclaimer(text) == (text, "")
     assert "40" in new_text(text).text or "30" in new_text(text).text
+
+
+def test_disclaimer_search_does_not_rescan_the_text_before_it() -> None:
+    """Many disclaimer-like openers at the end of a long text: the text before them is not
+    split again for each one (that took a third of a second on a 60 KB message)."""
+    tail = "this email\n" * 360
+    text = ("word " * 12_000)[: 59_990 - len(tail)] + tail
+    started = time.process_time()
+    assert cut_disclaimer(text) == (text, "")
+    assert time.process_time() - started < 0.05

@@ -429,26 +429,35 @@ _DISCLAIMER_WORDS = re.compile(
 )
 MIN_DISCLAIMER_WORDS = 2  # different words of _DISCLAIMER_WORDS in a disclaimer
 MIN_WORDS_BEFORE_DISCLAIMER = 3
+# The start of the text up to the first character of its MIN_WORDS_BEFORE_DISCLAIMER-th word.
+_FIRST_WORDS = re.compile(rf"\s*+(?:\S++\s++){{{MIN_WORDS_BEFORE_DISCLAIMER - 1}}}\S")
 
 
-def _names_disclaimer(text: str) -> bool:
-    """True when `text` holds at least MIN_DISCLAIMER_WORDS different disclaimer words."""
+def _last_disclaimer_start(text: str, start: int) -> int:
+    """The last position from which `text` holds MIN_DISCLAIMER_WORDS different disclaimer
+    words (searched from `start`, once), or -1."""
+    found = [(match.start(), match[0].lower()) for match in _DISCLAIMER_WORDS.finditer(text, start)]
     words: set[str] = set()
-    for match in _DISCLAIMER_WORDS.finditer(text):
-        words.add(match[0].lower())
+    for position, word in reversed(found):
+        words.add(word)
         if len(words) >= MIN_DISCLAIMER_WORDS:
-            return True
-    return False
+            return position
+    return -1
 
 
 def cut_disclaimer(text: str) -> tuple[str, str]:
     """(`text` without a closing legal disclaimer, the disclaimer) — ("", "") parts when none."""
     start = max(0, len(text) - DISCLAIMER_SCAN_CHARS)
+    # Where enough words precede a disclaimer, and up to where enough disclaimer words follow,
+    # each found once: splitting or searching again for each candidate would cost the text's
+    # length times the candidates.
+    words = _FIRST_WORDS.match(text)
+    last = _last_disclaimer_start(text, start)
+    if words is None or last < 0:
+        return text, ""
     for match in itertools.islice(_DISCLAIMER_START.finditer(text, start), MAX_CANDIDATES):
-        rest = text[match.start() :]
-        before = text[: match.start()]
-        if len(before.split()) >= MIN_WORDS_BEFORE_DISCLAIMER and _names_disclaimer(rest):
-            return before.rstrip(), rest.strip()
+        if words.end() <= match.start() <= last:
+            return text[: match.start()].rstrip(), text[match.start() :].strip()
     return text, ""
 
 
