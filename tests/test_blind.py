@@ -9,6 +9,7 @@ import pytest
 
 from triage.core.errors import ConfigError
 from triage.training import blind
+from triage.training.corpus import load_corpus
 
 EML = (
     b"From: a@client.example\nSubject: Quote\nMessage-ID: <%d@client.example>\n\n"
@@ -70,3 +71,16 @@ def test_training_refuses_a_frozen_set_and_its_folders(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="frozen blind"):
             blind.refuse_frozen(path)
     blind.refuse_frozen(tmp_path / "elsewhere")  # nothing frozen there: no error
+
+
+def test_a_corpus_cannot_name_a_message_of_a_frozen_set(tmp_path: Path) -> None:
+    """A corpus labels file that reaches into a frozen set ("../blind/messy/m1.eml") is refused:
+    the corpus folder itself holds no FROZEN file, so checking the folder is not enough."""
+    write_set(tmp_path / "blind")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "own.eml").write_bytes(EML % (3, 3))
+    (corpus / "labels.csv").write_text("file,label\nown.eml,sales\n../blind/messy/m1.eml,sales\n")
+    blind.refuse_frozen(corpus)
+    with pytest.raises(ConfigError, match="frozen blind"):
+        load_corpus(corpus)
