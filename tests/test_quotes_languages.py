@@ -127,3 +127,19 @@ def test_disclaimer_search_does_not_rescan_the_text_before_it() -> None:
     started = time.process_time()
     assert cut_disclaimer(text) == (text, "")
     assert time.process_time() - started < 0.05
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Dzień dobry,\nchcemy zarezerwować salę.\nOd: 12.05.2025\nDo: 15.05.2025\n"
+        "Temat: szkolenie BHP\nLiczba osób: 20\nProszę o wycenę.",
+        "Hej,\nFra: København\nTil: Aarhus\nEmne: flytning, 3 værelser\nHvad koster det?",
+        "Olá,\nDe: Lisboa\nPara: Porto\nAssunto: mudança de escritório, 30 pessoas\nObrigado",
+        "Merhaba,\nKimden: İstanbul\nKime: Ankara\nKonu: 20 palet nakliye fiyatı\nTeşekkürler",
+    ],
+)
+def test_from_to_subject_lines_of_a_request_are_not_a_copied_header_block(text: str) -> None:
+    """"From: Lisbon / To: Porto / Subject: office move" in a moving or booking request names
+    neither an address nor a time, as every copied header block does: the request is kept."""
+    assert new_text(text).text == text

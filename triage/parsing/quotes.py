@@ -89,6 +89,8 @@ _LABEL_COLON = (
 )
 _BLOCK_LINE = re.compile(rf"[ \t>*]*+({_ANY_LABEL}){_LABEL_COLON}")
 MAX_BLOCK_LINES = 10
+MAX_BLOCK_CHARS = 2000  # of a header block, searched for an address or a time
+_TIME_OF_DAY = re.compile(r"\d{1,2}[:：]\d\d|\d{1,2}時")
 
 # Cheap scans: each pattern begins with a literal, so the regex engine jumps between newlines
 # or colons instead of trying every position.
@@ -189,7 +191,8 @@ def _is_attribution(line: str) -> bool:
 
 def _is_header_block(scan: str, start: int) -> bool:
     """True when the lines from `start` are a copied header block: a From line plus a Sent/Date
-    line, or a From line plus To and Subject lines, with nothing else between them."""
+    line, or a From line plus To and Subject lines, with nothing else between them, naming an
+    address or a time of day."""
     kinds: set[str] = set()
     position = start
     for _ in range(MAX_BLOCK_LINES):
@@ -204,7 +207,12 @@ def _is_header_block(scan: str, start: int) -> bool:
         position = end + 1
         if position >= len(scan):
             break
-    return "from" in kinds and ("date" in kinds or {"to", "subject"} <= kinds)
+    if not ("from" in kinds and ("date" in kinds or {"to", "subject"} <= kinds)):
+        return False
+    # A copied header names an address or a time of day; "From: Lisbon / To: Porto / Subject:
+    # office move" in a request names neither.
+    block = scan[start : min(position, start + MAX_BLOCK_CHARS)]
+    return "@" in block or _TIME_OF_DAY.search(block) is not None
 
 
 def _next_line_is_quoted(scan: str, position: int) -> bool:
