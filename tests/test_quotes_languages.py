@@ -89,7 +89,7 @@ def test_disclaimers_in_other_languages_are_cut(footer: str) -> None:
 
 
 def test_a_message_that_starts_like_a_disclaimer_is_kept() -> None:
-    """"This email is to request …" at the top is the message, even with "confidential" in it."""
+    """ "This email is to request …" at the top is the message, even with "confidential" in it."""
     text = "This email is to request a confidential quote for 500 units of model X."
     assert cut_disclaimer(text) == (text, "")
     assert new_text(text).text == text
@@ -140,6 +140,27 @@ def test_disclaimer_search_does_not_rescan_the_text_before_it() -> None:
     ],
 )
 def test_from_to_subject_lines_of_a_request_are_not_a_copied_header_block(text: str) -> None:
-    """"From: Lisbon / To: Porto / Subject: office move" in a moving or booking request names
+    """ "From: Lisbon / To: Porto / Subject: office move" in a moving or booking request names
     neither an address nor a time, as every copied header block does: the request is kept."""
     assert new_text(text).text == text
+
+
+@pytest.mark.parametrize(
+    ("separator", "block"),
+    [
+        (
+            "---------- 転送メッセージ ----------",
+            "From: 宮本 支配人\nTo: 岡部\n件名: 客室リネン入替",
+        ),
+        ("-------- Wiadomość przekazana --------", "Od: Halina\nDo: Dział Zakupów\nTemat: środki"),
+        ("________________________________", "From: Kowalski, Jan\nTo: Sales\nSubject: Order"),
+    ],
+)
+def test_a_header_block_of_names_only_after_a_separator_line_is_still_cut(
+    separator: str, block: str
+) -> None:
+    """An internal forward names people without addresses or times, but after a rule line."""
+    text = f"Please quote the items below.\n\n{separator}\n{block}\n\nOld text.\n"
+    kept = new_text(text).text
+    assert kept.startswith("Please quote the items below.")
+    assert block.partition("\n")[0] not in kept and "Old text" not in kept

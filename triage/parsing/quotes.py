@@ -91,6 +91,7 @@ _BLOCK_LINE = re.compile(rf"[ \t>*]*+({_ANY_LABEL}){_LABEL_COLON}")
 MAX_BLOCK_LINES = 10
 MAX_BLOCK_CHARS = 2000  # of a header block, searched for an address or a time
 _TIME_OF_DAY = re.compile(r"\d{1,2}[:：]\d\d|\d{1,2}時")
+_RULE_LINE = re.compile(r"[ \t>]*(?:-{2,}|_{2,})")
 
 # Cheap scans: each pattern begins with a literal, so the regex engine jumps between newlines
 # or colons instead of trying every position.
@@ -209,10 +210,14 @@ def _is_header_block(scan: str, start: int) -> bool:
             break
     if not ("from" in kinds and ("date" in kinds or {"to", "subject"} <= kinds)):
         return False
-    # A copied header names an address or a time of day; "From: Lisbon / To: Porto / Subject:
-    # office move" in a request names neither.
+    # A copied header names an address or a time of day, or follows a separator line ("-----
+    # Forwarded message -----", Outlook's "_____"); "From: Lisbon / To: Porto / Subject: office
+    # move" in a request does none of these.
     block = scan[start : min(position, start + MAX_BLOCK_CHARS)]
-    return "@" in block or _TIME_OF_DAY.search(block) is not None
+    if "@" in block or _TIME_OF_DAY.search(block) is not None:
+        return True
+    before = scan[max(0, start - MAX_BLOCK_CHARS) : start].rstrip()
+    return _RULE_LINE.match(before, before.rfind("\n") + 1) is not None
 
 
 def _next_line_is_quoted(scan: str, position: int) -> bool:
