@@ -164,3 +164,20 @@ def test_a_header_block_of_names_only_after_a_separator_line_is_still_cut(
     kept = new_text(text).text
     assert kept.startswith("Please quote the items below.")
     assert block.partition("\n")[0] not in kept and "Old text" not in kept
+
+
+@pytest.mark.parametrize(
+    "footer",
+    [
+        "This email and any attachments are intended solely for the addressee.",
+        "AVISO DE CONFIDENCIALIDADE: Esta mensagem pode conter informações privilegiadas.",
+        "Diese E-Mail enthält vertrauliche Informationen. Wenn Sie nicht der richtige Adressat "
+        "sind, informieren Sie bitte den Absender.",
+        "Disclaimer: De informatie is uitsluitend bestemd voor de geadresseerde.",
+    ],
+)
+def test_disclaimers_naming_two_different_disclaimer_words_are_cut(footer: str) -> None:
+    """Footers of the corpus that name the addressee, privilege or the word "disclaimer"."""
+    body, cut = cut_disclaimer(f"Please send a quote for 12 units.\n\n{footer}")
+    assert body == "Please send a quote for 12 units."
+    assert cut == footer

@@ -437,7 +437,8 @@ _DISCLAIMER_WORDS = re.compile(
     r"|confidentiel|destinataire|confidencial|destinatario|riservat|vertrouwelijk|geadresseerde"
     r"|poufn|adresat|konfidentiell|sekretess|mottagare|fortrolig|modtager|konfidensiell"
     r"|luottamuksellinen|vastaanottaja|důvěrn|adresát|gizli|alıcı|기밀|수신자|機密|秘密|保密|机密"
-    r"|宛先|收件人|削除|删除|刪除|environment",
+    r"|宛先|收件人|削除|删除|刪除|environment|addressee|adressat|destinatário|privilegiad"
+    r"|irrtümlich|disclaimer|in error|por engano|por error|par erreur|per errore|ten onrechte",
     re.IGNORECASE,
 )
 MIN_DISCLAIMER_WORDS = 2  # different words of _DISCLAIMER_WORDS in a disclaimer
