@@ -62,3 +62,13 @@ def test_sizes_of_the_usual_shape_and_otherwise() -> None:
     other = [b"1 (RFC822.SIZE 1200 UID 7)"]
     assert _fast_sizes(other, [7]) is None
     assert _parsed(other, [7])[7][b"RFC822.SIZE"] == 1200
+
+
+def test_an_unsolicited_fetch_without_uid_is_not_taken_for_a_uid() -> None:
+    """`* 7 FETCH (FLAGS (\\Seen))` (another client changed flags of message number 7) carries
+    no UID: it says nothing of UID 7, which may be gone. No empty body, no size for it."""
+    flags_only = [b"7 (FLAGS (\\Seen))"]
+    assert bodies(flags_only, [7]) == {}
+    assert _parsed(flags_only, [7]) == {}
+    mixed = [(b"1 (UID 9 BODY[] {2}", b"Hi"), b")", b"7 (FLAGS (\\Seen))"]
+    assert bodies(mixed, [7, 9]) == {9: b"Hi"}

@@ -223,3 +223,21 @@ def test_training_weighs_each_correction_by_its_source(
         column = list(model.classes_).index("sales")
         probabilities[weight] = model.predict_proba([weighted.examples[0].message])[0][column]
     assert probabilities[8.0] > probabilities[1.0]
+
+
+def test_closing_a_relabelled_lead_does_not_undo_the_persons_label(
+    config: Path, store: Store
+) -> None:
+    """A lead relabelled marketing, then closed lost: training still learns marketing. The
+    close only confirms the model's label (weight 1); it must not become the message's latest
+    correction over a person's (training keeps the latest per Message-ID)."""
+    from triage.sales.leads import relabel
+
+    _row, lead_id = store.inquiry(JANE, "Brochure please", message_id="<relabel@doe.example>")
+    relabel(store.db, lead_id, "marketing", by="al")
+    close(store, lead_id, "lost")
+    labels = {
+        e.message.message_id: (e.label, e.weight)
+        for e in load_corrections(Path(store.settings.store.path)).examples
+    }
+    assert labels["<relabel@doe.example>"] == ("marketing", PERSON_WEIGHT)

@@ -231,3 +231,16 @@ def test_train_with_corrections_writes_a_candidate_and_leaves_the_live_model(
     assert "without corrections" in result.stdout  # the held-out comparison is still shown
     assert live.read_bytes() == before
     assert load_classifier(candidate).card.training_size["sales"] == 13
+
+
+def test_promote_refuses_the_live_model_or_its_previous_as_candidate(
+    live: Path, models: tuple[Path, Path]
+) -> None:
+    """`--candidate` naming the live model (or the kept previous one) would remove it after
+    "promoting" it: refused, both pairs left as they were."""
+    previous = install(models[1], compare.previous_path(live))
+    before = {p: p.read_bytes() for p in (live, card_path(live), previous, card_path(previous))}
+    for wrong in (live, live.parent / ".." / live.parent.name / live.name, previous):
+        with pytest.raises(ModelError, match="not a candidate"):
+            compare.promote(live, wrong)
+    assert {p: p.read_bytes() for p in before} == before

@@ -117,8 +117,16 @@ def _parsed(data: list[Any], uids: Sequence[int]) -> dict[int, Any]:
     other messages dropped."""
     from imapclient.response_parser import parse_fetch_response
 
-    response = parse_fetch_response(data, True, True)
-    return {uid: response[uid] for uid in uids if uid in response}
+    # Keyed by message number, then by the UID each response carries: keyed by UID, imapclient
+    # files a response without one (`* 7 FETCH (FLAGS …)`, another client's flag change) under
+    # its message number, which would pass for UID 7.
+    wanted = set(uids)
+    out: dict[int, Any] = {}
+    for values in parse_fetch_response(data, True, False).values():
+        uid = values.get(b"UID")
+        if uid in wanted:
+            out.setdefault(uid, {}).update(values)
+    return out
 
 
 class ImapMailbox:

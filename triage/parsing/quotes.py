@@ -89,6 +89,9 @@ _LABEL_COLON = (
 )
 _BLOCK_LINE = re.compile(rf"[ \t>*]*+({_ANY_LABEL}){_LABEL_COLON}")
 MAX_BLOCK_LINES = 10
+MAX_BLOCK_CHARS = 2000  # of a header block, searched for an address or a time
+_TIME_OF_DAY = re.compile(r"\d{1,2}[:：]\d\d|\d{1,2}時")
+_RULE_LINE = re.compile(r"[ \t>]*(?:-{2,}|_{2,})")
 
 # Cheap scans: each pattern begins with a literal, so the regex engine jumps between newlines
 # or colons instead of trying every position.
@@ -189,7 +192,8 @@ def _is_attribution(line: str) -> bool:
 
 def _is_header_block(scan: str, start: int) -> bool:
     """True when the lines from `start` are a copied header block: a From line plus a Sent/Date
-    line, or a From line plus To and Subject lines, with nothing else between them."""
+    line, or a From line plus To and Subject lines, with nothing else between them, naming an
+    address or a time of day."""
     kinds: set[str] = set()
     position = start
     for _ in range(MAX_BLOCK_LINES):
@@ -204,7 +208,16 @@ def _is_header_block(scan: str, start: int) -> bool:
         position = end + 1
         if position >= len(scan):
             break
-    return "from" in kinds and ("date" in kinds or {"to", "subject"} <= kinds)
+    if not ("from" in kinds and ("date" in kinds or {"to", "subject"} <= kinds)):
+        return False
+    # A copied header names an address or a time of day, or follows a separator line ("-----
+    # Forwarded message -----", Outlook's "_____"); "From: Lisbon / To: Porto / Subject: office
+    # move" in a request does none of these.
+    block = scan[start : min(position, start + MAX_BLOCK_CHARS)]
+    if "@" in block or _TIME_OF_DAY.search(block) is not None:
+        return True
+    before = scan[max(0, start - MAX_BLOCK_CHARS) : start].rstrip()
+    return _RULE_LINE.match(before, before.rfind("\n") + 1) is not None
 
 
 def _next_line_is_quoted(scan: str, position: int) -> bool:
@@ -396,9 +409,10 @@ class Reply(NamedTuple):
 #
 # A confidentiality footer is often longer than the message above it, and says nothing about
 # what the sender wants. It is cut when a line near the end opens like one ("This e-mail and
-# any attachments …", "Diese E-Mail enthält …", "本メールは …") AND what follows names
-# confidentiality or the intended recipient, AND some text comes before it: "This email is to
-# ask for a quote" at the top of a message is the message.
+# any attachments …", "Diese E-Mail enthält …", "本メールは …") AND what follows names two of
+# confidentiality, the intended recipient, deletion (one alone is a request: "This email is to
+# ask for a quote for confidential shredding"), AND some text comes before it: "This email is
+# to ask for a quote" at the top of a message is the message.
 
 DISCLAIMER_SCAN_CHARS = 4000  # disclaimers close a message; only its end is searched
 
@@ -432,9 +446,26 @@ _DISCLAIMER_WORDS = re.compile(
     r"|confidentiel|destinataire|confidencial|destinatario|riservat|vertrouwelijk|geadresseerde"
     r"|poufn|adresat|konfidentiell|sekretess|mottagare|fortrolig|modtager|konfidensiell"
     r"|luottamuksellinen|vastaanottaja|důvěrn|adresát|gizli|alıcı|기밀|수신자|機密|秘密|保密|机密"
-    r"|宛先|收件人|environment",  # matched against the lower-cased text
+    r"|宛先|收件人|削除|删除|刪除|environment|addressee|adressat|destinatário|privilegiad"
+    r"|irrtümlich|disclaimer|in error|por engano|por error|par erreur|per errore|ten onrechte",
+    # matched against the lower-cased text: IGNORECASE would lose the engine's fast search
 )
+MIN_DISCLAIMER_WORDS = 2  # different words of _DISCLAIMER_WORDS in a disclaimer
 MIN_WORDS_BEFORE_DISCLAIMER = 3
+# The start of the text up to the first character of its MIN_WORDS_BEFORE_DISCLAIMER-th word.
+_FIRST_WORDS = re.compile(rf"\s*+(?:\S++\s++){{{MIN_WORDS_BEFORE_DISCLAIMER - 1}}}\S")
+
+
+def _last_disclaimer_start(text: str, start: int) -> int:
+    """The last position from which `text` holds MIN_DISCLAIMER_WORDS different disclaimer
+    words (searched from `start`, once), or -1."""
+    found = [(match.start(), match[0].lower()) for match in _DISCLAIMER_WORDS.finditer(text, start)]
+    words: set[str] = set()
+    for position, word in reversed(found):
+        words.add(word)
+        if len(words) >= MIN_DISCLAIMER_WORDS:
+            return position
+    return -1
 
 
 def cut_disclaimer(text: str) -> tuple[str, str]:
@@ -444,20 +475,26 @@ def cut_disclaimer(text: str) -> tuple[str, str]:
     lowered = tail.lower()
     if len(lowered) != len(tail):  # a character whose lower case is longer: offsets would move
         lowered = tail
-    # Line by line: a disclaimer opens a line, and `startswith` with a tuple compares in C.
-    # (One regular expression over the text would cost ten times more: no literal prefix.)
+    # A disclaimer opens a line: the lines are checked with `startswith` and a tuple (in C);
+    # one regular expression over the text would cost ten times more (no literal prefix).
+    openers = []
     offset = 0
     for line in itertools.islice(lowered.split("\n"), MAX_CANDIDATES):
-        here = offset
+        if line.lstrip(_LINE_LEAD).startswith(_DISCLAIMER_OPENERS):
+            openers.append(offset)
         offset += len(line) + 1
-        if not line.lstrip(_LINE_LEAD).startswith(_DISCLAIMER_OPENERS):
-            continue
-        cut = start + here
-        before = text[:cut]
-        if len(before.split()) >= MIN_WORDS_BEFORE_DISCLAIMER and _DISCLAIMER_WORDS.search(
-            lowered, here
-        ):
-            return before.rstrip(), text[cut:].strip()
+    if not openers:
+        return text, ""
+    # Where enough words precede a disclaimer, and up to where enough disclaimer words follow,
+    # each found once: searching again for each candidate would cost the text's length times
+    # the candidates.
+    words = _FIRST_WORDS.match(text)
+    last = _last_disclaimer_start(lowered, 0)
+    if words is None or last < 0:
+        return text, ""
+    for here in openers:
+        if words.end() <= start + here and here <= last:
+            return text[: start + here].rstrip(), text[start + here :].strip()
     return text, ""
 
 

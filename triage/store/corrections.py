@@ -94,7 +94,8 @@ def correct_lead_messages(c: Tx, lead_id: int, new_label: str, source: str) -> L
     The messages' ledger labels are left as they are: the mailbox still carries the keyword of
     the model's decision, and the keyword scan would take a different ledger label for a new
     correction by a person (`triage.ingest.corrections`). A message without a Message-ID or
-    without any text left (retention) is skipped with a note; the caller's change still happens.
+    without any text left (retention), or one that a confirmation (won, lost) would give a newer
+    correction than a person's, is skipped with a note; the caller's change still happens.
     """
     rows = c.execute(
         "SELECT m.id, m.message_id, m.subject, m.body, m.raw,"
@@ -105,6 +106,7 @@ def correct_lead_messages(c: Tx, lead_id: int, new_label: str, source: str) -> L
     ).fetchall()
     added = 0
     skipped = []
+    confirmation = weight_for(source) < PERSON_WEIGHT
     for r in rows:
         message_id = (r["message_id"] or "").strip()
         body = r["body"] or ""
@@ -115,6 +117,11 @@ def correct_lead_messages(c: Tx, lead_id: int, new_label: str, source: str) -> L
         if not raw and not body.strip():
             # A subject alone is too little to learn from, and retention removed the rest.
             skipped.append(f"message {r['id']} has no text left (removed by retention)")
+            continue
+        if confirmation and _has_correction(c, message_id):
+            # Training keeps the latest correction of a message: a confirmation of the model's
+            # label must not become newer than what a person said about the message.
+            skipped.append(f"message {r['id']} already has a correction; kept")
             continue
         added += insert_correction(
             c,
@@ -130,6 +137,11 @@ def correct_lead_messages(c: Tx, lead_id: int, new_label: str, source: str) -> L
     if not rows:
         skipped.append(f"lead {lead_id} has no stored message")
     return LeadCorrections(new_label, source, added, tuple(skipped))
+
+
+def _has_correction(c: Tx, message_id: str) -> bool:
+    row = c.execute("SELECT 1 FROM corrections WHERE message_id = ? LIMIT 1", (message_id,))
+    return row.fetchone() is not None
 
 
 @dataclass(frozen=True, slots=True)

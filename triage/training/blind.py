@@ -95,6 +95,10 @@ def _load_set(name: str, folder: Path) -> BlindSet:
                 where = f"{labels_file}:{row.get('file', '')}"
                 label: Label = as_label(row.get("label") or "", where)
                 path = labels_file.parent / (row.get("file") or "")
+                # Only .eml files below the set count in its fingerprint: any other file could
+                # change after the set was frozen without anyone noticing.
+                if path.suffix != ".eml" or not path.resolve().is_relative_to(folder.resolve()):
+                    raise ConfigError(f"{where}: not a .eml file inside the set (outside FROZEN)")
                 try:
                     raw = path.read_bytes()
                 except OSError as exc:

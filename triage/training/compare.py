@@ -327,8 +327,11 @@ def promote(live_path: Path, candidate: Path) -> Promotion:
     `<stem>.previous.*`; remove the candidate. The caller has compared them (`refusals`).
 
     ModelError for the model installed with triage (a package upgrade would replace it) and for
-    a candidate that does not load.
+    a candidate that does not load, or that is the live or the previous model itself (it would
+    be removed after being put in place).
     """
+    if candidate.resolve() in (live_path.resolve(), previous_path(live_path).resolve()):
+        raise ModelError(f"{candidate} is the live or the previous model, not a candidate")
     previous, version = _install(live_path, candidate)
     candidate.unlink()
     card_path(candidate).unlink(missing_ok=True)

@@ -198,6 +198,12 @@ def load_corpus(corpus_dir: Path) -> Corpus:
                     f"and {label} ({where})"
                 )
             labelled.setdefault(path, (label, where))
+    # A labels file may name a message anywhere ("../x.eml", a link): never one of a frozen
+    # blind set, wherever it lies (checked once per folder).
+    from triage.training.blind import refuse_frozen  # blind imports this module
+
+    for folder in {path.parent for path in labelled}:
+        refuse_frozen(folder)
     examples = []
     for path in sorted(labelled):
         label, where = labelled[path]
