@@ -147,6 +147,32 @@ def test_compare_without_blind_sets_says_so(
     assert data["stored"]["changed"] == [] and data["refusals"] == []
 
 
+def test_promote_without_a_blind_set_needs_to_be_asked_for(
+    runner: CliRunner,
+    store: Store,
+    live: Path,
+    models: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """With no blind set to compare on, the main guard is missing: promote refuses in one line
+    and names `--without-blind`; given it, the stored-mail rule alone decides."""
+    monkeypatch.setattr(blind, "resolve_blind_dir", lambda _path: tmp_path / "no-blind")
+    learn.save_model(
+        load_classifier(models[0]).pipeline,
+        replace(read_card(models[0]), created="2030-01-01T00:00:00+00:00"),
+        compare.candidate_path(live),
+    )
+    before = live.read_bytes()
+    refused = run(runner, store, live, "promote")
+    assert refused.exit_code == 1
+    assert "no blind set to compare on" in refused.stderr and "--without-blind" in refused.stderr
+    assert live.read_bytes() == before
+    accepted = run(runner, store, live, "promote", "--without-blind")
+    assert accepted.exit_code == 0, accepted.output
+    assert live.read_bytes() != before
+
+
 @pytest.mark.usefixtures("tiny_blind")
 def test_promote_refuses_a_candidate_that_raises_wrong_auto_replies(
     runner: CliRunner, store: Store, live: Path, models: tuple[Path, Path]

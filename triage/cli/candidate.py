@@ -135,6 +135,14 @@ def promote(
     weeks: WeeksOption = 4,
     model: ModelOption = None,
     store: StoreOption = None,
+    without_blind: Annotated[
+        bool,
+        typer.Option(
+            "--without-blind",
+            help="Promote even when no blind set can be read (an installed triage has none): "
+            "then only the stored-mail rule guards the switch.",
+        ),
+    ] = False,
 ) -> None:
     """Make the candidate the live model, unless it is worse on a blind set (macro-F1, hot leads
     lost, other answered) or would newly auto-reply to more stored mail than it stops answering.
@@ -142,6 +150,14 @@ def promote(
     from triage.training.compare import promote as install
 
     live, chosen, result = _run(ctx, model, candidate, store, weeks)
+    if not result.blind and not without_blind:
+        # Without a blind set the main guard is missing: say so rather than promote quietly.
+        fail(
+            f"candidate {chosen} not promoted: no blind set to compare on "
+            f"({'; '.join(result.notes) or 'none found'}); give --without-blind to promote on "
+            "the stored-mail rule alone",
+            EXIT_FAILURE,
+        )
     refusals = result.refusals()
     if refusals:
         fail(f"candidate {chosen} not promoted: {'; '.join(refusals)}", EXIT_FAILURE)
