@@ -13,25 +13,23 @@ Signal handlers only set the stop event.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from triage.core.backoff import Backoff
-from triage.core.errors import AuthenticationError, StoreError, TransientError
+from triage.core.errors import AuthenticationError, TransientError
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.sync import SyncResult
 from triage.ops.service import Service, Shared
 from triage.sales.digest import run_digest_if_due
 from triage.sales.leads import apply_retention
+from triage.store.db import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
-# Errors of the store, which every account shares: when they persist, the service stops.
-STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 
 # The slice in which a waiting worker checks for a stop request or a wake-up.
 SLICE = 1.0

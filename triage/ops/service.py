@@ -7,7 +7,6 @@ the classifier and the template renderer are shared, read-only, across threads.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
@@ -20,7 +19,7 @@ from triage.act.outbox import UNVERIFIED, Outbox, OutboxItem, SendLimits
 from triage.act.replies import TemplateRenderer
 from triage.act.smtp import connect
 from triage.core.checkpoint import Checkpoint, no_checkpoint
-from triage.core.errors import PermanentError, StoreError, TemplateError, TransientError
+from triage.core.errors import PermanentError, TemplateError, TransientError
 from triage.core.labels import HOT_REPLY_TEMPLATES, folder_for
 from triage.core.settings import ImapAccount, Settings
 from triage.decide import guards
@@ -32,7 +31,7 @@ from triage.ops.logs import log_outcome
 from triage.ops.metrics import Metrics
 from triage.pipeline import Decided, Planned, Recorder, decide
 from triage.sales.leads import assign_owner, response_target
-from triage.store.db import Database, Tx
+from triage.store.db import STORE_ERRORS, Database, Tx
 from triage.store.ledger import Ledger, LedgerRow
 
 if TYPE_CHECKING:
@@ -241,7 +240,7 @@ class Service:
                 continue
             try:
                 self._file_one(mailbox, folder, uidvalidity, row, item, sent_folder, drafts)
-            except (StoreError, sqlite3.Error):
+            except STORE_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - filing is a courtesy: the reply was sent
                 self._filing_failed(mailbox, row, item.id, exc)

@@ -20,6 +20,10 @@ from sqlite3 import Cursor
 from triage.core.errors import StoreError
 from triage.store.schema import MIGRATIONS
 
+# Every error the store can raise: its own and the database driver's (callers outside the store
+# name this tuple, not the driver, so a second database needs no change there).
+STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
+
 log = logging.getLogger(__name__)
 
 # The store holds every inbound message and reply: readable by the service user only.
