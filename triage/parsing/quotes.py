@@ -477,16 +477,11 @@ def cut_disclaimer(text: str) -> tuple[str, str]:
         lowered = tail
     # A disclaimer opens a line: the lines are checked with `startswith` and a tuple (in C);
     # one regular expression over the text would cost ten times more (no literal prefix).
-    # Only a line that starts a paragraph (after a blank or a rule line) is looked at: a
-    # disclaimer stands apart from the message, and most lines are spared the comparisons.
     openers = []
     offset = 0
-    apart = True
     for line in itertools.islice(lowered.split("\n"), MAX_CANDIDATES):
-        lead = line.lstrip(_LINE_LEAD)
-        if apart and lead.startswith(_DISCLAIMER_OPENERS):
+        if line.lstrip(_LINE_LEAD).startswith(_DISCLAIMER_OPENERS):
             openers.append(offset)
-        apart = not lead.strip()
         offset += len(line) + 1
     if not openers:
         return text, ""
