@@ -723,7 +723,7 @@ HARNESS_REPLIES = RepliesSettings(
 )
 
 
-def reply_to(harness: MailHarness, user: str, n: int) -> tuple[EmailMessage, InboundMessage]:
+def reply_to(harness: MailHarness, user: str, n: int) -> tuple[ComposedReply, InboundMessage]:
     """Our reply to an inquiry `n` from `user` (the inquiry itself is built, not delivered)."""
     inbound = InboundMessage(
         message_id=f"<inquiry-{n}-{user}@client.example>",
