@@ -241,3 +241,39 @@ def test_closing_a_relabelled_lead_does_not_undo_the_persons_label(
         for e in load_corrections(Path(store.settings.store.path)).examples
     }
     assert labels["<relabel@doe.example>"] == ("marketing", PERSON_WEIGHT)
+
+
+def test_a_label_given_again_after_another_becomes_the_latest_again(tmp_path: Path) -> None:
+    """sales, then marketing, then sales again (folder moves back and forth): training keeps the
+    latest correction of a message, and that is sales, not the marketing in between. Giving the
+    latest label once more records nothing."""
+    from triage.store.corrections import insert_correction, read_corrections
+    from triage.training.corpus import load_corrections
+
+    path = tmp_path / "triage.db"
+    db = Database(path)
+    raw = b"From: Pat <pat@client.example>\nSubject: Chairs\nMessage-ID: <m1@c.example>\n\nHi\n"
+
+    def give(label: str) -> bool:
+        with db.transaction() as c:
+            return insert_correction(
+                c,
+                message_row=None,
+                message_id="<m1@c.example>",
+                old_label=None,
+                new_label=label,
+                source="folder",
+                subject="Chairs",
+                body="Hi",
+                raw=raw,
+            )
+
+    assert [give("sales"), give("marketing"), give("sales"), give("sales")] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    db.close()
+    assert read_corrections(path)[-1].new_label == "sales"
+    assert [e.label for e in load_corrections(path).examples] == ["sales"]

@@ -56,9 +56,29 @@ def insert_correction(
     raw: bytes | None,
 ) -> bool:
     """Within the caller's transaction: record one correction, weighted by its `source`; False
-    if it was already there (the same message with the same label)."""
-    cur = c.execute(
-        "INSERT OR IGNORE INTO corrections (message_row, message_id, old_label, new_label,"
+    when it changes nothing (the message's latest correction already gives this label).
+
+    A label given again after another one (sales, then marketing, then sales) becomes the latest
+    again: training keeps the latest correction of a message, and one row per message and label
+    would otherwise leave the label in between in force.
+    """
+    latest = c.execute(
+        "SELECT id, new_label FROM corrections WHERE message_id = ?"
+        " ORDER BY created_at DESC, id DESC LIMIT 1",
+        (message_id,),
+    ).fetchone()
+    if latest is not None and latest["new_label"] == new_label:
+        return False
+    now = utcnow()
+    moved = c.execute(
+        "UPDATE corrections SET message_row = ?, old_label = ?, source = ?, weight = ?,"
+        " created_at = ? WHERE message_id = ? AND new_label = ?",
+        (message_row, old_label, source, weight_for(source), now, message_id, new_label),
+    )
+    if moved.rowcount:
+        return True
+    c.execute(
+        "INSERT INTO corrections (message_row, message_id, old_label, new_label,"
         " source, weight, subject, body, raw, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message_row,
@@ -70,10 +90,10 @@ def insert_correction(
             subject,
             body,
             raw,
-            utcnow(),
+            now,
         ),
     )
-    return cur.rowcount > 0
+    return True
 
 
 @dataclass(frozen=True, slots=True)
