@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -219,8 +219,7 @@ def test_enqueue_rejects_unknown_modes_and_replies_without_id(db: Database) -> N
     box = outbox(db, Connector(), Clock())
     with pytest.raises(ValueError, match="mode"):
         enqueue(box, mode="loud")
-    reply = make_reply().message()
-    del reply["Message-ID"]
+    reply = replace(make_reply(), message_id="")
     with pytest.raises(ValueError, match="Message-ID"):
         box.enqueue(
             message_row(db, 2),

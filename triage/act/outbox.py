@@ -36,8 +36,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email import policy
-from email.message import EmailMessage
 from typing import Literal, get_args
 
 from triage.act.compose import ComposedReply
@@ -468,7 +466,7 @@ class Outbox:
     def enqueue(
         self,
         message_row: int,
-        reply: ComposedReply | EmailMessage,
+        reply: ComposedReply,
         *,
         recipient: str,
         envelope_from: str,
@@ -484,11 +482,7 @@ class Outbox:
         """
         if mode not in MODES:
             raise ValueError(f"unknown reply mode {mode!r}")
-        if isinstance(reply, ComposedReply):
-            reply_id, raw = reply.message_id, reply.raw
-        else:
-            reply_id = str(reply.get("Message-ID", "")).strip()
-            raw = reply.as_bytes(policy=policy.SMTP)
+        reply_id, raw = reply.message_id.strip(), reply.raw
         if not reply_id:
             raise ValueError("the reply has no Message-ID")
         key = self.limits.canonical(recipient)
