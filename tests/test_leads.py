@@ -271,9 +271,10 @@ def test_status_flow_claim_contact_win(store: Store) -> None:
     lead = claim(store.db, lead_id, "alice")
     assert (lead.status, lead.owner) == ("claimed", "alice")
     assert lead.claimed_at is not None
-    lead = update(store.db, lead_id, status="contacted", note="Called, sending an offer", by="al")
+    note = "Called, sending an offer"
+    lead = update(store.db, lead_id, status="contacted", note=note, by="al").lead
     assert lead.status == "contacted" and lead.contacted_at is not None
-    lead = update(store.db, lead_id, status="won")
+    lead = update(store.db, lead_id, status="won").lead
     assert lead.status == "won" and lead.closed_at is not None
     notes = show(store.db, lead_id).notes
     assert [(n.author, n.text) for n in notes] == [("al", "Called, sending an offer")]

@@ -20,7 +20,7 @@ from tests.test_model_cli import corpus  # noqa: F401  # the module-scoped fixtu
 from triage.cli.main import app
 from triage.core.models import Contact
 from triage.core.settings import load_settings
-from triage.sales.leads import LeadError, claim, update, update_lead
+from triage.sales.leads import LeadError, claim, update
 from triage.store.corrections import CORRECTION_WEIGHTS, PERSON_WEIGHT
 from triage.store.db import Database
 from triage.store.schema import MIGRATIONS
@@ -163,14 +163,14 @@ def test_a_lead_whose_message_kept_no_text_still_closes(store: Store) -> None:
         c.execute("UPDATE messages SET body = NULL, raw = NULL")
     claim(store.db, lead_id, "al")
     update(store.db, lead_id, status="contacted")
-    done = update_lead(store.db, lead_id, status="won")
+    done = update(store.db, lead_id, status="won")
     assert done.lead.status == "won"
     assert done.corrections is not None and done.corrections.added == 0
     assert done.corrections.skipped and "no text left" in done.corrections.skipped[0]
     _row, other = store.inquiry(ACME, "Hello", "Is this the sales team?")
     with store.db.transaction() as c:
         c.execute("UPDATE messages SET message_id = '' WHERE id = ?", (_row,))
-    dismissed = update_lead(store.db, other, status="dismissed", not_a_lead=True)
+    dismissed = update(store.db, other, status="dismissed", not_a_lead=True)
     assert dismissed.lead.status == "dismissed"
     assert dismissed.corrections is not None and dismissed.corrections.added == 0
     assert dismissed.corrections.skipped == (f"message {_row} has no Message-ID",)

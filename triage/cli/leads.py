@@ -222,7 +222,7 @@ def update(
     from triage.sales import leads
 
     with _store(ctx) as (_settings, db):
-        done = leads.update_lead(
+        done = leads.update(
             db, lead_id, status=status, note=note, by=by or current_user(), not_a_lead=not_a_lead
         )
         lead = done.lead

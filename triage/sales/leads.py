@@ -148,23 +148,6 @@ def claim(db: Database, lead_id: int, by: str, now: datetime | None = None) -> L
         return _require(c, lead_id)
 
 
-def update(
-    db: Database,
-    lead_id: int,
-    *,
-    status: str | None = None,
-    note: str | None = None,
-    by: str = "",
-    not_a_lead: bool = False,
-    now: datetime | None = None,
-) -> LeadRecord:
-    """Move a lead to `status` and/or add a note by `by`, in one transaction (see `update_lead`,
-    which also says which corrections the change recorded)."""
-    return update_lead(
-        db, lead_id, status=status, note=note, by=by, not_a_lead=not_a_lead, now=now
-    ).lead
-
-
 @dataclass(frozen=True, slots=True)
 class LeadUpdate:
     """A lead after a change, and the corrections the change recorded (None: none were due)."""
@@ -182,7 +165,7 @@ def confirmed_label(kind: str) -> str:
     raise LeadError(f"no label makes a {kind} lead")
 
 
-def update_lead(
+def update(
     db: Database,
     lead_id: int,
     *,
@@ -232,7 +215,7 @@ def dismiss_not_a_lead(
 ) -> LeadUpdate:
     """Dismiss a lead that was no lead at all; its messages become corrections labelled
     `other`. The CLI's `--status dismissed --not-a-lead` and the console call this."""
-    return update_lead(db, lead_id, status="dismissed", not_a_lead=True, by=by, now=now)
+    return update(db, lead_id, status="dismissed", not_a_lead=True, by=by, now=now)
 
 
 def relabel(
