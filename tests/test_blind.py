@@ -38,16 +38,16 @@ def test_an_untouched_set_loads_and_an_edited_one_is_refused(tmp_path: Path) -> 
         blind.load_blind(root)
 
 
-def test_a_blind_message_of_another_file_type_cannot_be_edited_unnoticed(tmp_path: Path) -> None:
-    """Every message a labels file names counts in the fingerprint, whatever its suffix."""
+def test_a_blind_message_of_another_file_type_is_refused(tmp_path: Path) -> None:
+    """The fingerprint covers .eml files only, so a labels file naming any other file is
+    refused (it could change after the set was frozen without anyone noticing)."""
     root = tmp_path / "blind"
     folder = root / "messy"
     folder.mkdir(parents=True)
     (folder / "m1.txt").write_bytes(EML % (1, 1))
     (folder / "labels.csv").write_text("file,label,language,shape\nm1.txt,sales,en,plain\n")
     blind.freeze(root, "2026-01-01")
-    (folder / "m1.txt").write_bytes(EML % (1, 9))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"not a \.eml file inside the set"):
         blind.load_blind(root)
 
 
@@ -84,3 +84,26 @@ def test_a_corpus_cannot_name_a_message_of_a_frozen_set(tmp_path: Path) -> None:
     blind.refuse_frozen(corpus)
     with pytest.raises(ConfigError, match="frozen blind"):
         load_corpus(corpus)
+
+
+def test_an_unreadable_labels_file_is_one_clear_error(tmp_path: Path) -> None:
+    """A labels file that is not UTF-8 is a ConfigError naming it, not a traceback."""
+    root = write_set(tmp_path / "blind")
+    labels = root / "messy" / "labels.csv"
+    labels.write_bytes(b"file,label\n\xff\xfe.eml,sales\n")
+    blind.freeze(root, "2026-01-01")
+    with pytest.raises(ConfigError, match=r"labels\.csv cannot be read"):
+        blind.load_blind(root)
+
+
+def test_score_reports_the_set_and_each_language(tmp_path: Path) -> None:
+    """`triage evaluate --blind`'s figures: the report over the set, the header-rule count and
+    the per-language rows (here two English sales inquiries)."""
+    from triage.core.settings import ClassifierSettings
+    from triage.decide.classify import load_classifier
+
+    [messy] = blind.load_blind(write_set(tmp_path / "blind"))
+    found = blind.score(load_classifier(ClassifierSettings().model_path), messy)
+    assert found["messages"] == 2 and found["labels"]["sales"]["support"] == 2
+    assert list(found["by_language"]) == ["en"]
+    assert found["by_language"]["en"]["messages"] == 2

@@ -144,7 +144,10 @@ def test_compare_without_blind_sets_says_so(
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["blind"] == [] and "blind sets left out" in data["notes"][0]
-    assert data["stored"]["changed"] == [] and data["refusals"] == []
+    assert data["stored"]["changed"] == []
+    # What compare says promote would do is what promote does: refuse without a blind set.
+    [refusal] = data["refusals"]
+    assert refusal.startswith("no blind set to compare on") and "--without-blind" in refusal
 
 
 def test_promote_without_a_blind_set_needs_to_be_asked_for(

@@ -54,7 +54,12 @@ def _run(
     store_path = store or (settings.store if settings else StoreSettings()).path
     with user_errors():
         result = compare.compare(
-            live, chosen, store_path, weeks=weeks, thresholds=_thresholds(settings)
+            live,
+            chosen,
+            store_path,
+            weeks=weeks,
+            thresholds=_thresholds(settings),
+            spam_headers=settings.classifier.trusted_spam_headers if settings else (),
         )
     return live, chosen, result
 
@@ -150,15 +155,7 @@ def promote(
     from triage.training.compare import promote as install
 
     live, chosen, result = _run(ctx, model, candidate, store, weeks)
-    if not result.blind and not without_blind:
-        # Without a blind set the main guard is missing: say so rather than promote quietly.
-        fail(
-            f"candidate {chosen} not promoted: no blind set to compare on "
-            f"({'; '.join(result.notes) or 'none found'}); give --without-blind to promote on "
-            "the stored-mail rule alone",
-            EXIT_FAILURE,
-        )
-    refusals = result.refusals()
+    refusals = result.refusals(require_blind=not without_blind)
     if refusals:
         fail(f"candidate {chosen} not promoted: {'; '.join(refusals)}", EXIT_FAILURE)
     for note in result.notes:

@@ -357,27 +357,12 @@ def _evaluate_paths(settings: Settings | None, model: Path | None, paths: Sequen
 
 
 def _evaluate_blind(settings: Settings | None, model: Path | None, root: Path | None) -> Any:
-    from triage.training import learn
-    from triage.training.blind import by_language, load_blind, resolve_blind_dir
+    from triage.training.blind import load_blind, resolve_blind_dir, score
 
     classifier = _load_classifier(settings, model)
-    results: dict[str, Any] = {}
     with user_errors():
         sets = load_blind(resolve_blind_dir(root))
-    for blind_set in sets:
-        data = blind_set.corpus
-        decided = classifier.classify_many(data.messages, rules=True, explain=False)
-        result = learn.report(
-            data.labels, [r.label for r in decided], [r.decision for r in decided]
-        )
-        # A hot lead is lost when a sales message is neither decided sales nor sent to review.
-        result["hot_leads_lost"] = result["sales_missed"]
-        result["rule_decided"] = sum(1 for r in decided if r.rule is not None)
-        result["by_language"] = by_language(
-            blind_set.languages, data.labels, [r.decision for r in decided]
-        )
-        results[f"blind set {blind_set.name} ({len(data)} messages)"] = result
-    return results
+    return {f"blind set {b.name} ({len(b.corpus)} messages)": score(classifier, b) for b in sets}
 
 
 def _print_languages(rows: Mapping[str, Mapping[str, Any]]) -> None:

@@ -15,11 +15,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triage.core.errors import ConfigError
 from triage.core.models import Label
 from triage.training.corpus import LABELS_FILE, Corpus, Example, as_label, example
+from triage.training.learn import report
+
+if TYPE_CHECKING:
+    from triage.decide.classify import Classifier
 
 FROZEN_FILE = "FROZEN"
 DEFAULT_BLIND = Path("classifiers/blind")
@@ -50,7 +54,10 @@ def fingerprint(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".eml", ".csv")):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        try:
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        except OSError as exc:
+            raise ConfigError(f"{path} cannot be read: {exc.strerror}") from None
     return digest.hexdigest()
 
 
@@ -90,22 +97,41 @@ def _load_set(name: str, folder: Path) -> BlindSet:
     examples: list[Example] = []
     languages: list[str] = []
     for labels_file in sorted(folder.rglob(LABELS_FILE)):
-        with labels_file.open(newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                where = f"{labels_file}:{row.get('file', '')}"
-                label: Label = as_label(row.get("label") or "", where)
-                path = labels_file.parent / (row.get("file") or "")
-                # Only .eml files below the set count in its fingerprint: any other file could
-                # change after the set was frozen without anyone noticing.
-                if path.suffix != ".eml" or not path.resolve().is_relative_to(folder.resolve()):
-                    raise ConfigError(f"{where}: not a .eml file inside the set (outside FROZEN)")
-                try:
-                    raw = path.read_bytes()
-                except OSError as exc:
-                    raise ConfigError(f"{where}: cannot be read: {exc.strerror}") from None
-                examples.append(example(path.relative_to(folder).as_posix(), label, raw))
-                languages.append((row.get("language") or "").strip() or "?")
+        for row in _rows(labels_file):
+            where = f"{labels_file}:{row.get('file', '')}"
+            label: Label = as_label(row.get("label") or "", where)
+            path = labels_file.parent / (row.get("file") or "")
+            # Only .eml files below the set count in its fingerprint: any other file could
+            # change after the set was frozen without anyone noticing.
+            if path.suffix != ".eml" or not path.resolve().is_relative_to(folder.resolve()):
+                raise ConfigError(f"{where}: not a .eml file inside the set (outside FROZEN)")
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{where}: cannot be read: {exc.strerror}") from None
+            examples.append(example(path.relative_to(folder).as_posix(), label, raw))
+            languages.append((row.get("language") or "").strip() or "?")
     return BlindSet(name, Corpus(tuple(examples)), tuple(languages))
+
+
+def _rows(labels_file: Path) -> list[dict[str, str]]:
+    try:
+        with labels_file.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{labels_file} cannot be read: {exc}") from None
+
+
+def score(classifier: Classifier, blind_set: BlindSet) -> dict[str, Any]:
+    """How `classifier` (header rules on, as the daemon runs it) does on `blind_set`: the
+    figures of `learn.report`, how many a header rule decided, and per language."""
+    data = blind_set.corpus
+    decided = classifier.classify_many(data.messages, rules=True, explain=False)
+    decisions = [r.decision for r in decided]
+    result = report(data.labels, [r.label for r in decided], decisions)
+    result["rule_decided"] = sum(1 for r in decided if r.rule is not None)
+    result["by_language"] = by_language(blind_set.languages, data.labels, decisions)
+    return result
 
 
 def refuse_frozen(path: Path) -> None:

@@ -40,7 +40,6 @@ from triage.decide.classify import (
 )
 from triage.store.decided import DecidedMessage, decided_since
 from triage.training import blind
-from triage.training.learn import report
 
 CANDIDATE = "candidate"
 PREVIOUS = "previous"
@@ -109,9 +108,16 @@ class ModelComparison:
         """Stored messages the live model answers automatically and the candidate would not."""
         return sum(1 for f in self.flips if f.live in AUTO_REPLY and f.candidate not in AUTO_REPLY)
 
-    def refusals(self) -> list[str]:
-        """Why the candidate must not replace the live model (empty: it may)."""
+    def refusals(self, *, require_blind: bool = True) -> list[str]:
+        """Why the candidate must not replace the live model (empty: it may). Without a blind
+        set the main guard is missing: a refusal too, unless `require_blind` is false."""
         found = []
+        if not self.blind and require_blind:
+            why = "; ".join(self.notes) or "none found"
+            found.append(
+                f"no blind set to compare on ({why}); give --without-blind to promote on the "
+                "stored-mail rule alone"
+            )
         for r in self.blind:
             if _num(r.candidate["macro_f1"]) < _num(r.live["macro_f1"]):
                 found.append(
@@ -204,16 +210,10 @@ def compare_models(
     notes: Sequence[str] = (),
 ) -> ModelComparison:
     """Run both models over the blind sets and the stored mail (see the module's docstring)."""
-    results = []
-    for blind_set in blind_sets:
-        data = blind_set.corpus
-        scores = []
-        for model in (live, candidate):
-            decided = model.classify_many(data.messages, rules=True, explain=False)
-            scores.append(
-                report(data.labels, [r.label for r in decided], [r.decision for r in decided])
-            )
-        results.append(BlindResult(blind_set.name, len(data), scores[0], scores[1]))
+    results = [
+        BlindResult(b.name, len(b.corpus), blind.score(live, b), blind.score(candidate, b))
+        for b in blind_sets
+    ]
     messages = [rebuild(m) for m in stored]
     # The stored mail has no headers left, so header rules cannot apply: the models alone.
     before = [r.decision for r in live.classify_many(messages, rules=False, explain=False)]
@@ -252,6 +252,7 @@ def compare(
     *,
     weeks: int = DEFAULT_WEEKS,
     thresholds: Mapping[str, float] | None = None,
+    spam_headers: Sequence[str] = (),
     now: datetime | None = None,
 ) -> ModelComparison:
     """Load both models (with the operator's thresholds, if any) and compare them over the blind
@@ -262,10 +263,14 @@ def compare(
         )
     live = load_classifier(live_path, thresholds)
     new = load_classifier(candidate, thresholds)
+    live.spam_headers = new.spam_headers = tuple(spam_headers)
     sets, notes = load_blind_sets()
     stored: list[DecidedMessage] = []
     if store_path.is_file():
-        since = (now or datetime.now(UTC)) - timedelta(weeks=weeks)
+        try:
+            since = (now or datetime.now(UTC)) - timedelta(weeks=weeks)
+        except OverflowError:
+            raise ConfigError(f"{weeks} weeks reach back before the year 1") from None
         stored = decided_since(store_path, since)
     else:
         notes.append(f"no store at {store_path}: no stored mail compared")
