@@ -233,7 +233,7 @@ def _list_header(msg: InboundMessage, ctx: GuardContext, dest: Address | None) -
     # RFC 2369/2919: mail from a list goes to many; a reply would go to the list or its owner.
     names = sorted(n for n in msg.headers if n.startswith("list-") or n in _LIST_EXTRA)
     if names:
-        return "mailing list header " + ", ".join(_title(n) for n in names)
+        return "mailing list header " + ", ".join(header_title(n) for n in names)
     return None
 
 
@@ -245,7 +245,7 @@ def _precedence(msg: InboundMessage, ctx: GuardContext, dest: Address | None) ->
     for name in ("precedence", "x-precedence"):
         value = _token(msg.header(name))
         if value in _BULK_PRECEDENCE:
-            return f"{_title(name)}: {value}"
+            return f"{header_title(name)}: {value}"
     return None
 
 
@@ -291,7 +291,7 @@ def _autoreply(msg: InboundMessage, ctx: GuardContext, dest: Address | None) -> 
     # Vacation programs and ticket systems that predate RFC 3834 mark themselves this way.
     names = [n for n in _AUTOREPLY_HEADERS if msg.has_header(n)]
     if names:
-        return "autoresponder header " + ", ".join(_title(n) for n in names)
+        return "autoresponder header " + ", ".join(header_title(n) for n in names)
     if _AUTOREPLY_SUBJECT.match(msg.subject):
         return f"subject looks like an automatic reply: {msg.subject[:60]!r}"
     return None
@@ -587,7 +587,8 @@ def automated_reason(msg: InboundMessage) -> str | None:
     return None
 
 
-def _title(header: str) -> str:
+def header_title(header: str) -> str:
+    """A header name as people write it: "list-id" → "List-Id"."""
     return "-".join(part.capitalize() for part in header.split("-"))
 
 

@@ -16,6 +16,7 @@ from collections.abc import Collection
 
 from triage.core.models import InboundMessage
 from triage.core.settings import SPAM_VERDICT_HEADERS as KNOWN
+from triage.decide.guards import header_title
 
 __all__ = ["KNOWN", "says_spam", "upstream_spam"]
 
@@ -30,7 +31,7 @@ def upstream_spam(msg: InboundMessage, trusted: Collection[str]) -> str | None:
     for name in trusted:
         value = msg.headers.get(name)
         if value is not None and says_spam(name, value):
-            return f"upstream-spam: {_title(name)}: {value.strip()[:60]}"
+            return f"upstream-spam: {header_title(name)}: {value.strip()[:60]}"
     return None
 
 
@@ -46,7 +47,3 @@ def says_spam(name: str, value: str) -> bool:
         except ValueError:
             return False
     return bool(_YES.match(value))
-
-
-def _title(header: str) -> str:
-    return "-".join(part.capitalize() for part in header.split("-"))

@@ -210,14 +210,6 @@ def update(
         return LeadUpdate(_require(c, lead_id), corrections)
 
 
-def dismiss_not_a_lead(
-    db: Database, lead_id: int, *, by: str = "", now: datetime | None = None
-) -> LeadUpdate:
-    """Dismiss a lead that was no lead at all; its messages become corrections labelled
-    `other`. The CLI's `--status dismissed --not-a-lead` and the console call this."""
-    return update(db, lead_id, status="dismissed", not_a_lead=True, by=by, now=now)
-
-
 def relabel(
     db: Database, lead_id: int, label: str, *, by: str = "", now: datetime | None = None
 ) -> LeadUpdate:

@@ -23,7 +23,7 @@ from triage.core.errors import ConfigError
 from triage.core.models import LABELS, InboundMessage, Label
 from triage.ingest.sources import iter_sources
 from triage.parsing import parse
-from triage.store.corrections import PERSON_WEIGHT, StoredCorrection, read_corrections
+from triage.store.corrections import StoredCorrection, read_corrections
 
 LABELS_FILE = "labels.csv"
 DEFAULT_CORPUS = Path("classifiers/corpus")
@@ -102,11 +102,6 @@ class Corpus:
         by_id = {message_key(c.message.message_id): c for c in corrections.examples}
         kept = tuple(e for e in self.examples if message_key(e.message.message_id) not in by_id)
         return Corpus(kept + corrections.examples, self.problems + corrections.problems)
-
-
-# The weight of a person's correction; every source's weight is in the one table
-# `CORRECTION_WEIGHTS` and stored with the correction, which `load_corrections` uses.
-CORRECTION_WEIGHT = PERSON_WEIGHT
 
 
 def message_key(message_id: str) -> str:
