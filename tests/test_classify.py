@@ -438,6 +438,17 @@ def test_a_japanese_sales_inquiry_is_never_confidently_other(subject: str, body:
     person, never to `other` (which would lose a hot lead without anyone reading it)."""
     result = load_classifier(SHIPPED).classify(message(subject, body))
     assert result.decision in ("sales", "review"), result
+    # Decided on what it says, not sent to a person for want of a single known term.
+    assert LITTLE_TEXT not in result.explanation, result
+
+
+def test_chinese_and_japanese_text_becomes_character_pairs() -> None:
+    """A run of CJK characters (one "word" to the tokenizer) is counted as overlapping pairs,
+    split from the Latin letters and digits beside it."""
+    from triage.decide.features import message_terms
+
+    terms = message_terms(message("見積", "iPhone15の見積り依頼"))
+    assert {"見積", "積り", "り依", "依頼", "iphone00", "subject:見積"} <= set(terms)
 
 
 def test_bench_runs_at_tiny_size(model_path: Path) -> None:

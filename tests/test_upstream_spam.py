@@ -3,6 +3,8 @@ for the header names the operator trusts; a verdict header nobody trusts changes
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from triage.core.settings import ClassifierSettings
@@ -75,3 +77,19 @@ def test_an_unknown_header_name_is_a_config_error() -> None:
     """A header triage cannot read is refused when the settings load, naming the known ones."""
     with pytest.raises(ValueError, match="cannot read x-virus-flag; known: x-spam-flag"):
         ClassifierSettings(trusted_spam_headers=("X-Virus-Flag",))
+
+
+def test_the_setting_reaches_the_daemons_classifier(tmp_path: Path) -> None:
+    """`classifier.trusted_spam_headers` in the configuration is what the service's shared
+    model handle applies to every model it loads."""
+    from tests.test_leads_cli import write_config
+    from triage.core.settings import load_settings
+    from triage.ops.service import Shared
+
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text() + '\n[classifier]\ntrusted_spam_headers = ["X-Spam-Flag"]\n'
+    )
+    shared = Shared(load_settings(config))
+    result = shared.model.get().classify(parse(message(b"X-Spam-Flag: YES\n")))
+    assert result.rule == "upstream-spam: X-Spam-Flag: YES"
