@@ -34,10 +34,12 @@ def kill_when_deciding(marker: bytes) -> None:
     """
     original = triage.parsing.message._parse
 
-    def parse_or_die(raw: bytes) -> InboundMessage:
+    def parse_or_die(
+        raw: bytes, needs_body: triage.parsing.message.NeedsBody | None = None
+    ) -> InboundMessage:
         if marker in raw:
             os.kill(os.getpid(), signal.SIGKILL)
-        return original(raw)
+        return original(raw, needs_body)
 
     triage.parsing.message._parse = parse_or_die
 

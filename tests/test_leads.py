@@ -92,6 +92,7 @@ class Store:
         explanation: Sequence[str] = ("quote", "units"),
         message_id: str | None = None,
         at: datetime | None = None,
+        reasons: Sequence[str] = (),
     ) -> int:
         """A ledger row as the pipeline leaves it (`classified`); returns its id."""
         self._uid += 1
@@ -114,7 +115,7 @@ class Store:
                     probabilities={},
                     explanation=explanation,
                     may_reply=decision in ("sales", "marketing"),
-                    reasons=[],
+                    reasons=list(reasons),
                 ),
             )
             if at is not None:

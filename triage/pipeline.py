@@ -11,7 +11,7 @@ after it, each recorded before it is made. `triage.ingest.sync` drives both halv
 and puts one per-message failure boundary around them: retry, then quarantine (or, once the
 message is recorded, `done` with its decision and the error), and the account goes on. The
 worker processes (`triage.ingest.workers`) run the steps that need neither the store nor the
-reply history (`WORKER_STEPS`); the main process finishes the rest.
+reply history (parse, most guards, classify); the main process finishes the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from triage.core.models import Classification, Disposition, InboundMessage, LeadKind, Verdict
+from triage.decide import guards
 from triage.decide.dispose import dispose
 from triage.parsing import parse
 from triage.store.db import Tx
@@ -95,9 +96,16 @@ class DecideTools:
 
 
 def parse_step(batch: Sequence[Deciding], _tools: DecideTools) -> None:
-    """Raw bytes → InboundMessage (never raises; bounded time and memory)."""
+    """Raw bytes → InboundMessage (never raises; bounded time and memory). Mail that a header
+    rule decides (a list, a bounce, an auto-reply: about half of a real inbox) is not read past
+    its headers: the classifier's header rules decide it the same way, and nothing else reads
+    its body."""
     for m in batch:
-        m.msg = parse(m.raw)
+        m.msg = parse(m.raw, _needs_body)
+
+
+def _needs_body(msg: InboundMessage) -> bool:
+    return guards.header_reason(msg) is None
 
 
 def guards_step(batch: Sequence[Deciding], tools: DecideTools) -> None:
@@ -129,10 +137,9 @@ def dispose_step(batch: Sequence[Deciding], tools: DecideTools) -> None:
 
 DecideStep = Callable[[Sequence[Deciding], DecideTools], None]
 DECIDE_STEPS: tuple[DecideStep, ...] = (parse_step, guards_step, classify_step, dispose_step)
-# The steps a worker process runs (neither needs the store or the reply history); the worker
-# also runs the guards that need no history, and the main process finishes the guards and runs
-# `dispose_step` (see `triage.ingest.workers`).
-WORKER_STEPS: tuple[DecideStep, ...] = (parse_step, classify_step)
+# A worker process runs `parse_step`, the guards that need no reply history and the classifier
+# (given the machine rules' reason the guards found); the main process finishes the guards and
+# runs `dispose_step` (see `triage.ingest.workers`).
 
 
 def run_decide_steps(

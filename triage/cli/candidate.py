@@ -85,7 +85,10 @@ def _print(result: ModelComparison) -> None:
         print(f"  {'':<18} {'live':>8} {'candidate':>10}")
         for key, name in rows:
             print(f"  {name:<18} {_pct(r.live[key]):>8} {_pct(r.candidate[key]):>10}")
-    print(f"\nstored mail, last {result.weeks} weeks ({result.stored} messages decided)")
+    print(
+        f"\nstored mail, last {result.weeks} weeks ({result.stored} messages decided by the model;"
+        f" {result.rule_decided} decided by a header rule left out)"
+    )
     print(f"  {'':<18} {'live':>8} {'candidate':>10}")
     for decision in result.live_counts:
         live_n, cand_n = result.live_counts[decision], result.candidate_counts[decision]

@@ -43,6 +43,7 @@ from triage.core.models import LABELS, Classification, Decision, InboundMessage,
 from triage.core.settings import SHIPPED_MODEL, ClassifierSettings
 from triage.decide import guards
 from triage.decide.features import FEATURE_VERSION, TermCounter
+from triage.decide.spam import RULE_NAME as SPAM_RULE
 from triage.decide.spam import upstream_spam
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,16 @@ def decide(
     return label, confidence, decision
 
 
+# The names of the rules that decide a message `other` by its headers, without the model.
+RULE_NAMES = frozenset({*(r.name for r in guards.MACHINE_RULES), SPAM_RULE})
+
+
+def rule_decided(reasons: Sequence[str]) -> bool:
+    """True when recorded `reasons` name a rule that decided the message by its headers (the
+    etiquette check records the same machine rules the classifier applies)."""
+    return any(r.partition(":")[0] in RULE_NAMES for r in reasons)
+
+
 def rule_classification(reason: str, version: str = "") -> Classification:
     """The classification of a message a header rule recognised as machine-sent."""
     return Classification(
@@ -559,14 +570,22 @@ class Classifier:
         *,
         rules: bool = True,
         explain: bool = True,
+        automated: Sequence[str | None] | None = None,
     ) -> list[Classification]:
-        """Classify `messages`: header rules first (unless `rules` is false), then the model."""
+        """Classify `messages`: header rules first (unless `rules` is false), then the model.
+
+        `automated`, when given, holds `guards.automated_reason` of each message as the caller
+        already found it (the etiquette check runs the same machine rules), so they run once.
+        """
+        if automated is not None and len(automated) != len(messages):
+            raise ValueError("one automated reason per message")
         results: list[Classification | None] = [None] * len(messages)
         pending: list[int] = []
         for i, msg in enumerate(messages):
             reason = None
             if rules:
-                reason = guards.automated_reason(msg) or upstream_spam(msg, self.spam_headers)
+                machine = guards.automated_reason(msg) if automated is None else automated[i]
+                reason = machine or upstream_spam(msg, self.spam_headers)
             if reason is not None:
                 results[i] = rule_classification(reason, self.version)
             else:

@@ -138,17 +138,18 @@ class Rule:
     name: str
     check: Check
     machine: bool = False
+    body: bool = False  # reads what the body gives (the contact from a form's fields)
 
     def __call__(self, msg: InboundMessage, ctx: GuardContext, dest: Address | None) -> str | None:
         reason = self.check(msg, ctx, dest)
         return None if reason is None else f"{self.name}: {reason}"
 
 
-def rule(name: str, *, machine: bool = False) -> Callable[[Check], Rule]:
+def rule(name: str, *, machine: bool = False, body: bool = False) -> Callable[[Check], Rule]:
     """Decorator: turn a check function into a named `Rule`."""
 
     def wrap(check: Check) -> Rule:
-        return Rule(name=name, check=check, machine=machine)
+        return Rule(name=name, check=check, machine=machine, body=body)
 
     return wrap
 
@@ -226,12 +227,14 @@ _LIST_EXTRA = (
     "x-mailman-version",
     "x-beenthere",
 )
+# One C-level match per header name (a list of a hundred names is read for every message).
+_LIST_NAME = re.compile("list-|(?:" + "|".join(map(re.escape, _LIST_EXTRA)) + ")$")
 
 
 @rule("list-header", machine=True)
 def _list_header(msg: InboundMessage, ctx: GuardContext, dest: Address | None) -> str | None:
     # RFC 2369/2919: mail from a list goes to many; a reply would go to the list or its owner.
-    names = sorted(n for n in msg.headers if n.startswith("list-") or n in _LIST_EXTRA)
+    names = sorted(filter(_LIST_NAME.match, msg.headers))
     if names:
         return "mailing list header " + ", ".join(header_title(n) for n in names)
     return None
@@ -344,7 +347,7 @@ def _report(msg: InboundMessage, ctx: GuardContext, dest: Address | None) -> str
     return None
 
 
-@rule("do-not-reply-sender", machine=True)
+@rule("do-not-reply-sender", machine=True, body=True)
 def _do_not_reply_sender(
     msg: InboundMessage, ctx: GuardContext, dest: Address | None
 ) -> str | None:
@@ -581,6 +584,18 @@ def verdict_of(where: Route, reasons: Iterable[str]) -> Verdict:
 def automated_reason(msg: InboundMessage) -> str | None:
     """The reason `msg` was sent by a machine (bounce, auto-reply, list, bulk), or None."""
     for each in MACHINE_RULES:
+        reason = each(msg, _MACHINE_CTX, None)
+        if reason is not None:
+            return reason
+    return None
+
+
+def header_reason(msg: InboundMessage) -> str | None:
+    """The reason a header rule gives that `msg` was sent by a machine, from its headers alone;
+    the same as `automated_reason` whenever this is not None (the header rules come first)."""
+    for each in MACHINE_RULES:
+        if each.body:
+            return None  # what follows may depend on the body
         reason = each(msg, _MACHINE_CTX, None)
         if reason is not None:
             return reason

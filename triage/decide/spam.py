@@ -18,7 +18,9 @@ from triage.core.models import InboundMessage
 from triage.core.settings import SPAM_VERDICT_HEADERS as KNOWN
 from triage.decide.guards import header_title
 
-__all__ = ["KNOWN", "says_spam", "upstream_spam"]
+__all__ = ["KNOWN", "RULE_NAME", "says_spam", "upstream_spam"]
+
+RULE_NAME = "upstream-spam"
 
 _YES = re.compile(r"\s*(?:yes|true|spam)\b", re.IGNORECASE)
 _SPAMD = re.compile(r"\s*[\w-]+\s*:\s*true\b", re.IGNORECASE)
@@ -31,7 +33,7 @@ def upstream_spam(msg: InboundMessage, trusted: Collection[str]) -> str | None:
     for name in trusted:
         value = msg.headers.get(name)
         if value is not None and says_spam(name, value):
-            return f"upstream-spam: {header_title(name)}: {value.strip()[:60]}"
+            return f"{RULE_NAME}: {header_title(name)}: {value.strip()[:60]}"
     return None
 
 

@@ -51,11 +51,11 @@ from triage.core.models import (
 from triage.decide import guards
 from triage.decide.classify import ModelHandle
 from triage.pipeline import (
-    WORKER_STEPS,
     Decided,
     DecideTools,
     Deciding,
     dispose_step,
+    parse_step,
     run_decide_steps,
 )
 
@@ -155,14 +155,20 @@ class _Worker:
         """Run the pipeline's worker steps (parse, classify) and the guards that need no reply
         history over a batch."""
         batch = [Deciding(0, raw, False) for raw in raws]
-        tools = DecideTools(_no_check, self.model.get().classify_many, None)
-        run_decide_steps(batch, tools, WORKER_STEPS)
-        out: list[Partial] = []
-        for m in batch:
-            assert m.msg is not None
-            dest, found, deferred = self.check(m.msg)
-            out.append((m.msg, dest, found, deferred, m.classification))
-        return out
+        parse_step(batch, DecideTools(_no_check, _no_classify, None))
+        messages = [m.msg for m in batch if m.msg is not None]
+        checks = [self.check(msg) for msg in messages]
+        # The classifier's header rules are the etiquette check's machine rules, which read
+        # neither the context nor the history: the first one the check found is its reason.
+        automated = [
+            next((reason for index, reason in found if guards.RULES[index].machine), None)
+            for _, found, _ in checks
+        ]
+        classified = self.model.get().classify_many(messages, automated=automated)
+        return [
+            (msg, dest, found, deferred, cls)
+            for msg, (dest, found, deferred), cls in zip(messages, checks, classified, strict=True)
+        ]
 
 
 def _no_classify(_messages: Sequence[InboundMessage]) -> list[Classification]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from types import MappingProxyType
 
 import quotequail
@@ -182,7 +184,7 @@ def _trailing_block(text: str) -> str:
     return "\n".join(reversed(block))
 
 
-def _parse(raw: bytes) -> InboundMessage:
+def _parse(raw: bytes, needs_body: NeedsBody | None = None) -> InboundMessage:
     data = mime.normalise(raw)
     budget = mime.Budget()
     if not data or data.isspace():
@@ -195,28 +197,14 @@ def _parse(raw: bytes) -> InboundMessage:
         budget.defect("no headers")
     header = root.header
     message_id = headers.message_id(header("message-id") or "")
-    text, from_html, body = _body_text(root, budget)
-    reply = quotes.new_text(text)
     senders = headers.addresses(header("from") or "")
     from_ = senders[0] if senders else None
     reply_to = headers.addresses(header("reply-to") or "")
     to = headers.addresses(header("to") or "")
     header_map = _header_map(root, budget)
-    forwarded = None
-    if reply.original and contacts.forwarded_within_company(from_, to):
-        # Only then does the original's sender matter, and quotequail costs a millisecond.
-        forwarded = _forwarded_sender(reply.original, budget)
     auth_results, auth_results_cut, from_count = trace.sender_fields(data)
-    contact = contacts.extract(
-        from_,
-        reply_to,
-        text,
-        reply.signature or _trailing_block(reply.text),
-        to=to,
-        forwarded_from=forwarded,
-        from_html=from_html,
-    )
-    return InboundMessage(
+    # The message as its headers (and its parts' types) give it.
+    light = InboundMessage(
         message_id=message_id or synthesise_message_id(data),
         message_id_synthesised=not message_id,
         subject=headers.clean(header("subject") or ""),
@@ -228,31 +216,63 @@ def _parse(raw: bytes) -> InboundMessage:
         date=headers.date(header("date") or ""),
         in_reply_to=headers.message_id(header("in-reply-to") or ""),
         references=headers.message_ids(header("references") or ""),
-        text=text,
-        new_text=reply.text,
-        text_from_html=from_html,
-        language=language.detect(reply.text or text),
         size=len(raw),
         content_type=root.content_type,
-        attachments=_attachments(root, body),
+        attachments=_attachments(root, None),
         headers=MappingProxyType(header_map),
-        contact=contact,
+        contact=contacts.extract(from_, reply_to, "", "", to=to),
         defects=tuple(budget.defects),
         auth_results=auth_results,
         auth_results_cut=auth_results_cut,
         from_count=from_count,
         from_single=len(senders) == 1 and not headers.is_group(header("from") or ""),
     )
+    if needs_body is not None and not needs_body(light):
+        # Decided by its headers: its text, quotes, signature and form fields are never read.
+        return light
+    text, from_html, body = _body_text(root, budget)
+    reply = quotes.new_text(text)
+    forwarded = None
+    if reply.original and contacts.forwarded_within_company(from_, to):
+        # Only then does the original's sender matter, and quotequail costs a millisecond.
+        forwarded = _forwarded_sender(reply.original, budget)
+    contact = contacts.extract(
+        from_,
+        reply_to,
+        text,
+        reply.signature or _trailing_block(reply.text),
+        to=to,
+        forwarded_from=forwarded,
+        from_html=from_html,
+    )
+    return dataclasses.replace(
+        light,
+        text=text,
+        new_text=reply.text,
+        text_from_html=from_html,
+        language=language.detect(reply.text or text),
+        attachments=_attachments(root, body),
+        contact=contact,
+        defects=tuple(budget.defects),
+    )
 
 
-def parse(raw: bytes) -> InboundMessage:
+# Asked with the message as its headers alone give it: must the body be read too?
+NeedsBody = Callable[[InboundMessage], bool]
+
+
+def parse(raw: bytes, needs_body: NeedsBody | None = None) -> InboundMessage:
     """Parse one raw message into an InboundMessage; never raises, bounded in time.
+
+    With `needs_body`, the message built from the headers alone (no text, no language, the
+    contact from the address headers) is returned when `needs_body(it)` is false: for mail a
+    header rule decides (a list, a bounce), whose body nothing reads.
 
     A message that trips an unexpected error in the parser still yields a value: a synthesised
     Message-ID, its size and the error as a defect, so the pipeline can quarantine it.
     """
     try:
-        return _parse(raw)
+        return _parse(raw, needs_body)
     except Exception as exc:
         # Only a parser bug gets here (mail problems become defects): the caller is promised a
         # value, so keep the message, log the bug with its traceback and record it as a defect.

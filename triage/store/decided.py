@@ -3,6 +3,7 @@ and the candidate model over."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,6 +24,8 @@ class DecidedMessage:
     body: str
     language: str
     decision: str
+    # Why it was not answered, as recorded: a header rule's reason names the rule first.
+    reasons: tuple[str, ...] = ()
 
 
 def decided_since(db_path: Path, since: datetime) -> list[DecidedMessage]:
@@ -37,8 +40,8 @@ def decided_since(db_path: Path, since: datetime) -> list[DecidedMessage]:
         raise StoreError(f"cannot open the store {db_path}: {exc}") from None
     try:
         rows = conn.execute(
-            "SELECT id, message_id, sender, subject, body, language, decision FROM messages"
-            " WHERE decision IS NOT NULL AND created_at >= ? ORDER BY id",
+            "SELECT id, message_id, sender, subject, body, language, decision, reasons"
+            " FROM messages WHERE decision IS NOT NULL AND created_at >= ? ORDER BY id",
             (timestamp(since),),
         ).fetchall()
     except sqlite3.Error as exc:
@@ -47,7 +50,22 @@ def decided_since(db_path: Path, since: datetime) -> list[DecidedMessage]:
         conn.close()
     return [
         DecidedMessage(
-            int(row_id), message_id or "", sender or "", subject or "", body or "", lang or "", dec
+            int(row_id),
+            message_id or "",
+            sender or "",
+            subject or "",
+            body or "",
+            lang or "",
+            dec,
+            _reasons(reasons),
         )
-        for row_id, message_id, sender, subject, body, lang, dec in rows
+        for row_id, message_id, sender, subject, body, lang, dec, reasons in rows
     ]
+
+
+def _reasons(stored: str | None) -> tuple[str, ...]:
+    try:
+        value = json.loads(stored or "[]")
+    except ValueError:
+        return ()
+    return tuple(str(r) for r in value) if isinstance(value, list) else ()

@@ -5,8 +5,8 @@ promote it only when it does no harm.
 (`<stem>.candidate.skops` and its card). `compare` runs both models over
 - the blind sets (`triage.training.blind`): per set macro-F1, hot leads lost (sales mail neither
   decided sales nor sent to review), review rate, and the share of `other` mail answered;
-- the mail the store decided in the last weeks, rebuilt from what the ledger kept (subject, body,
-  sender, language; header rules are not applied, the headers are not stored): the decision
+- the mail the model decided in the last weeks (not what a header rule decided: no model changes
+  that), rebuilt from what the ledger kept (subject, body, sender, language): the decision
   counts, every message whose decision would change, and how many would newly get an automatic
   reply (decided into a label with a reply template from other or review) or stop getting one.
 
@@ -37,6 +37,7 @@ from triage.decide.classify import (
     is_installed_file,
     load_classifier,
     read_card,
+    rule_decided,
 )
 from triage.store.decided import DecidedMessage, decided_since
 from triage.training import blind
@@ -94,6 +95,7 @@ class ModelComparison:
     blind: tuple[BlindResult, ...] = ()
     notes: tuple[str, ...] = ()
     stored: int = 0
+    rule_decided: int = 0  # stored messages a header rule decided: left out
     live_counts: dict[str, int] = field(default_factory=dict)
     candidate_counts: dict[str, int] = field(default_factory=dict)
     flips: tuple[Flip, ...] = ()
@@ -162,6 +164,7 @@ class ModelComparison:
             ],
             "stored": {
                 "messages": self.stored,
+                "rule_decided": self.rule_decided,
                 "live": self.live_counts,
                 "candidate": self.candidate_counts,
                 "changed": [
@@ -214,8 +217,13 @@ def compare_models(
         BlindResult(b.name, len(b.corpus), blind.score(live, b), blind.score(candidate, b))
         for b in blind_sets
     ]
+    # Mail a header rule decided is decided the same way whatever the model says (and its body
+    # was never read): only the mail the model decided can flip. The stored mail has no headers
+    # left, so the rest is run through the models alone.
+    by_model = [m for m in stored if not rule_decided(m.reasons)]
+    left_out = len(stored) - len(by_model)
+    stored = by_model
     messages = [rebuild(m) for m in stored]
-    # The stored mail has no headers left, so header rules cannot apply: the models alone.
     before = [r.decision for r in live.classify_many(messages, rules=False, explain=False)]
     after = [r.decision for r in candidate.classify_many(messages, rules=False, explain=False)]
     flips = tuple(
@@ -230,6 +238,7 @@ def compare_models(
         blind=tuple(results),
         notes=tuple(notes),
         stored=len(stored),
+        rule_decided=left_out,
         live_counts=_counts(before),
         candidate_counts=_counts(after),
         flips=flips,
