@@ -18,6 +18,7 @@ from triage.cli import (
     model,
     outbox,
     templates,
+    web,
 )
 from triage.cli.common import GlobalOptions
 
@@ -66,6 +67,8 @@ app.command("digest")(leads.digest)
 app.add_typer(outbox.app, name="outbox")
 app.add_typer(corrections.app, name="corrections")
 app.add_typer(candidate.app, name="model")
+app.command("web")(web.web)
+app.add_typer(web.users_app, name="users")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ validated once into typed, frozen objects that are passed down; nothing else rea
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -331,6 +332,31 @@ class DaemonSettings(_Section):
     max_failed_passes: Annotated[int, Field(ge=1)] = 10
 
 
+class WebSettings(_Section):
+    """The web console (`triage web`): where it listens, how it links and keeps sessions."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8025
+    # The console's address as people reach it (behind a reverse proxy, say), e.g.
+    # "https://triage.example.com": the digest links each lead to its page there; an https
+    # address makes the session cookie Secure. Empty: no links, cookies for plain http.
+    base_url: str = ""
+    # A file holding the secret that signs session cookies; empty: one generated into the store.
+    session_secret_file: Path | None = None
+    session_hours: Annotated[float, Field(gt=0)] = 12.0
+    # Failed logins for one user name or one client address before further tries are refused.
+    max_failed_logins: Annotated[int, Field(ge=1)] = 5
+    lockout_minutes: Annotated[float, Field(gt=0)] = 15.0
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not re.match(r"https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http:// or https:// address without query or fragment")
+        return value
+
+
 class Settings(BaseSettings):
     """Every setting of triage, validated. Build it with `load_settings`."""
 
@@ -350,6 +376,7 @@ class Settings(BaseSettings):
     leads: LeadsSettings = Field(default_factory=LeadsSettings)
     digest: DigestSettings = Field(default_factory=DigestSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
 
 def _without_config_var(environ: Mapping[str, str]) -> dict[str, str]:

@@ -214,4 +214,62 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX messages_decided ON messages (created_at, backfill, decision, label, confidence);
     """,
+    # 7: the web console (`triage web`). `users`: who may log in, with an Argon2id hash and a
+    # role (sales or admin); `web_sessions`: a signed cookie names a row here, so logout and a
+    # removed user end a session at once; `login_failures`: recent failed logins per user name
+    # and per client address (throttling); `audit`: every change a person made (who, when,
+    # what), from the console and the CLI alike; `template_versions`: each saved reply template
+    # (its text and who saved it), for the diff and rollback; `web_secrets`: the session-signing
+    # secret generated on first start when none is configured.
+    """
+    CREATE TABLE users (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        role          TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        email         TEXT NOT NULL DEFAULT '',
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL
+    );
+    CREATE TABLE web_sessions (
+        id            TEXT PRIMARY KEY,
+        user_id       INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        csrf_token    TEXT NOT NULL,
+        created_at    TEXT NOT NULL,
+        expires_at    TEXT NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions (user_id);
+    CREATE TABLE login_failures (
+        id            INTEGER PRIMARY KEY,
+        kind          TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        at            TEXT NOT NULL
+    );
+    CREATE INDEX login_failures_key ON login_failures (kind, key, at);
+    CREATE TABLE audit (
+        id            INTEGER PRIMARY KEY,
+        at            TEXT NOT NULL,
+        actor         TEXT NOT NULL,
+        action        TEXT NOT NULL,
+        target_kind   TEXT NOT NULL DEFAULT '',
+        target        TEXT NOT NULL DEFAULT '',
+        detail        TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_target ON audit (target_kind, target, at);
+    CREATE INDEX audit_at ON audit (at);
+    CREATE TABLE template_versions (
+        id            INTEGER PRIMARY KEY,
+        filename      TEXT NOT NULL,
+        text          TEXT NOT NULL,
+        saved_by      TEXT NOT NULL,
+        saved_at      TEXT NOT NULL,
+        note          TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX template_versions_file ON template_versions (filename, id);
+    CREATE TABLE web_secrets (
+        name          TEXT PRIMARY KEY,
+        value         TEXT NOT NULL,
+        created_at    TEXT NOT NULL
+    );
+    """,
 )

@@ -1,0 +1,7 @@
+"""The console's pages, one module per area; `PAGES` is every route they serve."""
+
+from __future__ import annotations
+
+from triage.web.app import Page
+
+PAGES: list[Page] = []
