@@ -214,7 +214,19 @@ async def read_form(request: Request) -> FormData:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
         raise HTTPException(413, "form too large")
-    return await request.form(max_files=0, max_fields=200, max_part_size=MAX_FORM_BYTES)
+    received = 0
+
+    async def receive() -> Message:
+        # A chunked body has no Content-Length to check: count what arrives instead.
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > MAX_FORM_BYTES:
+            raise HTTPException(413, "form too large")
+        return message
+
+    limited = Request(request.scope, receive)
+    return await limited.form(max_files=0, max_fields=200, max_part_size=MAX_FORM_BYTES)
 
 
 async def check_csrf(request: Request, session: Session) -> FormData:
