@@ -106,7 +106,7 @@ def test_htmx_keeps_no_copy_of_pages_in_local_storage(client: TestClient) -> Non
     """HTMX's history cache would keep pages (prospects' mail, the CSRF token) in localStorage
     after logout, despite `Cache-Control: no-store`: it is turned off."""
     page = client.get("/login").text
-    assert '"historyCacheSize": 0' in page
+    assert '"historyCacheSize": 0' in page and '"refreshOnHistoryMiss": true' in page
 
 
 def test_logging_in_again_ends_the_session_the_browser_had(client: TestClient, store: Store) -> None:
