@@ -342,6 +342,10 @@ async def login_submit(request: Request) -> Response:
         )
         _set_login_cookie(console, refused, fresh)
         return refused
+    # The session this browser still had (another user's, say) ends with the new login.
+    previous = await run_in_threadpool(current_session, console, request)
+    if previous is not None:
+        await run_in_threadpool(end_session, console, previous)
     cookie_value, _session = await run_in_threadpool(start_session, console, user)
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(console, response, cookie_value)
