@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from tests.test_leads import Store, make_settings
 from tests.web_support import PASSWORD, login
 from triage.cli.main import app as cli
+from triage.core.errors import TriageError
 from triage.store.db import Database
 from triage.web import accounts
 from triage.web.app import MAX_FORM_BYTES, SESSION_COOKIE, build_app, core_pages
@@ -122,6 +123,19 @@ def test_logging_in_again_ends_the_session_the_browser_had(client: TestClient, s
     client.cookies.clear()
     client.cookies.set(SESSION_COOKIE, kept or "")
     assert client.get("/", follow_redirects=False).headers["location"].startswith("/login")
+
+
+def test_a_session_secret_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    """Like every password file: group or others may not read the secret that signs cookies."""
+    secret = tmp_path / "session.secret"
+    secret.write_text("s" * 48 + "\n")
+    secret.chmod(0o644)
+    settings = make_settings(tmp_path, web={"session_secret_file": str(secret)})
+    with pytest.raises(TriageError, match=r"open to other users \(mode 0644\); run `chmod 600"):
+        build_app(settings, pages=core_pages())
+    secret.chmod(0o600)
+    app = build_app(settings, pages=core_pages())
+    assert app.state.console.signer.secret_keys == [("s" * 48).encode()]
 
 
 def _config(store: Store, tmp_path: Path) -> Path:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import secrets
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,9 +103,17 @@ class Console:
         path = self.settings.web.session_secret_file
         if path is not None:
             try:
-                value = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
+                with path.open(encoding="utf-8") as fh:
+                    # The mode of the file read, as for every password file: others may not read.
+                    mode = os.fstat(fh.fileno()).st_mode
+                    value = fh.read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
                 raise TriageError(f"cannot read web.session_secret_file {path}: {exc}") from None
+            if stat.S_ISREG(mode) and mode & 0o077:
+                raise TriageError(
+                    f"web.session_secret_file {path} is open to other users "
+                    f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+                )
             if len(value) < 32:
                 raise TriageError(f"web.session_secret_file {path}: needs at least 32 characters")
             return value
