@@ -34,7 +34,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def client(store: Store) -> Iterator[TestClient]:
-    with TestClient(build_app(store.settings, pages=core_pages()), base_url="http://127.0.0.1") as c:
+    with TestClient(
+        build_app(store.settings, pages=core_pages()), base_url="http://127.0.0.1"
+    ) as c:
         yield c
 
 
@@ -110,7 +112,9 @@ def test_htmx_keeps_no_copy_of_pages_in_local_storage(client: TestClient) -> Non
     assert '"historyCacheSize": 0' in page and '"refreshOnHistoryMiss": true' in page
 
 
-def test_logging_in_again_ends_the_session_the_browser_had(client: TestClient, store: Store) -> None:
+def test_logging_in_again_ends_the_session_the_browser_had(
+    client: TestClient, store: Store
+) -> None:
     """A login from a browser that still holds a session (another user's, on a shared machine)
     ends that session rather than leaving it alive behind the new cookie."""
     login(client, "ada")
