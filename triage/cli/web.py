@@ -89,10 +89,26 @@ def _password(password_file: Path | None, *, confirm: bool) -> str:
             return password_file.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             fail(f"cannot read {password_file}: {exc.strerror}")
+        except UnicodeDecodeError:
+            fail(f"cannot read {password_file}: not UTF-8 text")
     if not sys.stdin.isatty():
         # A password piped in on stdin: the first line.
-        return sys.stdin.readline().rstrip("\r\n")
+        try:
+            line = sys.stdin.readline()
+        except UnicodeDecodeError:
+            fail("the password on stdin is not UTF-8 text")
+        return _text(line.rstrip("\r\n"), "the password on stdin")
     value: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+    return _text(value, "the password typed")
+
+
+def _text(value: str, what: str) -> str:
+    # Bytes that are not UTF-8 reach here as surrogates (stdin decodes with surrogateescape):
+    # refused in one line rather than by the hasher's traceback.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        fail(f"{what} is not UTF-8 text")
     return value
 
 

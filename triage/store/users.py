@@ -133,11 +133,18 @@ def close_session(c: Tx, session_id: str) -> None:
 # --- failed logins --------------------------------------------------------------------------
 
 
-def record_failure(c: Tx, kind: str, key: str, now: datetime) -> None:
-    """Count one failed login for `key` (a user name, kind "user", or an address, "address")."""
-    c.execute(
+def record_failure(c: Tx, kind: str, key: str, now: datetime) -> int:
+    """Count one failed login for `key` (a user name, kind "user", or an address, "address");
+    returns its id."""
+    cur = c.execute(
         "INSERT INTO login_failures (kind, key, at) VALUES (?, ?, ?)", (kind, key, timestamp(now))
     )
+    return int(cur.lastrowid or 0)
+
+
+def forget_failure(c: Tx, failure_id: int) -> None:
+    """Take back one counted failure (a login counted before its check, that succeeded)."""
+    c.execute("DELETE FROM login_failures WHERE id = ?", (failure_id,))
 
 
 def failures_since(c: Tx, kind: str, key: str, since: datetime) -> int:

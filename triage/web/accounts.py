@@ -169,6 +169,11 @@ def login(
         )
         if locked >= policy.max_failures:
             raise AccountError("too many failed logins; try again later")
+        # Counted as a failure now, in the transaction that checked the limit, and taken back
+        # on success: tries sent at once would otherwise all pass the check during the slow
+        # hash below, and the limit would be the size of the thread pool.
+        store.record_failure(c, "user", name.lower(), moment)
+        address_failure = store.record_failure(c, "address", address, moment)
         user = store.get_user(c, name)
     try:
         _HASHER.verify(user.password_hash if user else _DUMMY_HASH, password)
@@ -176,12 +181,10 @@ def login(
     except (VerificationError, InvalidHashError):
         ok = False
     if not ok or user is None:
-        with db.transaction() as c:
-            store.record_failure(c, "user", name.lower(), moment)
-            store.record_failure(c, "address", address, moment)
         raise AccountError("wrong user name or password")
     with db.transaction() as c:
         store.clear_failures(c, "user", name.lower())
+        store.forget_failure(c, address_failure)
         if _HASHER.check_needs_rehash(user.password_hash):
             store.set_password(c, user.id, _HASHER.hash(password), moment)
     return user

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import secrets
+import stat
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,9 +103,17 @@ class Console:
         path = self.settings.web.session_secret_file
         if path is not None:
             try:
-                value = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
+                with path.open(encoding="utf-8") as fh:
+                    # The mode of the file read, as for every password file: others may not read.
+                    mode = os.fstat(fh.fileno()).st_mode
+                    value = fh.read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
                 raise TriageError(f"cannot read web.session_secret_file {path}: {exc}") from None
+            if stat.S_ISREG(mode) and mode & 0o077:
+                raise TriageError(
+                    f"web.session_secret_file {path} is open to other users "
+                    f"(mode {stat.S_IMODE(mode):04o}); run `chmod 600 {path}`"
+                )
             if len(value) < 32:
                 raise TriageError(f"web.session_secret_file {path}: needs at least 32 characters")
             return value
@@ -214,7 +224,19 @@ async def read_form(request: Request) -> FormData:
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
         raise HTTPException(413, "form too large")
-    return await request.form(max_files=0, max_fields=200, max_part_size=MAX_FORM_BYTES)
+    received = 0
+
+    async def receive() -> Message:
+        # A chunked body has no Content-Length to check: count what arrives instead.
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > MAX_FORM_BYTES:
+            raise HTTPException(413, "form too large")
+        return message
+
+    limited = Request(request.scope, receive)
+    return await limited.form(max_files=0, max_fields=200, max_part_size=MAX_FORM_BYTES)
 
 
 async def check_csrf(request: Request, session: Session) -> FormData:
@@ -330,6 +352,10 @@ async def login_submit(request: Request) -> Response:
         )
         _set_login_cookie(console, refused, fresh)
         return refused
+    # The session this browser still had (another user's, say) ends with the new login.
+    previous = await run_in_threadpool(current_session, console, request)
+    if previous is not None:
+        await run_in_threadpool(end_session, console, previous)
     cookie_value, _session = await run_in_threadpool(start_session, console, user)
     response = RedirectResponse(target, status_code=303)
     set_session_cookie(console, response, cookie_value)
