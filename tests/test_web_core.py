@@ -281,3 +281,22 @@ def test_users_cli_adds_lists_changes_and_removes(store: Store, tmp_path: Path) 
         r[0] for r in store.db.reads.execute("SELECT action FROM audit WHERE target = 'lee'")
     ]
     assert actions == ["user.add", "user.role", "user.password", "user.remove"]
+
+
+def test_user_names_are_unique_whatever_their_case(store: Store) -> None:
+    with pytest.raises(accounts.AccountError, match="user Sam exists already"):
+        accounts.add(store.db, "Sam", "sales", PASSWORD)
+
+
+def test_a_new_password_lets_a_locked_out_user_in_again(store: Store) -> None:
+    """Guessers can lock a known name for the window; `triage users passwd` unlocks it."""
+    policy = accounts.LoginPolicy(3)
+    for _ in range(3):
+        with pytest.raises(accounts.AccountError):
+            accounts.login(store.db, "sam", "wrong guess!!", "198.51.100.7", policy)
+    with pytest.raises(accounts.AccountError, match="too many failed logins"):
+        accounts.login(store.db, "sam", PASSWORD, "203.0.113.9", policy)
+    accounts.set_password(store.db, "sam", "a brand new password")
+    assert accounts.login(store.db, "sam", "a brand new password", "203.0.113.9", policy).name == (
+        "sam"
+    )

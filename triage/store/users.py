@@ -71,6 +71,13 @@ def get_user(c: Tx, name: str) -> User | None:
     return _user(r) if r else None
 
 
+def name_taken(c: Tx, name: str) -> bool:
+    """Whether a user's name equals `name` ignoring case (`Sam` and `sam` would share one
+    failed-login counter and confuse people, so they cannot both exist)."""
+    r = c.execute("SELECT 1 FROM users WHERE lower(name) = lower(?)", (name,)).fetchone()
+    return r is not None
+
+
 def list_users(c: Tx) -> list[User]:
     """Every user, by name."""
     return [_user(r) for r in c.execute("SELECT * FROM users ORDER BY name")]

@@ -1,10 +1,11 @@
 """The blind evaluation sets: mail the model is measured on and never trained on.
 
 `classifiers/blind/` holds a messy set (`messy/`: real-inbox shapes, web forms, many languages)
-and two tidy ones (`tidy/`, `tidy2/`), each folder with a `labels.csv` of `file,label,language,shape`. A
-`FROZEN` file at the top records the SHA-256 of every labels file and message: evaluating checks
-it, so a set edited after it was frozen is refused instead of quietly measured, and training
-refuses any corpus or folder that contains a frozen set (`refuse_frozen`).
+and two tidy ones (`tidy/`, `tidy2/`), each folder with a `labels.csv` of
+`file,label,language,shape`. A `FROZEN` file at the top records the SHA-256 of every labels file
+and message: evaluating checks it, so a set edited after it was frozen is refused instead of
+quietly measured, and training refuses any corpus or folder that contains a frozen set
+(`refuse_frozen`).
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def add(
     hashed = hash_password(password)
     moment = now or datetime.now(UTC)
     with db.transaction() as c:
-        if store.get_user(c, name) is not None:
+        if store.name_taken(c, name):
             raise AccountError(f"user {name} exists already")
         store.add_user(c, name, role, hashed, email.strip(), moment)
         audit.record(c, by or name, "user.add", "user", name, {"role": role}, now=moment)
@@ -102,7 +102,8 @@ def staff_names(db: Database) -> list[str]:
 def set_password(
     db: Database, name: str, password: str, *, by: str = "", now: datetime | None = None
 ) -> None:
-    """Give `name` a new password; their sessions end."""
+    """Give `name` a new password; their sessions end, and their failed logins are forgotten
+    (how an admin lets in someone locked out by guessers)."""
     hashed = hash_password(password)
     moment = now or datetime.now(UTC)
     with db.transaction() as c:
@@ -110,6 +111,7 @@ def set_password(
         if user is None:
             raise AccountError(f"no user {name}")
         store.set_password(c, user.id, hashed, moment)
+        store.clear_failures(c, "user", name.lower())
         audit.record(c, by or name, "user.password", "user", name, now=moment)
 
 
