@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from email import policy
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.test_leads import ROOT
 from tests.web_support import ConsoleFixture, make_console, token_of
+from triage.act.replies import ReplyVariables, TemplateRenderer
 from triage.core.models import Contact
 from triage.store import audit
 from triage.store import template_versions as versions
@@ -51,8 +53,13 @@ def admin(console: ConsoleFixture, name: str = "ada") -> str:
     return token_of(page.text)
 
 
-def edit(console: ConsoleFixture, token: str, action: str, text: str, **extra: str) -> object:
-    return console.post(f"/templates/{action}", {"file": "sales.txt", "text": text, **extra}, token)
+def edit(
+    console: ConsoleFixture, token: str, action: str, text: str, **extra: str
+) -> httpx.Response:
+    response: httpx.Response = console.post(
+        f"/templates/{action}", {"file": "sales.txt", "text": text, **extra}, token
+    )
+    return response
 
 
 def entries(console: ConsoleFixture, action: str) -> list[audit.AuditEntry]:
@@ -93,7 +100,7 @@ def test_sales_staff_get_403_on_every_template_route(
         assert console.client.get(url).status_code == 403, url
     for action in ("preview", "save", "test", "rollback"):
         response = edit(console, token, action, "changed", version="1")
-        assert response.status_code == 403, action  # type: ignore[attr-defined]
+        assert response.status_code == 403, action
     assert (templates_dir / "sales.txt").read_text() == before
     assert versions.history(console.store.db.reads, "sales.txt") == []
 
@@ -119,8 +126,8 @@ def test_a_syntax_error_is_shown_with_its_line_and_nothing_is_saved(
     token = admin(console)
     before = (templates_dir / "sales.txt").read_text()
     response = edit(console, token, "save", "Hello,\n\n{% if %}\nno end\n")
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    page = response.text  # type: ignore[attr-defined]
+    assert response.status_code == 400
+    page = response.text
     assert "Not saved" in page
     assert "sales.txt, line 3: syntax error: Expected an expression" in page
     assert "no end" in page  # the text stays in the editor to be fixed
@@ -135,8 +142,8 @@ def test_an_unknown_variable_is_shown_with_its_line_and_nothing_is_saved(
     token = admin(console)
     before = (templates_dir / "sales.txt").read_text()
     response = edit(console, token, "save", "Hello {{ contact.name }},\n{{ contact.nmae }}\n")
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    assert "sales.txt, line 2: unknown variable &#39;contact.nmae&#39;" in response.text  # type: ignore[attr-defined]
+    assert response.status_code == 400
+    assert "sales.txt, line 2: unknown variable &#39;contact.nmae&#39;" in response.text
     assert (templates_dir / "sales.txt").read_text() == before
     assert versions.history(console.store.db.reads, "sales.txt") == []
 
@@ -147,8 +154,8 @@ def test_a_template_that_fails_for_a_stranger_is_not_saved(
     """The name is empty for an unauthenticated sender: indexing it fails, so no save."""
     token = admin(console)
     response = edit(console, token, "save", "Hello {{ contact.name[0] }}\n")
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    assert "for an unauthenticated sender" in response.text  # type: ignore[attr-defined]
+    assert response.status_code == 400
+    assert "for an unauthenticated sender" in response.text
     assert "Hello {{ contact.name[0] }}" not in (templates_dir / "sales.txt").read_text()
 
 
@@ -160,8 +167,8 @@ def test_a_good_save_writes_the_file_and_records_a_version_and_an_audit_entry(
     original = path.read_text()
     token = admin(console)
     response = edit(console, token, "save", "Hello,\r\nthanks from {{ company_name }}.\r\n")
-    assert response.status_code == 303  # type: ignore[attr-defined]
-    assert response.headers["location"].startswith("/templates/edit?file=sales.txt&saved=")  # type: ignore[attr-defined]
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/templates/edit?file=sales.txt&saved=")
     assert path.read_text() == "Hello,\nthanks from {{ company_name }}.\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert not [p for p in templates_dir.iterdir() if p.name.endswith(".tmp")]
@@ -172,7 +179,7 @@ def test_a_good_save_writes_the_file_and_records_a_version_and_an_audit_entry(
     saved = entries(console, "template.save")
     assert [(e.actor, e.target_kind, e.target) for e in saved] == [("ada", "template", "sales.txt")]
     assert saved[0].detail["version"] == history[0].id
-    page = console.client.get(response.headers["location"]).text  # type: ignore[attr-defined]
+    page = console.client.get(response.headers["location"]).text
     assert "Saved as version" in page
     listing = console.client.get("/templates").text
     assert "saved by ada" in listing
@@ -262,8 +269,8 @@ def test_the_preview_renders_the_unsaved_text_with_sample_data(
     response = edit(
         console, token, "preview", "Dear {{ contact.name }} from {{ contact.company }}\n"
     )
-    assert response.status_code == 200  # type: ignore[attr-defined]
-    html = response.text  # type: ignore[attr-defined]
+    assert response.status_code == 200
+    html = response.text
     assert "Dear Jane Doe from Doe Logistics GmbH" in html
     assert "Re: Quote for 40 units" in html  # the subject file, as the recipient gets it
     assert '<pre class="message-text preview-html">&lt;!DOCTYPE html&gt;' in html
@@ -274,7 +281,7 @@ def test_the_preview_renders_the_unsaved_text_with_sample_data(
 def test_the_preview_shows_problems_with_their_lines(console: ConsoleFixture) -> None:
     token = admin(console)
     response = edit(console, token, "preview", "ok\n{{ foo }}\n")
-    assert "sales.txt, line 2: unknown variable &#39;foo&#39;" in response.text  # type: ignore[attr-defined]
+    assert "sales.txt, line 2: unknown variable &#39;foo&#39;" in response.text
 
 
 def test_htmx_gets_only_the_preview_fragment(console: ConsoleFixture) -> None:
@@ -338,7 +345,7 @@ def test_send_a_test_queues_the_edited_reply_to_the_admins_address(
     before = (templates_dir / "sales.txt").read_text()
     token = admin(console)
     response = edit(console, token, "test", "Test body for {{ contact.name }}\n")
-    assert response.status_code == 303  # type: ignore[attr-defined]
+    assert response.status_code == 303
     rows = console.store.db.reads.execute(
         "SELECT kind, state, recipients, raw FROM digests"
     ).fetchall()
@@ -354,7 +361,7 @@ def test_send_a_test_queues_the_edited_reply_to_the_admins_address(
     assert [(e.actor, e.target, e.detail["to"]) for e in tested] == [
         ("ada", "sales.txt", "ada@example.test")
     ]
-    assert "A test reply is queued" in console.client.get(response.headers["location"]).text  # type: ignore[attr-defined]
+    assert "A test reply is queued" in console.client.get(response.headers["location"]).text
 
 
 def test_send_a_test_is_refused_without_an_address_or_with_a_broken_text(
@@ -363,12 +370,45 @@ def test_send_a_test_is_refused_without_an_address_or_with_a_broken_text(
     accounts.add(console.store.db, "eve", "admin", "correct horse battery")
     token = admin(console, "eve")
     response = edit(console, token, "test", "Hello\n")
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    assert "user eve has no email address" in response.text  # type: ignore[attr-defined]
+    assert response.status_code == 400
+    assert "user eve has no email address" in response.text
     console.client.post("/logout", data={"csrf_token": token})
     token = admin(console)
     response = edit(console, token, "test", "{% if %}\n")
-    assert response.status_code == 400  # type: ignore[attr-defined]
-    assert "line 1: syntax error" in response.text  # type: ignore[attr-defined]
+    assert response.status_code == 400
+    assert "line 1: syntax error" in response.text
     count = console.store.db.reads.execute("SELECT COUNT(*) FROM digests").fetchone()[0]
     assert count == 0
+
+
+def test_a_renderer_that_is_already_running_uses_the_saved_text(
+    console: ConsoleFixture, templates_dir: Path
+) -> None:
+    """The daemon keeps one renderer for its life: a save reaches its next reply."""
+    renderer = TemplateRenderer(templates_dir)
+    sample = ReplyVariables.sample(console.settings.replies)
+    assert "short automatic confirmation" in renderer.render("sales", sample).text
+    token = admin(console)
+    assert edit(console, token, "save", "New text for {{ company_name }}\n").status_code == 303
+    assert renderer.render("sales", sample).text == "New text for Example Ltd\n"
+
+
+def test_a_partial_is_checked_through_the_files_that_include_it(
+    console: ConsoleFixture, templates_dir: Path
+) -> None:
+    (templates_dir / "_footer.txt").write_text("-- {{ signature }}\n")
+    sales = templates_dir / "sales.txt"
+    sales.write_text(sales.read_text() + '{% include "_footer.txt" %}')
+    token = admin(console)
+    assert "/templates/edit?file=_footer.txt" in console.client.get("/templates").text
+    broken = console.post(
+        "/templates/save", {"file": "_footer.txt", "text": "-- {{ signature[99] }}\n"}, token
+    )
+    assert broken.status_code == 400
+    assert "sales.txt" in broken.text  # the file whose reply it would break
+    assert (templates_dir / "_footer.txt").read_text() == "-- {{ signature }}\n"
+    good = console.post(
+        "/templates/save", {"file": "_footer.txt", "text": "Regards, {{ signature }}\n"}, token
+    )
+    assert good.status_code == 303
+    assert (templates_dir / "_footer.txt").read_text() == "Regards, {{ signature }}\n"

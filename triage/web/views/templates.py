@@ -192,8 +192,8 @@ async def preview_post(request: Request, console: Console) -> Response:
         shown = await console.run(
             lambda _db: edits.preview(_directory(console), filename, text, replies, reply_to)
         )
-    except TemplateError as exc:
-        return await _editor(request, console, filename, text, message=message, error=str(exc))
+    except TemplateError as exc:  # the directory could not be copied, say
+        shown = edits.Preview((Problem(filename, None, str(exc)),), "")
     if request.headers.get("hx-request") == "true":
         return console.render(request, "templates_preview.html", {"preview": shown})
     return await _editor(request, console, filename, text, message=message, preview=shown)
