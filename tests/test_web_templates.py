@@ -412,3 +412,19 @@ def test_a_partial_is_checked_through_the_files_that_include_it(
     )
     assert good.status_code == 303
     assert (templates_dir / "_footer.txt").read_text() == "Regards, {{ signature }}\n"
+
+
+def test_an_edit_made_on_disk_is_kept_in_the_history_before_the_next_save(
+    console: ConsoleFixture, templates_dir: Path
+) -> None:
+    token = admin(console)
+    edit(console, token, "save", "First {{ company_name }}\n")
+    (templates_dir / "sales.txt").write_text("Edited on the server {{ signature }}\n")
+    edit(console, token, "save", "Third {{ company_name }}\n")
+    history = versions.history(console.store.db.reads, "sales.txt")
+    assert [(v.saved_by, v.text) for v in history[:3]] == [
+        ("ada", "Third {{ company_name }}\n"),
+        ("(on disk)", "Edited on the server {{ signature }}\n"),
+        ("ada", "First {{ company_name }}\n"),
+    ]
+    assert history[1].note == "changed on disk"

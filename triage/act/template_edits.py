@@ -365,14 +365,17 @@ def preview(
 def write_atomic(path: Path, text: str) -> None:
     """Replace the file at `path` by `text` in one rename, keeping its mode: a reader (the
     daemon's hot reload) sees the old text or the new one, never a half-written file."""
-    mode = stat.S_IMODE(path.stat().st_mode)
+    info = path.stat()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, stat.S_IMODE(info.st_mode))
+        with suppress(OSError):  # keep the owner where we may (as root): the daemon reads it
+            if (info.st_uid, info.st_gid) != (os.getuid(), os.getgid()):
+                os.chown(tmp, info.st_uid, info.st_gid)
         os.replace(tmp, path)
     except BaseException:
         with suppress(OSError):
@@ -402,8 +405,9 @@ def save(
 
     TemplateRefused (nothing written) when it does not compile or render against sample data.
     The first save of a file records the text that was on disk first, so it can be rolled back
-    to. The file is written inside the transaction that records the version and the audit
-    entry: when writing fails, neither is recorded."""
+    to; so does a save after the file was changed on disk since its last recorded version. The
+    file is written inside the transaction that records the version and the audit entry: when
+    writing fails, neither is recorded."""
     moment = now or datetime.now(UTC)
     text = normalised(text)
     found = problems(directory, filename, text, replies)
@@ -412,16 +416,11 @@ def save(
     path = directory / filename
     before = read_text(directory, filename)
     with db.transaction() as c:
-        if not versions.has_versions(c, filename):
+        latest = versions.latest(c, filename)
+        if latest is None or latest.text != before:
             on_disk = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            versions.add(
-                c,
-                filename,
-                before,
-                DISK_AUTHOR,
-                min(on_disk, moment),
-                "on disk before the first save",
-            )
+            why = "on disk before the first save" if latest is None else "changed on disk"
+            versions.add(c, filename, before, DISK_AUTHOR, min(on_disk, moment), why)
         version = versions.add(c, filename, text, actor, moment, note)
         audit.record(
             c,

@@ -52,12 +52,12 @@ def get(c: Tx, version_id: int) -> TemplateVersion | None:
     return _version(row) if row else None
 
 
-def has_versions(c: Tx, filename: str) -> bool:
-    """Whether any version of `filename` was recorded."""
+def latest(c: Tx, filename: str) -> TemplateVersion | None:
+    """The newest version of `filename`, or None before its first save."""
     row = c.execute(
-        "SELECT 1 FROM template_versions WHERE filename = ? LIMIT 1", (filename,)
+        "SELECT * FROM template_versions WHERE filename = ? ORDER BY id DESC LIMIT 1", (filename,)
     ).fetchone()
-    return row is not None
+    return _version(row) if row else None
 
 
 def latest_by_file(c: Tx) -> dict[str, TemplateVersion]:
