@@ -262,6 +262,24 @@ class Change:
     diff: str
     current: bool
 
+    @property
+    def lines(self) -> list[tuple[str, str]]:
+        """The diff's lines with a class each: added, removed, a hunk header, or context."""
+        kinds = []
+        for line in self.diff.splitlines(keepends=True):
+            if line.startswith(("+++", "---")):
+                kind = "diff-file"
+            elif line.startswith("@@"):
+                kind = "diff-hunk"
+            elif line.startswith("+"):
+                kind = "diff-add"
+            elif line.startswith("-"):
+                kind = "diff-del"
+            else:
+                kind = "diff-same"
+            kinds.append((kind, line))
+        return kinds
+
 
 def _changes(history: list[TemplateVersion], on_disk: str) -> list[Change]:
     changes = []
@@ -270,12 +288,14 @@ def _changes(history: list[TemplateVersion], on_disk: str) -> list[Change]:
         if before is None:
             diff = ""
         else:
-            diff = "".join(
+            # One line each, whether or not a text ends with a newline.
+            diff = "\n".join(
                 difflib.unified_diff(
-                    before.text.splitlines(keepends=True),
-                    version.text.splitlines(keepends=True),
+                    before.text.splitlines(),
+                    version.text.splitlines(),
                     fromfile=f"version {before.id}",
                     tofile=f"version {version.id}",
+                    lineterm="",
                 )
             )
         changes.append(Change(version, diff, i == 0 and version.text == on_disk))
