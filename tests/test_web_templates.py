@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.test_digest import FakeSmtp
 from tests.test_leads import ROOT
 from tests.web_support import ConsoleFixture, make_console, token_of
 from triage.act.replies import ReplyVariables, TemplateRenderer
 from triage.core.models import Contact
+from triage.sales import digest
 from triage.store import audit
 from triage.store import template_versions as versions
 from triage.web import accounts
@@ -362,6 +364,12 @@ def test_send_a_test_queues_the_edited_reply_to_the_admins_address(
         ("ada", "sales.txt", "ada@example.test")
     ]
     assert "A test reply is queued" in console.client.get(response.headers["location"]).text
+    # The daemon's housekeeping sends it like a digest: over SMTP, to the admin only.
+    smtp = FakeSmtp()
+    sent = digest.deliver(console.settings, console.store.db, connector=smtp)
+    assert list(sent.values()) == ["sent"]
+    assert smtp.sessions[0].recipients == ["ada@example.test"]
+    assert b"Test body for Jane Doe" in smtp.delivered[0]
 
 
 def test_send_a_test_is_refused_without_an_address_or_with_a_broken_text(
