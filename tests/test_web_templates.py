@@ -9,6 +9,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -436,3 +437,25 @@ def test_an_edit_made_on_disk_is_kept_in_the_history_before_the_next_save(
         ("ada", "First {{ company_name }}\n"),
     ]
     assert history[1].note == "changed on disk"
+
+
+def test_a_save_over_a_change_made_since_the_editor_opened_is_refused_once(
+    console: ConsoleFixture, templates_dir: Path
+) -> None:
+    """Two admins edit the same file: the second save does not silently undo the first."""
+    path = templates_dir / "sales.txt"
+    token = admin(console)
+    page = console.client.get("/templates/edit?file=sales.txt").text
+    base = re.search(r'name="base" value="([0-9a-f]+)"', page)
+    assert base is not None
+    edit(console, token, "save", "Theirs {{ company_name }}\n", base=base.group(1))
+    mine = edit(console, token, "save", "Mine {{ company_name }}\n", base=base.group(1))
+    assert mine.status_code == 409
+    assert "was changed since you opened it" in mine.text
+    assert "Mine {{ company_name }}" in mine.text  # kept in the editor
+    assert path.read_text() == "Theirs {{ company_name }}\n"
+    fresh = re.search(r'name="base" value="([0-9a-f]+)"', mine.text)
+    assert fresh is not None and fresh.group(1) != base.group(1)
+    again = edit(console, token, "save", "Mine {{ company_name }}\n", base=fresh.group(1))
+    assert again.status_code == 303
+    assert path.read_text() == "Mine {{ company_name }}\n"

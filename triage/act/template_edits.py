@@ -12,6 +12,7 @@ text is recorded in `template_versions` with an `audit` entry in the same transa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -53,6 +54,10 @@ _UNTRUSTED_NOTES = ("unauthenticated:", "web-form:")
 
 class TemplateFileError(TemplateError):
     """A file name that is not an editable template of the directory (a path, a link, unknown)."""
+
+
+class TemplateConflict(TemplateError):
+    """The file changed since the editor loaded it: saving would silently undo that change."""
 
 
 class TemplateRefused(TemplateError):
@@ -128,6 +133,12 @@ def read_text(directory: Path, filename: str) -> str:
         return (directory / filename).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateFileError(f"cannot read template {filename}: {exc}") from None
+
+
+def fingerprint(text: str) -> str:
+    """A short fingerprint of a file's text: the editor sends back the one it loaded, and a
+    save is refused when the file no longer has it."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 def normalised(text: str) -> str:
@@ -399,6 +410,7 @@ def save(
     *,
     action: str = "template.save",
     note: str = "",
+    expected: str = "",
     now: datetime | None = None,
 ) -> int:
     """Make `text` the active version of `filename`; returns the new version's id.
@@ -407,7 +419,8 @@ def save(
     The first save of a file records the text that was on disk first, so it can be rolled back
     to; so does a save after the file was changed on disk since its last recorded version. The
     file is written inside the transaction that records the version and the audit entry: when
-    writing fails, neither is recorded."""
+    writing fails, neither is recorded. With `expected` (the `fingerprint` of the text the
+    editor loaded), TemplateConflict when the file holds another text now."""
     moment = now or datetime.now(UTC)
     text = normalised(text)
     found = problems(directory, filename, text, replies)
@@ -415,6 +428,11 @@ def save(
         raise TemplateRefused(found)
     path = directory / filename
     before = read_text(directory, filename)
+    if expected and fingerprint(before) != expected:
+        raise TemplateConflict(
+            f"{filename} was changed since you opened it (see its history); "
+            "your text is kept below: save again to replace the new version"
+        )
     with db.transaction() as c:
         latest = versions.latest(c, filename)
         if latest is None or latest.text != before:

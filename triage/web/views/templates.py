@@ -130,9 +130,15 @@ async def _editor(
     problems: list[Problem] | None = None,
     error: str = "",
     notice: str = "",
+    base_form: str | None = None,
     status: int = 200,
 ) -> Response:
     target = _resolved(console, filename)
+    try:
+        # The text on disk now: a save from this page is refused once the file changes.
+        base = edits.fingerprint(edits.read_text(_directory(console), filename))
+    except edits.TemplateFileError as exc:
+        raise HTTPException(400, str(exc)) from None
     recent = await console.run(_recent)
     history = await console.run(lambda db: versions.history(db.reads, filename))
     return console.render(
@@ -148,6 +154,7 @@ async def _editor(
             "error": error,
             "notice": notice,
             "versions": history[:1],
+            "base": base if base_form is None else base_form,
         },
         status=status,
     )
@@ -175,80 +182,110 @@ async def edit_page(request: Request, console: Console) -> Response:
     )
 
 
-def _form(request: Request) -> tuple[str, str, str]:
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """The editor's form: the file, the edited text, the message to preview against, and the
+    fingerprint of the text the editor loaded (`base`)."""
+
+    filename: str
+    text: str
+    message: str
+    base: str
+
+
+def _form(request: Request, console: Console) -> Edit:
     form = request.state.form
     filename = _file_param(form.get("file"))
-    text = edits.normalised(str(form.get("text") or ""))
-    return filename, text, str(form.get("message") or "")
+    _resolved(console, filename)
+    return Edit(
+        filename,
+        edits.normalised(str(form.get("text") or "")),
+        str(form.get("message") or ""),
+        str(form.get("base") or ""),
+    )
+
+
+async def _again(
+    request: Request,
+    console: Console,
+    edit: Edit,
+    *,
+    status: int = 200,
+    keep_base: bool = True,
+    **context: Any,
+) -> Response:
+    """The editor again with the text as sent: the same base unless told otherwise."""
+    return await _editor(
+        request,
+        console,
+        edit.filename,
+        edit.text,
+        message=edit.message,
+        base_form=edit.base if keep_base else None,
+        status=status,
+        **context,
+    )
 
 
 async def preview_post(request: Request, console: Console) -> Response:
-    filename, text, message = _form(request)
-    _resolved(console, filename)
-    picked = await console.run(_picked, message)
+    edit = _form(request, console)
+    picked = await console.run(_picked, edit.message)
     replies = console.settings.replies
     reply_to = edits.stored_reply_to(picked) if picked is not None else None
     try:
         shown = await console.run(
-            lambda _db: edits.preview(_directory(console), filename, text, replies, reply_to)
+            lambda _db: edits.preview(
+                _directory(console), edit.filename, edit.text, replies, reply_to
+            )
         )
     except TemplateError as exc:  # the directory could not be copied, say
-        shown = edits.Preview((Problem(filename, None, str(exc)),), "")
+        shown = edits.Preview((Problem(edit.filename, None, str(exc)),), "")
     if request.headers.get("hx-request") == "true":
         return console.render(request, "templates_preview.html", {"preview": shown})
-    return await _editor(request, console, filename, text, message=message, preview=shown)
+    return await _again(request, console, edit, preview=shown)
 
 
 async def save_post(request: Request, console: Console) -> Response:
-    filename, text, message = _form(request)
-    _resolved(console, filename)
+    edit = _form(request, console)
     who = user_of(request).name
     replies = console.settings.replies
     try:
-        version = await console.run(edits.save, _directory(console), filename, text, replies, who)
+        version = await console.run(
+            lambda db: edits.save(
+                db, _directory(console), edit.filename, edit.text, replies, who, expected=edit.base
+            )
+        )
     except edits.TemplateRefused as exc:
-        return await _editor(
-            request,
-            console,
-            filename,
-            text,
-            message=message,
-            problems=exc.problems,
-            error="Not saved: the template has problems.",
-            status=400,
-        )
+        error = "Not saved: the template has problems."
+        return await _again(request, console, edit, problems=exc.problems, error=error, status=400)
+    except edits.TemplateConflict as exc:
+        # Shown with the file's current fingerprint: saving again replaces it on purpose.
+        return await _again(request, console, edit, error=str(exc), status=409, keep_base=False)
     except TemplateError as exc:
-        return await _editor(
-            request, console, filename, text, message=message, error=str(exc), status=400
-        )
-    return RedirectResponse(_edit_url(filename, saved=version), status_code=303)
+        return await _again(request, console, edit, error=str(exc), status=400)
+    return RedirectResponse(_edit_url(edit.filename, saved=version), status_code=303)
 
 
 async def test_post(request: Request, console: Console) -> Response:
-    filename, text, message = _form(request)
-    _resolved(console, filename)
+    edit = _form(request, console)
     user = user_of(request)
     replies = console.settings.replies
     try:
         await console.run(
-            edits.send_test, _directory(console), filename, text, replies, user.name, user.email
+            edits.send_test,
+            _directory(console),
+            edit.filename,
+            edit.text,
+            replies,
+            user.name,
+            user.email,
         )
     except edits.TemplateRefused as exc:
-        return await _editor(
-            request,
-            console,
-            filename,
-            text,
-            message=message,
-            problems=exc.problems,
-            error="No test sent: the template has problems.",
-            status=400,
-        )
+        error = "No test sent: the template has problems."
+        return await _again(request, console, edit, problems=exc.problems, error=error, status=400)
     except TemplateError as exc:
-        return await _editor(
-            request, console, filename, text, message=message, error=str(exc), status=400
-        )
-    return RedirectResponse(_edit_url(filename, tested=1), status_code=303)
+        return await _again(request, console, edit, error=str(exc), status=400)
+    return RedirectResponse(_edit_url(edit.filename, tested=1), status_code=303)
 
 
 # --- history and rollback -------------------------------------------------------------------------
@@ -309,6 +346,7 @@ async def _history(
     *,
     error: str = "",
     notice: str = "",
+    base_form: str | None = None,
     status: int = 200,
 ) -> Response:
     target = _resolved(console, filename)
