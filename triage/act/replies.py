@@ -84,6 +84,13 @@ _RENDER_ERRORS = (
 _T = TypeVar("_T")
 
 
+def parse_file_name(filename: str) -> tuple[str, str, str] | None:
+    """(outcome, language or "", part) of a template file named NAME[.LANG].subject|txt|html,
+    or None for any other name."""
+    m = _FILE_RE.match(filename)
+    return (m["name"], m["lang"] or "", m["part"]) if m else None
+
+
 @dataclass(frozen=True, slots=True)
 class TemplateContact:
     """The prospect as templates see it: `contact.name`, `contact.company`, `contact.email`."""
@@ -1123,6 +1130,12 @@ class TemplateRenderer:
             )
         problems.extend(self._check_sets(files))
         return problems
+
+    def check_file(self, entry: str, variables: ReplyVariables) -> list[Problem]:
+        """The problems of one file as `check` reports them (its name, syntax, unknown
+        variables, rendering against `variables`), without those of the set it belongs to."""
+        env = self._environment(autoescape=entry.endswith(".html"))
+        return self._check_file(env, entry, variables)
 
     def _check_file(
         self, env: jinja2.Environment, entry: str, variables: ReplyVariables

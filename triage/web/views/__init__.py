@@ -3,5 +3,8 @@
 from __future__ import annotations
 
 from triage.web.app import Page
+from triage.web.views import templates
 
-PAGES: list[Page] = []
+PAGES: list[Page] = [
+    *templates.PAGES,
+]
