@@ -4,7 +4,10 @@ Run with `bash scripts/demo` (which installs everything first). It starts the pr
 and Postfix on loopback, empties the demo mailboxes, runs `triage once` on the empty mailbox (the
 first start records a baseline), delivers the messages in `config/demo/` through SMTP, runs
 `triage once` again and shows what happened: each message's decision and reasons, the replies
-that arrived in the senders' mailboxes, and the queued leads.
+that arrived in the senders' mailboxes, and the queued leads. It then leaves the web console
+(`triage web`) running over the demo's store on 127.0.0.1:8025 (or a free port when that one is
+busy), with an admin user `demo` whose password is made for this run and printed; the command
+that stops the demo's mail servers stops the console too.
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ from __future__ import annotations
 import argparse
 import email
 import email.policy
+import secrets
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from rich.console import Console
@@ -29,6 +36,9 @@ from triage.store.stats import handled_messages
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "config" / "demo"
 PROSPECTS = ("alice", "bob", "carol")
+WEB_HOST = "127.0.0.1"
+WEB_PORT = 8025
+DEMO_USER = "demo"
 
 CONFIG = """\
 [imap]
@@ -112,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
     harness = MailHarness.for_dir(base / "mailservers")
     console.rule("1. local mail servers")
+    # A console left running by an earlier demo has the store open that is made anew below.
+    harness.stop_attached()
     harness.start()
     harness.clear_all_mailboxes()
     cfg = harness.config
@@ -121,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     for stale in base.glob("triage.db*"):
         stale.unlink()
-    config = write_config(harness, base)
+    web_port = WEB_PORT if port_free(WEB_HOST, WEB_PORT) else free_port(WEB_HOST)
+    web_url = f"http://{WEB_HOST}:{web_port}"
+    config = write_config(
+        harness, base, extra=f'\n[web]\nport = {web_port}\nbase_url = "{web_url}"\n'
+    )
 
     console.rule("2. first start on the empty mailbox (records the baseline)")
     triage_once(config)
@@ -146,12 +162,93 @@ def main(argv: list[str] | None = None) -> int:
     show_replies(console, harness)
     show_leads(console, db)
     db.close()
+
+    console.rule("8. the web console")
+    password = add_demo_user(config, base)
+    start_console(harness, config, base, web_port)
+    console.print(
+        f"Open {web_url}/ and log in as [bold]{DEMO_USER}[/] with password [bold]{password}[/]"
+    )
+    console.print(
+        "  (an admin login made for this demo run only; the password is in "
+        f"{base / 'web-demo.password'})"
+    )
+    console.print(f"  console log: {base / 'web.log'}")
     console.rule()
     console.print(f"Settings: {config}  ·  store: {base / 'triage.db'}")
     console.print(
-        "Stop the mail servers with: scripts/mailservers stop --dir " + str(base / "mailservers")
+        "Stop the mail servers and the console with: scripts/mailservers stop --dir "
+        + str(base / "mailservers")
     )
     return 0
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when nothing listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str) -> int:
+    """A port of `host` nobody listens on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def add_demo_user(config: Path, base: Path) -> str:
+    """The console's admin user `demo` with a password made now (in a 0600 file); returns it."""
+    password = secrets.token_urlsafe(12)
+    secret = base / "web-demo.password"
+    secret.write_text(password + "\n")
+    secret.chmod(0o600)
+    subprocess.run(
+        [sys.executable, "-m", "triage", "--config", str(config), "users", "add", DEMO_USER,
+         "--role", "admin", "--email", f"{DEMO_USER}@example.test",
+         "--password-file", str(secret)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return password
+
+
+def start_console(harness: MailHarness, config: Path, base: Path, port: int) -> None:
+    """`triage web` in the background, in a session of its own (so it outlives the demo and a
+    Ctrl-C in this terminal), attached to the harness: stopping the mail servers stops it."""
+    log_path = base / "web.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "triage", "--config", str(config), "web",
+             "--host", WEB_HOST, "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    harness.attach("web", process.pid)
+    deadline = time.monotonic() + 30
+    while not answers(f"http://{WEB_HOST}:{port}/login"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            harness.stop_attached()
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"demo: the web console did not start:\n{tail}")
+        time.sleep(0.2)
+
+
+def answers(url: str) -> bool:
+    """True when `url` answers 200."""
+    try:
+        # Straight to loopback, whatever proxy the environment names.
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def show_outcomes(console: Console, db: Database) -> None:

@@ -556,6 +556,7 @@ class MailHarness:
                 "log": str(self.postfix_log),
             },
             "users": {self.address(u): pw for u, pw in cfg.users.items()},
+            "attached": self.attached(),
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -582,9 +583,58 @@ class MailHarness:
         self.start_postfix()
 
     def stop(self) -> None:
-        """Stop both servers (Postfix first, so it does not defer mail to a vanishing Dovecot)."""
+        """Stop the attached processes, then both servers (Postfix first, so it does not defer
+        mail to a vanishing Dovecot)."""
+        self.stop_attached()
         self.stop_postfix()
         self.stop_dovecot()
+
+    # -- processes that live and die with the servers (the demo's web console) ----------------
+
+    @property
+    def attached_dir(self) -> Path:
+        """Where `attach` records processes: one `NAME.pid` file each."""
+        return self.base_dir / "attached"
+
+    def attach(self, name: str, pid: int) -> None:
+        """Have `stop()` (and so `mailservers stop`) end process `pid` too. Recorded with its
+        start time, so that a later process given the same pid is never signalled."""
+        fields = _proc_fields(pid)
+        if fields is None:
+            raise HarnessError(f"cannot attach {name}: process {pid} is not running")
+        self.attached_dir.mkdir(parents=True, exist_ok=True)
+        (self.attached_dir / f"{name}.pid").write_text(f"{pid} {fields[19]}\n")
+
+    def attached(self) -> dict[str, int]:
+        """The attached processes still running: name → pid."""
+        running: dict[str, int] = {}
+        for path in sorted(self.attached_dir.glob("*.pid")):
+            try:
+                pid_text, start = path.read_text().split()[:2]
+                proc = _Proc(int(pid_text), start, "")
+            except (OSError, ValueError):
+                continue
+            if _still_running(proc):
+                running[path.stem] = proc.pid
+        return running
+
+    def stop_attached(self, timeout: float = 10.0) -> list[str]:
+        """SIGTERM every attached process, SIGKILL what is left after `timeout`; forget them
+        all. Returns the names of those that were running."""
+        running = self.attached()
+        for pid in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(_pid_alive(pid) for pid in running.values()) and time.monotonic() < deadline:
+            time.sleep(_POLL_INTERVAL)
+        for pid in running.values():
+            if _pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for path in self.attached_dir.glob("*.pid"):
+            path.unlink(missing_ok=True)
+        return sorted(running)
 
     def restart_dovecot(self) -> None:
         """Stop and start Dovecot: every IMAP connection is dropped (for reconnect tests)."""
@@ -1185,8 +1235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_summary(harness, time.monotonic() - began)
         elif args.command == "stop":
             began = time.monotonic()
+            attached = harness.stop_attached()
             harness.stop()
-            print(f"mail harness in {harness.base_dir} stopped ({time.monotonic() - began:.2f} s)")
+            also = f" with {', '.join(attached)}" if attached else ""
+            print(
+                f"mail harness in {harness.base_dir} stopped{also} "
+                f"({time.monotonic() - began:.2f} s)"
+            )
         else:
             info = harness.status()
             print(json.dumps(info, indent=2))

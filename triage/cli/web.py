@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,16 +20,26 @@ if TYPE_CHECKING:
 users_app = typer.Typer(help="Console users: add, list, change passwords, remove.")
 
 
+# The console never logs in to a mail server. These stand in for the passwords of the mailbox and
+# of SMTP (the environment wins over the settings file), so their files are never read: the
+# console's systemd unit makes them inaccessible. Another mailbox of [[imap.accounts]] still
+# has its password file read (docs/console.md).
+NO_MAIL_PASSWORDS = {
+    "TRIAGE_IMAP__PASSWORD": "unused-by-the-console",
+    "TRIAGE_SMTP__PASSWORD": "unused-by-the-console",
+}
+
+
 def _settings(ctx: typer.Context) -> Settings:
-    """Settings for the console: loaded like every command's, except that no mailbox password
-    is read (the console never holds them, so there is nothing of theirs to redact)."""
+    """Settings for the console: loaded like every command's, except that no mail password is
+    read (the console never holds them, so there is nothing of theirs to redact)."""
     from triage.core.errors import ConfigError
     from triage.core.settings import load_settings
     from triage.ops.logs import setup_logging
 
     opts = options(ctx)
     try:
-        settings = load_settings(opts.config)
+        settings = load_settings(opts.config, environ={**os.environ, **NO_MAIL_PASSWORDS})
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"triage: {line}", file=sys.stderr)
