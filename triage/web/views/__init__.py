@@ -3,5 +3,9 @@
 from __future__ import annotations
 
 from triage.web.app import Page
+from triage.web.views import admin, dashboard
 
-PAGES: list[Page] = []
+PAGES: list[Page] = [
+    *dashboard.PAGES,
+    *admin.PAGES,
+]
