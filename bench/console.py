@@ -71,6 +71,7 @@ STATUS_SHARES = (
     ("lost", 0.10),
     ("dismissed", 0.15),
 )
+REVIEWED = 0.95  # share of the review items older than a day that a person labelled
 STAFF = ("anna", "bert", "chen", "dora", "emil")
 COMPANIES = ("Doe Logistics", "Acme Tools", "Nordwind", "Bluefin Foods", "Karst & Co", "Oakline")
 SUBJECTS = {
@@ -138,6 +139,12 @@ def _messages(
         for other in ("sales", "marketing", "other"):
             probabilities.setdefault(other, round((1 - confidence) / 2, 4))
         may_reply = decision in ("sales", "marketing")
+        # People work the review queue: most items older than a day carry a person's label.
+        reviewed = None
+        if decision == "review" and at < now - timedelta(days=1) and rng.random() < REVIEWED:
+            reviewed = at + timedelta(hours=rng.uniform(0.5, 24))
+        reviewed_label = label if reviewed else None
+        reviewer = rng.choice(STAFF) if reviewed else ""
         message_rows.append(
             (
                 i,
@@ -158,8 +165,10 @@ def _messages(
                 json.dumps(terms),
                 int(may_reply),
                 json.dumps([] if may_reply else ["no reply for this decision"]),
+                reviewed_label,
+                reviewer,
                 _stamp(at),
-                _stamp(at),
+                _stamp(reviewed or at),
             )
         )
         if may_reply:
@@ -254,8 +263,9 @@ def fill(path: Path, leads: int, messages: int, days: int = DAYS, seed: int = SE
         c.executemany(
             "INSERT INTO messages (id, account, folder, uidvalidity, uid, message_id, state,"
             " sender, subject, language, body, label, confidence, decision, probabilities,"
-            " explanation, may_reply, reasons, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " explanation, may_reply, reasons, reviewed_label, reviewed_by, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,"
+            " ?)",
             message_rows,
         )
         c.executemany(

@@ -7,6 +7,8 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
 from tests import web_support
 from tests.test_leads import JANE
 from tests.web_support import ConsoleFixture
@@ -284,3 +286,23 @@ def test_dashboard_figures_match_the_store(console: ConsoleFixture) -> None:
     assert "<strong>1</strong> messages wait for review now" in page
     assert "<strong>2</strong> hot leads in the last 12 weeks" in page
     assert "<strong>1</strong> replies sent in the last 30 days" in page
+
+
+def test_the_figures_are_recomputed_at_most_every_few_seconds(
+    console: ConsoleFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload within FRESH_FOR shows the same figures (they read every review row); after
+    it, the new ones."""
+    console.login("sam")
+    console.store.message("a@x.example", decision="review", at=_day(1))
+    assert (
+        "<strong>1</strong> messages wait for review now" in console.client.get("/dashboard").text
+    )
+    console.store.message("b@x.example", decision="review", at=_day(1))
+    assert (
+        "<strong>1</strong> messages wait for review now" in console.client.get("/dashboard").text
+    )
+    monkeypatch.setattr(dashboard, "FRESH_FOR", 0.0)
+    assert (
+        "<strong>2</strong> messages wait for review now" in console.client.get("/dashboard").text
+    )

@@ -13,15 +13,13 @@ import math
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from triage.core.models import DECISIONS
 from triage.store.db import Tx, timestamp
 from triage.store.review import terms
 
 PAGE_SIZE = 50
-# How long before its sending a reply may have been claimed (an uncertain one settled later).
-CLAIM_MARGIN = timedelta(days=30)
 
 
 def _time(value: str | None) -> datetime | None:
@@ -104,17 +102,16 @@ def review_spans(c: Tx, start: datetime) -> list[ReviewSpan]:
 
 
 def replies_sent_per_day(c: Tx, start: datetime, end: datetime) -> dict[date, int]:
-    """Replies sent per UTC day of sending in [start, end).
+    """Replies sent, per UTC day they went to the mail server, in [start, end).
 
-    Narrowed by `claimed_at` first (indexed; a reply is claimed before it is sent, seconds
-    before, or days before when a person settled an uncertain one: CLAIM_MARGIN), then counted
-    by `sent_at`.
+    Dated by `claimed_at` (indexed: when the reply was handed to SMTP, seconds before the
+    server's answer dated `sent_at`): a reply a person settled as sent days later counts on the
+    day it actually went out.
     """
     rows = c.execute(
-        "SELECT substr(sent_at, 1, 10) AS day, COUNT(*) AS n FROM replies"
-        " WHERE claimed_at >= ? AND state = 'sent' AND sent_at >= ? AND sent_at < ?"
-        " GROUP BY day",
-        (timestamp(start - CLAIM_MARGIN), timestamp(start), timestamp(end)),
+        "SELECT substr(claimed_at, 1, 10) AS day, COUNT(*) AS n FROM replies"
+        " WHERE claimed_at >= ? AND claimed_at < ? AND state = 'sent' GROUP BY day",
+        (timestamp(start), timestamp(end)),
     )
     return {date.fromisoformat(r["day"]): int(r["n"]) for r in rows}
 
