@@ -153,7 +153,7 @@ def _x_labels(parts: list[str], categories: Sequence[str], centres: Sequence[flo
     every = max(1, math.ceil(len(categories) / 10))
     base = HEIGHT - BOTTOM
     for index, (name, x) in enumerate(zip(categories, centres, strict=True)):
-        if index % every and index != len(categories) - 1:
+        if (len(categories) - 1 - index) % every:  # counted from the last (today's) label
             continue
         parts.append(
             f'<text x="{_num(x)}" y="{base + 16}" text-anchor="middle" fill="{MUTED}">'
