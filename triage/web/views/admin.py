@@ -189,9 +189,9 @@ class DaemonHealth:
 
 
 def health_url(settings: Settings) -> str | None:
-    """The daemon's /healthz on this machine, or None when its endpoint is switched off.
-
-    A wildcard address (listening everywhere) is asked on loopback."""
+    """The daemon's /healthz at its configured address (`daemon.health_host`, loopback by
+    default), or None when its endpoint is switched off. A wildcard address (listening
+    everywhere) is asked on loopback."""
     daemon = settings.daemon
     if daemon.health_port == 0:
         return None
