@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from triage.web.app import Page
-from triage.web.views import templates
+from triage.web.views import admin, dashboard, templates
 
 PAGES: list[Page] = [
+    *dashboard.PAGES,
     *templates.PAGES,
+    *admin.PAGES,
 ]
