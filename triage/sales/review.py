@@ -20,6 +20,7 @@ from triage.core.models import LABELS, Address, LeadKind
 from triage.core.settings import Settings
 from triage.parsing.contacts import extract
 from triage.sales.leads import assign_owner, business_due
+from triage.store import audit
 from triage.store import review as store
 from triage.store.corrections import insert_correction
 from triage.store.db import Database, Tx
@@ -141,6 +142,15 @@ def relabel(
     lead_id = None
     if kind is not None and not message_has_lead(c, message.row_id):
         lead_id = _record(c, message, kind, new_label, reason, settings)
+    audit.record(
+        c,
+        by,
+        "review.label" if source == "review" else "message.label",
+        "message",
+        message.row_id,
+        {"label": new_label, "was": old_label, "source": source, "lead": lead_id},
+        now=moment,
+    )
     return Relabelled(added, lead_id)
 
 

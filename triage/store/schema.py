@@ -272,4 +272,12 @@ MIGRATIONS: tuple[str, ...] = (
         created_at    TEXT NOT NULL
     );
     """,
+    # 8: the console's lead queue and lead page. The queue pages leads by their latest activity
+    # or their due time, and a lead page finds the replies to its messages: without these an
+    # index-less sort of every lead, or a scan of every reply, would serve each page.
+    """
+    CREATE INDEX leads_updated ON leads (updated_at);
+    CREATE INDEX leads_due ON leads (due_at);
+    CREATE INDEX replies_message ON replies (message_row);
+    """,
 )
