@@ -12,13 +12,15 @@ from email.message import EmailMessage
 
 import pytest
 
+from tests import web_support
 from tests.test_leads import JANE
-from tests.web_support import ConsoleFixture, console  # noqa: F401
+from tests.web_support import ConsoleFixture
 from triage.core.models import Contact
 from triage.store import audit
 from triage.store.leads import LeadRecord, get_lead
 from triage.store.outbox import insert_reply
 
+console = web_support.console  # the fixture
 ACTIONS = {
     "claim": {},
     "assign": {"to": "ada"},
@@ -245,7 +247,7 @@ def test_every_action_button_is_a_real_button_in_a_form(console: ConsoleFixture)
     ):
         form = page.split(f'action="/leads/{jane}/{name}"')[1].split("</form>")[0]
         assert 'name="csrf_token"' in form
-        assert f'<button type="submit"' in form and button in form, name
+        assert '<button type="submit"' in form and button in form, name
 
 
 # --- actions -------------------------------------------------------------------------------------

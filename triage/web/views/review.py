@@ -64,7 +64,7 @@ def _queue(db: Database, settings: Settings) -> dict[str, Any]:
     now = datetime.now(UTC)
     items = review.pending(db.reads, SHOWN)
     return {
-        "items": [_row(item, now, settings) for item in items],
+        "waiting": [_row(item, now, settings) for item in items],
         "count": review.pending_count(db.reads),
     }
 
