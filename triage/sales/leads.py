@@ -8,7 +8,9 @@ Status flow (anything else is refused):
 The label table (`triage.core.labels`) says which labels make which kind of lead: hot leads are
 due within `leads.response_target_hours` business hours, nurture leads have no target; `review`
 decisions wait for a person (`triage.sales.review`).
-The pipeline calls `assign_owner` and `business_due` inside its transaction; the CLI calls the rest.
+The pipeline calls `assign_owner` and `business_due` inside its transaction; the CLI and the web
+console call the rest. Every change a person makes (claim, assign, status, note, relabel) is
+written to the audit log (`triage.store.audit`) in the same transaction as the change.
 
 Closing a lead teaches the model: won or lost confirms its label, dismissed as "not a lead" and
 `relabel` correct it; each is a weighted correction (`triage.store.corrections`) recorded in the
@@ -747,8 +749,12 @@ __all__ = [
     "TRANSITIONS",
     "LeadDetail",
     "LeadError",
+    "LeadPage",
+    "QueuePage",
     "RetentionResult",
+    "SentReply",
     "apply_retention",
+    "assign",
     "assign_owner",
     "business_due",
     "check_business_hours",
@@ -758,6 +764,9 @@ __all__ = [
     "for_staff",
     "is_overdue",
     "list_leads",
+    "page",
+    "queue",
+    "reply_text",
     "response_target",
     "show",
     "update",

@@ -5,8 +5,9 @@ person gives — in review, or later by moving or keywording the message in the 
 `triage.ingest.corrections`) — is recorded by `relabel`, in the caller's one transaction: on the
 ledger row (`messages.reviewed_label`, `reviewed_by`), as a correction that becomes training data,
 and, when the label makes a lead (`triage.core.labels`) and the message has none yet, as the lead
-the pipeline would have recorded had the classifier been sure. A reviewed message is never
-auto-answered: a person who labels it sales is expected to answer it.
+the pipeline would have recorded had the classifier been sure; the audit log records who gave
+which label (`review.label`, or `message.label` for a label given in the mailbox). A reviewed
+message is never auto-answered: a person who labels it sales is expected to answer it.
 """
 
 from __future__ import annotations
