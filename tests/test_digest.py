@@ -341,6 +341,46 @@ def test_html_escapes_what_prospects_wrote(store: Store, settings: Settings) -> 
     assert 'href="https://www.fine.example"' in html
 
 
+def test_leads_link_to_their_console_page_when_base_url_is_set(
+    tmp_path: Path, smtp: FakeSmtp
+) -> None:
+    """With `web.base_url` each lead of the digest (new and overdue) and of an alert links to
+    `{base_url}/leads/{id}` in both parts, escaped in HTML; without it there is no link."""
+    base = "https://triage.example.com/sales&co"
+    s = make_settings(
+        tmp_path,
+        web={"base_url": base + "/"},
+        leads={"alert_hot": True, "alert_recipients": ("bob@example.test",)},
+    )
+    store = Store(s)
+    old = store.inquiry(JANE, at=MONDAY_8 - timedelta(days=4))[1]  # overdue by Tuesday
+    digest.run_digest_if_due(s, store.db, MONDAY_8, connector=smtp)
+    _, kim = store.inquiry(KIM, at=MONDAY_8 + timedelta(hours=1))
+    digest.run_digest_if_due(s, store.db, MONDAY_8 + timedelta(hours=1, minutes=1), connector=smtp)
+    rendered = digest.preview(s, store.db, TUESDAY_8)
+    new_part, overdue_part = rendered.text.split("OVERDUE, NOT YET CONTACTED")
+    assert f"  Open:     {base}/leads/{kim}\n" in new_part
+    assert f"{base}/leads/{old}" in overdue_part.split("WAITING FOR REVIEW")[0]
+    escaped = "https://triage.example.com/sales&amp;co"
+    assert f'href="{escaped}/leads/{kim}"' in rendered.html
+    assert f'href="{escaped}/leads/{old}"' in rendered.html
+    assert f'href="{base}' not in rendered.html
+    alert = next(m for m in smtp.messages() if m["To"] == "bob@example.test")
+    text, html = parts(alert)
+    assert f"  Open:     {base}/leads/{kim}" in text
+    assert f'href="{escaped}/leads/{kim}"' in html
+    store.close()
+
+    plain = make_settings(tmp_path / "plain")
+    (tmp_path / "plain").mkdir()
+    other = Store(plain)
+    other.inquiry(JANE, at=MONDAY_8 - timedelta(hours=1))
+    unlinked = digest.preview(plain, other.db, MONDAY_8)
+    assert "/leads/" not in unlinked.text and "/leads/" not in unlinked.html
+    assert "Open:" not in unlinked.text
+    other.close()
+
+
 # --- the schedule -------------------------------------------------------------------------------
 
 

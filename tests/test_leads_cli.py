@@ -130,6 +130,38 @@ def test_mistakes_exit_2_with_one_line(config: Path, store: Store) -> None:
     one_line_error(triage(config, "digest", "--send", "--status"), 2, "choose one of")
 
 
+def test_assign_gives_a_lead_to_a_colleague_and_is_audited(config: Path, store: Store) -> None:
+    """`leads assign ID --to NAME --by NAME` changes the owner, not the status, and the audit
+    log says who did it; claims and updates from the CLI are audited too."""
+    from triage.store import audit
+
+    _, lead = store.inquiry(JANE)
+    assigned = triage(config, "leads", "assign", str(lead), "--to", "bob", "--by", "alice")
+    assert assigned.returncode == 0, assigned.stderr
+    assert assigned.stdout == f"lead {lead} assigned to bob\n"
+    moved = triage(config, "leads", "assign", str(lead), "--to", "carol", "--by", "alice")
+    assert moved.stdout == f"lead {lead} assigned to carol (was bob)\n"
+    triage(config, "leads", "claim", str(lead), "--by", "carol")
+    triage(config, "leads", "update", str(lead), "--status", "contacted", "--by", "carol")
+    entries = audit.for_target(store.db.reads, "lead", lead)
+    assert [(e.actor, e.action) for e in entries] == [
+        ("alice", "lead.assign"),
+        ("alice", "lead.assign"),
+        ("carol", "lead.claim"),
+        ("carol", "lead.status"),
+    ]
+    assert entries[1].detail == {"to": "carol", "was_owner": "bob"}
+    shown = json.loads(triage(config, "leads", "show", str(lead), "--json").stdout)
+    assert (shown["status"], shown["owner"]) == ("contacted", "carol")
+    one_line_error(triage(config, "leads", "assign", "99", "--to", "bob"), 2, "no lead 99")
+    triage(config, "leads", "update", str(lead), "--status", "won", "--by", "carol")
+    one_line_error(
+        triage(config, "leads", "assign", str(lead), "--to", "bob"),
+        2,
+        f"lead {lead} is won, which is final",
+    )
+
+
 def test_export_csv_round_trips_every_field(config: Path, store: Store, tmp_path: Path) -> None:
     """`leads export --csv` is RFC 4180: commas, quotes and newlines in any value come back
     unchanged through Python's csv module, on stdout and with --output."""

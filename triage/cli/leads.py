@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from triage.store.leads import LeadRecord
 
 leads_app = typer.Typer(
-    help="The lead queue: list, show, claim, update, relabel and export leads.",
+    help="The lead queue: list, show, claim, assign, update, relabel and export leads.",
     no_args_is_help=True,
 )
 review_app = typer.Typer(
@@ -197,6 +197,23 @@ def claim(
         lead = leads.claim(db, lead_id, by)
         was = f" (was assigned to {before})" if before and before != lead.owner else ""
         print(f"lead {lead.id} claimed by {lead.owner}{was}")
+
+
+@leads_app.command("assign")
+def assign(
+    ctx: typer.Context,
+    lead_id: int = typer.Argument(..., metavar="ID", help="The lead's id."),
+    to: str = typer.Option(..., "--to", help="Who gets the lead (becomes its owner)."),
+    by: str = typer.Option("", "--by", help="Who you are (default: your login name)."),
+) -> None:
+    """Give an open lead to a colleague: they become its owner; its status stays."""
+    from triage.sales import leads
+
+    with _store(ctx) as (_settings, db):
+        before = leads.show(db, lead_id).lead.owner
+        lead = leads.assign(db, lead_id, to, by or current_user())
+        was = f" (was {before})" if before and before != lead.owner else ""
+        print(f"lead {lead.id} assigned to {lead.owner}{was}")
 
 
 @leads_app.command("update")

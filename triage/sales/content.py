@@ -133,6 +133,8 @@ class LeadView:
     overdue: bool
     overdue_by: str
     messages: int
+    # The lead's page in the web console (`web.base_url`/leads/ID); "" without a base_url.
+    url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +215,14 @@ def lead_view(lead: LeadRecord, now: datetime, settings: Settings) -> LeadView:
         overdue=late,
         overdue_by=age(lead.due_at, now) if late and lead.due_at else "",
         messages=lead.message_count,
+        url=lead_url(lead.id, settings),
     )
+
+
+def lead_url(lead_id: int, settings: Settings) -> str:
+    """The address of a lead's page in the web console, or "" when `web.base_url` is not set."""
+    base = settings.web.base_url
+    return f"{base}/leads/{lead_id}" if base else ""
 
 
 def review_view(item: ReviewItem, now: datetime) -> ReviewView:

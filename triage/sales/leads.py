@@ -8,7 +8,9 @@ Status flow (anything else is refused):
 The label table (`triage.core.labels`) says which labels make which kind of lead: hot leads are
 due within `leads.response_target_hours` business hours, nurture leads have no target; `review`
 decisions wait for a person (`triage.sales.review`).
-The pipeline calls `assign_owner` and `business_due` inside its transaction; the CLI calls the rest.
+The pipeline calls `assign_owner` and `business_due` inside its transaction; the CLI and the web
+console call the rest. Every change a person makes (claim, assign, status, note, relabel) is
+written to the audit log (`triage.store.audit`) in the same transaction as the change.
 
 Closing a lead teaches the model: won or lost confirms its label, dismissed as "not a lead" and
 `relabel` correct it; each is a weighted correction (`triage.store.corrections`) recorded in the
@@ -18,10 +20,13 @@ same transaction as the change, and `triage train --with-corrections` learns fro
 from __future__ import annotations
 
 import csv
+import email
+import email.policy
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
+from email.message import EmailMessage
 from typing import IO, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -30,6 +35,7 @@ from triage.core.labels import LABEL_TABLE
 from triage.core.models import LABELS, LeadKind
 from triage.core.sanitize import strip_invisible
 from triage.core.settings import LeadsSettings, Settings
+from triage.store import audit
 from triage.store import leads as store
 from triage.store.corrections import LeadCorrections, correct_lead_messages
 from triage.store.db import Database, Tx, timestamp
@@ -40,6 +46,7 @@ from triage.store.leads import (
     LeadMessage,
     LeadNote,
     LeadRecord,
+    LeadReply,
 )
 from triage.store.retention import empty_before
 
@@ -113,6 +120,41 @@ def list_leads(
     return store.find_leads(db.reads, statuses, kind)
 
 
+PER_PAGE = 50  # leads on one page of the console's queue
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePage:
+    """One page of the lead queue (leads as staff may see them) and where it lies among all."""
+
+    leads: list[LeadRecord]
+    total: int
+    page: int
+    pages: int
+
+
+def queue(
+    db: Database,
+    wanted: store.QueueFilter,
+    now: datetime,
+    *,
+    page: int = 1,
+    per_page: int = PER_PAGE,
+) -> QueuePage:
+    """Page `page` (from 1) of the leads `wanted` selects; LeadError for an unknown status,
+    kind or order."""
+    for status in wanted.statuses:
+        check_status(status)
+    if wanted.kind is not None:
+        check_kind(wanted.kind)
+    if wanted.sort not in store.QUEUE_SORTS:
+        raise LeadError(f"unknown order {wanted.sort!r}; one of: {', '.join(store.QUEUE_SORTS)}")
+    page = max(1, page)
+    found, total = store.queue(db.reads, wanted, now, limit=per_page, offset=(page - 1) * per_page)
+    pages = max(1, -(-total // per_page))
+    return QueuePage([for_staff(lead) for lead in found], total, page, pages)
+
+
 @dataclass(frozen=True, slots=True)
 class LeadDetail:
     """A lead with its messages and notes, for `triage leads show`."""
@@ -130,6 +172,52 @@ def show(db: Database, lead_id: int) -> LeadDetail:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SentReply:
+    """A reply triage wrote for a message of a lead: the outbox row and its text part."""
+
+    reply: LeadReply
+    subject: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeadPage:
+    """Everything the console's lead page shows: the lead, its conversation, the replies triage
+    wrote, the notes, and who changed what (the audit entries about the lead, oldest first)."""
+
+    detail: LeadDetail
+    replies: list[SentReply]
+    history: list[audit.AuditEntry]
+
+
+def reply_text(raw: bytes) -> tuple[str, str]:
+    """(subject, text part) of a reply triage composed; ("", "") when it cannot be read."""
+    if not raw:
+        return "", ""
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    subject = strip_invisible(str(message.get("Subject", "")))
+    part = (
+        message.get_body(preferencelist=("plain",)) if isinstance(message, EmailMessage) else None
+    )
+    if part is None or not isinstance(part, EmailMessage):
+        return subject, ""
+    try:
+        return subject, strip_invisible(part.get_content())
+    except (LookupError, ValueError):
+        return subject, ""
+
+
+def page(db: Database, lead_id: int) -> LeadPage:
+    """The console's view of one lead, as staff may see it; LeadError when there is none."""
+    detail = detail_for_staff(show(db, lead_id))
+    replies = []
+    for found in store.lead_replies(db.reads, lead_id):
+        subject, text = reply_text(found.raw)
+        replies.append(SentReply(found, subject, text))
+    return LeadPage(detail, replies, audit.for_target(db.reads, "lead", lead_id))
+
+
 def claim(db: Database, lead_id: int, by: str, now: datetime | None = None) -> LeadRecord:
     """`by` takes the lead: it becomes claimed and `by` its owner. Claiming one's own claimed
     lead again changes nothing; someone else's claimed lead is refused."""
@@ -145,6 +233,36 @@ def claim(db: Database, lead_id: int, by: str, now: datetime | None = None) -> L
         if not by:
             raise LeadError("a claim needs a name: --by NAME")
         store.set_status(c, lead_id, "claimed", moment, owner=by)
+        audit.record(
+            c,
+            by,
+            "lead.claim",
+            "lead",
+            lead_id,
+            {"from": lead.status, "to": "claimed", "owner": by, "was_owner": lead.owner},
+            now=moment,
+        )
+        return _require(c, lead_id)
+
+
+def assign(db: Database, lead_id: int, to: str, by: str, now: datetime | None = None) -> LeadRecord:
+    """`by` gives an open lead to `to`, who becomes its owner; its status stays (the new owner
+    claims or works it). Giving it to its owner changes nothing; a closed lead is refused."""
+    to = to.strip()
+    by = by.strip()
+    if not to:
+        raise LeadError("an assignment needs a name: --to NAME")
+    moment = now or datetime.now(UTC)
+    with db.transaction() as c:
+        lead = _require(c, lead_id)
+        if lead.status in CLOSED_STATUSES:
+            raise LeadError(f"lead {lead_id} is {lead.status}, which is final")
+        if lead.owner == to:
+            return lead
+        store.set_owner(c, lead_id, to, moment)
+        audit.record(
+            c, by, "lead.assign", "lead", lead_id, {"to": to, "was_owner": lead.owner}, now=moment
+        )
         return _require(c, lead_id)
 
 
@@ -198,6 +316,12 @@ def update(
             if status == "claimed" and not by:
                 raise LeadError("a claim needs a name: --by NAME")
             store.set_status(c, lead_id, status, moment, owner=by if status == "claimed" else None)
+            detail: dict[str, Any] = {"from": lead.status, "to": status}
+            if status == "claimed":
+                detail.update(owner=by, was_owner=lead.owner)
+            if not_a_lead:
+                detail["not_a_lead"] = True
+            audit.record(c, by, "lead.status", "lead", lead_id, detail, now=moment)
             if status in ("won", "lost"):
                 corrections = correct_lead_messages(
                     c, lead_id, confirmed_label(lead.kind), source=status
@@ -205,8 +329,18 @@ def update(
         if not_a_lead:
             corrections = correct_lead_messages(c, lead_id, OTHER_LABEL, source="not-a-lead")
             _note_label(c, lead_id, by, "not a lead: labelled other for training", moment)
+            audit.record(
+                c,
+                by,
+                "lead.relabel",
+                "lead",
+                lead_id,
+                {"label": OTHER_LABEL, "was": lead.label, "source": "not-a-lead"},
+                now=moment,
+            )
         if note and note.strip():
-            store.add_note(c, lead_id, by, note.strip(), moment)
+            note_id = store.add_note(c, lead_id, by, note.strip(), moment)
+            audit.record(c, by, "lead.note", "lead", lead_id, {"note": note_id}, now=moment)
         return LeadUpdate(_require(c, lead_id), corrections)
 
 
@@ -224,6 +358,15 @@ def relabel(
             raise LeadError(f"lead {lead_id} is already labelled {label}")
         corrections = correct_lead_messages(c, lead_id, label, source="relabel")
         _note_label(c, lead_id, by.strip(), f"relabelled {label} (was {lead.label})", moment)
+        audit.record(
+            c,
+            by.strip(),
+            "lead.relabel",
+            "lead",
+            lead_id,
+            {"label": label, "was": lead.label, "source": "relabel"},
+            now=moment,
+        )
         return LeadUpdate(_require(c, lead_id), corrections)
 
 
@@ -606,8 +749,12 @@ __all__ = [
     "TRANSITIONS",
     "LeadDetail",
     "LeadError",
+    "LeadPage",
+    "QueuePage",
     "RetentionResult",
+    "SentReply",
     "apply_retention",
+    "assign",
     "assign_owner",
     "business_due",
     "check_business_hours",
@@ -617,6 +764,9 @@ __all__ = [
     "for_staff",
     "is_overdue",
     "list_leads",
+    "page",
+    "queue",
+    "reply_text",
     "response_target",
     "show",
     "update",

@@ -5,8 +5,9 @@ person gives — in review, or later by moving or keywording the message in the 
 `triage.ingest.corrections`) — is recorded by `relabel`, in the caller's one transaction: on the
 ledger row (`messages.reviewed_label`, `reviewed_by`), as a correction that becomes training data,
 and, when the label makes a lead (`triage.core.labels`) and the message has none yet, as the lead
-the pipeline would have recorded had the classifier been sure. A reviewed message is never
-auto-answered: a person who labels it sales is expected to answer it.
+the pipeline would have recorded had the classifier been sure; the audit log records who gave
+which label (`review.label`, or `message.label` for a label given in the mailbox). A reviewed
+message is never auto-answered: a person who labels it sales is expected to answer it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from triage.core.models import LABELS, Address, LeadKind
 from triage.core.settings import Settings
 from triage.parsing.contacts import extract
 from triage.sales.leads import assign_owner, business_due
+from triage.store import audit
 from triage.store import review as store
 from triage.store.corrections import insert_correction
 from triage.store.db import Database, Tx
@@ -141,6 +143,15 @@ def relabel(
     lead_id = None
     if kind is not None and not message_has_lead(c, message.row_id):
         lead_id = _record(c, message, kind, new_label, reason, settings)
+    audit.record(
+        c,
+        by,
+        "review.label" if source == "review" else "message.label",
+        "message",
+        message.row_id,
+        {"label": new_label, "was": old_label, "source": source, "lead": lead_id},
+        now=moment,
+    )
     return Relabelled(added, lead_id)
 
 

@@ -109,7 +109,8 @@ class LeadRecord:
 
 @dataclass(frozen=True, slots=True)
 class LeadMessage:
-    """One message of a lead, from the ledger (`body` is empty once retention removed it)."""
+    """One message of a lead, from the ledger (`body` is empty once retention removed it), with
+    what the classifier said of it: `label`, `confidence`, and the `reasons` of its decision."""
 
     row_id: int
     message_id: str
@@ -118,6 +119,11 @@ class LeadMessage:
     body: str
     decision: str
     received_at: datetime
+    label: str = ""
+    confidence: float | None = None
+    reasons: tuple[str, ...] = ()
+    reviewed_label: str = ""
+    reviewed_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +368,8 @@ def unalerted_hot_leads(c: Tx, since: datetime) -> list[LeadRecord]:
 def lead_messages(c: Tx, lead_id: int) -> list[LeadMessage]:
     """The messages of a lead, oldest first."""
     rows = c.execute(
-        "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at"
+        "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at,"
+        " m.label, m.confidence, m.reasons, m.reviewed_label, m.reviewed_by"
         " FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
         " WHERE lm.lead_id = ? ORDER BY m.id",
         (lead_id,),
@@ -380,6 +387,11 @@ def lead_messages(c: Tx, lead_id: int) -> list[LeadMessage]:
                 body=r["body"] or "",
                 decision=r["decision"] or "",
                 received_at=received,
+                label=r["label"] or "",
+                confidence=None if r["confidence"] is None else float(r["confidence"]),
+                reasons=_explanation(r["reasons"]),
+                reviewed_label=r["reviewed_label"] or "",
+                reviewed_by=r["reviewed_by"] or "",
             )
         )
     return out
@@ -419,6 +431,156 @@ def owner_loads(c: Tx, staff: Sequence[str]) -> list[OwnerLoad]:
     return [OwnerLoad(name, *found.get(name, (0, ""))) for name in staff]
 
 
+# --- the console's lead queue ------------------------------------------------------------------
+
+QUEUE_SORTS = ("activity", "due")
+UNASSIGNED = "-"  # the owner filter's value for leads nobody owns
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    """What the lead queue shows: leads in `statuses`, of `kind` (None: any), owned by `owner`
+    (None: anybody; UNASSIGNED: nobody), only overdue ones at `now`, matching `search` in the
+    name, address, company or a message subject; sorted by `sort` (QUEUE_SORTS: newest activity
+    first, or soonest due first with leads without a target last)."""
+
+    statuses: Sequence[str] = OPEN_STATUSES
+    kind: str | None = None
+    owner: str | None = None
+    overdue: bool = False
+    search: str = ""
+    sort: str = "activity"
+
+
+def _like(text: str) -> str:
+    """`text` as a LIKE pattern matching it anywhere (its own % _ and \\ taken literally)."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _subject_leads(c: Tx, pattern: str) -> list[int]:
+    """The leads with a message whose subject matches LIKE `pattern`.
+
+    Read once per page, over the `messages_subject` index (a few megabytes even for 100,000
+    messages), instead of each lead's ledger rows, whose bodies and raw messages would be read
+    with them."""
+    rows = c.execute(
+        "SELECT DISTINCT lm.lead_id FROM lead_messages lm WHERE lm.message_row IN"
+        " (SELECT id FROM messages WHERE subject LIKE ? ESCAPE '\\')",
+        (pattern,),
+    )
+    return [int(r[0]) for r in rows]
+
+
+def _queue_where(c: Tx, wanted: QueueFilter, now: datetime) -> tuple[str, list[object]]:
+    statuses = list(wanted.statuses)
+    where = [f"status IN ({','.join('?' * len(statuses))})"]
+    params: list[object] = [*statuses]
+    if wanted.kind is not None:
+        where.append("kind = ?")
+        params.append(wanted.kind)
+    if wanted.owner is not None:
+        where.append("owner = ?")
+        params.append("" if wanted.owner == UNASSIGNED else wanted.owner)
+    if wanted.overdue:
+        where.append(
+            "kind = 'hot' AND status IN ('new', 'claimed') AND due_at IS NOT NULL AND due_at < ?"
+        )
+        params.append(timestamp(now))
+    text = wanted.search.strip()
+    if text:
+        pattern = _like(text)
+        where.append(
+            "(name LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\' OR company LIKE ? ESCAPE '\\'"
+            " OR id IN (SELECT value FROM json_each(?)))"
+        )
+        params.extend([pattern] * 3)
+        params.append(json.dumps(_subject_leads(c, pattern)))
+    return " AND ".join(where), params
+
+
+def queue(
+    c: Tx, wanted: QueueFilter, now: datetime, *, limit: int, offset: int = 0
+) -> tuple[list[LeadRecord], int]:
+    """One page of the lead queue (`limit` leads after `offset`) and how many leads match.
+
+    The page's ids are chosen first from the leads table alone; only those leads get the summary
+    of their messages (`_SELECT`), so a page costs the same with 10 leads or 10,000."""
+    if not list(wanted.statuses):
+        return [], 0
+    where, params = _queue_where(c, wanted, now)
+    if wanted.sort == "due":
+        order = "due_at IS NULL, due_at, id"
+        outer = "l.due_at IS NULL, l.due_at, l.id"
+    else:
+        order = "updated_at DESC, id DESC"
+        outer = "l.updated_at DESC, l.id DESC"
+    found = c.execute(f"SELECT COUNT(*) FROM leads WHERE {where}", params).fetchone()  # noqa: S608
+    total = int(found[0])
+    page = c.execute(
+        f"SELECT id FROM leads WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",  # noqa: S608
+        (*params, limit, offset),
+    ).fetchall()
+    if not page:
+        return [], total
+    ids = [int(r["id"]) for r in page]
+    rows = c.execute(
+        _SELECT + f" WHERE l.id IN ({','.join('?' * len(ids))}) ORDER BY {outer}",
+        ids,
+    )
+    return [_record(r) for r in rows], total
+
+
+def owners(c: Tx) -> list[str]:
+    """Every name that owns a lead, sorted: the queue's owner filter."""
+    rows = c.execute("SELECT DISTINCT owner FROM leads WHERE owner != '' ORDER BY owner")
+    return [str(r[0]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class LeadReply:
+    """A reply triage wrote to one message of a lead (the outbox row): its state and raw message."""
+
+    id: int
+    message_row: int
+    recipient: str
+    template: str
+    mode: str
+    state: str
+    raw: bytes
+    created_at: datetime
+    sent_at: datetime | None
+
+
+def lead_replies(c: Tx, lead_id: int) -> list[LeadReply]:
+    """The replies to the messages of a lead (`replies.message_row` names the ledger row they
+    answer), oldest first."""
+    rows = c.execute(
+        "SELECT r.id, r.message_row, r.recipient, r.template, r.mode, r.state, r.raw,"
+        " r.created_at, r.sent_at FROM lead_messages lm JOIN replies r"
+        " ON r.message_row = lm.message_row WHERE lm.lead_id = ? ORDER BY r.id",
+        (lead_id,),
+    )
+    out = []
+    for r in rows:
+        created = _time(r["created_at"])
+        assert created is not None
+        out.append(
+            LeadReply(
+                id=int(r["id"]),
+                message_row=int(r["message_row"]),
+                recipient=r["recipient"],
+                template=r["template"],
+                mode=r["mode"],
+                state=r["state"],
+                raw=bytes(r["raw"] or b""),
+                created_at=created,
+                sent_at=_time(r["sent_at"]),
+            )
+        )
+    return out
+
+
 # --- changing ------------------------------------------------------------------------------------
 
 
@@ -438,6 +600,13 @@ def set_status(
         " closed_at = CASE WHEN ? IN ('won', 'lost', 'dismissed') THEN ? ELSE closed_at END"
         " WHERE id = ?",
         (status, at, owner, status, at, status, at, status, at, lead_id),
+    )
+
+
+def set_owner(c: Tx, lead_id: int, owner: str, now: datetime) -> None:
+    """Within the caller's transaction: give a lead to `owner` (its status stays)."""
+    c.execute(
+        "UPDATE leads SET owner = ?, updated_at = ? WHERE id = ?", (owner, timestamp(now), lead_id)
     )
 
 

@@ -50,6 +50,7 @@ class ReviewItem:
     explanation: tuple[str, ...]
     received_at: datetime
     uncertainty: float | None = None
+    probabilities: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,23 @@ def terms(value: str | None) -> tuple[str, ...]:
     return tuple(str(t) for t in found) if isinstance(found, list) else ()
 
 
+def probabilities(value: str | None) -> tuple[tuple[str, float], ...]:
+    """The stored JSON object of label probabilities as (label, p) pairs, likeliest first; ()
+    when missing or malformed."""
+    try:
+        found = json.loads(value or "{}")
+    except ValueError:
+        return ()
+    if not isinstance(found, dict):
+        return ()
+    pairs = [
+        (str(k), float(v))
+        for k, v in found.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    return tuple(sorted(pairs, key=lambda pair: -pair[1]))
+
+
 def _item(r: sqlite3.Row) -> ReviewItem:
     return ReviewItem(
         row_id=int(r["id"]),
@@ -100,6 +118,7 @@ def _item(r: sqlite3.Row) -> ReviewItem:
         explanation=terms(r["explanation"]),
         received_at=datetime.fromisoformat(r["created_at"]),
         uncertainty=None if r["uncertainty"] is None else float(r["uncertainty"]),
+        probabilities=probabilities(r["probabilities"]),
     )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from triage.web.app import Page
-from triage.web.views import admin, dashboard, templates
+from triage.web.views import admin, dashboard, leads, review, templates
 
 PAGES: list[Page] = [
+    *leads.PAGES,
+    *review.PAGES,
     *dashboard.PAGES,
     *templates.PAGES,
     *admin.PAGES,
