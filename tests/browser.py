@@ -4,8 +4,8 @@ The browser is the `chromium` that scripts/bootstrap installs with apt, driven b
 Python through `executable_path` (a browser downloaded by `playwright install` is never used).
 Without chromium or Playwright the tests that use these fixtures are skipped with the reason.
 
-Fixtures, named `browser`, `page` and `web_server` (import them into a test module with
-`from tests.browser import browser_fixture, page_fixture, web_server_fixture  # noqa: F401`):
+Fixtures, named `browser`, `page` and `web_server` (registered once, in tests/conftest.py: a
+test module that imported them again would start a second Playwright in the same thread):
 - `browser`: one headless chromium for the session;
 - `page`: a fresh page (own cookies) with a fixed 1280×800 viewport and a default timeout, whose
   console messages, page errors, CSP violations and requests are recorded: `log_of(page)`;

@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 
 from devtools.mailharness import MailHarness
+
+# The console's browser fixtures (browser, page, web_server), defined once for the session: a
+# second definition per module would start a second Playwright in the same thread.
+from tests.browser import browser_fixture, page_fixture, web_server_fixture  # noqa: F401
 from tests.mailtools import DaemonStarter, running_harness
 
 

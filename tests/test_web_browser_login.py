@@ -10,17 +10,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.browser import (  # noqa: F401 - the fixtures browser, page and web_server
+from tests.browser import (
     ConsoleServer,
-    browser_fixture,
     csp_violations,
     focused,
     log_in,
     log_of,
-    page_fixture,
     screenshot,
     tab_to,
-    web_server_fixture,
 )
 from tests.web_support import PASSWORD
 from triage.web.app import SESSION_COOKIE
