@@ -26,8 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from devtools.demo import answers
 from tests.test_leads import Store, make_settings
 from tests.web_support import PASSWORD
 from triage.core.settings import Settings
@@ -275,16 +274,6 @@ class WebServer:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
 
-def _answers(url: str) -> bool:
-    try:
-        # Straight to loopback, whatever proxy the environment names.
-        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with direct.open(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextmanager
 def start_web(config: Path, *, port: int | None = None) -> Iterator[WebServer]:
     """`triage --config CONFIG web` as a real process on 127.0.0.1, until /login answers; stopped
@@ -308,7 +297,7 @@ def start_web(config: Path, *, port: int | None = None) -> Iterator[WebServer]:
     server = WebServer(url, config, process, stderr_path)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(f"{url}/login"):
+        while not answers(f"{url}/login"):
             if process.poll() is not None:
                 pytest.fail(f"triage web exited with {process.returncode}:\n{server.stderr()}")
             if time.monotonic() > deadline:
