@@ -427,13 +427,15 @@ def save(
     if found:
         raise TemplateRefused(found)
     path = directory / filename
-    before = read_text(directory, filename)
-    if expected and fingerprint(before) != expected:
-        raise TemplateConflict(
-            f"{filename} was changed since you opened it (see its history); "
-            "your text is kept below: save again to replace the new version"
-        )
     with db.transaction() as c:
+        # Read under the store's write lock: another save of this file (the check above takes
+        # a while) either committed before this read or waits until this one commits.
+        before = read_text(directory, filename)
+        if expected and fingerprint(before) != expected:
+            raise TemplateConflict(
+                f"{filename} was changed since you opened it (see its history); "
+                "your text is kept below: save again to replace the new version"
+            )
         latest = versions.latest(c, filename)
         if latest is None or latest.text != before:
             on_disk = datetime.fromtimestamp(path.stat().st_mtime, UTC)
