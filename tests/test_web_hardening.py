@@ -14,10 +14,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.test_leads import ROOT
-from tests.web_support import ConsoleFixture, make_console
+from tests.web_support import PASSWORD, ConsoleFixture, make_console
 from triage.act import template_edits as edits
 from triage.store import template_versions as versions
 from triage.store.db import Database, Tx
+from triage.web import accounts
 
 HUGE = "99999999999999999999"  # more than SQLite's largest integer
 SUPERSCRIPT = "²"  # str.isdigit() says yes, int() says no
@@ -126,3 +127,24 @@ def test_two_admins_saving_at_once_cannot_undo_each_other(
     assert path.read_text() == theirs
     history = versions.history(console.store.db.reads, "sales.txt")
     assert [v.saved_by for v in history] == ["bob", "(on disk)"]
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "eve@example.test\r\nBcc: victim@example.test",
+        "eve@example.test, victim@example.test",
+        "Victim <victim@example.test>",
+    ],
+)
+def test_a_test_send_to_an_address_that_is_not_one_plain_address_is_refused_in_words(
+    console: ConsoleFixture, address: str
+) -> None:
+    accounts.add(console.store.db, "eve", "admin", PASSWORD, email=address)
+    token = console.login("eve")
+    answer = console.post(
+        "/templates/test", {"file": "sales.txt", "text": "Hi {{ company_name }}\n"}, token
+    )
+    assert answer.status_code == 400
+    assert "not one plain address" in answer.text
+    assert console.store.db.reads.execute("SELECT COUNT(*) FROM digests").fetchone()[0] == 0

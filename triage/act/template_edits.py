@@ -36,6 +36,7 @@ from triage.act.replies import (
 )
 from triage.core.errors import TemplateError, TriageError
 from triage.core.models import Address, Contact, InboundMessage
+from triage.core.sanitize import is_addr_spec
 from triage.core.settings import RepliesSettings
 from triage.store import audit
 from triage.store import digests as notices
@@ -506,6 +507,11 @@ def send_test(
     message, whose original the daemon would then mark answered in the mailbox."""
     if not email.strip():
         raise TemplateError(f"user {actor} has no email address; set one with `triage users` first")
+    if not is_addr_spec(email.strip()):
+        raise TemplateError(
+            f"the email address of user {actor} is not one plain address "
+            f"({email.strip()[:80]!r}); set it with `triage users`"
+        )
     moment = now or datetime.now(UTC)
     target = resolve(directory, filename)
     where = sample_reply_to(replies, target.language)
