@@ -148,3 +148,20 @@ def test_a_test_send_to_an_address_that_is_not_one_plain_address_is_refused_in_w
     assert answer.status_code == 400
     assert "not one plain address" in answer.text
     assert console.store.db.reads.execute("SELECT COUNT(*) FROM digests").fetchone()[0] == 0
+
+
+def test_a_partial_that_fails_for_a_stranger_is_not_saved(
+    console: ConsoleFixture, templates_dir: Path
+) -> None:
+    """A partial is checked through the files that include it for both senders, as a file of
+    its own is: the name is empty for an unauthenticated sender, so indexing it fails."""
+    (templates_dir / "_footer.txt").write_text("-- {{ signature }}\n")
+    sales = templates_dir / "sales.txt"
+    sales.write_text(sales.read_text() + '{% include "_footer.txt" %}')
+    token = console.login("ada")
+    broken = console.post(
+        "/templates/save", {"file": "_footer.txt", "text": "-- {{ contact.name[0] }}\n"}, token
+    )
+    assert broken.status_code == 400
+    assert "for an unauthenticated sender" in broken.text
+    assert (templates_dir / "_footer.txt").read_text() == "-- {{ signature }}\n"

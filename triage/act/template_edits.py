@@ -202,16 +202,34 @@ def _problems(
         if found:
             return found  # the same syntax error or unknown variable would be reported twice
     if target.partial:
-        # A partial is checked through the files that include it: what it breaks there.
-        sample = sample_variables(replies, "")[0]
-        before = {_shown(p, directory) for p in TemplateRenderer(directory).check(sample)}
-        return [p for p in (_shown(p, copy) for p in renderer.check(sample)) if p not in before]
+        return _partial_problems(directory, copy, renderer, replies)
     for variables in sample_variables(replies, target.language):
         try:
             renderer.render(target.outcome, variables, target.language)
         except TemplateError as exc:
             found.append(Problem(target.filename, None, _shown_text(str(exc), copy)))
             break
+    return found
+
+
+def _partial_problems(
+    directory: Path, copy: Path, renderer: TemplateRenderer, replies: RepliesSettings
+) -> list[Problem]:
+    """What a partial breaks in the files that include it, for both senders as a file of its
+    own is checked: the problems of the copy the directory does not already have."""
+    found: list[Problem] = []
+    for variables in sample_variables(replies, ""):
+        before = {_shown(p, directory) for p in TemplateRenderer(directory).check(variables)}
+        for problem in renderer.check(variables):
+            shown = _shown(problem, copy)
+            if shown in before:
+                continue
+            if not variables.trusted:
+                shown = replace(shown, message=f"{shown.message} (for an unauthenticated sender)")
+            if shown not in found:
+                found.append(shown)
+        if found:
+            return found
     return found
 
 
