@@ -36,6 +36,7 @@ from triage.act.replies import (
 )
 from triage.core.errors import TemplateError, TriageError
 from triage.core.models import Address, Contact, InboundMessage
+from triage.core.sanitize import is_addr_spec
 from triage.core.settings import RepliesSettings
 from triage.store import audit
 from triage.store import digests as notices
@@ -201,16 +202,34 @@ def _problems(
         if found:
             return found  # the same syntax error or unknown variable would be reported twice
     if target.partial:
-        # A partial is checked through the files that include it: what it breaks there.
-        sample = sample_variables(replies, "")[0]
-        before = {_shown(p, directory) for p in TemplateRenderer(directory).check(sample)}
-        return [p for p in (_shown(p, copy) for p in renderer.check(sample)) if p not in before]
+        return _partial_problems(directory, copy, renderer, replies)
     for variables in sample_variables(replies, target.language):
         try:
             renderer.render(target.outcome, variables, target.language)
         except TemplateError as exc:
             found.append(Problem(target.filename, None, _shown_text(str(exc), copy)))
             break
+    return found
+
+
+def _partial_problems(
+    directory: Path, copy: Path, renderer: TemplateRenderer, replies: RepliesSettings
+) -> list[Problem]:
+    """What a partial breaks in the files that include it, for both senders as a file of its
+    own is checked: the problems of the copy the directory does not already have."""
+    found: list[Problem] = []
+    for variables in sample_variables(replies, ""):
+        before = {_shown(p, directory) for p in TemplateRenderer(directory).check(variables)}
+        for problem in renderer.check(variables):
+            shown = _shown(problem, copy)
+            if shown in before:
+                continue
+            if not variables.trusted:
+                shown = replace(shown, message=f"{shown.message} (for an unauthenticated sender)")
+            if shown not in found:
+                found.append(shown)
+        if found:
+            return found
     return found
 
 
@@ -427,13 +446,15 @@ def save(
     if found:
         raise TemplateRefused(found)
     path = directory / filename
-    before = read_text(directory, filename)
-    if expected and fingerprint(before) != expected:
-        raise TemplateConflict(
-            f"{filename} was changed since you opened it (see its history); "
-            "your text is kept below: save again to replace the new version"
-        )
     with db.transaction() as c:
+        # Read under the store's write lock: another save of this file (the check above takes
+        # a while) either committed before this read or waits until this one commits.
+        before = read_text(directory, filename)
+        if expected and fingerprint(before) != expected:
+            raise TemplateConflict(
+                f"{filename} was changed since you opened it (see its history); "
+                "your text is kept below: save again to replace the new version"
+            )
         latest = versions.latest(c, filename)
         if latest is None or latest.text != before:
             on_disk = datetime.fromtimestamp(path.stat().st_mtime, UTC)
@@ -504,6 +525,11 @@ def send_test(
     message, whose original the daemon would then mark answered in the mailbox."""
     if not email.strip():
         raise TemplateError(f"user {actor} has no email address; set one with `triage users` first")
+    if not is_addr_spec(email.strip()):
+        raise TemplateError(
+            f"the email address of user {actor} is not one plain address "
+            f"({email.strip()[:80]!r}); set it with `triage users`"
+        )
     moment = now or datetime.now(UTC)
     target = resolve(directory, filename)
     where = sample_reply_to(replies, target.language)

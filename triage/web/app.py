@@ -62,6 +62,7 @@ LOGIN_CSRF_COOKIE = "triage_login_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 MAX_FORM_BYTES = 512 * 1024  # a template or a note; nothing a person types is larger
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a larger number names no row
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
@@ -279,11 +280,21 @@ def _wrap(console: Console, page: Page) -> Callable[[Request], Awaitable[Respons
         request.scope["triage.session"] = session
         if page.admin and not session.user.is_admin:
             raise HTTPException(403, "this page is for admins")
+        if any(isinstance(v, int) and v > MAX_ID for v in request.path_params.values()):
+            raise HTTPException(404, "no such page")  # /leads/{id} with an id no row can have
         if request.method == "POST":
             request.state.form = await check_csrf(request, session)
         return await page.handler(request, console)
 
     return endpoint
+
+
+def whole_number(value: str) -> int | None:
+    """`value` as a number of a row (ASCII digits, at most MAX_ID), else None. `str.isdigit`
+    alone takes "²", which `int` refuses, and SQLite refuses what passes MAX_ID."""
+    if not (value.isascii() and value.isdigit()) or int(value) > MAX_ID:
+        return None
+    return int(value)
 
 
 def user_of(request: Request) -> User:

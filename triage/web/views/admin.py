@@ -29,7 +29,7 @@ from triage.store import console as store
 from triage.store.corrections import CorrectionRow, list_corrections
 from triage.store.db import Database
 from triage.store.outbox import QueueEntry, entries
-from triage.web.app import Console, Page
+from triage.web.app import Console, Page, whole_number
 
 CORRECTIONS_SHOWN = 100
 HEALTH_TIMEOUT = 1.0  # seconds: the page must not wait on a daemon that does not answer
@@ -41,7 +41,7 @@ REPLY_TEXT_LIMIT = 20_000
 
 def _page_number(request: Request) -> int:
     raw = request.query_params.get("page", "1")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100_000:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100_000:
         raise HTTPException(400, "page must be a whole number from 1")
     return int(raw)
 
@@ -78,9 +78,10 @@ def reply_text(raw: bytes) -> str:
 
 async def decision(request: Request, console: Console) -> Response:
     raw_id = request.path_params["id"]
-    if not str(raw_id).isdigit():
+    row_id = whole_number(str(raw_id))
+    if row_id is None:
         raise HTTPException(404, "no such message")
-    found = await console.run(lambda db: store.decision_detail(db.reads, int(raw_id)))
+    found = await console.run(lambda db: store.decision_detail(db.reads, row_id))
     if found is None:
         raise HTTPException(404, f"no message {raw_id} in the store")
     probabilities = sorted(found.probabilities.items(), key=lambda kv: -kv[1])

@@ -68,7 +68,9 @@ class QueueForm:
             overdue=params.get("overdue", "") not in ("", "0"),
             q=params.get("q", "")[:200],
             sort=params.get("sort", "activity") or "activity",
-            page=int(page) if page.isdigit() and 0 < int(page) < 1_000_000 else 1,
+            page=int(page)
+            if page.isascii() and page.isdigit() and 0 < int(page) < 1_000_000
+            else 1,
         )
 
     def wanted(self) -> QueueFilter:

@@ -22,7 +22,7 @@ from triage.sales import review
 from triage.sales.content import local_time
 from triage.sales.leads import age
 from triage.store.db import Database
-from triage.web.app import Console, Page, user_of
+from triage.web.app import Console, Page, user_of, whole_number
 
 SHOWN = 50  # review items on the page; the rest are counted
 
@@ -73,9 +73,9 @@ def notice(params: Any) -> tuple[str, int | None]:
     """The line shown after a label was given (`?labelled=ID&label=L[&lead=N]`), in the CLI's
     words, and the lead it made or joined; ("", None) when the query does not describe one."""
     row, label, lead = params.get("labelled", ""), params.get("label", ""), params.get("lead", "")
-    if not row.isdigit() or label not in LABELS:
+    if whole_number(row) is None or label not in LABELS:
         return "", None
-    lead_id = int(lead) if lead.isdigit() else None
+    lead_id = whole_number(lead)
     made = f"; lead {lead_id}" if lead_id is not None else ""
     return f"message {row} labelled {label}{made}", lead_id
 

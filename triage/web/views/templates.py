@@ -25,7 +25,7 @@ from triage.core.errors import TemplateError
 from triage.store import template_versions as versions
 from triage.store.db import Database
 from triage.store.template_versions import SampleMessage, TemplateVersion
-from triage.web.app import Console, Page, user_of
+from triage.web.app import Console, Page, user_of, whole_number
 
 PARTS = ("subject", "txt", "html")
 PART_TITLES = {"subject": "Subject", "txt": "Text", "html": "HTML"}
@@ -111,9 +111,10 @@ def _recent(db: Database) -> list[SampleMessage]:
 def _picked(db: Database, value: str) -> SampleMessage | None:
     if not value:
         return None
-    if not value.isdigit():
+    number = whole_number(value)
+    if number is None:
         raise HTTPException(400, "message must be a message number")
-    found = versions.message(db.reads, int(value))
+    found = versions.message(db.reads, number)
     if found is None:
         raise HTTPException(400, f"no sales or marketing message {value}")
     return found
@@ -381,13 +382,14 @@ async def rollback_post(request: Request, console: Console) -> Response:
     filename = _file_param(form.get("file"))
     _resolved(console, filename)
     raw_version = str(form.get("version") or "")
-    if not raw_version.isdigit():
+    version_id = whole_number(raw_version)
+    if version_id is None:
         raise HTTPException(400, "version must be a version number")
     who = user_of(request).name
     replies = console.settings.replies
     try:
         version = await console.run(
-            edits.rollback, _directory(console), filename, int(raw_version), replies, who
+            edits.rollback, _directory(console), filename, version_id, replies, who
         )
     except edits.TemplateFileError as exc:
         raise HTTPException(400, str(exc)) from None
