@@ -165,3 +165,17 @@ def test_a_partial_that_fails_for_a_stranger_is_not_saved(
     assert broken.status_code == 400
     assert "for an unauthenticated sender" in broken.text
     assert (templates_dir / "_footer.txt").read_text() == "-- {{ signature }}\n"
+
+
+def test_a_template_that_renders_an_empty_reply_is_not_saved(
+    console: ConsoleFixture, templates_dir: Path
+) -> None:
+    """An empty `sales.txt` would send wordless replies to real people: refused, file kept."""
+    path = templates_dir / "sales.txt"
+    before = path.read_text(encoding="utf-8")
+    token = console.login("ada")
+    for text in ("", "  \n\n", "{% if false %}hello{% endif %}\n"):
+        response = console.post("/templates/save", {"file": "sales.txt", "text": text}, token)
+        assert response.status_code == 400, text
+        assert "the reply&#39;s text is empty" in response.text
+    assert path.read_text(encoding="utf-8") == before

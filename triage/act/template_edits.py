@@ -205,9 +205,21 @@ def _problems(
         return _partial_problems(directory, copy, renderer, replies)
     for variables in sample_variables(replies, target.language):
         try:
-            renderer.render(target.outcome, variables, target.language)
+            rendered = renderer.render(target.outcome, variables, target.language)
         except TemplateError as exc:
             found.append(Problem(target.filename, None, _shown_text(str(exc), copy)))
+            break
+        # A reply with no words goes to a real person: the file must give its part some text.
+        empty = [
+            name
+            for name, value in (("subject", rendered.subject), ("text", rendered.text))
+            if not value.strip()
+        ]
+        if empty:
+            who = "" if variables.trusted else " (for an unauthenticated sender)"
+            found.append(
+                Problem(target.filename, None, f"the reply's {' and '.join(empty)} is empty{who}")
+            )
             break
     return found
 
