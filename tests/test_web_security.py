@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
@@ -18,7 +22,13 @@ from triage.cli.main import app as cli
 from triage.core.errors import TriageError
 from triage.store.db import Database
 from triage.web import accounts
-from triage.web.app import MAX_FORM_BYTES, SESSION_COOKIE, build_app, core_pages
+from triage.web.app import (
+    MAX_FORM_BYTES,
+    SESSION_COOKIE,
+    SecurityHeaders,
+    build_app,
+    core_pages,
+)
 
 WRONG = "wrong user name or password"
 
@@ -171,3 +181,18 @@ def test_users_cli_refuses_a_password_that_is_not_text_in_one_line(
     assert from_stdin.exit_code == 2, from_stdin.output
     assert "not UTF-8 text" in from_stdin.output
     assert "Traceback" not in from_file.output + from_stdin.output
+
+
+def test_a_server_error_page_carries_the_security_headers_too() -> None:
+    """`triage web` serves the app wrapped once more in SecurityHeaders, outside Starlette's
+    error middleware, whose 500 page would otherwise go out without them."""
+
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("a bug")
+
+    app = SecurityHeaders(Starlette(routes=[Route("/", broken)]))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/")
+    assert response.status_code == 500
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert response.headers["x-frame-options"] == "DENY"

@@ -60,14 +60,16 @@ def web(
     with user_errors():
         import uvicorn
 
-        from triage.web.app import build_app
+        from triage.web.app import SecurityHeaders, build_app
 
         app = build_app(settings, config_path=options(ctx).config)
         listen_host = host or settings.web.host
         listen_port = settings.web.port if port is None else port
         print(f"triage web: serving on http://{listen_host}:{listen_port}/", file=sys.stderr)
         uvicorn.run(
-            app,
+            # Outside Starlette's own error middleware too: a server error's page carries the
+            # security headers like every other response.
+            SecurityHeaders(app),
             host=listen_host,
             port=listen_port,
             log_config=None,  # triage's own logging (text or JSON), already set up
