@@ -15,8 +15,8 @@ import stat
 from collections.abc import Iterator
 from email import policy
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
 from tests.test_digest import FakeSmtp
@@ -56,10 +56,8 @@ def admin(console: ConsoleFixture, name: str = "ada") -> str:
     return token_of(page.text)
 
 
-def edit(
-    console: ConsoleFixture, token: str, action: str, text: str, **extra: str
-) -> httpx.Response:
-    response: httpx.Response = console.post(
+def edit(console: ConsoleFixture, token: str, action: str, text: str, **extra: str) -> Any:
+    response = console.post(
         f"/templates/{action}", {"file": "sales.txt", "text": text, **extra}, token
     )
     return response
