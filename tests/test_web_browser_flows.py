@@ -56,6 +56,9 @@ DIGEST = """
 recipients = ["sales@example.test"]
 from_address = "noreply@example.test"
 timezone = "UTC"
+
+[web]
+base_url = "http://127.0.0.1:8025"
 """
 # Every decision below the model's confidence: each message waits for a person.
 ALL_TO_REVIEW = """
@@ -392,3 +395,19 @@ def test_the_dashboard_draws_the_day_of_real_mail(live: Live, page: Page) -> Non
         leads = int(conn.execute("SELECT COUNT(*) FROM leads").fetchone()[0])
     assert page.locator("table.leads tbody tr").count() == leads > 0
     screenshot(page, "leads")
+
+    # The digest these leads make, as it reaches sales@ through Postfix, each lead linked to its
+    # page in the console.
+    sent = triage(live.config, "digest", "--send")
+    assert sent.returncode == 0, sent.stderr
+    [digest] = _inbox(live.harness, "sales", 1)
+    html = digest.get_body(preferencelist=("html",))
+    assert html is not None
+    with live.db() as conn:
+        hot = [int(r[0]) for r in conn.execute("SELECT id FROM leads WHERE kind = 'hot'")]
+    content = str(html.get_content())
+    for lead_id in hot:
+        assert f'href="http://127.0.0.1:8025/leads/{lead_id}"' in content
+    page.goto("about:blank")  # out of the console, whose CSP would refuse the mail's inline styles
+    page.set_content(content)
+    screenshot(page, "digest")
