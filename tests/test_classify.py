@@ -21,8 +21,9 @@ from sklearn.pipeline import Pipeline
 
 from triage.core.errors import ModelError
 from triage.core.models import InboundMessage, Label
-from triage.core.settings import ClassifierSettings
+from triage.core.settings import SHIPPED_MODEL, ClassifierSettings
 from triage.decide.classify import (
+    EXPLAIN_TERMS,
     LITTLE_TEXT,
     TRUSTED_TYPES,
     Classifier,
@@ -460,3 +461,19 @@ def test_bench_runs_at_tiny_size(model_path: Path) -> None:
     assert any(m.startswith("batch of 20") for m in measures)
     assert all(float(r["value"]) > 0 for r in rows)
     assert table(rows).startswith("| measure |")
+
+
+def test_an_explanation_names_words_not_masked_numbers() -> None:
+    """Digits reach the model as 0 ("500 units" is "000 units"); the terms shown to sales staff
+    as the reason leave such bare numbers out and name the next words instead."""
+    shipped = load_classifier(SHIPPED_MODEL)
+    text = (
+        "Quotation for 6 pcs pump 7.5 kW, 400 V, 50 Hz, budget 20000 EUR, delivery in 3 weeks,"
+        " order 2025-118, phone +45 86 12 34 50."
+    )
+    msg = InboundMessage(
+        message_id="<n@example.test>", subject="RFQ 2025-118: 6 pumps", text=text, new_text=text
+    )
+    explanation = shipped.classify(msg).explanation
+    assert len(explanation) == EXPLAIN_TERMS
+    assert not [t for t in explanation if t.removeprefix("subject:").strip("0*") == ""]

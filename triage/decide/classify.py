@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 import stat
 import sys
 import warnings
@@ -482,9 +483,20 @@ class _LinearScorer:
         start, end = x.indptr[row], x.indptr[row + 1]
         indices = x.indices[start:end]
         contributions = x.data[start:end] * self.coef[indices, column]
-        order = np.argsort(-contributions, kind="stable")[:count]
         terms = self.counter.terms_
-        return tuple(str(terms[indices[i]]) for i in order if contributions[i] > 0)
+        found: list[str] = []
+        for i in np.argsort(-contributions, kind="stable"):
+            if contributions[i] <= 0 or len(found) == count:
+                break
+            term = str(terms[indices[i]])
+            # Digits are masked to 0 for the model ("000 units"); "000" tells a person nothing.
+            if not _NUMBER_TERM.match(term):
+                found.append(term)
+        return tuple(found)
+
+
+# A term that is only a masked number (features.normalise turns every digit into 0).
+_NUMBER_TERM = re.compile(r"(?:subject:)?0+\*?$")
 
 
 def _probe_messages() -> list[InboundMessage]:
