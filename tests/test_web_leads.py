@@ -372,3 +372,23 @@ def test_hostile_prospect_text_is_shown_as_text(console: ConsoleFixture) -> None
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert "&lt;script&gt;alert(2)&lt;/script&gt;" in page
     assert "javascript:alert(1)" in page  # the website as text, not as a link
+
+
+def test_a_lead_page_shows_a_bounded_number_of_messages(console: ConsoleFixture) -> None:
+    """Anyone can send one address's lead any number of messages: its page shows the latest
+    PAGE_MESSAGES (newest included, oldest left out) and says how many there are."""
+    from triage.sales.leads import PAGE_MESSAGES
+
+    lead_ids = {
+        console.store.inquiry(JANE, f"Message number {n:03d}", f"Text of message {n:03d}.")[1]
+        for n in range(PAGE_MESSAGES + 5)
+    }
+    [lead_id] = lead_ids
+    console.login("sam")
+    page = console.client.get(f"/leads/{lead_id}")
+    assert page.status_code == 200
+    assert f"Conversation ({PAGE_MESSAGES + 5})" in page.text
+    assert f"The latest {PAGE_MESSAGES} of {PAGE_MESSAGES + 5} messages" in page.text
+    assert page.text.count('<article class="card">') >= PAGE_MESSAGES
+    assert f"Message number {PAGE_MESSAGES + 4:03d}" in page.text
+    assert "Message number 004" not in page.text and "Message number 005" in page.text

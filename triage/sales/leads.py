@@ -186,9 +186,10 @@ class LeadPage:
     """Everything the console's lead page shows: the lead, its conversation, the replies triage
     wrote, the notes, and who changed what (the audit entries about the lead, oldest first)."""
 
-    detail: LeadDetail
+    detail: LeadDetail  # its messages: the latest PAGE_MESSAGES
     replies: list[SentReply]
     history: list[audit.AuditEntry]
+    total_messages: int
 
 
 def reply_text(raw: bytes) -> tuple[str, str]:
@@ -208,14 +209,21 @@ def reply_text(raw: bytes) -> tuple[str, str]:
         return subject, ""
 
 
+# The messages a lead's page shows: the latest ones (`triage leads show` lists every one).
+PAGE_MESSAGES = 50
+
+
 def page(db: Database, lead_id: int) -> LeadPage:
     """The console's view of one lead, as staff may see it; LeadError when there is none."""
-    detail = detail_for_staff(show(db, lead_id))
+    lead = _require(db.reads, lead_id)
+    messages = store.lead_messages(db.reads, lead_id, latest=PAGE_MESSAGES)
+    detail = detail_for_staff(LeadDetail(lead, messages, store.lead_notes(db.reads, lead_id)))
     replies = []
     for found in store.lead_replies(db.reads, lead_id):
         subject, text = reply_text(found.raw)
         replies.append(SentReply(found, subject, text))
-    return LeadPage(detail, replies, audit.for_target(db.reads, "lead", lead_id))
+    total = store.count_lead_messages(db.reads, lead_id)
+    return LeadPage(detail, replies, audit.for_target(db.reads, "lead", lead_id), total)
 
 
 def claim(db: Database, lead_id: int, by: str, now: datetime | None = None) -> LeadRecord:

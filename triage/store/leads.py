@@ -365,17 +365,18 @@ def unalerted_hot_leads(c: Tx, since: datetime) -> list[LeadRecord]:
     return [_record(r) for r in rows]
 
 
-def lead_messages(c: Tx, lead_id: int) -> list[LeadMessage]:
-    """The messages of a lead, oldest first."""
+def lead_messages(c: Tx, lead_id: int, latest: int | None = None) -> list[LeadMessage]:
+    """The messages of a lead, oldest first; only the `latest` ones when given (a stranger can
+    send a lead any number of messages, a page shows a bounded few)."""
     rows = c.execute(
         "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at,"
         " m.label, m.confidence, m.reasons, m.reviewed_label, m.reviewed_by"
         " FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
-        " WHERE lm.lead_id = ? ORDER BY m.id",
-        (lead_id,),
-    )
+        " WHERE lm.lead_id = ? ORDER BY m.id DESC LIMIT ?",
+        (lead_id, -1 if latest is None else latest),
+    ).fetchall()
     out = []
-    for r in rows:
+    for r in reversed(rows):
         received = _time(r["created_at"])
         assert received is not None
         out.append(
@@ -395,6 +396,12 @@ def lead_messages(c: Tx, lead_id: int) -> list[LeadMessage]:
             )
         )
     return out
+
+
+def count_lead_messages(c: Tx, lead_id: int) -> int:
+    """How many messages a lead has."""
+    row = c.execute("SELECT COUNT(*) FROM lead_messages WHERE lead_id = ?", (lead_id,)).fetchone()
+    return int(row[0])
 
 
 def lead_notes(c: Tx, lead_id: int) -> list[LeadNote]:

@@ -201,6 +201,7 @@ def _lead_page(db: Database, lead_id: int, settings: Settings) -> dict[str, Any]
         "lead": lead,
         "view": lead_view(lead, now, settings),
         "messages": found.detail.messages,
+        "total_messages": found.total_messages,
         # The reasons of every message's decision, each once, in order.
         "reasons": list(dict.fromkeys(r for m in found.detail.messages for r in m.reasons)),
         "notes": found.detail.notes,
