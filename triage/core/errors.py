@@ -39,12 +39,30 @@ class AuthenticationError(MailboxError):
     """Raised when the IMAP or SMTP server rejects the configured credentials."""
 
 
+class TokenUnavailable(TransientError):
+    """Raised when an OAuth2 token endpoint cannot give a token right now (down, timeout)."""
+
+
 class SendError(TransientError):
     """Raised when the SMTP server cannot take a message right now."""
 
 
 class PermanentError(TriageError):
     """Raised when one item can never be handled; it is quarantined instead of retried."""
+
+
+class ReauthorisationNeeded(TriageError):
+    """Raised when an OAuth2 grant no longer works (`invalid_grant`, revoked consent, expired
+    client secret): nothing retries it; a person runs `triage auth login` for the account.
+
+    `account` names the credential and `code` is the provider's error code (never a token)."""
+
+    def __init__(self, account: str, code: str, detail: str = "") -> None:
+        self.account = account
+        self.code = code
+        self.detail = detail
+        text = f"{account}: needs re-authorisation ({code})"
+        super().__init__(f"{text}: {detail}" if detail else text)
 
 
 class StoreError(TriageError):
