@@ -92,6 +92,25 @@ def test_a_parked_mailbox_is_named_with_its_error_while_the_others_are_healthy()
     ]
 
 
+def test_a_mailbox_needing_re_authorisation_names_the_provider_error_and_the_command() -> None:
+    """An OAuth2 account whose grant stopped working is one line with the provider and its
+    error code and the command that restores it; its last error (which repeats them) is not
+    added, and the other account stays healthy."""
+    statuses = [
+        AccountStatus("default", connected=True, last_sync=NOW - 5),
+        AccountStatus(
+            "sales",
+            last_sync=NOW - 20,
+            last_error="sales: needs re-authorisation (invalid_grant)",
+            needs_reauth="generic: invalid_grant",
+        ),
+    ]
+    assert problems(statuses, 300, NOW) == [
+        "sales: needs re-authorisation (generic: invalid_grant):"
+        " run `triage auth login sales`"
+    ]
+
+
 def test_no_mailbox_at_all_is_unhealthy() -> None:
     """A daemon watching nothing is not doing its job."""
     assert problems([], max_age=300, now=NOW) == ["no mailbox is being watched"]

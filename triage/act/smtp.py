@@ -21,11 +21,15 @@ import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from triage.core.errors import AuthenticationError, PermanentError, SendError, TriageError
 from triage.core.hosts import tls_context as client_tls_context
 from triage.core.settings import SmtpSettings
+from triage.ingest.oauth.tokens import xoauth2_response
+
+if TYPE_CHECKING:
+    from triage.ingest.oauth.tokens import TokenProvider
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +187,16 @@ class SmtpConnection:
             self._client.close()
 
 
-def open_client(settings: SmtpSettings, local_hostname: str | None = None) -> smtplib.SMTP:
+def open_client(
+    settings: SmtpSettings,
+    local_hostname: str | None = None,
+    tokens: TokenProvider | None = None,
+) -> smtplib.SMTP:
     """A connected, greeted and (when a username is set) logged-in smtplib client: implicit TLS,
     STARTTLS (never falling back to clear text) or plain, certificates verified unless configured
-    off. Raises SendError when the server cannot be reached, AuthenticationError on bad login."""
+    off; with `tokens`, signed in by OAuth2 (AUTH XOAUTH2) instead of a password. Raises
+    SendError when the server cannot be reached, AuthenticationError on a refused login, and the
+    token provider's TokenUnavailable or ReauthorisationNeeded."""
     helo = local_hostname or socket.gethostname()  # getfqdn() may wait on DNS
     client: smtplib.SMTP
     try:
@@ -207,20 +217,26 @@ def open_client(settings: SmtpSettings, local_hostname: str | None = None) -> sm
             f"cannot connect to SMTP {settings.host}:{settings.port}: {_describe(exc)}"
         ) from None
     try:
-        _start(client, settings)
+        _start(client, settings, tokens)
     except BaseException:
         client.close()
         raise
     return client
 
 
-def connect(settings: SmtpSettings, local_hostname: str | None = None) -> SmtpConnection:
+def connect(
+    settings: SmtpSettings,
+    local_hostname: str | None = None,
+    tokens: TokenProvider | None = None,
+) -> SmtpConnection:
     """Open a connection as configured (see `open_client`) for the delivery queue."""
-    client = open_client(settings, local_hostname)
+    client = open_client(settings, local_hostname, tokens)
     return SmtpConnection(client, f"{settings.host}:{settings.port}")
 
 
-def _start(client: smtplib.SMTP, settings: SmtpSettings) -> None:
+def _start(
+    client: smtplib.SMTP, settings: SmtpSettings, tokens: TokenProvider | None = None
+) -> None:
     where = f"{settings.host}:{settings.port}"
     try:
         client.ehlo()
@@ -230,7 +246,9 @@ def _start(client: smtplib.SMTP, settings: SmtpSettings) -> None:
                 raise SendError(f"SMTP {where} does not offer STARTTLS")
             client.starttls(context=tls_context(settings))
             client.ehlo()
-        if settings.username:
+        if tokens is not None:
+            _oauth2_login(client, settings.username, tokens)
+        elif settings.username:
             client.login(settings.username, settings.secret())
     except smtplib.SMTPAuthenticationError as exc:
         raise AuthenticationError(
@@ -240,6 +258,34 @@ def _start(client: smtplib.SMTP, settings: SmtpSettings) -> None:
         raise AuthenticationError(f"SMTP {where} does not offer AUTH") from None
     except (smtplib.SMTPException, OSError) as exc:
         raise SendError(f"SMTP {where}: {_describe(exc)}") from None
+
+
+def _oauth2_login(client: smtplib.SMTP, user: str, tokens: TokenProvider) -> None:
+    """AUTH XOAUTH2 with the token as initial response; a refused token is refreshed and
+    tried once more. Raises smtplib's SMTPAuthenticationError (the server's code only)."""
+    if not client.has_extn("auth"):
+        raise smtplib.SMTPNotSupportedError("AUTH")
+    try:
+        _xoauth2(client, user, tokens.access_token().token)
+    except smtplib.SMTPAuthenticationError:
+        log.info("SMTP refused the access token of %s; asking for a new one", user)
+        _xoauth2(client, user, tokens.access_token(force=True).token)
+
+
+def _xoauth2(client: smtplib.SMTP, user: str, token: str) -> None:
+    initial = xoauth2_response(user, token).decode("ascii")
+    answered = False
+
+    def answer(challenge: bytes | None = None) -> str:
+        # The first call gives the initial response; a 334 after it carries the server's
+        # error report, which RFC 7628 asks the client to acknowledge with an empty line.
+        nonlocal answered
+        if not answered:
+            answered = True
+            return initial
+        return ""
+
+    client.auth("XOAUTH2", answer, initial_response_ok=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 from triage.core.errors import AuthenticationError, MailboxError
 from triage.core.hosts import tls_context
 from triage.core.settings import ImapAccount
+from triage.ingest.oauth.tokens import AccessToken, oauthbearer_response, xoauth2_response
 
 if TYPE_CHECKING:
     from imapclient import IMAPClient
+
+    from triage.ingest.oauth.tokens import TokenProvider
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,35 @@ def _translated(what: str) -> Iterator[None]:
         raise AuthenticationError(f"{what}: login rejected ({_short(exc)})") from None
     except (IMAPClientError, OSError, ssl.SSLError, EOFError) as exc:
         raise MailboxError(f"{what}: {type(exc).__name__}: {_short(exc)}") from None
+
+
+def _sasl_login(client: IMAPClient, mechanism: str, initial: bytes) -> None:
+    """AUTHENTICATE with `mechanism`, answering the first challenge with `initial` and any
+    later one (the server's error report, RFC 7628 3.2.3) with an empty line: sending the
+    token again, as imapclient's own `oauth2_login` does, is not what the server asks for.
+    Raises imapclient's LoginError with the server's answer (never the token)."""
+    from imapclient.exceptions import LoginError
+
+    sent = False
+
+    def answer(_challenge: bytes) -> bytes:
+        nonlocal sent
+        if sent:
+            return b""
+        sent = True
+        return initial
+
+    imap: Any = client._imap  # imapclient's own `_command_and_check` is private as well
+    try:
+        typ, data = imap.authenticate(mechanism, answer)
+    except imap.abort:
+        raise  # the connection broke: a MailboxError, not a refusal
+    except imap.error as exc:
+        raise LoginError(_short(exc)) from None
+    if typ != "OK":
+        raise LoginError(_short(Exception(data)))
+    # imapclient learns the capabilities after a login; keep its state as its own login does.
+    client._cached_capabilities = None
 
 
 def _short(exc: BaseException) -> str:
@@ -132,8 +164,16 @@ def _parsed(data: list[Any], uids: Sequence[int]) -> dict[int, Any]:
 class ImapMailbox:
     """One logged-in IMAP connection for one account."""
 
-    def __init__(self, account: ImapAccount) -> None:
+    def __init__(self, account: ImapAccount, tokens: TokenProvider | None = None) -> None:
         self.account = account
+        # Set for an account that signs in with OAuth2 (XOAUTH2 or OAUTHBEARER) instead of a
+        # password.
+        self.tokens = tokens
+        # The access token this connection logged in with: the session is renewed before it
+        # expires (see `session_expires_in`), as Exchange Online drops it then.
+        self._token: AccessToken | None = None
+        # Seconds the token had left at login (how long a session lasts with this provider).
+        self.session_lifetime: float | None = None
         self._client: IMAPClient | None = None
         self._delimiter = "/"
         self._capabilities: set[str] | None = None
@@ -176,7 +216,11 @@ class ImapMailbox:
             with _translated(f"cannot log in to {where}"):
                 if acc.security == "starttls":
                     client.starttls(ctx)
-                client.login(acc.username, acc.secret())
+                if self.tokens is None:
+                    client.login(acc.username, acc.secret())
+                else:
+                    self._token = self._oauth2_login(client, where)
+                    self.session_lifetime = self._token.seconds_left()
                 folders = client.list_folders(directory="", pattern="")
                 if folders and folders[0][1]:
                     self._delimiter = _text(folders[0][1])
@@ -187,8 +231,42 @@ class ImapMailbox:
         self._capabilities = None
         self.folder = None
 
+    def _oauth2_login(self, client: IMAPClient, where: str) -> AccessToken:
+        """Sign in with an access token; a rejected token is refreshed and tried once more (it
+        may have been revoked, or the clocks disagree). Raises AuthenticationError, or the
+        provider's TokenUnavailable / ReauthorisationNeeded."""
+        from imapclient.exceptions import LoginError
+
+        assert self.tokens is not None
+        token = self.tokens.access_token()
+        try:
+            _sasl_login(client, self._mechanism(), self._sasl(token))
+        except LoginError:
+            log.info("%s: the access token was refused; asking for a new one", where)
+            token = self.tokens.access_token(force=True)
+            _sasl_login(client, self._mechanism(), self._sasl(token))
+        return token
+
+    def _mechanism(self) -> str:
+        oauth2 = getattr(self.account, "oauth2", None)
+        return str(getattr(oauth2, "mechanism", "xoauth2")).upper()
+
+    def _sasl(self, token: AccessToken) -> bytes:
+        acc = self.account
+        if self._mechanism() == "OAUTHBEARER":
+            return oauthbearer_response(acc.username, token.token, acc.host, acc.port)
+        return xoauth2_response(acc.username, token.token)
+
+    def session_expires_in(self) -> float | None:
+        """Seconds until the access token of this session expires; None for a password login
+        or when not connected."""
+        if self._client is None or self._token is None:
+            return None
+        return self._token.seconds_left()
+
     def close(self) -> None:
         """Log out and drop the connection; safe to call twice."""
+        self._token = None
         client, self._client = self._client, None
         if client is not None:
             _quiet_logout(client)

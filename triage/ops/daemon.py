@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from triage.core.backoff import Backoff
-from triage.core.errors import AuthenticationError, TransientError
+from triage.core.errors import AuthenticationError, ReauthorisationNeeded, TransientError
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
+from triage.ingest.oauth.tokens import TokenProvider
 from triage.ingest.sync import SyncResult
 from triage.ops.service import Service, Shared
 from triage.sales.digest import run_digest_if_due
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 
 # The slice in which a waiting worker checks for a stop request or a wake-up.
 SLICE = 1.0
+# How often an account waiting for re-authorisation looks again: the provider asks the token
+# endpoint only when a new grant was stored (`triage auth login`), so this costs nothing.
+REAUTH_CHECK = 5.0
+# An OAuth2 session is renewed (logged in again with a fresh token) this long before its
+# token expires, or after three quarters of a short token's life, whichever comes first.
+SESSION_RENEW = 60.0
 
 
 @dataclass
@@ -53,6 +60,9 @@ class AccountStatus:
     # Why the account's worker stopped for good (the store kept failing, or the worker died):
     # the process then exits non-zero.
     fatal: str | None = None
+    # Set while the account's OAuth2 grant no longer works: "<provider>: <error code>". The
+    # account waits for `triage auth login`; cleared by the next pass that succeeds.
+    needs_reauth: str | None = None
 
 
 @dataclass
@@ -81,8 +91,10 @@ class AccountWorker:
         on_result: Callable[[SyncResult], None] = lambda _r: None,
         on_error: Callable[[str], None] = lambda _account: None,
         max_failed_passes: int = 10,
+        tokens: TokenProvider | None = None,
     ) -> None:
         self.account = account
+        self.tokens = tokens
         self.make_syncs = make_syncs
         self.control = control
         self.backoff = backoff
@@ -95,6 +107,11 @@ class AccountWorker:
 
     def sync_once(self, mailbox: ImapMailbox) -> None:
         """Connect if needed and sync every folder once."""
+        if mailbox.connected and self._renew_due(mailbox) <= 0:
+            # Log in again with a fresh token before the session's one expires (servers such
+            # as Exchange Online end a session whose token has expired).
+            log.info("%s: renewing the session before its access token expires", self.account.name)
+            mailbox.close()
         if not mailbox.connected:
             mailbox.connect()
             self.status.connected = True
@@ -108,6 +125,9 @@ class AccountWorker:
         self.status.last_sync = time.time()
         self.status.last_error = None
         self.status.failed_passes = 0
+        if self.status.needs_reauth is not None:
+            log.warning("%s: signed in again; re-authorisation done", self.account.name)
+            self.status.needs_reauth = None
         if self.status.parked is not None:
             log.warning("%s: a pass succeeded again; the account is back", self.account.name)
         self.status.parked = None
@@ -127,13 +147,23 @@ class AccountWorker:
             if not isinstance(exc, Exception):
                 raise
 
+    def _renew_due(self, mailbox: ImapMailbox) -> float:
+        """Seconds until this connection must be renewed for its token (inf: never)."""
+        left = mailbox.session_expires_in()
+        if left is None:
+            return float("inf")
+        lifetime = mailbox.session_lifetime or left
+        return left - min(SESSION_RENEW, lifetime / 4)
+
     def _run(self) -> None:
-        mailbox = ImapMailbox(self.account)
+        mailbox = ImapMailbox(self.account, self.tokens)
         try:
             while not self.control.stop.is_set():
                 try:
                     self.sync_once(mailbox)
                     self._wait(mailbox)
+                except ReauthorisationNeeded as exc:
+                    self._reauth_needed(mailbox, exc)
                 except TransientError as exc:
                     self._failed(mailbox, str(exc))
                     level = (
@@ -203,6 +233,22 @@ class AccountWorker:
         self.control.stop.wait(self.backoff.maximum)
         return True
 
+    def _reauth_needed(self, mailbox: ImapMailbox, exc: ReauthorisationNeeded) -> None:
+        """The account's grant no longer works: report it (once) and look again shortly; the
+        other accounts go on. A new grant stored by `triage auth login` ends the wait."""
+        provider = self.tokens.provider if self.tokens is not None else "oauth2"
+        reason = f"{provider}: {exc.code}"
+        if self.status.needs_reauth != reason:
+            log.error(
+                "%s: the OAuth2 grant no longer works (%s); run `triage auth login %s`",
+                self.account.name,
+                exc,
+                self.account.name,
+            )
+        self._failed(mailbox, str(exc))
+        self.status.needs_reauth = reason
+        self.control.stop.wait(REAUTH_CHECK)
+
     def _failed(self, mailbox: ImapMailbox, text: str) -> None:
         """A pass failed: drop the connection (it may be in any state) and report why."""
         mailbox.close()
@@ -222,8 +268,10 @@ class AccountWorker:
         acc = self.account
         use_idle = acc.idle and mailbox.has_idle
         # Even with IDLE, sync at the poll interval: other folders, queued replies to file and
-        # retries get their turn, and IDLE is renewed long before the server's 30-minute limit.
-        deadline = time.monotonic() + min(acc.poll_interval, acc.idle_renew)
+        # retries get their turn, and IDLE is renewed long before the server's 30-minute limit
+        # (and an OAuth2 session before its token expires).
+        wait = min(acc.poll_interval, acc.idle_renew, max(self._renew_due(mailbox), 0.0))
+        deadline = time.monotonic() + wait
         if use_idle:
             # IDLE watches the last folder synced; select the first so it is the watched one.
             info = mailbox.select(acc.folders[0])
@@ -262,8 +310,11 @@ class Daemon:
         period: float = 5.0,
         on_result: Callable[[SyncResult], None] = lambda _r: None,
         on_error: Callable[[str], None] = lambda _account: None,
+        tokens: Mapping[str, TokenProvider] | None = None,
     ) -> None:
         self.settings = settings
+        # OAuth2 token providers by account name (accounts that sign in with a password have none).
+        self.tokens = dict(tokens or {})
         self.make_syncs = make_syncs
         self.periodic = periodic
         self.control = control or Control()
@@ -285,6 +336,7 @@ class Daemon:
                 self.on_result,
                 self.on_error,
                 self.settings.daemon.max_failed_passes,
+                self.tokens.get(account.name),
             )
             thread = threading.Thread(target=worker.run, name=f"account-{account.name}")
             thread.start()

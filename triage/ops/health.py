@@ -78,6 +78,11 @@ def problems(
         faults = []
         if status.fatal:
             faults.append(f"stopped: {_one_line(status.fatal)}")
+        elif status.needs_reauth:
+            faults.append(
+                f"needs re-authorisation ({_one_line(status.needs_reauth)}):"
+                f" run `triage auth login {status.name}`"
+            )
         elif status.parked:
             faults.append(f"parked: {_one_line(status.parked)}")
         elif not status.connected:
@@ -89,7 +94,7 @@ def problems(
             if age > max_age:
                 faults.append(f"last sync {age:.0f} s ago (limit {max_age:g} s)")
         if faults:
-            if status.last_error and not (status.fatal or status.parked):
+            if status.last_error and not (status.fatal or status.parked or status.needs_reauth):
                 faults.append(f"last error: {_one_line(status.last_error)}")
             lines.append(f"{status.name}: {'; '.join(faults)}")
     return lines
