@@ -106,8 +106,7 @@ def test_a_mailbox_needing_re_authorisation_names_the_provider_error_and_the_com
         ),
     ]
     assert problems(statuses, 300, NOW) == [
-        "sales: needs re-authorisation (generic: invalid_grant):"
-        " run `triage auth login sales`"
+        "sales: needs re-authorisation (generic: invalid_grant): run `triage auth login sales`"
     ]
 
 
