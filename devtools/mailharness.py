@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import grp
 import json
 import os
@@ -150,6 +151,12 @@ class HarnessConfig:
     submission_port: int = 10587
     domain: str = "example.test"
     users: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    #: When set, Dovecot (and through it Postfix's submission service) also accepts XOAUTH2
+    #: and OAUTHBEARER logins, checking each token at this RFC 7662 introspection endpoint
+    #: (e.g. `devtools.oauthserver.OAuthServer.introspection_url`); password logins stay.
+    oauth2_introspection_url: str | None = None
+    #: CA certificate (PEM) to verify an https introspection endpoint against.
+    oauth2_ca_file: str | None = None
 
     def ports(self) -> dict[str, int]:
         """Service name -> port, in start order."""
@@ -404,6 +411,17 @@ def _stop_master(pid: int, deadline: float, hurry: bool, pid_file: Path | None) 
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     return list(children.values())
+
+
+@functools.cache
+def _dovecot_version() -> tuple[int, ...]:
+    """Dovecot's version as numbers, e.g. (2, 3, 19, 1), from `dovecot --version`."""
+    env = dict(os.environ, PATH=os.environ.get("PATH", "") + os.pathsep + _SBIN_PATH)
+    out = _run(["dovecot", "--version"], env=env)
+    try:
+        return tuple(int(part) for part in out.split()[0].split("."))
+    except (IndexError, ValueError) as exc:
+        raise HarnessError(f"cannot read Dovecot's version from {out.strip()!r}") from exc
 
 
 def _allow_traversal(path: Path) -> None:
@@ -795,11 +813,14 @@ class MailHarness:
 
     def _server_files(self, mail_uid: int) -> dict[Path, str]:
         """The servers' configuration files and the text this module writes into them."""
-        return {
+        files = {
             self.dovecot_conf: self._dovecot_conf(mail_uid),
             self.postfix_dir / "main.cf": self._postfix_main_cf(),
             self.postfix_dir / "master.cf": self._postfix_master_cf(),
         }
+        if self.config.oauth2_introspection_url is not None:
+            files[self.oauth2_conf] = self._dovecot_oauth2_conf_ext()
+        return files
 
     def _server_files_stale(self) -> bool:
         """True when a configuration file on disk differs from what this module would write
@@ -865,6 +886,13 @@ class MailHarness:
             f"  mailbox {name} {{\n    special_use = {flag}\n    auto = subscribe\n  }}\n"
             for name, flag in SPECIAL_USE_FOLDERS.items()
         )
+        oauth2 = cfg.oauth2_introspection_url is not None
+        oauth2_auth = self._dovecot_oauth2_auth() if oauth2 else ""
+        # With OAuth2 on (Dovecot 2.3), passwords are checked only for the password mechanisms:
+        # a token sent with XOAUTH2 must never be tried as a password, nor a password introspected.
+        plain_only = (
+            "  mechanisms = plain login\n" if oauth2 and _dovecot_version() < (2, 4) else ""
+        )
         # One setting per line: Dovecot refuses a setting on the same line as `{`.
         return f"""\
 # Written by devtools.mailharness on every start; edit the module, not this file.
@@ -885,7 +913,7 @@ ssl_min_protocol = TLSv1.2
 
 # Loopback only: plain LOGIN without TLS is what the plain-IMAP tests use.
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if oauth2 else ""}
 # A wrong password must fail at once, not after the default 2 s penalty.
 auth_failure_delay = 0
 auth_cache_size = 0
@@ -898,9 +926,9 @@ shutdown_clients = yes
 
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%n {self.passwd_file}
+{plain_only}  args = scheme=PLAIN username_format=%n {self.passwd_file}
 }}
-userdb {{
+{oauth2_auth}userdb {{
   driver = passwd-file
   args = username_format=%n {self.passwd_file}
   default_fields = uid=mail gid=mail home={self.mail_dir}/%n
@@ -955,6 +983,57 @@ protocol lmtp {{
   postmaster_address = postmaster@{cfg.domain}
 }}
 """
+
+    @property
+    def oauth2_conf(self) -> Path:
+        """Dovecot 2.3's oauth2 passdb settings (written when OAuth2 is on)."""
+        return self.dovecot_dir / "dovecot-oauth2.conf.ext"
+
+    def _dovecot_oauth2_auth(self) -> str:
+        """The dovecot.conf text that checks XOAUTH2/OAUTHBEARER tokens by introspection."""
+        if _dovecot_version() >= (2, 4):
+            # Untested (only 2.3.19 is installed here): Dovecot 2.4 checks tokens in the
+            # mechanism itself, configured by a top-level `oauth2` filter, with no passdb
+            # (doc.dovecot.org/latest/core/config/auth/databases/oauth2.html). The rest of this
+            # file is 2.3 syntax too, which 2.4 refuses: porting the harness means all of it.
+            ca = self.config.oauth2_ca_file
+            return (
+                "oauth2 {\n"
+                + "".join(f"  {line}\n" for line in self._oauth2_settings())
+                + (f"  ssl_client_ca_file = {ca}\n" if ca else "")
+                + "}\n"
+            )
+        return f"""\
+# XOAUTH2 and OAUTHBEARER: the token is introspected on every login (auth_cache_size = 0).
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.oauth2_conf}
+}}
+"""
+
+    def _oauth2_settings(self) -> list[str]:
+        """Settings shared by Dovecot 2.3's dovecot-oauth2.conf.ext and 2.4's oauth2 filter."""
+        return [
+            "introspection_mode = post",
+            f"introspection_url = {self.config.oauth2_introspection_url}",
+            # Always ask the endpoint: tests expire and revoke tokens and count the calls.
+            "force_introspection = yes",
+            "username_attribute = username",
+            "active_attribute = active",
+            "active_value = true",
+        ]
+
+    def _dovecot_oauth2_conf_ext(self) -> str:
+        ca = self.config.oauth2_ca_file
+        return (
+            "# Written by devtools.mailharness on every start; edit the module, not this file.\n"
+            + "".join(f"{line}\n" for line in self._oauth2_settings())
+            # Introspection answers the harness user (`hello`); a login may name it as an
+            # address, hence the comparison on the local part.
+            + "username_format = %Ln\n"
+            + (f"tls_ca_cert_file = {ca}\n" if ca else "")
+        )
 
     def _postfix_main_cf(self) -> str:
         cfg = self.config

@@ -188,6 +188,9 @@ class OAuthServer:
         httpd.daemon_threads = True
         if self.https:
             self._tls_dir = Path(tempfile.mkdtemp(prefix="triage-oauth-tls-"))
+            # Others (Dovecot's auth process runs as user dovecot) must read ca.pem; the key
+            # stays 0600.
+            self._tls_dir.chmod(0o755)
             cert, key = _make_test_pki(self._tls_dir, self.host)
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(cert, key)
@@ -918,6 +921,7 @@ def _make_test_pki(folder: Path, host: str) -> tuple[Path, Path]:
     )
     pem = serialization.Encoding.PEM
     (folder / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (folder / "ca.pem").chmod(0o644)
     cert_path, key_path = folder / "server.pem", folder / "server.key"
     cert_path.write_bytes(cert.public_bytes(pem))
     key_path.touch(mode=0o600)
