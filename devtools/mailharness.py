@@ -17,6 +17,19 @@ Postfix listens twice, like a production MX with a submission service:
   stopped, a submission session is dropped after STARTTLS (unless an older smtpd that already
   holds the mechanisms happens to answer).
 
+OAuth2 (off unless `HarnessConfig.oauth2_introspection_url` is set): Dovecot then offers XOAUTH2
+and OAUTHBEARER beside PLAIN and LOGIN, and checks every token by RFC 7662 introspection at that
+URL (a second passdb, `driver = oauth2`, `introspection_mode = post`, `force_introspection = yes`;
+passwords stay with the passwd-file passdb, which handles only PLAIN and LOGIN). The endpoint must
+answer `{"active": true, "username": "<local part>"}`; `devtools.oauthserver.OAuthServer` does.
+Postfix's submission service offers the same mechanisms, since it lists what Dovecot's auth
+offers. With no auth cache, each login is one introspection request; a refused token is answered
+after Dovecot's ~0.5 s failure tick (IMAP `[AUTHENTICATIONFAILED]`; SMTP a 334 error challenge,
+then 535 once answered). An introspection endpoint that is down or answers 503 gives IMAP
+`[UNAVAILABLE] Temporary authentication failure` instead, and SMTP an immediate `535 5.7.8 ...
+(reason unavailable)` without the challenge; Dovecot logs `oauth2 failed: Introspection failed:
+...` as an error (it logs nothing for a refused token, auth_verbose being off).
+
 Postfix delivers only the harness domain (to Dovecot over LMTP) and refuses every other
 destination, so nothing ever leaves the machine. Both servers run as root-started daemons, as
 they do in production; see /work/shared/MAILSERVERS.md for the measured facts this module
@@ -563,6 +576,7 @@ class MailHarness:
             "domain": cfg.domain,
             "ports": cfg.ports(),
             "ca_file": str(self.ca_file),
+            "oauth2_introspection_url": cfg.oauth2_introspection_url,
             "dovecot": {
                 "pid": self.dovecot_pid(),
                 "config": str(self.dovecot_conf),

@@ -37,7 +37,8 @@ Endpoints (all JSON, errors as RFC 6749 `{"error": ..., "error_description": ...
   `/.well-known/oauth-authorization-server`.
 
 Test switches: `fail_grants(user_or_client, error)` / `clear_failures()`, `set_down(True)` (503 on
-every token endpoint; introspection keeps answering), `revoke_all(user)`, the refresh tokens
+every token endpoint; introspection keeps answering), `set_introspection_down(True)` (503 on
+/introspect), `revoke_all(user)`, the refresh tokens
 issued per user in order (`refresh_tokens_issued`, `latest_refresh_token`), per-endpoint call
 counters (`calls("introspect")`) and `reset()` of the switches between tests.
 
@@ -174,6 +175,7 @@ class OAuthServer:
         self._lock = threading.RLock()
         self._state = _State()
         self._down = False
+        self._introspection_down = False
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._tls_dir: Path | None = None
@@ -376,6 +378,11 @@ class OAuthServer:
         with self._lock:
             self._down = down
 
+    def set_introspection_down(self, down: bool = True) -> None:
+        """While down, /introspect answers 503: Dovecot then fails logins temporarily."""
+        with self._lock:
+            self._introspection_down = down
+
     def revoke_all(self, username: str) -> None:
         """Invalidate every refresh and access token of `username` (a revoked consent)."""
         with self._lock:
@@ -394,6 +401,7 @@ class OAuthServer:
             self._state.failures.clear()
             self._state.approvals.clear()
             self._down = False
+            self._introspection_down = False
             self.auto_approve = None
             self.access_ttl = self._default_ttl
 
@@ -587,6 +595,8 @@ class OAuthServer:
 
     def _introspect(self, token: str) -> dict[str, Any]:
         with self._lock:
+            if self._introspection_down:
+                raise GrantError("temporarily_unavailable", "introspection endpoint down", 503)
             record = self._state.access.get(token)
             active = record is not None and record.valid and record.expires_at > time.time()
             username = record.username if record is not None and active else None

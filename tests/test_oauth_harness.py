@@ -147,6 +147,25 @@ def test_submission_offers_and_accepts_xoauth2_and_oauthbearer(
     harness.wait_for_messages("hello", count=2)
 
 
+def test_introspection_outage_is_a_temporary_failure(
+    mail_harness: MailHarness, oauth: OAuthServer
+) -> None:
+    """While the introspection endpoint answers 503, IMAP says UNAVAILABLE (temporary), not
+    AUTHENTICATIONFAILED, and Postfix refuses AUTH with 535 at once, without the error
+    challenge; the same token works again once the endpoint is back."""
+    token = access_token_for(oauth, "hello")
+    oauth.set_introspection_down(True)
+    client = imap_client(mail_harness)
+    with pytest.raises(LoginError, match=r"\[UNAVAILABLE\]"):
+        client.oauth2_login("hello", token)
+    client.shutdown()
+    user = mail_harness.address("hello")
+    code, message = smtp_auth(mail_harness, "XOAUTH2", xoauth2_response(user, token))
+    assert (code, message) == (535, b"5.7.8 Error: authentication failed: (reason unavailable)")
+    oauth.set_introspection_down(False)
+    assert imap_oauth_login(mail_harness, "hello", token)
+
+
 def test_passwords_still_work_and_are_never_introspected(
     clean_mail: MailHarness, oauth: OAuthServer
 ) -> None:
