@@ -21,7 +21,8 @@ OAuth2 (off unless `HarnessConfig.oauth2_introspection_url` is set): Dovecot the
 and OAUTHBEARER beside PLAIN and LOGIN, and checks every token by RFC 7662 introspection at that
 URL (a second passdb, `driver = oauth2`, `introspection_mode = post`, `force_introspection = yes`;
 passwords stay with the passwd-file passdb, which handles only PLAIN and LOGIN). The endpoint must
-answer `{"active": true, "username": "<local part>"}`; `devtools.oauthserver.OAuthServer` does.
+answer `{"active": true, "username": ...}` with the user's local part or address (compared on the
+local part, case-insensitively); `devtools.oauthserver.OAuthServer` does.
 Postfix's submission service offers the same mechanisms, since it lists what Dovecot's auth
 offers. With no auth cache, each login is one introspection request; a refused token is answered
 after Dovecot's ~0.5 s failure tick (IMAP `[AUTHENTICATIONFAILED]`; SMTP a 334 error challenge,
@@ -1043,8 +1044,8 @@ passdb {{
         return (
             "# Written by devtools.mailharness on every start; edit the module, not this file.\n"
             + "".join(f"{line}\n" for line in self._oauth2_settings())
-            # Introspection answers the harness user (`hello`); a login may name it as an
-            # address, hence the comparison on the local part.
+            # Applied to both the login name and the introspected username before comparing:
+            # `hello`, `hello@example.test` and `HELLO` are the same harness user.
             + "username_format = %Ln\n"
             + (f"tls_ca_cert_file = {ca}\n" if ca else "")
         )

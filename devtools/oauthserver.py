@@ -493,6 +493,8 @@ class OAuthServer:
             client_id = str(claims.get("iss", ""))
             if claims.get("sub") != client_id or (client_id != form.get("client_id", client_id)):
                 raise GrantError("invalid_client", "client assertion iss/sub mismatch", 401)
+            if not self._for_us(claims.get("aud")):
+                raise GrantError("invalid_client", "client assertion audience is not us", 401)
             return client_id
         client = self._client(client_id)
         if client.secret is not None and not (
@@ -585,13 +587,16 @@ class OAuthServer:
         claims = _verify_jwt(form.get("assertion", ""), key_of, error="invalid_grant")
         issuer = str(claims["iss"])
         user = str(claims.get("sub") or issuer)
-        audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if not any(isinstance(a, str) and a.startswith(self.url) for a in audiences):
+        if not self._for_us(claims.get("aud")):
             raise GrantError("invalid_grant", "assertion audience is not this server")
         self._check_failure(issuer, user)
         scope = str(claims.get("scope", form.get("scope", "")))
         return self._bearer(self._new_access(issuer, user, scope), scope)
+
+    def _for_us(self, audience: object) -> bool:
+        """True when a JWT's `aud` (a string or a list) names an endpoint of this server."""
+        audiences = audience if isinstance(audience, list) else [audience]
+        return any(isinstance(a, str) and a.startswith(self.url + "/") for a in audiences)
 
     def _introspect(self, token: str) -> dict[str, Any]:
         with self._lock:

@@ -87,7 +87,7 @@ def test_imap_xoauth2_and_oauthbearer_accept_a_fresh_token(
 ) -> None:
     """A token from the refresh grant logs `hello` in over IMAP with XOAUTH2 and with
     OAUTHBEARER, named by local part or by address; Dovecot introspects each login (no auth
-    cache) and the server saw it active for hello."""
+    cache) and the server saw it active for hello. Dovecot compares users on the local part."""
     token = access_token_for(oauth, "hello")
     before = oauth.calls("introspect")
     assert imap_oauth_login(mail_harness, "hello", token)
@@ -95,6 +95,8 @@ def test_imap_xoauth2_and_oauthbearer_accept_a_fresh_token(
     assert imap_oauth_login(mail_harness, "hello", token, bearer=True)
     assert oauth.calls("introspect") == before + 3
     assert oauth.introspections()[-3:] == [("hello", True)] * 3
+    # A token bound to the address (as Microsoft and Google name users) is the same user.
+    assert imap_oauth_login(mail_harness, "hello", oauth.issue_access_token("hello@example.test"))
 
 
 def test_imap_refuses_expired_unknown_and_foreign_tokens(
@@ -448,3 +450,61 @@ def test_msal_device_flow_then_refresh_token_over_https(
     assert https_oauth.latest_refresh_token("hello") == again["refresh_token"]
     refused = app.acquire_token_by_refresh_token(first_refresh, scopes=scopes)
     assert refused.get("error") == "invalid_grant"
+
+
+def test_msal_certificate_credential_over_https(
+    https_oauth: OAuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """msal's certificate credential (a client_assertion JWT signed by the app's key, the
+    certificate's thumbprint in its header) is accepted for a client registered with that
+    certificate, and refused for one registered with another."""
+    msal = pytest.importorskip("msal")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_oauth.ca_file))
+    key_pem, cert_pem, thumbprint = self_signed_certificate()
+    https_oauth.register_client("m365-cert-app", public_key_pem=cert_pem)
+    https_oauth.grant_app("m365-cert-app", "hello")
+    https_oauth.register_client("m365-other-app", public_key_pem=self_signed_certificate()[1])
+    scopes = ["https://outlook.office365.com/.default"]
+    for client_id, accepted in (("m365-cert-app", True), ("m365-other-app", False)):
+        app = msal.ConfidentialClientApplication(
+            client_id,
+            client_credential={"private_key": key_pem, "thumbprint": thumbprint},
+            authority=https_oauth.authority("contoso"),
+            instance_discovery=False,
+            validate_authority=False,
+        )
+        result = app.acquire_token_for_client(scopes=scopes)
+        assert ("access_token" in result) is accepted, result
+        if not accepted:
+            assert result["error"] == "invalid_client"
+
+
+def self_signed_certificate() -> tuple[str, bytes, str]:
+    """(private key PEM, certificate PEM, SHA-1 thumbprint hex) of a new RSA certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "triage test app")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    thumbprint = cert.fingerprint(hashes.SHA1()).hex()  # noqa: S303 - what msal's x5t names
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM), thumbprint
