@@ -1321,11 +1321,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="start: listen on free ports instead of the defaults (kept for later commands)",
     )
+    parser.add_argument(
+        "--oauth2-introspection-url",
+        metavar="URL",
+        help="start: also accept XOAUTH2/OAUTHBEARER tokens, checked at this RFC 7662 endpoint "
+        "(e.g. of `python -m devtools.oauthserver`); kept for later commands",
+    )
+    parser.add_argument(
+        "--oauth2-ca-file",
+        metavar="FILE",
+        help="start: CA certificate to verify an https introspection endpoint against",
+    )
     args = parser.parse_args(argv)
     try:
         harness = MailHarness.for_dir(args.dir)
         if args.command == "start" and args.free_ports and not harness.is_running():
             harness = MailHarness(harness.config.with_free_ports())
+        if args.command == "start" and args.oauth2_introspection_url:
+            ca = str(Path(args.oauth2_ca_file).absolute()) if args.oauth2_ca_file else None
+            harness = MailHarness(
+                replace(
+                    harness.config,
+                    oauth2_introspection_url=args.oauth2_introspection_url,
+                    oauth2_ca_file=ca,
+                )
+            )
         if args.command == "start":
             began = time.monotonic()
             harness.start()
@@ -1358,6 +1378,8 @@ def _print_summary(harness: MailHarness, seconds: float) -> None:
     print(f"  SUBM   {cfg.host}:{cfg.submission_port}   STARTTLS then AUTH required")
     print("         (both: the harness domain only, other domains refused)")
     print(f"  LMTP   {cfg.host}:{cfg.lmtp_port}   (Postfix -> Dovecot)")
+    if cfg.oauth2_introspection_url:
+        print(f"  OAuth2 XOAUTH2/OAUTHBEARER too, tokens checked at {cfg.oauth2_introspection_url}")
     print(f"  logs   {harness.dovecot_log}, {harness.postfix_log}")
     print("  users  (login = local part or address, password)")
     for user, password in sorted(cfg.users.items()):

@@ -43,6 +43,11 @@ issued per user in order (`refresh_tokens_issued`, `latest_refresh_token`), per-
 counters (`calls("introspect")`) and `reset()` of the switches between tests.
 
 Tokens are random (`secrets.token_urlsafe`) and never logged: the request log is off.
+
+By hand, for the demo (serves until Ctrl-C; the harness then checks tokens there)::
+
+    python -m devtools.oauthserver --port 10080 --client triage:s3cret --grant hello
+    python -m devtools.mailharness start --oauth2-introspection-url http://127.0.0.1:10080/introspect
 """
 
 from __future__ import annotations
@@ -162,6 +167,7 @@ class OAuthServer:
         https: bool = False,
         access_ttl: float = 30.0,
         host: str = "127.0.0.1",
+        port: int = 0,
         auto_approve: str | None = None,
     ) -> None:
         """Prepare (nothing listens yet): `start()` or `with OAuthServer() as server:`."""
@@ -171,6 +177,7 @@ class OAuthServer:
         #: When set, /authorize and /device approve at once for this user.
         self.auto_approve = auto_approve
         self.host = host
+        self._port = port  # 0: a free one
         self._default_ttl = access_ttl
         self._lock = threading.RLock()
         self._state = _State()
@@ -186,7 +193,7 @@ class OAuthServer:
         """Listen on a free port of `host` and serve from a daemon thread."""
         if self._httpd is not None:
             return self
-        httpd = ThreadingHTTPServer((self.host, 0), _handler_for(self))
+        httpd = ThreadingHTTPServer((self.host, self._port), _handler_for(self))
         httpd.daemon_threads = True
         if self.https:
             self._tls_dir = Path(tempfile.mkdtemp(prefix="triage-oauth-tls-"))
@@ -944,3 +951,63 @@ def _make_test_pki(folder: Path, host: str) -> tuple[Path, Path]:
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m devtools.oauthserver`: serve in the foreground until interrupted."""
+    import argparse
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m devtools.oauthserver",
+        description="A local OAuth2 authorisation server for the triage demo and tests.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--https", action="store_true", help="with a throwaway test CA")
+    parser.add_argument("--access-ttl", type=float, default=3600.0, metavar="SECONDS")
+    parser.add_argument(
+        "--client", action="append", default=[], metavar="ID[:SECRET]", help="register a client"
+    )
+    parser.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="USER",
+        help="consent of USER to the first client: prints a first refresh token",
+    )
+    parser.add_argument("--auto-approve", metavar="USER", help="approve /authorize and /device")
+    args = parser.parse_args(argv)
+    server = OAuthServer(
+        https=args.https,
+        access_ttl=args.access_ttl,
+        port=args.port,
+        auto_approve=args.auto_approve,
+    )
+    with server:
+        clients = [client.partition(":") for client in args.client]
+        for client_id, _, secret in clients:
+            server.register_client(client_id, secret or None)
+        print(f"OAuth2 server on {server.url}  (token {server.token_url})")
+        print(f"  introspection {server.introspection_url}")
+        if args.https:
+            print(f"  CA {server.ca_file}")
+        for user in args.grant:
+            if not clients:
+                parser.error("--grant needs a --client")
+            # A demo's own throwaway grant, printed on purpose so it can be imported.
+            print(f"  refresh token of {user}: {server.grant(clients[0][0], user)}")
+        sys.stdout.flush()
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        # SIGTERM too ends it through `with`, which deletes the test CA's folder.
+        signal.signal(signal.SIGTERM, interrupt)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
