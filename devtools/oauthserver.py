@@ -30,11 +30,21 @@ Endpoints (all JSON, errors as RFC 6749 `{"error": ..., "error_description": ...
   `redirect_uri?code=...&state=...` once a test called `approve_next(user)` (or `auto_approve`
   names a user), 403 otherwise.
 - `POST /device`: RFC 8628 device authorisation; a test approves with `approve_device`.
-- Microsoft-shaped, for msal (`authority=f"{server.url}/{tenant}"`, `instance_discovery=False`,
-  `verify=str(server.ca_file)`): `/{tenant}/v2.0/.well-known/openid-configuration`,
-  `/{tenant}/oauth2/v2.0/token`, `/{tenant}/oauth2/v2.0/devicecode`,
-  `/{tenant}/oauth2/v2.0/authorize`; plus RFC 8414 metadata at
-  `/.well-known/oauth-authorization-server`.
+- Microsoft-shaped, for msal 1.x (`authority=server.authority("contoso")`,
+  `instance_discovery=False`, `validate_authority=False`, and `REQUESTS_CA_BUNDLE` = `ca_file`:
+  requests lets that variable, when set, override msal's `verify=`):
+  `/{tenant}/v2.0/.well-known/openid-configuration`, `/{tenant}/oauth2/v2.0/token`,
+  `/{tenant}/oauth2/v2.0/devicecode`, `/{tenant}/oauth2/v2.0/authorize`; plus RFC 8414 metadata
+  at `/.well-known/oauth-authorization-server`.
+
+Users are the harness's (`hello`, or `hello@example.test`: Dovecot compares local parts). A
+client-credentials token names no user until `grant_app` gave its app a mailbox; Dovecot refuses
+a token whose introspection has no `username`.
+
+In the tests (tests/conftest.py): `oauth_server` is one session-wide http server (30 s tokens)
+whose /introspect the session's `mail_harness` Dovecot uses, so any test can log a harness user in
+with `oauth.issue_access_token("hello")` or through a real grant; `oauth` is the same server with
+its switches reset around the test.
 
 Test switches: `fail_grants(user_or_client, error)` / `clear_failures()`, `set_down(True)` (503 on
 every token endpoint; introspection keeps answering), `set_introspection_down(True)` (503 on
