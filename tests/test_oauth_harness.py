@@ -13,13 +13,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from devtools.mailharness import MailHarness
+from devtools.mailharness import HarnessConfig, MailHarness
 from devtools.oauthserver import DEVICE_CODE_GRANT, JWT_BEARER_GRANT, OAuthServer
 from tests.mailtools import running_harness
 from triage.ingest.oauth.tokens import b64, oauthbearer_response, xoauth2_response
@@ -80,6 +81,26 @@ def smtp_auth(harness: MailHarness, mechanism: str, response: bytes) -> tuple[in
             hello = harness.address("hello")
             assert smtp.sendmail(hello, [hello], b"Subject: by token\r\n\r\nhi\r\n") == {}
         return code, message
+
+
+def test_oauth2_off_leaves_the_dovecot_configuration_as_it_was() -> None:
+    """Without an introspection URL the harness writes no oauth2 passdb, offers only PLAIN and
+    LOGIN, and does not restrict its passwd-file passdb; with one, both passdbs split the
+    mechanisms between them."""
+    # Nothing is written or started: the folders are only named.
+    off = MailHarness(HarnessConfig(base_dir=Path("/tmp/triage-oauth-off")))
+    text = off._dovecot_conf(8)
+    assert "auth_mechanisms = plain login\n" in text
+    assert "oauth2" not in text and "  mechanisms = plain login" not in text
+    assert off.oauth2_conf not in off._server_files(8)
+    on = MailHarness(
+        HarnessConfig(Path("/tmp/triage-oauth-on"), oauth2_introspection_url="http://127.0.0.1:9/i")
+    )
+    text = on._dovecot_conf(8)
+    assert "auth_mechanisms = plain login xoauth2 oauthbearer\n" in text
+    assert "  mechanisms = plain login\n" in text
+    assert "  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n" in text
+    assert "introspection_url = http://127.0.0.1:9/i\n" in on._server_files(8)[on.oauth2_conf]
 
 
 def test_imap_xoauth2_and_oauthbearer_accept_a_fresh_token(
