@@ -17,6 +17,20 @@ Postfix listens twice, like a production MX with a submission service:
   stopped, a submission session is dropped after STARTTLS (unless an older smtpd that already
   holds the mechanisms happens to answer).
 
+OAuth2 (off unless `HarnessConfig.oauth2_introspection_url` is set): Dovecot then offers XOAUTH2
+and OAUTHBEARER beside PLAIN and LOGIN, and checks every token by RFC 7662 introspection at that
+URL (a second passdb, `driver = oauth2`, `introspection_mode = post`, `force_introspection = yes`;
+passwords stay with the passwd-file passdb, which handles only PLAIN and LOGIN). The endpoint must
+answer `{"active": true, "username": ...}` with the user's local part or address (compared on the
+local part, case-insensitively); `devtools.oauthserver.OAuthServer` does.
+Postfix's submission service offers the same mechanisms, since it lists what Dovecot's auth
+offers. With no auth cache, each login is one introspection request; a refused token is answered
+after Dovecot's ~0.5 s failure tick (IMAP `[AUTHENTICATIONFAILED]`; SMTP a 334 error challenge,
+then 535 once answered). An introspection endpoint that is down or answers 503 gives IMAP
+`[UNAVAILABLE] Temporary authentication failure` instead, and SMTP an immediate `535 5.7.8 ...
+(reason unavailable)` without the challenge; Dovecot logs `oauth2 failed: Introspection failed:
+...` as an error (it logs nothing for a refused token, auth_verbose being off).
+
 Postfix delivers only the harness domain (to Dovecot over LMTP) and refuses every other
 destination, so nothing ever leaves the machine. Both servers run as root-started daemons, as
 they do in production; see /work/shared/MAILSERVERS.md for the measured facts this module
@@ -31,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import grp
 import json
 import os
@@ -150,6 +165,12 @@ class HarnessConfig:
     submission_port: int = 10587
     domain: str = "example.test"
     users: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_USERS))
+    #: When set, Dovecot (and through it Postfix's submission service) also accepts XOAUTH2
+    #: and OAUTHBEARER logins, checking each token at this RFC 7662 introspection endpoint
+    #: (e.g. `devtools.oauthserver.OAuthServer.introspection_url`); password logins stay.
+    oauth2_introspection_url: str | None = None
+    #: CA certificate (PEM) to verify an https introspection endpoint against.
+    oauth2_ca_file: str | None = None
 
     def ports(self) -> dict[str, int]:
         """Service name -> port, in start order."""
@@ -406,6 +427,17 @@ def _stop_master(pid: int, deadline: float, hurry: bool, pid_file: Path | None) 
     return list(children.values())
 
 
+@functools.cache
+def _dovecot_version() -> tuple[int, ...]:
+    """Dovecot's version as numbers, e.g. (2, 3, 19, 1), from `dovecot --version`."""
+    env = dict(os.environ, PATH=os.environ.get("PATH", "") + os.pathsep + _SBIN_PATH)
+    out = _run(["dovecot", "--version"], env=env)
+    try:
+        return tuple(int(part) for part in out.split()[0].split("."))
+    except (IndexError, ValueError) as exc:
+        raise HarnessError(f"cannot read Dovecot's version from {out.strip()!r}") from exc
+
+
 def _allow_traversal(path: Path) -> None:
     """Let the unprivileged daemon users (mail, postfix) walk down to `path`.
 
@@ -545,6 +577,7 @@ class MailHarness:
             "domain": cfg.domain,
             "ports": cfg.ports(),
             "ca_file": str(self.ca_file),
+            "oauth2_introspection_url": cfg.oauth2_introspection_url,
             "dovecot": {
                 "pid": self.dovecot_pid(),
                 "config": str(self.dovecot_conf),
@@ -795,11 +828,14 @@ class MailHarness:
 
     def _server_files(self, mail_uid: int) -> dict[Path, str]:
         """The servers' configuration files and the text this module writes into them."""
-        return {
+        files = {
             self.dovecot_conf: self._dovecot_conf(mail_uid),
             self.postfix_dir / "main.cf": self._postfix_main_cf(),
             self.postfix_dir / "master.cf": self._postfix_master_cf(),
         }
+        if self.config.oauth2_introspection_url is not None:
+            files[self.oauth2_conf] = self._dovecot_oauth2_conf_ext()
+        return files
 
     def _server_files_stale(self) -> bool:
         """True when a configuration file on disk differs from what this module would write
@@ -865,6 +901,13 @@ class MailHarness:
             f"  mailbox {name} {{\n    special_use = {flag}\n    auto = subscribe\n  }}\n"
             for name, flag in SPECIAL_USE_FOLDERS.items()
         )
+        oauth2 = cfg.oauth2_introspection_url is not None
+        oauth2_auth = self._dovecot_oauth2_auth() if oauth2 else ""
+        # With OAuth2 on (Dovecot 2.3), passwords are checked only for the password mechanisms:
+        # a token sent with XOAUTH2 must never be tried as a password, nor a password introspected.
+        plain_only = (
+            "  mechanisms = plain login\n" if oauth2 and _dovecot_version() < (2, 4) else ""
+        )
         # One setting per line: Dovecot refuses a setting on the same line as `{`.
         return f"""\
 # Written by devtools.mailharness on every start; edit the module, not this file.
@@ -885,7 +928,7 @@ ssl_min_protocol = TLSv1.2
 
 # Loopback only: plain LOGIN without TLS is what the plain-IMAP tests use.
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if oauth2 else ""}
 # A wrong password must fail at once, not after the default 2 s penalty.
 auth_failure_delay = 0
 auth_cache_size = 0
@@ -898,9 +941,9 @@ shutdown_clients = yes
 
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%n {self.passwd_file}
+{plain_only}  args = scheme=PLAIN username_format=%n {self.passwd_file}
 }}
-userdb {{
+{oauth2_auth}userdb {{
   driver = passwd-file
   args = username_format=%n {self.passwd_file}
   default_fields = uid=mail gid=mail home={self.mail_dir}/%n
@@ -955,6 +998,57 @@ protocol lmtp {{
   postmaster_address = postmaster@{cfg.domain}
 }}
 """
+
+    @property
+    def oauth2_conf(self) -> Path:
+        """Dovecot 2.3's oauth2 passdb settings (written when OAuth2 is on)."""
+        return self.dovecot_dir / "dovecot-oauth2.conf.ext"
+
+    def _dovecot_oauth2_auth(self) -> str:
+        """The dovecot.conf text that checks XOAUTH2/OAUTHBEARER tokens by introspection."""
+        if _dovecot_version() >= (2, 4):
+            # Untested (only 2.3.19 is installed here): Dovecot 2.4 checks tokens in the
+            # mechanism itself, configured by a top-level `oauth2` filter, with no passdb
+            # (doc.dovecot.org/latest/core/config/auth/databases/oauth2.html). The rest of this
+            # file is 2.3 syntax too, which 2.4 refuses: porting the harness means all of it.
+            ca = self.config.oauth2_ca_file
+            return (
+                "oauth2 {\n"
+                + "".join(f"  {line}\n" for line in self._oauth2_settings())
+                + (f"  ssl_client_ca_file = {ca}\n" if ca else "")
+                + "}\n"
+            )
+        return f"""\
+# XOAUTH2 and OAUTHBEARER: the token is introspected on every login (auth_cache_size = 0).
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.oauth2_conf}
+}}
+"""
+
+    def _oauth2_settings(self) -> list[str]:
+        """Settings shared by Dovecot 2.3's dovecot-oauth2.conf.ext and 2.4's oauth2 filter."""
+        return [
+            "introspection_mode = post",
+            f"introspection_url = {self.config.oauth2_introspection_url}",
+            # Always ask the endpoint: tests expire and revoke tokens and count the calls.
+            "force_introspection = yes",
+            "username_attribute = username",
+            "active_attribute = active",
+            "active_value = true",
+        ]
+
+    def _dovecot_oauth2_conf_ext(self) -> str:
+        ca = self.config.oauth2_ca_file
+        return (
+            "# Written by devtools.mailharness on every start; edit the module, not this file.\n"
+            + "".join(f"{line}\n" for line in self._oauth2_settings())
+            # Applied to both the login name and the introspected username before comparing:
+            # `hello`, `hello@example.test` and `HELLO` are the same harness user.
+            + "username_format = %Ln\n"
+            + (f"tls_ca_cert_file = {ca}\n" if ca else "")
+        )
 
     def _postfix_main_cf(self) -> str:
         cfg = self.config
@@ -1227,11 +1321,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="start: listen on free ports instead of the defaults (kept for later commands)",
     )
+    parser.add_argument(
+        "--oauth2-introspection-url",
+        metavar="URL",
+        help="start: also accept XOAUTH2/OAUTHBEARER tokens, checked at this RFC 7662 endpoint "
+        "(e.g. of `python -m devtools.oauthserver`); kept for later commands",
+    )
+    parser.add_argument(
+        "--oauth2-ca-file",
+        metavar="FILE",
+        help="start: CA certificate to verify an https introspection endpoint against",
+    )
     args = parser.parse_args(argv)
     try:
         harness = MailHarness.for_dir(args.dir)
         if args.command == "start" and args.free_ports and not harness.is_running():
             harness = MailHarness(harness.config.with_free_ports())
+        if args.command == "start" and args.oauth2_introspection_url:
+            ca = str(Path(args.oauth2_ca_file).absolute()) if args.oauth2_ca_file else None
+            harness = MailHarness(
+                replace(
+                    harness.config,
+                    oauth2_introspection_url=args.oauth2_introspection_url,
+                    oauth2_ca_file=ca,
+                )
+            )
         if args.command == "start":
             began = time.monotonic()
             harness.start()
@@ -1264,6 +1378,8 @@ def _print_summary(harness: MailHarness, seconds: float) -> None:
     print(f"  SUBM   {cfg.host}:{cfg.submission_port}   STARTTLS then AUTH required")
     print("         (both: the harness domain only, other domains refused)")
     print(f"  LMTP   {cfg.host}:{cfg.lmtp_port}   (Postfix -> Dovecot)")
+    if cfg.oauth2_introspection_url:
+        print(f"  OAuth2 XOAUTH2/OAUTHBEARER too, tokens checked at {cfg.oauth2_introspection_url}")
     print(f"  logs   {harness.dovecot_log}, {harness.postfix_log}")
     print("  users  (login = local part or address, password)")
     for user, password in sorted(cfg.users.items()):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools.mailharness import MailHarness
+from devtools.oauthserver import OAuthServer
 
 # The console's browser fixtures (browser, page, web_server), defined once for the session: a
 # second definition per module would start a second Playwright in the same thread.
@@ -20,9 +21,18 @@ from tests.mailtools import DaemonStarter, running_harness
 
 
 @pytest.fixture(scope="session")
-def mail_harness() -> Iterator[MailHarness]:
-    """Real Dovecot and Postfix for the whole session, in a temporary folder."""
-    yield from running_harness()
+def oauth_server() -> Iterator[OAuthServer]:
+    """The session's OAuth2 server (http, 30 s access tokens): the token endpoint of OAuth
+    tests, and the introspection endpoint `mail_harness`'s Dovecot checks tokens with."""
+    with OAuthServer(access_ttl=30.0) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mail_harness(oauth_server: OAuthServer) -> Iterator[MailHarness]:
+    """Real Dovecot and Postfix for the whole session, in a temporary folder. Passwords work
+    as always; XOAUTH2/OAUTHBEARER tokens of `oauth_server` work too (IMAP and submission)."""
+    yield from running_harness(oauth2_introspection_url=oauth_server.introspection_url)
 
 
 @pytest.fixture
@@ -71,3 +81,12 @@ def tdir(tmp_path: Path) -> Path:
     write(directory, "sales.subject", "{{ original_subject }}\n")
     write(directory, "sales.txt", "Hello {{ contact.name }}\n")
     return directory
+
+
+@pytest.fixture
+def oauth(oauth_server: OAuthServer) -> Iterator[OAuthServer]:
+    """The session's OAuth2 server with its test switches (failures, down, approvals, TTL)
+    reset before and after the test; tokens and clients of earlier tests stay valid."""
+    oauth_server.reset()
+    yield oauth_server
+    oauth_server.reset()

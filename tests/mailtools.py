@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -132,9 +133,14 @@ def synced(base: Path) -> bool:
             return False
 
 
-def running_harness(users: Mapping[str, str] | None = None) -> Iterator[MailHarness]:
+def running_harness(
+    users: Mapping[str, str] | None = None,
+    oauth2_introspection_url: str | None = None,
+    oauth2_ca_file: str | None = None,
+) -> Iterator[MailHarness]:
     """Start real Dovecot and Postfix in a temporary folder (with `users`, else the default
-    ones), yield them, stop them; skips the test when the servers are not installed.
+    ones; with XOAUTH2/OAUTHBEARER checked at `oauth2_introspection_url` when given), yield
+    them, stop them; skips the test when the servers are not installed.
 
     Ports are chosen free at start (not the fixed defaults), so a demo harness or another
     test run on the same machine does not collide with this one.
@@ -146,6 +152,9 @@ def running_harness(users: Mapping[str, str] | None = None) -> Iterator[MailHarn
     # mode 0700, and the mail daemons (users dovecot, postfix) must be able to walk into ours.
     base = Path(tempfile.mkdtemp(prefix="triage-mailservers-"))
     config = HarnessConfig(base_dir=base) if users is None else HarnessConfig(base, users=users)
+    config = replace(
+        config, oauth2_introspection_url=oauth2_introspection_url, oauth2_ca_file=oauth2_ca_file
+    )
     harness = MailHarness(config.with_free_ports())
     harness.start()
     try:
