@@ -676,7 +676,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def describe_validation_error(exc: ValidationError, path: Path | None) -> list[str]:
     """One line per problem, naming the setting as the operator writes it (`imap.port`)."""
     where = f" ({path})" if path else ""
-    lines = []
+    lines: list[str] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"])
         msg = str(err["msg"])

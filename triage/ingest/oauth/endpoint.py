@@ -1,0 +1,101 @@
+"""Talking to an OAuth2 token endpoint (RFC 6749 §5): one form POST, its answer mapped to a token
+response or to one of the two errors of the port.
+
+TLS is verified (against `ca_file` when given), every call has a timeout and no redirect is
+followed (a token endpoint that redirects is misconfigured, and the form carries secrets). No
+message built here contains a token, secret, code or assertion: only the endpoint's host, the
+HTTP status and the RFC 6749 error code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from triage.core.errors import ReauthorisationNeeded, TokenUnavailable
+
+#: RFC 6749 §5.2 errors that no retry will cure: a person must sign in again (or fix the app).
+REAUTH_ERRORS = frozenset(
+    {
+        "invalid_grant",
+        "invalid_client",
+        "unauthorized_client",
+        "access_denied",
+        "consent_required",
+        "interaction_required",
+        "login_required",
+    }
+)
+_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def safe_code(value: object) -> str:
+    """An error code as printable, short text: codes are ASCII words (RFC 6749 §5.2); anything
+    else is not repeated (it might echo what was sent)."""
+    text = str(value)[:64]
+    return text if text and set(text) <= _CODE_CHARS else "unknown_error"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach one token endpoint."""
+
+    url: str
+    ca_file: Path | None = None
+    timeout: float = 30.0
+    session: requests.Session = field(default_factory=requests.Session, repr=False)
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host, for messages."""
+        return urlsplit(self.url).netloc
+
+
+def post_form(name: str, endpoint: Endpoint, form: dict[str, str]) -> dict[str, Any]:
+    """POST `form` to the endpoint; the JSON answer of a 200. Raises ReauthorisationNeeded for
+    the errors in REAUTH_ERRORS, TokenUnavailable for everything else (down, 5xx, garbage)."""
+    where = f"{name}: token endpoint {endpoint.host}"
+    try:
+        response = endpoint.session.post(
+            endpoint.url,
+            data=form,
+            headers={"Accept": "application/json"},
+            timeout=endpoint.timeout,
+            verify=str(endpoint.ca_file) if endpoint.ca_file else True,
+            allow_redirects=False,
+        )
+    except requests.Timeout:
+        raise TokenUnavailable(f"{where} did not answer in {endpoint.timeout:g} s") from None
+    except requests.exceptions.SSLError:
+        raise TokenUnavailable(f"{where}: TLS certificate not trusted") from None
+    except requests.RequestException as exc:
+        raise TokenUnavailable(f"{where} unreachable ({type(exc).__name__})") from None
+    with response:
+        status = response.status_code
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+    if not isinstance(body, dict):
+        raise TokenUnavailable(f"{where} answered HTTP {status} without a JSON object")
+    if status == 200:
+        if not isinstance(body.get("access_token"), str) or not body["access_token"]:
+            raise TokenUnavailable(f"{where} answered without an access_token")
+        return body
+    code = safe_code(body.get("error", ""))
+    if status in (400, 401, 403) and code in REAUTH_ERRORS:
+        raise ReauthorisationNeeded(name, code)
+    raise TokenUnavailable(f"{where} answered HTTP {status} ({code})")
+
+
+def expires_in(body: dict[str, Any], default: float = 3600.0) -> float:
+    """The lifetime of the token in a token response, in seconds (default when absent/odd)."""
+    try:
+        value = float(body.get("expires_in", default))
+    except (TypeError, ValueError):
+        return default
+    return value if value > 0 else default
