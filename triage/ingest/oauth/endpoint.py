@@ -55,9 +55,9 @@ class Endpoint:
         return urlsplit(self.url).netloc
 
 
-def post_form(name: str, endpoint: Endpoint, form: dict[str, str]) -> dict[str, Any]:
-    """POST `form` to the endpoint; the JSON answer of a 200. Raises ReauthorisationNeeded for
-    the errors in REAUTH_ERRORS, TokenUnavailable for everything else (down, 5xx, garbage)."""
+def call(name: str, endpoint: Endpoint, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    """POST `form` to the endpoint: the HTTP status and the JSON object answered. Raises
+    TokenUnavailable when there is no such answer (down, timeout, TLS, not JSON)."""
     where = f"{name}: token endpoint {endpoint.host}"
     try:
         response = endpoint.session.post(
@@ -82,14 +82,28 @@ def post_form(name: str, endpoint: Endpoint, form: dict[str, str]) -> dict[str, 
             body = None
     if not isinstance(body, dict):
         raise TokenUnavailable(f"{where} answered HTTP {status} without a JSON object")
+    return status, body
+
+
+def post_form(name: str, endpoint: Endpoint, form: dict[str, str]) -> dict[str, Any]:
+    """POST `form` to the endpoint; the JSON answer of a 200 with an access token. Raises
+    ReauthorisationNeeded for the errors in REAUTH_ERRORS, TokenUnavailable for everything else
+    (down, 5xx, garbage)."""
+    status, body = call(name, endpoint, form)
+    where = f"{name}: token endpoint {endpoint.host}"
     if status == 200:
         if not isinstance(body.get("access_token"), str) or not body["access_token"]:
             raise TokenUnavailable(f"{where} answered without an access_token")
         return body
-    code = safe_code(body.get("error", ""))
+    code = error_code(body)
     if status in (400, 401, 403) and code in REAUTH_ERRORS:
         raise ReauthorisationNeeded(name, code)
     raise TokenUnavailable(f"{where} answered HTTP {status} ({code})")
+
+
+def error_code(body: dict[str, Any]) -> str:
+    """The RFC 6749 `error` of an error answer, safe to print."""
+    return safe_code(body.get("error", ""))
 
 
 def expires_in(body: dict[str, Any], default: float = 3600.0) -> float:

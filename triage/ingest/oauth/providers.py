@@ -309,7 +309,7 @@ class MicrosoftAppProvider(BaseProvider):
         return self._token(str(result["access_token"]), expires_in(result))
 
 
-def _delegated_scopes(settings: OAuth2Settings) -> list[str]:
+def delegated_scopes(settings: OAuth2Settings) -> list[str]:
     # msal adds openid, profile and offline_access itself and refuses them when given.
     reserved = {"openid", "profile", "offline_access"}
     return [s for s in settings.effective_scope() if s not in reserved]
@@ -355,7 +355,7 @@ class MicrosoftDelegatedProvider(BaseProvider):
         result = _msal_call(
             self.name,
             lambda: self._app.acquire_token_silent_with_error(
-                _delegated_scopes(self.settings), account=accounts[0], force_refresh=force
+                delegated_scopes(self.settings), account=accounts[0], force_refresh=force
             ),
         )
         if self._cache.has_state_changed:
