@@ -9,6 +9,7 @@ HTTP status and the RFC 6749 error code.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ def safe_code(value: object) -> str:
     else is not repeated (it might echo what was sent)."""
     text = str(value)[:64]
     return text if text and set(text) <= _CODE_CHARS else "unknown_error"
+
+
+def http_session(ca_file: Path | None, timeout: float) -> requests.Session:
+    """A requests session that verifies TLS against `ca_file` (the system store without one)
+    and times out, for libraries that take a session (msal, google-auth). The two are bound to
+    every request: a session-wide `verify` loses to REQUESTS_CA_BUNDLE in the environment."""
+    session = requests.Session()
+    verify: str | bool = str(ca_file) if ca_file else True
+    session.request = functools.partial(  # type: ignore[method-assign]
+        session.request, verify=verify, timeout=timeout
+    )
+    return session
 
 
 @dataclass(frozen=True)

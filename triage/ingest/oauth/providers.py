@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
 from triage.core.settings import OAuth2Settings, read_secret_file
-from triage.ingest.oauth.endpoint import REAUTH_ERRORS, Endpoint, expires_in, post_form, safe_code
+from triage.ingest.oauth.endpoint import (
+    REAUTH_ERRORS,
+    Endpoint,
+    expires_in,
+    http_session,
+    post_form,
+    safe_code,
+)
 from triage.ingest.oauth.grants import GrantStore
 from triage.ingest.oauth.tokens import AccessToken, TokenProvider
 
@@ -240,8 +247,7 @@ def _msal_kwargs(settings: OAuth2Settings) -> dict[str, Any]:
         # Instance discovery asks login.microsoftonline.com about the authority's host; only
         # meaningful (and only reachable) for Microsoft's own hosts.
         "instance_discovery": authority.startswith("https://login.microsoftonline.com/"),
-        "verify": str(settings.ca_file) if settings.ca_file else True,
-        "timeout": settings.timeout,
+        "http_client": http_session(settings.ca_file, settings.timeout),
     }
 
 
@@ -380,7 +386,6 @@ class GoogleServiceAccountProvider(BaseProvider):
 
     def _fetch(self, *, force: bool) -> AccessToken:
         import google.auth.exceptions
-        import requests
         from google.auth.transport.requests import Request
         from google.oauth2 import service_account
 
@@ -398,8 +403,7 @@ class GoogleServiceAccountProvider(BaseProvider):
             ) from None
         if s.token_url:
             credentials = credentials.with_token_uri(s.token_url)
-        session = requests.Session()
-        session.verify = str(s.ca_file) if s.ca_file else True
+        session = http_session(s.ca_file, s.timeout)
         try:
             credentials.refresh(Request(session))
         except google.auth.exceptions.RefreshError as exc:
