@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.oauth_fake import CLIENT_ID, CLIENT_SECRET, TENANT, FakeTokenServer, running, make_test_ca
+from tests.oauth_fake import (
+    CLIENT_ID,
+    CLIENT_SECRET,
+    TENANT,
+    FakeTokenServer,
+    running,
+    make_test_ca,
+)
 from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
 from triage.core.settings import OAuth2Settings
 from triage.ingest.oauth.grants import GrantStore
