@@ -16,8 +16,8 @@ from tests.oauth_fake import (
     CLIENT_SECRET,
     TENANT,
     FakeTokenServer,
-    running,
     make_test_ca,
+    running,
 )
 from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
 from triage.core.settings import OAuth2Settings
