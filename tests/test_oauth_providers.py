@@ -21,7 +21,7 @@ from tests.oauth_fake import (
 )
 from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
 from triage.core.settings import OAuth2Settings
-from triage.ingest.oauth.grants import GrantStore
+from triage.ingest.oauth.grants import GrantStore, create_key_file
 from triage.ingest.oauth.providers import make_provider, msal_error
 
 
@@ -272,19 +272,37 @@ def test_no_secret_in_any_error_or_log(
             assert secret not in text
 
 
-def test_a_wrong_key_is_a_clear_config_error(
+def test_a_wrong_key_stops_this_credential_only_with_a_clear_reason(
     fake: FakeTokenServer, tmp_path: Path, secret_file: Path
 ) -> None:
+    """The grant store raises ConfigError; the provider reports it as the port's
+    ReauthorisationNeeded (code config_error, the reason as detail), so the daemon flags this
+    account and goes on with the others."""
     grants = GrantStore(tmp_path / "triage.db", tmp_path / "oauth2.key")
     grants.store("main", "generic", fake.new_refresh_token())
-    (tmp_path / "other.key").write_text("")
-    from triage.ingest.oauth.grants import create_key_file
-
-    (tmp_path / "other.key").unlink()
     create_key_file(tmp_path / "other.key")
     wrong = GrantStore(tmp_path / "triage.db", tmp_path / "other.key")
-    with pytest.raises(ConfigError, match="cannot be decrypted"):
+    with pytest.raises(ReauthorisationNeeded) as caught:
         make_provider("main", generic(fake, secret_file), wrong).access_token()
+    assert caught.value.code == "config_error"
+    assert "cannot be decrypted" in caught.value.detail
+    assert isinstance(caught.value.__cause__, ConfigError)
+    assert fake.token_requests == []
+
+
+def test_fixing_a_secret_files_mode_is_noticed_without_a_restart(
+    fake: FakeTokenServer, grants: GrantStore, secret_file: Path
+) -> None:
+    grants.store("main", "generic", fake.new_refresh_token())
+    secret_file.chmod(0o644)
+    provider = make_provider("main", generic(fake, secret_file), grants)
+    with pytest.raises(ReauthorisationNeeded, match="open to other users"):
+        provider.access_token()
+    with pytest.raises(ReauthorisationNeeded):
+        provider.access_token()  # nothing changed: the same answer, no request
+    assert fake.token_requests == []
+    secret_file.chmod(0o600)
+    assert provider.access_token().token == fake.issued_access[-1]
 
 
 def test_google_is_the_refresh_token_grant_with_google_defaults(
@@ -342,7 +360,7 @@ def test_google_service_account_signs_a_jwt_for_the_mailbox_user(
         make_provider("sa", settings, grants, "hello@example.com").access_token()
     assert caught.value.code == "unauthorized_client"
     key_file.chmod(0o644)
-    with pytest.raises(ConfigError, match="open to other users"):
+    with pytest.raises(ReauthorisationNeeded, match="open to other users"):
         make_provider("sa2", settings, grants, "hello@example.com").access_token()
 
 

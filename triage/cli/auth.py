@@ -111,7 +111,12 @@ def status_rows(settings: Settings, now: datetime) -> list[dict[str, Any]]:
     """One dict per configured credential: provider, state, grant age, rotations, secret expiry
     (no secret, no token)."""
     from triage.ingest.oauth.login import NO_LOGIN_PROVIDERS
-    from triage.ingest.oauth.providers import credentials, grant_store, smtp_credential_name
+    from triage.ingest.oauth.providers import (
+        SMTP,
+        credentials,
+        grant_store,
+        smtp_credential_name,
+    )
 
     stored = {}
     if settings.store.path.exists():
@@ -122,9 +127,12 @@ def status_rows(settings: Settings, now: datetime) -> list[dict[str, Any]]:
         s = credential.settings
         row = stored.get(name)
         expires = s.client_secret_expires
+        used_by = [] if name == SMTP else ["imap"]
+        if smtp == name:
+            used_by.append("smtp")
         entry: dict[str, Any] = {
             "name": name,
-            "used_by": ["imap"] * (name != "smtp") + ["smtp"] * (smtp == name),
+            "used_by": used_by,
             "provider": s.provider,
             "state": row.state if row else "ok",
             "error_code": row.error_code if row else "",

@@ -132,6 +132,7 @@ class _Redirect(BaseHTTPRequestHandler):
     """Takes the browser's redirect: remembers its query and says the tab may be closed."""
 
     received: ClassVar[dict[str, str]]  # set per listener (a subclass each)
+    timeout = 10  # a connection that sends nothing cannot hold the login past its deadline
 
     def do_GET(self) -> None:
         query = parse_qs(urlsplit(self.path).query)

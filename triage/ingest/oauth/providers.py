@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 #: The error code of a credential that never had a grant stored.
 NO_GRANT = "no_grant"
+#: The error code when the credential's files or the key file are unusable (see the detail).
+CONFIG_ERROR = "config_error"
 
 
 def _now() -> datetime:
@@ -130,7 +132,7 @@ class BaseProvider:
                     raise self._failure.error
                 self._failure = None
             try:
-                return self._fetch(force=force)
+                return self._fetch_or_explain(force)
             except ReauthorisationNeeded as exc:
                 if not self.grants.mark_needs_reauth(
                     self.name, self.provider, exc.code, generation
@@ -142,16 +144,25 @@ class BaseProvider:
                 raise
         raise TokenUnavailable(f"{self.name}: the stored grant keeps changing; try again")
 
+    def _fetch_or_explain(self, force: bool) -> AccessToken:
+        try:
+            return self._fetch(force=force)
+        except ConfigError as exc:
+            # An unreadable secret file, a key file that does not fit: a person must act, for
+            # this credential only; the other accounts go on (the port's second kind).
+            raise ReauthorisationNeeded(self.name, CONFIG_ERROR, str(exc)) from exc
+
     def _fingerprint(self) -> tuple[int | None, ...]:
         """What a person may change to cure a failure: the stored row's generation first, then
-        the credential files' modification times."""
+        the credential files' change times."""
         return (self.grants.generation(self.name), *self._file_stamps())
 
     def _file_stamps(self) -> tuple[int | None, ...]:
         stamps: list[int | None] = []
         for path in self._files():
             try:
-                stamps.append(path.stat().st_mtime_ns)
+                # ctime: changes with the content and with a chmod (a fixed mode counts).
+                stamps.append(path.stat().st_ctime_ns)
             except OSError:
                 stamps.append(None)
         return tuple(stamps)
