@@ -129,8 +129,7 @@ class FakeTokenServer:
                 form.get("assertion", ""),
                 self.assertion_key,
                 algorithms=["RS256"],
-                # google-auth names Google's endpoint as the audience whatever token_uri is.
-                audience=[f"{self.url}/token", "https://oauth2.googleapis.com/token"],
+                audience=f"{self.url}/token",
             )
         except jwt.PyJWTError:
             return 400, {"error": "invalid_grant"}

@@ -115,7 +115,7 @@ MICROSOFT_DELEGATED_SCOPE = (
 _MISTAKES = "\n"
 
 
-def _check_url(value: str, setting: str) -> None:
+def check_endpoint_url(value: str, setting: str) -> None:
     """An endpoint that receives secrets: https, or http to this machine only (tests)."""
     parts = urlsplit(value)
     if parts.scheme == "https" and parts.hostname:
@@ -135,6 +135,9 @@ class OAuth2Settings(_Section):
     """
 
     provider: OAuth2Provider
+    # The SASL mechanism the mailbox logins use: XOAUTH2 (Google's and Microsoft's) or the
+    # standard OAUTHBEARER (RFC 7628).
+    mechanism: Literal["xoauth2", "oauthbearer"] = "xoauth2"
     client_id: str = ""
     client_secret_file: Path | None = None
     token_url: str = ""
@@ -160,7 +163,7 @@ class OAuth2Settings(_Section):
             value = getattr(self, setting)
             if value:
                 try:
-                    _check_url(value, setting)
+                    check_endpoint_url(value, setting)
                 except ValueError as exc:
                     problems.append(str(exc))
         if problems:
@@ -580,6 +583,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_oauth2_account(self) -> Self:
         name = self.smtp.oauth2_account
+        if self.smtp.oauth2 is not None and any(a.name == "smtp" for a in self.imap.all_accounts()):
+            # Credentials are named by account, and `smtp` is [smtp.oauth2]'s: one grant each.
+            raise ValueError("an IMAP account named 'smtp' cannot be used with [smtp.oauth2]")
         if name:
             account = next((a for a in self.imap.all_accounts() if a.name == name), None)
             if account is None:

@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
-from triage.core.settings import OAuth2Settings, read_secret_file
+from triage.core.settings import (
+    GOOGLE_TOKEN_URL,
+    OAuth2Settings,
+    check_endpoint_url,
+    read_secret_file,
+)
 from triage.ingest.oauth.endpoint import (
     REAUTH_ERRORS,
     Endpoint,
@@ -388,50 +393,58 @@ class MicrosoftDelegatedProvider(BaseProvider):
 # --- Google service account ---------------------------------------------------------------------
 
 
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: How long an assertion is valid (Google accepts at most an hour).
+ASSERTION_LIFETIME = 3600
+
+
 class GoogleServiceAccountProvider(BaseProvider):
     """`google-service-account`: the JWT-bearer grant (RFC 7523) signed with a service account's
     key (domain-wide delegation), impersonating `subject` or the mailbox's user. The key file is
-    read at every fetch (checked private); its `token_uri` is the endpoint."""
+    read at every fetch (checked private; a replaced key is used without a restart); its
+    `token_uri` (or `token_url`) is the endpoint and the assertion's audience, as Google asks."""
 
     kind = "jwt-bearer"
 
     def _fetch(self, *, force: bool) -> AccessToken:
-        import google.auth.exceptions
-        from google.auth.transport.requests import Request
-        from google.oauth2 import service_account
+        import jwt
 
         s = self.settings
         assert s.service_account_file is not None
+        where = f"service_account_file {s.service_account_file}"
         text = read_secret_file(s.service_account_file, "service_account_file").get_secret_value()
         try:
             info = json.loads(text)
-            credentials = service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-                info, scopes=list(s.effective_scope()), subject=s.subject or self.username
-            )
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(
-                f"service_account_file {s.service_account_file} is not a service-account key"
-            ) from None
-        if s.token_url:
-            credentials = credentials.with_token_uri(s.token_url)
-        session = http_session(s.ca_file, s.timeout)
+            issuer = str(info["client_email"])
+            key = str(info["private_key"])
+            key_id = str(info.get("private_key_id", ""))
+            token_uri = s.token_url or str(info.get("token_uri") or GOOGLE_TOKEN_URL)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{where} is not a service-account key (JSON)") from None
         try:
-            credentials.refresh(Request(session))
-        except google.auth.exceptions.RefreshError as exc:
-            detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
-            code = safe_code(detail.get("error", "")) if detail else "unknown_error"
-            if code in REAUTH_ERRORS:
-                raise ReauthorisationNeeded(self.name, code) from None
-            raise TokenUnavailable(f"{self.name}: Google token endpoint answered {code}") from None
-        except google.auth.exceptions.TransportError:
-            raise TokenUnavailable(f"{self.name}: Google token endpoint unreachable") from None
-        finally:
-            session.close()
-        expiry = credentials.expiry
-        lifetime = 3600.0
-        if expiry is not None:
-            lifetime = (expiry.replace(tzinfo=UTC) - self._clock()).total_seconds()
-        return self._token(str(credentials.token), lifetime)
+            check_endpoint_url(token_uri, f"the token_uri of {where}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        now = int(self._clock().timestamp())
+        claims = {
+            "iss": issuer,
+            "sub": s.subject or self.username,
+            "scope": " ".join(s.effective_scope()),
+            "aud": token_uri,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME,
+        }
+        try:
+            assertion = jwt.encode(
+                claims, key, algorithm="RS256", headers={"kid": key_id} if key_id else None
+            )
+        except (ValueError, TypeError, jwt.PyJWTError):
+            raise ConfigError(f"the private_key of {where} cannot sign (not an RSA key)") from None
+        endpoint = Endpoint(token_uri, s.ca_file, s.timeout)
+        body = post_form(
+            self.name, endpoint, {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+        )
+        return self._token(str(body["access_token"]), expires_in(body))
 
 
 # --- the factory --------------------------------------------------------------------------------
