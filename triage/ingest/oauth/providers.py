@@ -347,6 +347,16 @@ def public_client(settings: OAuth2Settings, cache: Any) -> Any:
     )
 
 
+def _cached_refresh_token(cache: Any) -> str | None:
+    """The refresh token in an msal token cache, when there is one."""
+    found = cache.search(cache.CredentialType.REFRESH_TOKEN)
+    for entry in found:
+        secret = entry.get("secret")
+        if isinstance(secret, str) and secret:
+            return secret
+    return None
+
+
 class MicrosoftDelegatedProvider(BaseProvider):
     """`microsoft-delegated`: a user's grant obtained by `triage auth login` (device code);
     msal's serialised token cache (holding the refresh token) is the stored grant, loaded before
@@ -369,18 +379,21 @@ class MicrosoftDelegatedProvider(BaseProvider):
             self._cache = msal.SerializableTokenCache()
             self._app = _msal_call(self.name, lambda: public_client(self.settings, self._cache))
         self._cache.deserialize(grant.secret)
-        accounts = (
-            self._app.get_accounts(username=self.username or None) or self._app.get_accounts()
-        )
-        if not accounts:
-            raise ReauthorisationNeeded(self.name, NO_GRANT, f"run `triage auth login {self.name}`")
-        result = _msal_call(
-            self.name,
-            lambda: self._app.acquire_token_silent_with_error(
-                delegated_scopes(self.settings), account=accounts[0], force_refresh=force
-            ),
-        )
-        if self._cache.has_state_changed:
+        scopes = delegated_scopes(self.settings)
+        app = self._app
+        accounts = app.get_accounts(username=self.username or None) or app.get_accounts()
+        if accounts:
+            result = _msal_call(
+                self.name,
+                lambda: app.acquire_token_silent_with_error(
+                    scopes, account=accounts[0], force_refresh=force
+                ),
+            )
+        else:
+            # A cache whose token responses named no account (no client_info: a grant imported
+            # from elsewhere, or a server that is not Azure AD) holds the refresh token alone.
+            result = self._refresh_without_account(app, scopes)
+        if self._cache.has_state_changed:  # a rotated refresh token: saved before returning
             self.grants.rotate(self.name, grant.row.generation, self._cache.serialize())
             self._cache.has_state_changed = False
         if result is None:
@@ -388,6 +401,14 @@ class MicrosoftDelegatedProvider(BaseProvider):
         if "access_token" not in result:
             raise msal_error(self.name, result)
         return self._token(str(result["access_token"]), expires_in(result))
+
+    def _refresh_without_account(self, app: Any, scopes: list[str]) -> Any:
+        refresh_token = _cached_refresh_token(self._cache)
+        if refresh_token is None:
+            return None
+        return _msal_call(
+            self.name, lambda: app.acquire_token_by_refresh_token(refresh_token, scopes)
+        )
 
 
 # --- Google service account ---------------------------------------------------------------------
