@@ -49,6 +49,7 @@ class FakeTokenServer:
     issued_access: list[str] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
+    issued_codes: list[str] = field(default_factory=list)
     device_codes: dict[str, bool] = field(default_factory=dict)
     # Called with the form of every token request before it is answered (a test's probe).
     on_request: Callable[[dict[str, str]], None] | None = None
@@ -140,6 +141,7 @@ class FakeTokenServer:
         """Where /authorize redirects: back to the client with a code and its state."""
         code = "code-" + secrets.token_urlsafe(12)
         with self.lock:
+            self.issued_codes.append(code)
             self.codes[code] = {
                 "redirect_uri": query["redirect_uri"],
                 "code_challenge": query.get("code_challenge", ""),

@@ -60,8 +60,19 @@ def config(tmp_path: Path, fake: FakeTokenServer, extra: str = "") -> Path:
 
 
 def start(path: Path, *args: str) -> subprocess.Popen[str]:
+    # Logging at DEBUG: not even the HTTP libraries' debug lines may show a code or token.
     return subprocess.Popen(
-        [sys.executable, "-m", "triage", "--config", str(path), "auth", *args],
+        [
+            sys.executable,
+            "-m",
+            "triage",
+            "--config",
+            str(path),
+            "--log-level",
+            "DEBUG",
+            "auth",
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -99,7 +110,8 @@ def grants(tmp_path: Path) -> GrantStore:
 
 
 def no_secrets(text: str, fake: FakeTokenServer) -> None:
-    for secret in [CLIENT_SECRET, *fake.issued_refresh, *fake.issued_access, *fake.codes]:
+    assert fake.issued_refresh or fake.issued_codes  # something to look for
+    for secret in [CLIENT_SECRET, *fake.issued_refresh, *fake.issued_access, *fake.issued_codes]:
         assert secret not in text
 
 

@@ -240,3 +240,25 @@ def test_check_config_shows_auth_kinds_and_no_secret(tmp_path: Path) -> None:
     assert "very-secret-client-value" not in run.stdout + run.stderr
     data = masked(load_settings(path, environ={}))
     assert "very-secret-client-value" not in json.dumps(data, default=str)
+
+
+def test_mechanism_defaults_to_xoauth2_and_accepts_oauthbearer() -> None:
+    table = {"provider": "generic", "token_url": "https://idp.example/t", "client_id": "c"}
+    assert OAuth2Settings.model_validate(table).mechanism == "xoauth2"
+    bearer = OAuth2Settings.model_validate(table | {"mechanism": "oauthbearer"})
+    assert bearer.mechanism == "oauthbearer"
+    with pytest.raises(ValueError, match="mechanism"):
+        OAuth2Settings.model_validate(table | {"mechanism": "plain"})
+
+
+def test_an_imap_account_named_smtp_clashes_with_smtp_oauth2(tmp_path: Path) -> None:
+    """Credentials are named by IMAP account and `smtp`: the two may not share a name."""
+    path = tmp_path / "t.toml"
+    smtp = (
+        'auth = "oauth2"\nusername = "u"\n[smtp.oauth2]\n'
+        'provider = "google-service-account"\nservice_account_file = "/x"\n'
+    )
+    path = write(tmp_path, smtp=smtp)
+    path.write_text(path.read_text().replace('name = "main"', 'name = "smtp"'))
+    lines = problems(path)
+    assert any("an IMAP account named 'smtp'" in line for line in lines)

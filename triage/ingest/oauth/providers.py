@@ -255,15 +255,16 @@ def msal_error(name: str, result: Mapping[str, Any]) -> ReauthorisationNeeded | 
     return TokenUnavailable(f"{name}: Microsoft token endpoint answered {code}")
 
 
-def _msal_kwargs(settings: OAuth2Settings) -> dict[str, Any]:
-    """The options both msal applications take: the authority, TLS verification, timeout."""
+def _msal_kwargs(settings: OAuth2Settings, session: Any = None) -> dict[str, Any]:
+    """The options both msal applications take: the authority, and the HTTP session that
+    verifies TLS (`ca_file`) and times out (a new one unless given)."""
     authority = settings.effective_authority()
     return {
         "authority": authority,
         # Instance discovery asks login.microsoftonline.com about the authority's host; only
         # meaningful (and only reachable) for Microsoft's own hosts.
         "instance_discovery": authority.startswith("https://login.microsoftonline.com/"),
-        "http_client": http_session(settings.ca_file, settings.timeout),
+        "http_client": session or http_session(settings.ca_file, settings.timeout),
     }
 
 
@@ -290,6 +291,11 @@ class MicrosoftAppProvider(BaseProvider):
     secret file is used without a restart). No refresh token, nothing stored."""
 
     kind = "client-credentials"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # One session for the applications made at each fetch: connections are reused.
+        self._session = http_session(self.settings.ca_file, self.settings.timeout)
 
     def _credential(self) -> str | dict[str, str]:
         s = self.settings
@@ -318,7 +324,7 @@ class MicrosoftAppProvider(BaseProvider):
         app = _msal_call(
             self.name,
             lambda: msal.ConfidentialClientApplication(
-                s.client_id, client_credential=credential, **_msal_kwargs(s)
+                s.client_id, client_credential=credential, **_msal_kwargs(s, self._session)
             ),
         )
         result = _msal_call(
