@@ -115,6 +115,11 @@ def test_state_without_a_grant_and_clear(grants: GrantStore) -> None:
     row = grants.row("app")
     assert row is not None and row.blob is None and row.state == "needs-reauth"
     assert grants.read("app") is None
+    db = Database(grants.store_path)
+    try:
+        assert [g.name for g in sql.needing_reauth(db.reads)] == ["app"]
+    finally:
+        db.close()
     generation = grants.generation("app")
     assert grants.clear_needs_reauth("app")
     assert not grants.clear_needs_reauth("app")

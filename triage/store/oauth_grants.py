@@ -66,6 +66,17 @@ def list_grants(c: Tx) -> list[StoredGrant]:
     return [_grant(r) for r in c.execute("SELECT * FROM oauth_grants ORDER BY name")]
 
 
+def needing_reauth(c: Tx) -> list[StoredGrant]:
+    """The credentials in state needs-reauth, the longest-failing first (for /healthz, alerts
+    and reminders)."""
+    return [
+        _grant(r)
+        for r in c.execute(
+            "SELECT * FROM oauth_grants WHERE state = 'needs-reauth' ORDER BY error_at, name"
+        )
+    ]
+
+
 def generation(c: Tx, name: str) -> int:
     """How often the row of `name` changed (0 when there is none)."""
     r = c.execute("SELECT generation FROM oauth_grants WHERE name = ?", (name,)).fetchone()
