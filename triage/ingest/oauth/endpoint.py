@@ -43,7 +43,7 @@ def safe_code(value: object) -> str:
 
 def http_session(ca_file: Path | None, timeout: float) -> requests.Session:
     """A requests session that verifies TLS against `ca_file` (the system store without one)
-    and times out, for libraries that take a session (msal, google-auth). The two are bound to
+    and times out, for libraries that take a session (msal). The two are bound to
     every request: a session-wide `verify` loses to REQUESTS_CA_BUNDLE in the environment."""
     session = requests.Session()
     verify: str | bool = str(ca_file) if ca_file else True
