@@ -33,9 +33,29 @@ def check_config(
             for key, value in values.items():
                 print(f"{key} = {json.dumps(value, default=str)}")
         print()
-    for line in in_use(settings):
+    for line in [*logins(settings), *in_use(settings)]:
         print(line)
     print("configuration ok")
+
+
+def logins(settings: Settings) -> list[str]:
+    """One line per mailbox login: how each IMAP account and SMTP sign in (no secret)."""
+
+    def kind(auth: str, provider: str | None) -> str:
+        return f"oauth2 ({provider})" if auth == "oauth2" and provider else auth
+
+    lines = [
+        f"imap account {a.name}: {kind(a.auth, a.oauth2.provider if a.oauth2 else None)}"
+        for a in settings.imap.all_accounts()
+    ]
+    smtp = settings.smtp
+    if smtp.auth == "oauth2" and smtp.oauth2_account:
+        lines.append(f"smtp: oauth2 with account {smtp.oauth2_account}'s credential")
+    elif smtp.auth == "oauth2":
+        lines.append(f"smtp: {kind(smtp.auth, smtp.oauth2.provider if smtp.oauth2 else None)}")
+    else:
+        lines.append("smtp: password" if smtp.username else "smtp: no login")
+    return lines
 
 
 def in_use(settings: Settings) -> list[str]:

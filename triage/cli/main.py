@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from triage.cli import (
+    auth,
     candidate,
     config,
     corrections,
@@ -69,6 +70,7 @@ app.add_typer(corrections.app, name="corrections")
 app.add_typer(candidate.app, name="model")
 app.command("web")(web.web)
 app.add_typer(web.users_app, name="users")
+app.add_typer(auth.app, name="auth")
 
 
 def main() -> None:

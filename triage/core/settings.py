@@ -13,8 +13,10 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -84,16 +86,173 @@ def _read_secret_file(path: Path, setting: str) -> SecretStr:
     return SecretStr(value)
 
 
+def read_secret_file(path: Path, setting: str) -> SecretStr:
+    """A secret from a file readable by its owner only, for secrets read when first needed (an
+    OAuth2 client secret): raises `ConfigError` naming the setting instead of `ValueError`."""
+    try:
+        return _read_secret_file(path, setting)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+AuthKind = Literal["password", "oauth2"]
+OAuth2Provider = Literal[
+    "generic", "microsoft-app", "microsoft-delegated", "google", "google-service-account"
+]
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"  # noqa: S105 (an address)
+GOOGLE_AUTHORIZE_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_DEVICE_URL = "https://oauth2.googleapis.com/device/code"
+GOOGLE_SCOPE = ("https://mail.google.com/",)
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com/{tenant}"
+MICROSOFT_APP_SCOPE = ("https://outlook.office365.com/.default",)
+MICROSOFT_DELEGATED_SCOPE = (
+    "https://outlook.office365.com/IMAP.AccessAsUser.All",
+    "https://outlook.office365.com/SMTP.Send",
+)
+
+
+# Separates the mistakes one validator finds; each becomes its own line (describe_validation_error).
+_MISTAKES = "\n"
+
+
+def check_endpoint_url(value: str, setting: str) -> None:
+    """An endpoint that receives secrets: https, or http to this machine only (tests)."""
+    parts = urlsplit(value)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return
+    raise ValueError(f"{setting} must be an https:// address (http only to loopback)")
+
+
+class OAuth2Settings(_Section):
+    """How one credential gets OAuth2 access tokens (`[imap.oauth2]`, `[imap.accounts.oauth2]`,
+    `[smtp.oauth2]`).
+
+    Only file paths are held here; the secrets in them (client secret, certificate key,
+    service-account key) are read when a token is first needed, so a process that never logs in
+    to the mailbox (the console) does not need them.
+    """
+
+    provider: OAuth2Provider
+    # The SASL mechanism the mailbox logins use: XOAUTH2 (Google's and Microsoft's) or the
+    # standard OAUTHBEARER (RFC 7628).
+    mechanism: Literal["xoauth2", "oauthbearer"] = "xoauth2"
+    client_id: str = ""
+    client_secret_file: Path | None = None
+    token_url: str = ""
+    authorize_url: str = ""
+    device_authorization_url: str = ""
+    authority: str = ""
+    tenant: str = ""
+    certificate_file: Path | None = None
+    certificate_key_file: Path | None = None
+    certificate_thumbprint: str = ""
+    service_account_file: Path | None = None
+    subject: str = ""
+    scope: tuple[str, ...] = ()
+    client_secret_expires: date | None = None
+    ca_file: Path | None = None
+    refresh_margin: Annotated[float, Field(ge=0, le=3600)] = 300.0
+    timeout: Annotated[float, Field(gt=0, le=300)] = 30.0
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> Self:
+        problems = self._missing()
+        for setting in ("token_url", "authorize_url", "device_authorization_url", "authority"):
+            value = getattr(self, setting)
+            if value:
+                try:
+                    check_endpoint_url(value, setting)
+                except ValueError as exc:
+                    problems.append(str(exc))
+        if problems:
+            raise ValueError(_MISTAKES.join(problems))
+        return self
+
+    def _missing(self) -> list[str]:
+        need: tuple[str, ...] = ()
+        problems = []
+        match self.provider:
+            case "generic":
+                need = ("token_url", "client_id")
+            case "microsoft-app":
+                need = ("tenant", "client_id")
+                if not self.client_secret_file and not self.certificate_key_file:
+                    problems.append(
+                        "provider microsoft-app needs client_secret_file or certificate_key_file"
+                    )
+                if self.certificate_key_file and not (
+                    self.certificate_file or self.certificate_thumbprint
+                ):
+                    problems.append(
+                        "certificate_key_file needs certificate_file or certificate_thumbprint"
+                    )
+            case "microsoft-delegated":
+                need = ("tenant", "client_id")
+            case "google":
+                need = ("client_id", "client_secret_file")
+            case "google-service-account":
+                need = ("service_account_file",)
+        problems[:0] = [
+            f"provider {self.provider} needs {setting}"
+            for setting in need
+            if not getattr(self, setting)
+        ]
+        return problems
+
+    def effective_token_url(self) -> str:
+        """The token endpoint of a refresh-token provider (generic, google)."""
+        if self.provider == "google":
+            return self.token_url or GOOGLE_TOKEN_URL
+        return self.token_url
+
+    def effective_authorize_url(self) -> str:
+        """Where a person signs in during `triage auth login` (generic, google)."""
+        if self.provider == "google":
+            return self.authorize_url or GOOGLE_AUTHORIZE_URL
+        return self.authorize_url
+
+    def effective_authority(self) -> str:
+        """The Microsoft authority (`https://login.microsoftonline.com/{tenant}` by default)."""
+        return (self.authority or MICROSOFT_AUTHORITY).replace("{tenant}", self.tenant)
+
+    def effective_scope(self) -> tuple[str, ...]:
+        """The scopes asked for: the configured ones, else the provider's default."""
+        if self.scope:
+            return self.scope
+        match self.provider:
+            case "google" | "google-service-account":
+                return GOOGLE_SCOPE
+            case "microsoft-app":
+                return MICROSOFT_APP_SCOPE
+            case "microsoft-delegated":
+                return MICROSOFT_DELEGATED_SCOPE
+            case _:
+                return ()
+
+    def client_secret(self) -> str:
+        """The client secret from `client_secret_file` ("" when none is configured); read now,
+        checked to be private (raises ConfigError)."""
+        if self.client_secret_file is None:
+            return ""
+        return read_secret_file(self.client_secret_file, "client_secret_file").get_secret_value()
+
+
 class _Credentials(_Section):
-    """A login with a password given directly (env) or in a file (`password_file`)."""
+    """A login with a password given directly (env) or in a file (`password_file`), or with
+    OAuth2 (`auth = "oauth2"` and an `oauth2` table)."""
 
     username: str = ""
     password: SecretStr | None = None
     password_file: Path | None = None
+    auth: AuthKind = "password"
+    oauth2: OAuth2Settings | None = None
 
     @model_validator(mode="after")
     def _load_password_file(self) -> Self:
-        if self.password is None and self.password_file is not None:
+        # With OAuth2 a password is refused (below), not read.
+        if self.auth == "password" and self.password is None and self.password_file is not None:
             secret = _read_secret_file(self.password_file, "password_file")
             object.__setattr__(self, "password", secret)
         return self
@@ -101,6 +260,22 @@ class _Credentials(_Section):
     def secret(self) -> str:
         """The password in clear, for the login call only."""
         return self.password.get_secret_value() if self.password else ""
+
+    def _auth_problems(self, own_table: bool = True) -> list[str]:
+        """What is wrong with the auth settings; `own_table` False when the credential may come
+        from elsewhere (SMTP's `oauth2_account`)."""
+        if self.auth == "password":
+            if self.oauth2 is not None:
+                return ["an oauth2 table needs auth = 'oauth2'"]
+            return []
+        problems = []
+        if self.oauth2 is None and own_table:
+            problems.append("auth = 'oauth2' needs an oauth2 table (provider = ...)")
+        # A password next to OAuth2 would never be used: refused, so that nobody believes it
+        # is a fallback, and no unused secret lies around.
+        if self.password is not None or self.password_file is not None:
+            problems.append("password and password_file are not used with auth = 'oauth2'")
+        return problems
 
 
 class ImapAccount(_Credentials):
@@ -122,15 +297,19 @@ class ImapAccount(_Credentials):
 
     @model_validator(mode="after")
     def _check_login(self) -> Self:
+        problems = self._auth_problems()
         if not self.username:
-            raise ValueError("username is required")
-        if self.password is None:
-            raise ValueError("password is missing: set password_file or TRIAGE_IMAP__PASSWORD")
+            problems.append("username is required")
+        if self.auth == "password" and self.password is None:
+            problems.append("password is missing: set password_file or TRIAGE_IMAP__PASSWORD")
         if self.security == "plain" and not self.allow_plain and not is_loopback(self.host):
-            raise ValueError(
-                f"security = 'plain' sends the password in clear to {self.host}; "
+            what = "the password" if self.auth == "password" else "the access token"
+            problems.append(
+                f"security = 'plain' sends {what} in clear to {self.host}; "
                 "use tls/starttls or set allow_plain = true"
             )
+        if problems:
+            raise ValueError(_MISTAKES.join(problems))
         return self
 
 
@@ -167,17 +346,39 @@ class SmtpSettings(_Credentials):
     max_attempts: Annotated[int, Field(ge=1)] = 50
     retry_initial: Annotated[float, Field(gt=0)] = 5.0
     retry_max: Annotated[float, Field(gt=0)] = 900.0
+    # Log in with this IMAP account's OAuth2 credential (one Microsoft or Google grant covers
+    # IMAP and SMTP) instead of an own `[smtp.oauth2]` table; username defaults to its username.
+    oauth2_account: str = ""
 
     @model_validator(mode="after")
     def _check_plain(self) -> Self:
+        problems = self._auth_problems(own_table=not self.oauth2_account)
         if self.security == "plain" and not self.allow_plain and not is_loopback(self.host):
-            raise ValueError(
+            problems.append(
                 f"security = 'plain' to {self.host} is unencrypted; "
                 "use tls/starttls or set allow_plain = true"
             )
-        if self.username and self.password is None:
-            raise ValueError("username is set but password is missing")
+        if self.auth == "password":
+            if self.username and self.password is None:
+                problems.append("username is set but password is missing")
+            if self.oauth2_account:
+                problems.append("oauth2_account needs auth = 'oauth2'")
+        else:
+            if self.oauth2 is not None and self.oauth2_account:
+                problems.append("set either an oauth2 table or oauth2_account, not both")
+            if self.oauth2 is not None and not self.username:
+                problems.append("username is required with auth = 'oauth2'")
+        if problems:
+            raise ValueError(_MISTAKES.join(problems))
         return self
+
+
+class GrantStoreSettings(_Section):
+    """`[oauth2]`: the key that encrypts the OAuth2 grants (refresh tokens) kept in the store."""
+
+    # A Fernet key; default `oauth2.key` next to the store. Created (0600) by the first
+    # `triage auth login` or `triage auth import`.
+    key_file: Path | None = None
 
 
 class StoreSettings(_Section):
@@ -377,6 +578,32 @@ class Settings(BaseSettings):
     digest: DigestSettings = Field(default_factory=DigestSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    oauth2: GrantStoreSettings = Field(default_factory=GrantStoreSettings)
+
+    @model_validator(mode="after")
+    def _check_oauth2_account(self) -> Self:
+        name = self.smtp.oauth2_account
+        if self.smtp.oauth2 is not None and any(a.name == "smtp" for a in self.imap.all_accounts()):
+            # Credentials are named by account, and `smtp` is [smtp.oauth2]'s: one grant each.
+            raise ValueError("an IMAP account named 'smtp' cannot be used with [smtp.oauth2]")
+        if name:
+            account = next((a for a in self.imap.all_accounts() if a.name == name), None)
+            if account is None:
+                raise ValueError(f"smtp.oauth2_account {name!r} is not an IMAP account")
+            if account.auth != "oauth2":
+                raise ValueError(f"smtp.oauth2_account {name!r} does not use auth = 'oauth2'")
+        return self
+
+    def oauth2_key_file(self) -> Path:
+        """The file of the key that encrypts stored OAuth2 grants."""
+        return self.oauth2.key_file or self.store.path.parent / "oauth2.key"
+
+    def smtp_username(self) -> str:
+        """The SMTP login name: `smtp.username`, else (with `oauth2_account`) that account's."""
+        if self.smtp.username or not self.smtp.oauth2_account:
+            return self.smtp.username
+        account = next(a for a in self.imap.all_accounts() if a.name == self.smtp.oauth2_account)
+        return account.username
 
 
 def _without_config_var(environ: Mapping[str, str]) -> dict[str, str]:
@@ -455,7 +682,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def describe_validation_error(exc: ValidationError, path: Path | None) -> list[str]:
     """One line per problem, naming the setting as the operator writes it (`imap.port`)."""
     where = f" ({path})" if path else ""
-    lines = []
+    lines: list[str] = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"])
         msg = str(err["msg"])
@@ -464,7 +691,9 @@ def describe_validation_error(exc: ValidationError, path: Path | None) -> list[s
         elif err["type"] == "missing":
             msg = "required setting is missing"
         msg = msg.removeprefix("Value error, ")
-        lines.append(f"setting {loc or '(top level)'}: {msg}{where}")
+        lines.extend(
+            f"setting {loc or '(top level)'}: {part}{where}" for part in msg.split(_MISTAKES)
+        )
     return lines
 
 

@@ -283,4 +283,24 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX replies_message ON replies (message_row);
     CREATE INDEX messages_subject ON messages (subject);
     """,
+    # 9: OAuth2 grants (issue 16), one row per credential (an IMAP account's name, or `smtp`):
+    # the grant encrypted with the key of `[oauth2] key_file` (a refresh token, or msal's token
+    # cache) and its history, and whether a person must sign in again. `generation` grows with
+    # every change of the grant or of the state, so a process notices another's login cheaply.
+    """
+    CREATE TABLE oauth_grants (
+        name          TEXT PRIMARY KEY,
+        provider      TEXT NOT NULL,
+        grant_blob    BLOB,
+        obtained_at   TEXT,
+        rotated_at    TEXT,
+        rotations     INTEGER NOT NULL DEFAULT 0,
+        generation    INTEGER NOT NULL DEFAULT 0,
+        state         TEXT NOT NULL DEFAULT 'ok' CHECK (state IN ('ok', 'needs-reauth')),
+        error_code    TEXT NOT NULL DEFAULT '',
+        error_at      TEXT,
+        alerted_at    TEXT,
+        reminded_at   TEXT
+    );
+    """,
 )
