@@ -48,7 +48,12 @@ from triage.act.smtp import (
 )
 from triage.core.backoff import delay
 from triage.core.checkpoint import Checkpoint, no_checkpoint
-from triage.core.errors import PermanentError, SendError, TransientError
+from triage.core.errors import (
+    PermanentError,
+    ReauthorisationNeeded,
+    SendError,
+    TransientError,
+)
 from triage.core.settings import RepliesSettings, SmtpSettings
 from triage.decide.guards import canonical
 from triage.store import digests as notices
@@ -175,6 +180,11 @@ class Delivery:
         except TransientError as exc:
             log.error("cannot send %d queued mails: %s", len(items), exc)
             return {item.id: self._not_delivered(item, exc) for item in items}
+        except ReauthorisationNeeded as exc:
+            # Nothing was tried: the mails wait, attempts uncounted, until a person signs in
+            # again (`triage auth login`); the provider asks the endpoint only after that.
+            log.info("%d queued mails wait: %s", len(items), exc)
+            return {}
         outcomes: dict[int, Outcome] = {}
         try:
             self._checkpoint("smtp_connected")

@@ -414,7 +414,9 @@ def digest(
                 )
             return
         if send:
-            run = digests.send_now(settings, db)
+            from triage.ops.service import smtp_connector
+
+            run = digests.send_now(settings, db, connector=smtp_connector(settings))
             state = run.delivered.get(run.prepared or 0, "queued")
             counts = ", ".join(f"{v} {k}" for k, v in run.counts.items())
             if state != "sent":

@@ -531,6 +531,9 @@ class DaemonSettings(_Section):
     # network's (the store's disk is full, say) before `triage run` gives up and exits non-zero,
     # for systemd to restart it. With the default backoff: about ten minutes of failures.
     max_failed_passes: Annotated[int, Field(ge=1)] = 10
+    # Who is told when the service needs a person (a mailbox whose OAuth2 sign-in stopped
+    # working, a client secret about to expire); empty: the digest's recipients.
+    admin_recipients: tuple[str, ...] = ()
 
 
 class WebSettings(_Section):

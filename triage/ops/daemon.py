@@ -17,13 +17,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from triage.core.backoff import Backoff
-from triage.core.errors import AuthenticationError, ReauthorisationNeeded, TransientError
+from triage.core.errors import (
+    AuthenticationError,
+    ConfigError,
+    ReauthorisationNeeded,
+    TransientError,
+)
 from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.oauth.tokens import TokenProvider
 from triage.ingest.sync import SyncResult
+from triage.ops.alerts import prepare_admin_alerts
 from triage.ops.service import Service, Shared
 from triage.sales.digest import run_digest_if_due
 from triage.sales.leads import apply_retention
@@ -323,6 +330,20 @@ class Daemon:
         self.on_error = on_error
         self.statuses = {a.name: AccountStatus(a.name) for a in settings.imap.all_accounts()}
 
+    def sender_statuses(self) -> list[AccountStatus]:
+        """The SMTP login's own OAuth2 credential (`[smtp.oauth2]`), as a status line for
+        `/healthz` while it needs re-authorisation; nothing otherwise (a credential shared
+        with an account shows on that account's line)."""
+        provider = self.tokens.get("smtp")
+        if provider is None or any(provider is self.tokens.get(n) for n in self.statuses):
+            return []
+        error = getattr(provider, "needs_reauth", None)
+        if not isinstance(error, ReauthorisationNeeded):
+            return []
+        status = AccountStatus(provider.name, connected=True, last_sync=time.time())
+        status.needs_reauth = f"{provider.provider}: {error.code}"
+        return [status]
+
     def run(self) -> None:
         """Run until `control.stop` is set; returns after every worker has finished."""
         threads = []
@@ -355,18 +376,28 @@ class Daemon:
             log.info("triage stopped")
 
 
-def run_once(settings: Settings, make_syncs: SyncFactory) -> dict[str, str | None]:
+def run_once(
+    settings: Settings,
+    make_syncs: SyncFactory,
+    tokens: Mapping[str, TokenProvider] | None = None,
+) -> dict[str, str | None]:
     """Sync every account once; returns each account's error (None when it succeeded)."""
     errors: dict[str, str | None] = {}
     for account in settings.imap.all_accounts():
-        mailbox = ImapMailbox(account)
+        provider = (tokens or {}).get(account.name)
+        mailbox = ImapMailbox(account, provider)
         worker = AccountWorker(
-            account, make_syncs, Control(), Backoff(), AccountStatus(account.name)
+            account,
+            make_syncs,
+            Control(),
+            Backoff(),
+            AccountStatus(account.name),
+            tokens=provider,
         )
         try:
             worker.sync_once(mailbox)
             errors[account.name] = None
-        except TransientError as exc:
+        except (TransientError, ReauthorisationNeeded) as exc:
             log.error("%s", exc)
             errors[account.name] = str(exc)
         except Exception as exc:
@@ -391,8 +422,12 @@ class Housekeeping:
 
     def run(self) -> None:
         """One round; called every few seconds by the daemon."""
+        try:
+            prepare_admin_alerts(self.shared.settings, self.service.db, datetime.now(UTC))
+        except ConfigError as exc:
+            log.error("cannot prepare an administrators' alert: %s", exc)
         self.service.deliver()
-        run_digest_if_due(self.shared.settings, self.service.db)
+        run_digest_if_due(self.shared.settings, self.service.db, connector=self.shared.smtp_connect)
         now = time.monotonic()
         if now >= self._next_retention:
             apply_retention(self.shared.settings.leads, self.service.db)

@@ -23,15 +23,18 @@ from triage.core.errors import (
     ConfigError,
     MailboxError,
     ModelError,
+    ReauthorisationNeeded,
     SendError,
     StoreError,
     TemplateError,
+    TokenUnavailable,
     TriageError,
 )
 from triage.core.settings import ImapAccount, Settings
 
 if TYPE_CHECKING:
     from triage.ingest.mailbox import ImapMailbox
+    from triage.ingest.oauth.tokens import TokenProvider
 
 Status = Literal["ok", "warning", "problem"]
 
@@ -132,10 +135,24 @@ def check_imap(settings: Settings, account: ImapAccount, index: int) -> list[Fin
     name = f"imap {account.name}"
     where = f"{account.username} at {account.host}:{account.port} ({account.security})"
     account = account.model_copy(update={"timeout": min(account.timeout, MAX_TIMEOUT)})
-    mailbox = ImapMailbox(account)
+    tokens = _tokens(settings, account.name) if account.auth == "oauth2" else None
+    mailbox = ImapMailbox(account, tokens)
     try:
         mailbox.connect()
+    except (ReauthorisationNeeded, TokenUnavailable) as exc:
+        return [_token_problem(f"{name}: login", account.name, key, exc)]
     except AuthenticationError:
+        if tokens is not None:
+            return [
+                _problem(
+                    f"{name}: login",
+                    f"the server refused the access token of {account.username} at "
+                    f"{account.host}:{account.port}",
+                    f"check that the app may open this mailbox ({key}.oauth2.scope; Microsoft:"
+                    " IMAP.AccessAsApp or IMAP.AccessAsUser.All and the mailbox permission;"
+                    " Google: https://mail.google.com/) and that the username is the mailbox",
+                )
+            ]
         return [
             _problem(
                 f"{name}: login",
@@ -166,6 +183,93 @@ def check_imap(settings: Settings, account: ImapAccount, index: int) -> list[Fin
         ]
     finally:
         mailbox.close()
+
+
+def _tokens(settings: Settings, name: str) -> TokenProvider:
+    from triage.ops.service import token_providers
+
+    provider = token_providers(settings).get(name)
+    if provider is None:
+        raise ConfigError(f"{name}: no OAuth2 provider configured")
+    return provider
+
+
+def _token_problem(
+    check: str, credential: str, key: str, exc: ReauthorisationNeeded | TokenUnavailable
+) -> Finding:
+    """A finding for a credential whose provider gave no token, with what to do."""
+    if isinstance(exc, TokenUnavailable):
+        return _problem(
+            check,
+            str(exc),
+            f"the token endpoint cannot be reached: check {key}.oauth2.token_url (or the"
+            " provider's status) and the network; the daemon retries by itself",
+        )
+    if exc.code == "config_error":
+        return _problem(check, str(exc), "fix the file named, then run `triage doctor` again")
+    return _problem(check, str(exc), f"run `triage auth login {credential}` as the service user")
+
+
+def check_oauth2(settings: Settings) -> list[Finding]:
+    """Each OAuth2 credential: a grant stored (where one is needed), not waiting for a person,
+    and its client secret not about to expire."""
+    from datetime import UTC, datetime
+
+    from triage.ingest.oauth.providers import credentials, grant_store
+
+    found = credentials(settings)
+    if not found:
+        return []
+    rows = {row.name: row for row in grant_store(settings).rows()}
+    today = datetime.now(UTC).date()
+    findings = []
+    for name, credential in found.items():
+        check = f"oauth2 {name}"
+        oauth2 = credential.settings
+        row = rows.get(name)
+        needs_grant = oauth2.provider in ("generic", "google", "microsoft-delegated")
+        if row is not None and row.state == "needs-reauth":
+            findings.append(
+                _problem(
+                    check,
+                    f"{oauth2.provider}: needs re-authorisation since {row.error_at}"
+                    f" ({row.error_code})",
+                    f"run `triage auth login {name}` as the service user",
+                )
+            )
+        elif needs_grant and (row is None or row.blob is None):
+            findings.append(
+                _problem(
+                    check,
+                    f"{oauth2.provider}: no sign-in stored yet",
+                    f"run `triage auth login {name}` (or `triage auth import {name}"
+                    " --refresh-token-file FILE`) as the service user",
+                )
+            )
+        else:
+            obtained = f"; signed in {row.obtained_at}" if row and row.obtained_at else ""
+            findings.append(_ok(check, f"{oauth2.provider}{obtained}"))
+        expires = oauth2.client_secret_expires
+        if expires is not None:
+            left = (expires - today).days
+            if left < 0:
+                findings.append(
+                    _problem(
+                        f"{check}: client secret",
+                        f"expired on {expires}",
+                        "create a new client secret, write it to client_secret_file and set"
+                        " client_secret_expires",
+                    )
+                )
+            elif left <= 14:
+                findings.append(
+                    _warning(
+                        f"{check}: client secret",
+                        f"expires in {left} day(s), on {expires}",
+                        "create a new client secret before then",
+                    )
+                )
+    return findings
 
 
 def _capabilities(name: str, account: ImapAccount, mailbox: ImapMailbox) -> Finding:
@@ -257,19 +361,33 @@ def check_smtp(settings: Settings) -> list[Finding]:
     smtp = settings.smtp.model_copy(update={"timeout": min(settings.smtp.timeout, MAX_TIMEOUT)})
     where = f"{smtp.host}:{smtp.port} ({smtp.security})"
     needed = _smtp_needed(settings)
+    tokens = _tokens(settings, "smtp") if smtp.auth == "oauth2" else None
+    if tokens is not None:
+        smtp = smtp.model_copy(update={"username": settings.smtp_username()})
     try:
-        connection = connect(smtp)
+        connection = connect(smtp, tokens=tokens)
+    except (ReauthorisationNeeded, TokenUnavailable) as exc:
+        credential = settings.smtp.oauth2_account or "smtp"
+        finding = _token_problem("smtp", credential, "smtp", exc)
     except AuthenticationError as exc:
-        source = (
-            f"smtp.password_file ({smtp.password_file})"
-            if smtp.password_file
-            else "TRIAGE_SMTP__PASSWORD"
-        )
-        finding = _problem(
-            "smtp",
-            str(exc),
-            f"wrong password for {smtp.username}: check {source} (and smtp.username)",
-        )
+        if tokens is not None:
+            finding = _problem(
+                "smtp",
+                str(exc),
+                "check that the app may send as this mailbox (Microsoft: SMTP.SendAsApp or"
+                " SMTP.Send, SMTP AUTH enabled for the mailbox; Google: https://mail.google.com/)",
+            )
+        else:
+            source = (
+                f"smtp.password_file ({smtp.password_file})"
+                if smtp.password_file
+                else "TRIAGE_SMTP__PASSWORD"
+            )
+            finding = _problem(
+                "smtp",
+                str(exc),
+                f"wrong password for {smtp.username}: check {source} (and smtp.username)",
+            )
     except SendError as exc:
         finding = _problem(
             "smtp",
@@ -443,6 +561,7 @@ def checks(settings: Settings) -> Iterator[tuple[str, Check]]:
     for index, account in enumerate(settings.imap.all_accounts()):
         yield f"imap {account.name}", partial(check_imap, settings, account, index)
     yield "smtp", partial(check_smtp, settings)
+    yield "oauth2", partial(check_oauth2, settings)
     yield "certificates", partial(check_certificates, settings)
     yield "sender authentication", partial(check_sender_authentication, settings)
     yield "templates", partial(check_templates, settings)

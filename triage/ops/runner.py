@@ -77,7 +77,7 @@ def run_once_command(settings: Settings, checkpoint: Checkpoint = no_checkpoint)
     with exclusive(settings.store.path):
         shared = prepare(settings, checkpoint)
         try:
-            errors = run_once(settings, sync_factory(shared))
+            errors = run_once(settings, sync_factory(shared), shared.tokens)
         finally:
             shared.close()
     return all(e is None for e in errors.values())
@@ -124,7 +124,7 @@ def _run_forever(
     current: list[Daemon] = []
     health = start_from_settings(
         settings.daemon,
-        lambda: list(current[-1].statuses.values()) if current else [],
+        lambda: [*current[-1].statuses.values(), *current[-1].sender_statuses()] if current else [],
         metrics,
     )
     try:
@@ -138,6 +138,7 @@ def _run_forever(
                 control=control,
                 on_result=lambda r: metrics.quarantined(r.quarantined) if r.quarantined else None,
                 on_error=metrics.imap_error,
+                tokens=shared.tokens,
             )
             current.append(daemon)
             try:

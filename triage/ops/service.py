@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 from triage.act.compose import make_reply
 from triage.act.outbox import UNVERIFIED, Outbox, OutboxItem, SendLimits
 from triage.act.replies import TemplateRenderer
-from triage.act.smtp import connect
+from triage.act.smtp import SmtpConnection, connect
 from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import PermanentError, TemplateError, TransientError
 from triage.core.labels import HOT_REPLY_TEMPLATES, folder_for
-from triage.core.settings import ImapAccount, Settings
+from triage.core.settings import ImapAccount, Settings, SmtpSettings
 from triage.decide import guards
 from triage.decide.classify import ModelHandle
 from triage.ingest.corrections import CorrectionScan
@@ -35,6 +35,7 @@ from triage.store.db import STORE_ERRORS, Database, Tx
 from triage.store.ledger import Ledger, LedgerRow
 
 if TYPE_CHECKING:
+    from triage.ingest.oauth.tokens import TokenProvider
     from triage.ingest.workers import DecidePool
     from triage.ops.daemon import SyncFactory
 
@@ -45,8 +46,38 @@ log = logging.getLogger(__name__)
 FILING_TRIES = 3
 
 
+def token_providers(settings: Settings) -> dict[str, TokenProvider]:
+    """The OAuth2 token provider of every credential that signs in with OAuth2, by name (the
+    IMAP account's name; `smtp` for the SMTP login); empty when every login uses a password."""
+    if not any(a.auth == "oauth2" for a in settings.imap.all_accounts()) and (
+        settings.smtp.auth != "oauth2"
+    ):
+        return {}  # msal and the HTTP stack are not even imported
+    from triage.ingest.oauth.providers import build_providers
+
+    return dict(build_providers(settings))
+
+
+def smtp_connector(
+    settings: Settings, tokens: TokenProvider | None = None
+) -> Callable[[SmtpSettings], SmtpConnection]:
+    """How every sender of this process connects to SMTP: with the password, or (auth =
+    "oauth2") with `tokens` as the login of `smtp.username` or of the shared IMAP account."""
+    if settings.smtp.auth != "oauth2":
+        return connect
+    if tokens is None:
+        tokens = token_providers(settings).get("smtp")
+    username = settings.smtp_username()
+
+    def oauth2_connect(smtp: SmtpSettings) -> SmtpConnection:
+        return connect(smtp.model_copy(update={"username": username}), tokens=tokens)
+
+    return oauth2_connect
+
+
 class Shared:
-    """What every worker thread shares: settings, the model and the templates."""
+    """What every worker thread shares: settings, the model, the templates and the OAuth2
+    token providers."""
 
     def __init__(
         self,
@@ -64,6 +95,10 @@ class Shared:
         self.checkpoint = checkpoint
         self.metrics = metrics or Metrics()
         self.workers: DecidePool | None = None
+        # One provider per OAuth2 credential, shared by the account's thread and the senders
+        # (`smtp.oauth2_account`): one token cache, one lock, one stored grant.
+        self.tokens = token_providers(settings)
+        self.smtp_connect = smtp_connector(settings, self.tokens.get("smtp"))
         # Failed filing tries by reply id (see `Service._filing_failed`), for the process's life.
         self.filing_failures: dict[int, int] = {}
 
@@ -96,7 +131,7 @@ class Service:
         self.outbox = Outbox(
             self.db,
             smtp_settings,
-            connector=lambda: connect(smtp_settings),
+            connector=lambda: shared.smtp_connect(smtp_settings),
             checkpoint=shared.checkpoint,
             limits=SendLimits.from_settings(self.settings.replies, self.guard_context.canonical),
             on_cap=shared.metrics.reply_capped,

@@ -84,7 +84,7 @@ def compose(
 # --- preparing (one transaction each) ------------------------------------------------------------
 
 
-def _insert(
+def queue_notice(
     c: Tx,
     kind: str,
     slot: str,
@@ -96,6 +96,8 @@ def _insert(
     lead_id: int | None = None,
     covers_until: datetime | None = None,
 ) -> int:
+    """Queue `msg` (a digest or alert of `kind` for `slot`) in the delivery queue, due now;
+    returns its row id."""
     return store.insert(
         c,
         kind=kind,
@@ -125,7 +127,7 @@ def prepare_digest(
         rendered = render(DIGEST, digest_context(content, settings), settings)
         mid = notice_message_id(DIGEST, slot, settings, store.instance(c))
         msg = compose(rendered, recipients, mid, settings, now)
-        digest_id = _insert(c, DIGEST, slot, msg, recipients, settings, now, covers_until=now)
+        digest_id = queue_notice(c, DIGEST, slot, msg, recipients, settings, now, covers_until=now)
         store.mark_digested(c, digest_id, (lead.id for lead in content.new_leads))
     log.info(
         "digest %d prepared: %d new hot leads, %d overdue, %d for review, %d marketing replies",
@@ -164,7 +166,7 @@ def prepare_alerts(settings: Settings, db: Database, now: datetime) -> list[int]
                 mid = notice_message_id(ALERT, slot, settings, store.instance(c))
                 msg = compose(rendered, recipients, mid, settings, now)
                 prepared.append(
-                    _insert(c, ALERT, slot, msg, recipients, settings, now, lead_id=lead.id)
+                    queue_notice(c, ALERT, slot, msg, recipients, settings, now, lead_id=lead.id)
                 )
             store.mark_alerted(c, lead.id, now)
     return prepared

@@ -87,6 +87,7 @@ class BaseProvider:
         self._clock = clock
         self._lock = threading.Lock()
         self._cached: AccessToken | None = None
+        self._margin = settings.refresh_margin
         self._failure: _Failure | None = None
         self._state_cleared = False
 
@@ -113,7 +114,7 @@ class BaseProvider:
             if (
                 not force
                 and cached is not None
-                and cached.seconds_left(self._clock()) > self.settings.refresh_margin
+                and cached.seconds_left(self._clock()) > self._margin
             ):
                 return cached
             self._cached = None
@@ -181,6 +182,9 @@ class BaseProvider:
         raise NotImplementedError
 
     def _token(self, access_token: str, lifetime: float) -> AccessToken:
+        # Refreshed `refresh_margin` before expiry, or at half its life for a token shorter
+        # than twice the margin (else every call would fetch a new one).
+        self._margin = min(self.settings.refresh_margin, lifetime / 2)
         return AccessToken(access_token, self._clock() + timedelta(seconds=lifetime))
 
 
