@@ -83,9 +83,16 @@ __all__ = [
 
 #: Local part -> password of the accounts every harness has. `hello` is the mailbox triage
 #: watches, `other` a second watched mailbox, `sales` the team list that receives digests,
-#: `alice`/`bob`/`carol` are prospects writing in, `noreply` the sender of automatic mail.
+#: `alice`/`bob`/`carol` (and `dave` … `judy` for longer runs) are prospects writing in, `noreply`
+#: the sender of automatic mail.
 DEFAULT_USERS: Mapping[str, str] = MappingProxyType(
-    {name: f"pw-{name}" for name in ("hello", "sales", "alice", "bob", "carol", "other", "noreply")}
+    {
+        name: f"pw-{name}"
+        for name in (
+            *("hello", "sales", "alice", "bob", "carol", "other", "noreply"),
+            *("dave", "erin", "frank", "grace", "heidi", "ivan", "judy"),
+        )
+    }
 )
 
 #: Special-use folders (RFC 6154) that Dovecot creates and subscribes for every user.

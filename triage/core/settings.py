@@ -152,6 +152,9 @@ class OAuth2Settings(_Section):
     subject: str = ""
     scope: tuple[str, ...] = ()
     client_secret_expires: date | None = None
+    # Days after a sign-in at which the provider ends its refresh token whatever the use (a
+    # Google app in "Testing" publishing status: 7); warned about 2 days ahead.
+    grant_lifetime_days: Annotated[int, Field(ge=1)] | None = None
     ca_file: Path | None = None
     refresh_margin: Annotated[float, Field(ge=0, le=3600)] = 300.0
     timeout: Annotated[float, Field(gt=0, le=300)] = 30.0

@@ -39,7 +39,11 @@ def prepare_admin_alerts(settings: Settings, db: Database, now: datetime) -> lis
     recipients = admin_recipients(settings)
     if not recipients:
         return []
-    due = _reauth_due(db.reads, now) or _secret_warnings_due(db.reads, settings, now)
+    due = (
+        _reauth_due(db.reads, now)
+        or _secret_warnings_due(db.reads, settings, now)
+        or _grant_warnings_due(db.reads, settings, now)
+    )
     if not due:
         return []  # read first: the daemon looks every few seconds
     prepared: list[int] = []
@@ -53,7 +57,89 @@ def prepare_admin_alerts(settings: Settings, db: Database, now: datetime) -> lis
             made = _secret_alert(c, name, expires, settings, recipients, now)
             if made is not None:
                 prepared.append(made)
+        for name, ends in _grant_ends(c, settings):
+            made = _grant_alert(c, name, ends, settings, recipients, now)
+            if made is not None:
+                prepared.append(made)
     return prepared
+
+
+#: Days before a sign-in's end (`grant_lifetime_days`) on which the administrators are warned.
+GRANT_WARNING = timedelta(days=2)
+
+
+def _lifetimes(settings: Settings) -> dict[str, int]:
+    found = {}
+    for account in settings.imap.all_accounts():
+        if account.oauth2 is not None and account.oauth2.grant_lifetime_days:
+            found[account.name] = account.oauth2.grant_lifetime_days
+    smtp = settings.smtp.oauth2
+    if settings.smtp.auth == "oauth2" and smtp is not None and smtp.grant_lifetime_days:
+        found["smtp"] = smtp.grant_lifetime_days
+    return found
+
+
+def grant_ends(obtained_at: str | None, lifetime_days: int | None) -> datetime | None:
+    """When a sign-in stored at `obtained_at` ends, for a provider that ends it after
+    `lifetime_days` (None: it does not)."""
+    if not obtained_at or not lifetime_days:
+        return None
+    return datetime.fromisoformat(obtained_at) + timedelta(days=lifetime_days)
+
+
+def _grant_ends(tx: Tx, settings: Settings) -> list[tuple[str, datetime]]:
+    lifetimes = _lifetimes(settings)
+    if not lifetimes:
+        return []
+    found = []
+    for row in grants.list_grants(tx):
+        ends = grant_ends(row.obtained_at, lifetimes.get(row.name))
+        if ends is not None and row.state == grants.OK:
+            found.append((row.name, ends))
+    return found
+
+
+def _grant_warnings_due(tx: Tx, settings: Settings, now: datetime) -> bool:
+    return any(
+        now >= ends - GRANT_WARNING and not notices.slot_taken(tx, ADMIN, _grant_slot(name, ends))
+        for name, ends in _grant_ends(tx, settings)
+    )
+
+
+def _grant_slot(name: str, ends: datetime) -> str:
+    return f"grant-ends-{name}-{ends.isoformat()}"
+
+
+def _grant_alert(
+    c: Tx,
+    name: str,
+    ends: datetime,
+    settings: Settings,
+    recipients: Sequence[str],
+    now: datetime,
+) -> int | None:
+    slot = _grant_slot(name, ends)
+    if now < ends - GRANT_WARNING or notices.slot_taken(c, ADMIN, slot):
+        return None
+    subject = f"triage: sign-in of {name} ends {ends:%Y-%m-%d %H:%M} UTC"
+    lines = [
+        f"The provider ends the sign-in of {name} {_lifetime_text(settings, name)} after it"
+        f" was made, on {ends:%Y-%m-%d %H:%M} UTC.",
+        "",
+        "Sign in again before then, as the service user:",
+        "",
+        f"    triage auth login {name}",
+        "",
+        "(For a Google app in Testing status, publishing it as Internal ends this limit.)",
+    ]
+    made = _queue(c, slot, subject, lines, settings, recipients, now)
+    log.warning("alert %d queued: %s", made, subject)
+    return made
+
+
+def _lifetime_text(settings: Settings, name: str) -> str:
+    days = _lifetimes(settings).get(name)
+    return f"{days} days" if days else "some days"
 
 
 def _reauth_slot(row: grants.StoredGrant, now: datetime) -> str:
@@ -154,7 +240,7 @@ def _secret_alert(
         return None
     left = (expires - now.date()).days
     when = "has expired" if left < 0 else f"expires in {left} day(s)"
-    subject = f"triage: the OAuth2 client secret of {name} {when} ({expires.isoformat()})"
+    subject = f"triage: client secret of {name} {when} ({expires.isoformat()})"
     lines = [
         f"The client secret configured for {name} (client_secret_expires = {expires}) {when}.",
         "After that day the mailbox can no longer sign in.",

@@ -433,6 +433,12 @@ class Housekeeping:
             apply_retention(self.shared.settings.leads, self.service.db)
             self._next_retention = now + RETENTION_PERIOD
         self.shared.metrics.refresh_from_store(self.service.db)
+        tokens = self.shared.tokens
+        for name, provider in tokens.items():
+            if any(provider is other for n, other in tokens.items() if n not in {name, "smtp"}):
+                continue  # SMTP signs in with an account's grant: that account's gauge says it
+            waiting = getattr(provider, "needs_reauth", None) is not None
+            self.shared.metrics.set_needs_reauth(name, waiting)
 
     def close(self) -> None:
         """Release the store connection."""

@@ -216,6 +216,7 @@ def check_oauth2(settings: Settings) -> list[Finding]:
     from datetime import UTC, datetime
 
     from triage.ingest.oauth.providers import credentials, grant_store
+    from triage.ops.alerts import grant_ends
 
     found = credentials(settings)
     if not found:
@@ -249,6 +250,17 @@ def check_oauth2(settings: Settings) -> list[Finding]:
         else:
             obtained = f"; signed in {row.obtained_at}" if row and row.obtained_at else ""
             findings.append(_ok(check, f"{oauth2.provider}{obtained}"))
+        ends = grant_ends(row.obtained_at if row else None, oauth2.grant_lifetime_days)
+        near = ends is not None and (ends - datetime.now(UTC)).total_seconds() <= 2 * 86400
+        if near and row is not None and row.state != "needs-reauth":
+            findings.append(
+                _warning(
+                    f"{check}: sign-in",
+                    f"ends on {ends:%Y-%m-%d %H:%M} UTC (grant_lifetime_days ="
+                    f" {oauth2.grant_lifetime_days})",
+                    f"run `triage auth login {name}` before then",
+                )
+            )
         expires = oauth2.client_secret_expires
         if expires is not None:
             left = (expires - today).days

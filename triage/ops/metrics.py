@@ -121,6 +121,13 @@ class Metrics:
             ["account", "folder"],
             registry=r,
         )
+        self.oauth2_needs_reauth = Gauge(
+            "triage_oauth2_needs_reauth",
+            "1 while an OAuth2 credential's grant no longer works and waits for"
+            " `triage auth login`, else 0.",
+            ["credential"],
+            registry=r,
+        )
         self.imap_errors = Counter(
             "triage_imap_errors", "IMAP connection or command failures.", ["account"], registry=r
         )
@@ -208,6 +215,10 @@ class Metrics:
     def set_sync(self, account: str, folder: str, ts: float | None = None) -> None:
         """Record a successful sync of `account`/`folder` at unix time `ts` (default: now)."""
         self.last_sync.labels(account=account, folder=folder).set(time.time() if ts is None else ts)
+
+    def set_needs_reauth(self, credential: str, waiting: bool) -> None:
+        """Whether OAuth2 credential `credential` waits for a person to sign in again."""
+        self.oauth2_needs_reauth.labels(credential=credential).set(1 if waiting else 0)
 
     def set_model_version(self, version: str) -> None:
         """Publish the version of the model in use (`Classifier.version`)."""
