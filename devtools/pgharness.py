@@ -47,10 +47,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import quote
 
 __all__ = [
+    "PgDsn",
     "PgHarness",
     "PgHarnessError",
     "PgSettings",
@@ -223,6 +224,16 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text.splitlines()[-lines:] if line.strip())
 
 
+class PgDsn(TypedDict):
+    """Connection keywords of libpq (`psycopg.connect(**harness.dsn)`)."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+
 @dataclass(frozen=True)
 class PgSettings:
     """What a harness folder remembers between runs (harness.json): port and credentials."""
@@ -333,7 +344,7 @@ class PgHarness:
         return self.url_for(self.database, with_password=False)
 
     @property
-    def dsn(self) -> dict[str, str | int]:
+    def dsn(self) -> PgDsn:
         """The URL's parts as keywords (`psycopg.connect(**harness.dsn)`)."""
         return {
             "host": _HOST,

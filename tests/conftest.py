@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from devtools.mailharness import MailHarness
 from devtools.oauthserver import OAuthServer
+from devtools.pgharness import PgHarness, PgHarnessError, unavailable_reason
 
 # The console's browser fixtures (browser, page, web_server), defined once for the session: a
 # second definition per module would start a second Playwright in the same thread.
@@ -90,3 +92,29 @@ def oauth(oauth_server: OAuthServer) -> Iterator[OAuthServer]:
     oauth_server.reset()
     yield oauth_server
     oauth_server.reset()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgHarness]:
+    """A private PostgreSQL for the whole session (devtools.pgharness), removed afterwards;
+    skips the test with the reason when this machine cannot run one."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    harness = PgHarness()
+    try:
+        harness.start()
+    except PgHarnessError as exc:
+        harness.stop()
+        pytest.fail(f"PostgreSQL harness did not start: {exc}")
+    yield harness
+    harness.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PgHarness) -> Iterator[str]:
+    """URL (role `triage`, with password) of an empty database of its own, dropped afterwards."""
+    name = f"test_{secrets.token_hex(6)}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
