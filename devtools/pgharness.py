@@ -12,14 +12,15 @@ system's cluster (`/etc/postgresql`, port 5432) is used or touched.
   server's user (and root) may enter; the harness administers the server that way (`psql`,
   `create_database`, `drop_database`).
 - As root (CI), every server program runs as the `postgres` system user: PostgreSQL refuses to
-  run as root. As any other user, they run as that user.
+  run as root. As any other user, they run as that user. The folder's parents must let the
+  `postgres` user through (/tmp does; pytest's /tmp/pytest-of-root and /root do not).
 - The server is tuned for tests (no fsync, see `_SERVER_SETTINGS`): never keep data in it that
   a crash of the machine must not lose.
 
-Tests start one server per session and take a fresh database per test (`create_database`, ~0.1 s
-instead of ~1.5 s for a server). Outage tests use `stop_server()`/`start_server()` (orderly, data
-kept), `kill()` (SIGKILL of every server process, crash recovery at the next start) and
-`restart()`.
+Tests start one server per session (~2 s: initdb ~1.5 s, pg_ctl start ~0.2 s, role and database
+~0.4 s) and take a fresh database per test (`create_database`, 0.2-0.4 s). Outage tests use
+`stop_server()`/`start_server()` (orderly, data kept), `kill()` (SIGKILL of every server
+process, crash recovery at the next start) and `restart()`.
 
 Command line::
 
@@ -273,6 +274,7 @@ class PgHarness:
     def base_dir(self) -> Path:
         """The harness folder (data, socket, log, harness.json); made by `start()` if needed."""
         if self._base is None:
+            # /tmp itself, not $TMPDIR: the postgres user must be able to enter every parent.
             self._base = Path(tempfile.mkdtemp(prefix="triage-pg-", dir="/tmp"))
         return self._base
 
@@ -561,16 +563,18 @@ class PgHarness:
         return _run(cmd, env=self._env(), cwd=self.base_dir, ids=ids, timeout=timeout, log=self)
 
     def _prepare_dir(self) -> None:
-        """Make the folder, owned by the server's user, mode 0700, reachable through its parents."""
+        """Make the folder, owned by the server's user, mode 0700 (its parents must let the
+        server's user through)."""
         if len(str(self.socket_dir)) > _MAX_SOCKET_DIR_LEN:
             raise PgHarnessError(f"harness folder {self.base_dir} is too long for a socket path")
         if any(ch.isspace() or ch in "'\"\\" for ch in str(self.base_dir)):
             raise PgHarnessError(f"harness folder {self.base_dir} must not hold spaces or quotes")
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.socket_dir.mkdir(exist_ok=True)
         ids = self._server_ids()
         if ids is not None:
-            _allow_traversal(self.base_dir.parent, ids[0])
+            _check_traversal(self.base_dir.parent, ids[0])
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        if ids is not None:
             for folder in (self.base_dir, self.socket_dir):
                 os.chown(folder, *ids)
         for folder in (self.base_dir, self.socket_dir):
@@ -631,23 +635,22 @@ class PgHarness:
         self.config_file.chmod(0o600)
 
 
-def _allow_traversal(folder: Path, uid: int) -> None:
-    """Let the server's user walk down to the harness folder.
+def _check_traversal(folder: Path, uid: int) -> None:
+    """Fail clearly unless the server's user can walk down to the harness folder.
 
-    pytest's base temp folder (/tmp/pytest-of-root) is mode 0700. Adding only the search bit
-    (o+x) to folders we own opens no listing; folders owned by someone else must already allow
-    it, or we say which one blocks.
+    pytest's base temp folder (/tmp/pytest-of-root) and /root are mode 0700: the server could
+    not reach its data there. Nothing is changed on the way (opening someone's home folder to
+    all is not a test harness's call); the default folder under /tmp always works.
     """
     for parent in [folder, *folder.parents]:
+        if not parent.exists():
+            continue  # made below with the default mode (0755 under umask 022)
         info = parent.stat()
-        if info.st_mode & stat.S_IXOTH or info.st_uid == uid:
-            continue
-        if info.st_uid == os.geteuid():
-            parent.chmod(stat.S_IMODE(info.st_mode) | stat.S_IXOTH)
-        else:
+        if not (info.st_mode & stat.S_IXOTH or info.st_uid == uid):
             raise PgHarnessError(
-                f"{parent} is not searchable by other users (chmod o+x), so the {_SERVER_USER} "
-                "user cannot reach the harness folder; choose another --dir"
+                f"{parent} is not searchable by the {_SERVER_USER} user (mode "
+                f"{stat.S_IMODE(info.st_mode):o}), so the server cannot reach its folder; "
+                "choose another --dir (e.g. under /tmp)"
             )
 
 

@@ -248,3 +248,14 @@ def test_unavailable_without_the_server_programs(
     assert "initdb" in reason and str(tmp_path) in reason and "apt-get install" in reason
     with pytest.raises(PgHarnessError, match="initdb"):
         PgHarness(tmp_path / "pg").start()
+
+
+def test_a_folder_the_server_user_cannot_reach_is_refused_untouched(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or unavailable_reason():
+        pytest.skip("as root only: the server then runs as the postgres user")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with pytest.raises(PgHarnessError, match="not searchable by the postgres user"):
+        PgHarness(private / "pg").start()
+    assert not (private / "pg").exists()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
