@@ -71,3 +71,18 @@ class StoreError(TriageError):
 
 class StoreInUseError(StoreError):
     """Raised when another triage process holds the store's lock: one process per store."""
+
+
+class StoreUnavailable(StoreError):
+    """Raised when the database server cannot be reached or is restarting, or no pooled
+    connection came in time: transient, the same work is retried later."""
+
+
+class StoreConflict(StoreError):
+    """Raised when a transaction lost a race (serialization failure, deadlock, lock timeout):
+    nothing was written, and running the same work again may succeed."""
+
+
+class StoreIntegrityError(StoreError):
+    """Raised when a write breaks a unique or foreign-key constraint, e.g. a concurrent insert of
+    the same row won."""
