@@ -321,6 +321,13 @@ def schema_version(conn: psycopg.Connection[PgRow]) -> int:
     return 0 if row is None else int(row[0])
 
 
+def _check_committed(transaction: psycopg.Transaction, name: str) -> None:
+    """Raise unless the block committed: psycopg leaves a transaction on a connection that
+    broke inside it without a word (status FAILED), and the caller must not think it landed."""
+    if transaction.status is psycopg.Transaction.Status.FAILED:
+        raise StoreUnavailable(f"{name}: the connection broke; the transaction was not committed")
+
+
 def _refuse_newer(name: str, current: int, known: int) -> None:
     if current > known:
         raise StoreError(
@@ -345,7 +352,7 @@ def run_migrations(
     current = schema_version(conn)
     _refuse_newer(name, current, len(scripts))
     while current < len(scripts):
-        with conn.transaction():
+        with conn.transaction() as transaction:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             conn.execute(_SCHEMA_TABLE)
             current = schema_version(conn)
@@ -358,6 +365,7 @@ def run_migrations(
                 " VALUES (%s, %s, %s)",
                 (current + 1, utcnow(), __version__),
             )
+        _check_committed(transaction, name)
         current += 1
     return current
 
@@ -628,7 +636,7 @@ class PgHandle:
             raise StoreError(f"{self.name}: cannot start a transaction within a transaction")
         with self._pool.connection() as conn:
             try:
-                with conn.transaction():
+                with conn.transaction() as transaction:
                     self._tx = PgTx(conn, self._pool)
                     try:
                         yield self._tx
@@ -636,6 +644,7 @@ class PgHandle:
                         self._tx = None
             except psycopg.Error as exc:  # BEGIN, COMMIT or ROLLBACK failed
                 raise self._pool.error(exc) from None
+            _check_committed(transaction, self.name)
 
     def close(self) -> None:
         """Nothing to release: connections belong to the pool (see `PgPool.close`)."""
