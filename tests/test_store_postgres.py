@@ -641,6 +641,44 @@ def test_a_lock_wait_past_lock_timeout_is_a_conflict(db: PgHandle) -> None:
     _in_threads(holder, waiter)
 
 
+def test_a_transaction_left_idle_too_long_is_ended_as_a_conflict(db: PgHandle) -> None:
+    """A paused process cannot keep its locks: the server ends a transaction left idle (10 s by
+    default, 0.2 s here); the process learns it at its next statement, and nothing is kept."""
+    with pytest.raises(StoreConflict, match="25P03"), db.transaction() as tx:
+        tx.execute("SET LOCAL idle_in_transaction_session_timeout = '200ms'")
+        tx.execute("INSERT INTO kv (key, value) VALUES ('paused', 'x')")
+        time.sleep(1.0)
+        tx.execute("SELECT 1")
+    assert db.reads.execute("SELECT count(*) FROM kv").fetchone() == (0,)
+
+
+def test_migrating_waits_for_another_migration_past_lock_timeout(pg_url: str) -> None:
+    """The migration lock is waited for without lock_timeout (a long migration elsewhere)."""
+    with _connect(pg_url) as holder, _connect(pg_url) as starter:
+        starter.execute("SET lock_timeout = '100ms'")
+        with holder.transaction():
+            holder.execute("SELECT pg_advisory_xact_lock(%s)", (backend._MIGRATION_LOCK,))
+            waiting = threading.Thread(target=run_migrations, args=(starter, "test"), daemon=True)
+            waiting.start()
+            time.sleep(0.5)
+            assert waiting.is_alive()  # still waiting, not failed after 100 ms
+        waiting.join(30)
+        assert not waiting.is_alive()
+        assert backend.schema_version(starter) == len(MIGRATIONS)
+        assert starter.execute("SHOW lock_timeout").fetchone() == ("100ms",)
+
+
+def test_a_closed_pool_is_forgotten_and_opened_again(pg_url: str) -> None:
+    try:
+        first = pool_for(pg_url, max_size=1)
+        first.close()
+        second = pool_for(pg_url, max_size=1)
+        assert second is not first
+        assert PgHandle(second).reads.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        close_pools()
+
+
 def test_uncertainty_fragment_agrees_with_sqlites(db: PgHandle, tmp_path: Path) -> None:
     """review.py's SQLite fragment and the dialect's give the same numbers for well-formed,
     single, malformed, non-object and missing probabilities."""

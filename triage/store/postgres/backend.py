@@ -353,7 +353,11 @@ def run_migrations(
     _refuse_newer(name, current, len(scripts))
     while current < len(scripts):
         with conn.transaction() as transaction:
+            # Wait for another process's migration however long it takes (lock_timeout would
+            # end the wait after 30 s); the migration itself keeps the session's lock_timeout.
+            conn.execute("SET LOCAL lock_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("SET LOCAL lock_timeout TO DEFAULT")
             conn.execute(_SCHEMA_TABLE)
             current = schema_version(conn)
             _refuse_newer(name, current, len(scripts))
