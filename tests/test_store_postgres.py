@@ -668,6 +668,16 @@ def test_migrating_waits_for_another_migration_past_lock_timeout(pg_url: str) ->
         assert starter.execute("SHOW lock_timeout").fetchone() == ("100ms",)
 
 
+def test_a_pool_opened_without_migrating_migrates_when_a_writer_asks(pg_url: str) -> None:
+    try:
+        reader = pool_for(pg_url, migrate=False)
+        assert PgHandle(reader).schema_version == 0
+        assert pool_for(pg_url) is reader
+        assert PgHandle(reader).schema_version == len(MIGRATIONS)
+    finally:
+        close_pools()
+
+
 def test_a_closed_pool_is_forgotten_and_opened_again(pg_url: str) -> None:
     try:
         first = pool_for(pg_url, max_size=1)
@@ -768,6 +778,7 @@ def test_a_wrong_password_is_one_line_without_the_password(postgres: PgHarness) 
     assert backend._pools == {}
 
 
+@pytest.mark.slow
 def test_a_server_outage_is_unavailable_and_the_pool_recovers(
     postgres: PgHarness, pg_url: str
 ) -> None:

@@ -423,6 +423,7 @@ class PgPool:
                     run_migrations(conn, self.name)
         except psycopg.Error as exc:
             raise self.error(exc) from None
+        self.migrated = migrate
         self._pool: ConnectionPool[psycopg.Connection[PgRow]] = ConnectionPool(
             url,
             connection_class=psycopg.Connection[PgRow],
@@ -437,6 +438,13 @@ class PgPool:
             timeout=timeout,
         )
         self._pool.open(wait=False)
+
+    def migrate(self) -> None:
+        """Bring the database to this code's schema, unless this process did already."""
+        if not self.migrated:
+            with self.connection() as conn:
+                run_migrations(conn, self.name)
+            self.migrated = True
 
     def error(self, exc: psycopg.Error) -> StoreError:
         """`exc` as the store reports it (see `map_error`)."""
@@ -522,6 +530,8 @@ def pool_for(
                 migrate=migrate,
             )
             _pools[key] = pool
+        elif migrate:
+            pool.migrate()  # opened by a reader that did not migrate
         return pool
 
 
