@@ -24,6 +24,8 @@ from triage.core.errors import (
     AuthenticationError,
     ConfigError,
     ReauthorisationNeeded,
+    StoreConflict,
+    StoreUnavailable,
     TransientError,
 )
 from triage.core.settings import ImapAccount, Settings
@@ -171,6 +173,14 @@ class AccountWorker:
                     self._wait(mailbox)
                 except ReauthorisationNeeded as exc:
                     self._reauth_needed(mailbox, exc)
+                except (StoreUnavailable, StoreConflict) as exc:
+                    # The database server is restarting or failing over, or a transaction lost
+                    # a race: like a mail server's outage, retried with backoff for as long as
+                    # it lasts, never counted towards giving up.
+                    self._failed(mailbox, str(exc))
+                    delay = self.backoff.next_delay()
+                    log.warning("%s: %s; retrying in %.0f s", self.account.name, exc, delay)
+                    self.control.stop.wait(delay)
                 except TransientError as exc:
                     self._failed(mailbox, str(exc))
                     level = (
