@@ -71,12 +71,12 @@ def test_rotation_history_and_a_login_winning_over_a_late_rotation(grants: Grant
     grants.store("main", "generic", "one")
     row = grants.row("main")
     assert row is not None and row.rotations == 0 and row.rotated_at is None
-    assert grants.rotate("main", row.generation, "two")
+    assert grants.rotate("main", row, "two")
     row2 = grants.row("main")
     assert row2 is not None and row2.rotations == 1 and row2.rotated_at is not None
     # A rotation computed from the old row arrives after a new login: the login's grant stays.
     grants.store("main", "generic", "fresh-login")
-    assert not grants.rotate("main", row2.generation, "three")
+    assert not grants.rotate("main", row2, "three")
     stored = grants.read("main")
     assert stored is not None and stored.secret == "fresh-login"
     assert stored.row.rotations == 0

@@ -445,3 +445,41 @@ def test_msal_error_mapping() -> None:
     assert isinstance(busy, TokenUnavailable)
     sneaky = msal_error("ms", {"error": "secret-value with spaces"})
     assert "secret-value" not in str(sneaky)
+
+
+def test_a_rotation_survives_another_process_failing_with_the_old_token_meanwhile(
+    fake: FakeTokenServer, tmp_path: Path, secret_file: Path
+) -> None:
+    """Two processes share a credential (the daemon and `triage doctor`, or `digest --send`)
+    and both read the same refresh token. The daemon's refresh rotates it; the other process,
+    using the old one a moment later, gets invalid_grant and records needs-reauth before the
+    daemon's rotation is saved. Only a state changed, not the grant: the rotated refresh token
+    must still be saved (the old one is dead), and the working grant not left in needs-reauth."""
+    store_path, key = tmp_path / "triage.db", tmp_path / "oauth2.key"
+    daemon_grants, doctor_grants = GrantStore(store_path, key), GrantStore(store_path, key)
+    daemon_grants.store("main", "generic", fake.new_refresh_token())
+    settings = generic(fake, secret_file)
+    daemon = make_provider("main", settings, daemon_grants, "hello")
+    doctor = make_provider("main", settings, doctor_grants, "hello")
+    doctor_failed: list[ReauthorisationNeeded] = []
+    real_rotate = daemon_grants.rotate
+
+    def rotate_after_the_doctor_failed(*args: object, **kwargs: object) -> bool:
+        # The doctor read the same (now used) refresh token before the daemon saved its new one.
+        with pytest.raises(ReauthorisationNeeded) as caught:
+            doctor.access_token()
+        doctor_failed.append(caught.value)
+        return real_rotate(*args, **kwargs)  # type: ignore[arg-type]
+
+    daemon_grants.rotate = rotate_after_the_doctor_failed  # type: ignore[method-assign]
+    daemon.access_token()
+    daemon_grants.rotate = real_rotate  # type: ignore[method-assign]
+
+    assert doctor_failed and doctor_failed[0].code == "invalid_grant"
+    stored = daemon_grants.read("main")
+    assert stored is not None and stored.secret == fake.issued_refresh[-1]
+    # The daemon goes on refreshing with the rotated token, and the grant is not reported as
+    # needing a person.
+    daemon.access_token(force=True)
+    row = daemon_grants.row("main")
+    assert row is not None and row.state == "ok"

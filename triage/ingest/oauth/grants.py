@@ -144,13 +144,14 @@ class GrantStore:
             sql.store_grant(tx, name, provider, blob, now or datetime.now(UTC))
 
     def rotate(
-        self, name: str, expected_generation: int, secret: str, now: datetime | None = None
+        self, name: str, previous: StoredGrant, secret: str, now: datetime | None = None
     ) -> bool:
-        """Save a rotated grant at once, in one transaction, unless a newer grant was stored
-        since `expected_generation` (see `triage.store.oauth_grants.rotate_grant`)."""
+        """Save a rotated grant at once, in one transaction, unless the grant read as
+        `previous` was replaced since (see `triage.store.oauth_grants.rotate_grant`)."""
+        assert previous.blob is not None
         blob = self._encrypt(secret)
         with self._db() as db, db.transaction() as tx:
-            return sql.rotate_grant(tx, name, expected_generation, blob, now or datetime.now(UTC))
+            return sql.rotate_grant(tx, name, previous.blob, blob, now or datetime.now(UTC))
 
     def mark_needs_reauth(
         self, name: str, provider: str, code: str, expected_generation: int | None = None

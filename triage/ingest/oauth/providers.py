@@ -219,7 +219,7 @@ class RefreshTokenProvider(BaseProvider):
         fresh = isinstance(rotated, str) and rotated and rotated != grant.secret
         # Saved before the access token is handed out: a crash after this line loses only an
         # access token, while the endpoint may already have revoked the old refresh token.
-        if fresh and not self.grants.rotate(self.name, grant.row.generation, str(rotated)):
+        if fresh and not self.grants.rotate(self.name, grant.row, str(rotated)):
             log.info("%s: a newer grant was stored meanwhile; keeping it", self.name)
         return self._token(str(body["access_token"]), expires_in(body))
 
@@ -404,7 +404,7 @@ class MicrosoftDelegatedProvider(BaseProvider):
             # from elsewhere, or a server that is not Azure AD) holds the refresh token alone.
             result = self._refresh_without_account(app, scopes)
         if self._cache.has_state_changed:  # a rotated refresh token: saved before returning
-            self.grants.rotate(self.name, grant.row.generation, self._cache.serialize())
+            self.grants.rotate(self.name, grant.row, self._cache.serialize())
             self._cache.has_state_changed = False
         if result is None:
             raise ReauthorisationNeeded(self.name, NO_GRANT, f"run `triage auth login {self.name}`")
