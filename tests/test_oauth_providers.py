@@ -483,3 +483,21 @@ def test_a_rotation_survives_another_process_failing_with_the_old_token_meanwhil
     daemon.access_token(force=True)
     row = daemon_grants.row("main")
     assert row is not None and row.state == "ok"
+
+
+def test_a_new_login_ends_the_reported_needs_reauth_before_the_next_use(
+    fake: FakeTokenServer, grants: GrantStore, secret_file: Path
+) -> None:
+    """`needs_reauth` feeds /healthz and the needs-reauth gauge. The SMTP login's own credential
+    is used only when a mail is due, so after `triage auth login smtp` it may not be asked for a
+    token for hours: the new grant must end the reported state by itself."""
+    grants.store("smtp", "generic", "revoked-token")
+    provider = make_provider("smtp", generic(fake, secret_file), grants)
+    with pytest.raises(ReauthorisationNeeded):
+        provider.access_token()
+    before = provider.needs_reauth
+    grants.store("smtp", "generic", fake.new_refresh_token())  # the login, in another process
+    after = provider.needs_reauth
+    assert before is not None and before.code == "invalid_grant"
+    assert after is None
+    assert provider.access_token().token == fake.issued_access[-1]

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
+from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable, TriageError
 from triage.core.settings import (
     GOOGLE_TOKEN_URL,
     OAuth2Settings,
@@ -103,9 +103,17 @@ class BaseProvider:
 
     @property
     def needs_reauth(self) -> ReauthorisationNeeded | None:
-        """The error this provider is stuck on until a person acts, or None."""
+        """The error this provider is stuck on until a person acts, or None (also once a person
+        acted: a new login, a changed file; the next use tries again). A credential used only
+        when there is mail to send may not be used for hours after the login."""
         failure = self._failure
-        return failure.error if failure else None
+        if failure is None:
+            return None
+        try:
+            changed = self._fingerprint() != failure.fingerprint
+        except TriageError:
+            changed = False  # the store cannot be read now: still what we last knew
+        return None if changed else failure.error
 
     def access_token(self, *, force: bool = False) -> AccessToken:
         """A token valid for at least `refresh_margin` seconds; `force` fetches a new one."""
