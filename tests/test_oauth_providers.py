@@ -22,7 +22,8 @@ from tests.oauth_fake import (
 from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
 from triage.core.settings import OAuth2Settings
 from triage.ingest.oauth.grants import GrantStore, create_key_file
-from triage.ingest.oauth.providers import make_provider, msal_error
+from triage.ingest.oauth.providers import BaseProvider, make_provider, msal_error
+from triage.ingest.oauth.tokens import AccessToken
 
 
 @pytest.fixture
@@ -501,3 +502,25 @@ def test_a_new_login_ends_the_reported_needs_reauth_before_the_next_use(
     assert before is not None and before.code == "invalid_grant"
     assert after is None
     assert provider.access_token().token == fake.issued_access[-1]
+
+
+def test_a_working_grant_clears_a_needs_reauth_another_process_recorded(
+    grants: GrantStore,
+) -> None:
+    """`triage doctor` run beside the daemon in an environment that cannot use the credential
+    (a secret file it may not read, say) records needs-reauth in the shared store. The daemon's
+    provider keeps getting tokens (here without a rotation, as with Google or client
+    credentials): its next one must end that state, or the administrators get an alert, then a
+    reminder every day, about a mailbox that works."""
+
+    class Working(BaseProvider):
+        def _fetch(self, *, force: bool) -> AccessToken:
+            return self._token("at-works", 3600)
+
+    settings = OAuth2Settings(provider="google", client_id="c", client_secret_file=Path("/x"))
+    provider = Working("main", settings, grants)
+    provider.access_token()
+    grants.mark_needs_reauth("main", "google", "config_error")  # the other process
+    provider.access_token(force=True)
+    row = grants.row("main")
+    assert row is not None and row.state == "ok"

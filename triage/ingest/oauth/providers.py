@@ -89,7 +89,6 @@ class BaseProvider:
         self._cached: AccessToken | None = None
         self._margin = settings.refresh_margin
         self._failure: _Failure | None = None
-        self._state_cleared = False
 
     @property
     def name(self) -> str:
@@ -127,11 +126,11 @@ class BaseProvider:
                 return cached
             self._cached = None
             token = self._attempt(force)
-            if not self._state_cleared:
-                # Once per success after a failure (or start): a grant that works again is ok.
-                if self.grants.clear_needs_reauth(self.name):
-                    log.info("%s: OAuth2 token obtained again", self.name)
-                self._state_cleared = True
+            # After every fetch (once per token's life), not only after this provider's own
+            # failure: another process sharing the store (`triage doctor`) may have recorded
+            # needs-reauth meanwhile, and a grant that gives tokens is ok.
+            if self.grants.clear_needs_reauth(self.name):
+                log.info("%s: OAuth2 token obtained again", self.name)
             self._cached = token
             return token
 
@@ -153,7 +152,6 @@ class BaseProvider:
                 ):
                     continue
                 self._failure = _Failure(exc, self._fingerprint())
-                self._state_cleared = False
                 log.warning("%s: OAuth2 needs re-authorisation (%s)", self.name, exc.code)
                 raise
         raise TokenUnavailable(f"{self.name}: the stored grant keeps changing; try again")
