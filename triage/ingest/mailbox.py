@@ -193,8 +193,9 @@ class ImapMailbox:
         """True between a successful `connect()` and `close()`."""
         return self._client is not None
 
-    def connect(self) -> None:
-        """Open the connection (implicit TLS, STARTTLS or plain) and log in."""
+    def connect(self, *, fresh_token: bool = False) -> None:
+        """Open the connection (implicit TLS, STARTTLS or plain) and log in; `fresh_token`: with
+        a new access token, not the cached one (a session renewed because its token expires)."""
         from imapclient import IMAPClient
 
         acc = self.account
@@ -202,7 +203,7 @@ class ImapMailbox:
         ctx = tls_context(acc.ca_file, acc.verify_certificates)
         # The token first: a credential waiting for a person (or an endpoint that is down)
         # fails here, without a connection to the server at every look.
-        token = self.tokens.access_token() if self.tokens is not None else None
+        token = self.tokens.access_token(force=fresh_token) if self.tokens is not None else None
         with _translated(f"cannot connect to {where}"):
             client = IMAPClient(
                 acc.host,
