@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -192,3 +192,31 @@ def test_a_renewed_session_signs_in_with_a_new_token_not_the_expiring_one(
         mailbox.close()
     assert tokens.asked == [False, True]
     assert left is not None and left > 20
+
+
+def test_smtp_signs_in_with_the_configured_oauthbearer(
+    mail_harness: MailHarness, clean_mail: None, oauth: OAuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mechanism = "oauthbearer"` is documented for the mailbox logins, SMTP's included: the
+    SMTP login uses it (a server may offer OAUTHBEARER alone), and the mail is sent."""
+    import smtplib
+
+    used: list[str] = []
+    real_auth = smtplib.SMTP.auth
+
+    def recording(self: smtplib.SMTP, mechanism: str, *args: Any, **kwargs: Any) -> Any:
+        used.append(mechanism)
+        return real_auth(self, mechanism, *args, **kwargs)
+
+    monkeypatch.setattr(smtplib.SMTP, "auth", recording)
+    oauth2 = account(mail_harness, "oauthbearer").oauth2
+    smtp = smtp_settings(mail_harness).model_copy(update={"oauth2_account": "", "oauth2": oauth2})
+    connection = connect(smtp, tokens=Tokens([oauth.issue_access_token("hello")]))
+    try:
+        raw = b"From: hello@example.test\r\nTo: alice@example.test\r\nSubject: t\r\n\r\nHi\r\n"
+        assert connection.begin("hello@example.test", ["alice@example.test"], raw) == []
+        connection.commit()
+    finally:
+        connection.close()
+    assert used == ["OAUTHBEARER"]
+    mail_harness.wait_for_messages("alice", count=1, timeout=20)
