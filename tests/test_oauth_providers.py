@@ -524,3 +524,27 @@ def test_a_working_grant_clears_a_needs_reauth_another_process_recorded(
     provider.access_token(force=True)
     row = grants.row("main")
     assert row is not None and row.state == "ok"
+
+
+def test_a_stored_grant_msal_cannot_read_needs_a_login_not_a_crash(
+    https_fake: tuple[FakeTokenServer, Path], grants: GrantStore
+) -> None:
+    """A credential switched to microsoft-delegated keeps the grant stored under its former
+    provider (a bare refresh token, not msal's cache). msal cannot read it: that credential needs
+    `triage auth login`; no other exception may leave the provider (the daemon's housekeeping,
+    which sends through the SMTP credential, stops on anything but the port's two errors)."""
+    fake, ca_file = https_fake
+    settings = OAuth2Settings(
+        provider="microsoft-delegated",
+        tenant=TENANT,
+        client_id=CLIENT_ID,
+        authority=f"{fake.url}/{{tenant}}",
+        ca_file=ca_file,
+    )
+    grants.store("ms", "generic", "rt-a-bare-refresh-token")
+    with pytest.raises(ReauthorisationNeeded) as caught:
+        make_provider("ms", settings, grants, "hello@contoso.example").access_token()
+    assert "triage auth login ms" in str(caught.value)
+    assert "rt-a-bare-refresh-token" not in str(caught.value)
+    row = grants.row("ms")
+    assert row is not None and row.state == "needs-reauth"

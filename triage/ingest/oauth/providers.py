@@ -394,7 +394,14 @@ class MicrosoftDelegatedProvider(BaseProvider):
         if self._app is None:
             self._cache = msal.SerializableTokenCache()
             self._app = _msal_call(self.name, lambda: public_client(self.settings, self._cache))
-        self._cache.deserialize(grant.secret)
+        try:
+            self._cache.deserialize(grant.secret)
+        except ValueError:
+            # Not msal's cache (a grant stored while the credential had another provider):
+            # only a new sign-in helps; the text of the grant is not repeated.
+            raise ReauthorisationNeeded(
+                self.name, "unusable_grant", f"run `triage auth login {self.name}`"
+            ) from None
         scopes = delegated_scopes(self.settings)
         app = self._app
         accounts = app.get_accounts(username=self.username or None) or app.get_accounts()
