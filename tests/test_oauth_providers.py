@@ -548,3 +548,28 @@ def test_a_stored_grant_msal_cannot_read_needs_a_login_not_a_crash(
     assert "rt-a-bare-refresh-token" not in str(caught.value)
     row = grants.row("ms")
     assert row is not None and row.state == "needs-reauth"
+
+
+def test_a_certificate_key_that_cannot_sign_needs_a_person(
+    https_fake: tuple[FakeTokenServer, Path], grants: GrantStore, tmp_path: Path
+) -> None:
+    """microsoft-app with a certificate_key_file that holds no usable private key (a wrong file
+    copied in): no retry cures it, so the credential needs a person (an alert, /healthz), not
+    a transient error retried in silence or an exception the callers do not expect."""
+    fake, ca_file = https_fake
+    key = tmp_path / "app.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    settings = OAuth2Settings(
+        provider="microsoft-app",
+        tenant=TENANT,
+        client_id=CLIENT_ID,
+        certificate_key_file=key,
+        certificate_thumbprint="A" * 40,
+        authority=f"{fake.url}/{{tenant}}",
+        ca_file=ca_file,
+    )
+    with pytest.raises(ReauthorisationNeeded) as caught:
+        make_provider("ms", settings, grants, "hello@contoso.example").access_token()
+    assert caught.value.code == "config_error"
+    assert "certificate_key_file" in str(caught.value)

@@ -295,6 +295,19 @@ def _msal_call(name: str, call: Callable[[], Any]) -> Any:
         ) from None
 
 
+def _check_private_key(key: str, path: Path) -> None:
+    """A ConfigError unless `key` is an unencrypted PEM private key: msal would only fail when
+    signing, with an exception of PyJWT's that neither of the port's errors covers."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(key.encode("utf-8"), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"certificate_key_file {path} does not hold an unencrypted PEM private key"
+        ) from None
+
+
 class MicrosoftAppProvider(BaseProvider):
     """`microsoft-app`: the client-credentials grant for an app granted IMAP.AccessAsApp /
     SMTP.SendAsApp; client secret or certificate from files, read at every fetch (a replaced
@@ -312,6 +325,7 @@ class MicrosoftAppProvider(BaseProvider):
         if s.certificate_key_file is None:
             return s.client_secret()
         key = read_secret_file(s.certificate_key_file, "certificate_key_file").get_secret_value()
+        _check_private_key(key, s.certificate_key_file)
         credential = {"private_key": key}
         if s.certificate_thumbprint:
             credential["thumbprint"] = s.certificate_thumbprint
