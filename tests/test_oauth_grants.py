@@ -3,6 +3,8 @@ needs-reauth state the daemon's alerts read."""
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,12 +73,12 @@ def test_rotation_history_and_a_login_winning_over_a_late_rotation(grants: Grant
     grants.store("main", "generic", "one")
     row = grants.row("main")
     assert row is not None and row.rotations == 0 and row.rotated_at is None
-    assert grants.rotate("main", row.generation, "two")
+    assert grants.rotate("main", row, "two")
     row2 = grants.row("main")
     assert row2 is not None and row2.rotations == 1 and row2.rotated_at is not None
     # A rotation computed from the old row arrives after a new login: the login's grant stays.
     grants.store("main", "generic", "fresh-login")
-    assert not grants.rotate("main", row2.generation, "three")
+    assert not grants.rotate("main", row2, "three")
     stored = grants.read("main")
     assert stored is not None and stored.secret == "fresh-login"
     assert stored.row.rotations == 0
@@ -129,3 +131,26 @@ def test_state_without_a_grant_and_clear(grants: GrantStore) -> None:
     assert not grants.mark_needs_reauth("app", "microsoft-app", "invalid_grant", generation)
     row = grants.row("app")
     assert row is not None and row.state == "ok"
+
+
+def test_a_key_file_is_never_seen_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process killed while creating the key file (or another process reading it at that
+    moment, two first logins at once) must never find an empty key file: that would stop
+    every later `triage auth login` until someone deleted it by hand."""
+    real_write = os.write
+
+    def killed(fd: int, data: bytes) -> int:
+        monkeypatch.setattr(os, "write", real_write)
+        raise OSError(errno.EIO, "killed while writing")
+
+    monkeypatch.setattr(os, "write", killed)
+    key = tmp_path / "oauth2.key"
+    with pytest.raises(OSError, match="killed"):
+        create_key_file(key)
+    assert not key.exists()
+    grants = GrantStore(tmp_path / "triage.db", key)
+    grants.store("main", "generic", TOKEN)
+    stored = grants.read("main")
+    assert stored is not None and stored.secret == TOKEN
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if "oauth2.key" in p.name] == ["oauth2.key"]

@@ -4,9 +4,10 @@ fresh token after a refusal, and refusals that never show the token."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -148,3 +149,74 @@ def test_smtp_refusing_the_token_is_an_authentication_error_without_it(
         connect(smtp_settings(mail_harness), tokens=Tokens([bad]))
     assert "535" in str(caught.value)
     assert bad not in str(caught.value)
+
+
+@dataclass
+class ShortSession:
+    """A provider whose first token is about to expire (as a cached token is when
+    `refresh_margin` is below the daemon's renewal lead): only a forced fetch gives a new one."""
+
+    first: str
+    fresh: str
+    asked: list[bool] = field(default_factory=list)
+    name: str = "hello"
+    provider: str = "generic"
+
+    def access_token(self, *, force: bool = False) -> AccessToken:
+        self.asked.append(force)
+        if force:
+            return AccessToken(self.fresh, datetime.now(UTC) + timedelta(seconds=30))
+        return AccessToken(self.first, datetime.now(UTC) + timedelta(seconds=1))
+
+
+def test_a_renewed_session_signs_in_with_a_new_token_not_the_expiring_one(
+    mail_harness: MailHarness, oauth: OAuthServer
+) -> None:
+    """The daemon renews an IMAP session shortly before its token expires. Signing in again
+    with whatever the provider has cached may give the very token that is about to expire
+    (with `refresh_margin` below the renewal lead), and the session is renewed again and again
+    until it does: a renewal asks for a new token."""
+    from triage.core.backoff import Backoff
+    from triage.ops.daemon import AccountStatus, AccountWorker, Control
+
+    tokens = ShortSession(oauth.issue_access_token("hello"), oauth.issue_access_token("hello"))
+    acc = account(mail_harness)
+    worker = AccountWorker(acc, lambda _a, _m: [], Control(), Backoff(), AccountStatus("hello"))
+    mailbox = ImapMailbox(acc, tokens)
+    try:
+        worker.sync_once(mailbox)
+        time.sleep(1.0)  # the session's token is now due for renewal
+        worker.sync_once(mailbox)
+        left = mailbox.session_expires_in()
+    finally:
+        mailbox.close()
+    assert tokens.asked == [False, True]
+    assert left is not None and left > 20
+
+
+def test_smtp_signs_in_with_the_configured_oauthbearer(
+    mail_harness: MailHarness, clean_mail: None, oauth: OAuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mechanism = "oauthbearer"` is documented for the mailbox logins, SMTP's included: the
+    SMTP login uses it (a server may offer OAUTHBEARER alone), and the mail is sent."""
+    import smtplib
+
+    used: list[str] = []
+    real_auth = smtplib.SMTP.auth
+
+    def recording(self: smtplib.SMTP, mechanism: str, *args: Any, **kwargs: Any) -> Any:
+        used.append(mechanism)
+        return real_auth(self, mechanism, *args, **kwargs)
+
+    monkeypatch.setattr(smtplib.SMTP, "auth", recording)
+    oauth2 = account(mail_harness, "oauthbearer").oauth2
+    smtp = smtp_settings(mail_harness).model_copy(update={"oauth2_account": "", "oauth2": oauth2})
+    connection = connect(smtp, tokens=Tokens([oauth.issue_access_token("hello")]))
+    try:
+        raw = b"From: hello@example.test\r\nTo: alice@example.test\r\nSubject: t\r\n\r\nHi\r\n"
+        assert connection.begin("hello@example.test", ["alice@example.test"], raw) == []
+        connection.commit()
+    finally:
+        connection.close()
+    assert used == ["OAUTHBEARER"]
+    mail_harness.wait_for_messages("alice", count=1, timeout=20)

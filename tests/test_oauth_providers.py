@@ -22,7 +22,8 @@ from tests.oauth_fake import (
 from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
 from triage.core.settings import OAuth2Settings
 from triage.ingest.oauth.grants import GrantStore, create_key_file
-from triage.ingest.oauth.providers import make_provider, msal_error
+from triage.ingest.oauth.providers import BaseProvider, make_provider, msal_error
+from triage.ingest.oauth.tokens import AccessToken
 
 
 @pytest.fixture
@@ -445,3 +446,130 @@ def test_msal_error_mapping() -> None:
     assert isinstance(busy, TokenUnavailable)
     sneaky = msal_error("ms", {"error": "secret-value with spaces"})
     assert "secret-value" not in str(sneaky)
+
+
+def test_a_rotation_survives_another_process_failing_with_the_old_token_meanwhile(
+    fake: FakeTokenServer, tmp_path: Path, secret_file: Path
+) -> None:
+    """Two processes share a credential (the daemon and `triage doctor`, or `digest --send`)
+    and both read the same refresh token. The daemon's refresh rotates it; the other process,
+    using the old one a moment later, gets invalid_grant and records needs-reauth before the
+    daemon's rotation is saved. Only a state changed, not the grant: the rotated refresh token
+    must still be saved (the old one is dead), and the working grant not left in needs-reauth."""
+    store_path, key = tmp_path / "triage.db", tmp_path / "oauth2.key"
+    daemon_grants, doctor_grants = GrantStore(store_path, key), GrantStore(store_path, key)
+    daemon_grants.store("main", "generic", fake.new_refresh_token())
+    settings = generic(fake, secret_file)
+    daemon = make_provider("main", settings, daemon_grants, "hello")
+    doctor = make_provider("main", settings, doctor_grants, "hello")
+    doctor_failed: list[ReauthorisationNeeded] = []
+    real_rotate = daemon_grants.rotate
+
+    def rotate_after_the_doctor_failed(*args: object, **kwargs: object) -> bool:
+        # The doctor read the same (now used) refresh token before the daemon saved its new one.
+        with pytest.raises(ReauthorisationNeeded) as caught:
+            doctor.access_token()
+        doctor_failed.append(caught.value)
+        return real_rotate(*args, **kwargs)  # type: ignore[arg-type]
+
+    daemon_grants.rotate = rotate_after_the_doctor_failed  # type: ignore[method-assign]
+    daemon.access_token()
+    daemon_grants.rotate = real_rotate  # type: ignore[method-assign]
+
+    assert doctor_failed and doctor_failed[0].code == "invalid_grant"
+    stored = daemon_grants.read("main")
+    assert stored is not None and stored.secret == fake.issued_refresh[-1]
+    # The daemon goes on refreshing with the rotated token, and the grant is not reported as
+    # needing a person.
+    daemon.access_token(force=True)
+    row = daemon_grants.row("main")
+    assert row is not None and row.state == "ok"
+
+
+def test_a_new_login_ends_the_reported_needs_reauth_before_the_next_use(
+    fake: FakeTokenServer, grants: GrantStore, secret_file: Path
+) -> None:
+    """`needs_reauth` feeds /healthz and the needs-reauth gauge. The SMTP login's own credential
+    is used only when a mail is due, so after `triage auth login smtp` it may not be asked for a
+    token for hours: the new grant must end the reported state by itself."""
+    grants.store("smtp", "generic", "revoked-token")
+    provider = make_provider("smtp", generic(fake, secret_file), grants)
+    with pytest.raises(ReauthorisationNeeded):
+        provider.access_token()
+    before = provider.needs_reauth
+    grants.store("smtp", "generic", fake.new_refresh_token())  # the login, in another process
+    after = provider.needs_reauth
+    assert before is not None and before.code == "invalid_grant"
+    assert after is None
+    assert provider.access_token().token == fake.issued_access[-1]
+
+
+def test_a_working_grant_clears_a_needs_reauth_another_process_recorded(
+    grants: GrantStore,
+) -> None:
+    """`triage doctor` run beside the daemon in an environment that cannot use the credential
+    (a secret file it may not read, say) records needs-reauth in the shared store. The daemon's
+    provider keeps getting tokens (here without a rotation, as with Google or client
+    credentials): its next one must end that state, or the administrators get an alert, then a
+    reminder every day, about a mailbox that works."""
+
+    class Working(BaseProvider):
+        def _fetch(self, *, force: bool) -> AccessToken:
+            return self._token("at-works", 3600)
+
+    settings = OAuth2Settings(provider="google", client_id="c", client_secret_file=Path("/x"))
+    provider = Working("main", settings, grants)
+    provider.access_token()
+    grants.mark_needs_reauth("main", "google", "config_error")  # the other process
+    provider.access_token(force=True)
+    row = grants.row("main")
+    assert row is not None and row.state == "ok"
+
+
+def test_a_stored_grant_msal_cannot_read_needs_a_login_not_a_crash(
+    https_fake: tuple[FakeTokenServer, Path], grants: GrantStore
+) -> None:
+    """A credential switched to microsoft-delegated keeps the grant stored under its former
+    provider (a bare refresh token, not msal's cache). msal cannot read it: that credential needs
+    `triage auth login`; no other exception may leave the provider (the daemon's housekeeping,
+    which sends through the SMTP credential, stops on anything but the port's two errors)."""
+    fake, ca_file = https_fake
+    settings = OAuth2Settings(
+        provider="microsoft-delegated",
+        tenant=TENANT,
+        client_id=CLIENT_ID,
+        authority=f"{fake.url}/{{tenant}}",
+        ca_file=ca_file,
+    )
+    grants.store("ms", "generic", "rt-a-bare-refresh-token")
+    with pytest.raises(ReauthorisationNeeded) as caught:
+        make_provider("ms", settings, grants, "hello@contoso.example").access_token()
+    assert "triage auth login ms" in str(caught.value)
+    assert "rt-a-bare-refresh-token" not in str(caught.value)
+    row = grants.row("ms")
+    assert row is not None and row.state == "needs-reauth"
+
+
+def test_a_certificate_key_that_cannot_sign_needs_a_person(
+    https_fake: tuple[FakeTokenServer, Path], grants: GrantStore, tmp_path: Path
+) -> None:
+    """microsoft-app with a certificate_key_file that holds no usable private key (a wrong file
+    copied in): no retry cures it, so the credential needs a person (an alert, /healthz), not
+    a transient error retried in silence or an exception the callers do not expect."""
+    fake, ca_file = https_fake
+    key = tmp_path / "app.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    settings = OAuth2Settings(
+        provider="microsoft-app",
+        tenant=TENANT,
+        client_id=CLIENT_ID,
+        certificate_key_file=key,
+        certificate_thumbprint="A" * 40,
+        authority=f"{fake.url}/{{tenant}}",
+        ca_file=ca_file,
+    )
+    with pytest.raises(ReauthorisationNeeded) as caught:
+        make_provider("ms", settings, grants, "hello@contoso.example").access_token()
+    assert caught.value.code == "config_error"
+    assert "certificate_key_file" in str(caught.value)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 from triage.core.errors import AuthenticationError, PermanentError, SendError, TriageError
 from triage.core.hosts import tls_context as client_tls_context
 from triage.core.settings import SmtpSettings
-from triage.ingest.oauth.tokens import xoauth2_response
+from triage.ingest.oauth.tokens import oauthbearer_response, xoauth2_response
 
 if TYPE_CHECKING:
     from triage.ingest.oauth.tokens import TokenProvider
@@ -198,6 +198,9 @@ def open_client(
     SendError when the server cannot be reached, AuthenticationError on a refused login, and the
     token provider's TokenUnavailable or ReauthorisationNeeded."""
     helo = local_hostname or socket.gethostname()  # getfqdn() may wait on DNS
+    # The token first: a credential waiting for a person (or an endpoint that is down) fails
+    # here, without a connection to the server at every delivery pass.
+    token = tokens.access_token().token if tokens is not None else None
     client: smtplib.SMTP
     try:
         if settings.security == "tls":
@@ -217,7 +220,7 @@ def open_client(
             f"cannot connect to SMTP {settings.host}:{settings.port}: {_describe(exc)}"
         ) from None
     try:
-        _start(client, settings, tokens)
+        _start(client, settings, tokens, token)
     except BaseException:
         client.close()
         raise
@@ -235,7 +238,10 @@ def connect(
 
 
 def _start(
-    client: smtplib.SMTP, settings: SmtpSettings, tokens: TokenProvider | None = None
+    client: smtplib.SMTP,
+    settings: SmtpSettings,
+    tokens: TokenProvider | None = None,
+    token: str | None = None,
 ) -> None:
     where = f"{settings.host}:{settings.port}"
     try:
@@ -247,7 +253,7 @@ def _start(
             client.starttls(context=tls_context(settings))
             client.ehlo()
         if tokens is not None:
-            _oauth2_login(client, settings.username, tokens)
+            _oauth2_login(client, settings, tokens, token)
         elif settings.username:
             client.login(settings.username, settings.secret())
     except smtplib.SMTPAuthenticationError as exc:
@@ -260,20 +266,30 @@ def _start(
         raise SendError(f"SMTP {where}: {_describe(exc)}") from None
 
 
-def _oauth2_login(client: smtplib.SMTP, user: str, tokens: TokenProvider) -> None:
-    """AUTH XOAUTH2 with the token as initial response; a refused token is refreshed and
-    tried once more. Raises smtplib's SMTPAuthenticationError (the server's code only)."""
+def _oauth2_login(
+    client: smtplib.SMTP, settings: SmtpSettings, tokens: TokenProvider, token: str | None = None
+) -> None:
+    """AUTH with the configured mechanism (XOAUTH2 unless `oauth2.mechanism` says OAUTHBEARER)
+    and the token (`token`, else the provider's) as initial response; a refused token is
+    refreshed and tried once more. Raises smtplib's SMTPAuthenticationError (the server's code
+    only)."""
     if not client.has_extn("auth"):
         raise smtplib.SMTPNotSupportedError("AUTH")
     try:
-        _xoauth2(client, user, tokens.access_token().token)
+        _sasl(client, settings, token or tokens.access_token().token)
     except smtplib.SMTPAuthenticationError:
-        log.info("SMTP refused the access token of %s; asking for a new one", user)
-        _xoauth2(client, user, tokens.access_token(force=True).token)
+        log.info("SMTP refused the access token of %s; asking for a new one", settings.username)
+        _sasl(client, settings, tokens.access_token(force=True).token)
 
 
-def _xoauth2(client: smtplib.SMTP, user: str, token: str) -> None:
-    initial = xoauth2_response(user, token).decode("ascii")
+def _sasl(client: smtplib.SMTP, settings: SmtpSettings, token: str) -> None:
+    user = settings.username
+    if settings.oauth2 is not None and settings.oauth2.mechanism == "oauthbearer":
+        mechanism = "OAUTHBEARER"
+        initial = oauthbearer_response(user, token, settings.host, settings.port).decode("ascii")
+    else:
+        mechanism = "XOAUTH2"
+        initial = xoauth2_response(user, token).decode("ascii")
     answered = False
 
     def answer(challenge: bytes | None = None) -> str:
@@ -285,7 +301,7 @@ def _xoauth2(client: smtplib.SMTP, user: str, token: str) -> None:
             return initial
         return ""
 
-    client.auth("XOAUTH2", answer, initial_response_ok=True)
+    client.auth(mechanism, answer, initial_response_ok=True)
 
 
 def _describe(exc: BaseException) -> str:

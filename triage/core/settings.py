@@ -604,6 +604,14 @@ class Settings(BaseSettings):
         """The file of the key that encrypts stored OAuth2 grants."""
         return self.oauth2.key_file or self.store.path.parent / "oauth2.key"
 
+    def smtp_oauth2(self) -> OAuth2Settings | None:
+        """The OAuth2 settings SMTP signs in with: `[smtp.oauth2]`, else (with `oauth2_account`)
+        that account's (its mechanism too)."""
+        if not self.smtp.oauth2_account:
+            return self.smtp.oauth2
+        account = next(a for a in self.imap.all_accounts() if a.name == self.smtp.oauth2_account)
+        return account.oauth2
+
     def smtp_username(self) -> str:
         """The SMTP login name: `smtp.username`, else (with `oauth2_account`) that account's."""
         if self.smtp.username or not self.smtp.oauth2_account:

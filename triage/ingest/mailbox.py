@@ -193,13 +193,17 @@ class ImapMailbox:
         """True between a successful `connect()` and `close()`."""
         return self._client is not None
 
-    def connect(self) -> None:
-        """Open the connection (implicit TLS, STARTTLS or plain) and log in."""
+    def connect(self, *, fresh_token: bool = False) -> None:
+        """Open the connection (implicit TLS, STARTTLS or plain) and log in; `fresh_token`: with
+        a new access token, not the cached one (a session renewed because its token expires)."""
         from imapclient import IMAPClient
 
         acc = self.account
         where = f"{acc.name} ({acc.host}:{acc.port})"
         ctx = tls_context(acc.ca_file, acc.verify_certificates)
+        # The token first: a credential waiting for a person (or an endpoint that is down)
+        # fails here, without a connection to the server at every look.
+        token = self.tokens.access_token(force=fresh_token) if self.tokens is not None else None
         with _translated(f"cannot connect to {where}"):
             client = IMAPClient(
                 acc.host,
@@ -216,10 +220,10 @@ class ImapMailbox:
             with _translated(f"cannot log in to {where}"):
                 if acc.security == "starttls":
                     client.starttls(ctx)
-                if self.tokens is None:
+                if token is None:
                     client.login(acc.username, acc.secret())
                 else:
-                    self._token = self._oauth2_login(client, where)
+                    self._token = self._oauth2_login(client, where, token)
                     self.session_lifetime = self._token.seconds_left()
                 folders = client.list_folders(directory="", pattern="")
                 if folders and folders[0][1]:
@@ -231,14 +235,13 @@ class ImapMailbox:
         self._capabilities = None
         self.folder = None
 
-    def _oauth2_login(self, client: IMAPClient, where: str) -> AccessToken:
+    def _oauth2_login(self, client: IMAPClient, where: str, token: AccessToken) -> AccessToken:
         """Sign in with an access token; a rejected token is refreshed and tried once more (it
         may have been revoked, or the clocks disagree). Raises AuthenticationError, or the
         provider's TokenUnavailable / ReauthorisationNeeded."""
         from imapclient.exceptions import LoginError
 
         assert self.tokens is not None
-        token = self.tokens.access_token()
         try:
             _sasl_login(client, self._mechanism(), self._sasl(token))
         except LoginError:

@@ -121,6 +121,9 @@ class AccountWorker:
             # as Exchange Online end a session whose token has expired).
             log.info("%s: renewing the session before its access token expires", self.account.name)
             mailbox.close()
+            # With a new token: the cached one may be the expiring one (a refresh_margin
+            # shorter than the renewal lead), and the session would be renewed again at once.
+            mailbox.connect(fresh_token=True)
         if not mailbox.connected:
             mailbox.connect()
             self.status.connected = True

@@ -375,7 +375,9 @@ def check_smtp(settings: Settings) -> list[Finding]:
     needed = _smtp_needed(settings)
     tokens = _tokens(settings, "smtp") if smtp.auth == "oauth2" else None
     if tokens is not None:
-        smtp = smtp.model_copy(update={"username": settings.smtp_username()})
+        smtp = smtp.model_copy(
+            update={"username": settings.smtp_username(), "oauth2": settings.smtp_oauth2()}
+        )
     try:
         connection = connect(smtp, tokens=tokens)
     except (ReauthorisationNeeded, TokenUnavailable) as exc:

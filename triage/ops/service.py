@@ -67,10 +67,10 @@ def smtp_connector(
         return connect
     if tokens is None:
         tokens = token_providers(settings).get("smtp")
-    username = settings.smtp_username()
+    login = {"username": settings.smtp_username(), "oauth2": settings.smtp_oauth2()}
 
     def oauth2_connect(smtp: SmtpSettings) -> SmtpConnection:
-        return connect(smtp.model_copy(update={"username": username}), tokens=tokens)
+        return connect(smtp.model_copy(update=login), tokens=tokens)
 
     return oauth2_connect
 

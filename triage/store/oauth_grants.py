@@ -98,14 +98,18 @@ def store_grant(c: Tx, name: str, provider: str, blob: bytes, now: datetime) -> 
     )
 
 
-def rotate_grant(c: Tx, name: str, expected_generation: int, blob: bytes, now: datetime) -> bool:
+def rotate_grant(c: Tx, name: str, previous: bytes, blob: bytes, now: datetime) -> bool:
     """Replace the grant of `name` by the rotated one the token endpoint just returned, unless
-    the row changed since the caller read it at `expected_generation` (a login stored a newer
-    grant meanwhile, which wins). True when saved."""
+    the grant changed since the caller read it as `previous` (a login, or another process's
+    rotation, stored a newer grant meanwhile, which wins). A change of the state alone does not
+    count: another process that used the old refresh token after the endpoint had rotated it
+    records needs-reauth, yet the rotated token is the only one that still works. True when
+    saved; the grant just gave a token, so the credential is ok again."""
     cur = c.execute(
         "UPDATE oauth_grants SET grant_blob = ?, rotated_at = ?, rotations = rotations + 1,"
-        " generation = generation + 1 WHERE name = ? AND generation = ?",
-        (blob, timestamp(now), name, expected_generation),
+        " generation = generation + 1, state = 'ok', error_code = '', error_at = NULL,"
+        " alerted_at = NULL, reminded_at = NULL WHERE name = ? AND grant_blob = ?",
+        (blob, timestamp(now), name, previous),
     )
     return cur.rowcount == 1
 

@@ -12,6 +12,7 @@ are shared by the IMAP and SMTP threads, and a SQLite connection belongs to one 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,20 +32,44 @@ KEY_MODE = 0o600
 
 
 def create_key_file(path: Path) -> bool:
-    """Write a new random key to `path` (mode 0600) unless the file exists; True when created."""
+    """Write a new random key to `path` (mode 0600) unless the file exists; True when created.
+
+    The key is written to a private temporary file first and linked into place (which fails
+    when the file exists): no process ever sees the key file empty or half written, and a
+    process killed meanwhile leaves at most a stray temporary file, never an empty key."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, KEY_MODE)
-    except FileExistsError:
+    if path.exists():
         return False
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, KEY_MODE)
     except OSError as exc:
         raise ConfigError(f"cannot create oauth2.key_file {path}: {exc.strerror}") from None
     try:
-        os.fchmod(fd, KEY_MODE)  # whatever the umask
-        os.write(fd, Fernet.generate_key() + b"\n")
+        try:
+            os.fchmod(fd, KEY_MODE)  # whatever the umask
+            os.write(fd, Fernet.generate_key() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise ConfigError(f"cannot create oauth2.key_file {path}: {exc.strerror}") from None
+        _sync_directory(path.parent)  # the key outlives a power cut, as the grants it encrypts
+    finally:
+        temporary.unlink(missing_ok=True)
+    return True
+
+
+def _sync_directory(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
-    return True
 
 
 @dataclass(frozen=True)
@@ -144,13 +169,14 @@ class GrantStore:
             sql.store_grant(tx, name, provider, blob, now or datetime.now(UTC))
 
     def rotate(
-        self, name: str, expected_generation: int, secret: str, now: datetime | None = None
+        self, name: str, previous: StoredGrant, secret: str, now: datetime | None = None
     ) -> bool:
-        """Save a rotated grant at once, in one transaction, unless a newer grant was stored
-        since `expected_generation` (see `triage.store.oauth_grants.rotate_grant`)."""
+        """Save a rotated grant at once, in one transaction, unless the grant read as
+        `previous` was replaced since (see `triage.store.oauth_grants.rotate_grant`)."""
+        assert previous.blob is not None
         blob = self._encrypt(secret)
         with self._db() as db, db.transaction() as tx:
-            return sql.rotate_grant(tx, name, expected_generation, blob, now or datetime.now(UTC))
+            return sql.rotate_grant(tx, name, previous.blob, blob, now or datetime.now(UTC))
 
     def mark_needs_reauth(
         self, name: str, provider: str, code: str, expected_generation: int | None = None

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable
+from triage.core.errors import ConfigError, ReauthorisationNeeded, TokenUnavailable, TriageError
 from triage.core.settings import (
     GOOGLE_TOKEN_URL,
     OAuth2Settings,
@@ -89,7 +89,6 @@ class BaseProvider:
         self._cached: AccessToken | None = None
         self._margin = settings.refresh_margin
         self._failure: _Failure | None = None
-        self._state_cleared = False
 
     @property
     def name(self) -> str:
@@ -103,9 +102,17 @@ class BaseProvider:
 
     @property
     def needs_reauth(self) -> ReauthorisationNeeded | None:
-        """The error this provider is stuck on until a person acts, or None."""
+        """The error this provider is stuck on until a person acts, or None (also once a person
+        acted: a new login, a changed file; the next use tries again). A credential used only
+        when there is mail to send may not be used for hours after the login."""
         failure = self._failure
-        return failure.error if failure else None
+        if failure is None:
+            return None
+        try:
+            changed = self._fingerprint() != failure.fingerprint
+        except TriageError:
+            changed = False  # the store cannot be read now: still what we last knew
+        return None if changed else failure.error
 
     def access_token(self, *, force: bool = False) -> AccessToken:
         """A token valid for at least `refresh_margin` seconds; `force` fetches a new one."""
@@ -119,11 +126,11 @@ class BaseProvider:
                 return cached
             self._cached = None
             token = self._attempt(force)
-            if not self._state_cleared:
-                # Once per success after a failure (or start): a grant that works again is ok.
-                if self.grants.clear_needs_reauth(self.name):
-                    log.info("%s: OAuth2 token obtained again", self.name)
-                self._state_cleared = True
+            # After every fetch (once per token's life), not only after this provider's own
+            # failure: another process sharing the store (`triage doctor`) may have recorded
+            # needs-reauth meanwhile, and a grant that gives tokens is ok.
+            if self.grants.clear_needs_reauth(self.name):
+                log.info("%s: OAuth2 token obtained again", self.name)
             self._cached = token
             return token
 
@@ -145,7 +152,6 @@ class BaseProvider:
                 ):
                     continue
                 self._failure = _Failure(exc, self._fingerprint())
-                self._state_cleared = False
                 log.warning("%s: OAuth2 needs re-authorisation (%s)", self.name, exc.code)
                 raise
         raise TokenUnavailable(f"{self.name}: the stored grant keeps changing; try again")
@@ -219,7 +225,7 @@ class RefreshTokenProvider(BaseProvider):
         fresh = isinstance(rotated, str) and rotated and rotated != grant.secret
         # Saved before the access token is handed out: a crash after this line loses only an
         # access token, while the endpoint may already have revoked the old refresh token.
-        if fresh and not self.grants.rotate(self.name, grant.row.generation, str(rotated)):
+        if fresh and not self.grants.rotate(self.name, grant.row, str(rotated)):
             log.info("%s: a newer grant was stored meanwhile; keeping it", self.name)
         return self._token(str(body["access_token"]), expires_in(body))
 
@@ -289,6 +295,19 @@ def _msal_call(name: str, call: Callable[[], Any]) -> Any:
         ) from None
 
 
+def _check_private_key(key: str, path: Path) -> None:
+    """A ConfigError unless `key` is an unencrypted PEM private key: msal would only fail when
+    signing, with an exception of PyJWT's that neither of the port's errors covers."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(key.encode("utf-8"), password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"certificate_key_file {path} does not hold an unencrypted PEM private key"
+        ) from None
+
+
 class MicrosoftAppProvider(BaseProvider):
     """`microsoft-app`: the client-credentials grant for an app granted IMAP.AccessAsApp /
     SMTP.SendAsApp; client secret or certificate from files, read at every fetch (a replaced
@@ -306,6 +325,7 @@ class MicrosoftAppProvider(BaseProvider):
         if s.certificate_key_file is None:
             return s.client_secret()
         key = read_secret_file(s.certificate_key_file, "certificate_key_file").get_secret_value()
+        _check_private_key(key, s.certificate_key_file)
         credential = {"private_key": key}
         if s.certificate_thumbprint:
             credential["thumbprint"] = s.certificate_thumbprint
@@ -388,7 +408,14 @@ class MicrosoftDelegatedProvider(BaseProvider):
         if self._app is None:
             self._cache = msal.SerializableTokenCache()
             self._app = _msal_call(self.name, lambda: public_client(self.settings, self._cache))
-        self._cache.deserialize(grant.secret)
+        try:
+            self._cache.deserialize(grant.secret)
+        except ValueError:
+            # Not msal's cache (a grant stored while the credential had another provider):
+            # only a new sign-in helps; the text of the grant is not repeated.
+            raise ReauthorisationNeeded(
+                self.name, "unusable_grant", f"run `triage auth login {self.name}`"
+            ) from None
         scopes = delegated_scopes(self.settings)
         app = self._app
         accounts = app.get_accounts(username=self.username or None) or app.get_accounts()
@@ -404,7 +431,7 @@ class MicrosoftDelegatedProvider(BaseProvider):
             # from elsewhere, or a server that is not Azure AD) holds the refresh token alone.
             result = self._refresh_without_account(app, scopes)
         if self._cache.has_state_changed:  # a rotated refresh token: saved before returning
-            self.grants.rotate(self.name, grant.row.generation, self._cache.serialize())
+            self.grants.rotate(self.name, grant.row, self._cache.serialize())
             self._cache.has_state_changed = False
         if result is None:
             raise ReauthorisationNeeded(self.name, NO_GRANT, f"run `triage auth login {self.name}`")
