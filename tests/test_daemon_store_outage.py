@@ -96,3 +96,38 @@ def test_a_broken_store_still_stops_the_service_after_max_failed_passes(
     assert passes == 3
     assert control.failed.is_set()
     assert status.fatal is not None and "malformed" in status.fatal
+
+
+def test_periodic_work_failing_unexpectedly_does_not_stop_the_service(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The main thread's periodic work (digest, alerts, sending) raises an error that is no
+    TransientError, every round: the daemon logs it (its traceback once) and goes on, so the
+    mailboxes keep being served; it stops only when told to."""
+    from triage.core.settings import Settings
+    from triage.ops.daemon import Daemon
+
+    monkeypatch.setattr(daemon, "ImapMailbox", FakeMailbox)
+    monkeypatch.setattr(daemon, "SLICE", 0.01)
+    settings = Settings.model_validate(
+        {"imap": {"username": "hello", "password": "pw", "security": "plain"}}
+    )
+    control = Control()
+    rounds = 0
+
+    def periodic() -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds >= 4:
+            control.stop.set()
+        raise ValueError("unexpected answer from a library")
+
+    def no_syncs(_account: ImapAccount, _mailbox: Any) -> list[Callable[[], SyncResult]]:
+        return []
+
+    Daemon(settings, no_syncs, periodic=periodic, control=control, period=0.01).run()
+    assert rounds >= 4
+    assert not control.failed.is_set()
+    failures = [r for r in caplog.records if "periodic work failed" in r.getMessage()]
+    assert len(failures) >= 3
+    assert [bool(r.exc_info) for r in failures][:2] == [True, False]

@@ -295,3 +295,19 @@ def test_a_config_mixing_password_and_oauth2_logins_validates_and_passes_doctor(
     assert once.returncode == 0, once.stderr
     wait_until(lambda: len(replies_in(mail_harness, "alice")) == 1, 30, interval=0.5)
     wait_until(lambda: len(replies_in(mail_harness, "bob")) == 1, 30, interval=0.5)
+
+
+def test_doctor_reports_a_failing_grant_without_recording_it(
+    mail_harness: MailHarness, clean_mail: None, oauth: OAuthServer, tmp_path: Path
+) -> None:
+    """`triage doctor` while the token endpoint answers `invalid_grant`: a problem naming the
+    command to run, exit 1; but nothing recorded in the store, so no administrators' alert
+    follows from a check (run perhaps as another user than the daemon)."""
+    base = tmp_path / "triage"
+    config, _port = oauth_config(mail_harness, oauth, base, ("hello",))
+    oauth.fail_grants("hello")
+    doctor = triage(config, "doctor")
+    assert doctor.returncode == 1
+    assert "triage auth login hello" in doctor.stdout
+    grant = GrantStore(base / "triage.db", base / "oauth2.key").row("hello")
+    assert grant is not None and grant.state == "ok"

@@ -376,12 +376,24 @@ class Daemon:
             thread.start()
             threads.append(thread)
         log.info("triage running: %d account(s)", len(threads))
+        seen: set[str] = set()
         try:
             while not self.control.stop.wait(self.period):
                 try:
                     self.periodic()
                 except TransientError as exc:
                     log.warning("periodic work failed, will retry: %s", exc)
+                except Exception as exc:
+                    # A bug or an unexpected library error in the digest, alerts or sending:
+                    # the account threads keep reading and deciding mail meanwhile. The first
+                    # time with its traceback, then one line each round.
+                    text = f"{type(exc).__name__}: {exc}"
+                    log.error(
+                        "periodic work failed, will retry: %s", text, exc_info=text not in seen
+                    )
+                    if len(seen) >= 100:
+                        seen.clear()  # bounded: error texts may carry ids
+                    seen.add(text)
         finally:
             self.control.stop.set()
             for thread in threads:

@@ -186,9 +186,11 @@ def check_imap(settings: Settings, account: ImapAccount, index: int) -> list[Fin
 
 
 def _tokens(settings: Settings, name: str) -> TokenProvider:
-    from triage.ops.service import token_providers
+    from triage.ingest.oauth.grants import CheckingGrantStore
+    from triage.ingest.oauth.providers import build_providers
 
-    provider = token_providers(settings).get(name)
+    grants = CheckingGrantStore(settings.store.path, settings.oauth2_key_file())
+    provider = build_providers(settings, grants).get(name)
     if provider is None:
         raise ConfigError(f"{name}: no OAuth2 provider configured")
     return provider

@@ -194,3 +194,20 @@ class GrantStore:
         """Back to ok; True when `name` was in needs-reauth."""
         with self._db() as db, db.transaction() as tx:
             return sql.clear_needs_reauth(tx, name)
+
+
+class CheckingGrantStore(GrantStore):
+    """A grant store for checks (`triage doctor`): rotated grants are saved as always (the
+    endpoint already replaced the old one), but a failure is only reported, never recorded as
+    needs-reauth, so a check run with other permissions or files than the daemon's cannot alert
+    the administrators about a mailbox that works."""
+
+    def mark_needs_reauth(
+        self, name: str, provider: str, code: str, expected_generation: int | None = None
+    ) -> bool:
+        """Nothing recorded; the failure is the check's to report."""
+        return True
+
+    def clear_needs_reauth(self, name: str) -> bool:
+        """Nothing recorded: the daemon's own next token clears a stored state."""
+        return False
