@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from triage.core.models import DECISIONS
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 from triage.store.review import terms
 
 PAGE_SIZE = 50
@@ -242,7 +241,7 @@ def _probabilities(value: str | None) -> dict[str, float]:
     }
 
 
-def _reply(r: sqlite3.Row) -> ReplyRecord:
+def _reply(r: Row) -> ReplyRecord:
     return ReplyRecord(
         id=int(r["id"]),
         state=str(r["state"]),

@@ -14,14 +14,13 @@ sorts and compares like the time it stands for.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from triage.core.models import Contact, LeadKind
 from triage.core.sanitize import is_addr_spec
-from triage.store.db import Tx, timestamp, utcnow
+from triage.store.db import Row, Tx, timestamp, utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")
 CLOSED_STATUSES = ("won", "lost", "dismissed")
@@ -144,7 +143,7 @@ def _explanation(value: str | None) -> tuple[str, ...]:
     return tuple(str(t) for t in terms) if isinstance(terms, list) else ()
 
 
-def _record(r: sqlite3.Row) -> LeadRecord:
+def _record(r: Row) -> LeadRecord:
     created = _time(r["created_at"])
     updated = _time(r["updated_at"])
     assert created is not None and updated is not None
@@ -180,13 +179,13 @@ def _record(r: sqlite3.Row) -> LeadRecord:
 # --- recording (inside the pipeline's transaction) -----------------------------------------------
 
 
-def _thread_lead(c: Tx, thread_ids: Sequence[str]) -> sqlite3.Row | None:
+def _thread_lead(c: Tx, thread_ids: Sequence[str]) -> Row | None:
     """The open lead one of `thread_ids` belongs to: a message of it, or our reply to one."""
     ids = [i.strip() for i in thread_ids if i.strip()][-MAX_THREAD_IDS:]
     if not ids:
         return None
     marks = ",".join("?" * len(ids))
-    row: sqlite3.Row | None = c.execute(
+    row: Row | None = c.execute(
         "SELECT l.id, l.kind, l.owner FROM leads l JOIN lead_messages lm ON lm.lead_id = l.id"  # noqa: S608
         f" WHERE l.{_OPEN} AND lm.message_row IN ("
         f"  SELECT id FROM messages WHERE message_id IN ({marks})"
@@ -197,8 +196,8 @@ def _thread_lead(c: Tx, thread_ids: Sequence[str]) -> sqlite3.Row | None:
     return row
 
 
-def _address_lead(c: Tx, email: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = c.execute(
+def _address_lead(c: Tx, email: str) -> Row | None:
+    row: Row | None = c.execute(
         f"SELECT id, kind, owner FROM leads WHERE email = ? AND {_OPEN}"  # noqa: S608
         " ORDER BY kind = 'hot' DESC, id DESC LIMIT 1",
         (email,),

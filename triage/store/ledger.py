@@ -11,13 +11,12 @@ a message that kills the process while it is decided is quarantined after a few 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.core.errors import StoreError, TransientError
-from triage.store.db import Database, Tx, utcnow
+from triage.core.errors import TransientError
+from triage.store.db import STORE_ERRORS, Database, Row, Tx, utcnow
 
 SEEN = "seen"
 CLASSIFIED = "classified"
@@ -27,7 +26,7 @@ QUARANTINED = "quarantined"
 # Failures that say nothing about the message in hand: a server or network hiccup, or the store
 # itself failing (a full disk, say). They stop the pass, which is retried with backoff; they are
 # never counted against a message.
-NOT_THE_MESSAGES_FAULT: tuple[type[Exception], ...] = (TransientError, StoreError, sqlite3.Error)
+NOT_THE_MESSAGES_FAULT: tuple[type[Exception], ...] = (TransientError, *STORE_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,7 @@ class Outcome:
     reasons: Sequence[str]
 
 
-def _row(r: sqlite3.Row) -> LedgerRow:
+def _row(r: Row) -> LedgerRow:
     return LedgerRow(
         id=r["id"],
         account=r["account"],
@@ -107,7 +106,7 @@ class Ledger:
 
     def folder_state(self, account: str, folder: str) -> FolderState | None:
         """The sync state of a folder, or None before its first sync."""
-        r = self.db.conn.execute(
+        r = self.db.reads.execute(
             "SELECT * FROM mailbox_state WHERE account = ? AND folder = ?", (account, folder)
         ).fetchone()
         if r is None:
@@ -152,7 +151,7 @@ class Ledger:
     def first_seen(self, account: str, folder: str) -> datetime | None:
         """When triage first synced this folder (kept across UIDVALIDITY changes): mail the
         server received before then is backfill."""
-        r = self.db.conn.execute(
+        r = self.db.reads.execute(
             "SELECT first_seen FROM mailbox_state WHERE account = ? AND folder = ?",
             (account, folder),
         ).fetchone()
@@ -167,7 +166,7 @@ class Ledger:
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.db.conn.execute(
+            rows = self.db.reads.execute(
                 f"SELECT message_id FROM messages WHERE account = ? AND folder = ?"  # noqa: S608
                 f" AND message_id IN ({marks})",
                 (account, folder, *chunk),
@@ -205,7 +204,7 @@ class Ledger:
         for start in range(0, len(uids), 500):
             chunk = list(uids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            rows = self.db.conn.execute(
+            rows = self.db.reads.execute(
                 f"SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"  # noqa: S608
                 f" AND uid IN ({marks})",
                 (account, folder, uidvalidity, *chunk),
@@ -215,7 +214,7 @@ class Ledger:
 
     def unfinished(self, account: str, folder: str, uidvalidity: int) -> list[LedgerRow]:
         """Rows of this folder a crash or failure left before `done`, oldest first."""
-        rows = self.db.conn.execute(
+        rows = self.db.reads.execute(
             "SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"
             " AND state NOT IN ('done', 'quarantined') ORDER BY uid",
             (account, folder, uidvalidity),
@@ -224,7 +223,7 @@ class Ledger:
 
     def get(self, row_id: int) -> LedgerRow | None:
         """One row by id."""
-        r = self.db.conn.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
+        r = self.db.reads.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
         return _row(r) if r else None
 
     def record_outcome(self, c: Tx, o: Outcome) -> None:
@@ -259,7 +258,7 @@ class Ledger:
         for start in range(0, len(row_ids), 500):
             chunk = list(row_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            found = self.db.conn.execute(
+            found = self.db.reads.execute(
                 f"SELECT id, decision FROM messages WHERE id IN ({marks})",  # noqa: S608
                 chunk,
             )
@@ -378,5 +377,5 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         """How many messages are in each state (for status output and tests)."""
-        rows = self.db.conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+        rows = self.db.reads.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
         return {r[0]: r[1] for r in rows}

@@ -9,11 +9,10 @@ recorded; `generation` grows with every change, so a process can tell cheaply th
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 
 OK = "ok"
 NEEDS_REAUTH = "needs-reauth"
@@ -37,7 +36,7 @@ class StoredGrant:
     reminded_at: str | None = None
 
 
-def _grant(r: sqlite3.Row) -> StoredGrant:
+def _grant(r: Row) -> StoredGrant:
     blob = r["grant_blob"]
     return StoredGrant(
         name=r["name"],

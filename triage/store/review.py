@@ -7,13 +7,12 @@ This module is the SQL only; what a label causes (a correction, a lead) is decid
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from triage.core.models import DECISIONS
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 
 _PENDING = "decision = 'review' AND reviewed_label IS NULL"
 # How much a person's label would teach the model: 1 - (p_top - p_second) over the stored
@@ -106,7 +105,7 @@ def probabilities(value: str | None) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(pairs, key=lambda pair: -pair[1]))
 
 
-def _item(r: sqlite3.Row) -> ReviewItem:
+def _item(r: Row) -> ReviewItem:
     return ReviewItem(
         row_id=int(r["id"]),
         message_id=r["message_id"],
@@ -122,7 +121,7 @@ def _item(r: sqlite3.Row) -> ReviewItem:
     )
 
 
-def _message(r: sqlite3.Row) -> LedgerMessage:
+def _message(r: Row) -> LedgerMessage:
     keys = r.keys()
     return LedgerMessage(
         row_id=int(r["id"]),

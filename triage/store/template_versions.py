@@ -3,11 +3,10 @@ wrote, who saved it and when, for the history, the diff and rollback."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +21,7 @@ class TemplateVersion:
     note: str
 
 
-def _version(r: sqlite3.Row) -> TemplateVersion:
+def _version(r: Row) -> TemplateVersion:
     return TemplateVersion(
         int(r["id"]), r["filename"], r["text"], r["saved_by"], r["saved_at"], r["note"]
     )
@@ -99,7 +98,7 @@ _SAMPLE_SELECT = (
 )
 
 
-def _sample(r: sqlite3.Row) -> SampleMessage:
+def _sample(r: Row) -> SampleMessage:
     return SampleMessage(
         row_id=int(r["id"]),
         message_id=r["message_id"],

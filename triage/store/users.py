@@ -5,11 +5,10 @@ Passwords arrive here already hashed (`triage.web.passwords`); the store never s
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 
 ROLES = ("sales", "admin")
 
@@ -42,7 +41,7 @@ class Session:
     expires_at: str
 
 
-def _user(r: sqlite3.Row) -> User:
+def _user(r: Row) -> User:
     return User(
         int(r["id"]),
         r["name"],
