@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from triage.ops.metrics import Metrics, rule_name
-from triage.store.db import Database, Tx, utcnow
+from triage.store.db import Database, Tx, inserted_id, utcnow
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -90,10 +90,10 @@ def _message(c: Tx, uid: int, decision: str, reviewed: str | None = None) -> int
     cur = c.execute(
         "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, decision,"
         " reviewed_label, created_at, updated_at)"
-        " VALUES ('default', 'INBOX', 1, ?, ?, ?, ?, ?, ?)",
+        " VALUES ('default', 'INBOX', 1, ?, ?, ?, ?, ?, ?) RETURNING id",
         (uid, f"<m{uid}@example.test>", decision, reviewed, now, now),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def _lead(c: Tx, kind: str, status: str, created: datetime) -> None:

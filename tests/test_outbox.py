@@ -29,7 +29,7 @@ from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, Refused
 from triage.core.errors import PermanentError, SendError
 from triage.core.models import Address, InboundMessage
 from triage.core.settings import RepliesSettings, SmtpSettings
-from triage.store.db import Database, timestamp
+from triage.store.db import Database, inserted_id, timestamp
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 REPLIES = RepliesSettings(
@@ -128,10 +128,10 @@ def message_row(db: Database, n: int = 1) -> int:
     with db.transaction() as conn:
         cur = conn.execute(
             "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
-            " updated_at) VALUES ('a', 'INBOX', 1, ?, ?, '', '')",
+            " updated_at) VALUES ('a', 'INBOX', 1, ?, ?, '', '') RETURNING id",
             (n, f"<in-{n}@client.example>"),
         )
-    return int(cur.lastrowid or 0)
+        return inserted_id(cur)
 
 
 def make_reply(n: int = 1, to: str = "pat@client.example") -> ComposedReply:

@@ -29,6 +29,24 @@ STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 
 log = logging.getLogger(__name__)
 
+# The oldest SQLite library the store's SQL runs on: `INSERT … RETURNING` arrived in 3.35.0.
+SQLITE_MINIMUM = (3, 35, 0)
+# The SQLite library this Python's sqlite3 module uses (not the Python version).
+SQLITE_VERSION = sqlite3.sqlite_version
+
+
+def sqlite_library_problem(
+    version: tuple[int, int, int] = sqlite3.sqlite_version_info,
+) -> str | None:
+    """Why the SQLite library (`version`, by default this Python's) cannot run the store, or
+    None when it can."""
+    if version >= SQLITE_MINIMUM:
+        return None
+    have = ".".join(map(str, version))
+    need = ".".join(map(str, SQLITE_MINIMUM))
+    return f"SQLite {have} is too old for triage's store, which needs {need} or newer"
+
+
 # What a statement's parameters may be: positional (`?`) or named (`:name`).
 Params = Sequence[object] | Mapping[str, object]
 
@@ -58,8 +76,12 @@ class Result(Protocol):
     @property
     def rowcount(self) -> int: ...
 
-    @property
-    def lastrowid(self) -> int | None: ...
+
+def inserted_id(result: Result) -> int:
+    """The id that an `INSERT … RETURNING id` returned, 0 when it inserted nothing (an
+    `INSERT … SELECT` that found no row). The portable form of a driver's `lastrowid`."""
+    row = result.fetchone()
+    return 0 if row is None else int(row[0])
 
 
 class Connection(Protocol):
@@ -183,6 +205,8 @@ class Database:
         self.path = Path(path)
         # How messages name this database (for a server, its address without a password).
         self.name = str(path)
+        if problem := sqlite_library_problem():
+            raise StoreError(f"cannot open the database {self.name}: {problem}")
         try:
             if str(path) != ":memory:":
                 ensure_directory(self.path)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from triage.core.models import Contact, LeadKind
 from triage.core.sanitize import is_addr_spec
-from triage.store.db import Row, Tx, timestamp, utcnow
+from triage.store.db import Row, Tx, inserted_id, timestamp, utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")
 CLOSED_STATUSES = ("won", "lost", "dismissed")
@@ -237,7 +237,7 @@ def record_lead(c: Tx, lead: NewLead) -> int:
         cur = c.execute(
             "INSERT INTO leads (kind, email, name, company, phone, website, label, confidence,"
             " explanation, owner, due_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 lead.kind.value,
                 email,
@@ -254,7 +254,7 @@ def record_lead(c: Tx, lead: NewLead) -> int:
                 now,
             ),
         )
-        lead_id = int(cur.lastrowid or 0)
+        lead_id = inserted_id(cur)
     else:
         lead_id = int(existing["id"])
         upgrade = existing["kind"] != LeadKind.HOT.value and lead.kind is LeadKind.HOT
@@ -293,7 +293,8 @@ def record_lead(c: Tx, lead: NewLead) -> int:
             },
         )
     c.execute(
-        "INSERT OR IGNORE INTO lead_messages (lead_id, message_row) VALUES (?, ?)",
+        "INSERT INTO lead_messages (lead_id, message_row) VALUES (?, ?)"
+        " ON CONFLICT (lead_id, message_row) DO NOTHING",
         (lead_id, lead.message_row),
     )
     if given and not email:
@@ -368,11 +369,11 @@ def lead_messages(c: Tx, lead_id: int, latest: int | None = None) -> list[LeadMe
     """The messages of a lead, oldest first; only the `latest` ones when given (a stranger can
     send a lead any number of messages, a page shows a bounded few)."""
     rows = c.execute(
-        "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at,"
+        "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at,"  # noqa: S608
         " m.label, m.confidence, m.reasons, m.reviewed_label, m.reviewed_by"
         " FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
-        " WHERE lm.lead_id = ? ORDER BY m.id DESC LIMIT ?",
-        (lead_id, -1 if latest is None else latest),
+        " WHERE lm.lead_id = ? ORDER BY m.id DESC" + ("" if latest is None else " LIMIT ?"),
+        (lead_id,) if latest is None else (lead_id, latest),
     ).fetchall()
     out = []
     for r in reversed(rows):
@@ -620,8 +621,9 @@ def add_note(c: Tx, lead_id: int, author: str, text: str, now: datetime) -> int:
     """Within the caller's transaction: add a note to a lead; returns the note's id."""
     at = timestamp(now)
     cur = c.execute(
-        "INSERT INTO lead_notes (lead_id, author, text, created_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO lead_notes (lead_id, author, text, created_at) VALUES (?, ?, ?, ?)"
+        " RETURNING id",
         (lead_id, author, text, at),
     )
     c.execute("UPDATE leads SET updated_at = ? WHERE id = ?", (at, lead_id))
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)

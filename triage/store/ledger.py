@@ -135,9 +135,10 @@ class Ledger:
         """Move a folder's high-water mark: every UID up to `last_uid` has a ledger row."""
         with self.db.transaction() as c:
             c.execute(
-                "UPDATE mailbox_state SET last_uid = MAX(last_uid, ?), last_sync = ?"
+                "UPDATE mailbox_state"
+                " SET last_uid = CASE WHEN last_uid > ? THEN last_uid ELSE ? END, last_sync = ?"
                 " WHERE account = ? AND folder = ?",
-                (last_uid, utcnow(), account, folder),
+                (last_uid, last_uid, utcnow(), account, folder),
             )
 
     def touch(self, account: str, folder: str) -> None:

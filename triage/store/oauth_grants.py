@@ -91,7 +91,7 @@ def store_grant(c: Tx, name: str, provider: str, blob: bytes, now: datetime) -> 
         " VALUES (?, ?, ?, ?, 1)"
         " ON CONFLICT (name) DO UPDATE SET provider = excluded.provider,"
         " grant_blob = excluded.grant_blob, obtained_at = excluded.obtained_at,"
-        " rotated_at = NULL, rotations = 0, generation = generation + 1,"
+        " rotated_at = NULL, rotations = 0, generation = oauth_grants.generation + 1,"
         " state = 'ok', error_code = '', error_at = NULL, alerted_at = NULL, reminded_at = NULL",
         (name, provider, blob, at),
     )

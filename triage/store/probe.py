@@ -20,7 +20,10 @@ def probe_write(db: Database) -> int:
     """
     try:
         with suppress(_Undo), db.transaction() as tx:
-            tx.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('doctor', 'write test')")
+            tx.execute(
+                "INSERT INTO kv (key, value) VALUES ('doctor', 'write test')"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            )
             raise _Undo
         return db.schema_version
     except STORE_ERRORS as exc:

@@ -146,8 +146,9 @@ def pending(c: Tx, limit: int | None = None) -> list[ReviewItem]:
     probabilities come last. The one order of the review queue, for every view of it."""
     rows = c.execute(
         f"SELECT m.*, {_UNCERTAINTY} AS uncertainty FROM messages m"  # noqa: S608
-        f" WHERE {_PENDING} ORDER BY uncertainty DESC NULLS LAST, m.created_at, m.id LIMIT ?",
-        (-1 if limit is None else limit,),
+        f" WHERE {_PENDING} ORDER BY uncertainty DESC NULLS LAST, m.created_at, m.id"
+        + ("" if limit is None else " LIMIT ?"),
+        () if limit is None else (limit,),
     )
     return [_item(r) for r in rows]
 

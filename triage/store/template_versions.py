@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Row, Tx, timestamp
+from triage.store.db import Row, Tx, inserted_id, timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,10 +31,10 @@ def add(c: Tx, filename: str, text: str, saved_by: str, now: datetime, note: str
     """Record one version of `filename` inside the caller's transaction; returns its id."""
     cur = c.execute(
         "INSERT INTO template_versions (filename, text, saved_by, saved_at, note)"
-        " VALUES (?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?) RETURNING id",
         (filename, text, saved_by, timestamp(now), note),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def history(c: Tx, filename: str) -> list[TemplateVersion]:
