@@ -136,11 +136,10 @@ class DecisionRow:
 def _reply_states(c: Tx, rows: Sequence[int]) -> dict[int, str]:
     if not rows:
         return {}
-    marks = ",".join("?" * len(rows))
+    wanted, params = c.dialect.in_list("message_row", rows)
     found = c.execute(
-        f"SELECT message_row, state FROM replies WHERE message_row IN ({marks})"  # noqa: S608
-        " ORDER BY id",
-        tuple(rows),
+        f"SELECT message_row, state FROM replies WHERE {wanted} ORDER BY id",  # noqa: S608
+        params,
     )
     return {int(r["message_row"]): str(r["state"]) for r in found}
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from triage.core.errors import StoreError
+from triage.store.dialect import SQLITE, Dialect
 from triage.store.schema import MIGRATIONS
 
 # Every error the store can raise: its own and the database driver's (callers outside the store
@@ -181,12 +182,14 @@ class Tx:
 
     The domain receives a `Tx` (never a driver connection) and passes it on; only the modules of
     `triage.store` run SQL on it, so a second backend changes what is behind it, not its callers.
+    The SQL that differs between backends comes from its `dialect`.
     """
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "dialect")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, dialect: Dialect) -> None:
         self._conn = conn
+        self.dialect = dialect
 
     def execute(self, sql: str, params: Params = ()) -> Result:
         """Run one statement in this transaction (for `triage.store` only)."""
@@ -218,7 +221,7 @@ class Database:
             raise StoreError(f"cannot open the database {self.name}: {exc}") from None
         self._conn.row_factory = sqlite3.Row
         # Reads outside a transaction need no state of their own: one Tx serves them all.
-        self._reads = Tx(self._conn)
+        self._reads = Tx(self._conn, SQLITE)
         try:
             self._conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode survives a process crash (SIGKILL); only power loss can drop

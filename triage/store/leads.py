@@ -184,14 +184,15 @@ def _thread_lead(c: Tx, thread_ids: Sequence[str]) -> Row | None:
     ids = [i.strip() for i in thread_ids if i.strip()][-MAX_THREAD_IDS:]
     if not ids:
         return None
-    marks = ",".join("?" * len(ids))
+    ours, ours_params = c.dialect.in_list("message_id", ids)
+    replies, replies_params = c.dialect.in_list("reply_message_id", ids)
     row: Row | None = c.execute(
         "SELECT l.id, l.kind, l.owner FROM leads l JOIN lead_messages lm ON lm.lead_id = l.id"  # noqa: S608
         f" WHERE l.{_OPEN} AND lm.message_row IN ("
-        f"  SELECT id FROM messages WHERE message_id IN ({marks})"
-        f"  UNION SELECT message_row FROM replies WHERE reply_message_id IN ({marks}))"
+        f"  SELECT id FROM messages WHERE {ours}"
+        f"  UNION SELECT message_row FROM replies WHERE {replies})"
         " ORDER BY l.kind = 'hot' DESC, l.id DESC LIMIT 1",
-        (*ids, *ids),
+        (*ours_params, *replies_params),
     ).fetchone()
     return row
 
@@ -328,9 +329,8 @@ def find_leads(
     wanted = list(statuses)
     if not wanted:
         return []
-    marks = ",".join("?" * len(wanted))
-    sql = _SELECT + f" WHERE l.status IN ({marks})"
-    params: list[object] = list(wanted)
+    in_statuses, params = c.dialect.in_list("l.status", wanted)
+    sql = _SELECT + f" WHERE {in_statuses}"
     if kind is not None:
         sql += " AND l.kind = ?"
         params.append(kind)
@@ -472,17 +472,16 @@ def _subject_leads(c: Tx, pattern: str) -> list[int]:
     messages), instead of each lead's ledger rows, whose bodies and raw messages would be read
     with them."""
     rows = c.execute(
-        "SELECT DISTINCT lm.lead_id FROM lead_messages lm WHERE lm.message_row IN"
-        " (SELECT id FROM messages WHERE subject LIKE ? ESCAPE '\\')",
+        "SELECT DISTINCT lm.lead_id FROM lead_messages lm WHERE lm.message_row IN"  # noqa: S608
+        f" (SELECT id FROM messages WHERE subject {c.dialect.ci_like} ? ESCAPE '\\')",
         (pattern,),
     )
     return [int(r[0]) for r in rows]
 
 
 def _queue_where(c: Tx, wanted: QueueFilter, now: datetime) -> tuple[str, list[object]]:
-    statuses = list(wanted.statuses)
-    where = [f"status IN ({','.join('?' * len(statuses))})"]
-    params: list[object] = [*statuses]
+    statuses, params = c.dialect.in_list("status", list(wanted.statuses))
+    where = [statuses]
     if wanted.kind is not None:
         where.append("kind = ?")
         params.append(wanted.kind)
@@ -497,12 +496,14 @@ def _queue_where(c: Tx, wanted: QueueFilter, now: datetime) -> tuple[str, list[o
     text = wanted.search.strip()
     if text:
         pattern = _like(text)
+        like = c.dialect.ci_like
+        by_subject, subject_params = c.dialect.in_many("id", _subject_leads(c, pattern))
         where.append(
-            "(name LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\' OR company LIKE ? ESCAPE '\\'"
-            " OR id IN (SELECT value FROM json_each(?)))"
+            f"(name {like} ? ESCAPE '\\' OR email {like} ? ESCAPE '\\'"
+            f" OR company {like} ? ESCAPE '\\' OR {by_subject})"
         )
         params.extend([pattern] * 3)
-        params.append(json.dumps(_subject_leads(c, pattern)))
+        params.extend(subject_params)
     return " AND ".join(where), params
 
 
@@ -530,11 +531,8 @@ def queue(
     ).fetchall()
     if not page:
         return [], total
-    ids = [int(r["id"]) for r in page]
-    rows = c.execute(
-        _SELECT + f" WHERE l.id IN ({','.join('?' * len(ids))}) ORDER BY {outer}",
-        ids,
-    )
+    on_page, ids = c.dialect.in_list("l.id", [int(r["id"]) for r in page])
+    rows = c.execute(_SELECT + f" WHERE {on_page} ORDER BY {outer}", ids)
     return [_record(r) for r in rows], total
 
 

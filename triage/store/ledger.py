@@ -164,13 +164,14 @@ class Ledger:
         """Which of `ids` the ledger already holds for this folder (any UIDVALIDITY)."""
         wanted = list(ids)
         found: set[str] = set()
+        c = self.db.reads
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.reads.execute(
-                f"SELECT message_id FROM messages WHERE account = ? AND folder = ?"  # noqa: S608
-                f" AND message_id IN ({marks})",
-                (account, folder, *chunk),
+            wanted_ids, params = c.dialect.in_list("message_id", chunk)
+            rows = c.execute(
+                "SELECT message_id FROM messages WHERE account = ? AND folder = ?"  # noqa: S608
+                f" AND {wanted_ids}",
+                (account, folder, *params),
             )
             found.update(r[0] for r in rows)
         return found
@@ -202,13 +203,14 @@ class Ledger:
     ) -> dict[int, LedgerRow]:
         """Ledger rows by UID for the given UIDs of one folder."""
         out: dict[int, LedgerRow] = {}
+        c = self.db.reads
         for start in range(0, len(uids), 500):
             chunk = list(uids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.reads.execute(
-                f"SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"  # noqa: S608
-                f" AND uid IN ({marks})",
-                (account, folder, uidvalidity, *chunk),
+            wanted_uids, params = c.dialect.in_list("uid", chunk)
+            rows = c.execute(
+                "SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"  # noqa: S608
+                f" AND {wanted_uids}",
+                (account, folder, uidvalidity, *params),
             )
             out.update((r["uid"], _row(r)) for r in rows)
         return out
@@ -256,12 +258,13 @@ class Ledger:
         """The recorded decision of each row: one narrow query per 500 rows, not one per row
         (and not `SELECT *`, which would read back every body just written)."""
         out: dict[int, str | None] = {}
+        c = self.db.reads
         for start in range(0, len(row_ids), 500):
             chunk = list(row_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            found = self.db.reads.execute(
-                f"SELECT id, decision FROM messages WHERE id IN ({marks})",  # noqa: S608
-                chunk,
+            wanted_rows, params = c.dialect.in_list("id", chunk)
+            found = c.execute(
+                f"SELECT id, decision FROM messages WHERE {wanted_rows}",  # noqa: S608
+                params,
             )
             out.update((row[0], row[1]) for row in found)
         return out

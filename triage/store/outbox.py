@@ -277,8 +277,8 @@ def _entries(tx: Tx, where: str, params: tuple[object, ...]) -> list[QueueEntry]
 
 def entries(tx: Tx, states: Iterable[str]) -> list[QueueEntry]:
     """Rows of both tables in `states`, oldest first."""
-    wanted = tuple(states)
-    return _entries(tx, "state IN ({})".format(", ".join("?" for _ in wanted)), wanted)
+    where, params = tx.dialect.in_list("state", tuple(states))
+    return _entries(tx, where, tuple(params))
 
 
 def entry(tx: Tx, table: Table, row_id: int) -> QueueEntry | None:
