@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from triage.core.settings import Settings, load_settings
+from triage.ops.doctor import check_store
 from triage.store import digests, retention, review, stats
 from triage.store.corrections import list_corrections
 from triage.store.db import (
     SQLITE_MINIMUM,
+    SQLITE_VERSION,
     Database,
     inserted_id,
     sqlite_library_problem,
@@ -144,3 +147,29 @@ def test_the_write_probe_leaves_nothing_behind(db: Database) -> None:
     assert probe_write(db) == len(MIGRATIONS)
     assert db.reads.execute("SELECT COUNT(*) FROM kv WHERE key = 'doctor'").fetchone()[0] == 0
     assert not db.in_transaction
+
+
+def _store_settings(path: Path) -> Settings:
+    return load_settings(
+        None,
+        environ={},
+        overrides={"imap": {"username": "u", "password": "p"}, "store": {"path": str(path)}},
+    )
+
+
+def test_the_doctor_names_the_sqlite_library_and_refuses_one_too_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store row says which SQLite library runs the store; a library older than 3.35 is a
+    problem row saying so (before any database is opened)."""
+    (finding,) = check_store(_store_settings(tmp_path / "triage.db"))
+    assert finding.status == "ok"
+    assert f"writable, SQLite {SQLITE_VERSION})" in finding.detail
+
+    monkeypatch.setattr(
+        "triage.store.db.sqlite_library_problem", lambda: sqlite_library_problem((3, 31, 1))
+    )
+    (finding,) = check_store(_store_settings(tmp_path / "other" / "triage.db"))
+    assert finding.status == "problem"
+    assert "SQLite 3.31.1 is too old" in finding.detail
+    assert not (tmp_path / "other").exists()
