@@ -291,7 +291,7 @@ def fill(path: Path, leads: int, messages: int, days: int = DAYS, seed: int = SE
             " first_seen, last_sync) VALUES ('default', 'INBOX', 1, ?, 0, ?, ?)",
             (messages, _stamp(now - timedelta(days=days)), _stamp(now)),
         )
-    db.conn.execute("ANALYZE")
+    db.reads.execute("ANALYZE")
     db.close()
     return Filled(
         messages=len(message_rows),

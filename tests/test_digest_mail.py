@@ -302,12 +302,12 @@ def test_a_killed_digest_send_arrives_at_most_once(
     # The next periodic step, after the dead process's `sending` has gone stale.
     rerun = digest.run_digest_if_due(settings, store.db, MONDAY_8 + timedelta(minutes=5))
     assert rerun.prepared is None  # the slot's digest exists: never a second one
-    rows = store.db.conn.execute("SELECT state, message_id FROM digests").fetchall()
+    rows = store.db.reads.execute("SELECT state, message_id FROM digests").fetchall()
     assert [r["state"] for r in rows] == [state]
     received = settled(clean_mail, "sales", arrives)
     assert len(received) == arrives
     assert all(m["Message-ID"] == rows[0]["message_id"] for m in received)
-    undigested = store.db.conn.execute(
+    undigested = store.db.reads.execute(
         "SELECT COUNT(*) FROM leads WHERE kind = 'hot' AND digested_in IS NULL"
     ).fetchone()[0]
     assert undigested == 0

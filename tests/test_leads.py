@@ -496,7 +496,7 @@ def test_retention_empties_old_bodies_and_keeps_leads(tmp_path: Path) -> None:
     assert (result.messages, result.corrections) == (1, 1)
     assert apply_retention(s.leads, store.db, now).messages == 0  # idempotent
     c = store.db.reads
-    bodies = dict(c.execute("SELECT id, body FROM messages").fetchall())
+    bodies = {r[0]: r[1] for r in c.execute("SELECT id, body FROM messages")}
     assert bodies == {old_row: None, new_row: "new body"}
     assert c.execute("SELECT raw FROM messages WHERE id = ?", (old_row,)).fetchone()[0] is None
     correction = c.execute("SELECT subject, body, raw FROM corrections").fetchone()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from triage.ops.metrics import Metrics, rule_name
-from triage.store.db import Database, utcnow
+from triage.store.db import Database, Tx, inserted_id, utcnow
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -85,32 +85,33 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     assert REGISTRY.get_sample_value("triage_smtp_errors_total") is None
 
 
-def _message(db: Database, uid: int, decision: str, reviewed: str | None = None) -> int:
+def _message(c: Tx, uid: int, decision: str, reviewed: str | None = None) -> int:
     now = utcnow()
-    cur = db.conn.execute(
+    cur = c.execute(
         "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, decision,"
-        " reviewed_label, created_at, updated_at) VALUES ('default', 'INBOX', 1, ?, ?, ?, ?, ?, ?)",
+        " reviewed_label, created_at, updated_at)"
+        " VALUES ('default', 'INBOX', 1, ?, ?, ?, ?, ?, ?) RETURNING id",
         (uid, f"<m{uid}@example.test>", decision, reviewed, now, now),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
-def _lead(db: Database, kind: str, status: str, created: datetime) -> None:
+def _lead(c: Tx, kind: str, status: str, created: datetime) -> None:
     stamp = created.isoformat(timespec="microseconds")
-    db.conn.execute(
+    c.execute(
         "INSERT INTO leads (kind, status, email, label, created_at, updated_at)"
         " VALUES (?, ?, 'jane@doe.example', 'sales', ?, ?)",
         (kind, status, stamp, stamp),
     )
 
 
-def _reply(db: Database, row: int, state: str) -> None:
+def _reply(c: Tx, row: int, state: str) -> None:
     now = utcnow()
-    db.conn.execute(
+    c.execute(
         "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from, template,"
         " mode, state, raw, next_attempt, created_at)"
-        " VALUES (?, ?, 'jane@doe.example', '', 'sales', 'live', ?, x'00', ?, ?)",
-        (row, f"<r{row}-{state}@example.test>", state, now, now),
+        " VALUES (?, ?, 'jane@doe.example', '', 'sales', 'live', ?, ?, ?, ?)",
+        (row, f"<r{row}-{state}@example.test>", state, b"\x00", now, now),
     )
 
 
@@ -119,18 +120,18 @@ def test_refresh_from_store_reads_review_queue_oldest_hot_lead_and_outbox(tmp_pa
     hot lead's age; outbox depth = replies still `queued`. Other rows do not count."""
     db = Database(tmp_path / "triage.db")
     try:
-        with db.transaction():
-            _message(db, 1, "review")
-            _message(db, 2, "review")
-            _message(db, 3, "review", reviewed="sales")
-            row = _message(db, 4, "sales")
+        with db.transaction() as c:
+            _message(c, 1, "review")
+            _message(c, 2, "review")
+            _message(c, 3, "review", reviewed="sales")
+            row = _message(c, 4, "sales")
             now = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-            _lead(db, "hot", "new", now - timedelta(minutes=90))
-            _lead(db, "hot", "new", now - timedelta(minutes=10))
-            _lead(db, "hot", "claimed", now - timedelta(days=3))
-            _lead(db, "nurture", "new", now - timedelta(days=5))
-            _reply(db, row, "queued")
-            _reply(db, row, "sent")
+            _lead(c, "hot", "new", now - timedelta(minutes=90))
+            _lead(c, "hot", "new", now - timedelta(minutes=10))
+            _lead(c, "hot", "claimed", now - timedelta(days=3))
+            _lead(c, "nurture", "new", now - timedelta(days=5))
+            _reply(c, row, "queued")
+            _reply(c, row, "sent")
         m = Metrics()
         m.refresh_from_store(db, now=now.timestamp())
     finally:

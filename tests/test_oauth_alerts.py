@@ -40,7 +40,7 @@ def oauth_settings(tmp_path: Path, **oauth2: Any) -> Settings:
 
 def queued(db: Database) -> list[tuple[str, str, list[str]]]:
     """(slot, subject, recipients) of every administrators' alert queued, oldest first."""
-    rows = db.conn.execute(
+    rows = db.reads.execute(
         "SELECT slot, raw, recipients FROM digests WHERE kind = ? ORDER BY id", (ADMIN,)
     )
     out = []
@@ -62,7 +62,7 @@ def test_a_re_authorisation_is_alerted_once_then_reminded_daily(tmp_path: Path) 
     [(slot, subject, recipients)] = queued(db)
     assert subject == "triage: hello needs re-authorisation (invalid_grant)"
     assert recipients == ["it@example.test"]
-    raw = db.conn.execute("SELECT raw FROM digests WHERE slot = ?", (slot,)).fetchone()[0]
+    raw = db.reads.execute("SELECT raw FROM digests WHERE slot = ?", (slot,)).fetchone()[0]
     text = email.message_from_bytes(raw, policy=email.policy.default)
     body = text.get_body(preferencelist=("plain",))
     assert body is not None

@@ -29,7 +29,7 @@ from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, Refused
 from triage.core.errors import PermanentError, SendError
 from triage.core.models import Address, InboundMessage
 from triage.core.settings import RepliesSettings, SmtpSettings
-from triage.store.db import Database, timestamp
+from triage.store.db import Database, inserted_id, timestamp
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 REPLIES = RepliesSettings(
@@ -128,10 +128,10 @@ def message_row(db: Database, n: int = 1) -> int:
     with db.transaction() as conn:
         cur = conn.execute(
             "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
-            " updated_at) VALUES ('a', 'INBOX', 1, ?, ?, '', '')",
+            " updated_at) VALUES ('a', 'INBOX', 1, ?, ?, '', '') RETURNING id",
             (n, f"<in-{n}@client.example>"),
         )
-    return int(cur.lastrowid or 0)
+        return inserted_id(cur)
 
 
 def make_reply(n: int = 1, to: str = "pat@client.example") -> ComposedReply:
@@ -194,7 +194,7 @@ def test_enqueue_twice_is_a_no_op(db: Database) -> None:
         row, make_reply(), recipient=to, envelope_from=sender, template="sales", mode="live"
     )
     assert first == second
-    assert db.conn.execute("SELECT count(*) FROM replies").fetchone()[0] == 1
+    assert db.reads.execute("SELECT count(*) FROM replies").fetchone()[0] == 1
 
 
 def test_enqueue_joins_the_callers_transaction(db: Database) -> None:
@@ -211,7 +211,7 @@ def test_enqueue_joins_the_callers_transaction(db: Database) -> None:
             mode="live",
         )
         raise RuntimeError("the rest of the record failed")
-    assert db.conn.execute("SELECT count(*) FROM replies").fetchone()[0] == 0
+    assert db.reads.execute("SELECT count(*) FROM replies").fetchone()[0] == 0
 
 
 def test_enqueue_rejects_unknown_modes_and_replies_without_id(db: Database) -> None:
@@ -289,7 +289,7 @@ def test_row_is_committed_as_sending_only_between_content_and_final_dot(
 
     def look() -> None:
         seen.append(
-            other.conn.execute("SELECT state FROM replies WHERE id = ?", (row_id,)).fetchone()[0]
+            other.reads.execute("SELECT state FROM replies WHERE id = ?", (row_id,)).fetchone()[0]
         )
 
     connector.session.on_begin = look

@@ -65,5 +65,5 @@ def test_a_failed_transaction_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), db.transaction() as c:
         c.execute("INSERT INTO kv (key, value) VALUES ('a', 'b')")
         raise RuntimeError("boom")
-    assert db.conn.execute("SELECT COUNT(*) FROM kv").fetchone()[0] == 0
+    assert db.reads.execute("SELECT COUNT(*) FROM kv").fetchone()[0] == 0
     db.close()

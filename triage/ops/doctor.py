@@ -89,11 +89,20 @@ def settings_findings(error: ConfigError | None, source: Path | None) -> list[Fi
 
 
 def check_store(settings: Settings) -> list[Finding]:
-    """Open (create, migrate) the database and prove it is writable with a rolled-back write."""
-    from triage.store.db import Database
+    """Check the SQLite library's version, open (create, migrate) the database and prove it is
+    writable with a rolled-back write."""
+    from triage.store.db import SQLITE_VERSION, Database, sqlite_library_problem
     from triage.store.probe import probe_write
 
     path = settings.store.path
+    if problem := sqlite_library_problem():
+        return [
+            _problem(
+                "store",
+                problem,
+                "run triage with a Python whose sqlite3 module links a newer SQLite library",
+            )
+        ]
     fix = (
         f"make {path.parent} writable by the user triage runs as, or set store.path "
         "(the systemd unit allows writes only below /var/lib/triage)"
@@ -108,7 +117,7 @@ def check_store(settings: Settings) -> list[Finding]:
         return [_problem("store", str(exc), fix)]
     finally:
         db.close()
-    return [_ok("store", f"{path} (schema {version}, writable)")]
+    return [_ok("store", f"{path} (schema {version}, writable, SQLite {SQLITE_VERSION})")]
 
 
 # -- IMAP -----------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Tx, inserted_id, timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ def record(
     """Append one entry inside the caller's transaction; returns its id."""
     cur = c.execute(
         "INSERT INTO audit (at, actor, action, target_kind, target, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         (
             timestamp(now),
             actor,
@@ -51,7 +51,7 @@ def record(
             json.dumps(dict(detail or {}), ensure_ascii=False, default=str),
         ),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def _entry(r: Any) -> AuditEntry:

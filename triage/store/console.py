@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from triage.core.models import DECISIONS
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 from triage.store.review import terms
 
 PAGE_SIZE = 50
@@ -137,11 +136,10 @@ class DecisionRow:
 def _reply_states(c: Tx, rows: Sequence[int]) -> dict[int, str]:
     if not rows:
         return {}
-    marks = ",".join("?" * len(rows))
+    wanted, params = c.dialect.in_list("message_row", rows)
     found = c.execute(
-        f"SELECT message_row, state FROM replies WHERE message_row IN ({marks})"  # noqa: S608
-        " ORDER BY id",
-        tuple(rows),
+        f"SELECT message_row, state FROM replies WHERE {wanted} ORDER BY id",  # noqa: S608
+        params,
     )
     return {int(r["message_row"]): str(r["state"]) for r in found}
 
@@ -242,7 +240,7 @@ def _probabilities(value: str | None) -> dict[str, float]:
     }
 
 
-def _reply(r: sqlite3.Row) -> ReplyRecord:
+def _reply(r: Row) -> ReplyRecord:
     return ReplyRecord(
         id=int(r["id"]),
         state=str(r["state"]),

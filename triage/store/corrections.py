@@ -230,9 +230,10 @@ class CorrectionRow:
 def list_corrections(c: Tx, limit: int | None = None) -> list[CorrectionRow]:
     """Corrections, newest first (at most `limit`)."""
     rows = c.execute(
-        "SELECT id, created_at, message_row, message_id, subject, old_label, new_label, source,"
-        " weight FROM corrections ORDER BY created_at DESC, id DESC LIMIT ?",
-        (-1 if limit is None else limit,),
+        "SELECT id, created_at, message_row, message_id, subject, old_label, new_label, source,"  # noqa: S608
+        " weight FROM corrections ORDER BY created_at DESC, id DESC"
+        + ("" if limit is None else " LIMIT ?"),
+        () if limit is None else (limit,),
     )
     out = []
     for r in rows:

@@ -2,6 +2,9 @@
 
 One `Database` wraps one connection. Writes happen inside `transaction()`, which commits on
 success and rolls back on error, so an effect and its record land together or not at all.
+
+Code outside this package sees the `Tx`, `Result` and `Row` types declared here, never a
+driver's: a second backend supplies its own objects of the same shape.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from sqlite3 import Cursor
+from typing import Any, Protocol
 
 from triage.core.errors import StoreError
+from triage.store.dialect import SQLITE, Dialect
 from triage.store.schema import MIGRATIONS
 
 # Every error the store can raise: its own and the database driver's (callers outside the store
@@ -25,6 +29,69 @@ from triage.store.schema import MIGRATIONS
 STORE_ERRORS: tuple[type[Exception], ...] = (StoreError, sqlite3.Error)
 
 log = logging.getLogger(__name__)
+
+# The oldest SQLite library the store's SQL runs on: `INSERT … RETURNING` arrived in 3.35.0.
+SQLITE_MINIMUM = (3, 35, 0)
+# The SQLite library this Python's sqlite3 module uses (not the Python version).
+SQLITE_VERSION = sqlite3.sqlite_version
+
+
+def sqlite_library_problem(
+    version: tuple[int, int, int] = sqlite3.sqlite_version_info,
+) -> str | None:
+    """Why the SQLite library (`version`, by default this Python's) cannot run the store, or
+    None when it can."""
+    if version >= SQLITE_MINIMUM:
+        return None
+    have = ".".join(map(str, version))
+    need = ".".join(map(str, SQLITE_MINIMUM))
+    return f"SQLite {have} is too old for triage's store, which needs {need} or newer"
+
+
+# What a statement's parameters may be: positional (`?`) or named (`:name`).
+Params = Sequence[object] | Mapping[str, object]
+
+
+class Row(Protocol):
+    """One result row: by column name (`r["id"]`, the first column of that name) or position
+    (`r[0]`), its column names (`keys()`) and its values in order (`tuple(r)`)."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
+
+    def keys(self) -> list[str]: ...
+
+
+class Result(Protocol):
+    """What running a statement returns: its rows, and how many rows it changed."""
+
+    def fetchone(self) -> Any: ...  # Row | None, typed as loosely as the drivers type it
+
+    def fetchall(self) -> list[Row]: ...
+
+    def __iter__(self) -> Iterator[Row]: ...
+
+    @property
+    def rowcount(self) -> int: ...
+
+
+def inserted_id(result: Result) -> int:
+    """The id that an `INSERT … RETURNING id` returned, 0 when it inserted nothing (an
+    `INSERT … SELECT` that found no row). The portable form of a driver's `lastrowid`."""
+    row = result.fetchone()
+    return 0 if row is None else int(row[0])
+
+
+class Connection(Protocol):
+    """What a `Tx` runs statements on: a driver's connection, or a backend's wrapper of one."""
+
+    def execute(self, sql: str, parameters: Params = (), /) -> Result: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[object]], /) -> Result: ...
+
 
 # The store holds every inbound message and reply: readable by the service user only.
 FILE_MODE = 0o600
@@ -115,20 +182,23 @@ class Tx:
 
     The domain receives a `Tx` (never a driver connection) and passes it on; only the modules of
     `triage.store` run SQL on it, so a second backend changes what is behind it, not its callers.
+    The SQL that differs between backends comes from its `dialect`.
     """
 
-    __slots__ = ("conn",)
+    __slots__ = ("_conn", "dialect")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: Connection, dialect: Dialect) -> None:
+        self._conn = conn
+        self.dialect = dialect
 
-    def execute(self, sql: str, params: Sequence[object] | Mapping[str, object] = ()) -> Cursor:
+    def execute(self, sql: str, params: Params = ()) -> Result:
         """Run one statement in this transaction (for `triage.store` only)."""
-        return self.conn.execute(sql, params)
+        # On the hot path (several statements per message): nothing more than the call itself.
+        return self._conn.execute(sql, params)
 
-    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> Cursor:
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> Result:
         """Run one statement for many rows in this transaction (for `triage.store` only)."""
-        return self.conn.executemany(sql, rows)
+        return self._conn.executemany(sql, rows)
 
 
 class Database:
@@ -136,67 +206,73 @@ class Database:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        # How messages name this database (for a server, its address without a password).
+        self.name = str(path)
+        if problem := sqlite_library_problem():
+            raise StoreError(f"cannot open the database {self.name}: {problem}")
         try:
             if str(path) != ":memory:":
                 ensure_directory(self.path)
                 _create_private(self.path)
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
             # the block we say it is.
-            self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+            self._conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the database {path}: {exc}") from None
-        self.conn.row_factory = sqlite3.Row
+            raise StoreError(f"cannot open the database {self.name}: {exc}") from None
+        self._conn.row_factory = sqlite3.Row
+        # Reads outside a transaction need no state of their own: one Tx serves them all.
+        self._reads = Tx(self._conn, SQLITE)
         try:
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA journal_mode = WAL")
             # NORMAL in WAL mode survives a process crash (SIGKILL); only power loss can drop
             # the last transactions, and the ledger makes that safe to redo.
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:
-            self.conn.close()
-            raise StoreError(f"the database {path} is unusable: {exc}") from None
+            self._conn.close()
+            raise StoreError(f"the database {self.name} is unusable: {exc}") from None
 
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open on this connection."""
-        return self.conn.in_transaction
+        return self._conn.in_transaction
 
     @property
     def reads(self) -> Tx:
         """The unit of work for reads outside a transaction: each statement sees committed data."""
-        return Tx(self.conn)
+        return self._reads
 
     @property
     def schema_version(self) -> int:
         """The `user_version` of the open database: how many migrations it has had."""
-        row = self.conn.execute("PRAGMA user_version").fetchone()
+        row = self._conn.execute("PRAGMA user_version").fetchone()
         return int(row[0])
 
     def _migrate(self) -> None:
         current = self.schema_version
         if current > len(MIGRATIONS):
             raise StoreError(
-                f"the database {self.path} has schema {current}, newer than this triage "
+                f"the database {self.name} has schema {current}, newer than this triage "
                 f"({len(MIGRATIONS)}); upgrade triage"
             )
         for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
             # executescript commits first; wrap each migration so it applies entirely or not.
-            self.conn.executescript(
+            self._conn.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
             )
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            yield Tx(self.conn)
+            yield self._reads  # the same connection: its statements are now in the transaction
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            self._conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
+        self._conn.execute("COMMIT")
 
     def close(self) -> None:
         """Close the connection; the object is unusable afterwards."""
-        self.conn.close()
+        self._conn.close()

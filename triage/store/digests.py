@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Tx, inserted_id, timestamp
 
 
 def slot_taken(tx: Tx, kind: str, slot: str) -> bool:
@@ -75,7 +75,7 @@ def insert(
     cur = tx.execute(
         "INSERT INTO digests (state, message_id, raw, created_at, kind, slot, lead_id,"
         " recipients, envelope_from, covers_until, attempts, next_attempt, updated_at)"
-        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
         (
             message_id,
             raw,
@@ -90,7 +90,7 @@ def insert(
             at,
         ),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def mark_digested(tx: Tx, digest_id: int, lead_ids: Iterable[int]) -> None:
@@ -193,7 +193,7 @@ def split_off(
         "INSERT INTO digests (state, message_id, raw, created_at, kind, slot, lead_id,"
         " recipients, envelope_from, covers_until, attempts, next_attempt, updated_at, error)"
         " SELECT ?, message_id || ?, raw, created_at, kind, slot || ?, lead_id, ?,"
-        " envelope_from, NULL, 0, ?, ?, ? FROM digests WHERE id = ?",
+        " envelope_from, NULL, 0, ?, ?, ? FROM digests WHERE id = ? RETURNING id",
         (
             state,
             suffix,
@@ -205,4 +205,4 @@ def split_off(
             row_id,
         ),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)

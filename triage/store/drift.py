@@ -78,12 +78,12 @@ def label_windows(c: Tx, now: datetime) -> LabelWindows:
     `now` and in the 28 days before those."""
     split = now - RECENT_SPAN
     start = split - BASELINE_SPAN
-    marks = ",".join("?" * len(LABELS))
+    labels, params = c.dialect.in_list("label", LABELS)
     rows = c.execute(
         "SELECT created_at >= ? AS recent, label, COUNT(*) AS n, AVG(confidence) AS mean"  # noqa: S608
         " FROM messages WHERE created_at >= ? AND created_at < ? AND backfill = 0"
-        f" AND decision IS NOT NULL AND label IN ({marks}) GROUP BY recent, label",
-        (timestamp(split), timestamp(start), timestamp(now), *LABELS),
+        f" AND decision IS NOT NULL AND {labels} GROUP BY recent, label",
+        (timestamp(split), timestamp(start), timestamp(now), *params),
     )
     found: dict[bool, dict[str, tuple[int, float | None]]] = {True: {}, False: {}}
     for r in rows:

@@ -14,14 +14,13 @@ sorts and compares like the time it stands for.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from triage.core.models import Contact, LeadKind
 from triage.core.sanitize import is_addr_spec
-from triage.store.db import Tx, timestamp, utcnow
+from triage.store.db import Row, Tx, inserted_id, timestamp, utcnow
 
 OPEN_STATUSES = ("new", "claimed", "contacted")
 CLOSED_STATUSES = ("won", "lost", "dismissed")
@@ -144,7 +143,7 @@ def _explanation(value: str | None) -> tuple[str, ...]:
     return tuple(str(t) for t in terms) if isinstance(terms, list) else ()
 
 
-def _record(r: sqlite3.Row) -> LeadRecord:
+def _record(r: Row) -> LeadRecord:
     created = _time(r["created_at"])
     updated = _time(r["updated_at"])
     assert created is not None and updated is not None
@@ -180,25 +179,26 @@ def _record(r: sqlite3.Row) -> LeadRecord:
 # --- recording (inside the pipeline's transaction) -----------------------------------------------
 
 
-def _thread_lead(c: Tx, thread_ids: Sequence[str]) -> sqlite3.Row | None:
+def _thread_lead(c: Tx, thread_ids: Sequence[str]) -> Row | None:
     """The open lead one of `thread_ids` belongs to: a message of it, or our reply to one."""
     ids = [i.strip() for i in thread_ids if i.strip()][-MAX_THREAD_IDS:]
     if not ids:
         return None
-    marks = ",".join("?" * len(ids))
-    row: sqlite3.Row | None = c.execute(
+    ours, ours_params = c.dialect.in_list("message_id", ids)
+    replies, replies_params = c.dialect.in_list("reply_message_id", ids)
+    row: Row | None = c.execute(
         "SELECT l.id, l.kind, l.owner FROM leads l JOIN lead_messages lm ON lm.lead_id = l.id"  # noqa: S608
         f" WHERE l.{_OPEN} AND lm.message_row IN ("
-        f"  SELECT id FROM messages WHERE message_id IN ({marks})"
-        f"  UNION SELECT message_row FROM replies WHERE reply_message_id IN ({marks}))"
+        f"  SELECT id FROM messages WHERE {ours}"
+        f"  UNION SELECT message_row FROM replies WHERE {replies})"
         " ORDER BY l.kind = 'hot' DESC, l.id DESC LIMIT 1",
-        (*ids, *ids),
+        (*ours_params, *replies_params),
     ).fetchone()
     return row
 
 
-def _address_lead(c: Tx, email: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = c.execute(
+def _address_lead(c: Tx, email: str) -> Row | None:
+    row: Row | None = c.execute(
         f"SELECT id, kind, owner FROM leads WHERE email = ? AND {_OPEN}"  # noqa: S608
         " ORDER BY kind = 'hot' DESC, id DESC LIMIT 1",
         (email,),
@@ -238,7 +238,7 @@ def record_lead(c: Tx, lead: NewLead) -> int:
         cur = c.execute(
             "INSERT INTO leads (kind, email, name, company, phone, website, label, confidence,"
             " explanation, owner, due_at, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 lead.kind.value,
                 email,
@@ -255,7 +255,7 @@ def record_lead(c: Tx, lead: NewLead) -> int:
                 now,
             ),
         )
-        lead_id = int(cur.lastrowid or 0)
+        lead_id = inserted_id(cur)
     else:
         lead_id = int(existing["id"])
         upgrade = existing["kind"] != LeadKind.HOT.value and lead.kind is LeadKind.HOT
@@ -294,7 +294,8 @@ def record_lead(c: Tx, lead: NewLead) -> int:
             },
         )
     c.execute(
-        "INSERT OR IGNORE INTO lead_messages (lead_id, message_row) VALUES (?, ?)",
+        "INSERT INTO lead_messages (lead_id, message_row) VALUES (?, ?)"
+        " ON CONFLICT (lead_id, message_row) DO NOTHING",
         (lead_id, lead.message_row),
     )
     if given and not email:
@@ -328,9 +329,8 @@ def find_leads(
     wanted = list(statuses)
     if not wanted:
         return []
-    marks = ",".join("?" * len(wanted))
-    sql = _SELECT + f" WHERE l.status IN ({marks})"
-    params: list[object] = list(wanted)
+    in_statuses, params = c.dialect.in_list("l.status", wanted)
+    sql = _SELECT + f" WHERE {in_statuses}"
     if kind is not None:
         sql += " AND l.kind = ?"
         params.append(kind)
@@ -369,11 +369,11 @@ def lead_messages(c: Tx, lead_id: int, latest: int | None = None) -> list[LeadMe
     """The messages of a lead, oldest first; only the `latest` ones when given (a stranger can
     send a lead any number of messages, a page shows a bounded few)."""
     rows = c.execute(
-        "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at,"
+        "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at,"  # noqa: S608
         " m.label, m.confidence, m.reasons, m.reviewed_label, m.reviewed_by"
         " FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
-        " WHERE lm.lead_id = ? ORDER BY m.id DESC LIMIT ?",
-        (lead_id, -1 if latest is None else latest),
+        " WHERE lm.lead_id = ? ORDER BY m.id DESC" + ("" if latest is None else " LIMIT ?"),
+        (lead_id,) if latest is None else (lead_id, latest),
     ).fetchall()
     out = []
     for r in reversed(rows):
@@ -472,17 +472,16 @@ def _subject_leads(c: Tx, pattern: str) -> list[int]:
     messages), instead of each lead's ledger rows, whose bodies and raw messages would be read
     with them."""
     rows = c.execute(
-        "SELECT DISTINCT lm.lead_id FROM lead_messages lm WHERE lm.message_row IN"
-        " (SELECT id FROM messages WHERE subject LIKE ? ESCAPE '\\')",
+        "SELECT DISTINCT lm.lead_id FROM lead_messages lm WHERE lm.message_row IN"  # noqa: S608
+        f" (SELECT id FROM messages WHERE subject {c.dialect.ci_like} ? ESCAPE '\\')",
         (pattern,),
     )
     return [int(r[0]) for r in rows]
 
 
 def _queue_where(c: Tx, wanted: QueueFilter, now: datetime) -> tuple[str, list[object]]:
-    statuses = list(wanted.statuses)
-    where = [f"status IN ({','.join('?' * len(statuses))})"]
-    params: list[object] = [*statuses]
+    statuses, params = c.dialect.in_list("status", list(wanted.statuses))
+    where = [statuses]
     if wanted.kind is not None:
         where.append("kind = ?")
         params.append(wanted.kind)
@@ -497,12 +496,14 @@ def _queue_where(c: Tx, wanted: QueueFilter, now: datetime) -> tuple[str, list[o
     text = wanted.search.strip()
     if text:
         pattern = _like(text)
+        like = c.dialect.ci_like
+        by_subject, subject_params = c.dialect.in_many("id", _subject_leads(c, pattern))
         where.append(
-            "(name LIKE ? ESCAPE '\\' OR email LIKE ? ESCAPE '\\' OR company LIKE ? ESCAPE '\\'"
-            " OR id IN (SELECT value FROM json_each(?)))"
+            f"(name {like} ? ESCAPE '\\' OR email {like} ? ESCAPE '\\'"
+            f" OR company {like} ? ESCAPE '\\' OR {by_subject})"
         )
         params.extend([pattern] * 3)
-        params.append(json.dumps(_subject_leads(c, pattern)))
+        params.extend(subject_params)
     return " AND ".join(where), params
 
 
@@ -530,11 +531,8 @@ def queue(
     ).fetchall()
     if not page:
         return [], total
-    ids = [int(r["id"]) for r in page]
-    rows = c.execute(
-        _SELECT + f" WHERE l.id IN ({','.join('?' * len(ids))}) ORDER BY {outer}",
-        ids,
-    )
+    on_page, ids = c.dialect.in_list("l.id", [int(r["id"]) for r in page])
+    rows = c.execute(_SELECT + f" WHERE {on_page} ORDER BY {outer}", ids)
     return [_record(r) for r in rows], total
 
 
@@ -621,8 +619,9 @@ def add_note(c: Tx, lead_id: int, author: str, text: str, now: datetime) -> int:
     """Within the caller's transaction: add a note to a lead; returns the note's id."""
     at = timestamp(now)
     cur = c.execute(
-        "INSERT INTO lead_notes (lead_id, author, text, created_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO lead_notes (lead_id, author, text, created_at) VALUES (?, ?, ?, ?)"
+        " RETURNING id",
         (lead_id, author, text, at),
     )
     c.execute("UPDATE leads SET updated_at = ? WHERE id = ?", (at, lead_id))
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)

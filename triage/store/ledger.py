@@ -11,13 +11,12 @@ a message that kills the process while it is decided is quarantined after a few 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.core.errors import StoreError, TransientError
-from triage.store.db import Database, Tx, utcnow
+from triage.core.errors import TransientError
+from triage.store.db import STORE_ERRORS, Database, Row, Tx, utcnow
 
 SEEN = "seen"
 CLASSIFIED = "classified"
@@ -27,7 +26,7 @@ QUARANTINED = "quarantined"
 # Failures that say nothing about the message in hand: a server or network hiccup, or the store
 # itself failing (a full disk, say). They stop the pass, which is retried with backoff; they are
 # never counted against a message.
-NOT_THE_MESSAGES_FAULT: tuple[type[Exception], ...] = (TransientError, StoreError, sqlite3.Error)
+NOT_THE_MESSAGES_FAULT: tuple[type[Exception], ...] = (TransientError, *STORE_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,7 @@ class Outcome:
     reasons: Sequence[str]
 
 
-def _row(r: sqlite3.Row) -> LedgerRow:
+def _row(r: Row) -> LedgerRow:
     return LedgerRow(
         id=r["id"],
         account=r["account"],
@@ -107,7 +106,7 @@ class Ledger:
 
     def folder_state(self, account: str, folder: str) -> FolderState | None:
         """The sync state of a folder, or None before its first sync."""
-        r = self.db.conn.execute(
+        r = self.db.reads.execute(
             "SELECT * FROM mailbox_state WHERE account = ? AND folder = ?", (account, folder)
         ).fetchone()
         if r is None:
@@ -136,9 +135,10 @@ class Ledger:
         """Move a folder's high-water mark: every UID up to `last_uid` has a ledger row."""
         with self.db.transaction() as c:
             c.execute(
-                "UPDATE mailbox_state SET last_uid = MAX(last_uid, ?), last_sync = ?"
+                "UPDATE mailbox_state"
+                " SET last_uid = CASE WHEN last_uid > ? THEN last_uid ELSE ? END, last_sync = ?"
                 " WHERE account = ? AND folder = ?",
-                (last_uid, utcnow(), account, folder),
+                (last_uid, last_uid, utcnow(), account, folder),
             )
 
     def touch(self, account: str, folder: str) -> None:
@@ -152,7 +152,7 @@ class Ledger:
     def first_seen(self, account: str, folder: str) -> datetime | None:
         """When triage first synced this folder (kept across UIDVALIDITY changes): mail the
         server received before then is backfill."""
-        r = self.db.conn.execute(
+        r = self.db.reads.execute(
             "SELECT first_seen FROM mailbox_state WHERE account = ? AND folder = ?",
             (account, folder),
         ).fetchone()
@@ -164,13 +164,14 @@ class Ledger:
         """Which of `ids` the ledger already holds for this folder (any UIDVALIDITY)."""
         wanted = list(ids)
         found: set[str] = set()
+        c = self.db.reads
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.conn.execute(
-                f"SELECT message_id FROM messages WHERE account = ? AND folder = ?"  # noqa: S608
-                f" AND message_id IN ({marks})",
-                (account, folder, *chunk),
+            wanted_ids, params = c.dialect.in_list("message_id", chunk)
+            rows = c.execute(
+                "SELECT message_id FROM messages WHERE account = ? AND folder = ?"  # noqa: S608
+                f" AND {wanted_ids}",
+                (account, folder, *params),
             )
             found.update(r[0] for r in rows)
         return found
@@ -202,20 +203,21 @@ class Ledger:
     ) -> dict[int, LedgerRow]:
         """Ledger rows by UID for the given UIDs of one folder."""
         out: dict[int, LedgerRow] = {}
+        c = self.db.reads
         for start in range(0, len(uids), 500):
             chunk = list(uids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.conn.execute(
-                f"SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"  # noqa: S608
-                f" AND uid IN ({marks})",
-                (account, folder, uidvalidity, *chunk),
+            wanted_uids, params = c.dialect.in_list("uid", chunk)
+            rows = c.execute(
+                "SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"  # noqa: S608
+                f" AND {wanted_uids}",
+                (account, folder, uidvalidity, *params),
             )
             out.update((r["uid"], _row(r)) for r in rows)
         return out
 
     def unfinished(self, account: str, folder: str, uidvalidity: int) -> list[LedgerRow]:
         """Rows of this folder a crash or failure left before `done`, oldest first."""
-        rows = self.db.conn.execute(
+        rows = self.db.reads.execute(
             "SELECT * FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"
             " AND state NOT IN ('done', 'quarantined') ORDER BY uid",
             (account, folder, uidvalidity),
@@ -224,7 +226,7 @@ class Ledger:
 
     def get(self, row_id: int) -> LedgerRow | None:
         """One row by id."""
-        r = self.db.conn.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
+        r = self.db.reads.execute("SELECT * FROM messages WHERE id = ?", (row_id,)).fetchone()
         return _row(r) if r else None
 
     def record_outcome(self, c: Tx, o: Outcome) -> None:
@@ -256,12 +258,13 @@ class Ledger:
         """The recorded decision of each row: one narrow query per 500 rows, not one per row
         (and not `SELECT *`, which would read back every body just written)."""
         out: dict[int, str | None] = {}
+        c = self.db.reads
         for start in range(0, len(row_ids), 500):
             chunk = list(row_ids[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            found = self.db.conn.execute(
-                f"SELECT id, decision FROM messages WHERE id IN ({marks})",  # noqa: S608
-                chunk,
+            wanted_rows, params = c.dialect.in_list("id", chunk)
+            found = c.execute(
+                f"SELECT id, decision FROM messages WHERE {wanted_rows}",  # noqa: S608
+                params,
             )
             out.update((row[0], row[1]) for row in found)
         return out
@@ -378,5 +381,5 @@ class Ledger:
 
     def counts(self) -> dict[str, int]:
         """How many messages are in each state (for status output and tests)."""
-        rows = self.db.conn.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
+        rows = self.db.reads.execute("SELECT state, COUNT(*) FROM messages GROUP BY state")
         return {r[0]: r[1] for r in rows}

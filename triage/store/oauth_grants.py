@@ -9,11 +9,10 @@ recorded; `generation` grows with every change, so a process can tell cheaply th
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 
 OK = "ok"
 NEEDS_REAUTH = "needs-reauth"
@@ -37,7 +36,7 @@ class StoredGrant:
     reminded_at: str | None = None
 
 
-def _grant(r: sqlite3.Row) -> StoredGrant:
+def _grant(r: Row) -> StoredGrant:
     blob = r["grant_blob"]
     return StoredGrant(
         name=r["name"],
@@ -92,7 +91,7 @@ def store_grant(c: Tx, name: str, provider: str, blob: bytes, now: datetime) -> 
         " VALUES (?, ?, ?, ?, 1)"
         " ON CONFLICT (name) DO UPDATE SET provider = excluded.provider,"
         " grant_blob = excluded.grant_blob, obtained_at = excluded.obtained_at,"
-        " rotated_at = NULL, rotations = 0, generation = generation + 1,"
+        " rotated_at = NULL, rotations = 0, generation = oauth_grants.generation + 1,"
         " state = 'ok', error_code = '', error_at = NULL, alerted_at = NULL, reminded_at = NULL",
         (name, provider, blob, at),
     )

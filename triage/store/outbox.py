@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, get_args
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Tx, inserted_id, timestamp
 
 Table = Literal["replies", "digests"]
 TABLES: tuple[Table, ...] = get_args(Table)
@@ -277,8 +277,8 @@ def _entries(tx: Tx, where: str, params: tuple[object, ...]) -> list[QueueEntry]
 
 def entries(tx: Tx, states: Iterable[str]) -> list[QueueEntry]:
     """Rows of both tables in `states`, oldest first."""
-    wanted = tuple(states)
-    return _entries(tx, "state IN ({})".format(", ".join("?" for _ in wanted)), wanted)
+    where, params = tx.dialect.in_list("state", tuple(states))
+    return _entries(tx, where, tuple(params))
 
 
 def entry(tx: Tx, table: Table, row_id: int) -> QueueEntry | None:
@@ -349,7 +349,8 @@ def insert_reply(
     cur = tx.execute(
         "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
         " template, mode, state, raw, next_attempt, created_at, recipient_key,"
-        " recipient_domain, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " recipient_domain, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " RETURNING id",
         (
             message_row,
             reply_message_id,
@@ -366,7 +367,7 @@ def insert_reply(
             priority,
         ),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def reply(tx: Tx, row_id: int) -> OutboxItem | None:
@@ -497,9 +498,9 @@ def cap_report(tx: Tx, since: datetime | None) -> CapReport:
     """How the reply caps bit on the replies created after `since` (all, when None): what the
     digest reports so that staff notice a flood."""
     row = tx.execute(
-        "SELECT sum(deferrals > 0) AS deferred,"
-        " sum(deferrals > 0 AND state = 'queued') AS waiting,"
-        " sum(state = 'expired') AS expired"
+        "SELECT count(*) FILTER (WHERE deferrals > 0) AS deferred,"
+        " count(*) FILTER (WHERE deferrals > 0 AND state = 'queued') AS waiting,"
+        " count(*) FILTER (WHERE state = 'expired') AS expired"
         " FROM replies WHERE created_at > ?",
         (timestamp(since) if since else "",),
     ).fetchone()

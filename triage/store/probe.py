@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import sqlite3
+from contextlib import suppress
 
 from triage.core.errors import StoreError
-from triage.store.db import Database
+from triage.store.db import STORE_ERRORS, Database
+
+
+class _Undo(Exception):
+    """Raised inside the probe's transaction so that `transaction()` rolls it back."""
 
 
 def probe_write(db: Database) -> int:
     """Take the write lock and write a row, then roll back; returns the schema version.
-    StoreError if SQLite refuses.
+    StoreError if the database refuses.
 
     Nothing is left behind; a daemon holding the lock makes this wait up to the busy timeout.
     """
     try:
-        db.conn.execute("BEGIN IMMEDIATE")
-        try:
-            db.conn.execute(
-                "INSERT OR REPLACE INTO kv (key, value) VALUES ('doctor', 'write test')"
+        with suppress(_Undo), db.transaction() as tx:
+            tx.execute(
+                "INSERT INTO kv (key, value) VALUES ('doctor', 'write test')"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
             )
-        finally:
-            db.conn.execute("ROLLBACK")
+            raise _Undo
         return db.schema_version
-    except sqlite3.Error as exc:
-        raise StoreError(f"{db.path} is not writable: {exc}") from None
+    except STORE_ERRORS as exc:
+        raise StoreError(f"{db.name} is not writable: {exc}") from None

@@ -29,8 +29,8 @@ def empty_before(c: Tx, cutoff: str) -> Emptied:
         (cutoff,),
     ).rowcount
     digests = c.execute(
-        "UPDATE digests SET raw = x'' WHERE created_at < ? AND length(raw) > 0"
+        "UPDATE digests SET raw = ? WHERE created_at < ? AND length(raw) > 0"
         " AND state IN ('sent', 'failed', 'uncertain')",
-        (cutoff,),
+        (b"", cutoff),
     ).rowcount
     return Emptied(messages, corrections, digests)

@@ -7,28 +7,14 @@ This module is the SQL only; what a label causes (a correction, a lead) is decid
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from triage.core.models import DECISIONS
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, timestamp
 
 _PENDING = "decision = 'review' AND reviewed_label IS NULL"
-# How much a person's label would teach the model: 1 - (p_top - p_second) over the stored
-# probabilities (a single one counts as p_second = 0); NULL when none are stored or they do not
-# parse. Rounded to six places so that equal margins tie despite float error, and the tie goes to
-# the oldest message. The nested CASE keeps json_each away from text that is not a JSON object.
-_NUMBERS = "SELECT value FROM json_each(m.probabilities) WHERE type IN ('real', 'integer')"
-_UNCERTAINTY = (
-    "CASE WHEN json_valid(m.probabilities) THEN"
-    " CASE WHEN json_type(m.probabilities) = 'object'"
-    f" AND EXISTS ({_NUMBERS}) THEN"
-    f" ROUND(1 - (({_NUMBERS} ORDER BY value DESC LIMIT 1)"
-    f" - COALESCE(({_NUMBERS} ORDER BY value DESC LIMIT 1 OFFSET 1), 0)), 6)"
-    " END END"
-)
 _CHUNK = 500  # uids per query: well below SQLite's limit on bound parameters
 
 
@@ -106,7 +92,7 @@ def probabilities(value: str | None) -> tuple[tuple[str, float], ...]:
     return tuple(sorted(pairs, key=lambda pair: -pair[1]))
 
 
-def _item(r: sqlite3.Row) -> ReviewItem:
+def _item(r: Row) -> ReviewItem:
     return ReviewItem(
         row_id=int(r["id"]),
         message_id=r["message_id"],
@@ -122,7 +108,7 @@ def _item(r: sqlite3.Row) -> ReviewItem:
     )
 
 
-def _message(r: sqlite3.Row) -> LedgerMessage:
+def _message(r: Row) -> LedgerMessage:
     keys = r.keys()
     return LedgerMessage(
         row_id=int(r["id"]),
@@ -146,9 +132,12 @@ def pending(c: Tx, limit: int | None = None) -> list[ReviewItem]:
     `limit`): by uncertainty, highest first, then oldest first; messages without stored
     probabilities come last. The one order of the review queue, for every view of it."""
     rows = c.execute(
-        f"SELECT m.*, {_UNCERTAINTY} AS uncertainty FROM messages m"  # noqa: S608
-        f" WHERE {_PENDING} ORDER BY uncertainty DESC NULLS LAST, m.created_at, m.id LIMIT ?",
-        (-1 if limit is None else limit,),
+        # How much a person's label would teach the model (the dialect's `uncertainty`): equal
+        # margins tie after its rounding, and the tie goes to the oldest message.
+        f"SELECT m.*, {c.dialect.uncertainty} AS uncertainty FROM messages m"  # noqa: S608
+        f" WHERE {_PENDING} ORDER BY uncertainty DESC NULLS LAST, m.created_at, m.id"
+        + ("" if limit is None else " LIMIT ?"),
+        () if limit is None else (limit,),
     )
     return [_item(r) for r in rows]
 
@@ -185,15 +174,15 @@ def relabelled(
     out: dict[int, LedgerMessage] = {}
     for start in range(0, len(uids), _CHUNK):
         chunk = list(uids[start : start + _CHUNK])
-        marks = ",".join("?" * len(chunk))
-        decisions = ",".join("?" * len(DECISIONS))
+        wanted_uids, uid_params = c.dialect.in_list("uid", chunk)
+        decisions, decision_params = c.dialect.in_list("decision", DECISIONS)
         cur = c.execute(
             "SELECT id, uid, message_id, sender, subject, body, label, decision,"  # noqa: S608
             " reviewed_label, reviewed_by, explanation, created_at"
             " FROM messages WHERE account = ? AND folder = ? AND uidvalidity = ?"
-            f" AND uid IN ({marks}) AND decision IN ({decisions})"
+            f" AND {wanted_uids} AND {decisions}"
             " AND COALESCE(reviewed_label, decision) != ?",
-            (account, folder, uidvalidity, *chunk, *DECISIONS, label),
+            (account, folder, uidvalidity, *uid_params, *decision_params, label),
         )
         out.update((int(r["uid"]), _message(r)) for r in cur)
     return out

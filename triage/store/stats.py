@@ -45,7 +45,8 @@ class HandledMessage:
 def handled_messages(c: Tx) -> list[HandledMessage]:
     """Every ledger message with its decision and reply state, oldest first."""
     rows = c.execute(
-        "SELECT m.*, (SELECT state FROM replies r WHERE r.message_row = m.id) AS reply_state"
+        "SELECT m.*, (SELECT state FROM replies r WHERE r.message_row = m.id"
+        " ORDER BY r.id LIMIT 1) AS reply_state"
         " FROM messages m ORDER BY m.id"
     )
     return [

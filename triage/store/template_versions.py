@@ -3,11 +3,10 @@ wrote, who saved it and when, for the history, the diff and rollback."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, inserted_id, timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +21,7 @@ class TemplateVersion:
     note: str
 
 
-def _version(r: sqlite3.Row) -> TemplateVersion:
+def _version(r: Row) -> TemplateVersion:
     return TemplateVersion(
         int(r["id"]), r["filename"], r["text"], r["saved_by"], r["saved_at"], r["note"]
     )
@@ -32,10 +31,10 @@ def add(c: Tx, filename: str, text: str, saved_by: str, now: datetime, note: str
     """Record one version of `filename` inside the caller's transaction; returns its id."""
     cur = c.execute(
         "INSERT INTO template_versions (filename, text, saved_by, saved_at, note)"
-        " VALUES (?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?) RETURNING id",
         (filename, text, saved_by, timestamp(now), note),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def history(c: Tx, filename: str) -> list[TemplateVersion]:
@@ -99,7 +98,7 @@ _SAMPLE_SELECT = (
 )
 
 
-def _sample(r: sqlite3.Row) -> SampleMessage:
+def _sample(r: Row) -> SampleMessage:
     return SampleMessage(
         row_id=int(r["id"]),
         message_id=r["message_id"],

@@ -5,11 +5,10 @@ Passwords arrive here already hashed (`triage.web.passwords`); the store never s
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from triage.store.db import Tx, timestamp
+from triage.store.db import Row, Tx, inserted_id, timestamp
 
 ROLES = ("sales", "admin")
 
@@ -42,7 +41,7 @@ class Session:
     expires_at: str
 
 
-def _user(r: sqlite3.Row) -> User:
+def _user(r: Row) -> User:
     return User(
         int(r["id"]),
         r["name"],
@@ -59,10 +58,10 @@ def add_user(c: Tx, name: str, role: str, password_hash: str, email: str, now: d
     at = timestamp(now)
     cur = c.execute(
         "INSERT INTO users (name, role, password_hash, email, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         (name, role, password_hash, email, at, at),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def get_user(c: Tx, name: str) -> User | None:
@@ -144,9 +143,10 @@ def record_failure(c: Tx, kind: str, key: str, now: datetime) -> int:
     """Count one failed login for `key` (a user name, kind "user", or an address, "address");
     returns its id."""
     cur = c.execute(
-        "INSERT INTO login_failures (kind, key, at) VALUES (?, ?, ?)", (kind, key, timestamp(now))
+        "INSERT INTO login_failures (kind, key, at) VALUES (?, ?, ?) RETURNING id",
+        (kind, key, timestamp(now)),
     )
-    return int(cur.lastrowid or 0)
+    return inserted_id(cur)
 
 
 def forget_failure(c: Tx, failure_id: int) -> None:
@@ -180,7 +180,8 @@ def secret(c: Tx, name: str, fresh: str, now: datetime) -> str:
     """The stored secret `name`; `fresh` is stored and returned when there is none yet (the
     first of several starting processes wins, the others read its value)."""
     c.execute(
-        "INSERT OR IGNORE INTO web_secrets (name, value, created_at) VALUES (?, ?, ?)",
+        "INSERT INTO web_secrets (name, value, created_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (name) DO NOTHING",
         (name, fresh, timestamp(now)),
     )
     r = c.execute("SELECT value FROM web_secrets WHERE name = ?", (name,)).fetchone()
