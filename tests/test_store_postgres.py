@@ -692,7 +692,7 @@ def test_a_closed_pool_is_forgotten_and_opened_again(pg_url: str) -> None:
 def test_uncertainty_fragment_agrees_with_sqlites(db: PgHandle, tmp_path: Path) -> None:
     """review.py's SQLite fragment and the dialect's give the same numbers for well-formed,
     single, malformed, non-object and missing probabilities."""
-    from triage.store.review import _UNCERTAINTY
+    from triage.store.dialect import SQLITE
 
     samples = [
         '{"sales": 0.7, "support": 0.2, "spam": 0.1}',
@@ -714,7 +714,7 @@ def test_uncertainty_fragment_agrees_with_sqlites(db: PgHandle, tmp_path: Path) 
         for uid, probabilities in enumerate(samples, start=1):
             ltx.execute(insert, (uid, probabilities, now, now))
     query = "SELECT {} FROM messages m ORDER BY uid"
-    expected = [r[0] for r in lite.reads.execute(query.format(_UNCERTAINTY))]
+    expected = [r[0] for r in lite.reads.execute(query.format(SQLITE.uncertainty))]
     lite.close()
     with db.transaction() as tx:
         tx.execute(ddl.JSON_OBJECT_FUNCTION)
