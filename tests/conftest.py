@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,6 +21,7 @@ from devtools.pgharness import PgHarness, PgHarnessError, unavailable_reason
 # second definition per module would start a second Playwright in the same thread.
 from tests.browser import browser_fixture, page_fixture, web_server_fixture  # noqa: F401
 from tests.mailtools import DaemonStarter, running_harness
+from triage.core.settings import StoreSettings
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +120,22 @@ def pg_url(postgres: PgHarness) -> Iterator[str]:
     url = postgres.create_database(name)
     yield url
     postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSettings]:
+    """The store settings of a test that runs on both backends: a SQLite file in `tmp_path`,
+    then an empty PostgreSQL database of its own (the password in a 0600 file, as an operator
+    configures it)."""
+    if request.param == "sqlite":
+        yield StoreSettings(path=tmp_path / "triage.db")
+        return
+    from triage.store.postgres.backend import close_pools
+
+    url = urlsplit(request.getfixturevalue("pg_url"))
+    secret = tmp_path / "pg.password"
+    secret.write_text(f"{url.password}\n")
+    secret.chmod(0o600)
+    bare = url._replace(netloc=f"{url.username}@{url.hostname}:{url.port}").geturl()
+    yield StoreSettings(url=bare, password_file=secret)
+    close_pools()  # before `pg_url` drops the database under the pool's connections

@@ -28,7 +28,7 @@ from triage.act.replies import RenderedReply
 from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, Refused, SmtpSession
 from triage.core.errors import PermanentError, SendError
 from triage.core.models import Address, InboundMessage
-from triage.core.settings import RepliesSettings, SmtpSettings
+from triage.core.settings import RepliesSettings, SmtpSettings, StoreSettings
 from triage.store.db import Database, inserted_id, timestamp
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -117,8 +117,9 @@ class Connector:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "triage.db")
+def db(store: StoreSettings) -> Iterator[Database]:
+    """The outbox's store, on SQLite and on PostgreSQL."""
+    database = Database(store)
     yield database
     database.close()
 
@@ -276,7 +277,7 @@ def test_deliver_due_sends_over_one_connection_and_marks_sent(db: Database) -> N
 
 
 def test_row_is_committed_as_sending_only_between_content_and_final_dot(
-    db: Database, tmp_path: Path
+    db: Database, store: StoreSettings
 ) -> None:
     """Crash safety: while the envelope and content go out the row is still `queued` (the server
     drops a message without its final dot); only right before the dot does another connection
@@ -285,7 +286,7 @@ def test_row_is_committed_as_sending_only_between_content_and_final_dot(
     box = outbox(db, connector, Clock())
     row_id = enqueue(box)
     seen: list[str] = []
-    other = Database(tmp_path / "triage.db")
+    other = Database(store)
 
     def look() -> None:
         seen.append(
@@ -1086,9 +1087,9 @@ def test_caps_are_checked_again_when_a_reply_is_claimed(db: Database) -> None:
             conn.execute(
                 "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
                 " template, mode, state, raw, next_attempt, created_at, claimed_at)"
-                " VALUES (?, '<other@x>', 'q@other.example', '', 'sales', 'live', 'sent', x'',"
+                " VALUES (?, '<other@x>', 'q@other.example', '', 'sales', 'live', 'sent', ?,"
                 " ?, ?, ?)",
-                (other, timestamp(clock.now), timestamp(clock.now), timestamp(clock.now)),
+                (other, b"", timestamp(clock.now), timestamp(clock.now), timestamp(clock.now)),
             )
 
     connector.session.on_begin = another_pass_sends

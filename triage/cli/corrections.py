@@ -38,7 +38,7 @@ def list_corrections(
         from triage.store.corrections import list_corrections as read
         from triage.store.db import Database
 
-        db = Database(settings.store.path)
+        db = Database(settings.store)
         try:
             found = read(db.reads, limit)
         finally:

@@ -45,7 +45,7 @@ def _store(ctx: typer.Context) -> Iterator[tuple[Settings, Database]]:
         from triage.sales.review import ReviewError
         from triage.store.db import Database
 
-        db = Database(settings.store.path)
+        db = Database(settings.store)
         try:
             yield settings, db
         except (LeadError, ReviewError) as exc:

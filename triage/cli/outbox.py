@@ -41,7 +41,7 @@ def _db(ctx: typer.Context) -> Iterator[Database]:
     with user_errors():
         from triage.store.db import Database
 
-        db = Database(settings.store.path)
+        db = Database(settings.store)
         try:
             yield db
         finally:

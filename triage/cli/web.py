@@ -87,7 +87,7 @@ def _db(ctx: typer.Context) -> Iterator[Database]:
         from triage.store.db import Database
         from triage.web.accounts import AccountError
 
-        db = Database(settings.store.path)
+        db = Database(settings.store)
         try:
             yield db
         except AccountError as exc:

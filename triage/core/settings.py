@@ -385,9 +385,48 @@ class GrantStoreSettings(_Section):
 
 
 class StoreSettings(_Section):
-    """Where the SQLite database file lives."""
+    """Where the store lives: a SQLite file (`path`, the embedded default), or a PostgreSQL
+    database (`url`, for several instances sharing the mailboxes)."""
 
     path: Path = Field(default_factory=lambda: default_data_dir() / "triage.db")
+    # postgresql://user@host:5432/dbname; the password from `password_file` (or libpq's
+    # PGPASSWORD / ~/.pgpass), never in this file. Set: `path` is not used.
+    url: str = ""
+    password_file: Path | None = None
+    # Connections this process keeps open at most (every thread borrows one per transaction).
+    pool_size: Annotated[int, Field(ge=1, le=1000)] = 10
+    # Seconds a thread waits for a free connection before the attempt counts as an outage.
+    pool_timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+            raise ValueError(
+                "url must look like postgresql://user@host:5432/dbname (only PostgreSQL)"
+            )
+        if parts.password:
+            raise ValueError("url holds a password: put it in password_file (mode 0600) instead")
+        return value
+
+    @property
+    def is_postgresql(self) -> bool:
+        """True when the store is a PostgreSQL database (`url` is set)."""
+        return bool(self.url)
+
+    def password(self) -> str | None:
+        """The PostgreSQL password from `password_file` (None: libpq's own sources); read now,
+        checked to be private (raises ConfigError)."""
+        if self.password_file is None:
+            return None
+        return read_secret_file(self.password_file, "store.password_file").get_secret_value()
+
+    def describe(self) -> str:
+        """The store as messages name it: the file, or the URL (which holds no password)."""
+        return self.url or str(self.path)
 
 
 class RepliesSettings(_Section):

@@ -94,6 +94,8 @@ def check_store(settings: Settings) -> list[Finding]:
     from triage.store.db import SQLITE_VERSION, Database, sqlite_library_problem
     from triage.store.probe import probe_write
 
+    if settings.store.is_postgresql:
+        return _check_postgresql(settings)
     path = settings.store.path
     if problem := sqlite_library_problem():
         return [
@@ -118,6 +120,35 @@ def check_store(settings: Settings) -> list[Finding]:
     finally:
         db.close()
     return [_ok("store", f"{path} (schema {version}, writable, SQLite {SQLITE_VERSION})")]
+
+
+def _check_postgresql(settings: Settings) -> list[Finding]:
+    """Connect (with the password file), migrate, prove writable; name the server's version
+    and the schema level against this triage's."""
+    from triage.store.db import Database
+    from triage.store.probe import probe_write
+    from triage.store.schema import MIGRATIONS
+
+    store = settings.store
+    fix = (
+        "check store.url (host, port, database, user), store.password_file, that the server"
+        " runs and pg_hba.conf lets this host in"
+    )
+    try:
+        db = Database(store)
+        version = probe_write(db)
+        server = db.reads.execute("SHOW server_version").fetchone()[0]
+    except StoreError as exc:
+        return [_problem("store", str(exc), fix)]
+    major = int(str(server).split(".")[0])
+    if major < 13:
+        return [_problem("store", f"PostgreSQL {server} is too old", "PostgreSQL 13 or newer")]
+    return [
+        _ok(
+            "store",
+            f"{store.url} (PostgreSQL {server}, schema {version} of {len(MIGRATIONS)}, writable)",
+        )
+    ]
 
 
 # -- IMAP -----------------------------------------------------------------------------------------
@@ -198,7 +229,7 @@ def _tokens(settings: Settings, name: str) -> TokenProvider:
     from triage.ingest.oauth.grants import CheckingGrantStore
     from triage.ingest.oauth.providers import build_providers
 
-    grants = CheckingGrantStore(settings.store.path, settings.oauth2_key_file())
+    grants = CheckingGrantStore(settings.store, settings.oauth2_key_file())
     provider = build_providers(settings, grants).get(name)
     if provider is None:
         raise ConfigError(f"{name}: no OAuth2 provider configured")

@@ -124,7 +124,7 @@ class Service:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
         self.settings = shared.settings
-        self.db = Database(self.settings.store.path)
+        self.db = Database(self.settings.store)
         self.ledger = Ledger(self.db)
         smtp_settings = self.settings.smtp
         self.guard_context = guards.GuardContext.from_settings(self.settings.replies, None)

@@ -14,13 +14,15 @@ import logging
 import os
 import sqlite3
 import stat
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from triage.core.errors import StoreError
+from triage.core.errors import ConfigError, StoreError
+from triage.core.settings import StoreSettings
 from triage.store.dialect import SQLITE, Dialect
 from triage.store.schema import MIGRATIONS
 
@@ -70,7 +72,7 @@ class Result(Protocol):
 
     def fetchone(self) -> Any: ...  # Row | None, typed as loosely as the drivers type it
 
-    def fetchall(self) -> list[Row]: ...
+    def fetchall(self) -> Sequence[Row]: ...
 
     def __iter__(self) -> Iterator[Row]: ...
 
@@ -202,9 +204,20 @@ class Tx:
 
 
 class Database:
-    """An open, migrated triage database."""
+    """An open, migrated triage database.
 
-    def __init__(self, path: Path | str) -> None:
+    `Database(path)` opens (creating it) a SQLite file; `Database(settings.store)` opens what
+    the settings say: the SQLite file, or the PostgreSQL database of `url` (a
+    `PostgresDatabase`, a cheap per-thread handle on the process's connection pool).
+    """
+
+    def __new__(cls, store: StoreSettings | Path | str) -> Database:
+        if cls is Database and isinstance(store, StoreSettings) and store.is_postgresql:
+            return super().__new__(PostgresDatabase)
+        return super().__new__(cls)
+
+    def __init__(self, store: StoreSettings | Path | str) -> None:
+        path = store.path if isinstance(store, StoreSettings) else store
         self.path = Path(path)
         # How messages name this database (for a server, its address without a password).
         self.name = str(path)
@@ -276,3 +289,54 @@ class Database:
     def close(self) -> None:
         """Close the connection; the object is unusable afterwards."""
         self._conn.close()
+
+
+class PostgresDatabase(Database):
+    """A triage database on PostgreSQL: the same API as the SQLite one, over the process's
+    connection pool for the URL (see `triage.store.postgres.backend`). A transaction holds one
+    pooled connection for its block only; reads outside a transaction borrow one each."""
+
+    def __init__(self, store: StoreSettings | Path | str) -> None:
+        assert isinstance(store, StoreSettings) and store.is_postgresql
+        from triage.store.postgres.backend import PgHandle, pool_for
+
+        self.path = Path()
+        self.name = store.url
+        try:
+            password = store.password()
+        except ConfigError as exc:
+            raise StoreError(str(exc)) from None
+        pool = pool_for(
+            store.url,
+            password=password,
+            max_size=store.pool_size,
+            timeout=store.pool_timeout,
+            purpose=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None,
+        )
+        self._handle = PgHandle(pool)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether this handle's transaction is open."""
+        return self._handle.in_transaction
+
+    @property
+    def reads(self) -> Tx:
+        """Reads outside a transaction (each on a pooled connection), or in the open one."""
+        reads = self._handle.reads
+        return Tx(reads, reads.dialect)
+
+    @property
+    def schema_version(self) -> int:
+        """How many migrations the database has had."""
+        return self._handle.schema_version
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """A write transaction (READ COMMITTED, locks where the store asks for them):
+        committed when the block ends, rolled back if it raises."""
+        with self._handle.transaction() as tx:
+            yield Tx(tx, tx.dialect)
+
+    def close(self) -> None:
+        """Nothing to release: the connections belong to the process's pool."""

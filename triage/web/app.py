@@ -96,7 +96,7 @@ class Console:
         """This thread's connection to the store."""
         db: Database | None = getattr(self._local, "db", None)
         if db is None:
-            db = Database(self.settings.store.path)
+            db = Database(self.settings.store)
             self._local.db = db
         return db
 

@@ -23,7 +23,7 @@ from threading import Lock
 from cryptography.fernet import Fernet, InvalidToken
 
 from triage.core.errors import ConfigError
-from triage.core.settings import read_secret_file
+from triage.core.settings import StoreSettings, read_secret_file
 from triage.store import oauth_grants as sql
 from triage.store.db import Database
 from triage.store.oauth_grants import StoredGrant
@@ -86,7 +86,7 @@ class Grant:
 class GrantStore:
     """Reads and writes the grants of the store at `store_path`, encrypted with `key_file`."""
 
-    def __init__(self, store_path: Path, key_file: Path) -> None:
+    def __init__(self, store_path: StoreSettings | Path, key_file: Path) -> None:
         self.store_path = store_path
         self.key_file = key_file
         self._fernet: Fernet | None = None

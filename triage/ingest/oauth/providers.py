@@ -530,7 +530,7 @@ def make_provider(
 
 def grant_store(settings: Settings) -> GrantStore:
     """The grant store of these settings: the store's database, the `[oauth2] key_file`."""
-    return GrantStore(settings.store.path, settings.oauth2_key_file())
+    return GrantStore(settings.store, settings.oauth2_key_file())
 
 
 @dataclass(frozen=True)

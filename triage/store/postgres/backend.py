@@ -27,7 +27,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, SupportsIndex, overload
+from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex, overload
 
 import psycopg
 from psycopg.adapt import Buffer, Loader
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BufferedResult",
-    "Dialect",
     "PgHandle",
     "PgPool",
     "PgRow",
@@ -198,21 +197,6 @@ class _Executes(Protocol):
     def execute(self, sql: str, params: Params = ()) -> Any: ...
 
 
-class Dialect(Protocol):
-    """What differs between the backends' SQL (mirrors `triage.store.dialect.Dialect`)."""
-
-    @property
-    def name(self) -> Literal["sqlite", "postgresql"]: ...
-    @property
-    def ci_like(self) -> str: ...
-    @property
-    def uncertainty(self) -> str: ...
-    def translate(self, sql: str, named: bool) -> str: ...
-    def in_list(self, column: str, values: Sequence[object]) -> tuple[str, list[object]]: ...
-    def for_update(self, *, skip_locked: bool = False) -> str: ...
-    def lock(self, tx: _Executes, namespace: str, key: str) -> None: ...
-
-
 _NUMBERS = (
     "SELECT (value)::float8 AS value FROM jsonb_each(triage_json_object(m.probabilities))"
     " WHERE jsonb_typeof(value) = 'number'"
@@ -236,11 +220,15 @@ class PostgresDialect:
         " END"
     )
 
-    def translate(self, sql: str, named: bool) -> str:
+    def translate(self, sql: str, named: bool = False) -> str:
         return translate(sql, named)
 
     def in_list(self, column: str, values: Sequence[object]) -> tuple[str, list[object]]:
         """`column = ANY(?)` with the values as one array: one statement text for any length."""
+        return f"{column} = ANY(?)", [list(values)]
+
+    def in_many(self, column: str, values: Sequence[object]) -> tuple[str, list[object]]:
+        """As `in_list`: an array parameter has no length limit."""
         return f"{column} = ANY(?)", [list(values)]
 
     def for_update(self, *, skip_locked: bool = False) -> str:
