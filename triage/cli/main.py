@@ -14,6 +14,7 @@ from triage.cli import (
     corrections,
     daemon,
     doctor,
+    fleet,
     init,
     leads,
     model,
@@ -71,6 +72,7 @@ app.add_typer(candidate.app, name="model")
 app.command("web")(web.web)
 app.add_typer(web.users_app, name="users")
 app.add_typer(auth.app, name="auth")
+app.add_typer(fleet.app, name="fleet")
 
 
 def main() -> None:

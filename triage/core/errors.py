@@ -83,6 +83,12 @@ class StoreConflict(StoreError):
     nothing was written, and running the same work again may succeed."""
 
 
+class LeaseLost(StoreError):
+    """Raised when an effect would be recorded under a lease (an account's, or the leader's for
+    periodic work) that this instance no longer holds: nothing was written. Not transient: the
+    instance stops serving the account, whose new holder redoes the work."""
+
+
 class StoreIntegrityError(StoreError):
     """Raised when a write breaks a unique or foreign-key constraint, e.g. a concurrent insert of
     the same row won."""

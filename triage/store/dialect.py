@@ -2,8 +2,9 @@
 
 The store's modules write one SQL text for every backend, with `?` placeholders (`:name` for
 named ones). What cannot be written once comes from the transaction's dialect (`tx.dialect`):
-lists of values to match, a case-insensitive LIKE, the review queue's uncertainty, row locks and
-transaction-scoped locks. `SQLITE` returns the SQL the store has always run on SQLite.
+lists of values to match, a case-insensitive LIKE, the review queue's uncertainty, row locks,
+transaction-scoped locks and the database's clock. `SQLITE` returns the SQL the store has always
+run on SQLite.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Dialect(Protocol):
         p_second = 0); NULL when none is stored or the text is not such an object."""
         ...
 
+    @property
+    def now_epoch(self) -> str:
+        """An expression for the database server's current time in seconds since the epoch (a
+        float, read anew by every statement): leases expire by this one clock, not by the
+        clocks of the hosts that hold them."""
+        ...
+
     def translate(self, sql: str, named: bool = False) -> str:
         """`sql` as written in the store (`?`, or `:name` when `named`) in the driver's
         placeholder style."""
@@ -57,6 +65,12 @@ class Dialect(Protocol):
         backend's write transactions are serialised anyway."""
         ...
 
+    def for_share(self) -> str:
+        """The clause that ends a SELECT to keep the rows it returns from being changed or
+        locked for update by others until the transaction ends (readers may share them); ""
+        when the backend's write transactions are serialised anyway."""
+        ...
+
     def lock(self, tx: Tx, namespace: str, key: str) -> None:
         """Within `tx`: wait for, then hold until the transaction ends, the lock named by
         (`namespace`, `key`); nothing when the backend's write transactions are serialised."""
@@ -75,6 +89,8 @@ class _SQLite:
 
     name = "sqlite"
     ci_like = "LIKE"
+    # julianday('now') is UTC with millisecond precision, the same within one statement.
+    now_epoch = "((julianday('now') - 2440587.5) * 86400.0)"
     # Rounded so that equal margins tie despite float error (the queue's order then goes to the
     # oldest message). The nested CASE keeps json_each away from text that is not a JSON object.
     uncertainty = (
@@ -100,6 +116,9 @@ class _SQLite:
         return condition, [json.dumps(list(values))]
 
     def for_update(self, *, skip_locked: bool = False) -> str:
+        return ""
+
+    def for_share(self) -> str:
         return ""
 
     def lock(self, tx: Tx, namespace: str, key: str) -> None:

@@ -6,6 +6,34 @@ appended, never edited, so that every older database upgrades without losing dat
 
 from __future__ import annotations
 
+# Fleet mode (issue 17): the running instances and their leases. Kept as a constant that the
+# tuple below names in one line, so that moving it to another number is a one-line change.
+# `instances`: one row per `triage run` process (id host:pid:random), its heartbeat and whether
+# it is shutting down. `leases`: one row per IMAP account (its name) and one for periodic work
+# (`leader`): who holds it, until when, and `generation`, the fencing token, which grows by one
+# at every acquisition. Times are seconds since the epoch by the database server's clock (see
+# `Dialect.now_epoch`), so that the hosts' clocks never decide an expiry.
+FLEET_LEASES = """
+    CREATE TABLE instances (
+        id            TEXT PRIMARY KEY,
+        host          TEXT NOT NULL,
+        pid           INTEGER NOT NULL,
+        version       TEXT NOT NULL,
+        started_at    REAL NOT NULL,
+        heartbeat_at  REAL NOT NULL,
+        stopping      INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE leases (
+        name          TEXT PRIMARY KEY,
+        owner         TEXT,
+        generation    INTEGER NOT NULL DEFAULT 0,
+        acquired_at   REAL,
+        renewed_at    REAL,
+        expires_at    REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX leases_owner ON leases (owner, expires_at);
+    """
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: the first schema.
     """
@@ -303,4 +331,6 @@ MIGRATIONS: tuple[str, ...] = (
         reminded_at   TEXT
     );
     """,
+    # 10: fleet mode's instances and leases (`FLEET_LEASES` above).
+    FLEET_LEASES,
 )

@@ -211,6 +211,9 @@ class PostgresDialect:
     name: Final = "postgresql"
     # PostgreSQL's LIKE respects case; SQLite's ignores ASCII case, and the search box relies on it.
     ci_like: Final = "ILIKE"
+    # clock_timestamp(), not now(): a transaction's start time would stand still inside a long
+    # transaction. Cast from numeric, which extract() returns, to a float as SQLite gives it.
+    now_epoch: Final = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
     # review.py's uncertainty, 1 - (p_top - p_second) of `m.probabilities`, or NULL when it is not
     # a JSON object with numbers (needs `ddl.JSON_OBJECT_FUNCTION`).
     uncertainty: Final = (
@@ -233,6 +236,9 @@ class PostgresDialect:
 
     def for_update(self, *, skip_locked: bool = False) -> str:
         return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
+    def for_share(self) -> str:
+        return " FOR SHARE"
 
     def lock(self, tx: _Executes, namespace: str, key: str) -> None:
         """Wait for the transaction-scoped lock of (`namespace`, `key`); commit or rollback
