@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,3 +135,18 @@ def test_uncertainty_is_one_minus_the_top_margin(
         (probabilities,),
     ).fetchone()
     assert row[0] == expected
+
+
+def test_now_epoch_reads_the_clock_in_epoch_seconds(db: Database) -> None:
+    """The database's clock as epoch seconds (UTC, to the millisecond), a float."""
+    before = time.time()
+    (now,) = db.reads.execute(f"SELECT {SQLITE.now_epoch}").fetchone()
+    after = time.time()
+    assert isinstance(now, float)
+    assert before - 0.002 <= now <= after + 0.002
+
+
+def test_for_share_adds_nothing_on_sqlite() -> None:
+    """Write transactions hold the database's write lock: no row lock clause exists or is
+    needed."""
+    assert SQLITE.for_share() == ""

@@ -567,6 +567,38 @@ def test_in_list_ci_like_and_for_update_fragments(db: PgHandle) -> None:
     assert DIALECT.name == "postgresql" and DIALECT.translate("?", False) == "%s"
 
 
+def test_now_epoch_is_the_servers_clock_and_for_share_locks_rows(db: PgHandle) -> None:
+    """now_epoch: the server's wall clock in epoch seconds, a float that moves inside a
+    transaction (clock_timestamp, not the transaction's start); FOR SHARE keeps others from
+    locking the row for update (SKIP LOCKED then skips it) until the transaction ends."""
+    before = time.time()
+    with db.transaction() as tx:
+        (first,) = tx.execute(f"SELECT {DIALECT.now_epoch}").fetchone()  # type: ignore[misc]
+        time.sleep(0.05)
+        (second,) = tx.execute(f"SELECT {DIALECT.now_epoch}").fetchone()  # type: ignore[misc]
+        tx.execute("INSERT INTO kv (key, value) VALUES ('a', 'x')")
+    assert isinstance(first, float)
+    assert before - 0.01 <= first and second - first >= 0.04 and second <= time.time() + 0.01
+    assert DIALECT.for_share() == " FOR SHARE"
+    holding, done = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with PgHandle(db._pool).transaction() as tx:
+            tx.execute(f"SELECT key FROM kv WHERE key = 'a'{DIALECT.for_share()}")  # noqa: S608
+            holding.set()
+            assert done.wait(10)
+
+    def claimer() -> list[str]:
+        assert holding.wait(10)
+        lock = DIALECT.for_update(skip_locked=True)
+        with PgHandle(db._pool).transaction() as tx:
+            rows = tx.execute(f"SELECT key FROM kv WHERE key = 'a'{lock}").fetchall()  # noqa: S608
+        done.set()
+        return [str(r[0]) for r in rows]
+
+    assert _in_threads(holder, claimer)[1] == []
+
+
 def test_for_update_skip_locked_hands_each_row_to_one_thread(db: PgHandle) -> None:
     with db.transaction() as tx:
         tx.executemany("INSERT INTO kv (key, value) VALUES (?, 'queued')", [("a",), ("b",)])
