@@ -8,7 +8,8 @@ import json
 import time
 from pathlib import Path
 
-from tests.test_leads_cli import CONFIG, ROOT, one_line_error, triage
+from tests.test_leads import ROOT
+from tests.test_leads_cli import CONFIG, one_line_error, triage
 from triage.cli.fleet import duration
 from triage.core.settings import StoreSettings
 from triage.ops.fleet import LEADER, LeaseManager
