@@ -77,8 +77,7 @@ def test_status_lists_instances_their_leases_and_the_unheld(
     [old] = data["unheld"]
     assert (old["name"], old["owner"], old["generation"]) == ("old-account", "web2:200:bbbb", 1)
     assert old["expires_in"] < 0
-    live.close()
-    gone.close()
+    live.release_all()
 
 
 def test_status_of_a_store_without_instances_and_of_a_missing_store(tmp_path: Path) -> None:

@@ -74,11 +74,11 @@ def database_view(store: StoreSettings) -> dict[str, str | None]:
 
 @pytest.fixture
 def managers(store: StoreSettings) -> Iterator[list[LeaseManager]]:
-    """The managers a test makes; closed at its end."""
+    """The managers a test makes; they give their leases up at its end."""
     made: list[LeaseManager] = []
     yield made
     for m in made:
-        m.close()
+        m.release_all()
 
 
 # --- one manager ----------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_release_all_frees_every_lease_at_once(
 
 
 def test_a_tick_without_the_database_keeps_leases_until_their_local_deadline(
-    store: StoreSettings, managers: list[LeaseManager]
+    store: StoreSettings,
 ) -> None:
     """While the database is unreachable a tick renews nothing and says why; the leases count
     as held until the lease time has passed by the manager's clock since the last renewal, and
@@ -149,12 +149,11 @@ def test_a_tick_without_the_database_keeps_leases_until_their_local_deadline(
                 yield tx
 
         def close(self) -> None:
-            real.close()
+            """The real database stays open for the next tick."""
 
     a = LeaseManager(
         lambda: cast("Database", Flaky()), "host:a", ACCOUNTS[:3], RENEW, TTL, lambda: now[0]
     )
-    managers.append(a)
     assert set(a.tick().gained) == {*ACCOUNTS[:3], LEADER}
     down.set()
     now[0] += TTL - 0.01
@@ -169,6 +168,26 @@ def test_a_tick_without_the_database_keeps_leases_until_their_local_deadline(
     down.clear()
     time.sleep(TTL)  # expired in the database too: taken again with the next generation
     assert a.tick().gained == {**dict.fromkeys(ACCOUNTS[:3], 2), LEADER: 2}
+    assert a.release_all() == (*ACCOUNTS[:3], LEADER)
+    real.close()
+
+
+def test_accounts_dropped_by_a_reload_are_released_and_new_ones_taken(
+    store: StoreSettings, managers: list[LeaseManager]
+) -> None:
+    """After `set_accounts`, the next tick releases the leases of accounts no longer listed
+    and takes the new ones."""
+    a = manager(store, "a", ACCOUNTS[:3])
+    managers.append(a)
+    a.tick()
+    a.set_accounts([*ACCOUNTS[1:3], "new"])
+    changes = a.tick()
+    assert changes.released == (ACCOUNTS[0],)
+    assert changes.gained == {"new": 1}
+    assert accounts_of(a) == {*ACCOUNTS[1:3], "new"}
+    assert ACCOUNTS[0] not in database_view(store)
+    with pytest.raises(ConfigError):
+        a.set_accounts(["x", LEADER])
 
 
 def test_an_account_named_leader_and_a_slow_renewal_are_refused(store: StoreSettings) -> None:

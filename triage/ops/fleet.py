@@ -24,7 +24,8 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from triage import __version__
@@ -89,10 +90,10 @@ class LeaseChanges:
 class LeaseManager:
     """The leases of one instance: the accounts it serves and whether it leads.
 
-    `db_factory()` returns a `Database` for the calling thread (the manager keeps one per thread,
-    closed by `close()`). `accounts` are the IMAP account names every instance serves; `ttl` is
-    how long a lease lasts after its last renewal, `renew_every` how often the daemon should
-    call `tick()` (at least three renewals per ttl). `clock` is a monotonic clock in seconds.
+    `db_factory()` returns a new `Database`; the manager opens one for each tick and closes it.
+    `accounts` are the IMAP account names every instance serves; `ttl` is how long a lease
+    lasts after its last renewal, `renew_every` how often the daemon should call `tick()` (at
+    least three renewals per ttl). `clock` is a monotonic clock in seconds.
     `tick()` and `release_all()` are for one thread; `current()`, `fence()`, `is_leader` and
     `held()` may be called from any thread.
     """
@@ -106,12 +107,7 @@ class LeaseManager:
         ttl: float = DEFAULT_TTL,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        names = tuple(dict.fromkeys(accounts))
-        if LEADER in names:
-            raise ConfigError(
-                f"an IMAP account may not be named {LEADER!r} in fleet mode: "
-                "that is the name of the lease for periodic work"
-            )
+        names = self._check(accounts)
         if not 0 < renew_every * 3 <= ttl:
             raise ConfigError(
                 f"lease renewal every {renew_every:g} s must be at most a third of the lease "
@@ -132,8 +128,6 @@ class LeaseManager:
         self._ticking = threading.Lock()
         self._state = threading.Lock()
         self._held: dict[str, HeldLease] = {}
-        self._local = threading.local()
-        self._dbs: list[Database] = []
 
     # -- what other threads read --------------------------------------------------------------
 
@@ -171,7 +165,7 @@ class LeaseManager:
             if self._stopped:
                 return LeaseChanges()
             try:
-                with self._db().transaction() as tx:
+                with self._transaction() as tx:
                     outcome = self._balance(tx)
                 self._ensured = True
             except (StoreUnavailable, StoreConflict) as exc:
@@ -196,7 +190,7 @@ class LeaseManager:
                 names = tuple(sorted(self._held))
                 self._held.clear()
             try:
-                with self._db().transaction() as tx:
+                with self._transaction() as tx:
                     leases.mark_stopping(tx, self.instance_id)
                     released = tuple(leases.release_all(tx, self.instance_id))
             except (StoreUnavailable, StoreConflict) as exc:
@@ -206,21 +200,37 @@ class LeaseManager:
                 return names
             return released
 
-    def close(self) -> None:
-        """Close the databases the manager opened."""
-        for db in self._dbs:
+    def set_accounts(self, accounts: Iterable[str]) -> None:
+        """Serve these accounts from the next tick on (after a reload of the settings): leases of
+        accounts no longer listed are released then, new ones compete for as usual."""
+        names = self._check(accounts)
+        with self._ticking:
+            self.accounts = names
+            self._ensured = False
+
+    # -- inside ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check(accounts: Iterable[str]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(accounts))
+        if LEADER in names:
+            raise ConfigError(
+                f"an IMAP account may not be named {LEADER!r} in fleet mode: "
+                "that is the name of the lease for periodic work"
+            )
+        return names
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Tx]:
+        # A handle per tick, not one kept per thread: ticks are seconds apart, a handle is cheap
+        # (PostgreSQL: a view of the process's pool), and nothing is left to close from another
+        # thread (a SQLite connection may only be closed by the thread that opened it).
+        db = self._db_factory()
+        try:
+            with db.transaction() as tx:
+                yield tx
+        finally:
             db.close()
-        self._dbs.clear()
-
-    # -- inside -----------------------------------------------------------------------------------
-
-    def _db(self) -> Database:
-        db: Database | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._db_factory()
-            self._local.db = db
-            self._dbs.append(db)
-        return db
 
     def _balance(
         self, tx: Tx
@@ -244,11 +254,14 @@ class LeaseManager:
                 for name, generation in known.items()
                 if name not in renewed and owned.get(name) == generation
             }
-        mine = {n for n in (*renewed, *kept) if n != LEADER}
+        generations = {**kept, **renewed}
+        # Leases of accounts no longer configured here (a reload dropped them) go back at once.
+        unlisted = {n: g for n, g in generations.items() if n != LEADER and n not in self.accounts}
+        released = tuple(leases.release_many(tx, me, unlisted))
+        mine = {n for n in generations if n != LEADER and n not in unlisted}
         live = leases.live_instances(tx, self.ttl)
         share = math.ceil(len(self.accounts) / max(len(live), 1))
         acquired: dict[str, int] = {}
-        released: tuple[str, ...] = ()
         if len(mine) < share:
             free = [a for a in self.accounts if a not in mine]
             acquired = leases.acquire_any(tx, free, me, self.ttl, share - len(mine))
