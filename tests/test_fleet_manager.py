@@ -190,6 +190,22 @@ def test_accounts_dropped_by_a_reload_are_released_and_new_ones_taken(
         a.set_accounts(["x", LEADER])
 
 
+def test_a_tick_releases_unlisted_accounts_and_its_surplus_together(
+    store: StoreSettings, managers: list[LeaseManager]
+) -> None:
+    """A reload drops one of four accounts just as a second instance joined: the dropped
+    account and the one beyond the new share (2 of 3) are released in the same tick."""
+    a, b = manager(store, "a", ACCOUNTS[:4]), manager(store, "b", ACCOUNTS[:4])
+    managers += [a, b]
+    a.tick()
+    assert not b.tick()
+    a.set_accounts(ACCOUNTS[1:4])
+    changes = a.tick()
+    assert changes.released == (ACCOUNTS[0], ACCOUNTS[3])
+    assert accounts_of(a) == set(ACCOUNTS[1:3])
+    assert set(b.tick().gained) == {ACCOUNTS[0], ACCOUNTS[3]}
+
+
 def test_an_account_named_leader_and_a_slow_renewal_are_refused(store: StoreSettings) -> None:
     """`leader` is the periodic work's lease, not an account name; a renewal interval longer
     than a third of the lease time would let leases lapse between ticks."""

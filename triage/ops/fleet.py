@@ -273,8 +273,7 @@ class LeaseManager:
             if extra:
                 # The last by name: which ones matters less than that every instance agrees.
                 give = sorted(mine)[-extra:]
-                generations = {**kept, **renewed}
-                released = tuple(leases.release_many(tx, me, {n: generations[n] for n in give}))
+                released += tuple(leases.release_many(tx, me, {n: generations[n] for n in give}))
         if LEADER not in renewed and LEADER not in kept:
             acquired |= leases.acquire_any(tx, [LEADER], me, self.ttl, 1)
             if LEADER in acquired:
