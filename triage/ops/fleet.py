@@ -276,8 +276,9 @@ class LeaseManager:
                 released += tuple(leases.release_many(tx, me, {n: generations[n] for n in give}))
         if LEADER not in renewed and LEADER not in kept:
             acquired |= leases.acquire_any(tx, [LEADER], me, self.ttl, 1)
-            if LEADER in acquired:
-                leases.prune_instances(tx, FORGET_INSTANCES_AFTER)
+        if LEADER in acquired or LEADER in renewed:
+            # A few rows at most: the leader forgets long-silent instances as it goes.
+            leases.prune_instances(tx, FORGET_INSTANCES_AFTER)
         return renewed, kept, acquired, released
 
     def _apply(
