@@ -1,0 +1,203 @@
+"""Races that SQLite's single writer settles by itself and PostgreSQL's READ COMMITTED does not,
+unless the store says what must not interleave (a lock, ON CONFLICT, FOR UPDATE, RETURNING).
+
+Each race runs two transactions on two connections of one database, in two threads. The first
+is held open once its block ran, just before it commits: its writes are made but not visible.
+The second starts then. On PostgreSQL the first commits as soon as the second waits for a lock
+(the fix at work) or has finished without waiting (the race the fix prevents). On SQLite the
+second cannot begin its transaction before the first commits (BEGIN IMMEDIATE), so the same
+test passes there by construction: it states what SQLite always guaranteed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar, cast
+
+import pytest
+
+from triage.core.models import Contact, LeadKind
+from triage.core.settings import StoreSettings
+from triage.store.db import Database, Tx, inserted_id
+from triage.store.leads import NewLead, record_lead
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+# Seconds any one step of a race may take before the test gives up (a hang is a failure).
+WAIT = 30.0
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+class Paused:
+    """A `Database` whose first transaction, once its block ran, waits for `release` before
+    it commits (`reached` is set then). Everything else is the wrapped database's."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self._paused = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._db.transaction() as tx:
+            yield tx
+            if not self._paused:
+                self._paused = True
+                self.reached.set()
+                if not self.release.wait(WAIT):
+                    raise AssertionError("the paused transaction was never released")
+
+
+def _waiting_for_lock(watcher: Database) -> bool:
+    """Whether a session of this database waits for a lock (PostgreSQL)."""
+    row = watcher.reads.execute(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    ).fetchone()
+    return bool(row[0])
+
+
+def _blocked_or_done(store: StoreSettings, thread: threading.Thread) -> None:
+    """Return once `thread` waits for a lock or has ended."""
+    if not store.is_postgresql:
+        # SQLite: the second transaction waits for the write lock until the first commits,
+        # whatever the moment the first commits; a short head start is enough.
+        thread.join(0.3)
+        return
+    watcher = Database(store)
+    deadline = time.monotonic() + WAIT
+    while thread.is_alive() and time.monotonic() < deadline:
+        if _waiting_for_lock(watcher):
+            return
+        thread.join(0.01)
+
+
+def race(
+    store: StoreSettings, first: Callable[[Database], A], second: Callable[[Database], B]
+) -> tuple[A, B]:
+    """Run `first` (its first transaction held open before commit), then `second` from another
+    thread and connection; return both results (re-raising what either raised)."""
+    results: dict[str, Any] = {}
+    errors: dict[str, BaseException] = {}
+    started = threading.Event()
+    paused: list[Paused] = []
+
+    def run(name: str, body: Callable[[Database], object], pause: bool) -> None:
+        db = Database(store)  # a connection of this thread's own (sqlite3 needs that)
+        try:
+            target: Database = db
+            if pause:
+                held = Paused(db)
+                paused.append(held)
+                target = cast(Database, held)
+            started.set()
+            results[name] = body(target)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread below
+            errors[name] = exc
+        finally:
+            db.close()
+
+    a = threading.Thread(target=run, args=("first", first, True), daemon=True)
+    a.start()
+    assert started.wait(WAIT)
+    deadline = time.monotonic() + WAIT
+    while not paused[0].reached.is_set() and a.is_alive() and time.monotonic() < deadline:
+        paused[0].reached.wait(0.01)
+    b = threading.Thread(target=run, args=("second", second, False), daemon=True)
+    b.start()
+    _blocked_or_done(store, b)
+    paused[0].release.set()
+    a.join(WAIT)
+    b.join(WAIT)
+    assert not a.is_alive() and not b.is_alive(), "a transaction of the race hangs"
+    for name in ("first", "second"):
+        if name in errors:
+            raise AssertionError(f"the {name} transaction failed: {errors[name]!r}") from errors[
+                name
+            ]
+    return results["first"], results["second"]
+
+
+@pytest.fixture
+def db(store: StoreSettings) -> Iterator[Database]:
+    """The database of the race, migrated, for setting up and checking."""
+    database = Database(store)
+    yield database
+    database.close()
+
+
+def count(db: Database, sql: str, params: tuple[object, ...] = ()) -> int:
+    return int(db.reads.execute(sql, params).fetchone()[0])
+
+
+def message_row(db: Database, n: int) -> int:
+    """A ledger row (leads and replies point at one)."""
+    with db.transaction() as tx:
+        cur = tx.execute(
+            "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
+            " updated_at) VALUES ('a', 'INBOX', 1, ?, ?, '', '') RETURNING id",
+            (n, f"<in-{n}@client.example>"),
+        )
+        return inserted_id(cur)
+
+
+# --- R1: one lead per prospect ---------------------------------------------------------------
+
+JANE = Contact("Jane Doe", "jane@doe.example", "Doe Logistics GmbH", "", "")
+
+
+def new_lead(row: int, contact: Contact = JANE, thread_ids: tuple[str, ...] = ()) -> NewLead:
+    return NewLead(
+        message_row=row,
+        kind=LeadKind.HOT,
+        contact=contact,
+        label="sales",
+        confidence=0.9,
+        explanation=("quote",),
+        thread_ids=thread_ids,
+    )
+
+
+def recording(lead: NewLead) -> Callable[[Database], int]:
+    def record(db: Database) -> int:
+        with db.transaction() as tx:
+            return record_lead(tx, lead)
+
+    return record
+
+
+def test_r1_two_first_messages_of_one_prospect_make_one_lead(
+    store: StoreSettings, db: Database
+) -> None:
+    """Two messages of a new prospect recorded at once (two mailboxes, two instances) give one
+    lead with both messages, not two leads."""
+    one, two = message_row(db, 1), message_row(db, 2)
+    first, second = race(store, recording(new_lead(one)), recording(new_lead(two)))
+    assert first == second
+    assert count(db, "SELECT count(*) FROM leads") == 1
+    assert count(db, "SELECT count(*) FROM lead_messages WHERE lead_id = ?", (first,)) == 2
+
+
+def test_r1_a_reply_in_the_thread_joins_the_lead_recorded_at_the_same_time(
+    store: StoreSettings, db: Database
+) -> None:
+    """A message that refers to another one recorded at the same moment (from another address)
+    joins that message's lead."""
+    one, two = message_row(db, 1), message_row(db, 2)
+    colleague = Contact("Joe Doe", "joe@doe.example", "", "", "")
+    first, second = race(
+        store,
+        recording(new_lead(one)),
+        recording(new_lead(two, colleague, thread_ids=("<in-1@client.example>",))),
+    )
+    assert first == second
+    assert count(db, "SELECT count(*) FROM leads") == 1
