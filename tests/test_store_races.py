@@ -201,3 +201,24 @@ def test_r1_a_reply_in_the_thread_joins_the_lead_recorded_at_the_same_time(
     )
     assert first == second
     assert count(db, "SELECT count(*) FROM leads") == 1
+
+
+# --- R12: triage's note on a lead is added once ----------------------------------------------
+
+
+def test_r12_a_note_added_by_two_messages_at_once_is_added_once(
+    store: StoreSettings, db: Database
+) -> None:
+    """Two messages of one thread with an unusable address, recorded at once, leave one note
+    about the address on the lead, not two."""
+    one, two, three = message_row(db, 1), message_row(db, 2), message_row(db, 3)
+    lead_id = recording(new_lead(one))(db)
+    forged = Contact("Jane Doe", "jane@doe.example?bcc=x@evil.example", "", "", "")
+    thread = ("<in-1@client.example>",)
+    first, second = race(
+        store,
+        recording(new_lead(two, forged, thread_ids=thread)),
+        recording(new_lead(three, forged, thread_ids=thread)),
+    )
+    assert first == second == lead_id
+    assert count(db, "SELECT count(*) FROM lead_notes WHERE lead_id = ?", (lead_id,)) == 1
