@@ -15,13 +15,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import pytest
 
-from triage.core.models import Contact, LeadKind
-from triage.core.settings import StoreSettings
+from triage.act.compose import compose
+from triage.act.outbox import Outbox
+from triage.act.replies import RenderedReply
+from triage.core.models import Address, Contact, InboundMessage, LeadKind
+from triage.core.settings import RepliesSettings, SmtpSettings, StoreSettings
 from triage.store.db import Database, Tx, inserted_id
 from triage.store.leads import NewLead, record_lead
 
@@ -31,6 +34,12 @@ B = TypeVar("B")
 # Seconds any one step of a race may take before the test gives up (a hang is a failure).
 WAIT = 30.0
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+REPLIES = RepliesSettings(
+    from_address="hello@example.test",
+    envelope_sender="noreply@example.test",
+    message_id_domain="example.test",
+)
+SMTP = SmtpSettings(host="127.0.0.1", port=10025, security="plain")
 
 
 class Paused:
@@ -222,3 +231,106 @@ def test_r12_a_note_added_by_two_messages_at_once_is_added_once(
     )
     assert first == second == lead_id
     assert count(db, "SELECT count(*) FROM lead_notes WHERE lead_id = ?", (lead_id,)) == 1
+
+
+# --- R3: one reply per prospect within the window --------------------------------------------
+
+WINDOW = timedelta(days=7)
+
+
+def outbox(db: Database) -> Outbox:
+    return Outbox(db, SMTP, clock=lambda: T0)
+
+
+def queue_reply(row: int, to: str) -> Callable[[Database], int | None]:
+    """What `Service._queue_reply` does in the recording transaction: check the window, then
+    queue; the reply's row id, or None when the window refused it."""
+
+    def record(db: Database) -> int | None:
+        box = outbox(db)
+        inbound = InboundMessage(message_id=f"<in-{row}@client.example>", subject="Inquiry")
+        rendered = RenderedReply("sales", "", inbound.subject, "Thanks\n")
+        reply = compose(inbound, Address("Pat", to), rendered, REPLIES, now=T0)
+        with db.transaction():
+            if box.replied_recently(to, WINDOW):
+                return None
+            return box.enqueue(
+                row, reply, recipient=to, envelope_from="", template="sales", mode="live"
+            )
+
+    return record
+
+
+def test_r3_two_messages_of_one_sender_recorded_at_once_get_one_reply(
+    store: StoreSettings, db: Database
+) -> None:
+    """Two messages from one sender recorded at once (two mailboxes, two instances): the second
+    sees the first's reply in the window and queues none."""
+    one, two = message_row(db, 1), message_row(db, 2)
+    first, second = race(
+        store, queue_reply(one, "pat@client.example"), queue_reply(two, "Pat@Client.example")
+    )
+    assert first is not None
+    assert second is None
+    assert count(db, "SELECT count(*) FROM replies") == 1
+
+
+def test_r3_two_senders_recorded_at_once_get_a_reply_each(
+    store: StoreSettings, db: Database
+) -> None:
+    """The lock serialises, it refuses nothing: two senders recorded at once get a reply each."""
+    one, two = message_row(db, 1), message_row(db, 2)
+    first, second = race(
+        store, queue_reply(one, "pat@client.example"), queue_reply(two, "sam@other.example")
+    )
+    assert first is not None and second is not None
+    assert count(db, "SELECT count(*) FROM replies") == 2
+
+
+def test_r1_r3_three_instances_recording_batches_answer_each_prospect_once(
+    store: StoreSettings, db: Database
+) -> None:
+    """Three instances each record a batch of messages from the same eight prospects, in
+    their own order and one transaction per batch (as the pipeline records a batch: a reply
+    checked and queued, then the lead, message after message): every prospect ends up with
+    exactly one reply and one lead, and no batch fails (no deadlock between batches)."""
+    prospects = [f"p{n}@client{n}.example" for n in range(8)]
+    rows = {(i, p): message_row(db, 100 * i + n) for i in range(3) for n, p in enumerate(prospects)}
+    errors: list[BaseException] = []
+    go = threading.Barrier(3)
+
+    def instance(i: int) -> None:
+        mine = Database(store)
+        box = outbox(mine)
+        order = prospects[i:] + prospects[:i]
+        try:
+            go.wait(WAIT)
+            with mine.transaction() as tx:
+                for p in order:
+                    row = rows[(i, p)]
+                    inbound = InboundMessage(message_id=f"<m{row}@client.example>", subject="Hi")
+                    rendered = RenderedReply("sales", "", "Hi", "Thanks\n")
+                    reply = compose(inbound, Address("", p), rendered, REPLIES, now=T0)
+                    if not box.replied_recently(p, WINDOW):
+                        box.enqueue(
+                            row, reply, recipient=p, envelope_from="", template="sales", mode="live"
+                        )
+                    contact = Contact("", p, "", "", "")
+                    record_lead(tx, new_lead(row, contact))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            mine.close()
+
+    threads = [threading.Thread(target=instance, args=(i,), daemon=True) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT)
+    assert not errors
+    replies = db.reads.execute(
+        "SELECT recipient_key, count(*) FROM replies GROUP BY recipient_key"
+    ).fetchall()
+    assert {r[0]: r[1] for r in replies} == dict.fromkeys(prospects, 1)
+    leads = db.reads.execute("SELECT email, count(*) FROM leads GROUP BY email").fetchall()
+    assert {r[0]: r[1] for r in leads} == dict.fromkeys(prospects, 1)

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Literal, get_args
 
 from triage.store.db import Tx, inserted_id, timestamp
+from triage.store.leads import lock_prospects
 
 Table = Literal["replies", "digests"]
 TABLES: tuple[Table, ...] = get_args(Table)
@@ -404,9 +405,18 @@ def claim_filing(tx: Tx, row_id: int, now: datetime) -> bool:
     return cur.rowcount == 1
 
 
-def replied_recently(tx: Tx, key: str, since: datetime, *, verified: bool) -> bool:
+def replied_recently(
+    tx: Tx, key: str, since: datetime, *, verified: bool, hold: bool = False
+) -> bool:
     """True when a counted reply to the mailbox `key` was created since `since` (with
-    `verified`, only one to a sender someone authenticated)."""
+    `verified`, only one to a sender someone authenticated).
+
+    With `hold` (in the transaction that queues the reply if the answer is no), the answer
+    stays true until that transaction ends: a concurrent one that records prospects waits for
+    it (`lock_prospects`), then sees its reply.
+    """
+    if hold:
+        lock_prospects(tx)
     extra = f" AND priority < {UNVERIFIED}" if verified else ""
     row = tx.execute(f"{_RECENT_TO}{extra} LIMIT 1", (key, timestamp(since))).fetchone()
     return row is not None
