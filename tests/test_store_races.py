@@ -16,17 +16,24 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
 
+from tests.test_leads import make_settings
 from triage.act.compose import compose
 from triage.act.outbox import Outbox
 from triage.act.replies import RenderedReply
 from triage.core.models import Address, Contact, InboundMessage, LeadKind
-from triage.core.settings import RepliesSettings, SmtpSettings, StoreSettings
+from triage.core.settings import RepliesSettings, Settings, SmtpSettings, StoreSettings
+from triage.ops.alerts import ADMIN, prepare_admin_alerts
+from triage.sales.notices import ALERT, prepare_alerts, prepare_digest
+from triage.store import oauth_grants
 from triage.store.db import Database, Tx, inserted_id
+from triage.store.digests import instance
 from triage.store.leads import NewLead, record_lead
+from triage.store.postgres import ddl
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -334,3 +341,83 @@ def test_r1_r3_three_instances_recording_batches_answer_each_prospect_once(
     assert {r[0]: r[1] for r in replies} == dict.fromkeys(prospects, 1)
     leads = db.reads.execute("SELECT email, count(*) FROM leads GROUP BY email").fetchall()
     assert {r[0]: r[1] for r in leads} == dict.fromkeys(prospects, 1)
+
+
+# --- R7: a digest or alert slot is prepared once ---------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings that render digests and alerts (the store comes from `store`, not these)."""
+    return make_settings(
+        tmp_path,
+        leads={"alert_hot": True, "alert_recipients": ("bob@example.test",)},
+        daemon={"admin_recipients": ["it@example.test"]},
+    )
+
+
+def known_instance(db: Database) -> None:
+    """The database's instance token exists already (its own race is R8's)."""
+    with db.transaction() as tx:
+        instance(tx)
+
+
+def review_queue_sql(store: StoreSettings, db: Database) -> None:
+    """PostgreSQL: the JSON helper the review queue's SQL needs (the digest counts that queue),
+    until a migration of its own creates it."""
+    if store.is_postgresql and not count(
+        db, "SELECT count(*) FROM pg_proc WHERE proname = 'triage_json_object'"
+    ):
+        with db.transaction() as tx:
+            tx.execute(ddl.JSON_OBJECT_FUNCTION)
+
+
+def test_r7_a_digest_slot_prepared_by_two_instances_at_once_is_prepared_once(
+    store: StoreSettings, db: Database, settings: Settings
+) -> None:
+    """Two instances preparing the same slot at once: one digest; the other is told the slot
+    was prepared (None), it does not fail."""
+    known_instance(db)
+    review_queue_sql(store, db)
+    first, second = race(
+        store,
+        lambda mine: prepare_digest(settings, mine, T0, "slot-1"),
+        lambda mine: prepare_digest(settings, mine, T0, "slot-1"),
+    )
+    assert first is not None
+    assert second is None
+    assert count(db, "SELECT count(*) FROM digests") == 1
+
+
+def test_r7_a_hot_lead_alerted_by_two_instances_at_once_is_alerted_once(
+    store: StoreSettings, db: Database, settings: Settings
+) -> None:
+    """Two instances preparing hot-lead alerts at once: one alert for the new lead."""
+    known_instance(db)
+    recording(new_lead(message_row(db, 1)))(db)
+    now = datetime.now(UTC)
+    first, second = race(
+        store,
+        lambda mine: prepare_alerts(settings, mine, now),
+        lambda mine: prepare_alerts(settings, mine, now),
+    )
+    assert len(first) == 1
+    assert second == []
+    assert count(db, "SELECT count(*) FROM digests WHERE kind = ?", (ALERT,)) == 1
+
+
+def test_r7_an_admin_alert_prepared_by_two_instances_at_once_is_queued_once(
+    store: StoreSettings, db: Database, settings: Settings
+) -> None:
+    """Two instances noticing a credential that needs a sign-in: one alert to administrators."""
+    known_instance(db)
+    with db.transaction() as tx:
+        oauth_grants.set_needs_reauth(tx, "hello", "generic", "invalid_grant", T0)
+    first, second = race(
+        store,
+        lambda mine: prepare_admin_alerts(settings, mine, T0),
+        lambda mine: prepare_admin_alerts(settings, mine, T0),
+    )
+    assert len(first) == 1
+    assert second == []
+    assert count(db, "SELECT count(*) FROM digests WHERE kind = ?", (ADMIN,)) == 1

@@ -70,12 +70,17 @@ def insert(
     lead_id: int | None = None,
     covers_until: datetime | None = None,
 ) -> int:
-    """Queue one digest or alert, due now; returns its row id."""
+    """Queue one digest or alert, due now; returns its row id, or 0 when the notice of `kind`
+    for `slot` exists already (another process prepared it meanwhile: it waited for that
+    one's commit, then found it)."""
     at = timestamp(now)
+    # No conflict target: the Message-ID is made from the kind, slot and instance, so its
+    # unique index may be the one to meet the other process's row first; either means "taken".
     cur = tx.execute(
         "INSERT INTO digests (state, message_id, raw, created_at, kind, slot, lead_id,"
         " recipients, envelope_from, covers_until, attempts, next_attempt, updated_at)"
-        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
+        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+        " ON CONFLICT DO NOTHING RETURNING id",
         (
             message_id,
             raw,
