@@ -421,3 +421,21 @@ def test_r7_an_admin_alert_prepared_by_two_instances_at_once_is_queued_once(
     assert len(first) == 1
     assert second == []
     assert count(db, "SELECT count(*) FROM digests WHERE kind = ?", (ADMIN,)) == 1
+
+
+# --- R8: the database's instance token is made once ------------------------------------------
+
+
+def test_r8_the_instance_token_made_by_two_instances_at_once_is_one_token(
+    store: StoreSettings, db: Database
+) -> None:
+    """The first two uses of the instance token at once (two instances preparing their first
+    notices) agree on one token; neither fails."""
+
+    def token(mine: Database) -> str:
+        with mine.transaction() as tx:
+            return instance(tx)
+
+    first, second = race(store, token, token)
+    assert first == second
+    assert count(db, "SELECT count(*) FROM kv WHERE key = 'triage.instance'") == 1

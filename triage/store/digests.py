@@ -52,9 +52,14 @@ def instance(tx: Tx) -> str:
     row = tx.execute("SELECT value FROM kv WHERE key = 'triage.instance'").fetchone()
     if row is not None:
         return str(row["value"])
-    token = secrets.token_hex(8)
-    tx.execute("INSERT INTO kv (key, value) VALUES ('triage.instance', ?)", (token,))
-    return token
+    # Another process may be making it right now: its token wins (the insert waits for its
+    # commit, then does nothing), and both read the one that was stored.
+    tx.execute(
+        "INSERT INTO kv (key, value) VALUES ('triage.instance', ?) ON CONFLICT (key) DO NOTHING",
+        (secrets.token_hex(8),),
+    )
+    row = tx.execute("SELECT value FROM kv WHERE key = 'triage.instance'").fetchone()
+    return str(row["value"])
 
 
 def insert(
