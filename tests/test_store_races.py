@@ -439,3 +439,50 @@ def test_r8_the_instance_token_made_by_two_instances_at_once_is_one_token(
     first, second = race(store, token, token)
     assert first == second
     assert count(db, "SELECT count(*) FROM kv WHERE key = 'triage.instance'") == 1
+
+
+# --- R9: one needs-reauth episode per credential ---------------------------------------------
+
+
+def needs_reauth(code: str, at: datetime) -> Callable[[Database], bool]:
+    def record(db: Database) -> bool:
+        with db.transaction() as tx:
+            return oauth_grants.set_needs_reauth(tx, "hello", "generic", code, at)
+
+    return record
+
+
+def grant_row(db: Database) -> tuple[str, str, int]:
+    row = db.reads.execute(
+        "SELECT state, error_at, generation FROM oauth_grants WHERE name = 'hello'"
+    ).fetchone()
+    return str(row["state"]), str(row["error_at"]), int(row["generation"])
+
+
+def test_r9_a_first_failure_seen_by_two_processes_at_once_starts_one_episode(
+    store: StoreSettings, db: Database
+) -> None:
+    """A credential without a row fails in two processes at once: one row, one episode (the
+    first failure's time), and neither process fails."""
+    later = T0 + timedelta(seconds=5)
+    first, second = race(
+        store, needs_reauth("invalid_grant", T0), needs_reauth("invalid_grant", later)
+    )
+    assert (first, second) == (True, False)
+    assert grant_row(db) == ("needs-reauth", T0.isoformat(timespec="microseconds"), 1)
+
+
+def test_r9_a_working_grant_failing_in_two_processes_at_once_changes_state_once(
+    store: StoreSettings, db: Database
+) -> None:
+    """A stored grant that stops working in two processes at once: the state changes once
+    (one generation, the first failure's time kept), so one alert follows."""
+    with db.transaction() as tx:
+        oauth_grants.store_grant(tx, "hello", "generic", b"grant", T0)
+    later = T0 + timedelta(seconds=5)
+    failed = T0 + timedelta(seconds=1)
+    first, second = race(
+        store, needs_reauth("invalid_grant", failed), needs_reauth("invalid_grant", later)
+    )
+    assert (first, second) == (True, False)
+    assert grant_row(db) == ("needs-reauth", failed.isoformat(timespec="microseconds"), 2)
