@@ -30,6 +30,7 @@ from triage.core.settings import RepliesSettings, Settings, SmtpSettings, StoreS
 from triage.ops.alerts import ADMIN, prepare_admin_alerts
 from triage.sales.notices import ALERT, prepare_alerts, prepare_digest
 from triage.store import oauth_grants
+from triage.store.corrections import insert_correction
 from triage.store.db import Database, Tx, inserted_id
 from triage.store.digests import instance
 from triage.store.leads import NewLead, record_lead
@@ -486,3 +487,35 @@ def test_r9_a_working_grant_failing_in_two_processes_at_once_changes_state_once(
     )
     assert (first, second) == (True, False)
     assert grant_row(db) == ("needs-reauth", failed.isoformat(timespec="microseconds"), 2)
+
+
+# --- R10: a correction given twice at once is recorded once ----------------------------------
+
+
+def correcting(label: str, source: str) -> Callable[[Database], bool]:
+    def record(db: Database) -> bool:
+        with db.transaction() as tx:
+            return insert_correction(
+                tx,
+                message_row=None,
+                message_id="<in-1@client.example>",
+                old_label="marketing",
+                new_label=label,
+                source=source,
+                subject="Quote",
+                body="We need a quote.",
+                raw=None,
+            )
+
+    return record
+
+
+def test_r10_one_correction_given_by_two_people_at_once_is_recorded_once(
+    store: StoreSettings, db: Database
+) -> None:
+    """The same correction of one message made at once (a folder move seen by one account's
+    thread, the console's review by a person): one row; the later one changes nothing and
+    does not fail."""
+    first, second = race(store, correcting("sales", "review"), correcting("sales", "folder"))
+    assert (first, second) == (True, False)
+    assert count(db, "SELECT count(*) FROM corrections") == 1
