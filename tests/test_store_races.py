@@ -11,6 +11,7 @@ test passes there by construction: it states what SQLite always guaranteed.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from triage.store.corrections import insert_correction
 from triage.store.db import Database, Tx, inserted_id
 from triage.store.digests import instance
 from triage.store.leads import NewLead, record_lead
+from triage.store.ledger import Ledger
 from triage.store.postgres import ddl
 
 A = TypeVar("A")
@@ -519,3 +521,45 @@ def test_r10_one_correction_given_by_two_people_at_once_is_recorded_once(
     first, second = race(store, correcting("sales", "review"), correcting("sales", "folder"))
     assert (first, second) == (True, False)
     assert count(db, "SELECT count(*) FROM corrections") == 1
+
+
+# --- R11: failures of one message recorded at once lose nothing ------------------------------
+
+
+def failing_row(db: Database, state: str) -> int:
+    """A ledger row in `state` with one attempt counted."""
+    row = message_row(db, 1)
+    with db.transaction() as tx:
+        tx.execute("UPDATE messages SET state = ?, attempts = 1 WHERE id = ?", (state, row))
+    return row
+
+
+def test_r11_two_act_failures_recorded_at_once_both_stay_in_the_reasons(
+    store: StoreSettings, db: Database
+) -> None:
+    """Two failures to act on one message recorded at once (an account's thread and a console
+    action): both end up in its reasons; the later write does not drop the earlier one."""
+    row = failing_row(db, "classified")
+    first, second = race(
+        store,
+        lambda mine: Ledger(mine).record_act_failure(row, "smtp down", 1),
+        lambda mine: Ledger(mine).record_act_failure(row, "template gone", 1),
+    )
+    assert (first, second) == (True, True)
+    reasons = db.reads.execute("SELECT reasons FROM messages WHERE id = ?", (row,)).fetchone()[0]
+    assert json.loads(reasons) == ["act-failed: smtp down", "act-failed: template gone"]
+
+
+def test_r11_a_failure_recorded_while_another_counts_an_attempt_sees_that_attempt(
+    store: StoreSettings, db: Database
+) -> None:
+    """A failure recorded while another transaction counts the message's last attempt reads
+    the count after that one commits: both say the message is quarantined."""
+    row = failing_row(db, "seen")
+    first, second = race(
+        store,
+        lambda mine: Ledger(mine).record_failure(row, "crash", 2, None, count_attempt=True),
+        lambda mine: Ledger(mine).record_failure(row, "parse error", 2, None),
+    )
+    assert (first, second) == (True, True)
+    assert count(db, "SELECT attempts FROM messages WHERE id = ?", (row,)) == 2
