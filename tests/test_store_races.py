@@ -31,6 +31,7 @@ from triage.core.settings import RepliesSettings, Settings, SmtpSettings, StoreS
 from triage.ops.alerts import ADMIN, prepare_admin_alerts
 from triage.sales.notices import ALERT, prepare_alerts, prepare_digest
 from triage.store import oauth_grants
+from triage.store import outbox as queue
 from triage.store.corrections import insert_correction
 from triage.store.db import Database, Tx, inserted_id
 from triage.store.digests import instance
@@ -563,3 +564,74 @@ def test_r11_a_failure_recorded_while_another_counts_an_attempt_sees_that_attemp
     )
     assert (first, second) == (True, True)
     assert count(db, "SELECT attempts FROM messages WHERE id = ?", (row,)) == 2
+
+
+# --- R16: what a sweep reports is what it changed --------------------------------------------
+
+
+def stored_reply(db: Database) -> int:
+    """A queued reply created at T0."""
+    row = message_row(db, 1)
+    with db.transaction() as tx:
+        return queue.insert_reply(
+            tx,
+            message_row=row,
+            reply_message_id="<reply-1@example.test>",
+            recipient="pat@client.example",
+            envelope_from="",
+            template="sales",
+            mode="live",
+            state="queued",
+            raw=b"Subject: Thanks\r\n\r\nThanks\r\n",
+            now=T0,
+            recipient_key="pat@client.example",
+            recipient_domain="client.example",
+            priority=0,
+        )
+
+
+def test_r16_a_recovery_reports_no_mail_another_process_finished_meanwhile(
+    store: StoreSettings, db: Database
+) -> None:
+    """A recovery that runs while the sender of a mail records it sent reports only what it
+    marked uncertain: not that mail, which stays sent."""
+    reply_id = stored_reply(db)
+    with db.transaction() as tx:
+        mine = queue.claim(tx, "replies", reply_id, T0, 0)
+    assert mine is not None
+
+    def finish(db: Database) -> bool:
+        with db.transaction() as tx:
+            return queue.mark_sent(tx, "replies", reply_id, mine, T0, None)
+
+    def sweep(db: Database) -> list[tuple[str, int]]:
+        with db.transaction() as tx:
+            return list(queue.recover(tx, T0 + timedelta(hours=1), "stopped", ("replies",)))
+
+    first, second = race(store, finish, sweep)
+    assert first is True
+    assert second == []
+    assert db.reads.execute("SELECT state FROM replies").fetchone()[0] == "sent"
+
+
+def test_r16_an_expiry_reports_no_reply_another_process_claimed_meanwhile(
+    store: StoreSettings, db: Database
+) -> None:
+    """An expiry of long-deferred replies that runs while a sender claims one reports only the
+    replies it expired: not the claimed one, which stays sending."""
+    reply_id = stored_reply(db)
+    with db.transaction() as tx:
+        queue.defer(tx, reply_id, T0, "hourly cap")
+
+    def take(db: Database) -> bool:
+        with db.transaction() as tx:
+            return queue.claim(tx, "replies", reply_id, T0, 0) is not None
+
+    def expire(db: Database) -> list[int]:
+        with db.transaction() as tx:
+            return queue.expire_deferred(tx, T0 + timedelta(days=1), "held back too long")
+
+    first, second = race(store, take, expire)
+    assert first is True
+    assert second == []
+    assert db.reads.execute("SELECT state FROM replies").fetchone()[0] == "sending"

@@ -172,18 +172,16 @@ def recover(
     """Rows of `tables` in `sending` claimed before `claimed_before` → uncertain."""
     found: list[tuple[Table, int]] = []
     for table in tables:
-        ids = [
+        # One UPDATE … RETURNING: a row another process moves out of `sending` meanwhile is
+        # re-checked once its lock is released, and neither changed nor reported.
+        ids = sorted(
             int(r["id"])
             for r in tx.execute(
-                f"SELECT id FROM {_table(table)} WHERE state = 'sending'"  # noqa: S608
-                " AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY id",
-                (timestamp(claimed_before),),
-            )
-        ]
-        tx.executemany(
-            f"UPDATE {table} SET state = 'uncertain', error = ?"  # noqa: S608
-            " WHERE id = ? AND state = 'sending'",
-            [(error, i) for i in ids],
+                f"UPDATE {_table(table)} SET state = 'uncertain', error = ?"  # noqa: S608
+                " WHERE state = 'sending' AND (claimed_at IS NULL OR claimed_at <= ?)"
+                " RETURNING id",
+                (error, timestamp(claimed_before)),
+            ).fetchall()
         )
         found.extend((table, i) for i in ids)
     return found
@@ -465,18 +463,16 @@ def defer(tx: Tx, row_id: int, until: datetime, reason: str) -> None:
 
 def expire_deferred(tx: Tx, created_before: datetime, reason: str) -> list[int]:
     """Queued replies deferred at least once and created before `created_before` → expired."""
-    ids = [
+    # One UPDATE … RETURNING: a reply another process claims meanwhile is re-checked once its
+    # lock is released, and neither expired nor reported.
+    return sorted(
         int(r["id"])
         for r in tx.execute(
-            "SELECT id FROM replies WHERE state = 'queued' AND deferrals > 0 AND created_at < ?",
-            (timestamp(created_before),),
-        )
-    ]
-    tx.executemany(
-        "UPDATE replies SET state = 'expired', error = ? WHERE id = ? AND state = 'queued'",
-        [(reason, i) for i in ids],
+            "UPDATE replies SET state = 'expired', error = ?"
+            " WHERE state = 'queued' AND deferrals > 0 AND created_at < ? RETURNING id",
+            (reason, timestamp(created_before)),
+        ).fetchall()
     )
-    return ids
 
 
 def recipient_keys(tx: Tx) -> list[tuple[int, str, str, str]]:
