@@ -12,14 +12,16 @@ test passes there by construction: it states what SQLite always guaranteed.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import psycopg
 import pytest
 
 from tests.test_leads import make_settings
@@ -33,11 +35,15 @@ from triage.sales.notices import ALERT, prepare_alerts, prepare_digest
 from triage.store import oauth_grants
 from triage.store import outbox as queue
 from triage.store.corrections import insert_correction
-from triage.store.db import Database, Tx, inserted_id
+from triage.store.db import STORE_ERRORS, Database, Tx, inserted_id
 from triage.store.digests import instance
 from triage.store.leads import NewLead, record_lead
 from triage.store.ledger import Ledger
 from triage.store.postgres import ddl
+from triage.store.postgres.backend import run_migrations
+from triage.store.schema import MIGRATIONS
+from triage.web import accounts
+from triage.web.accounts import AccountError
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -635,3 +641,59 @@ def test_r16_an_expiry_reports_no_reply_another_process_claimed_meanwhile(
     assert first is True
     assert second == []
     assert db.reads.execute("SELECT state FROM replies").fetchone()[0] == "sending"
+
+
+# --- R13: user names are unique whatever their case ------------------------------------------
+
+
+def adding(name: str) -> Callable[[Database], str]:
+    def add(db: Database) -> str:
+        try:
+            return accounts.add(db, name, "admin", "correct horse battery staple").name
+        except AccountError as exc:
+            return str(exc)
+
+    return add
+
+
+def test_r13_two_users_whose_names_differ_in_case_added_at_once_are_one_user(
+    store: StoreSettings, db: Database
+) -> None:
+    """`Sam` and `sam` added at once (the CLI and the console): one user; the other is told
+    the name exists."""
+    first, second = race(store, adding("Sam"), adding("sam"))
+    assert first == "Sam"
+    assert second == "user sam exists already"
+    assert [u.name for u in accounts.users(db)] == ["Sam"]
+
+
+def test_r13_the_migration_renames_the_later_of_two_names_that_differ_in_case(
+    store: StoreSettings,
+) -> None:
+    """A database from before the check (or the race) holding `Sam` and `sam` upgrades: the
+    later one becomes `sam-<id>`, and from then on the database refuses such twins itself."""
+    number = next(n for n, m in enumerate(MIGRATIONS, start=1) if "users_name_ci" in m)
+    twins = (
+        "INSERT INTO users (id, name, role, password_hash, created_at, updated_at) VALUES"
+        " (1, 'Sam', 'admin', 'x', '', ''), (2, 'sam', 'sales', 'x', '', ''),"
+        " (3, 'bob', 'sales', 'x', '', '')"
+    )
+    if store.is_postgresql:
+        assert store.url is not None
+        with psycopg.connect(store.url, password=store.password(), autocommit=True) as conn:
+            run_migrations(conn, "test", ddl.migrations()[: number - 1])  # type: ignore[arg-type]
+            conn.execute(twins)
+    else:
+        with closing(sqlite3.connect(store.path)) as conn:
+            for version, script in enumerate(MIGRATIONS[: number - 1], start=1):
+                conn.executescript(f"{script}\nPRAGMA user_version = {version};")
+            conn.execute(twins)
+            conn.commit()
+    db = Database(store)
+    assert [u.name for u in accounts.users(db)] == ["Sam", "bob", "sam-2"]
+    with pytest.raises(STORE_ERRORS), db.transaction() as tx:
+        tx.execute(
+            "INSERT INTO users (name, role, password_hash, created_at, updated_at)"
+            " VALUES ('BOB', 'sales', 'x', '', '')"
+        )
+    db.close()

@@ -303,4 +303,14 @@ MIGRATIONS: tuple[str, ...] = (
         reminded_at   TEXT
     );
     """,
+    # 10: console user names unique whatever their case, in the database itself: `name_taken`
+    # alone let two processes add `Sam` and `sam` at once (and databases from before that check
+    # may hold both). The later of such twins is renamed `<name>-<id>` so the index can exist;
+    # an admin can tell that user. (Its number is only its position: a migration merged first
+    # makes this one 11, and nothing else changes.)
+    """
+    UPDATE users SET name = name || '-' || id
+        WHERE id NOT IN (SELECT min(id) FROM users GROUP BY lower(name));
+    CREATE UNIQUE INDEX users_name_ci ON users (lower(name));
+    """,
 )
