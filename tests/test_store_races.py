@@ -31,7 +31,8 @@ from triage.act.replies import RenderedReply
 from triage.core.models import Address, Contact, InboundMessage, LeadKind
 from triage.core.settings import RepliesSettings, Settings, SmtpSettings, StoreSettings
 from triage.ops.alerts import ADMIN, prepare_admin_alerts
-from triage.sales.notices import ALERT, prepare_alerts, prepare_digest
+from triage.sales.content import ALERT
+from triage.sales.notices import prepare_alerts, prepare_digest
 from triage.store import oauth_grants
 from triage.store import outbox as queue
 from triage.store.corrections import insert_correction
