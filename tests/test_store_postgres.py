@@ -316,7 +316,8 @@ def _pg_schema(conn: psycopg.Connection[PgRow]) -> dict[str, dict[str, object]]:
             " FROM pg_index x JOIN pg_class t ON t.oid = x.indrelid"
             " JOIN pg_class i ON i.oid = x.indexrelid"
             " JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, ord) ON true"
-            " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
+            # LEFT: an expression's key column (attnum 0) is None, as SQLite's index_info says.
+            " LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
             " WHERE t.relname = %s AND t.relnamespace = 'public'::regnamespace"
             " GROUP BY i.relname, x.indexrelid, x.indisunique, x.indisprimary",
             (table,),

@@ -689,7 +689,16 @@ class Outbox:
         not expired, not dry-run). With `verified`, only replies to a verified sender count:
         a fixed-text reply to a message forged in someone's name does not use up their reply."""
         key = self.limits.canonical(address)
-        return queue.replied_recently(self.db.reads, key, self._clock() - window, verified=verified)
+        # Inside a transaction (the one that queues the reply) the answer must hold until it
+        # commits, or two instances could both answer one sender; outside one (the guards'
+        # early look) it need not wait for anybody.
+        return queue.replied_recently(
+            self.db.reads,
+            key,
+            self._clock() - window,
+            verified=verified,
+            hold=self.db.in_transaction,
+        )
 
 
 def cap_domain(address: str) -> str:

@@ -133,6 +133,8 @@ def _grant_alert(
         "(For a Google app in Testing status, publishing it as Internal ends this limit.)",
     ]
     made = _queue(c, slot, subject, lines, settings, recipients, now)
+    if made is None:
+        return None
     log.warning("alert %d queued: %s", made, subject)
     return made
 
@@ -181,6 +183,8 @@ def _reauth_alert(
         lines += ["", f"This is a daily reminder: it has lasted {days} day(s)."]
     subject = f"triage: {row.name} needs re-authorisation ({row.error_code})"
     made = _queue(c, slot, subject, lines, settings, recipients, now)
+    if made is None:
+        return None
     if first:
         grants.mark_alerted(c, row.name, now)
     else:
@@ -250,6 +254,8 @@ def _secret_alert(
         "(systemctl reload triage).",
     ]
     made = _queue(c, slot, subject, lines, settings, recipients, now)
+    if made is None:
+        return None
     log.warning("alert %d queued: %s", made, subject)
     return made
 
@@ -262,7 +268,9 @@ def _queue(
     settings: Settings,
     recipients: Sequence[str],
     now: datetime,
-) -> int:
+) -> int | None:
+    """Queue the alert for `slot`; its row id, or None when another process queued it after
+    the caller looked."""
     text = "\n".join(lines) + "\n"
     body = "".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n") if p.strip())
     rendered = Rendered(
@@ -270,4 +278,4 @@ def _queue(
     )
     mid = notice_message_id(ADMIN, slot, settings, notices.instance(c))
     msg = compose(rendered, recipients, mid, settings, now)
-    return queue_notice(c, ADMIN, slot, msg, recipients, settings, now)
+    return queue_notice(c, ADMIN, slot, msg, recipients, settings, now) or None

@@ -97,7 +97,7 @@ def queue_notice(
     covers_until: datetime | None = None,
 ) -> int:
     """Queue `msg` (a digest or alert of `kind` for `slot`) in the delivery queue, due now;
-    returns its row id."""
+    returns its row id, or 0 when another process queued that slot's notice meanwhile."""
     return store.insert(
         c,
         kind=kind,
@@ -128,6 +128,8 @@ def prepare_digest(
         mid = notice_message_id(DIGEST, slot, settings, store.instance(c))
         msg = compose(rendered, recipients, mid, settings, now)
         digest_id = queue_notice(c, DIGEST, slot, msg, recipients, settings, now, covers_until=now)
+        if not digest_id:
+            return None  # another process prepared the slot after we looked
         store.mark_digested(c, digest_id, (lead.id for lead in content.new_leads))
     log.info(
         "digest %d prepared: %d new hot leads, %d overdue, %d for review, %d marketing replies",
@@ -165,8 +167,8 @@ def prepare_alerts(settings: Settings, db: Database, now: datetime) -> list[int]
                 rendered = render(ALERT, context, settings)
                 mid = notice_message_id(ALERT, slot, settings, store.instance(c))
                 msg = compose(rendered, recipients, mid, settings, now)
-                prepared.append(
-                    queue_notice(c, ALERT, slot, msg, recipients, settings, now, lead_id=lead.id)
-                )
+                made = queue_notice(c, ALERT, slot, msg, recipients, settings, now, lead_id=lead.id)
+                if made:  # else another process alerted this lead after we looked
+                    prepared.append(made)
             store.mark_alerted(c, lead.id, now)
     return prepared

@@ -62,6 +62,10 @@ def insert_correction(
     again: training keeps the latest correction of a message, and one row per message and label
     would otherwise leave the label in between in force.
     """
+    # One message's corrections are written one transaction at a time (a folder move seen by
+    # an account's thread, a person's review in the console): the later one then sees the
+    # earlier one as the latest, as SQLite's single writer guaranteed.
+    c.dialect.lock(c, "correction", message_id)
     latest = c.execute(
         "SELECT id, new_label FROM corrections WHERE message_id = ?"
         " ORDER BY created_at DESC, id DESC LIMIT 1",

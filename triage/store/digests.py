@@ -52,9 +52,14 @@ def instance(tx: Tx) -> str:
     row = tx.execute("SELECT value FROM kv WHERE key = 'triage.instance'").fetchone()
     if row is not None:
         return str(row["value"])
-    token = secrets.token_hex(8)
-    tx.execute("INSERT INTO kv (key, value) VALUES ('triage.instance', ?)", (token,))
-    return token
+    # Another process may be making it right now: its token wins (the insert waits for its
+    # commit, then does nothing), and both read the one that was stored.
+    tx.execute(
+        "INSERT INTO kv (key, value) VALUES ('triage.instance', ?) ON CONFLICT (key) DO NOTHING",
+        (secrets.token_hex(8),),
+    )
+    row = tx.execute("SELECT value FROM kv WHERE key = 'triage.instance'").fetchone()
+    return str(row["value"])
 
 
 def insert(
@@ -70,12 +75,17 @@ def insert(
     lead_id: int | None = None,
     covers_until: datetime | None = None,
 ) -> int:
-    """Queue one digest or alert, due now; returns its row id."""
+    """Queue one digest or alert, due now; returns its row id, or 0 when the notice of `kind`
+    for `slot` exists already (another process prepared it meanwhile: it waited for that
+    one's commit, then found it)."""
     at = timestamp(now)
+    # No conflict target: the Message-ID is made from the kind, slot and instance, so its
+    # unique index may be the one to meet the other process's row first; either means "taken".
     cur = tx.execute(
         "INSERT INTO digests (state, message_id, raw, created_at, kind, slot, lead_id,"
         " recipients, envelope_from, covers_until, attempts, next_attempt, updated_at)"
-        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
+        " VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+        " ON CONFLICT DO NOTHING RETURNING id",
         (
             message_id,
             raw,

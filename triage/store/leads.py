@@ -219,6 +219,20 @@ def _note_once(c: Tx, lead_id: int, text: str, at: str) -> None:
     )
 
 
+def lock_prospects(c: Tx) -> None:
+    """Within the caller's transaction: wait for, then hold until it ends, the lock that
+    serialises recording what is known about prospects (their leads, the replies to them).
+
+    SQLite serialises every write transaction anyway. On PostgreSQL two transactions would
+    otherwise both find no open lead (or no reply within the window) for a new prospect and
+    both add one. One lock rather than one per address: a batch records several prospects in
+    one transaction, and per-address locks taken in the order of its messages could deadlock
+    two batches. It is held for the milliseconds of recording (rendering and sending happen
+    outside the transaction).
+    """
+    c.dialect.lock(c, "prospects", "")
+
+
 def record_lead(c: Tx, lead: NewLead) -> int:
     """Within the caller's transaction: add the message to the prospect's lead; return its id.
 
@@ -226,6 +240,8 @@ def record_lead(c: Tx, lead: NewLead) -> int:
     bcc=…&body=…" becomes a mailto link with extra recipients and a body of the sender's choosing)
     is dropped and the lead kept without it, with a note saying why: a person still decides.
     """
+    # Before looking for the prospect's lead: a concurrent first message must find ours.
+    lock_prospects(c)
     given = lead.contact.email.strip().lower()
     email = given if is_addr_spec(given) else ""
     now = utcnow()

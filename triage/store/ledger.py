@@ -331,7 +331,11 @@ class Ledger:
         with self.db.transaction() as c:
             if count_attempt:
                 c.execute("UPDATE messages SET attempts = attempts + 1 WHERE id = ?", (row_id,))
-            r = c.execute("SELECT attempts FROM messages WHERE id = ?", (row_id,)).fetchone()
+            # FOR UPDATE: a transaction counting an attempt right now is waited for, not missed.
+            r = c.execute(
+                f"SELECT attempts FROM messages WHERE id = ?{c.dialect.for_update()}",  # noqa: S608
+                (row_id,),
+            ).fetchone()
             quarantine = (r["attempts"] if r else 0) >= max_attempts
             c.execute(
                 "UPDATE messages SET error = ?, updated_at = ?,"
@@ -355,8 +359,11 @@ class Ledger:
         with self.db.transaction() as c:
             if count_attempt:
                 c.execute("UPDATE messages SET attempts = attempts + 1 WHERE id = ?", (row_id,))
+            # FOR UPDATE: the reasons are read, extended and written back; another transaction
+            # doing the same must wait, or one of the two additions would be lost.
             r = c.execute(
-                "SELECT attempts, reasons FROM messages WHERE id = ?", (row_id,)
+                f"SELECT attempts, reasons FROM messages WHERE id = ?{c.dialect.for_update()}",  # noqa: S608
+                (row_id,),
             ).fetchone()
             give_up = (r["attempts"] if r else 0) >= max_attempts
             reasons = json.loads(r["reasons"] or "[]") if r else []

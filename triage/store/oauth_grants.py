@@ -118,15 +118,21 @@ def set_needs_reauth(c: Tx, name: str, provider: str, code: str, now: datetime) 
     code. The first failure's time and any alert already sent are kept (one alert per episode);
     the code is updated. True when the state changed from ok."""
     at = timestamp(now)
-    r = c.execute("SELECT state FROM oauth_grants WHERE name = ?", (name,)).fetchone()
-    if r is None:
-        c.execute(
-            "INSERT INTO oauth_grants (name, provider, generation, state, error_code, error_at)"
-            " VALUES (?, ?, 1, 'needs-reauth', ?, ?)",
-            (name, provider, code, at),
-        )
+    # Two processes may see the same failure at once. A first row: the later insert waits for
+    # the earlier one's commit, then does nothing. An existing row: FOR UPDATE makes the later
+    # one wait and then read the state the earlier one wrote, so the episode starts once.
+    created = c.execute(
+        "INSERT INTO oauth_grants (name, provider, generation, state, error_code, error_at)"
+        " VALUES (?, ?, 1, 'needs-reauth', ?, ?) ON CONFLICT (name) DO NOTHING RETURNING name",
+        (name, provider, code, at),
+    ).fetchone()
+    if created is not None:
         return True
-    if r["state"] == NEEDS_REAUTH:
+    r = c.execute(
+        f"SELECT state FROM oauth_grants WHERE name = ?{c.dialect.for_update()}",  # noqa: S608
+        (name,),
+    ).fetchone()
+    if r is None or r["state"] == NEEDS_REAUTH:  # None: forgotten meanwhile
         c.execute("UPDATE oauth_grants SET error_code = ? WHERE name = ?", (code, name))
         return False
     c.execute(

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Literal, get_args
 
 from triage.store.db import Tx, inserted_id, timestamp
+from triage.store.leads import lock_prospects
 
 Table = Literal["replies", "digests"]
 TABLES: tuple[Table, ...] = get_args(Table)
@@ -171,18 +172,16 @@ def recover(
     """Rows of `tables` in `sending` claimed before `claimed_before` → uncertain."""
     found: list[tuple[Table, int]] = []
     for table in tables:
-        ids = [
+        # One UPDATE … RETURNING: a row another process moves out of `sending` meanwhile is
+        # re-checked once its lock is released, and neither changed nor reported.
+        ids = sorted(
             int(r["id"])
             for r in tx.execute(
-                f"SELECT id FROM {_table(table)} WHERE state = 'sending'"  # noqa: S608
-                " AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY id",
-                (timestamp(claimed_before),),
-            )
-        ]
-        tx.executemany(
-            f"UPDATE {table} SET state = 'uncertain', error = ?"  # noqa: S608
-            " WHERE id = ? AND state = 'sending'",
-            [(error, i) for i in ids],
+                f"UPDATE {_table(table)} SET state = 'uncertain', error = ?"  # noqa: S608
+                " WHERE state = 'sending' AND (claimed_at IS NULL OR claimed_at <= ?)"
+                " RETURNING id",
+                (error, timestamp(claimed_before)),
+            ).fetchall()
         )
         found.extend((table, i) for i in ids)
     return found
@@ -404,9 +403,18 @@ def claim_filing(tx: Tx, row_id: int, now: datetime) -> bool:
     return cur.rowcount == 1
 
 
-def replied_recently(tx: Tx, key: str, since: datetime, *, verified: bool) -> bool:
+def replied_recently(
+    tx: Tx, key: str, since: datetime, *, verified: bool, hold: bool = False
+) -> bool:
     """True when a counted reply to the mailbox `key` was created since `since` (with
-    `verified`, only one to a sender someone authenticated)."""
+    `verified`, only one to a sender someone authenticated).
+
+    With `hold` (in the transaction that queues the reply if the answer is no), the answer
+    stays true until that transaction ends: a concurrent one that records prospects waits for
+    it (`lock_prospects`), then sees its reply.
+    """
+    if hold:
+        lock_prospects(tx)
     extra = f" AND priority < {UNVERIFIED}" if verified else ""
     row = tx.execute(f"{_RECENT_TO}{extra} LIMIT 1", (key, timestamp(since))).fetchone()
     return row is not None
@@ -455,18 +463,16 @@ def defer(tx: Tx, row_id: int, until: datetime, reason: str) -> None:
 
 def expire_deferred(tx: Tx, created_before: datetime, reason: str) -> list[int]:
     """Queued replies deferred at least once and created before `created_before` → expired."""
-    ids = [
+    # One UPDATE … RETURNING: a reply another process claims meanwhile is re-checked once its
+    # lock is released, and neither expired nor reported.
+    return sorted(
         int(r["id"])
         for r in tx.execute(
-            "SELECT id FROM replies WHERE state = 'queued' AND deferrals > 0 AND created_at < ?",
-            (timestamp(created_before),),
-        )
-    ]
-    tx.executemany(
-        "UPDATE replies SET state = 'expired', error = ? WHERE id = ? AND state = 'queued'",
-        [(reason, i) for i in ids],
+            "UPDATE replies SET state = 'expired', error = ?"
+            " WHERE state = 'queued' AND deferrals > 0 AND created_at < ? RETURNING id",
+            (reason, timestamp(created_before)),
+        ).fetchall()
     )
-    return ids
 
 
 def recipient_keys(tx: Tx) -> list[tuple[int, str, str, str]]:

@@ -333,4 +333,13 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 10: fleet mode's instances and leases (`FLEET_LEASES` above).
     FLEET_LEASES,
+    # 11: console user names unique whatever their case, in the database itself: `name_taken`
+    # alone let two processes add `Sam` and `sam` at once (and databases from before that check
+    # may hold both). The later of such twins is renamed `<name>-<id>` so the index can exist;
+    # an admin can tell that user.
+    """
+    UPDATE users SET name = name || '-' || id
+        WHERE id NOT IN (SELECT min(id) FROM users GROUP BY lower(name));
+    CREATE UNIQUE INDEX users_name_ci ON users (lower(name));
+    """,
 )

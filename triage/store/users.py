@@ -54,11 +54,13 @@ def _user(r: Row) -> User:
 
 
 def add_user(c: Tx, name: str, role: str, password_hash: str, email: str, now: datetime) -> int:
-    """Insert a user; the caller checked that the name is free and the role known."""
+    """Insert a user; the caller checked that the role is known and (`name_taken`) that the
+    name is free. Returns the new id, or 0 when another process took the name (in any case)
+    since the check: the unique index of `lower(name)` made this insert wait for it."""
     at = timestamp(now)
     cur = c.execute(
         "INSERT INTO users (name, role, password_hash, email, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
         (name, role, password_hash, email, at, at),
     )
     return inserted_id(cur)

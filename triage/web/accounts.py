@@ -80,9 +80,10 @@ def add(
     hashed = hash_password(password)
     moment = now or datetime.now(UTC)
     with db.transaction() as c:
-        if store.name_taken(c, name):
+        if store.name_taken(c, name) or not store.add_user(
+            c, name, role, hashed, email.strip(), moment
+        ):
             raise AccountError(f"user {name} exists already")
-        store.add_user(c, name, role, hashed, email.strip(), moment)
         audit.record(c, by or name, "user.add", "user", name, {"role": role}, now=moment)
         user = store.get_user(c, name)
     assert user is not None
