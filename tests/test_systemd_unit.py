@@ -128,6 +128,7 @@ def test_the_unit_keeps_the_settings_operations_md_describes() -> None:
         "MemoryMax": ["1G"],
         "OOMPolicy": ["continue"],
         "TasksMax": ["64"],
+        "LimitNOFILE": ["16384"],
     }
     for key, values in expected.items():
         assert d.get(key) == values, key

@@ -19,6 +19,7 @@ from triage.core.errors import ConfigError
 from triage.core.settings import Settings
 from triage.ops.daemon import Control, Daemon, Housekeeping, run_once
 from triage.ops.health import start_from_settings
+from triage.ops.limits import check_limits
 from triage.ops.logs import redact_settings_secrets
 from triage.ops.metrics import Metrics
 from triage.ops.service import Service, Shared, sync_factory
@@ -53,6 +54,7 @@ def prepare(
 ) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
     warn_unverified_certificates(settings)
+    check_limits(len(settings.imap.all_accounts()), settings.ingest.workers)
     # Mistakes that would otherwise surface per batch or per digest are config errors now.
     message_id_domain(settings.replies)
     check_digest_settings(settings)
