@@ -52,10 +52,8 @@ _MIGRATION_3 = """
     CREATE INDEX replies_claimed ON replies (claimed_at, recipient_domain);
     """
 
-_OVERRIDES: dict[int, str] = {3: _MIGRATION_3}
-
-# PostgreSQL's text of a future migration (SQLite needs nothing for it): the JSON object stored
-# as text, or NULL when the text is not a JSON object. SQLite's json_valid()/json_type() let
+# Migration 10 (SQLite's is empty): the JSON object stored as text, or NULL when the text is not
+# a JSON object. SQLite's json_valid()/json_type() let
 # review.py's uncertainty ignore malformed probabilities; PostgreSQL 15 has no non-raising cast
 # (IS JSON and pg_input_is_valid came in 16), so a cast error is caught here instead.
 JSON_OBJECT_FUNCTION = """
@@ -77,6 +75,8 @@ JSON_OBJECT_FUNCTION = """
     END
     $body$;
     """
+
+_OVERRIDES: dict[int, str] = {3: _MIGRATION_3, 10: JSON_OBJECT_FUNCTION}
 
 
 def _map_code(code: str) -> str:
