@@ -74,7 +74,7 @@ def run_once_command(settings: Settings, checkpoint: Checkpoint = no_checkpoint)
 
     Raises `StoreInUseError` before doing anything when another process holds the store.
     """
-    with exclusive(settings.store.path):
+    with exclusive(settings.store):
         shared = prepare(settings, checkpoint)
         try:
             errors = run_once(settings, sync_factory(shared), shared.tokens)
@@ -97,7 +97,7 @@ def run_forever(
     metrics and the health endpoint live across reloads, so the port stays bound, and so does
     the store's lock (`StoreInUseError` at start when another process holds it).
     """
-    with exclusive(settings.store.path):
+    with exclusive(settings.store):
         return _run_forever(settings, reload_settings, checkpoint, control)
 
 
