@@ -5,8 +5,11 @@ a server that cannot be reached)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,14 +17,16 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from triage.core.errors import StoreError, StoreUnavailable
+from triage.core.errors import StoreError, StoreInUseError, StoreUnavailable
 from triage.core.settings import StoreSettings
 from triage.store.db import Database
 from triage.store.ledger import Ledger
+from triage.store.lock import exclusive
 from triage.store.postgres import ddl
-from triage.store.postgres.backend import close_pools, pg_row, run_migrations
+from triage.store.postgres.backend import close_pools, hold_store_lock, pg_row, run_migrations
 from triage.store.schema import MIGRATIONS
 
+ROOT = Path(__file__).resolve().parents[1]
 _OLD_ROW = (
     "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, created_at,"
     " updated_at) VALUES ('a', 'INBOX', 7, 42, '<kept@example.test>', 'then', 'then')"
@@ -153,3 +158,43 @@ def _settings(pg_url: str, folder: Path) -> StoreSettings:
         url=parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}").geturl(),
         password_file=secret,
     )
+
+
+# --- one acting process per PostgreSQL database (triage.store.lock) --------------------------
+
+
+@pytest.mark.postgresql
+def test_a_postgresql_store_is_locked_for_one_process_until_it_dies(
+    pg_store: StoreSettings,
+) -> None:
+    """`exclusive` on a PostgreSQL store holds a session advisory lock: another process is
+    refused at once with the holder's name and server pid, the holder's own process joins it,
+    and the lock goes when the holder dies (SIGKILL, no clean-up) or leaves the block."""
+    code = (
+        "import time\n"
+        "from triage.core.settings import StoreSettings\n"
+        "from triage.store.lock import exclusive\n"
+        f"store = StoreSettings(url={pg_store.url!r},"
+        f" password_file={str(pg_store.password_file)!r})\n"
+        "with exclusive(store):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            with pytest.raises(StoreInUseError) as caught, exclusive(pg_store):
+                pass
+            message = str(caught.value)
+            assert "is in use by another triage process (triage lock " in message
+            assert f":{holder.pid}" in message and "server pid " in message
+            assert "\n" not in message
+        finally:
+            holder.kill()
+    password = pg_store.password()
+    with exclusive(pg_store), exclusive(pg_store), pytest.raises(StoreInUseError):  # joined
+        hold_store_lock(pg_store.url, password=password)  # another session is refused
+    hold_store_lock(pg_store.url, password=password).close()  # leaving the block released it

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.stores import open_store, store_settings
 from triage.core.errors import ConfigError
 from triage.core.models import LABELS, InboundMessage, Label
 from triage.decide.classify import load_classifier, repo_root
@@ -191,15 +192,17 @@ def add_correction(db: Database, message_id: str, label: str, **fields: object) 
         )
 
 
+@pytest.mark.usefixtures("store_backend")
 def test_corrections_are_read_from_the_store(tmp_path: Path) -> None:
-    db = Database(tmp_path / "triage.db")
+    """On both backends: the store settings name a SQLite file or a PostgreSQL database."""
+    db = open_store(tmp_path / "triage.db")
     raw = eml("Quote for 9 units", "Price for 9 units please", "<flip@client.example>")
     add_correction(db, "<flip@client.example>", "marketing", raw=raw, created_at="2025-01-01")
     add_correction(db, "<flip@client.example>", "sales", raw=raw, created_at="2025-01-02")
     add_correction(db, "<bare@x>", "other", subject="Hello", body="Lunch on Friday?")
     add_correction(db, "<odd@x>", "spam", subject="?", body="?")
     db.close()
-    corrections = load_corrections(tmp_path / "triage.db")
+    corrections = load_corrections(store_settings(tmp_path / "triage.db"))
     by_id = {message_key(e.message.message_id): e for e in corrections.examples}
     # The latest label wins; the raw message is parsed; a bare one is rebuilt from its text.
     assert by_id["flip@client.example"].label == "sales"
