@@ -139,7 +139,8 @@ def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
     secret.write_text(f"{url.password}\n")
     secret.chmod(0o600)
     bare = url._replace(netloc=f"{url.username}@{url.hostname}:{url.port}").geturl()
-    yield StoreSettings(url=bare, password_file=secret)
+    # `path` is unused with a url; set, anything that wrongly falls back to it stays in tmp_path.
+    yield StoreSettings(path=tmp_path / "triage.db", url=bare, password_file=secret)
     close_pools()  # before `pg_url` drops the database under the pool's connections
 
 

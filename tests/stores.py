@@ -57,7 +57,7 @@ class Backend:
             self.harness.create_database(name)
             self._created.append(name)
             url = urlsplit(self.store.url)._replace(path=f"/{name}").geturl()
-            found = StoreSettings(url=url, password_file=self.store.password_file)
+            found = StoreSettings(path=path, url=url, password_file=self.store.password_file)
             self._databases[key] = found
         return found
 
