@@ -6,6 +6,7 @@ The corpus-marked tests read ../shared/corpora and skip when it is absent.
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import pytest
 from tests.stores import open_store, store_settings
 from triage.core.errors import ConfigError
 from triage.core.models import LABELS, InboundMessage, Label
+from triage.core.settings import StoreSettings
 from triage.decide.classify import load_classifier, repo_root
 from triage.store.db import Database, utcnow
+from triage.store.decided import decided_since
 from triage.training import learn
 from triage.training.corpus import (
     Corpus,
@@ -311,3 +314,29 @@ def test_shipped_model_does_not_answer_bounces_or_spam() -> None:
     spam = load_folder(CORPORA / "other" / "spamassassin_spam", "other")
     # Measured 1.6% with header rules when the model was shipped; a regression shows here.
     assert learn.evaluate_classifier(classifier, spam, rules=True)["other_auto_reply_rate"] < 0.05
+
+
+def test_decided_messages_are_read_from_the_store(store: StoreSettings) -> None:
+    """On both backends: `decided_since` lists the decided messages since a time, oldest first,
+    without the undecided or older ones (what `triage model compare` runs the models over)."""
+    db = Database(store)
+    rows = [
+        (1, "sales", "2025-03-01T00:00:00.000000+00:00", '["quote"]'),
+        (2, None, "2025-03-02T00:00:00.000000+00:00", "[]"),
+        (3, "review", "2025-03-03T00:00:00.000000+00:00", "not json"),
+        (4, "other", "2025-01-01T00:00:00.000000+00:00", "[]"),
+    ]
+    with db.transaction() as c:
+        for uid, decision, at, reasons in rows:
+            c.execute(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, sender,"
+                " subject, decision, reasons, created_at, updated_at)"
+                " VALUES ('a', 'INBOX', 1, ?, ?, 'p@x.example', 'Hi', ?, ?, ?, ?)",
+                (uid, f"<m{uid}@x>", decision, reasons, at, at),
+            )
+    db.close()
+    found = decided_since(store, datetime(2025, 2, 1, tzinfo=UTC))
+    assert [(m.message_id, m.decision, m.reasons) for m in found] == [
+        ("<m1@x>", "sales", ("quote",)),
+        ("<m3@x>", "review", ()),
+    ]
