@@ -191,7 +191,7 @@ def read_corrections(store: StoreSettings | Path) -> list[StoredCorrection]:
         try:
             rows = [tuple(r) for r in server_reads(store).execute(_READ.format(weight="weight"))]
         except StoreError as exc:
-            raise StoreError(f"cannot read corrections: {exc}") from None
+            raise type(exc)(f"cannot read corrections: {exc}") from None
     else:
         rows = _read_sqlite(store.path if isinstance(store, StoreSettings) else store)
     return [

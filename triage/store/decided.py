@@ -42,7 +42,7 @@ def decided_since(store: StoreSettings | Path, since: datetime) -> list[DecidedM
         try:
             rows = [tuple(r) for r in server_reads(store).execute(_DECIDED, params)]
         except StoreError as exc:
-            raise StoreError(f"cannot read messages: {exc}") from None
+            raise type(exc)(f"cannot read messages: {exc}") from None
     else:
         rows = _read_sqlite(store.path if isinstance(store, StoreSettings) else store, params)
     return [
