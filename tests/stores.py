@@ -40,7 +40,7 @@ class Backend:
 
     @property
     def name(self) -> str:
-        """ "sqlite" or "postgresql"."""
+        """The backend's name: "sqlite" or "postgresql"."""
         return "postgresql" if self.store.is_postgresql else "sqlite"
 
     def settings(self, path: Path) -> StoreSettings:
