@@ -198,3 +198,21 @@ def test_a_postgresql_store_is_locked_for_one_process_until_it_dies(
     with exclusive(pg_store), exclusive(pg_store), pytest.raises(StoreInUseError):  # joined
         hold_store_lock(pg_store.url, password=password)  # another session is refused
     hold_store_lock(pg_store.url, password=password).close()  # leaving the block released it
+
+
+def test_a_reload_keeps_the_locked_store_file_or_server(tmp_path: Path) -> None:
+    """SIGHUP's new settings never move a running process to another store than the one it
+    locked: a changed path or URL waits for the next start; other store settings apply."""
+    from tests.test_leads import make_settings
+    from triage.ops.runner import _keep_store
+
+    old = make_settings(tmp_path)
+    server = old.store.model_copy(update={"url": "postgresql://triage@db.example/triage"})
+    moved = make_settings(tmp_path / "elsewhere")
+    assert _keep_store(old, moved).store == old.store
+    on_server = old.model_copy(update={"store": server})
+    other_server = server.model_copy(update={"url": "postgresql://triage@db2.example/triage"})
+    kept = _keep_store(on_server, old.model_copy(update={"store": other_server}))
+    assert kept.store.url == server.url
+    resized = server.model_copy(update={"pool_size": 20})
+    assert _keep_store(on_server, old.model_copy(update={"store": resized})).store.pool_size == 20

@@ -167,12 +167,13 @@ def _run_forever(
 
 
 def _keep_store(old: Settings, new: Settings) -> Settings:
-    """`new`, but on the store this process has locked: another store needs a restart."""
-    if new.store.path == old.store.path:
+    """`new`, but on the store this process has locked (its file, or its server's database by
+    URL): another store needs a restart."""
+    if new.store.describe() == old.store.describe():
         return new
     log.warning(
-        "store.path changed to %s; it takes effect at the next start, %s stays in use",
-        new.store.path,
-        old.store.path,
+        "the store changed to %s; it takes effect at the next start, %s stays in use",
+        new.store.describe(),
+        old.store.describe(),
     )
     return new.model_copy(update={"store": old.store})
