@@ -21,6 +21,7 @@ from devtools.pgharness import PgHarness, PgHarnessError, unavailable_reason
 # second definition per module would start a second Playwright in the same thread.
 from tests.browser import browser_fixture, page_fixture, web_server_fixture  # noqa: F401
 from tests.mailtools import DaemonStarter, running_harness
+from tests.stores import Backend, using
 from triage.core.settings import StoreSettings
 
 
@@ -123,10 +124,11 @@ def pg_url(postgres: PgHarness) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSettings]:
+def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSettings]:
     """The store settings of a test that runs on both backends: a SQLite file in `tmp_path`,
     then an empty PostgreSQL database of its own (the password in a 0600 file, as an operator
-    configures it)."""
+    configures it). Tests ask for `store` (or `store_backend`); this name is the one that test
+    modules with a `store` fixture of their own do not hide."""
     if request.param == "sqlite":
         yield StoreSettings(path=tmp_path / "triage.db")
         return
@@ -137,5 +139,49 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreSetti
     secret.write_text(f"{url.password}\n")
     secret.chmod(0o600)
     bare = url._replace(netloc=f"{url.username}@{url.hostname}:{url.port}").geturl()
-    yield StoreSettings(url=bare, password_file=secret)
+    # `path` is unused with a url; set, anything that wrongly falls back to it stays in tmp_path.
+    yield StoreSettings(path=tmp_path / "triage.db", url=bare, password_file=secret)
     close_pools()  # before `pg_url` drops the database under the pool's connections
+
+
+@pytest.fixture
+def store(backend_store: StoreSettings) -> StoreSettings:
+    """The store settings of a test that runs on both backends (see `backend_store`)."""
+    return backend_store
+
+
+@pytest.fixture
+def store_backend(
+    backend_store: StoreSettings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Backend]:
+    """Runs the test on both backends without a fixture in its signature: while it runs,
+    tests.stores (`make_settings`, `open_store`) name the backend of `backend_store`. A module
+    opts in with `pytestmark = pytest.mark.usefixtures("store_backend")`."""
+    harness = request.getfixturevalue("postgres") if backend_store.is_postgresql else None
+    backend = Backend(backend_store, tmp_path, harness)
+    with using(backend):
+        yield backend
+    if harness is not None:
+        from triage.store.postgres.backend import close_pools
+
+        close_pools()
+        backend.drop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked `sqlite_only` in a module that runs on both backends keeps only its
+    SQLite half (what it checks does not exist on PostgreSQL: files, modes, PRAGMAs)."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgresql = (
+            callspec is not None and callspec.params.get("backend_store") == "postgresql"
+        )
+        if on_postgresql and item.get_closest_marker("sqlite_only"):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept

@@ -32,6 +32,9 @@ from triage.store.db import timestamp
 from triage.store.digests import instance
 from triage.store.leads import get_lead
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 # Mon 13 May 2024, Europe/Berlin (UTC+2): the default schedule "0 8 * * 1-5" fires at 06:00 UTC.
 MONDAY_8 = datetime(2024, 5, 13, 6, 0, 30, tzinfo=UTC)
 TUESDAY_8 = MONDAY_8 + timedelta(days=1)
@@ -268,8 +271,8 @@ def test_review_marketing_and_new_overdue_sections(
             c.execute(
                 "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
                 " template, mode, state, raw, next_attempt, created_at, sent_at)"
-                " VALUES (?, ?, 'r@x', '', ?, 'live', ?, x'', '', '', ?)",
-                (row, f"<r{n}@x>", template, state, timestamp(sent_at)),
+                " VALUES (?, ?, 'r@x', '', ?, 'live', ?, ?, '', '', ?)",
+                (row, f"<r{n}@x>", template, state, b"", timestamp(sent_at)),
             )
 
     reply(1, MONDAY_8 - timedelta(days=3))
@@ -307,8 +310,15 @@ def test_digest_says_when_the_sending_caps_held_replies_back(
             c.execute(
                 "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
                 " template, mode, state, raw, next_attempt, created_at, deferrals)"
-                " VALUES (?, ?, 'r@x', '', 'sales', 'live', ?, x'', '', ?, ?)",
-                (row, f"<cap{n}@x>", state, timestamp(MONDAY_8 - timedelta(hours=1)), deferrals),
+                " VALUES (?, ?, 'r@x', '', 'sales', 'live', ?, ?, '', ?, ?)",
+                (
+                    row,
+                    f"<cap{n}@x>",
+                    state,
+                    b"",
+                    timestamp(MONDAY_8 - timedelta(hours=1)),
+                    deferrals,
+                ),
             )
     rendered = digest.preview(settings, store.db, MONDAY_8)
     assert (

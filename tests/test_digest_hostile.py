@@ -27,6 +27,9 @@ from triage.sales import digest
 from triage.sales.leads import export_rows, write_csv
 from triage.store.leads import find_leads, get_lead, lead_notes
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 PAYLOAD = "jane@acme.example?bcc=attacker%40evil.example&body=Our bank details changed"
 RAW = (
     f'From: "Jane" <{PAYLOAD}>\r\n'
@@ -239,6 +242,8 @@ def test_a_bare_domain_website_is_linked_over_https(store: Store, settings: Sett
 # --- invisible characters ------------------------------------------------------------------------
 
 
+# SQLite only: the CLI half runs `triage leads` on a configuration file naming a SQLite store.
+@pytest.mark.sqlite_only
 def test_invisible_characters_reach_no_staff_view(
     tmp_path: Path, store: Store, settings: Settings
 ) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores import Backend, open_store
 from tests.test_digest import MONDAY_8
 from tests.test_leads import make_settings
 from triage.core.models import LABELS
@@ -75,8 +76,9 @@ class Ledger:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "triage.db")
+def db(store_backend: Backend, tmp_path: Path) -> Iterator[Database]:
+    """The test's store, on SQLite and on PostgreSQL."""
+    database = open_store(tmp_path / "triage.db")
     yield database
     database.close()
 
@@ -306,7 +308,7 @@ LINE = "Drift: sales share 12% -&gt; 31% over the last 7 days; mean confidence 0
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(store_backend: Backend, tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
@@ -336,7 +338,7 @@ def test_the_digest_has_no_drift_line_when_nothing_drifted_or_too_little_was_dec
     steady = digest.preview(settings, db, NOW)
     assert "Drift" not in steady.text and "Drift" not in steady.html
 
-    drifted = Database(tmp_path / "drifted.db")
+    drifted = open_store(tmp_path / "drifted.db")
     try:
         seed_drift(Ledger(drifted))
         lax = make_settings(
@@ -356,7 +358,7 @@ def value(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-def test_refresh_sets_the_label_gauges_of_both_windows(db: Database) -> None:
+def test_refresh_sets_the_label_gauges_of_both_windows(db: Database, tmp_path: Path) -> None:
     """Share, mean confidence and count per label and window; NaN for the mean of a label a
     window does not have; read again only after DRIFT_REFRESH_SECONDS."""
     ledger = Ledger(db)
@@ -381,7 +383,7 @@ def test_refresh_sets_the_label_gauges_of_both_windows(db: Database) -> None:
     assert value(m, "triage_label_messages", label="sales", window="7d") == 131
 
     empty = Metrics()
-    nothing = Database(":memory:")
+    nothing = open_store(tmp_path / "empty.db")
     try:
         empty.refresh_from_store(nothing, now=NOW.timestamp())
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.stores import store_section
 from triage.core.errors import ConfigError
 from triage.core.models import Contact, LeadKind
 from triage.core.settings import LeadsSettings, Settings, load_settings
@@ -39,6 +40,9 @@ from triage.store.db import Database, timestamp
 from triage.store.leads import NewLead, get_lead, lead_messages, record_lead
 from triage.store.ledger import Ledger, Outcome
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 ROOT = Path(__file__).resolve().parents[1]
 BERLIN_MONDAY_10 = datetime(2024, 5, 13, 8, 0, tzinfo=UTC)  # Mon 13 May 2024, 10:00 in Berlin
 
@@ -47,10 +51,11 @@ BERLIN_MONDAY_10 = datetime(2024, 5, 13, 8, 0, tzinfo=UTC)  # Mon 13 May 2024, 1
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
-    """Settings for a store under `tmp_path`, the repository's templates, digest to sales@."""
+    """Settings for a store under `tmp_path` (on the running test's backend, see tests.stores),
+    the repository's templates, digest to sales@."""
     values: dict[str, dict[str, Any]] = {
         "imap": {"username": "hello", "password": "pw", "security": "plain"},
-        "store": {"path": str(tmp_path / "triage.db")},
+        "store": store_section(tmp_path / "triage.db"),
         "replies": {
             "templates_dir": str(ROOT / "templates"),
             "from_address": "hello@example.test",
@@ -72,7 +77,7 @@ class Store:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.db = Database(settings.store.path)
+        self.db = Database(settings.store)
         self.ledger = Ledger(self.db)
         self._uid = 0
 
@@ -229,8 +234,8 @@ def test_a_reply_in_the_thread_joins_the_lead_from_another_address(store: Store)
             "INSERT INTO replies (message_row, reply_message_id, recipient, envelope_from,"
             " template, mode, state, raw, next_attempt, created_at)"
             " VALUES (?, '<triage.abc@example.test>', 'jane@doe.example', '', 'sales', 'live',"
-            " 'sent', x'', '', '')",
-            (first_row,),
+            " 'sent', ?, '', '')",
+            (first_row, b""),
         )
     other = Contact("", "pat@doe.example")
     _, via_reply = store.inquiry(other, thread_ids=["<unknown@x>", "<triage.abc@example.test>"])
@@ -484,11 +489,11 @@ def test_retention_empties_old_bodies_and_keeps_leads(tmp_path: Path) -> None:
     old_row, old_lead = store.inquiry(JANE, "Old", "old body", at=now - timedelta(days=40))
     new_row, _ = store.inquiry(Contact("", "new@x.example"), "New", "new body")
     with store.db.transaction() as c:
-        c.execute("UPDATE messages SET raw = x'00' WHERE id = ?", (old_row,))
+        c.execute("UPDATE messages SET raw = ? WHERE id = ?", (b"\x00", old_row))
         c.execute(
             "INSERT INTO corrections (message_row, message_id, new_label, source, subject, body,"
-            " raw, created_at) VALUES (?, 'x', 'sales', 'review', 'Old', 'old body', x'00', ?)",
-            (old_row, timestamp(now - timedelta(days=40))),
+            " raw, created_at) VALUES (?, 'x', 'sales', 'review', 'Old', 'old body', ?, ?)",
+            (old_row, b"\x00", timestamp(now - timedelta(days=40))),
         )
 
     assert apply_retention(LeadsSettings(retention_days=0), store.db, now).messages == 0

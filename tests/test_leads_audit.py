@@ -14,6 +14,9 @@ from triage.sales import leads, review
 from triage.store import audit
 from triage.store.review import get_message
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 NOW = datetime(2024, 5, 13, 8, 0, tzinfo=UTC)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
+from tests.stores import open_store, store_settings, store_toml
 from tests.test_leads import JANE, Store
 from tests.test_leads_cli import write_config
 from tests.test_model_cli import corpus  # noqa: F401  # the module-scoped fixture
@@ -27,12 +28,20 @@ from triage.store.schema import MIGRATIONS
 from triage.training import learn
 from triage.training.corpus import Corpus, load_corpus, load_corrections
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 ACME = Contact("Ann Acme", "ann@acme.example", "Acme", "", "")
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    return write_config(tmp_path)
+    """test_leads_cli's configuration, its store on the test's backend."""
+    path = write_config(tmp_path)
+    sqlite = f'[store]\npath = "{tmp_path}/triage.db"\n'
+    store = store_toml(store_settings(tmp_path / "triage.db"))
+    path.write_text(path.read_text().replace(sqlite, store))
+    return path
 
 
 @pytest.fixture
@@ -177,6 +186,7 @@ def test_a_lead_whose_message_kept_no_text_still_closes(store: Store) -> None:
     assert dismissed.corrections.skipped == (f"message {_row} has no Message-ID",)
 
 
+@pytest.mark.sqlite_only  # a file written by schema 4
 def test_the_migration_weighs_older_corrections_as_a_persons(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
@@ -213,12 +223,12 @@ def test_training_weighs_each_correction_by_its_source(
                 " VALUES ('<other30@client.example>', 'sales', ?, ?, ?, '2024-01-01')",
                 (source, CORRECTION_WEIGHTS[source], raw),
             )
-        loaded = load_corrections(Path(store.settings.store.path))
+        loaded = load_corrections(store.settings.store)
         assert loaded.weights == [CORRECTION_WEIGHTS[source]]
     base = load_corpus(corpus)
     probabilities = {}
     for weight in (1.0, 8.0):
-        corrected = load_corrections(Path(store.settings.store.path))
+        corrected = load_corrections(store.settings.store)
         weighted = Corpus(tuple(replace(e, weight=weight) for e in corrected.examples))
         model = learn.fit(base.with_corrections(weighted))
         column = list(model.classes_).index("sales")
@@ -239,7 +249,7 @@ def test_closing_a_relabelled_lead_does_not_undo_the_persons_label(
     close(store, lead_id, "lost")
     labels = {
         e.message.message_id: (e.label, e.weight)
-        for e in load_corrections(Path(store.settings.store.path)).examples
+        for e in load_corrections(store.settings.store).examples
     }
     assert labels["<relabel@doe.example>"] == ("marketing", PERSON_WEIGHT)
 
@@ -251,8 +261,8 @@ def test_a_label_given_again_after_another_becomes_the_latest_again(tmp_path: Pa
     from triage.store.corrections import insert_correction, read_corrections
     from triage.training.corpus import load_corrections
 
-    path = tmp_path / "triage.db"
-    db = Database(path)
+    path = store_settings(tmp_path / "triage.db")
+    db = open_store(tmp_path / "triage.db")
     raw = b"From: Pat <pat@client.example>\nSubject: Chairs\nMessage-ID: <m1@c.example>\n\nHi\n"
 
     def give(label: str) -> bool:

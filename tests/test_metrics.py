@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores import open_store
 from triage.ops.metrics import Metrics, rule_name
-from triage.store.db import Database, Tx, inserted_id, utcnow
+from triage.store.db import Tx, inserted_id, utcnow
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -115,10 +116,11 @@ def _reply(c: Tx, row: int, state: str) -> None:
     )
 
 
+@pytest.mark.usefixtures("store_backend")
 def test_refresh_from_store_reads_review_queue_oldest_hot_lead_and_outbox(tmp_path: Path) -> None:
     """Review queue = unreviewed `review` decisions; oldest unclaimed hot lead = the oldest `new`
     hot lead's age; outbox depth = replies still `queued`. Other rows do not count."""
-    db = Database(tmp_path / "triage.db")
+    db = open_store(tmp_path / "triage.db")
     try:
         with db.transaction() as c:
             _message(c, 1, "review")
@@ -142,9 +144,10 @@ def test_refresh_from_store_reads_review_queue_oldest_hot_lead_and_outbox(tmp_pa
     assert value(m, "triage_outbox_depth") == 1
 
 
+@pytest.mark.usefixtures("store_backend")
 def test_refresh_from_an_empty_store_reads_zero(tmp_path: Path) -> None:
     """With no rows every store-derived gauge is 0 (no hot lead waiting means age 0)."""
-    db = Database(tmp_path / "triage.db")
+    db = open_store(tmp_path / "triage.db")
     try:
         m = Metrics()
         m.refresh_from_store(db)

@@ -10,11 +10,16 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.test_leads import make_settings
 from triage.core.settings import Settings
 from triage.ops.alerts import ADMIN, prepare_admin_alerts
 from triage.store import oauth_grants
 from triage.store.db import Database
+
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
@@ -54,7 +59,7 @@ def test_a_re_authorisation_is_alerted_once_then_reminded_daily(tmp_path: Path) 
     """However often the daemon looks, one alert when the grant stops working, none more that
     day, one reminder on each following day; a new episode (after a sign-in) alerts again."""
     settings = oauth_settings(tmp_path)
-    db = Database(settings.store.path)
+    db = Database(settings.store)
     with db.transaction() as c:
         oauth_grants.set_needs_reauth(c, "hello", "generic", "invalid_grant", T0)
     for minutes in (0, 1, 5, 600):
@@ -89,7 +94,7 @@ def test_a_re_authorisation_is_alerted_once_then_reminded_daily(tmp_path: Path) 
 def test_a_client_secret_is_warned_about_14_and_3_days_ahead(tmp_path: Path) -> None:
     """Two warnings per expiry date, each once: at 14 days and at 3 days before."""
     settings = oauth_settings(tmp_path, client_secret_expires=date(2026, 12, 31))
-    db = Database(settings.store.path)
+    db = Database(settings.store)
     for day in (1, 16, 17, 18, 20, 27, 28, 29):
         prepare_admin_alerts(settings, db, datetime(2026, 12, day, 8, tzinfo=UTC))
     subjects = [s for _, s, _ in queued(db)]
@@ -105,7 +110,7 @@ def test_a_sign_in_with_a_limited_lifetime_is_warned_about_two_days_before_it_en
     """`grant_lifetime_days = 7` (a Google app in Testing status): one warning from 2 days
     before the end of the sign-in, none before; a new sign-in starts a new count."""
     settings = oauth_settings(tmp_path, grant_lifetime_days=7)
-    db = Database(settings.store.path)
+    db = Database(settings.store)
     with db.transaction() as c:
         oauth_grants.store_grant(c, "hello", "generic", b"cipher", T0)
     prepare_admin_alerts(settings, db, T0 + timedelta(days=4))
@@ -124,7 +129,7 @@ def test_nobody_to_tell_queues_nothing(tmp_path: Path) -> None:
             "digest": make_settings(tmp_path, digest={"recipients": []}).digest,
         }
     )
-    db = Database(settings.store.path)
+    db = Database(settings.store)
     with db.transaction() as c:
         oauth_grants.set_needs_reauth(c, "hello", "generic", "invalid_grant", T0)
     assert prepare_admin_alerts(settings, db, T0) == []

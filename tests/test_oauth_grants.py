@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from tests.stores import backend_name, store_settings
 from triage.core.errors import ConfigError
 from triage.ingest.oauth.grants import GrantStore, create_key_file
 from triage.store import oauth_grants as sql
 from triage.store.db import Database
+
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 TOKEN = "rt-very-secret-refresh-token"
 
 
 @pytest.fixture
 def grants(tmp_path: Path) -> GrantStore:
-    return GrantStore(tmp_path / "triage.db", tmp_path / "keys" / "oauth2.key")
+    return GrantStore(store_settings(tmp_path / "triage.db"), tmp_path / "keys" / "oauth2.key")
 
 
 def test_grant_is_encrypted_at_rest_and_the_key_file_created_private(
@@ -30,11 +33,12 @@ def test_grant_is_encrypted_at_rest_and_the_key_file_created_private(
     grants.store("main", "generic", TOKEN)
     key = grants.key_file
     assert key.stat().st_mode & 0o777 == 0o600
-    raw = (tmp_path / "triage.db").read_bytes()
-    conn = sqlite3.connect(tmp_path / "triage.db")
-    blob = conn.execute("SELECT grant_blob FROM oauth_grants").fetchone()[0]
-    conn.close()
-    assert TOKEN.encode() not in raw and TOKEN.encode() not in bytes(blob)
+    db = Database(grants.store_path)
+    blob = db.reads.execute("SELECT grant_blob FROM oauth_grants").fetchone()[0]
+    db.close()
+    assert TOKEN.encode() not in bytes(blob)
+    if backend_name() == "sqlite":
+        assert TOKEN.encode() not in (tmp_path / "triage.db").read_bytes()
     stored = grants.read("main")
     assert stored is not None and stored.secret == TOKEN
     assert TOKEN not in repr(stored)
@@ -148,7 +152,7 @@ def test_a_key_file_is_never_seen_empty(tmp_path: Path, monkeypatch: pytest.Monk
     with pytest.raises(OSError, match="killed"):
         create_key_file(key)
     assert not key.exists()
-    grants = GrantStore(tmp_path / "triage.db", key)
+    grants = GrantStore(store_settings(tmp_path / "triage.db"), key)
     grants.store("main", "generic", TOKEN)
     stored = grants.read("main")
     assert stored is not None and stored.secret == TOKEN

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.stores import store_toml
 from tests.test_leads_cli import one_line_error, triage, write_config
 from tests.test_outbox import Clock, Connector, enqueue, outbox
 from triage.act.smtp import AmbiguousDeliveryError
+from triage.core.settings import StoreSettings
 from triage.store.db import Database
 
 
@@ -153,3 +155,16 @@ def test_a_missing_store_is_an_error_not_an_empty_outbox(tmp_path: Path) -> None
     config = write_config(tmp_path)
     one_line_error(triage(config, "outbox", "list"), 2, "no store at")
     assert not (tmp_path / "triage.db").exists()
+
+
+def test_a_server_store_is_never_missing(store: StoreSettings, tmp_path: Path) -> None:
+    """The missing-file check is SQLite's: with `[store] url` there is no file to look for, and
+    `outbox list` reads the database (migrating an empty one) instead of refusing."""
+    config = tmp_path / "triage.toml"
+    config.write_text('[imap]\nusername = "hello"\npassword = "pw"\n' + store_toml(store))
+    listed = triage(config, "outbox", "list")
+    if store.is_postgresql:
+        assert listed.returncode == 0, listed.stderr
+        assert listed.stdout.strip() == "nothing in the outbox"
+    else:
+        one_line_error(listed, 2, "no store at")

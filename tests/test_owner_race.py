@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+import pytest
+
 from tests.test_leads import make_settings
 from triage.core.models import Classification, InboundMessage, Verdict
 from triage.core.settings import Settings
@@ -21,6 +23,9 @@ from triage.sales.leads import assign_owner
 from triage.store.db import Database, Tx
 from triage.store.leads import find_leads, set_status
 from triage.store.ledger import Ledger
+
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 def raw(sender: str, n: int) -> bytes:
@@ -49,12 +54,13 @@ class Account:
 
     def __init__(self, settings: Settings, name: str, during_render: Callable[[], None]) -> None:
         self.name = name
-        self.db = Database(settings.store.path)
+        self.db = Database(settings.store)
         self.ledger = Ledger(self.db)
         self.rendered: list[str] = []
         with self.db.transaction() as c:
             c.execute(
-                "CREATE TABLE IF NOT EXISTS test_queued (account TEXT, row_id INTEGER, owner TEXT)"
+                "CREATE TABLE IF NOT EXISTS test_queued"
+                " (account TEXT, n INTEGER, row_id INTEGER, owner TEXT)"
             )
 
         def prepare(p: Planned) -> Planned:
@@ -63,7 +69,12 @@ class Account:
             return p
 
         def queue(c: Tx, p: Planned) -> None:
-            c.execute("INSERT INTO test_queued VALUES (?, ?, ?)", (name, p.row_id, p.lead_owner))
+            # n numbers this account's replies in order (one thread per account).
+            c.execute(
+                "INSERT INTO test_queued SELECT ?, COALESCE(MAX(n), 0) + 1, ?, ?"
+                " FROM test_queued WHERE account = ?",
+                (name, p.row_id, p.lead_owner, name),
+            )
 
         self.recorder = Recorder(
             self.ledger,
@@ -77,7 +88,7 @@ class Account:
     def queued(self) -> list[tuple[int, str]]:
         """Every committed (row id, owner named) of a reply this account queued, in order."""
         rows = self.db.reads.execute(
-            "SELECT row_id, owner FROM test_queued WHERE account = ? ORDER BY rowid", (self.name,)
+            "SELECT row_id, owner FROM test_queued WHERE account = ? ORDER BY n", (self.name,)
         )
         return [(int(r[0]), str(r[1])) for r in rows]
 
@@ -133,7 +144,7 @@ def test_a_lead_whose_owner_keeps_changing_gets_a_reply_naming_nobody(tmp_path: 
     first = Account(settings, "info", lambda: None)
     first.recorder.record(first.batch([raw("jane@j.example", 1)]))
     claimers = iter(["Ann", "Bea", "Cid", "Dot"])
-    clerk = Database(settings.store.path)
+    clerk = Database(settings.store)
 
     def someone_claims() -> None:
         lead = find_leads(clerk.reads)[0]

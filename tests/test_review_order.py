@@ -18,6 +18,9 @@ from triage.core.settings import Settings, load_settings
 from triage.sales import digest
 from triage.sales.review import pending
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:

@@ -749,8 +749,7 @@ def test_uncertainty_fragment_agrees_with_sqlites(db: PgHandle, tmp_path: Path) 
     query = "SELECT {} FROM messages m ORDER BY uid"
     expected = [r[0] for r in lite.reads.execute(query.format(SQLITE.uncertainty))]
     lite.close()
-    with db.transaction() as tx:
-        tx.execute(ddl.JSON_OBJECT_FUNCTION)
+    with db.transaction() as tx:  # migration 12 created the fragment's function
         for uid, probabilities in enumerate(samples, start=1):
             tx.execute(insert, (uid, probabilities, now, now))
     got = [r[0] for r in db.reads.execute(query.format(DIALECT.uncertainty))]

@@ -6,16 +6,20 @@ The corpus-marked tests read ../shared/corpora and skip when it is absent.
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.stores import open_store, store_settings
 from triage.core.errors import ConfigError
 from triage.core.models import LABELS, InboundMessage, Label
+from triage.core.settings import StoreSettings
 from triage.decide.classify import load_classifier, repo_root
 from triage.store.db import Database, utcnow
+from triage.store.decided import decided_since
 from triage.training import learn
 from triage.training.corpus import (
     Corpus,
@@ -191,15 +195,17 @@ def add_correction(db: Database, message_id: str, label: str, **fields: object) 
         )
 
 
+@pytest.mark.usefixtures("store_backend")
 def test_corrections_are_read_from_the_store(tmp_path: Path) -> None:
-    db = Database(tmp_path / "triage.db")
+    """On both backends: the store settings name a SQLite file or a PostgreSQL database."""
+    db = open_store(tmp_path / "triage.db")
     raw = eml("Quote for 9 units", "Price for 9 units please", "<flip@client.example>")
     add_correction(db, "<flip@client.example>", "marketing", raw=raw, created_at="2025-01-01")
     add_correction(db, "<flip@client.example>", "sales", raw=raw, created_at="2025-01-02")
     add_correction(db, "<bare@x>", "other", subject="Hello", body="Lunch on Friday?")
     add_correction(db, "<odd@x>", "spam", subject="?", body="?")
     db.close()
-    corrections = load_corrections(tmp_path / "triage.db")
+    corrections = load_corrections(store_settings(tmp_path / "triage.db"))
     by_id = {message_key(e.message.message_id): e for e in corrections.examples}
     # The latest label wins; the raw message is parsed; a bare one is rebuilt from its text.
     assert by_id["flip@client.example"].label == "sales"
@@ -308,3 +314,29 @@ def test_shipped_model_does_not_answer_bounces_or_spam() -> None:
     spam = load_folder(CORPORA / "other" / "spamassassin_spam", "other")
     # Measured 1.6% with header rules when the model was shipped; a regression shows here.
     assert learn.evaluate_classifier(classifier, spam, rules=True)["other_auto_reply_rate"] < 0.05
+
+
+def test_decided_messages_are_read_from_the_store(store: StoreSettings) -> None:
+    """On both backends: `decided_since` lists the decided messages since a time, oldest first,
+    without the undecided or older ones (what `triage model compare` runs the models over)."""
+    db = Database(store)
+    rows = [
+        (1, "sales", "2025-03-01T00:00:00.000000+00:00", '["quote"]'),
+        (2, None, "2025-03-02T00:00:00.000000+00:00", "[]"),
+        (3, "review", "2025-03-03T00:00:00.000000+00:00", "not json"),
+        (4, "other", "2025-01-01T00:00:00.000000+00:00", "[]"),
+    ]
+    with db.transaction() as c:
+        for uid, decision, at, reasons in rows:
+            c.execute(
+                "INSERT INTO messages (account, folder, uidvalidity, uid, message_id, sender,"
+                " subject, decision, reasons, created_at, updated_at)"
+                " VALUES ('a', 'INBOX', 1, ?, ?, 'p@x.example', 'Hi', ?, ?, ?, ?)",
+                (uid, f"<m{uid}@x>", decision, reasons, at, at),
+            )
+    db.close()
+    found = decided_since(store, datetime(2025, 2, 1, tzinfo=UTC))
+    assert [(m.message_id, m.decision, m.reasons) for m in found] == [
+        ("<m1@x>", "sales", ("quote",)),
+        ("<m3@x>", "review", ()),
+    ]

@@ -18,6 +18,9 @@ from tests.web_support import ConsoleFixture, make_console
 from triage.sales import review as review_flow
 from triage.store import outbox
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 ADMIN_PAGES = ("/decisions", "/decisions/1", "/model", "/health")
 HOSTILE = (
     '<script>alert(1)</script> <img src=x onerror=alert(1)> <a href="javascript:alert(1)">x</a>'

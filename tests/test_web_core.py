@@ -17,12 +17,16 @@ from starlette.responses import HTMLResponse, Response
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from tests.stores import store_toml
 from tests.test_leads import Store, make_settings
 from tests.web_support import PASSWORD, login, token_of
 from triage.cli.main import app as cli
 from triage.store import users as user_store
 from triage.web import accounts
 from triage.web.app import SESSION_COOKIE, Console, Page, build_app, core_pages, user_of
+
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 
 async def _probe(request: Request, console: Console) -> Response:
@@ -250,8 +254,7 @@ def test_users_cli_adds_lists_changes_and_removes(store: Store, tmp_path: Path) 
     """`triage users` with a password file; every change lands in the audit log."""
     config = tmp_path / "triage.toml"
     config.write_text(
-        '[imap]\nusername = "hello"\npassword = "pw"\n'
-        f'[store]\npath = "{store.settings.store.path}"\n'
+        '[imap]\nusername = "hello"\npassword = "pw"\n' + store_toml(store.settings.store)
     )
     secret = tmp_path / "pw.txt"
     secret.write_text("a long enough password\n")

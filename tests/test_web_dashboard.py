@@ -20,6 +20,9 @@ from triage.store.console import HotLeadTimes, ReviewSpan
 from triage.web import charts
 from triage.web.views import dashboard
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 SVG = "{http://www.w3.org/2000/svg}"
 
 # The `console` fixture: a client over a fresh store with users sam (sales) and ada (admin).

@@ -20,6 +20,9 @@ from triage.store import template_versions as versions
 from triage.store.db import Database, Tx
 from triage.web import accounts
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 HUGE = "99999999999999999999"  # more than SQLite's largest integer
 SUPERSCRIPT = "²"  # str.isdigit() says yes, int() says no
 

@@ -20,6 +20,9 @@ from triage.store import audit
 from triage.store.leads import LeadRecord, get_lead
 from triage.store.outbox import insert_reply
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 console = web_support.console  # the fixture
 ACTIONS = {
     "claim": {},

@@ -11,6 +11,9 @@ from tests import web_support
 from tests.web_support import ConsoleFixture
 from triage.store import audit
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 console = web_support.console  # the fixture
 
 

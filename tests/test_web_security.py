@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
+from tests.stores import store_toml
 from tests.test_leads import Store, make_settings
 from tests.web_support import PASSWORD, login
 from triage.cli.main import app as cli
@@ -29,6 +30,9 @@ from triage.web.app import (
     build_app,
     core_pages,
 )
+
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
 
 WRONG = "wrong user name or password"
 
@@ -60,7 +64,7 @@ def test_concurrent_wrong_passwords_get_no_more_tries_than_the_limit(store: Stor
     answers: list[str] = []
 
     def guess(i: int) -> None:
-        db = Database(store.settings.store.path)
+        db = Database(store.settings.store)
         try:
             start.wait()
             accounts.login(db, "sam", f"guess number {i}", f"192.0.2.{i}", policy)
@@ -155,8 +159,7 @@ def test_a_session_secret_file_others_can_read_is_refused(tmp_path: Path) -> Non
 def _config(store: Store, tmp_path: Path) -> Path:
     config = tmp_path / "triage.toml"
     config.write_text(
-        '[imap]\nusername = "hello"\npassword = "pw"\n'
-        f'[store]\npath = "{store.settings.store.path}"\n'
+        '[imap]\nusername = "hello"\npassword = "pw"\n' + store_toml(store.settings.store)
     )
     return config
 

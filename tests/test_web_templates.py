@@ -29,6 +29,9 @@ from triage.store import audit
 from triage.store import template_versions as versions
 from triage.web import accounts
 
+# Every test runs on SQLite and on PostgreSQL (tests.stores).
+pytestmark = pytest.mark.usefixtures("store_backend")
+
 HOSTILE_SUBJECT = "<script>alert(1)</script> quote"
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 

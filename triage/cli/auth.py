@@ -119,7 +119,7 @@ def status_rows(settings: Settings, now: datetime) -> list[dict[str, Any]]:
     )
 
     stored = {}
-    if settings.store.path.exists():
+    if settings.store.is_postgresql or settings.store.path.exists():
         stored = {row.name: row for row in grant_store(settings).rows()}
     smtp = smtp_credential_name(settings)
     rows = []

@@ -51,12 +51,15 @@ def _run(
     settings = _settings(ctx)
     live = _model_path(settings, model)
     chosen = candidate or compare.candidate_path(live)
-    store_path = store or (settings.store if settings else StoreSettings()).path
+    # --store names a SQLite file; otherwise the configured store (file or server).
+    source = (
+        StoreSettings(path=store) if store else (settings.store if settings else StoreSettings())
+    )
     with user_errors():
         result = compare.compare(
             live,
             chosen,
-            store_path,
+            source,
             weeks=weeks,
             thresholds=_thresholds(settings),
             spam_headers=settings.classifier.trusted_spam_headers if settings else (),

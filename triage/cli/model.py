@@ -21,7 +21,7 @@ from triage.cli.common import fail, load, options, user_errors
 
 if TYPE_CHECKING:
     from triage.core.models import Classification, InboundMessage, Verdict
-    from triage.core.settings import Settings
+    from triage.core.settings import Settings, StoreSettings
     from triage.decide.classify import Classifier
     from triage.decide.guards import GuardContext
     from triage.ingest.sources import SourceItem
@@ -190,8 +190,13 @@ def train(
         for problem in data.problems:
             _note(problem)
         if with_corrections:
-            store_path = store or (settings.store if settings else StoreSettings()).path
-            corrected = _apply_corrections(data, store_path, sources)
+            # --store names a SQLite file; otherwise the configured store (file or server).
+            source = (
+                StoreSettings(path=store)
+                if store
+                else (settings.store if settings else StoreSettings())
+            )
+            corrected = _apply_corrections(data, source, sources)
             if corrected is None:
                 return
             data = corrected
@@ -208,7 +213,7 @@ def train(
         )
 
 
-def _apply_corrections(base: Corpus, store_path: Path, sources: list[str]) -> Corpus | None:
+def _apply_corrections(base: Corpus, store: StoreSettings, sources: list[str]) -> Corpus | None:
     """The corpus with the store's corrections if they do not make the model worse, else None.
 
     Prints the held-out scores without and with the corrections.
@@ -217,11 +222,11 @@ def _apply_corrections(base: Corpus, store_path: Path, sources: list[str]) -> Co
     from triage.training import learn
     from triage.training.corpus import load_corrections
 
-    corrections = load_corrections(store_path)
+    corrections = load_corrections(store)
     for problem in corrections.problems:
         _note(problem)
     if not corrections.examples:
-        print(f"no corrections in {store_path}; training on the corpus alone")
+        print(f"no corrections in {store.describe()}; training on the corpus alone")
         return base
     comparison = learn.compare_corrections(base, corrections, dict.fromkeys(LABELS, 0.5))
     print(
@@ -243,7 +248,7 @@ def _apply_corrections(base: Corpus, store_path: Path, sources: list[str]) -> Co
             "(model not replaced)"
         )
         return None
-    sources.append(f"corrections {store_path}: {len(corrections)} messages")
+    sources.append(f"corrections {store.describe()}: {len(corrections)} messages")
     return base.with_corrections(corrections)
 
 

@@ -34,9 +34,9 @@ STATES = ("queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run"
 @contextmanager
 def _db(ctx: typer.Context) -> Iterator[Database]:
     settings = load(ctx)
-    if not settings.store.path.exists():
+    if not settings.store.is_postgresql and not settings.store.path.exists():
         # Opening would create an empty store and report "nothing in the outbox": a wrong
-        # store.path must not look like good news.
+        # store.path must not look like good news. (A server's database is never created.)
         fail(f"no store at {settings.store.path}: check store.path")
     with user_errors():
         from triage.store.db import Database

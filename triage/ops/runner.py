@@ -76,7 +76,7 @@ def run_once_command(settings: Settings, checkpoint: Checkpoint = no_checkpoint)
 
     Raises `StoreInUseError` before doing anything when another process holds the store.
     """
-    with exclusive(settings.store.path):
+    with exclusive(settings.store):
         shared = prepare(settings, checkpoint)
         try:
             errors = run_once(settings, sync_factory(shared), shared.tokens)
@@ -99,7 +99,7 @@ def run_forever(
     metrics and the health endpoint live across reloads, so the port stays bound, and so does
     the store's lock (`StoreInUseError` at start when another process holds it).
     """
-    with exclusive(settings.store.path):
+    with exclusive(settings.store):
         return _run_forever(settings, reload_settings, checkpoint, control)
 
 
@@ -169,12 +169,13 @@ def _run_forever(
 
 
 def _keep_store(old: Settings, new: Settings) -> Settings:
-    """`new`, but on the store this process has locked: another store needs a restart."""
-    if new.store.path == old.store.path:
+    """`new`, but on the store this process has locked (its file, or its server's database by
+    URL): another store needs a restart."""
+    if new.store.describe() == old.store.describe():
         return new
     log.warning(
-        "store.path changed to %s; it takes effect at the next start, %s stays in use",
-        new.store.path,
-        old.store.path,
+        "the store changed to %s; it takes effect at the next start, %s stays in use",
+        new.store.describe(),
+        old.store.describe(),
     )
     return new.model_copy(update={"store": old.store})

@@ -11,9 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from triage.core.errors import StoreError
-from triage.store.db import Tx, utcnow
+from triage.core.settings import StoreSettings
+from triage.store.db import Tx, server_reads, utcnow
 
 # A correction is one person's explicit judgement of the company's own mail; among hundreds of
 # generic corpus messages a weight of 1 would barely move the model (POPFile-style learning needs
@@ -181,28 +183,21 @@ class StoredCorrection:
     weight: float = PERSON_WEIGHT
 
 
-def read_corrections(db_path: Path) -> list[StoredCorrection]:
-    """Every correction in the store at `db_path`, oldest first; StoreError when unreadable.
+def read_corrections(store: StoreSettings | Path) -> list[StoredCorrection]:
+    """Every correction in the store (a SQLite file's path, or the store settings), oldest
+    first; StoreError when unreadable.
 
     The store is opened read-only and not migrated: training never changes it, and a running
     daemon may keep writing. A store from before weights were recorded weighs each correction
-    by its source.
+    by its source (a PostgreSQL store always has them).
     """
-    try:
-        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the store {db_path}: {exc}") from None
-    try:
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
-        weight = "weight" if "weight" in columns else "NULL"
-        rows = conn.execute(
-            f"SELECT message_id, new_label, subject, body, raw, source, {weight}"  # noqa: S608
-            " FROM corrections ORDER BY created_at, id"
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read corrections from {db_path}: {exc}") from None
-    finally:
-        conn.close()
+    if isinstance(store, StoreSettings) and store.is_postgresql:
+        try:
+            rows = [tuple(r) for r in server_reads(store).execute(_READ.format(weight="weight"))]
+        except StoreError as exc:
+            raise type(exc)(f"cannot read corrections: {exc}") from None
+    else:
+        rows = _read_sqlite(store.path if isinstance(store, StoreSettings) else store)
     return [
         StoredCorrection(
             message_id,
@@ -214,6 +209,27 @@ def read_corrections(db_path: Path) -> list[StoredCorrection]:
         )
         for message_id, new_label, subject, body, raw, source, stored in rows
     ]
+
+
+_READ = (
+    "SELECT message_id, new_label, subject, body, raw, source, {weight}"
+    " FROM corrections ORDER BY created_at, id"
+)
+
+
+def _read_sqlite(db_path: Path) -> list[tuple[Any, ...]]:
+    try:
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store {db_path}: {exc}") from None
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(corrections)")}
+        weight = "weight" if "weight" in columns else "NULL"
+        return conn.execute(_READ.format(weight=weight)).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read corrections from {db_path}: {exc}") from None
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from triage.core.errors import ConfigError, StoreError
 from triage.core.settings import StoreSettings
 from triage.store.dialect import SQLITE, Dialect
 from triage.store.schema import MIGRATIONS
+
+if TYPE_CHECKING:
+    from triage.store.postgres.backend import PgPool
 
 # Every error the store can raise: its own and the database driver's (callers outside the store
 # name this tuple, not the driver, so a second database needs no change there).
@@ -298,22 +301,11 @@ class PostgresDatabase(Database):
 
     def __init__(self, store: StoreSettings | Path | str) -> None:
         assert isinstance(store, StoreSettings) and store.is_postgresql
-        from triage.store.postgres.backend import PgHandle, pool_for
+        from triage.store.postgres.backend import PgHandle
 
         self.path = Path()
         self.name = store.url
-        try:
-            password = store.password()
-        except ConfigError as exc:
-            raise StoreError(str(exc)) from None
-        pool = pool_for(
-            store.url,
-            password=password,
-            max_size=store.pool_size,
-            timeout=store.pool_timeout,
-            purpose=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None,
-        )
-        self._handle = PgHandle(pool)
+        self._handle = PgHandle(_pool(store, migrate=True))
 
     @property
     def in_transaction(self) -> bool:
@@ -340,3 +332,30 @@ class PostgresDatabase(Database):
 
     def close(self) -> None:
         """Nothing to release: the connections belong to the process's pool."""
+
+
+def _pool(store: StoreSettings, *, migrate: bool) -> PgPool:
+    from triage.store.postgres.backend import pool_for
+
+    try:
+        password = store.password()
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from None
+    return pool_for(
+        store.url,
+        password=password,
+        max_size=store.pool_size,
+        timeout=store.pool_timeout,
+        purpose=Path(sys.argv[0]).name if sys.argv and sys.argv[0] else None,
+        migrate=migrate,
+    )
+
+
+def server_reads(store: StoreSettings) -> Tx:
+    """Reads on the PostgreSQL database of `store` (each statement on a pooled connection, in
+    autocommit), which is not migrated: for readers that never write, such as training and
+    model comparison, while a daemon may be writing. StoreError when it cannot be reached."""
+    from triage.store.postgres.backend import PgReads
+
+    reads = PgReads(_pool(store, migrate=False))
+    return Tx(reads, reads.dialect)

@@ -8,9 +8,11 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from triage.core.errors import StoreError
-from triage.store.db import timestamp
+from triage.core.settings import StoreSettings
+from triage.store.db import server_reads, timestamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,26 +30,21 @@ class DecidedMessage:
     reasons: tuple[str, ...] = ()
 
 
-def decided_since(db_path: Path, since: datetime) -> list[DecidedMessage]:
-    """The messages decided (sales, marketing, other or review) since `since`, oldest first.
+def decided_since(store: StoreSettings | Path, since: datetime) -> list[DecidedMessage]:
+    """The messages decided (sales, marketing, other or review) since `since`, oldest first,
+    from the store (a SQLite file's path, or the store settings).
 
     The store is opened read-only and not migrated, like training's reads: comparing models
     never changes it, and a running daemon may keep writing. StoreError when it is unreadable.
     """
-    try:
-        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the store {db_path}: {exc}") from None
-    try:
-        rows = conn.execute(
-            "SELECT id, message_id, sender, subject, body, language, decision, reasons"
-            " FROM messages WHERE decision IS NOT NULL AND created_at >= ? ORDER BY id",
-            (timestamp(since),),
-        ).fetchall()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read messages from {db_path}: {exc}") from None
-    finally:
-        conn.close()
+    params = (timestamp(since),)
+    if isinstance(store, StoreSettings) and store.is_postgresql:
+        try:
+            rows = [tuple(r) for r in server_reads(store).execute(_DECIDED, params)]
+        except StoreError as exc:
+            raise type(exc)(f"cannot read messages: {exc}") from None
+    else:
+        rows = _read_sqlite(store.path if isinstance(store, StoreSettings) else store, params)
     return [
         DecidedMessage(
             int(row_id),
@@ -61,6 +58,25 @@ def decided_since(db_path: Path, since: datetime) -> list[DecidedMessage]:
         )
         for row_id, message_id, sender, subject, body, lang, dec, reasons in rows
     ]
+
+
+_DECIDED = (
+    "SELECT id, message_id, sender, subject, body, language, decision, reasons"
+    " FROM messages WHERE decision IS NOT NULL AND created_at >= ? ORDER BY id"
+)
+
+
+def _read_sqlite(db_path: Path, params: tuple[str]) -> list[tuple[Any, ...]]:
+    try:
+        conn = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the store {db_path}: {exc}") from None
+    try:
+        return conn.execute(_DECIDED, params).fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read messages from {db_path}: {exc}") from None
+    finally:
+        conn.close()
 
 
 def _reasons(stored: str | None) -> tuple[str, ...]:

@@ -10,6 +10,12 @@ holder for the error message. The kernel releases it when the holder dies, SIGKI
 there is never a stale lock to clean up. A flock belongs to the open file, which a fork shares:
 forked children (the `ingest.workers` processes) close their copy at once, so that a child that
 outlives its parent for a moment never keeps the store locked.
+
+On PostgreSQL (`[store] url`) the lock is a session advisory lock of the database, held on a
+connection of its own for as long as the block runs; the server releases it when that session
+ends, as the kernel does a flock. Forked children forget that connection without closing it
+(closing would end the parent's session). Until fleet mode shares the mailboxes between
+instances, this keeps one `triage run` per database.
 """
 
 from __future__ import annotations
@@ -21,17 +27,21 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from triage.core.errors import StoreError, StoreInUseError
+from triage.core.errors import ConfigError, StoreError, StoreInUseError
+from triage.core.settings import StoreSettings
 from triage.store.db import FILE_MODE, ensure_directory
 
 
 @dataclass
 class _Held:
-    """A lock this process holds: its file descriptor and how many callers hold it."""
+    """A lock this process holds: its file descriptor (SQLite) or the connection holding it
+    (PostgreSQL), and how many callers hold it."""
 
     fd: int
     holders: int = 1
+    conn: Any = None
 
 
 # Locks are per process by nature; so is this table. A second `exclusive` of the same store in
@@ -39,6 +49,9 @@ class _Held:
 _held: dict[str, _Held] = {}
 _guard = threading.Lock()
 _fork_hook_installed = False
+# Lock connections inherited through a fork: referenced forever, so that the child never
+# finalises (and closes) the parent's session.
+_orphans: list[Any] = []
 
 
 def lock_path(db_path: Path) -> Path:
@@ -50,6 +63,9 @@ def _close_in_child() -> None:
     """After a fork, in the child: close the inherited lock files (the parent keeps its lock)."""
     global _guard  # noqa: PLW0603 - a lock held by another thread at fork time is never released
     for held in _held.values():
+        if held.conn is not None:
+            _orphans.append(held.conn)
+            continue
         with contextlib.suppress(OSError):
             os.close(held.fd)
     _held.clear()
@@ -101,22 +117,35 @@ def _acquire(db_path: Path) -> int:
     return fd
 
 
+def _acquire_server(store: StoreSettings) -> _Held:
+    from triage.store.postgres.backend import hold_store_lock
+
+    try:
+        password = store.password()
+    except ConfigError as exc:
+        raise StoreError(str(exc)) from None
+    return _Held(-1, conn=hold_store_lock(store.url, password=password, purpose="lock"))
+
+
 @contextlib.contextmanager
-def exclusive(db_path: Path | str) -> Iterator[None]:
+def exclusive(store: StoreSettings | Path | str) -> Iterator[None]:
     """Hold the store's lock for the block, or raise `StoreInUseError` at once naming the holder.
 
+    `store` is the store settings (a SQLite file, or a PostgreSQL database) or a file's path.
     An in-memory store (`:memory:`) belongs to its process anyway: nothing to lock.
     """
-    if str(db_path) == ":memory:":
+    server = store if isinstance(store, StoreSettings) and store.is_postgresql else None
+    db_path = store.path if isinstance(store, StoreSettings) else store
+    if server is None and str(db_path) == ":memory:":
         yield
         return
     path = Path(os.path.abspath(db_path))
-    key = str(path)
+    key = server.url if server is not None else str(path)
     with _guard:
         _install_fork_hook()
         held = _held.get(key)
         if held is None:
-            _held[key] = _Held(_acquire(path))
+            _held[key] = _acquire_server(server) if server is not None else _Held(_acquire(path))
         else:
             held.holders += 1
     try:
@@ -128,6 +157,15 @@ def exclusive(db_path: Path | str) -> Iterator[None]:
                 held.holders -= 1
                 if held.holders == 0:
                     del _held[key]
-                    # Closing the last descriptor releases the lock; the file stays, so that a
-                    # waiting process never locks a file that is being unlinked.
-                    os.close(held.fd)
+                    _release(held)
+
+
+def _release(held: _Held) -> None:
+    if held.conn is not None:
+        # Ending the session releases the advisory lock (a broken one has released it already).
+        with contextlib.suppress(Exception):
+            held.conn.close()
+    else:
+        # Closing the last descriptor releases the lock; the file stays, so that a waiting
+        # process never locks a file that is being unlinked.
+        os.close(held.fd)

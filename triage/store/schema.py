@@ -342,4 +342,11 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE id NOT IN (SELECT min(id) FROM users GROUP BY lower(name));
     CREATE UNIQUE INDEX users_name_ci ON users (lower(name));
     """,
+    # 12: nothing on SQLite. On PostgreSQL (triage.store.postgres.ddl) it creates the function
+    # that reads a message's probabilities as a JSON object or NULL, which SQLite's json_valid()
+    # and json_type() already do for the review queue's order; the number means the same
+    # schema on both backends.
+    """
+    -- SQLite has json_valid() and json_type(): no change.
+    """,
 )

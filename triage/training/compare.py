@@ -31,6 +31,7 @@ from typing import Any
 from triage.core.errors import ConfigError, ModelError
 from triage.core.labels import LABEL_TABLE
 from triage.core.models import DECISIONS, Address, InboundMessage
+from triage.core.settings import StoreSettings
 from triage.decide.classify import (
     Classifier,
     card_path,
@@ -257,7 +258,7 @@ def load_blind_sets() -> tuple[list[blind.BlindSet], list[str]]:
 def compare(
     live_path: Path,
     candidate: Path,
-    store_path: Path,
+    store: StoreSettings | Path,
     *,
     weeks: int = DEFAULT_WEEKS,
     thresholds: Mapping[str, float] | None = None,
@@ -275,14 +276,15 @@ def compare(
     live.spam_headers = new.spam_headers = tuple(spam_headers)
     sets, notes = load_blind_sets()
     stored: list[DecidedMessage] = []
-    if store_path.is_file():
+    path = store if isinstance(store, Path) else None if store.is_postgresql else store.path
+    if path is None or path.is_file():
         try:
             since = (now or datetime.now(UTC)) - timedelta(weeks=weeks)
         except OverflowError:
             raise ConfigError(f"{weeks} weeks reach back before the year 1") from None
-        stored = decided_since(store_path, since)
+        stored = decided_since(store, since)
     else:
-        notes.append(f"no store at {store_path}: no stored mail compared")
+        notes.append(f"no store at {path}: no stored mail compared")
     return compare_models(live, new, stored, sets, weeks=weeks, notes=notes)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from triage.core.errors import ConfigError
 from triage.core.models import LABELS, InboundMessage, Label
+from triage.core.settings import StoreSettings
 from triage.ingest.sources import iter_sources
 from triage.parsing import parse
 from triage.store.corrections import StoredCorrection, read_corrections
@@ -240,17 +241,19 @@ def load_folder(path: Path, label: Label, progress: Callable[[int], None] | None
     return Corpus(tuple(examples), tuple(problems))
 
 
-def load_corrections(db_path: Path) -> Corpus:
+def load_corrections(store: StoreSettings | Path) -> Corpus:
     """The labels people gave (table `corrections`), latest per Message-ID, as examples.
 
     The store is opened read-only: training never changes it, and a running daemon may keep
     writing. A correction with the raw message is parsed; one without is rebuilt from its subject
     and body. Each example counts with the weight stored with its correction (by its source).
+    `store` is a SQLite file's path or the store settings (a SQLite file, or PostgreSQL).
     """
-    if not db_path.is_file():
-        raise ConfigError(f"store {db_path} does not exist")
+    path = store if isinstance(store, Path) else None if store.is_postgresql else store.path
+    if path is not None and not path.is_file():
+        raise ConfigError(f"store {path} does not exist")
     latest: dict[str, StoredCorrection] = {}
-    for correction in read_corrections(db_path):
+    for correction in read_corrections(store):
         latest[message_key(correction.message_id)] = correction
     examples = []
     problems = []

@@ -165,6 +165,11 @@ def login(
     name = name.strip()[:64]
     password = password[:MAX_PASSWORD]
     with db.transaction() as c:
+        # One check-and-count at a time per name and per address: SQLite's single writer does
+        # that by itself, PostgreSQL's concurrent transactions would all count the same past.
+        # Always the name first, so that two logins never wait for each other in a cycle.
+        c.dialect.lock(c, "login-user", name.lower())
+        c.dialect.lock(c, "login-address", address)
         store.forget_failures_before(c, moment - 4 * policy.window)
         locked = max(
             store.failures_since(c, "user", name.lower(), since),

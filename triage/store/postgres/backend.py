@@ -36,7 +36,13 @@ from psycopg.rows import RowMaker
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from triage import __version__
-from triage.core.errors import StoreConflict, StoreError, StoreIntegrityError, StoreUnavailable
+from triage.core.errors import (
+    StoreConflict,
+    StoreError,
+    StoreIntegrityError,
+    StoreInUseError,
+    StoreUnavailable,
+)
 from triage.store.postgres import ddl
 from triage.store.postgres.translate import translate
 
@@ -52,6 +58,7 @@ __all__ = [
     "PostgresDialect",
     "close_pools",
     "display_name",
+    "hold_store_lock",
     "pool_for",
     "run_migrations",
     "schema_version",
@@ -74,6 +81,9 @@ _CONNECT_TIMEOUT = 10
 _APPLICATION_NAME_MAX = 63  # NAMEDATALEN - 1: the server truncates longer names
 # pg_advisory_xact_lock key of the migration runner ("triage" and 1, as a positive bigint).
 _MIGRATION_LOCK = 0x7472_6961_6765_0001
+# pg_try_advisory_lock key of `triage.store.lock.exclusive` ("triage" and 2): one acting process
+# per database until fleet mode shares the mailboxes out.
+_STORE_LOCK = 0x7472_6961_6765_0002
 _SCHEMA_TABLE = (
     "CREATE TABLE IF NOT EXISTS triage_schema ("
     " version BIGINT PRIMARY KEY,"
@@ -527,6 +537,61 @@ def pool_for(
         elif migrate:
             pool.migrate()  # opened by a reader that did not migrate
         return pool
+
+
+# The session holding a session-level advisory lock of this database on the key (split as
+# pg_locks shows a bigint key: classid the high half, objid the low one, objsubid 1).
+_LOCK_HOLDER = """
+    SELECT a.application_name, host(a.client_addr), a.pid
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid::bigint = %s AND l.objid::bigint = %s
+    """
+
+
+def hold_store_lock(
+    url: str, *, password: str | None = None, purpose: str | None = None
+) -> psycopg.Connection[PgRow]:
+    """Take the database's store lock (a session advisory lock) on a connection of its own,
+    outside the pool, and return that connection: the lock lasts until it is closed or the
+    session ends (the process dies, SIGKILL included). `StoreInUseError` at once, naming the
+    holder's application name, address and server pid, when another session holds it."""
+    name = display_name(url)
+    secrets = tuple(
+        s for s in (password, conninfo_to_dict(url).get("password")) if isinstance(s, str) and s
+    )
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "row_factory": pg_row,
+        "application_name": _application_name(purpose),
+        "connect_timeout": _CONNECT_TIMEOUT,
+        **_KEEPALIVES,
+    }
+    if password is not None:
+        kwargs["password"] = password
+    try:
+        conn: psycopg.Connection[PgRow] = psycopg.connect(url, **kwargs)
+    except psycopg.Error as exc:
+        raise map_error(exc, name, secrets=secrets) from None
+    try:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_STORE_LOCK,)).fetchone()
+        if row is not None and row[0]:
+            return conn
+        holder = conn.execute(_LOCK_HOLDER, (_STORE_LOCK >> 32, _STORE_LOCK & 0xFFFF_FFFF))
+        found = holder.fetchone()
+    except psycopg.Error as exc:
+        conn.close()
+        raise map_error(exc, name, secrets=secrets) from None
+    conn.close()
+    by = ""
+    if found is not None:
+        application, address, pid = found
+        where = f" at {address}" if address else ""
+        by = f" ({application or 'unnamed'}{where}, server pid {pid})"
+    raise StoreInUseError(
+        f"the store {name} is in use by another triage process{by}; one process per store"
+    )
 
 
 def close_pools() -> None:

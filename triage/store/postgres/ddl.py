@@ -41,10 +41,9 @@ _VERBATIM = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/",
 # Migration 3 derives a reply's domain with SQLite's instr(), which PostgreSQL calls strpos();
 # the rest of it is the same text.
 _MIGRATION_3 = MIGRATIONS[2].replace("instr(recipient, '@')", "strpos(recipient, '@')")
-_OVERRIDES: dict[int, str] = {3: _MIGRATION_3}
 
-# PostgreSQL's text of a future migration (SQLite needs nothing for it): the JSON object stored
-# as text, or NULL when the text is not a JSON object. SQLite's json_valid()/json_type() let
+# Migration 12 (SQLite's is empty): the JSON object stored as text, or NULL when the text is not
+# a JSON object. SQLite's json_valid()/json_type() let
 # review.py's uncertainty ignore malformed probabilities; PostgreSQL 15 has no non-raising cast
 # (IS JSON and pg_input_is_valid came in 16), so a cast error is caught here instead.
 JSON_OBJECT_FUNCTION = """
@@ -66,6 +65,8 @@ JSON_OBJECT_FUNCTION = """
     END
     $body$;
     """
+
+_OVERRIDES: dict[int, str] = {3: _MIGRATION_3, 12: JSON_OBJECT_FUNCTION}
 
 
 def _map_code(code: str) -> str:
