@@ -189,7 +189,7 @@ def test_now_epoch_is_the_database_clock_in_epoch_seconds(db: Database) -> None:
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True)
 def test_an_open_fence_keeps_an_expired_lease_from_changing_hands(store: StoreSettings) -> None:
     """PostgreSQL: while a transaction that passed the fence is open, a taker skips the lease
     (it does not wait either), even after it expired; once the fencing transaction ends, the
@@ -229,7 +229,7 @@ def test_an_open_fence_keeps_an_expired_lease_from_changing_hands(store: StoreSe
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True)
 def test_a_fence_during_a_takeover_in_progress_fails(store: StoreSettings) -> None:
     """PostgreSQL: a takeover only takes an expired lease, so a fence with the old generation
     fails at once while the takeover is still uncommitted (it neither passes nor waits)."""

@@ -26,7 +26,7 @@ RENEW = 0.25
 
 on_postgresql = [
     pytest.mark.postgresql,
-    pytest.mark.parametrize("store", ["postgresql"], indirect=True),
+    pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True),
 ]
 
 
@@ -229,7 +229,7 @@ def test_instance_ids_name_host_and_pid_and_are_unique() -> None:
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True)
 def test_two_managers_split_twelve_accounts_and_a_third_joining_gets_a_third(
     store: StoreSettings, managers: list[LeaseManager]
 ) -> None:
@@ -265,7 +265,7 @@ def test_two_managers_split_twelve_accounts_and_a_third_joining_gets_a_third(
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("offset", [0.0, 3600.0, -3600.0])
 def test_a_paused_manager_loses_its_leases_and_its_old_generation_fences_nothing(
     store: StoreSettings, managers: list[LeaseManager], offset: float
@@ -304,7 +304,7 @@ def test_a_paused_manager_loses_its_leases_and_its_old_generation_fences_nothing
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True)
 def test_an_open_fencing_transaction_blocks_the_takeover_of_its_account(
     store: StoreSettings, managers: list[LeaseManager]
 ) -> None:
@@ -340,7 +340,7 @@ def test_an_open_fencing_transaction_blocks_the_takeover_of_its_account(
 
 
 @pytest.mark.postgresql
-@pytest.mark.parametrize("store", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True)
 def test_the_leader_lease_moves_when_the_leader_leaves(
     store: StoreSettings, managers: list[LeaseManager]
 ) -> None:
