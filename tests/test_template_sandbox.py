@@ -547,3 +547,32 @@ def test_jinja2_is_pinned_past_the_known_sandbox_escapes() -> None:
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     pins = [d for d in pyproject["project"]["dependencies"] if d.lower().startswith("jinja2")]
     assert pins == ["jinja2>=3.1.6"]
+
+
+def test_a_finalizer_running_past_the_deadline_does_not_switch_the_time_limit_off() -> None:
+    """The garbage collector runs a finalizer inside a render just after the deadline passed:
+    the time limit does not fire inside it (its exception would be swallowed and tracing
+    switched off for good), and the render is still stopped at the next call after it."""
+    import time
+    import weakref
+
+    from triage.act.replies import RenderTimeout, _within_time
+
+    class Held:
+        pass
+
+    finalized: list[bool] = []
+
+    def step() -> int:
+        return 1
+
+    def work() -> int:
+        held = Held()
+        weakref.finalize(held, lambda: finalized.append(True))
+        time.sleep(0.08)  # past the deadline, with no Python call in between
+        del held  # the finalizer runs now, the first Python call after the deadline
+        return sum(step() for _ in range(200_000))
+
+    with pytest.raises(RenderTimeout):
+        _within_time(0.05, work)
+    assert finalized == [True]

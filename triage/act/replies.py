@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 import types
+import weakref
 from collections.abc import (
     Callable,
     ItemsView,
@@ -596,9 +597,26 @@ class _Deadline:
         return local
 
     def check(self, frame: FrameType) -> None:
-        if time.monotonic() > self.deadline:
+        if time.monotonic() > self.deadline and not _in_finalizer(frame):
             self.where = _template_position(frame)
             raise _Expired
+
+
+# A finalizer (`__del__`, a weakref.finalize callback) may run inside a render when the garbage
+# collector frees something. An exception raised there is swallowed ("Exception ignored in …"),
+# and an exception from a trace function also switches tracing off for the thread: the render
+# would then never be stopped. Past the deadline the tracer waits for the next call outside it.
+_FINALIZER_CODES = frozenset({weakref.finalize.__call__.__code__})
+
+
+def _in_finalizer(frame: FrameType | None) -> bool:
+    """True when `frame` or a frame that called it is a finalizer run by the collector."""
+    while frame is not None:
+        code = frame.f_code
+        if code in _FINALIZER_CODES or code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _template_position(frame: FrameType | None) -> str:
