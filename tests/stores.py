@@ -29,12 +29,20 @@ if TYPE_CHECKING:
 
 class Backend:
     """The backend of the running test: `store` (the `store` fixture's settings) for the test's
-    main store at `home / "triage.db"`, more PostgreSQL databases made by `harness` on demand."""
+    main store at `home / "triage.db"`, more PostgreSQL databases made by `harness` on demand
+    (copies of the migrated `template` when given)."""
 
-    def __init__(self, store: StoreSettings, home: Path, harness: PgHarness | None = None) -> None:
+    def __init__(
+        self,
+        store: StoreSettings,
+        home: Path,
+        harness: PgHarness | None = None,
+        template: str | None = None,
+    ) -> None:
         self.store = store
         self.home = home
         self.harness = harness
+        self.template = template
         self._databases: dict[Path, StoreSettings] = {}
         self._created: list[str] = []
 
@@ -54,7 +62,7 @@ class Backend:
         if found is None:
             assert self.harness is not None and self.store.url
             name = f"test_{secrets.token_hex(6)}"
-            self.harness.create_database(name)
+            self.harness.create_database(name, template=self.template)
             self._created.append(name)
             url = urlsplit(self.store.url)._replace(path=f"/{name}").geturl()
             found = StoreSettings(path=path, url=url, password_file=self.store.password_file)
