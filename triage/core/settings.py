@@ -578,6 +578,26 @@ class DaemonSettings(_Section):
     admin_recipients: tuple[str, ...] = ()
 
 
+class FleetSettings(_Section):
+    """Fleet mode (a PostgreSQL store): how this instance holds its mailboxes' leases. Every
+    instance of a fleet should use the same values."""
+
+    # How often the instance renews its leases and balances the accounts with the others.
+    renew_every: Annotated[float, Field(gt=0)] = 5.0
+    # How long a lease lasts after its last renewal: an instance that stops renewing (dead,
+    # paused, cut off from the database) loses its accounts to the others after this long.
+    lease_time: Annotated[float, Field(gt=0)] = 20.0
+
+    @model_validator(mode="after")
+    def _check_renewals(self) -> Self:
+        if self.renew_every * 3 > self.lease_time:
+            raise ValueError(
+                f"renew_every ({self.renew_every:g} s) must be at most a third of lease_time "
+                f"({self.lease_time:g} s): a lease must survive two missed renewals"
+            )
+        return self
+
+
 class WebSettings(_Section):
     """The web console (`triage web`): where it listens, how it links and keeps sessions."""
 
@@ -622,6 +642,7 @@ class Settings(BaseSettings):
     leads: LeadsSettings = Field(default_factory=LeadsSettings)
     digest: DigestSettings = Field(default_factory=DigestSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    fleet: FleetSettings = Field(default_factory=FleetSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     oauth2: GrantStoreSettings = Field(default_factory=GrantStoreSettings)
 

@@ -19,10 +19,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from triage.act.outbox import recover, stale_claims
 from triage.core.backoff import Backoff
 from triage.core.errors import (
     AuthenticationError,
     ConfigError,
+    LeaseLost,
     ReauthorisationNeeded,
     StoreConflict,
     StoreUnavailable,
@@ -33,10 +35,13 @@ from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.oauth.tokens import TokenProvider
 from triage.ingest.sync import SyncResult
 from triage.ops.alerts import prepare_admin_alerts
+from triage.ops.fleet import LEADER, LeaseManager
 from triage.ops.service import Service, Shared
 from triage.sales.digest import run_digest_if_due
 from triage.sales.leads import apply_retention
 from triage.store.db import STORE_ERRORS
+from triage.store.leases import Fence
+from triage.store.outbox import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,12 @@ class AccountWorker:
                     self._wait(mailbox)
                 except ReauthorisationNeeded as exc:
                     self._reauth_needed(mailbox, exc)
+                except LeaseLost as exc:
+                    # Fleet mode: another instance serves the account now (this one was
+                    # paused, or cut off from the database, past the lease's end). Nothing
+                    # was recorded; the new holder redoes the message in hand.
+                    log.warning("%s: %s; no longer serving it here", self.account.name, exc)
+                    return
                 except (StoreUnavailable, StoreConflict) as exc:
                     # The database server is restarting or failing over, or a transaction lost
                     # a race: like a mail server's outage, retried with backoff for as long as
@@ -318,8 +329,26 @@ class AccountWorker:
         self.control.wake.clear()
 
 
+@dataclass
+class _Running:
+    """An account worker of fleet mode: its thread, its own stop flag, the lease generation it
+    records under, and its status."""
+
+    thread: threading.Thread
+    stop: threading.Event
+    generation: int
+    status: AccountStatus
+
+
 class Daemon:
-    """Starts the account workers and runs periodic work until stopped."""
+    """Starts the account workers and runs periodic work until stopped.
+
+    Alone on its store it serves every account. In fleet mode (`leases` given: a PostgreSQL
+    store shared with other instances) a thread of its own renews the leases every
+    `leases.renew_every` seconds and serves exactly the accounts whose lease this instance holds:
+    a worker per lease generation, whose store handle is fenced by it (`fenced_syncs`), started
+    when a lease is gained and stopped when it is lost or given to another instance.
+    """
 
     def __init__(
         self,
@@ -331,6 +360,9 @@ class Daemon:
         on_result: Callable[[SyncResult], None] = lambda _r: None,
         on_error: Callable[[str], None] = lambda _account: None,
         tokens: Mapping[str, TokenProvider] | None = None,
+        leases: LeaseManager | None = None,
+        fenced_syncs: Callable[[Fence], SyncFactory] | None = None,
+        on_leases: Callable[[Mapping[str, float]], None] = lambda _ages: None,
     ) -> None:
         self.settings = settings
         # OAuth2 token providers by account name (accounts that sign in with a password have none).
@@ -341,7 +373,19 @@ class Daemon:
         self.period = period
         self.on_result = on_result
         self.on_error = on_error
-        self.statuses = {a.name: AccountStatus(a.name) for a in settings.imap.all_accounts()}
+        self.leases = leases
+        self.fenced_syncs = fenced_syncs
+        # Told {lease: seconds since renewed} after every lease tick (the metrics' gauges).
+        self.on_leases = on_leases
+        self._accounts = {a.name: a for a in settings.imap.all_accounts()}
+        if leases is None:
+            self.statuses = {name: AccountStatus(name) for name in self._accounts}
+        else:
+            # Replaced, never changed in place: the health endpoint iterates it from its thread.
+            self.statuses = {}
+            self._lease_status = AccountStatus("leases")
+        self._running: dict[str, _Running] = {}
+        self._retired: list[threading.Thread] = []
 
     def sender_statuses(self) -> list[AccountStatus]:
         """The SMTP login's own OAuth2 credential (`[smtp.oauth2]`), as a status line for
@@ -357,28 +401,54 @@ class Daemon:
         status.needs_reauth = f"{provider.provider}: {error.code}"
         return [status]
 
+    def health_statuses(self) -> list[AccountStatus]:
+        """What `/healthz` judges: the accounts served here, in fleet mode the lease renewal
+        (healthy while it succeeds: an instance holding no account is a healthy standby), and
+        the SMTP login's own credential while it needs re-authorisation."""
+        fleet = [self._lease_status] if self.leases is not None else []
+        return [*fleet, *self.statuses.values(), *self.sender_statuses()]
+
+    def _worker(
+        self, account: ImapAccount, control: Control, status: AccountStatus, syncs: SyncFactory
+    ) -> threading.Thread:
+        worker = AccountWorker(
+            account,
+            syncs,
+            control,
+            Backoff(self.settings.daemon.backoff_initial, self.settings.daemon.backoff_max),
+            status,
+            self.on_result,
+            self.on_error,
+            self.settings.daemon.max_failed_passes,
+            self.tokens.get(account.name),
+        )
+        return threading.Thread(target=worker.run, name=f"account-{account.name}")
+
     def run(self) -> None:
         """Run until `control.stop` is set; returns after every worker has finished."""
         threads = []
-        for account in self.settings.imap.all_accounts():
-            worker = AccountWorker(
-                account,
-                self.make_syncs,
-                self.control,
-                Backoff(self.settings.daemon.backoff_initial, self.settings.daemon.backoff_max),
-                self.statuses[account.name],
-                self.on_result,
-                self.on_error,
-                self.settings.daemon.max_failed_passes,
-                self.tokens.get(account.name),
+        if self.leases is None:
+            for account in self._accounts.values():
+                thread = self._worker(
+                    account, self.control, self.statuses[account.name], self.make_syncs
+                )
+                thread.start()
+                threads.append(thread)
+            log.info("triage running: %d account(s)", len(threads))
+        else:
+            lease_thread = threading.Thread(target=self._hold_leases, name="leases")
+            lease_thread.start()
+            threads.append(lease_thread)
+            log.info(
+                "triage running in fleet mode as %s: %d account(s) shared by the instances",
+                self.leases.instance_id,
+                len(self._accounts),
             )
-            thread = threading.Thread(target=worker.run, name=f"account-{account.name}")
-            thread.start()
-            threads.append(thread)
-        log.info("triage running: %d account(s)", len(threads))
         seen: set[str] = set()
         try:
             while not self.control.stop.wait(self.period):
+                if self.control.failed.is_set():
+                    break  # a fleet worker gave up (its own stop flag is set, not ours)
                 try:
                     self.periodic()
                 except TransientError as exc:
@@ -399,6 +469,67 @@ class Daemon:
             for thread in threads:
                 thread.join()
             log.info("triage stopped")
+
+    # -- fleet mode ------------------------------------------------------------------------------
+
+    def _hold_leases(self) -> None:
+        """The lease thread: tick, serve what is held, until stopped; then stop every worker
+        and give the leases up at once, so that the other instances take them over."""
+        leases = self.leases
+        assert leases is not None
+        try:
+            while not self.control.stop.is_set():
+                started = time.monotonic()
+                try:
+                    changes = leases.tick()
+                except Exception as exc:  # the next tick tries again
+                    changes = None
+                    self._lease_status.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("lease renewal failed")
+                if changes is not None:
+                    if changes.error is None:
+                        self._lease_status.connected = True
+                        self._lease_status.last_sync = time.time()
+                        self._lease_status.last_error = None
+                    else:
+                        self._lease_status.last_error = changes.error
+                self._serve(leases.current())
+                now = time.monotonic()
+                self.on_leases({h.name: now - h.renewed_at for h in leases.held()})
+                self.control.stop.wait(max(leases.renew_every - (now - started), 0.0))
+        finally:
+            self._serve({})
+            for thread in self._retired:
+                thread.join()
+            released = leases.release_all()
+            if released:
+                log.info("leases released: %s", ", ".join(released))
+
+    def _serve(self, held: Mapping[str, int]) -> None:
+        """Run exactly one worker per account lease in `held` ({name: generation}): stop those
+        whose lease is gone or changed generation, start the missing ones (and any whose
+        thread ended: it saw its lease lost before this instance did, or gave up)."""
+        wanted = {n: g for n, g in held.items() if n != LEADER and n in self._accounts}
+        for name, running in list(self._running.items()):
+            if running.status.fatal:
+                continue  # it gave up: the process is stopping (`control.failed`)
+            if wanted.get(name) != running.generation or not running.thread.is_alive():
+                running.stop.set()
+                self._retired.append(running.thread)
+                del self._running[name]
+        self._retired = [t for t in self._retired if t.is_alive()]
+        assert self.fenced_syncs is not None
+        for name, generation in wanted.items():
+            if name in self._running or self.control.stop.is_set():
+                continue
+            fence = Fence(name, self.leases.instance_id if self.leases else "", generation)
+            control = Control(threading.Event(), self.control.wake, self.control.failed)
+            status = AccountStatus(name)
+            thread = self._worker(self._accounts[name], control, status, self.fenced_syncs(fence))
+            self._running[name] = _Running(thread, control.stop, generation, status)
+            thread.start()
+            log.info("%s: serving it here (lease generation %d)", name, generation)
+        self.statuses = {name: r.status for name, r in sorted(self._running.items())}
 
 
 def run_once(
@@ -438,26 +569,66 @@ RETENTION_PERIOD = 24 * 3600.0
 
 class Housekeeping:
     """The main thread's periodic work: replies due for a retry, the digest and alerts when
-    due, daily retention, store-derived metrics."""
+    due, daily retention, store-derived metrics.
 
-    def __init__(self, shared: Shared) -> None:
+    In fleet mode (`leases` given) only the leader does it, under the leader lease's fence, and
+    also marks `uncertain` what a dead instance left in `sending` (`stale_claims`); every
+    instance refreshes its metrics."""
+
+    def __init__(self, shared: Shared, leases: LeaseManager | None = None) -> None:
         self.shared = shared
+        self.leases = leases
         self.service = Service(shared)
+        # Fleet mode: the Service fenced by the leader lease, with that lease's generation.
+        self._leading: tuple[int, Service] | None = None
         self._next_retention = 0.0
 
     def run(self) -> None:
         """One round; called every few seconds by the daemon."""
+        service = self._leader_service()
+        if service is not None:
+            try:
+                self._periodic(service)
+            except LeaseLost as exc:
+                log.warning("periodic work stopped, another instance leads now: %s", exc)
+        self.shared.metrics.refresh_from_store(self.service.db)
+        self._publish_reauth()
+
+    def _leader_service(self) -> Service | None:
+        """The Service to do the periodic work with: the plain one alone on the store; in
+        fleet mode one fenced by the leader lease while this instance leads, else None."""
+        if self.leases is None:
+            return self.service
+        fence = self.leases.fence(LEADER)
+        if self._leading is not None and (fence is None or fence.generation != self._leading[0]):
+            self._leading[1].close()
+            self._leading = None
+        if fence is None:
+            return None
+        if self._leading is None:
+            service = Service(self.shared, fence)
+            self._leading = (fence.generation, service)
+            log.info("leading the fleet's periodic work (generation %d)", fence.generation)
+        return self._leading[1]
+
+    def _periodic(self, service: Service) -> None:
+        settings = self.shared.settings
+        if self.leases is not None:
+            # A sender holds `sending` for one SMTP answer at most: older claims are a dead
+            # (or long paused) instance's, maybe delivered, never resent automatically.
+            recover(service.db, stale_claims(settings.smtp, datetime.now(UTC)), TABLES)
         try:
-            prepare_admin_alerts(self.shared.settings, self.service.db, datetime.now(UTC))
+            prepare_admin_alerts(settings, service.db, datetime.now(UTC))
         except ConfigError as exc:
             log.error("cannot prepare an administrators' alert: %s", exc)
-        self.service.deliver()
-        run_digest_if_due(self.shared.settings, self.service.db, connector=self.shared.smtp_connect)
+        service.deliver()
+        run_digest_if_due(settings, service.db, connector=self.shared.smtp_connect)
         now = time.monotonic()
         if now >= self._next_retention:
-            apply_retention(self.shared.settings.leads, self.service.db)
+            apply_retention(settings.leads, service.db)
             self._next_retention = now + RETENTION_PERIOD
-        self.shared.metrics.refresh_from_store(self.service.db)
+
+    def _publish_reauth(self) -> None:
         tokens = self.shared.tokens
         for name, provider in tokens.items():
             if any(provider is other for n, other in tokens.items() if n not in {name, "smtp"}):
@@ -466,7 +637,10 @@ class Housekeeping:
             self.shared.metrics.set_needs_reauth(name, waiting)
 
     def close(self) -> None:
-        """Release the store connection."""
+        """Release the store connections."""
+        if self._leading is not None:
+            self._leading[1].close()
+            self._leading = None
         self.service.close()
 
 

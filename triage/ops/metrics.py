@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -161,6 +161,17 @@ class Metrics:
             ["label", "window"],
             registry=r,
         )
+        self.leases_held = Gauge(
+            "triage_fleet_leases_held",
+            "Leases this instance holds (fleet mode): its accounts, plus the leader lease.",
+            registry=r,
+        )
+        self.lease_age = Gauge(
+            "triage_fleet_lease_age_seconds",
+            "Seconds since this instance last renewed each lease it holds (fleet mode).",
+            ["lease"],
+            registry=r,
+        )
         self._drift_due = float("-inf")
 
     # -- called by the daemon as work happens ----------------------------------------------------
@@ -219,6 +230,14 @@ class Metrics:
     def set_needs_reauth(self, credential: str, waiting: bool) -> None:
         """Whether OAuth2 credential `credential` waits for a person to sign in again."""
         self.oauth2_needs_reauth.labels(credential=credential).set(1 if waiting else 0)
+
+    def set_leases(self, renewed_ago: Mapping[str, float]) -> None:
+        """Publish the leases held now with the seconds since each was renewed; leases no
+        longer held disappear from the gauge."""
+        self.leases_held.set(len(renewed_ago))
+        self.lease_age.clear()
+        for name, age in renewed_ago.items():
+            self.lease_age.labels(lease=name).set(max(age, 0.0))
 
     def set_model_version(self, version: str) -> None:
         """Publish the version of the model in use (`Classifier.version`)."""

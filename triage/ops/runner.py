@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from functools import partial
 from types import FrameType
 
 from triage.act.compose import message_id_domain
@@ -18,12 +19,14 @@ from triage.core.checkpoint import Checkpoint, no_checkpoint
 from triage.core.errors import ConfigError
 from triage.core.settings import Settings
 from triage.ops.daemon import Control, Daemon, Housekeeping, run_once
+from triage.ops.fleet import LeaseManager, new_instance_id
 from triage.ops.health import start_from_settings
 from triage.ops.limits import check_limits
 from triage.ops.logs import redact_settings_secrets
 from triage.ops.metrics import Metrics
 from triage.ops.service import Service, Shared, sync_factory
 from triage.sales.digest import check_settings as check_digest_settings
+from triage.store.db import Database
 from triage.store.lock import exclusive
 
 log = logging.getLogger(__name__)
@@ -50,9 +53,15 @@ def warn_unverified_certificates(settings: Settings) -> None:
 
 
 def prepare(
-    settings: Settings, checkpoint: Checkpoint = no_checkpoint, metrics: Metrics | None = None
+    settings: Settings,
+    checkpoint: Checkpoint = no_checkpoint,
+    metrics: Metrics | None = None,
+    *,
+    fleet: bool = False,
 ) -> Shared:
-    """Load the model and templates, and settle replies a crash left half-sent."""
+    """Load the model and templates, and settle replies a crash left half-sent (alone on the
+    store; in a `fleet` other instances may be sending now, and the leader settles only stale
+    claims, see `Housekeeping`)."""
     warn_unverified_certificates(settings)
     check_limits(len(settings.imap.all_accounts()), settings.ingest.workers)
     # Mistakes that would otherwise surface per batch or per digest are config errors now.
@@ -62,7 +71,8 @@ def prepare(
     shared.model.get()  # fail now, with one line, if the model is unusable
     service = Service(shared)
     try:
-        service.outbox.recover()  # logs its own warning for replies left half-sent
+        if not fleet:
+            service.outbox.recover()  # logs its own warning for replies left half-sent
         service.outbox.rekey()  # the window recognises mailboxes by the current settings
     finally:
         service.close()
@@ -98,8 +108,11 @@ def run_forever(
     keep failing for another reason is parked instead (`AccountWorker`): the others go on. The
     metrics and the health endpoint live across reloads, so the port stays bound, and so does
     the store's lock (`StoreInUseError` at start when another process holds it).
+
+    On PostgreSQL it runs in fleet mode: several instances share the database and its
+    accounts by leases (`LeaseManager`), and hold the store's lock together.
     """
-    with exclusive(settings.store):
+    with exclusive(settings.store, fleet=settings.store.is_postgresql):
         return _run_forever(settings, reload_settings, checkpoint, control)
 
 
@@ -126,13 +139,15 @@ def _run_forever(
     current: list[Daemon] = []
     health = start_from_settings(
         settings.daemon,
-        lambda: [*current[-1].statuses.values(), *current[-1].sender_statuses()] if current else [],
+        lambda: current[-1].health_statuses() if current else [],
         metrics,
     )
+    fleet = settings.store.is_postgresql
     try:
         while True:
-            shared = prepare(settings, checkpoint, metrics)
-            housekeeping = Housekeeping(shared)
+            leases = _lease_manager(settings) if fleet else None
+            shared = prepare(settings, checkpoint, metrics, fleet=fleet)
+            housekeeping = Housekeeping(shared, leases)
             daemon = Daemon(
                 settings,
                 sync_factory(shared),
@@ -141,6 +156,9 @@ def _run_forever(
                 on_result=lambda r: metrics.quarantined(r.quarantined) if r.quarantined else None,
                 on_error=metrics.imap_error,
                 tokens=shared.tokens,
+                leases=leases,
+                fenced_syncs=partial(sync_factory, shared),
+                on_leases=metrics.set_leases,
             )
             current.append(daemon)
             try:
@@ -166,6 +184,18 @@ def _run_forever(
     finally:
         if health is not None:
             health.close()
+
+
+def _lease_manager(settings: Settings) -> LeaseManager:
+    """This instance's leases on the fleet's database (a new instance id per start or reload:
+    the previous one released its leases and shows as stopped)."""
+    return LeaseManager(
+        lambda: Database(settings.store),
+        new_instance_id(),
+        [a.name for a in settings.imap.all_accounts()],
+        renew_every=settings.fleet.renew_every,
+        ttl=settings.fleet.lease_time,
+    )
 
 
 def _keep_store(old: Settings, new: Settings) -> Settings:

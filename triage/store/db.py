@@ -15,7 +15,7 @@ import os
 import sqlite3
 import stat
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -212,7 +212,14 @@ class Database:
     `Database(path)` opens (creating it) a SQLite file; `Database(settings.store)` opens what
     the settings say: the SQLite file, or the PostgreSQL database of `url` (a
     `PostgresDatabase`, a cheap per-thread handle on the process's connection pool).
+
+    `guard`, when set, runs at the start of every transaction of this handle and may raise to
+    refuse it (rolled back, nothing written): fleet mode sets it to a lease's fence
+    (`Fence.check`), so that every effect an account's worker records is recorded under the
+    lease it holds, or not at all.
     """
+
+    guard: Callable[[Tx], None] | None = None
 
     def __new__(cls, store: StoreSettings | Path | str) -> Database:
         if cls is Database and isinstance(store, StoreSettings) and store.is_postgresql:
@@ -280,9 +287,12 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """A write transaction: committed when the block ends, rolled back if it raises."""
+        """A write transaction: committed when the block ends, rolled back if it raises.
+        `guard`, when set, runs first in it (see `guard`)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            if self.guard is not None:
+                self.guard(self._reads)
             yield self._reads  # the same connection: its statements are now in the transaction
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -328,7 +338,10 @@ class PostgresDatabase(Database):
         """A write transaction (READ COMMITTED, locks where the store asks for them):
         committed when the block ends, rolled back if it raises."""
         with self._handle.transaction() as tx:
-            yield Tx(tx, tx.dialect)
+            unit = Tx(tx, tx.dialect)
+            if self.guard is not None:
+                self.guard(unit)
+            yield unit
 
     def close(self) -> None:
         """Nothing to release: the connections belong to the process's pool."""

@@ -14,8 +14,9 @@ outlives its parent for a moment never keeps the store locked.
 On PostgreSQL (`[store] url`) the lock is a session advisory lock of the database, held on a
 connection of its own for as long as the block runs; the server releases it when that session
 ends, as the kernel does a flock. Forked children forget that connection without closing it
-(closing would end the parent's session). Until fleet mode shares the mailboxes between
-instances, this keeps one `triage run` per database.
+(closing would end the parent's session). The instances of a fleet (`triage run`) hold it
+shared — their mailbox leases keep them apart — and `triage once` exclusively, since it serves
+every account without leases.
 """
 
 from __future__ import annotations
@@ -117,22 +118,26 @@ def _acquire(db_path: Path) -> int:
     return fd
 
 
-def _acquire_server(store: StoreSettings) -> _Held:
+def _acquire_server(store: StoreSettings, shared: bool) -> _Held:
     from triage.store.postgres.backend import hold_store_lock
 
     try:
         password = store.password()
     except ConfigError as exc:
         raise StoreError(str(exc)) from None
-    return _Held(-1, conn=hold_store_lock(store.url, password=password, purpose="lock"))
+    return _Held(
+        -1, conn=hold_store_lock(store.url, password=password, purpose="lock", shared=shared)
+    )
 
 
 @contextlib.contextmanager
-def exclusive(store: StoreSettings | Path | str) -> Iterator[None]:
+def exclusive(store: StoreSettings | Path | str, *, fleet: bool = False) -> Iterator[None]:
     """Hold the store's lock for the block, or raise `StoreInUseError` at once naming the holder.
 
     `store` is the store settings (a SQLite file, or a PostgreSQL database) or a file's path.
-    An in-memory store (`:memory:`) belongs to its process anyway: nothing to lock.
+    An in-memory store (`:memory:`) belongs to its process anyway: nothing to lock. `fleet`
+    (PostgreSQL only): an instance of a fleet, which shares the database with the other
+    instances (their leases keep them apart) but never with an exclusive holder.
     """
     server = store if isinstance(store, StoreSettings) and store.is_postgresql else None
     db_path = store.path if isinstance(store, StoreSettings) else store
@@ -145,7 +150,9 @@ def exclusive(store: StoreSettings | Path | str) -> Iterator[None]:
         _install_fork_hook()
         held = _held.get(key)
         if held is None:
-            _held[key] = _acquire_server(server) if server is not None else _Held(_acquire(path))
+            _held[key] = (
+                _acquire_server(server, fleet) if server is not None else _Held(_acquire(path))
+            )
         else:
             held.holders += 1
     try:

@@ -551,12 +551,14 @@ _LOCK_HOLDER = """
 
 
 def hold_store_lock(
-    url: str, *, password: str | None = None, purpose: str | None = None
+    url: str, *, password: str | None = None, purpose: str | None = None, shared: bool = False
 ) -> psycopg.Connection[PgRow]:
     """Take the database's store lock (a session advisory lock) on a connection of its own,
     outside the pool, and return that connection: the lock lasts until it is closed or the
     session ends (the process dies, SIGKILL included). `StoreInUseError` at once, naming the
-    holder's application name, address and server pid, when another session holds it."""
+    holder's application name, address and server pid, when another session holds it in a
+    conflicting mode. `shared`: the fleet's instances hold it together, excluding only an
+    exclusive holder (`triage once`)."""
     name = display_name(url)
     secrets = tuple(
         s for s in (password, conninfo_to_dict(url).get("password")) if isinstance(s, str) and s
@@ -575,7 +577,8 @@ def hold_store_lock(
     except psycopg.Error as exc:
         raise map_error(exc, name, secrets=secrets) from None
     try:
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_STORE_LOCK,)).fetchone()
+        take = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+        row = conn.execute(f"SELECT {take}(%s)", (_STORE_LOCK,)).fetchone()
         if row is not None and row[0]:
             return conn
         holder = conn.execute(_LOCK_HOLDER, (_STORE_LOCK >> 32, _STORE_LOCK & 0xFFFF_FFFF))
@@ -590,7 +593,12 @@ def hold_store_lock(
         where = f" at {address}" if address else ""
         by = f" ({application or 'unnamed'}{where}, server pid {pid})"
     raise StoreInUseError(
-        f"the store {name} is in use by another triage process{by}; one process per store"
+        f"the store {name} is in use by another triage process{by}; "
+        + (
+            "`triage once` holds it alone"
+            if shared
+            else "one process per store (instances of `triage run` share it; `triage once` not)"
+        )
     )
 
 

@@ -1,0 +1,366 @@
+"""Fleet mode in the daemon (triage.ops.daemon with a LeaseManager, on a real PostgreSQL): each
+account is served by exactly one instance, under a fence that makes an instance that lost the
+lease record nothing; a stopped or killed instance's accounts are served again by the others;
+two real `triage run` processes share two mailboxes of the real mail servers and answer every
+inquiry exactly once, also across a SIGKILL of one of them."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from devtools.mailharness import MailHarness
+from tests.mailtools import DaemonStarter, inquiry, replies_in, wait_until
+from tests.stores import store_toml
+from triage.core.errors import LeaseLost
+from triage.core.settings import ImapAccount, ImapSettings, Settings, StoreSettings
+from triage.ingest.sync import SyncResult
+from triage.ops.daemon import Control, Daemon
+from triage.ops.fleet import LEADER, LeaseManager, fleet_status
+from triage.store import leases
+from triage.store.db import Database
+from triage.store.leases import Fence
+
+pytestmark = [
+    pytest.mark.postgresql,
+    pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True),
+]
+
+TTL = 1.0
+RENEW = 0.25
+
+
+# --- the fence on a store handle --------------------------------------------------------------
+
+
+def test_a_handle_fenced_by_a_lost_lease_records_nothing(store: StoreSettings) -> None:
+    """`Database.guard` set to a lease's fence: while the lease is held a transaction commits;
+    once another instance took the lease over, every transaction of the handle raises LeaseLost
+    before its first statement and nothing of it is written."""
+    admin = Database(store)
+    with admin.transaction() as tx:
+        leases.ensure(tx, ["hello"])
+        mine = leases.acquire_any(tx, ["hello"], "a", 0.3, 1)
+    fenced = Database(store)
+    fenced.guard = Fence("hello", "a", mine["hello"]).check
+    with fenced.transaction() as tx:
+        tx.execute("INSERT INTO kv (key, value) VALUES ('held', '1')")
+    time.sleep(0.4)  # expired; another instance takes it
+    with admin.transaction() as tx:
+        assert leases.acquire_any(tx, ["hello"], "b", 10.0, 1)
+    with pytest.raises(LeaseLost), fenced.transaction() as tx:
+        tx.execute("INSERT INTO kv (key, value) VALUES ('lost', '1')")
+    keys = {r[0] for r in admin.reads.execute("SELECT key FROM kv WHERE key IN ('held', 'lost')")}
+    assert keys == {"held"}
+
+
+# --- two daemons in one process, with syncs that only report who served what ------------------
+
+
+class Instance:
+    """A Daemon in fleet mode with syncs that record (account, instance, generation) per pass."""
+
+    def __init__(self, store: StoreSettings, name: str, accounts: Sequence[str]) -> None:
+        primary, *more = accounts
+        self.settings = Settings(
+            imap=ImapSettings(
+                name=primary,
+                username=primary,
+                password=SecretStr("x"),
+                accounts=tuple(
+                    ImapAccount(name=n, username=n, password=SecretStr("x"), poll_interval=0.1)
+                    for n in more
+                ),
+                poll_interval=0.1,
+            ),
+            store=store,
+        )
+        self.leases = LeaseManager(
+            lambda: Database(store), f"host:{name}", accounts, renew_every=RENEW, ttl=TTL
+        )
+        self.passes: list[tuple[str, int]] = []
+        self.refused: list[str] = []
+        self.control = Control()
+        self.daemon = Daemon(
+            self.settings,
+            lambda _a, _m: [],
+            control=self.control,
+            period=0.1,
+            leases=self.leases,
+            fenced_syncs=self._syncs,
+        )
+        self.thread = threading.Thread(target=self.daemon.run, name=f"daemon-{name}")
+
+    def _syncs(self, fence: Fence) -> Callable[[ImapAccount, Any], list[Callable[[], SyncResult]]]:
+        def make(account: ImapAccount, _mailbox: Any) -> list[Callable[[], SyncResult]]:
+            def sync() -> SyncResult:
+                self.passes.append((account.name, fence.generation))
+                return SyncResult()
+
+            return [sync]
+
+        return make
+
+    def serving(self) -> set[str]:
+        return set(self.daemon.statuses)
+
+    def __enter__(self) -> Instance:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.control.stop.set()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def no_mailbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers whose IMAP connection is a stand-in: these tests are about who serves what."""
+
+    class Offline:
+        connected = True
+        has_idle = False
+        session_lifetime = None
+
+        def __init__(self, account: ImapAccount, tokens: object = None) -> None:
+            self.account = account
+
+        def connect(self, fresh_token: bool = False) -> None:
+            self.connected = True
+
+        def close(self) -> None:
+            pass
+
+        def session_expires_in(self) -> float | None:
+            return None
+
+    monkeypatch.setattr("triage.ops.daemon.ImapMailbox", Offline)
+
+
+@pytest.fixture
+def instances(store: StoreSettings, no_mailbox: None) -> Iterator[Callable[[str], Instance]]:
+    started: list[Instance] = []
+
+    def start(name: str) -> Instance:
+        instance = Instance(store, name, ["hello", "other", "sales", "info"])
+        started.append(instance.__enter__())
+        return instance
+
+    yield start
+    for instance in started:
+        instance.__exit__()
+
+
+def test_two_instances_split_the_accounts_and_one_leads(
+    instances: Callable[[str], Instance],
+) -> None:
+    """Two instances of four accounts: each serves two, none serves an account the other does,
+    exactly one holds the leader lease, and both report healthy lease renewal."""
+    a, b = instances("a"), instances("b")
+    wait_until(lambda: len(a.serving()) == 2 and len(b.serving()) == 2, 15)
+    assert a.serving().isdisjoint(b.serving())
+    assert a.serving() | b.serving() == {"hello", "other", "sales", "info"}
+    assert [a.leases.is_leader, b.leases.is_leader].count(True) == 1
+    # `a` started first and served all four until `b` joined: from now on, only its share.
+    a.passes.clear()
+    b.passes.clear()
+    time.sleep(1.0)
+    for instance in (a, b):
+        lease_line = instance.daemon.health_statuses()[0]
+        assert lease_line.name == "leases" and lease_line.last_error is None
+        served = {name for name, _generation in instance.passes}
+        assert served == instance.serving()
+
+
+def test_a_stopping_instance_hands_its_accounts_over_at_once(
+    instances: Callable[[str], Instance],
+) -> None:
+    """SIGTERM's path (control.stop): the instance stops its workers and releases its leases,
+    and the other instance serves every account well before the leases would have expired."""
+    a, b = instances("a"), instances("b")
+    wait_until(lambda: len(a.serving()) == 2 and len(b.serving()) == 2, 15)
+    stopped_at = time.monotonic()
+    a.__exit__()
+    waited = wait_until(lambda: len(b.serving()) == 4, 10)
+    assert time.monotonic() - stopped_at < 10
+    assert b.leases.is_leader
+    assert waited < TTL * 3  # released, not expired: the next balance takes them
+    passes_after = Counter(name for name, _g in b.passes)
+    wait_until(lambda: set(Counter(n for n, _g in b.passes) - passes_after) == b.serving(), 10)
+
+
+def test_a_paused_instance_loses_its_accounts_and_records_nothing_when_it_wakes(
+    instances: Callable[[str], Instance], store: StoreSettings
+) -> None:
+    """An instance whose lease thread stops renewing (a paused process) loses its accounts to
+    the other after the lease time; the workers it still runs are stopped as soon as it notices,
+    and a transaction under its old fence is refused."""
+    a, b = instances("a"), instances("b")
+    wait_until(lambda: len(a.serving()) == 2 and len(b.serving()) == 2, 15)
+    old = {name: gen for name, gen in a.leases.current().items() if name != LEADER}
+    real_tick = a.leases.tick
+    paused = threading.Event()
+
+    def frozen_tick() -> Any:
+        paused.wait()
+        return real_tick()
+
+    a.leases.tick = frozen_tick  # type: ignore[method-assign]
+    wait_until(lambda: len(b.serving()) == 4, 15)
+    taken = {lease.name: lease.owner for lease in fleet_status(Database(store), TTL).unheld} | {
+        lease.name: instance.instance.id
+        for instance in fleet_status(Database(store), TTL).instances
+        for lease in instance.leases
+    }
+    assert all(taken[name] == "host:b" for name in old)
+    for name, generation in old.items():
+        fenced = Database(store)
+        fenced.guard = Fence(name, "host:a", generation).check
+        with pytest.raises(LeaseLost), fenced.transaction():
+            pass
+    paused.set()
+    wait_until(lambda: not a.serving() or a.serving().isdisjoint(old), 10)
+
+
+# --- two real `triage run` processes on the real mail servers ---------------------------------
+
+PROSPECTS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
+
+CONFIG = """\
+[imap]
+name = "hello"
+host = "127.0.0.1"
+port = {imaps_port}
+security = "tls"
+ca_file = "{ca_file}"
+username = "hello"
+password_file = "{base}/hello.password"
+poll_interval = 5
+
+[[imap.accounts]]
+name = "other"
+host = "127.0.0.1"
+port = {imaps_port}
+security = "tls"
+ca_file = "{ca_file}"
+username = "other"
+password_file = "{base}/other.password"
+poll_interval = 5
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp_port}
+security = "plain"
+
+{store}
+[replies]
+mode = "live"
+from_address = "hello@{domain}"
+envelope_sender = "noreply@{domain}"
+our_addresses = ["hello@{domain}", "other@{domain}"]
+company_name = "Example Furniture Ltd"
+
+[daemon]
+health_port = 0
+backoff_max = 2
+
+[fleet]
+renew_every = 1
+lease_time = 4
+"""
+
+
+def fleet_config(harness: MailHarness, base: Path, store: StoreSettings) -> Path:
+    for user in ("hello", "other"):
+        secret = base / f"{user}.password"
+        secret.write_text(harness.password(user))
+        secret.chmod(0o600)
+    path = base / "triage.toml"
+    cfg = harness.config
+    path.write_text(
+        CONFIG.format(
+            imaps_port=cfg.imaps_port,
+            smtp_port=cfg.smtp_port,
+            ca_file=harness.ca_file,
+            base=base,
+            domain=cfg.domain,
+            store=store_toml(store),
+        )
+    )
+    return path
+
+
+def served_by(store: StoreSettings) -> dict[str, str]:
+    """{account: instance id} of the account leases held now."""
+    status = fleet_status(Database(store), 4.0)
+    return {
+        lease.name: instance.instance.id
+        for instance in status.instances
+        if instance.state == "live"
+        for lease in instance.leases
+        if lease.name != LEADER
+    }
+
+
+def synced_accounts(store: StoreSettings) -> set[str]:
+    rows = Database(store).reads.execute("SELECT DISTINCT account FROM mailbox_state").fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def message_states(store: StoreSettings) -> Counter[str]:
+    rows = Database(store).reads.execute("SELECT state FROM messages").fetchall()
+    return Counter(str(r[0]) for r in rows)
+
+
+def test_two_instances_answer_every_inquiry_once_across_a_sigkill(
+    clean_mail: MailHarness,
+    daemon_factory: DaemonStarter,
+    store: StoreSettings,
+    tmp_path: Path,
+) -> None:
+    """Two `triage run` on one PostgreSQL share the mailboxes hello@ and other@ (one each).
+    Five prospects write to both; then the instance serving hello@ gets SIGKILL, and ten more
+    more arrive at hello@. The survivor takes hello@ over within the lease time and a few
+    seconds (reported), every message is done once, and every prospect got exactly one reply."""
+    config = fleet_config(clean_mail, tmp_path, store)
+    first = daemon_factory(config)
+    second = daemon_factory(config)
+    wait_until(lambda: len(set(served_by(store).values())) == 2, 60)
+    wait_until(lambda: synced_accounts(store) == {"hello", "other"}, 60)
+
+    def write(prospect: str, to: str) -> None:
+        sender = clean_mail.address(prospect)
+        to_address = clean_mail.address(to)
+        clean_mail.send(inquiry(sender, to_address, PROSPECTS.index(prospect)), sender, to_address)
+
+    # One inquiry per prospect: a second one within the etiquette's window gets no reply.
+    for prospect, to in zip(PROSPECTS[:5], ("hello",) * 3 + ("other",) * 2, strict=True):
+        write(prospect, to)
+    wait_until(lambda: message_states(store)["done"] == 5, 90)
+
+    victim_id = served_by(store)["hello"]
+    victim = first if f":{first.pid}:" in victim_id else second
+    survivor = second if victim is first else first
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    killed_at = time.monotonic()
+    for prospect in PROSPECTS[5:]:
+        write(prospect, "hello")
+    wait_until(lambda: f":{survivor.pid}:" in served_by(store).get("hello", ""), 30)
+    takeover = time.monotonic() - killed_at
+    wait_until(lambda: message_states(store)["done"] == 10, 120)
+    print(f"takeover after SIGKILL: {takeover:.1f} s (lease time 4 s, renewed every 1 s)")
+    assert survivor.poll() is None
+    assert takeover < 4 + 2 * 1 + 5  # lease time, two renewals, the survivor's new session
+    assert message_states(store) == Counter({"done": 10})
+    for prospect in PROSPECTS:
+        replies = replies_in(clean_mail, prospect)
+        assert len(replies) == 1, (prospect, [r["Subject"] for r in replies])
