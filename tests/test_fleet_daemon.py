@@ -50,7 +50,7 @@ def test_a_handle_fenced_by_a_lost_lease_records_nothing(store: StoreSettings) -
         leases.ensure(tx, ["hello"])
         mine = leases.acquire_any(tx, ["hello"], "a", 0.3, 1)
     fenced = Database(store)
-    fenced.guard = Fence("hello", "a", mine["hello"]).check
+    fenced.guard = Fence("hello", "a", mine["hello"])
     with fenced.transaction() as tx:
         tx.execute("INSERT INTO kv (key, value) VALUES ('held', '1')")
     time.sleep(0.4)  # expired; another instance takes it
@@ -223,7 +223,7 @@ def test_a_paused_instance_loses_its_accounts_and_records_nothing_when_it_wakes(
     assert all(taken[name] == "host:b" for name in old)
     for name, generation in old.items():
         fenced = Database(store)
-        fenced.guard = Fence(name, "host:a", generation).check
+        fenced.guard = Fence(name, "host:a", generation)
         with pytest.raises(LeaseLost), fenced.transaction():
             pass
     paused.set()
@@ -361,6 +361,15 @@ def test_two_instances_answer_every_inquiry_once_across_a_sigkill(
     assert survivor.poll() is None
     assert takeover < 4 + 2 * 1 + 5  # lease time, two renewals, the survivor's new session
     assert message_states(store) == Counter({"done": 10})
+    # Every reply was claimed for sending under a lease of the instance that sent it.
+    claims = Database(store).reads.execute("SELECT state, claimed_by FROM replies").fetchall()
+    assert len(claims) == 10
+    pids = {str(first.pid), str(second.pid)}
+    for state, by in claims:
+        assert state == "sent"
+        owner, lease = str(by).split(" ")
+        assert owner.split(":")[1] in pids
+        assert lease.split("#")[0] in {"hello", "other", LEADER}
     for prospect in PROSPECTS:
         replies = replies_in(clean_mail, prospect)
         assert len(replies) == 1, (prospect, [r["Subject"] for r in replies])

@@ -210,7 +210,8 @@ class Delivery:
         with self.db.transaction() as tx:
             mine = None
             if admit(tx, item, moment):
-                mine = queue.claim(tx, item.table, item.id, moment, item.attempts)
+                by = None if self.db.guard is None else str(self.db.guard)
+                mine = queue.claim(tx, item.table, item.id, moment, item.attempts, by)
         if mine is None:
             # Another process sends it, or a cap was reached: without our dot the server drops
             # the message we handed over, and the connection with it.

@@ -131,7 +131,7 @@ class Service:
         self.settings = shared.settings
         self.db = Database(self.settings.store)
         if fence is not None:
-            self.db.guard = fence.check
+            self.db.guard = fence
         self.ledger = Ledger(self.db)
         smtp_settings = self.settings.smtp
         self.guard_context = guards.GuardContext.from_settings(self.settings.replies, None)

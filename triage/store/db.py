@@ -15,7 +15,7 @@ import os
 import sqlite3
 import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,6 +182,13 @@ def _warn_readable_store(path: str, mode: int) -> None:
     )
 
 
+class Guard(Protocol):
+    """A check every transaction of a `Database` handle begins with (see `Database.guard`)."""
+
+    def check(self, tx: Tx, /) -> None:
+        """Raise (a StoreError) to refuse the transaction `tx`, before its first statement."""
+
+
 class Tx:
     """One unit of work: the open transaction that a domain step hands to the repositories.
 
@@ -213,13 +220,14 @@ class Database:
     the settings say: the SQLite file, or the PostgreSQL database of `url` (a
     `PostgresDatabase`, a cheap per-thread handle on the process's connection pool).
 
-    `guard`, when set, runs at the start of every transaction of this handle and may raise to
-    refuse it (rolled back, nothing written): fleet mode sets it to a lease's fence
-    (`Fence.check`), so that every effect an account's worker records is recorded under the
-    lease it holds, or not at all.
+    `guard`, when set, is checked at the start of every transaction of this handle and may
+    raise to refuse it (rolled back, nothing written): fleet mode sets it to a lease's fence
+    (`triage.store.leases.Fence`), so that every effect an account's worker records is recorded
+    under the lease it holds, or not at all. Its text names it in what the handle claims (the
+    outbox's `claimed_by`).
     """
 
-    guard: Callable[[Tx], None] | None = None
+    guard: Guard | None = None
 
     def __new__(cls, store: StoreSettings | Path | str) -> Database:
         if cls is Database and isinstance(store, StoreSettings) and store.is_postgresql:
@@ -292,7 +300,7 @@ class Database:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             if self.guard is not None:
-                self.guard(self._reads)
+                self.guard.check(self._reads)
             yield self._reads  # the same connection: its statements are now in the transaction
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -340,7 +348,7 @@ class PostgresDatabase(Database):
         with self._handle.transaction() as tx:
             unit = Tx(tx, tx.dialect)
             if self.guard is not None:
-                self.guard(unit)
+                self.guard.check(unit)
             yield unit
 
     def close(self) -> None:

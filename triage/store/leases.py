@@ -40,10 +40,13 @@ class Fence:
     owner: str
     generation: int
 
-    def check(self, tx: Tx) -> None:
+    def check(self, tx: Tx, /) -> None:
         """Raise LeaseLost unless this lease is still held as it was acquired; hold it until
         `tx` ends (see `fence`)."""
         fence(tx, self.name, self.owner, self.generation)
+
+    def __str__(self) -> str:
+        return f"{self.owner} {self.name}#{self.generation}"
 
 
 @dataclass(frozen=True, slots=True)

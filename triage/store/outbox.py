@@ -71,14 +71,17 @@ class Claim:
     attempts: int
 
 
-def claim(tx: Tx, table: Table, row_id: int, now: datetime, attempts: int) -> Claim | None:
+def claim(
+    tx: Tx, table: Table, row_id: int, now: datetime, attempts: int, by: str | None = None
+) -> Claim | None:
     """queued → sending, counting the attempt; `attempts` is the count the sender read with the
-    row. None when the row is not queued (any more) or another try was counted meanwhile."""
+    row, `by` who claims it (fleet mode: the instance and its lease). None when the row is not
+    queued (any more) or another try was counted meanwhile."""
     at = timestamp(now)
     cur = tx.execute(
         f"UPDATE {_table(table)} SET state = 'sending', attempts = attempts + 1,"  # noqa: S608
-        " claimed_at = ? WHERE id = ? AND state = 'queued' AND attempts = ?",
-        (at, row_id, attempts),
+        " claimed_at = ?, claimed_by = ? WHERE id = ? AND state = 'queued' AND attempts = ?",
+        (at, by, row_id, attempts),
     )
     return Claim(at, attempts + 1) if cur.rowcount == 1 else None
 

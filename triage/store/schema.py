@@ -349,4 +349,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     -- SQLite has json_valid() and json_type(): no change.
     """,
+    # 13: who claimed a mail for sending, in fleet mode: the instance and the lease (with its
+    # generation) whose fence the claim was recorded under; NULL alone on the store.
+    """
+    ALTER TABLE replies ADD COLUMN claimed_by TEXT;
+    ALTER TABLE digests ADD COLUMN claimed_by TEXT;
+    """,
 )
