@@ -224,6 +224,40 @@ def test_digest_lists_exactly_the_new_hot_leads_once(
     assert JANE.email not in html.split("Overdue, not yet contacted")[0]
 
 
+def test_a_digest_of_hundreds_of_hot_leads_lists_fifty_and_counts_the_rest(
+    store: Store, settings: Settings, smtp: FakeSmtp
+) -> None:
+    """300 new hot leads (a long weekend, or an outage): the digest goes out, lists 50 in
+    full in both parts, says how many more there are, counts all 300 in the subject and marks
+    all 300 reported. (Listed in full it passed the templates' output limit and failed, again
+    and again, reporting none.)"""
+    body = "We need a quote for pallet racks, delivered before June. Budget is approved. " * 8
+    ids = [
+        store.inquiry(
+            Contact(f"Buyer {n}", f"buyer{n}@firm{n}.example", f"Firm {n} Ltd"),
+            f"Quote request {n}",
+            body,
+            confidence=0.9,
+            explanation=("quote", "budget"),
+            at=FRIDAY_16 + timedelta(minutes=n),
+        )[1]
+        for n in range(300)
+    ]
+    run = digest.run_digest_if_due(settings, store.db, MONDAY_8, connector=smtp)
+    assert run.delivered == {run.prepared: "sent"}
+    assert run.counts["new"] == 300
+    [msg] = smtp.messages()
+    assert msg["Subject"] == "triage digest: 300 new hot leads"
+    text, html = parts(msg)
+    assert "NEW HOT LEADS: 300" in text
+    assert "... and 250 more new hot leads, not listed here" in text
+    assert "and 250 more new hot leads, not listed here" in html
+    for part in (text, html):
+        listed = {n for n in range(300) if f"buyer{n}@firm{n}.example" in part}
+        assert len(listed) == 50
+    assert all(lead.digested_in == run.prepared for lead in map(_lead(store), ids))
+
+
 def _lead(store: Store) -> Any:
     def get(lead_id: int) -> Any:
         lead = get_lead(store.db.reads, lead_id)

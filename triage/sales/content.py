@@ -33,6 +33,11 @@ from triage.store.outbox import CapReport, cap_report, sent_with_template
 DIGEST = "digest"
 ALERT = "alert"
 REVIEW_SHOWN = 20  # review items listed by name; the rest are counted
+# Leads listed in full per section of a digest; the rest are counted, and reported all the same.
+# A digest after a long weekend or an outage may report hundreds: listed in full, they would
+# make a mail nobody reads, past the templates' output limit (the digest then failed, again
+# and again, and reported none of them).
+LEADS_SHOWN = 50
 SNIPPET = 280  # characters of message text shown per lead
 MAX_OUTPUT = 1_000_000  # characters per rendered part
 
@@ -304,8 +309,13 @@ def digest_context(content: DigestContent, settings: Settings) -> dict[str, Any]
         **common_context(settings, now),
         "subject": subject_line(settings, content.counts()),
         "since": local_time(content.since, settings),
-        "new_leads": [lead_view(lead, now, settings) for lead in content.new_leads],
-        "overdue_leads": [lead_view(lead, now, settings) for lead in content.overdue_leads],
+        "new_leads": [lead_view(lead, now, settings) for lead in content.new_leads[:LEADS_SHOWN]],
+        "new_total": len(content.new_leads),
+        "new_more": max(0, len(content.new_leads) - LEADS_SHOWN),
+        "overdue_leads": [
+            lead_view(lead, now, settings) for lead in content.overdue_leads[:LEADS_SHOWN]
+        ],
+        "overdue_more": max(0, len(content.overdue_leads) - LEADS_SHOWN),
         "overdue_total": content.overdue_total,
         "overdue_new": content.overdue_total - len(content.overdue_leads),
         "review_items": [review_view(item, now) for item in content.review],
