@@ -182,9 +182,9 @@ def start_fleet(
 
 def test_three_instances_survive_sigkill_sigstop_and_a_database_outage(
     fleet_mail: MailHarness,
-    daemon_factory: DaemonStarter,
     postgres: PgHarness,
     store: StoreSettings,
+    daemon_factory: DaemonStarter,
     tmp_path: Path,
 ) -> None:
     """300 inquiries to 12 mailboxes over about a minute while the fleet is hit three times;
@@ -273,6 +273,12 @@ def test_three_instances_survive_sigkill_sigstop_and_a_database_outage(
     slots = Counter(str(r[0]) for r in digests)
     assert all(n == 1 for n in slots.values())
     sent_digests = sum(1 for r in digests if str(r[1]) == "sent")
+    assert sent_digests >= 1
+    # No reply stranded: every one was sent (none left sending, uncertain or queued).
+    reply_states = Counter(
+        str(r[0]) for r in Database(store).reads.execute("SELECT state FROM replies").fetchall()
+    )
+    assert reply_states == Counter({"sent": len(CHAOS_PROSPECTS)})
     with fleet_mail.imap("sales") as client:
         in_sales = int(client.select_folder("INBOX", readonly=True)[b"EXISTS"])
     assert in_sales == sent_digests
@@ -282,8 +288,8 @@ def test_three_instances_survive_sigkill_sigstop_and_a_database_outage(
 
 def test_a_rolling_restart_loses_nothing_and_sends_nothing_twice(
     fleet_mail: MailHarness,
-    daemon_factory: DaemonStarter,
     store: StoreSettings,
+    daemon_factory: DaemonStarter,
     tmp_path: Path,
 ) -> None:
     """Three instances restarted one by one (SIGTERM, then a new one) while 60 inquiries
@@ -302,5 +308,9 @@ def test_a_rolling_restart_loses_nothing_and_sends_nothing_twice(
     wait_until(lambda: states(store)["done"] >= len(ROLLING_PROSPECTS), 180, interval=1.0)
     time.sleep(5)
     assert states(store) == Counter({"done": len(ROLLING_PROSPECTS)})
+    reply_states = Counter(
+        str(r[0]) for r in Database(store).reads.execute("SELECT state FROM replies").fetchall()
+    )
+    assert reply_states == Counter({"sent": len(ROLLING_PROSPECTS)})
     counts = replies_to(fleet_mail, ROLLING_PROSPECTS)
     assert {p: c for p, c in counts.items() if c != 1} == {}

@@ -206,22 +206,42 @@ class Delivery:
         except (SendError, PermanentError) as exc:
             return self._not_delivered(item, exc), not isinstance(exc, ConnectionLostError)
         self._checkpoint("smtp_data_sent")
-        moment = self._clock()
-        with self.db.transaction() as tx:
-            mine = None
-            if admit(tx, item, moment):
-                by = None if self.db.guard is None else str(self.db.guard)
-                mine = queue.claim(tx, item.table, item.id, moment, item.attempts, by)
+        try:
+            with self.db.transaction() as tx:
+                # The time is read inside the transaction, after any wait for a connection or
+                # a lock: a claim stamped before such a wait would look stale to a recovery.
+                moment = self._clock()
+                mine = None
+                if admit(tx, item, moment):
+                    by = None if self.db.guard is None else str(self.db.guard)
+                    mine = queue.claim(tx, item.table, item.id, moment, item.attempts, by)
+        except BaseException:
+            # The lease was lost (fleet mode) or the store failed: no dot. QUIT in the middle of
+            # DATA would wait for an answer that never comes.
+            session.abort()
+            raise
         if mine is None:
             # Another process sends it, or a cap was reached: without our dot the server drops
             # the message we handed over, and the connection with it.
             session.abort()
             return "taken", False
+        if self.db.guard is not None and not self.db.guard.holds():
+            # Fleet mode: the lease ran out (by this instance's own clock) since the claim; the
+            # account's new holder may send it. Our claim is undone, without the dot.
+            session.abort()
+            with self.db.transaction(guarded=False) as tx:
+                queue.retry_later(
+                    tx, item.table, item.id, mine.attempts - 1, "lease lost", moment, mine
+                )
+            return "taken", False
         self._checkpoint("smtp_sending")
         try:
             session.commit()
         except AmbiguousDeliveryError as exc:
-            with self.db.transaction() as tx:
+            # After the claim every record is of this claim only (the row's own compare and
+            # set), so none is fenced: a lease lost meanwhile must not leave the server's answer
+            # unrecorded.
+            with self.db.transaction(guarded=False) as tx:
                 queue.mark_uncertain(tx, item.table, item.id, mine, str(exc))
             log.error(
                 "%s may or may not have been delivered (%s); it will not be resent automatically "
@@ -247,7 +267,7 @@ class Delivery:
             f"refused by the server: {', '.join(r.recipient for r in refused)}" if refused else None
         )
         moment = self._clock()
-        with self.db.transaction() as tx:
+        with self.db.transaction(guarded=False) as tx:  # this claim's own record: see `_send`
             if not queue.mark_sent(tx, item.table, item.id, mine, moment, error):
                 log.warning("%s was sent, but its row had moved on meanwhile", item)
             if refused and item.table != "digests":
@@ -288,7 +308,7 @@ class Delivery:
         if isinstance(exc, PermanentError) or attempts >= self.smtp.max_attempts:
             permanent = isinstance(exc, PermanentError)
             error = str(exc) if permanent else f"gave up after {attempts} attempts: {exc}"
-            with self.db.transaction() as tx:
+            with self.db.transaction(guarded=mine is None) as tx:
                 changed = queue.fail(tx, item.table, item.id, attempts, error, mine)
             if not changed:
                 log.info("%s not sent by this process (%s); another one has it", item, exc)
@@ -296,7 +316,7 @@ class Delivery:
             log.warning("%s failed for good: %s", item, error)
             return "failed"
         wait = self.backoff(attempts)
-        with self.db.transaction() as tx:
+        with self.db.transaction(guarded=mine is None) as tx:
             changed = queue.retry_later(
                 tx, item.table, item.id, attempts, str(exc), moment + wait, mine
             )

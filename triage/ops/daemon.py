@@ -35,7 +35,7 @@ from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.oauth.tokens import TokenProvider
 from triage.ingest.sync import SyncResult
 from triage.ops.alerts import prepare_admin_alerts
-from triage.ops.fleet import LEADER, LeaseManager
+from triage.ops.fleet import LEADER, LeaseGuard, LeaseManager
 from triage.ops.service import Service, Shared
 from triage.sales.digest import run_digest_if_due
 from triage.sales.leads import apply_retention
@@ -361,7 +361,7 @@ class Daemon:
         on_error: Callable[[str], None] = lambda _account: None,
         tokens: Mapping[str, TokenProvider] | None = None,
         leases: LeaseManager | None = None,
-        fenced_syncs: Callable[[Fence], SyncFactory] | None = None,
+        fenced_syncs: Callable[[LeaseGuard], SyncFactory] | None = None,
         on_leases: Callable[[Mapping[str, float]], None] = lambda _ages: None,
     ) -> None:
         self.settings = settings
@@ -385,7 +385,10 @@ class Daemon:
             self.statuses = {}
             self._lease_status = AccountStatus("leases")
         self._running: dict[str, _Running] = {}
-        self._retired: list[threading.Thread] = []
+        # Workers told to stop (their lease lost, or being handed over) until their thread ends.
+        self._retired: list[tuple[str, threading.Thread]] = []
+        if leases is not None:
+            leases.idle = self._idle
 
     def sender_statuses(self) -> list[AccountStatus]:
         """The SMTP login's own OAuth2 credential (`[smtp.oauth2]`), as a status line for
@@ -468,7 +471,20 @@ class Daemon:
             self.control.stop.set()
             for thread in threads:
                 thread.join()
+            if self.leases is not None:
+                # Only now: the account workers have stopped (the lease thread joined them) and
+                # so has this thread's periodic work under the leader lease.
+                released = self.leases.release_all()
+                if released:
+                    log.info("leases released: %s", ", ".join(released))
             log.info("triage stopped")
+
+    def _idle(self, name: str) -> bool:
+        """Whether no worker of this instance runs for account `name` (the lease manager hands
+        a lease over only then)."""
+        return name not in self._running and not any(
+            n == name and t.is_alive() for n, t in self._retired
+        )
 
     # -- fleet mode ------------------------------------------------------------------------------
 
@@ -481,29 +497,37 @@ class Daemon:
             while not self.control.stop.is_set():
                 started = time.monotonic()
                 try:
-                    changes = leases.tick()
-                except Exception as exc:  # the next tick tries again
-                    changes = None
+                    self._lease_round(leases)
+                except Exception as exc:  # the next round tries again
                     self._lease_status.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("lease renewal failed")
-                if changes is not None:
-                    if changes.error is None:
-                        self._lease_status.connected = True
-                        self._lease_status.last_sync = time.time()
-                        self._lease_status.last_error = None
-                    else:
-                        self._lease_status.last_error = changes.error
-                self._serve(leases.current())
-                now = time.monotonic()
-                self.on_leases({h.name: now - h.renewed_at for h in leases.held()})
-                self.control.stop.wait(max(leases.renew_every - (now - started), 0.0))
+                spent = time.monotonic() - started
+                self.control.stop.wait(max(leases.renew_every - spent, 0.0))
+        except BaseException as exc:
+            # Without this thread no lease is renewed and no account served, while the process
+            # would look alive: stop it, for the supervisor to restart it.
+            self._lease_status.fatal = f"the lease thread died: {type(exc).__name__}: {exc}"
+            log.critical("the lease thread died", exc_info=True)
+            self.control.failed.set()
+            self.control.stop.set()
+            raise
         finally:
             self._serve({})
-            for thread in self._retired:
+            for _name, thread in self._retired:
                 thread.join()
-            released = leases.release_all()
-            if released:
-                log.info("leases released: %s", ", ".join(released))
+
+    def _lease_round(self, leases: LeaseManager) -> None:
+        """One tick, then the workers to match, then the metrics."""
+        changes = leases.tick()
+        if changes.error is None:
+            self._lease_status.connected = True
+            self._lease_status.last_sync = time.time()
+            self._lease_status.last_error = None
+        else:
+            self._lease_status.last_error = changes.error
+        self._serve(leases.current())
+        now = time.monotonic()
+        self.on_leases({h.name: now - h.renewed_at for h in leases.held()})
 
     def _serve(self, held: Mapping[str, int]) -> None:
         """Run exactly one worker per account lease in `held` ({name: generation}): stop those
@@ -515,17 +539,18 @@ class Daemon:
                 continue  # it gave up: the process is stopping (`control.failed`)
             if wanted.get(name) != running.generation or not running.thread.is_alive():
                 running.stop.set()
-                self._retired.append(running.thread)
+                self._retired.append((name, running.thread))
                 del self._running[name]
-        self._retired = [t for t in self._retired if t.is_alive()]
-        assert self.fenced_syncs is not None
+        self._retired = [(n, t) for n, t in self._retired if t.is_alive()]
+        assert self.fenced_syncs is not None and self.leases is not None
         for name, generation in wanted.items():
             if name in self._running or self.control.stop.is_set():
                 continue
-            fence = Fence(name, self.leases.instance_id if self.leases else "", generation)
+            fence = Fence(name, self.leases.instance_id, generation)
+            guard = LeaseGuard(fence, self.leases)
             control = Control(threading.Event(), self.control.wake, self.control.failed)
             status = AccountStatus(name)
-            thread = self._worker(self._accounts[name], control, status, self.fenced_syncs(fence))
+            thread = self._worker(self._accounts[name], control, status, self.fenced_syncs(guard))
             self._running[name] = _Running(thread, control.stop, generation, status)
             thread.start()
             log.info("%s: serving it here (lease generation %d)", name, generation)
@@ -599,16 +624,19 @@ class Housekeeping:
         fleet mode one fenced by the leader lease while this instance leads, else None."""
         if self.leases is None:
             return self.service
-        fence = self.leases.fence(LEADER)
-        if self._leading is not None and (fence is None or fence.generation != self._leading[0]):
+        guard = self.leases.guard(LEADER)
+        if self._leading is not None and (guard is None or guard.generation != self._leading[0]):
             self._leading[1].close()
             self._leading = None
-        if fence is None:
+        if guard is None:
             return None
         if self._leading is None:
-            service = Service(self.shared, fence)
-            self._leading = (fence.generation, service)
-            log.info("leading the fleet's periodic work (generation %d)", fence.generation)
+            service = Service(self.shared, guard)
+            self._leading = (guard.generation, service)
+            log.info("leading the fleet's periodic work (generation %d)", guard.generation)
+            # The reply window's keys follow the settings; in a fleet the leader rewrites them
+            # (alone on the store, `prepare` does at start-up).
+            service.outbox.rekey()
         return self._leading[1]
 
     def _periodic(self, service: Service) -> None:

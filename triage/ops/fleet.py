@@ -42,6 +42,7 @@ __all__ = [
     "HeldLease",
     "InstanceStatus",
     "LeaseChanges",
+    "LeaseGuard",
     "LeaseManager",
     "fleet_status",
     "new_instance_id",
@@ -49,6 +50,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# Ticks a lease handed over may drain before it is released even though something still works
+# under it (a stuck SMTP answer, say): the fence keeps that from recording anything afterwards.
+_MAX_DRAIN_TICKS = 2
 DEFAULT_RENEW_EVERY = 5.0
 DEFAULT_TTL = 20.0
 # Instances silent for this long are forgotten (`triage fleet status` shows the others).
@@ -82,9 +86,37 @@ class LeaseChanges:
     lost: tuple[str, ...] = ()
     released: tuple[str, ...] = ()
     error: str | None = None
+    # Leases being handed over: still held (and renewed) until their worker has stopped, no
+    # longer in `current()`.
+    draining: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.gained or self.lost or self.released)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGuard:
+    """A store handle's guard in fleet mode: the lease's fence in every transaction, and the
+    manager's own view (renewed within the lease time, same generation) for `holds()`."""
+
+    fence: Fence
+    manager: LeaseManager
+
+    @property
+    def generation(self) -> int:
+        """The generation of the lease this guard records under."""
+        return self.fence.generation
+
+    def check(self, tx: Tx, /) -> None:
+        """Raise LeaseLost unless the database still has the lease as it was acquired."""
+        self.fence.check(tx)
+
+    def holds(self) -> bool:
+        """Whether this instance still counts the lease as held with this generation."""
+        return self.manager.current().get(self.fence.name) == self.fence.generation
+
+    def __str__(self) -> str:
+        return str(self.fence)
 
 
 class LeaseManager:
@@ -106,6 +138,7 @@ class LeaseManager:
         renew_every: float = DEFAULT_RENEW_EVERY,
         ttl: float = DEFAULT_TTL,
         clock: Callable[[], float] = time.monotonic,
+        idle: Callable[[str], bool] = lambda _name: True,
     ) -> None:
         names = self._check(accounts)
         if not 0 < renew_every * 3 <= ttl:
@@ -128,6 +161,11 @@ class LeaseManager:
         self._ticking = threading.Lock()
         self._state = threading.Lock()
         self._held: dict[str, HeldLease] = {}
+        # Leases being handed over to another instance, by name: the ticks they have drained.
+        self._draining: dict[str, int] = {}
+        # Whether nothing of this instance works under an account's lease any more (the daemon
+        # says; without one, nothing ever does): a lease handed over is released only then.
+        self.idle = idle
 
     # -- what other threads read --------------------------------------------------------------
 
@@ -138,14 +176,23 @@ class LeaseManager:
             return tuple(h for _, h in sorted(self._held.items()) if now < h.renewed_at + self.ttl)
 
     def current(self) -> dict[str, int]:
-        """{name: generation} of the leases held now (accounts, and `LEADER` when leading)."""
-        return {h.name: h.generation for h in self.held()}
+        """{name: generation} of the leases held now to work under (accounts, and `LEADER` when
+        leading); not those being handed over."""
+        with self._state:
+            draining = set(self._draining)
+        return {h.name: h.generation for h in self.held() if h.name not in draining}
 
     def fence(self, name: str) -> Fence | None:
         """The fence to record effects of `name` under (`Fence.check(tx)` in the transaction),
         or None when this instance does not hold the lease."""
         generation = self.current().get(name)
         return None if generation is None else Fence(name, self.instance_id, generation)
+
+    def guard(self, name: str) -> LeaseGuard | None:
+        """The guard of a store handle that records effects of `name` (`Database.guard`), or
+        None when this instance does not hold the lease."""
+        fence = self.fence(name)
+        return None if fence is None else LeaseGuard(fence, self)
 
     @property
     def is_leader(self) -> bool:
@@ -234,9 +281,9 @@ class LeaseManager:
 
     def _balance(
         self, tx: Tx
-    ) -> tuple[dict[str, int], dict[str, int], dict[str, int], tuple[str, ...]]:
-        """One tick's statements: (renewed, still held but not renewed, acquired, released),
-        each {name: generation} but the last."""
+    ) -> tuple[dict[str, int], dict[str, int], dict[str, int], tuple[str, ...], tuple[str, ...]]:
+        """One tick's statements: (renewed, still held but not renewed, acquired, released,
+        draining), each {name: generation} but the last two."""
         me = self.instance_id
         if not self._ensured:
             leases.ensure(tx, (*self.accounts, LEADER))
@@ -262,6 +309,7 @@ class LeaseManager:
         live = leases.live_instances(tx, self.ttl)
         share = math.ceil(len(self.accounts) / max(len(live), 1))
         acquired: dict[str, int] = {}
+        give: list[str] = []
         if len(mine) < share:
             free = [a for a in self.accounts if a not in mine]
             acquired = leases.acquire_any(tx, free, me, self.ttl, share - len(mine))
@@ -273,13 +321,24 @@ class LeaseManager:
             if extra:
                 # The last by name: which ones matters less than that every instance agrees.
                 give = sorted(mine)[-extra:]
-                released += tuple(leases.release_many(tx, me, {n: generations[n] for n in give}))
+        # A lease given up is handed over in two steps: first it drains (its worker is stopped
+        # while the lease is still held, so whatever it has in hand ends under the lease), and
+        # only once nothing works under it any more is it released for another instance.
+        with self._state:
+            was_draining = dict(self._draining)
+        ready = {
+            n: generations[n]
+            for n in give
+            if self.idle(n) or was_draining.get(n, 0) >= _MAX_DRAIN_TICKS
+        }
+        draining = tuple(n for n in give if n not in ready)
+        released += tuple(leases.release_many(tx, me, ready))
         if LEADER not in renewed and LEADER not in kept:
             acquired |= leases.acquire_any(tx, [LEADER], me, self.ttl, 1)
         if LEADER in acquired or LEADER in renewed:
             # A few rows at most: the leader forgets long-silent instances as it goes.
             leases.prune_instances(tx, FORGET_INSTANCES_AFTER)
-        return renewed, kept, acquired, released
+        return renewed, kept, acquired, released, draining
 
     def _apply(
         self,
@@ -288,9 +347,11 @@ class LeaseManager:
         kept: dict[str, int],
         acquired: dict[str, int],
         released: tuple[str, ...],
+        draining: tuple[str, ...],
     ) -> LeaseChanges:
         """Bring the held map up to date after a committed tick; what changed."""
         with self._state:
+            self._draining = {n: self._draining.get(n, 0) + 1 for n in draining}
             before = dict(self._held)
             after: dict[str, HeldLease] = {}
             for name in kept:
@@ -328,7 +389,9 @@ class LeaseManager:
                 ", ".join(f"{n} (generation {g})" for n, g in gained.items()) or "none",
                 ", ".join(released) or "none",
             )
-        return LeaseChanges(gained=gained, lost=lost, released=released)
+        if draining:
+            log.info("leases being handed over: %s", ", ".join(draining))
+        return LeaseChanges(gained=gained, lost=lost, released=released, draining=draining)
 
     def _drop_overdue(self, now: float) -> tuple[str, ...]:
         """Forget the leases not renewed within the lease time by the local clock; their names.

@@ -16,10 +16,10 @@ from types import FrameType
 
 from triage.act.compose import message_id_domain
 from triage.core.checkpoint import Checkpoint, no_checkpoint
-from triage.core.errors import ConfigError
+from triage.core.errors import ConfigError, StoreInUseError
 from triage.core.settings import Settings
 from triage.ops.daemon import Control, Daemon, Housekeeping, run_once
-from triage.ops.fleet import LeaseManager, new_instance_id
+from triage.ops.fleet import LeaseManager, fleet_status, new_instance_id
 from triage.ops.health import start_from_settings
 from triage.ops.limits import check_limits
 from triage.ops.logs import redact_settings_secrets
@@ -72,8 +72,10 @@ def prepare(
     service = Service(shared)
     try:
         if not fleet:
+            # In a fleet others may be sending right now: the leader settles stale claims and
+            # rewrites the keys (`Housekeeping`).
             service.outbox.recover()  # logs its own warning for replies left half-sent
-        service.outbox.rekey()  # the window recognises mailboxes by the current settings
+            service.outbox.rekey()  # the window recognises mailboxes by the current settings
     finally:
         service.close()
     # Forked here, before any account thread exists, sharing the loaded model.
@@ -87,6 +89,8 @@ def run_once_command(settings: Settings, checkpoint: Checkpoint = no_checkpoint)
     Raises `StoreInUseError` before doing anything when another process holds the store.
     """
     with exclusive(settings.store):
+        if settings.store.is_postgresql:
+            _refuse_beside_a_fleet(settings)
         shared = prepare(settings, checkpoint)
         try:
             errors = run_once(settings, sync_factory(shared), shared.tokens)
@@ -184,6 +188,23 @@ def _run_forever(
     finally:
         if health is not None:
             health.close()
+
+
+def _refuse_beside_a_fleet(settings: Settings) -> None:
+    """`triage once` serves every account without leases: refuse while a fleet instance is
+    live. The store lock says so too, but a database restart ends the instances' lock sessions
+    (they go on under their leases), so their heartbeats are asked as well."""
+    db = Database(settings.store)
+    try:
+        status = fleet_status(db, settings.fleet.lease_time)
+    finally:
+        db.close()
+    live = [i.instance.id for i in status.instances if i.state == "live"]
+    if live:
+        raise StoreInUseError(
+            f"the store {settings.store.describe()} is served by {len(live)} triage run "
+            f"instance(s) ({', '.join(live)}); `triage once` works alone"
+        )
 
 
 def _lease_manager(settings: Settings) -> LeaseManager:

@@ -31,8 +31,7 @@ from triage.ops.logs import log_outcome
 from triage.ops.metrics import Metrics
 from triage.pipeline import Decided, Planned, Recorder, decide
 from triage.sales.leads import assign_owner, response_target
-from triage.store.db import STORE_ERRORS, Database, Tx
-from triage.store.leases import Fence
+from triage.store.db import STORE_ERRORS, Database, Guard, Tx
 from triage.store.ledger import Ledger, LedgerRow
 
 if TYPE_CHECKING:
@@ -122,16 +121,16 @@ class Shared:
 class Service:
     """One thread's store connection, outbox and pipeline, ready to sync folders.
 
-    With a `fence` (fleet mode) every transaction of its store handle first checks that the
-    lease is still held with that generation (`Database.guard`): an instance that lost the
-    lease records nothing, queues nothing, claims no mail for sending (`LeaseLost`)."""
+    With a `guard` (fleet mode: a lease's `LeaseGuard`) every transaction of its store handle
+    first checks that the lease is still held with that generation (`Database.guard`): an
+    instance that lost the lease records nothing, queues nothing, claims no mail for sending
+    (`LeaseLost`)."""
 
-    def __init__(self, shared: Shared, fence: Fence | None = None) -> None:
+    def __init__(self, shared: Shared, guard: Guard | None = None) -> None:
         self.shared = shared
         self.settings = shared.settings
         self.db = Database(self.settings.store)
-        if fence is not None:
-            self.db.guard = fence
+        self.db.guard = guard
         self.ledger = Ledger(self.db)
         smtp_settings = self.settings.smtp
         self.guard_context = guards.GuardContext.from_settings(self.settings.replies, None)
@@ -423,16 +422,16 @@ class Service:
             log.error("sending replies failed: %s", exc)
 
 
-def sync_factory(shared: Shared, fence: Fence | None = None) -> SyncFactory:
+def sync_factory(shared: Shared, guard: Guard | None = None) -> SyncFactory:
     """The account threads' sync factory: each thread gets its own `Service` (SQLite connections
-    are per thread), built on first use and kept for the thread's life; fenced by `fence` in
+    are per thread), built on first use and kept for the thread's life; guarded by `guard` in
     fleet mode (one factory per account lease generation)."""
     local = threading.local()
 
     def make(account: ImapAccount, mailbox: ImapMailbox) -> list[Callable[[], SyncResult]]:
         service: Service | None = getattr(local, "service", None)
         if service is None:
-            service = local.service = Service(shared, fence)
+            service = local.service = Service(shared, guard)
         return service.folder_syncs(account, mailbox)
 
     return make

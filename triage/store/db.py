@@ -188,6 +188,10 @@ class Guard(Protocol):
     def check(self, tx: Tx, /) -> None:
         """Raise (a StoreError) to refuse the transaction `tx`, before its first statement."""
 
+    def holds(self) -> bool:
+        """Whether, as far as this process can tell without the database, `check` would still
+        pass: asked right before an effect that cannot be recorded first (an SMTP final dot)."""
+
 
 class Tx:
     """One unit of work: the open transaction that a domain step hands to the repositories.
@@ -294,12 +298,14 @@ class Database:
             )
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def transaction(self, *, guarded: bool = True) -> Iterator[Tx]:
         """A write transaction: committed when the block ends, rolled back if it raises.
-        `guard`, when set, runs first in it (see `guard`)."""
+        `guard`, when set, is checked first in it (see `guard`) unless `guarded` is False: for
+        records that are right whoever holds the lease now (the outcome of a send this handle
+        claimed, which names its own claim)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            if self.guard is not None:
+            if guarded and self.guard is not None:
                 self.guard.check(self._reads)
             yield self._reads  # the same connection: its statements are now in the transaction
         except BaseException:
@@ -342,12 +348,12 @@ class PostgresDatabase(Database):
         return self._handle.schema_version
 
     @contextmanager
-    def transaction(self) -> Iterator[Tx]:
+    def transaction(self, *, guarded: bool = True) -> Iterator[Tx]:
         """A write transaction (READ COMMITTED, locks where the store asks for them):
-        committed when the block ends, rolled back if it raises."""
+        committed when the block ends, rolled back if it raises; `guarded` as on SQLite."""
         with self._handle.transaction() as tx:
             unit = Tx(tx, tx.dialect)
-            if self.guard is not None:
+            if guarded and self.guard is not None:
                 self.guard.check(unit)
             yield unit
 

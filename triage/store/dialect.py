@@ -59,16 +59,19 @@ class Dialect(Protocol):
         must be ints or strings."""
         ...
 
-    def for_update(self, *, skip_locked: bool = False) -> str:
+    def for_update(self, *, skip_locked: bool = False, keep_key: bool = False) -> str:
         """The clause that ends a SELECT to lock the rows it returns until the transaction
         ends (skipping rows another transaction holds, with `skip_locked`); "" when the
-        backend's write transactions are serialised anyway."""
+        backend's write transactions are serialised anyway. `keep_key`: the transaction will
+        not change the rows' keys, so rows held `for_share(key_only=True)` are not waited for."""
         ...
 
-    def for_share(self) -> str:
+    def for_share(self, *, key_only: bool = False) -> str:
         """The clause that ends a SELECT to keep the rows it returns from being changed or
         locked for update by others until the transaction ends (readers may share them); ""
-        when the backend's write transactions are serialised anyway."""
+        when the backend's write transactions are serialised anyway. `key_only`: changes that
+        keep the key (`for_update(keep_key=True)`, a plain UPDATE of other columns) go on;
+        only `for_update()` (and deletes) wait."""
         ...
 
     def lock(self, tx: Tx, namespace: str, key: str) -> None:
@@ -115,10 +118,10 @@ class _SQLite:
         condition = f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608
         return condition, [json.dumps(list(values))]
 
-    def for_update(self, *, skip_locked: bool = False) -> str:
+    def for_update(self, *, skip_locked: bool = False, keep_key: bool = False) -> str:
         return ""
 
-    def for_share(self) -> str:
+    def for_share(self, *, key_only: bool = False) -> str:
         return ""
 
     def lock(self, tx: Tx, namespace: str, key: str) -> None:

@@ -11,9 +11,11 @@ the instance: two hosts whose clocks disagree still agree on who holds a lease.
   transaction holds is skipped until that transaction ends.
 - `fence(tx, fence)` is what every transaction that records an effect under a lease calls: it
   raises `LeaseLost` unless the lease is still held with that owner and generation and has not
-  expired, and keeps the row locked (FOR SHARE on PostgreSQL) until the transaction ends, so the
-  lease cannot change hands while the effect is being recorded. On SQLite every write transaction
-  holds the database's write lock, which does the same.
+  expired, and keeps the row locked (FOR KEY SHARE on PostgreSQL) until the transaction ends, so
+  the lease cannot change hands while the effect is being recorded (an acquisition locks FOR
+  UPDATE, which waits for it), while the holder's own renewals (FOR NO KEY UPDATE) go on: a busy
+  account, whose worker always has a transaction open, never misses one. On SQLite every write
+  transaction holds the database's write lock, which does the same.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class Fence:
         """Raise LeaseLost unless this lease is still held as it was acquired; hold it until
         `tx` ends (see `fence`)."""
         fence(tx, self.name, self.owner, self.generation)
+
+    def holds(self) -> bool:
+        """Always True: only the database knows (`check`); `triage.ops.fleet.LeaseGuard` adds
+        the instance's own view of its lease."""
+        return True
 
     def __str__(self) -> str:
         return f"{self.owner} {self.name}#{self.generation}"
@@ -192,16 +199,15 @@ def renew(tx: Tx, name: str, owner: str, generation: int, ttl: float) -> bool:
 
 
 def renew_owned(tx: Tx, owner: str, ttl: float) -> dict[str, int]:
-    """Extend every unexpired lease of `owner` to `ttl` seconds from now, except those a
-    transaction of this owner is fencing right now (they are skipped, not waited for: one slow
-    transaction must not hold up the renewal of every other lease); {name: generation} of
-    those renewed."""
+    """Extend every unexpired lease of `owner` to `ttl` seconds from now; {name: generation} of
+    those renewed. Transactions fencing a lease do not hold its renewal up (their lock keeps the
+    key only); a row another transaction locks for update is skipped, not waited for."""
     d = tx.dialect
     now = d.now_epoch
     # Locked in name order, so that two transactions locking several leases never deadlock.
     rows = tx.execute(
         f"SELECT name FROM leases WHERE owner = ? AND expires_at > {now}"  # noqa: S608
-        f" ORDER BY name{d.for_update(skip_locked=True)}",
+        f" ORDER BY name{d.for_update(skip_locked=True, keep_key=True)}",
         (owner,),
     ).fetchall()
     if not rows:
@@ -285,7 +291,7 @@ def fence(tx: Tx, name: str, owner: str, generation: int) -> None:
     d = tx.dialect
     row = tx.execute(
         "SELECT 1 FROM leases WHERE name = ? AND owner = ? AND generation = ?"  # noqa: S608
-        f" AND expires_at > {d.now_epoch}{d.for_share()}",
+        f" AND expires_at > {d.now_epoch}{d.for_share(key_only=True)}",
         (name, owner, generation),
     ).fetchone()
     if row is None:

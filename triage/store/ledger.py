@@ -304,9 +304,12 @@ class Ledger:
     def refund_attempt(self, row_ids: Iterable[int]) -> None:
         """Take back attempts counted for messages that were never decided because the pass
         stopped on a server or connection error: those did not fail, and must not be
-        quarantined as if they had killed the process."""
+        quarantined as if they had killed the process.
+
+        Not guarded by a lease (fleet mode): a pass cut short because its lease was lost takes
+        its own counts back, which is right whoever serves the account now."""
         now = utcnow()
-        with self.db.transaction() as c:
+        with self.db.transaction(guarded=False) as c:
             c.executemany(
                 "UPDATE messages SET attempts = attempts - 1, updated_at = ?"
                 " WHERE id = ? AND state = 'seen' AND attempts > 0",

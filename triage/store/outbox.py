@@ -117,10 +117,15 @@ def mark_uncertain(tx: Tx, table: Table, row_id: int, mine: Claim, error: str) -
 
 def _unsent(mine: Claim | None, attempts: int) -> tuple[str, tuple[object, ...]]:
     # Before its claim a sender may only touch a row still queued with the attempts it read (so
-    # never a row another sender is sending right now); after it, only its own claim.
+    # never a row another sender is sending right now); after it, only its own claim — also
+    # when a recovery took the sender for dead and marked that very claim uncertain meanwhile
+    # (a person's decision moves the row out of `uncertain`; a resend changes `claimed_at`).
     if mine is None:
         return "state = 'queued' AND attempts = ?", (attempts - 1,)
-    return "state = 'sending' AND claimed_at = ? AND attempts = ?", (mine.at, mine.attempts)
+    return (
+        "state IN ('sending', 'uncertain') AND claimed_at = ? AND attempts = ?",
+        (mine.at, mine.attempts),
+    )
 
 
 def retry_later(

@@ -244,11 +244,12 @@ class PostgresDialect:
         """As `in_list`: an array parameter has no length limit."""
         return f"{column} = ANY(?)", [list(values)]
 
-    def for_update(self, *, skip_locked: bool = False) -> str:
-        return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+    def for_update(self, *, skip_locked: bool = False, keep_key: bool = False) -> str:
+        mode = " FOR NO KEY UPDATE" if keep_key else " FOR UPDATE"
+        return f"{mode} SKIP LOCKED" if skip_locked else mode
 
-    def for_share(self) -> str:
-        return " FOR SHARE"
+    def for_share(self, *, key_only: bool = False) -> str:
+        return " FOR KEY SHARE" if key_only else " FOR SHARE"
 
     def lock(self, tx: _Executes, namespace: str, key: str) -> None:
         """Wait for the transaction-scoped lock of (`namespace`, `key`); commit or rollback
@@ -595,7 +596,7 @@ def hold_store_lock(
     raise StoreInUseError(
         f"the store {name} is in use by another triage process{by}; "
         + (
-            "`triage once` holds it alone"
+            "it holds it alone (`triage once`, or a triage run from before fleet mode)"
             if shared
             else "one process per store (instances of `triage run` share it; `triage once` not)"
         )
