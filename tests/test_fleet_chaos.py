@@ -274,11 +274,17 @@ def test_three_instances_survive_sigkill_sigstop_and_a_database_outage(
     assert all(n == 1 for n in slots.values())
     sent_digests = sum(1 for r in digests if str(r[1]) == "sent")
     assert sent_digests >= 1
-    # No reply stranded: every one was sent (none left sending, uncertain or queued).
-    reply_states = Counter(
-        str(r[0]) for r in Database(store).reads.execute("SELECT state FROM replies").fetchall()
+    # Every reply sent, but for what the killed instance had claimed when it died: those stay
+    # `sending` (the leader marks them uncertain after 2 x smtp.timeout + 60 s: maybe delivered,
+    # never resent), at most one per worker it ran. Nothing else is left unsettled.
+    unsettled = (
+        Database(store)
+        .reads.execute("SELECT state, claimed_by FROM replies WHERE state <> 'sent'")
+        .fetchall()
     )
-    assert reply_states == Counter({"sent": len(CHAOS_PROSPECTS)})
+    assert all(str(r[0]) in {"sending", "uncertain"} for r in unsettled), unsettled
+    assert all(str(r[1]).startswith(f"{victim_id} ") for r in unsettled), unsettled
+    assert len(unsettled) <= len(orphans) + 1
     with fleet_mail.imap("sales") as client:
         in_sales = int(client.select_folder("INBOX", readonly=True)[b"EXISTS"])
     assert in_sales == sent_digests

@@ -25,6 +25,7 @@ class Stuck:
 
     name: str = "main"
     provider: str = "generic"
+    needs_reauth: ReauthorisationNeeded | None = None
 
     def access_token(self, *, force: bool = False) -> AccessToken:
         raise ReauthorisationNeeded(self.name, "invalid_grant")

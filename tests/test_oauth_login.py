@@ -14,7 +14,7 @@ import pytest
 from devtools.mailharness import MailHarness
 from devtools.oauthserver import OAuthServer
 from triage.act.smtp import connect
-from triage.core.errors import AuthenticationError
+from triage.core.errors import AuthenticationError, ReauthorisationNeeded
 from triage.core.settings import ImapAccount, OAuth2Settings, SmtpSettings
 from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.oauth.tokens import AccessToken
@@ -31,6 +31,7 @@ class Tokens:
     asked: list[bool] = field(default_factory=list)
     name: str = "hello"
     provider: str = "generic"
+    needs_reauth: ReauthorisationNeeded | None = None
 
     def access_token(self, *, force: bool = False) -> AccessToken:
         self.asked.append(force)
@@ -161,6 +162,7 @@ class ShortSession:
     asked: list[bool] = field(default_factory=list)
     name: str = "hello"
     provider: str = "generic"
+    needs_reauth: ReauthorisationNeeded | None = None
 
     def access_token(self, *, force: bool = False) -> AccessToken:
         self.asked.append(force)

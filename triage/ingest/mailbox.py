@@ -251,8 +251,8 @@ class ImapMailbox:
         return token
 
     def _mechanism(self) -> str:
-        oauth2 = getattr(self.account, "oauth2", None)
-        return str(getattr(oauth2, "mechanism", "xoauth2")).upper()
+        oauth2 = self.account.oauth2
+        return (oauth2.mechanism if oauth2 is not None else "xoauth2").upper()
 
     def _sasl(self, token: AccessToken) -> bytes:
         acc = self.account

@@ -397,8 +397,8 @@ class Daemon:
         provider = self.tokens.get("smtp")
         if provider is None or any(provider is self.tokens.get(n) for n in self.statuses):
             return []
-        error = getattr(provider, "needs_reauth", None)
-        if not isinstance(error, ReauthorisationNeeded):
+        error = provider.needs_reauth
+        if error is None:
             return []
         status = AccountStatus(provider.name, connected=True, last_sync=time.time())
         status.needs_reauth = f"{provider.provider}: {error.code}"
@@ -661,7 +661,7 @@ class Housekeeping:
         for name, provider in tokens.items():
             if any(provider is other for n, other in tokens.items() if n not in {name, "smtp"}):
                 continue  # SMTP signs in with an account's grant: that account's gauge says it
-            waiting = getattr(provider, "needs_reauth", None) is not None
+            waiting = provider.needs_reauth is not None
             self.shared.metrics.set_needs_reauth(name, waiting)
 
     def close(self) -> None:

@@ -60,6 +60,11 @@ class TokenProvider(Protocol):
         the server rejected it). Raises TokenUnavailable or ReauthorisationNeeded."""
         ...
 
+    @property
+    def needs_reauth(self) -> ReauthorisationNeeded | None:
+        """The error of a grant that stopped working (a person must sign in again), else None."""
+        ...
+
 
 def xoauth2_response(user: str, token: str) -> bytes:
     """The SASL XOAUTH2 initial response (Google's and Microsoft's format), unencoded."""
