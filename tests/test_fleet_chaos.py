@@ -175,7 +175,13 @@ def start_fleet(
 ) -> list[subprocess.Popen[str]]:
     procs = [daemon_factory(config) for _ in range(count)]
     accounts = set(INBOXES)
-    wait_until(lambda: accounts <= set(held(store)), 90, interval=0.5)
+    share = len(INBOXES) // count
+
+    def balanced() -> bool:
+        owners = Counter(owner for name, owner in held(store).items() if name != LEADER)
+        return len(owners) == count and set(owners.values()) == {share}
+
+    wait_until(balanced, 120, interval=0.5)
     wait_until(lambda: synced_accounts(store) == accounts, 90, interval=0.5)
     return procs
 
