@@ -18,11 +18,12 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from triage.store.db import Tx, inserted_id, timestamp
+from triage.store.outbox import QueueTable
 
-TABLE = "webhook_deliveries"
+TABLE: Final[QueueTable] = "webhook_deliveries"
 # The states a delivery may be in (a subset of the delivery queue's).
 STATES = ("queued", "sending", "sent", "failed")
 
@@ -50,7 +51,9 @@ class EndpointState:
     last_error: str | None
 
 
-def sync_endpoints(tx: Tx, endpoints: Sequence[tuple[str, str, Sequence[str]]], now: datetime) -> None:
+def sync_endpoints(
+    tx: Tx, endpoints: Sequence[tuple[str, str, Sequence[str]]], now: datetime
+) -> None:
     """Record the configured endpoints (name, url, events); others become unconfigured (their
     queued deliveries wait). A new url clears a 410's disabling and the failure episode."""
     at = timestamp(now)
@@ -127,9 +130,7 @@ def endpoint_states(tx: Tx) -> list[EndpointState]:
 
 def endpoint_disabled(tx: Tx, name: str) -> bool:
     """Whether a 410 (or a person) disabled the endpoint."""
-    row = tx.execute(
-        "SELECT disabled_at FROM webhook_endpoints WHERE name = ?", (name,)
-    ).fetchone()
+    row = tx.execute("SELECT disabled_at FROM webhook_endpoints WHERE name = ?", (name,)).fetchone()
     return row is not None and row["disabled_at"] is not None
 
 
@@ -174,7 +175,9 @@ def start_failing(tx: Tx, name: str, now: datetime) -> bool:
 
 def failing_since(tx: Tx, name: str) -> str | None:
     """When the endpoint's current failure episode began (None: it is not failing)."""
-    row = tx.execute("SELECT failing_since FROM webhook_endpoints WHERE name = ?", (name,)).fetchone()
+    row = tx.execute(
+        "SELECT failing_since FROM webhook_endpoints WHERE name = ?", (name,)
+    ).fetchone()
     return row["failing_since"] if row else None
 
 
@@ -243,7 +246,7 @@ _DELIVERY = (
 
 
 def _deliveries(tx: Tx, where: str, params: tuple[object, ...]) -> list[Delivery]:
-    rows = tx.execute(f"{_DELIVERY} WHERE {where}", params).fetchall()  # noqa: S608
+    rows = tx.execute(f"{_DELIVERY} WHERE {where}", params).fetchall()
     return [
         Delivery(
             id=int(r["id"]),
@@ -364,7 +367,6 @@ def queue_counts(tx: Tx) -> dict[tuple[str, str], int]:
     return {
         (str(r["endpoint"]), str(r["state"])): int(r["n"])
         for r in tx.execute(
-            "SELECT endpoint, state, count(*) AS n FROM webhook_deliveries"
-            " GROUP BY endpoint, state"
+            "SELECT endpoint, state, count(*) AS n FROM webhook_deliveries GROUP BY endpoint, state"
         )
     }
