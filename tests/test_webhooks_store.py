@@ -40,7 +40,11 @@ def settings(tmp_path: Path) -> Settings:
         tmp_path,
         [
             {"name": "crm", "url": "https://crm.example/hook"},
-            {"name": "status", "url": "https://status.example/hook", "events": ["lead.status_changed"]},
+            {
+                "name": "status",
+                "url": "https://status.example/hook",
+                "events": ["lead.status_changed"],
+            },
         ],
     )
 
