@@ -85,7 +85,7 @@ class Receiver:
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
             raw = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
@@ -114,7 +114,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(b"{}")
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the API's name
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     return Handler
