@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 
 from triage.core.backoff import delay
 from triage.core.checkpoint import Checkpoint, no_checkpoint
-from triage.core.errors import PermanentError
+from triage.core.errors import PermanentError, TriageError
 from triage.core.hosts import is_loopback, tls_context
 from triage.core.settings import Settings, WebhookSettings
 from triage.store import outbox as queue
@@ -88,6 +88,11 @@ def _utcnow() -> datetime:
 
 class WebhookRefused(PermanentError):
     """Raised when the SSRF guard refuses an endpoint's address; nothing was sent."""
+
+
+class WebhookError(TriageError):
+    """Raised when a webhook command names an unknown endpoint or event, or asks what cannot
+    be done (enable an endpoint that is not disabled). A user mistake."""
 
 
 # --- signing -----------------------------------------------------------------------------------
@@ -520,6 +525,44 @@ def sync_endpoints(settings: Settings, db: Database, now: datetime | None = None
         store.sync_endpoints(
             tx, [(w.name, w.url, w.events) for w in settings.webhooks], now or _utcnow()
         )
+
+
+# --- what a person does (`triage webhooks …`) ----------------------------------------------------
+
+
+def configured_endpoint(settings: Settings, name: str) -> WebhookSettings:
+    """The `[[webhooks]]` entry called `name`; WebhookError listing the names otherwise."""
+    for endpoint in settings.webhooks:
+        if endpoint.name == name:
+            return endpoint
+    names = ", ".join(w.name for w in settings.webhooks) or "none is configured"
+    raise WebhookError(f"no webhook {name!r} ({names})")
+
+
+def replay(
+    db: Database, settings: Settings, event_id: str, who: str, now: datetime | None = None
+) -> list[str]:
+    """Queue the event `event_id` again, with its id, for every configured endpoint that takes
+    its type (and is not disabled); returns those endpoints. The receiver de-duplicates by the
+    id: a replay reaches a receiver that lost the event, not one that recorded it."""
+    event_id = event_id.strip()
+    configured = {w.name for w in settings.webhooks}
+    with db.transaction() as tx:
+        kind = store.event_type(tx, event_id)
+        if not kind:
+            raise WebhookError(f"no webhook event {event_id!r} (see triage webhooks list)")
+        endpoints = [n for n in store.subscribers(tx, kind) if n in configured]
+        if not endpoints:
+            raise WebhookError(f"no enabled endpoint takes {kind} events")
+        return store.replay(tx, event_id, endpoints, who, now or _utcnow())
+
+
+def enable(db: Database, settings: Settings, name: str) -> None:
+    """Enable an endpoint a 410 disabled; WebhookError when it is unknown or not disabled."""
+    configured_endpoint(settings, name)
+    with db.transaction() as tx:
+        if not store.enable_endpoint(tx, name):
+            raise WebhookError(f"webhook {name} is not disabled")
 
 
 # --- the threads -------------------------------------------------------------------------------

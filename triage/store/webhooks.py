@@ -334,6 +334,12 @@ def event_exists(tx: Tx, event_id: str) -> bool:
     return row is not None
 
 
+def event_type(tx: Tx, event_id: str) -> str:
+    """The type of the event `event_id` ("" when there is none)."""
+    row = tx.execute("SELECT type FROM webhook_events WHERE event_id = ?", (event_id,)).fetchone()
+    return str(row["type"]) if row else ""
+
+
 def replay(tx: Tx, event_id: str, endpoints: Sequence[str], who: str, now: datetime) -> list[str]:
     """Queue the event `event_id` again, due now with its attempts reset, for each of
     `endpoints` (adding the deliveries it never had); a delivery being sent right now is left
