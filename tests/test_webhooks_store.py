@@ -217,3 +217,28 @@ def test_replay_queues_an_event_again_with_its_id(hooks_store: Store) -> None:
         assert store.replay(c, "msg_unknown", ["crm"], "sam", now) == []
     [again] = store.due(s.db.reads, "crm", now, 10)
     assert (again.id, again.attempts, again.event_id) == (d.id, 0, event_id)
+
+
+def test_retention_empties_the_data_of_delivered_events_only(
+    hooks_store: Store, settings: Settings
+) -> None:
+    """Past `retention_days`, an event every endpoint has had loses its data (the lead, its
+    first message); one still queued keeps it, to be delivered as recorded."""
+    from triage.core.settings import LeadsSettings
+    from triage.sales.leads import apply_retention
+
+    s = hooks_store
+    _row, lead_id = s.inquiry(JANE)
+    with s.db.transaction() as c:
+        record_event(c, "lead.updated", lead_id=lead_id)
+        record_event(c, "lead.updated", lead_id=lead_id)
+    now = datetime.now(UTC)
+    [first, _second] = store.due(s.db.reads, "crm", now, 10)
+    with s.db.transaction() as c:
+        mine = queue.claim(c, store.TABLE, first.id, now, 0)
+        assert mine is not None and queue.mark_sent(c, store.TABLE, first.id, mine, now, None)
+    later = now + timedelta(days=31)
+    result = apply_retention(LeadsSettings(retention_days=30), s.db, later)
+    assert result.webhook_events == 1
+    data = [str(r[0]) for r in s.db.reads.execute("SELECT data FROM webhook_events ORDER BY id")]
+    assert data[0] == "{}" and "jane@doe.example" in data[1]

@@ -778,6 +778,8 @@ def record_lead_event(c: Tx, lead_id: int, cause: str, now: datetime | None = No
     """Within the transaction that just recorded a message's lead (`triage.store.leads.
     record_lead`): `lead.created` when the message made the lead, else `lead.updated` (the
     message joined it). `cause` says what recorded it (`message`, `review`)."""
+    if not hooks.subscribers(c, "lead.created") and not hooks.subscribers(c, "lead.updated"):
+        return None  # the usual case without webhooks: one indexed read, no lead read
     found = store.get_lead(c, lead_id)
     if found is None:
         return None
@@ -800,6 +802,7 @@ class RetentionResult:
     messages: int = 0
     corrections: int = 0
     digests: int = 0
+    webhook_events: int = 0
 
 
 def apply_retention(
@@ -810,8 +813,9 @@ def apply_retention(
     Emptied: `messages.body` and `messages.raw` (lead records, senders and subjects stay),
     `corrections.raw` (the raw message; the correction's subject and body text stay, because they
     are the model's training data — delete those with the corrections themselves if they must go),
-    and the raw message of finished digests and alerts (they quote message snippets). Idempotent
-    and cheap when there is nothing to do; the daemon calls it once a day.
+    the raw message of finished digests and alerts (they quote message snippets), and the data
+    of webhook events no endpoint still has to receive (they hold the lead and its first
+    message). Idempotent and cheap when there is nothing to do; the daemon calls it once a day.
     """
     if settings.retention_days <= 0:
         return RetentionResult()
@@ -819,14 +823,17 @@ def apply_retention(
     cutoff = timestamp(moment - timedelta(days=settings.retention_days))
     with db.transaction() as c:
         emptied = empty_before(c, cutoff)
-    result = RetentionResult(emptied.messages, emptied.corrections, emptied.digests)
-    if result.messages or result.corrections or result.digests:
+        events = hooks.empty_before(c, cutoff)
+    result = RetentionResult(emptied.messages, emptied.corrections, emptied.digests, events)
+    if result.messages or result.corrections or result.digests or events:
         log.info(
-            "retention (%d days): emptied %d messages, %d corrections, %d digests",
+            "retention (%d days): emptied %d messages, %d corrections, %d digests,"
+            " %d webhook events",
             settings.retention_days,
             result.messages,
             result.corrections,
             result.digests,
+            events,
         )
     return result
 

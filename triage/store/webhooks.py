@@ -368,6 +368,17 @@ def replay(tx: Tx, event_id: str, endpoints: Sequence[str], who: str, now: datet
     return queued
 
 
+def empty_before(tx: Tx, cutoff: str) -> int:
+    """Within the caller's transaction (retention): empty the data of events created before
+    `cutoff` (a stored timestamp) that no delivery waits for any more; returns how many."""
+    return tx.execute(
+        "UPDATE webhook_events SET data = '{}' WHERE created_at < ? AND data <> '{}'"
+        " AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_row = webhook_events.id"
+        " AND d.state IN ('queued', 'sending'))",
+        (cutoff,),
+    ).rowcount
+
+
 def queue_counts(tx: Tx) -> dict[tuple[str, str], int]:
     """Deliveries by (endpoint, state), for the metrics."""
     return {
