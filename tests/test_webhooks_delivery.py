@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 
 from tests.test_leads import JANE, Store
 from tests.test_webhooks_store import hook_settings
-from tests.webhook_receiver import Receiver, new_secret, running, secret_file
+from tests.webhook_receiver import Receiver, new_secret, running, secret_file, self_signed
 from triage.act import webhooks
 from triage.act.webhooks import (
     WebhookRefused,
@@ -398,3 +398,32 @@ def test_stopping_cuts_a_post_in_flight(tmp_path: Path, secret: str) -> None:
         thread.join(5)
         assert not thread.is_alive()
         assert result[0].status is None
+
+
+# --- https -------------------------------------------------------------------------------------
+
+
+def test_https_is_verified_against_the_ca_file_for_the_urls_name(
+    tmp_path: Path, secret: str
+) -> None:
+    """https to `localhost` with the receiver's certificate as ca_file: delivered (whichever of
+    localhost's addresses answers). Without it, or with a certificate for another name: no
+    answer, the certificate is refused, nothing reaches the receiver."""
+    cert, key = self_signed(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    other_cert, other_key = self_signed(other, "DNS:crm.example")
+    path = secret_file(tmp_path, secret, "tls.secret")
+    with running(Receiver(secret, tls=(cert, key), host="localhost")) as good:
+        hook = WebhookSettings(name="tls", url=good.url, secret_file=path, ca_file=cert)
+        assert webhooks.ping(hook, "msg_tls").status == 200
+        [event] = good.wait_for(1)
+        assert event["type"] == "ping"
+        unverified = WebhookSettings(name="tls", url=good.url, secret_file=path)
+        answer = webhooks.ping(unverified, "msg_tls2")
+        assert answer.status is None and "CERTIFICATE_VERIFY_FAILED" in answer.error
+    with running(Receiver(secret, tls=(other_cert, other_key))) as wrong:
+        hook = WebhookSettings(name="tls", url=wrong.url, secret_file=path, ca_file=other_cert)
+        answer = webhooks.ping(hook, "msg_tls3")
+        assert answer.status is None and "certificate" in answer.error.lower()
+        assert wrong.attempts == []

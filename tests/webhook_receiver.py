@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +58,9 @@ class Receiver:
     answers: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     default: int = 200
     delay: float = 0.0
+    # (certificate, key) files: serve https
+    tls: tuple[Path, Path] | None = None
+    host: str = "127.0.0.1"
     attempts: list[Attempt] = field(default_factory=list)
     # Events recorded once each, by webhook-id (de-duplicated), in arrival order.
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -64,7 +69,8 @@ class Receiver:
     @property
     def url(self) -> str:
         """The address to configure."""
-        return f"http://127.0.0.1:{self.port}/hook"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}/hook"
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until `count` distinct events arrived; returns them."""
@@ -126,6 +132,10 @@ def running(receiver: Receiver) -> Iterator[Receiver]:
     server = ThreadingHTTPServer(("127.0.0.1", receiver.port), _handler(receiver))
     server.daemon_threads = True
     receiver.port = server.server_address[1]
+    if receiver.tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*receiver.tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
@@ -134,6 +144,36 @@ def running(receiver: Receiver) -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def self_signed(directory: Path, names: str = "DNS:localhost,IP:127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for `names` (subjectAltName) and its key, as files."""
+    cert, key = directory / "receiver.crt", directory / "receiver.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=receiver",
+            "-addext",
+            f"subjectAltName={names}",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
 
 
 def event_types(events: list[dict[str, Any]]) -> list[str]:

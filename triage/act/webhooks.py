@@ -145,13 +145,31 @@ def delivery_body(d: Delivery, base_url: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where one POST goes: the url's parts and the address checked for it."""
+    """Where one POST goes: the url's parts and the addresses checked for it (tried in order)."""
 
     https: bool
     host: str
     port: int
     path: str
-    address: str
+    addresses: tuple[str, ...]
+
+    @property
+    def address(self) -> str:
+        """The first address tried."""
+        return self.addresses[0]
+
+
+def _connect(target: Target, timeout: float) -> socket.socket:
+    """A TCP connection to the first of the checked addresses that answers: never to any
+    other, so no lookup after the check can change where the POST goes."""
+    error: OSError | None = None
+    for address in target.addresses:
+        try:
+            return socket.create_connection((address, target.port), timeout)
+        except OSError as exc:
+            error = exc
+    assert error is not None  # a target has at least one address
+    raise error
 
 
 def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -199,7 +217,7 @@ def resolve_target(endpoint: WebhookSettings) -> Target:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return Target(https, host, port, path, addresses[0])
+    return Target(https, host, port, path, tuple(addresses))
 
 
 class _PinnedHTTP(http.client.HTTPConnection):
@@ -207,10 +225,10 @@ class _PinnedHTTP(http.client.HTTPConnection):
 
     def __init__(self, target: Target, timeout: float) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
-        self._address = target.address
+        self._target = target
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect(self._target, self.timeout or 10.0)
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
@@ -218,11 +236,11 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
     def __init__(self, target: Target, timeout: float, context: Any) -> None:
         super().__init__(target.host, target.port, timeout=timeout, context=context)
-        self._address = target.address
+        self._target = target
         self._tls = context
 
     def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
+        raw = _connect(self._target, self.timeout or 10.0)
         try:
             self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
         except BaseException:
