@@ -88,7 +88,7 @@ class Setup:
             endpoint,
             base_url=self.settings.web.base_url,
             alert=self.alert,
-            on_outcome=lambda n, o: self.outcomes.append((n, o)),
+            on_outcome=kwargs.pop("on_outcome", lambda n, o: self.outcomes.append((n, o))),
             **kwargs,
         )
 
@@ -427,3 +427,23 @@ def test_https_is_verified_against_the_ca_file_for_the_urls_name(
         answer = webhooks.ping(hook, "msg_tls3")
         assert answer.status is None and "certificate" in answer.error.lower()
         assert wrong.attempts == []
+
+
+def test_metrics_count_deliveries_by_outcome_and_the_queue_by_state(
+    setup_for: Callable[..., Setup], receiver: Receiver
+) -> None:
+    """`/metrics`: triage_webhook_deliveries_total by endpoint and outcome, and the queue."""
+    from triage.ops.metrics import Metrics
+
+    metrics = Metrics()
+    s = setup_for([{"name": "crm", "url": receiver.url, **FAST}])
+    receiver.answers = [500]
+    s.event()
+    sender = s.sender("crm", on_outcome=metrics.webhook_delivery)
+    until(lambda: s.states("crm") == [("sent", 2)], sender.deliver_due)
+    metrics.set_webhook_queue(store.queue_counts(s.db.reads), ["crm"])
+    text = metrics.exposition().decode()
+    assert 'triage_webhook_deliveries_total{endpoint="crm",outcome="retry"} 1.0' in text
+    assert 'triage_webhook_deliveries_total{endpoint="crm",outcome="sent"} 1.0' in text
+    assert 'triage_webhook_queue{endpoint="crm",state="sent"} 1.0' in text
+    assert 'triage_webhook_queue{endpoint="crm",state="queued"} 0.0' in text
