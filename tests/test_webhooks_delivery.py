@@ -264,6 +264,8 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     def fake(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
         if host in table:
             table["lookups"].append(host)
+            if not table[host]:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
             family = socket.AF_INET6 if ":" in table[host][0] else socket.AF_INET
             return [(family, socket.SOCK_STREAM, 6, "", (a, port)) for a in table[host]]
         return real(host, port, *args, **kwargs)
@@ -447,3 +449,15 @@ def test_metrics_count_deliveries_by_outcome_and_the_queue_by_state(
     assert 'triage_webhook_deliveries_total{endpoint="crm",outcome="sent"} 1.0' in text
     assert 'triage_webhook_queue{endpoint="crm",state="sent"} 1.0' in text
     assert 'triage_webhook_queue{endpoint="crm",state="queued"} 0.0' in text
+
+
+def test_a_name_that_does_not_resolve_is_retried_not_refused(
+    setup_for: Callable[..., Setup], dns: dict[str, list[str]]
+) -> None:
+    """DNS down (or the name gone) is an attempt without an answer: queued again with backoff."""
+    dns["nowhere.invalid"] = []
+    s = setup_for([{"name": "crm", "url": "https://nowhere.invalid/hook", **FAST}])
+    s.event()
+    assert list(s.sender("crm").deliver_due().values()) == ["retry"]
+    [d] = store.recent(s.db.reads, ["queued"], 5)
+    assert "cannot resolve nowhere.invalid" in (d.error or "")

@@ -55,7 +55,7 @@ from urllib.parse import urlsplit
 
 from triage.core.backoff import delay
 from triage.core.checkpoint import Checkpoint, no_checkpoint
-from triage.core.errors import PermanentError, TriageError
+from triage.core.errors import PermanentError, TransientError, TriageError
 from triage.core.hosts import is_loopback, tls_context
 from triage.core.settings import Settings, WebhookSettings
 from triage.store import outbox as queue
@@ -88,6 +88,11 @@ def _utcnow() -> datetime:
 
 class WebhookRefused(PermanentError):
     """Raised when the SSRF guard refuses an endpoint's address; nothing was sent."""
+
+
+class WebhookUnresolved(TransientError):
+    """Raised when the endpoint's host name does not resolve right now (DNS down or the name
+    gone): an attempt without an answer, retried like one."""
 
 
 class WebhookError(TriageError):
@@ -189,7 +194,8 @@ def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
 
 def resolve_target(endpoint: WebhookSettings) -> Target:
     """Resolve the endpoint's host once and check every address it has; raises WebhookRefused
-    (naming the address and why) when one is not allowed, or when the name does not resolve."""
+    (naming the address and why) when one is not allowed, WebhookUnresolved when the name does
+    not resolve."""
     parts = urlsplit(endpoint.url)
     host = parts.hostname or ""
     https = parts.scheme == "https"
@@ -199,10 +205,10 @@ def resolve_target(endpoint: WebhookSettings) -> Target:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
-        raise WebhookRefused(f"{endpoint.name}: cannot resolve {host}: {exc}") from None
+        raise WebhookUnresolved(f"cannot resolve {host}: {exc}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
-        raise WebhookRefused(f"{endpoint.name}: {host} has no address")
+        raise WebhookUnresolved(f"{host} has no address")
     for address in addresses:
         kind = _refusal(ipaddress.ip_address(address.partition("%")[0]))
         if kind is None or endpoint.allow_private:
@@ -287,7 +293,10 @@ class Poster:
 
     def post(self, body: bytes, headers: dict[str, str]) -> Answer:
         """POST `body`; raises WebhookRefused when the guard refuses (nothing sent)."""
-        target = resolve_target(self.endpoint)
+        try:
+            target = resolve_target(self.endpoint)
+        except WebhookUnresolved as exc:
+            return Answer(None, error=str(exc))
         timeout = self.endpoint.timeout
         conn: http.client.HTTPConnection
         if target.https:
@@ -417,9 +426,13 @@ class WebhookSender:
         what = f"{d.type} {d.event_id} to {self.name}"
         if status is not None and 200 <= status < 300:
             with self.db.transaction() as tx:
-                queue.mark_sent(tx, store.TABLE, d.id, mine, self._clock(), None)
+                recorded = queue.mark_sent(tx, store.TABLE, d.id, mine, self._clock(), None)
                 store.set_status_code(tx, d.id, status)
                 store.end_failing(tx, self.name)
+            if not recorded:
+                # Queued again meanwhile as a dead sender's (a stall longer than the stale-claim
+                # limit): it goes out once more, and the receiver drops it by its webhook-id.
+                log.warning("webhook %s delivered, but its row had moved on meanwhile", what)
             log.info("webhook %s delivered (%s)", what, answer.error)
             return "sent"
         if status == 410:
@@ -677,13 +690,18 @@ __all__ = [
     "OUTCOMES",
     "Answer",
     "Poster",
+    "WebhookError",
     "WebhookRefused",
     "WebhookSender",
+    "WebhookUnresolved",
     "WebhookWorkers",
     "body_of",
+    "configured_endpoint",
     "delivery_body",
+    "enable",
     "ping",
     "recover",
+    "replay",
     "resolve_target",
     "sign",
     "signed_headers",
