@@ -449,8 +449,9 @@ class Housekeeping:
         settings = shared.settings
         now = datetime.now(UTC)
         # The endpoints every process queues events for from now on; and, in the process that
-        # holds the store (the only one that sends webhooks), deliveries a crash left `sending`
-        # go out again at once.
+        # holds the store alone (the only one that sends webhooks), deliveries a crash left
+        # `sending` go out again at once. (Where several processes send, only claims older than
+        # `webhooks.stale_claims` may be taken back: the threads do that as they go.)
         webhooks.sync_endpoints(settings, self.service.db, now)
         webhooks.recover(self.service.db, now, now)
 

@@ -355,7 +355,8 @@ MIGRATIONS: tuple[str, ...] = (
     # for exactly those endpoints; and what the deliveries taught (disabled by a 410, failing
     # since, alerted). `webhook_events`: one row per event, its id (`webhook-id`, the receiver's
     # idempotency key) and the lead as it was then. `webhook_deliveries`: one row per event
-    # and endpoint, walking the delivery queue's states (`triage.store.outbox`).
+    # and endpoint, walking the delivery queue's states (`triage.store.outbox`; `claimed_by` as
+    # for replies: who claimed it, in fleet mode).
     """
     CREATE TABLE webhook_endpoints (
         name            TEXT PRIMARY KEY,
@@ -384,6 +385,7 @@ MIGRATIONS: tuple[str, ...] = (
         attempts      INTEGER NOT NULL DEFAULT 0,
         next_attempt  TEXT NOT NULL,
         claimed_at    TEXT,
+        claimed_by    TEXT,
         sent_at       TEXT,
         status_code   INTEGER,
         error         TEXT,
