@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from triage.act import webhooks
 from triage.core.backoff import Backoff
 from triage.core.errors import (
     AuthenticationError,
@@ -33,12 +32,12 @@ from triage.core.settings import ImapAccount, Settings
 from triage.ingest.mailbox import ImapMailbox
 from triage.ingest.oauth.tokens import TokenProvider
 from triage.ingest.sync import SyncResult
-from triage.ops.alerts import prepare_admin_alerts, queue_admin_alert
+from triage.ops.alerts import prepare_admin_alerts
 from triage.ops.service import Service, Shared
+from triage.ops.webhooks import WebhookService
 from triage.sales.digest import run_digest_if_due
 from triage.sales.leads import apply_retention
-from triage.store import webhooks as webhook_store
-from triage.store.db import STORE_ERRORS, Database, Tx
+from triage.store.db import STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -446,27 +445,9 @@ class Housekeeping:
         self.shared = shared
         self.service = Service(shared)
         self._next_retention = 0.0
-        settings = shared.settings
-        now = datetime.now(UTC)
-        # The endpoints every process queues events for from now on; and, in the process that
-        # holds the store alone (the only one that sends webhooks), deliveries a crash left
-        # `sending` go out again at once. (Where several processes send, only claims older than
-        # `webhooks.stale_claims` may be taken back: the threads do that as they go.)
-        webhooks.sync_endpoints(settings, self.service.db, now)
-        webhooks.recover(self.service.db, now, now)
-
-        def alert(tx: Tx, slot: str, subject: str, lines: Sequence[str]) -> None:
-            queue_admin_alert(tx, slot, subject, lines, settings, datetime.now(UTC))
-
         # Webhooks go out in threads of their own, never inline in `run`: a slow receiver
         # must not delay replies to prospects.
-        self.webhooks = webhooks.WebhookWorkers(
-            settings,
-            lambda: Database(settings.store),
-            checkpoint=shared.checkpoint,
-            on_outcome=shared.metrics.webhook_delivery,
-            alert=alert,
-        )
+        self.webhooks = WebhookService(shared, self.service.db)
         self.webhooks.start()
 
     def run(self) -> None:
@@ -482,11 +463,7 @@ class Housekeeping:
             apply_retention(self.shared.settings.leads, self.service.db)
             self._next_retention = now + RETENTION_PERIOD
         self.shared.metrics.refresh_from_store(self.service.db)
-        if self.shared.settings.webhooks:
-            self.shared.metrics.set_webhook_queue(
-                webhook_store.queue_counts(self.service.db.reads),
-                [w.name for w in self.shared.settings.webhooks],
-            )
+        self.webhooks.publish_metrics(self.service.db)
         tokens = self.shared.tokens
         for name, provider in tokens.items():
             if any(provider is other for n, other in tokens.items() if n not in {name, "smtp"}):
