@@ -26,6 +26,7 @@ from triage.core.models import Classification, Disposition, InboundMessage, Lead
 from triage.decide import guards
 from triage.decide.dispose import dispose
 from triage.parsing import parse
+from triage.sales.leads import record_lead_event
 from triage.store.db import Tx
 from triage.store.leads import NewLead, get_lead, record_lead
 from triage.store.ledger import CLASSIFIED, Ledger, LedgerRow, Outcome
@@ -290,6 +291,9 @@ class Recorder:
                 self.ledger.record_outcome(c, outcome_of(done, reasons))
                 if disposition.lead_kind is not None:
                     lead = get_lead(c, self._lead(c, done, owners.get(d.row_id)))
+                    if lead is not None:
+                        # In this transaction: a rollback (an owner changed) records no event.
+                        record_lead_event(c, lead.id, "message")
                     if (
                         named is not None
                         and disposition.lead_kind is LeadKind.HOT

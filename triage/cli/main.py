@@ -21,6 +21,7 @@ from triage.cli import (
     outbox,
     templates,
     web,
+    webhooks,
 )
 from triage.cli.common import GlobalOptions
 
@@ -67,6 +68,7 @@ app.add_typer(leads.leads_app, name="leads")
 app.add_typer(leads.review_app, name="review")
 app.command("digest")(leads.digest)
 app.add_typer(outbox.app, name="outbox")
+app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(corrections.app, name="corrections")
 app.add_typer(candidate.app, name="model")
 app.command("web")(web.web)

@@ -22,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -623,6 +624,90 @@ class WebSettings(_Section):
         return value
 
 
+#: The events a webhook endpoint may subscribe to (`[[webhooks]] events`).
+WEBHOOK_EVENTS = ("lead.created", "lead.updated", "lead.status_changed", "review.labelled")
+_WEBHOOK_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}$")
+# A Standard Webhooks secret: `whsec_` and the base64 of the key (24 to 64 bytes).
+_WHSEC = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}$")
+
+
+class WebhookSettings(_Section):
+    """One `[[webhooks]]` endpoint: where lead events are POSTed, signed per Standard Webhooks.
+
+    The secrets (`whsec_…`, one per file, mode 0600) are read and checked when the settings are
+    loaded. Several files sign every delivery with each secret (several `v1,` signatures), so a
+    receiver can move to a new secret without losing a delivery: add the new file, let the
+    receiver accept both, then remove the old one.
+    """
+
+    name: str
+    url: str
+    secret_file: Path | None = None
+    secret_files: tuple[Path, ...] = ()
+    events: tuple[str, ...] = WEBHOOK_EVENTS
+    timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    # http:// to a host that is not a loopback address (the body is signed, not encrypted).
+    allow_http: bool = False
+    # Addresses in private, link-local, loopback or otherwise reserved ranges (an intranet CRM);
+    # refused by default so that a URL never reaches the cloud's metadata service or a LAN host.
+    allow_private: bool = False
+    ca_file: Path | None = None
+    # Jittered exponential backoff between attempts, over at most `max_age_hours` per event.
+    retry_initial: Annotated[float, Field(gt=0)] = 30.0
+    retry_max: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    max_age_hours: Annotated[float, Field(gt=0, le=30 * 24)] = 72.0
+    _secrets: tuple[SecretStr, ...] = PrivateAttr(default=())
+
+    @field_validator("events", mode="after")
+    @classmethod
+    def _known_events(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [e for e in value if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown events {', '.join(unknown)}; known: {', '.join(WEBHOOK_EVENTS)}"
+            )
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        problems = []
+        if not _WEBHOOK_NAME.match(self.name):
+            problems.append("name must be 1-40 of a-z, 0-9, - and _ (starting with a letter/digit)")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            problems.append("url must be an https:// address")
+        elif parts.username or parts.password:
+            problems.append("url must not hold a user name or password")
+        elif parts.scheme == "http" and not self.allow_http and not is_loopback(parts.hostname):
+            problems.append("url is http:// to another host: use https:// or set allow_http")
+        files = (*((self.secret_file,) if self.secret_file else ()), *self.secret_files)
+        if not files:
+            problems.append("secret_file (or secret_files) is required: a whsec_... secret")
+        secrets = []
+        for path in files:
+            try:
+                secret = _read_secret_file(path, "secret_file")
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            if not _WHSEC.match(secret.get_secret_value()):
+                problems.append(f"secret_file {path} does not hold a whsec_... secret")
+                continue
+            secrets.append(secret)
+        if problems:
+            raise ValueError(_MISTAKES.join(problems))
+        self._secrets = tuple(secrets)
+        return self
+
+    def secrets(self) -> tuple[str, ...]:
+        """The `whsec_…` secrets in clear, for signing only."""
+        return tuple(s.get_secret_value() for s in self._secrets)
+
+    def subscribes(self, event: str) -> bool:
+        """Whether this endpoint receives events of type `event`."""
+        return event in self.events
+
+
 class Settings(BaseSettings):
     """Every setting of triage, validated. Build it with `load_settings`."""
 
@@ -645,6 +730,14 @@ class Settings(BaseSettings):
     fleet: FleetSettings = Field(default_factory=FleetSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     oauth2: GrantStoreSettings = Field(default_factory=GrantStoreSettings)
+    webhooks: tuple[WebhookSettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_webhooks(self) -> Self:
+        names = [w.name for w in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"webhook names must be unique, got {names}")
+        return self
 
     @model_validator(mode="after")
     def _check_oauth2_account(self) -> Self:

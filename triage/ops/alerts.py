@@ -279,3 +279,20 @@ def _queue(
     mid = notice_message_id(ADMIN, slot, settings, notices.instance(c))
     msg = compose(rendered, recipients, mid, settings, now)
     return queue_notice(c, ADMIN, slot, msg, recipients, settings, now) or None
+
+
+def queue_admin_alert(
+    c: Tx, slot: str, subject: str, lines: Sequence[str], settings: Settings, now: datetime
+) -> int | None:
+    """Within the caller's transaction: queue an administrators' alert under `slot` (once:
+    None when the slot is taken, or when nobody is configured to receive alerts)."""
+    recipients = admin_recipients(settings)
+    if not recipients:
+        log.warning("no admin recipients for the alert %r", subject)
+        return None
+    if notices.slot_taken(c, ADMIN, slot):
+        return None
+    made = _queue(c, slot, subject, lines, settings, recipients, now)
+    if made is not None:
+        log.warning("alert %d queued: %s", made, subject)
+    return made

@@ -37,6 +37,7 @@ from triage.ingest.sync import SyncResult
 from triage.ops.alerts import prepare_admin_alerts
 from triage.ops.fleet import LEADER, LeaseGuard, LeaseManager
 from triage.ops.service import Service, Shared
+from triage.ops.webhooks import WebhookService
 from triage.sales.digest import run_digest_if_due
 from triage.sales.leads import apply_retention
 from triage.store.db import STORE_ERRORS
@@ -607,6 +608,13 @@ class Housekeeping:
         # Fleet mode: the Service fenced by the leader lease, with that lease's generation.
         self._leading: tuple[int, Service] | None = None
         self._next_retention = 0.0
+        # Webhooks go out in threads of their own, never inline in `run`: a slow receiver
+        # must not delay replies to prospects. In a fleet only the leader runs them (one POST
+        # at a time per endpoint across the fleet), from when it leads until it no longer does.
+        self.webhooks: WebhookService | None = None
+        if leases is None:
+            self.webhooks = WebhookService(shared, self.service.db)
+            self.webhooks.start()
 
     def run(self) -> None:
         """One round; called every few seconds by the daemon."""
@@ -617,6 +625,8 @@ class Housekeeping:
             except LeaseLost as exc:
                 log.warning("periodic work stopped, another instance leads now: %s", exc)
         self.shared.metrics.refresh_from_store(self.service.db)
+        if self.webhooks is not None:
+            self.webhooks.publish_metrics(self.service.db)
         self._publish_reauth()
 
     def _leader_service(self) -> Service | None:
@@ -626,8 +636,7 @@ class Housekeeping:
             return self.service
         guard = self.leases.guard(LEADER)
         if self._leading is not None and (guard is None or guard.generation != self._leading[0]):
-            self._leading[1].close()
-            self._leading = None
+            self._stop_leading()
         if guard is None:
             return None
         if self._leading is None:
@@ -637,7 +646,20 @@ class Housekeeping:
             # The reply window's keys follow the settings; in a fleet the leader rewrites them
             # (alone on the store, `prepare` does at start-up).
             service.outbox.rekey()
+            # Deliveries other instances are sending now are theirs: only stale claims are
+            # taken back (`alone=False`).
+            self.webhooks = WebhookService(self.shared, service.db, alone=False)
+            self.webhooks.start()
         return self._leading[1]
+
+    def _stop_leading(self) -> None:
+        """Leave the leader's work: its webhook threads and its fenced store handle."""
+        if self.webhooks is not None:
+            self.webhooks.stop()
+            self.webhooks = None
+        if self._leading is not None:
+            self._leading[1].close()
+            self._leading = None
 
     def _periodic(self, service: Service) -> None:
         settings = self.shared.settings
@@ -665,10 +687,11 @@ class Housekeeping:
             self.shared.metrics.set_needs_reauth(name, waiting)
 
     def close(self) -> None:
-        """Release the store connections."""
-        if self._leading is not None:
-            self._leading[1].close()
-            self._leading = None
+        """Stop the webhook threads and release the store connections."""
+        self._stop_leading()
+        if self.webhooks is not None:
+            self.webhooks.stop()
+            self.webhooks = None
         self.service.close()
 
 

@@ -166,9 +166,11 @@ def clear_secrets() -> None:
 
 
 def redact_settings_secrets(settings: Settings) -> None:
-    """`redact_secrets` with every password in `settings` (each IMAP account's and SMTP's)."""
+    """`redact_secrets` with every password in `settings` (each IMAP account's and SMTP's) and
+    every webhook signing secret."""
     passwords = [account.secret() for account in settings.imap.all_accounts()]
     passwords.append(settings.smtp.secret())
+    passwords.extend(secret for hook in settings.webhooks for secret in hook.secrets())
     redact_secrets(passwords)
 
 

@@ -135,6 +135,22 @@ class Metrics:
         self.smtp_errors = Counter(
             "triage_smtp_errors", "SMTP connection or sending failures.", registry=r
         )
+        # Endpoints come from `[[webhooks]]`; outcomes are `triage.act.webhooks.OUTCOMES`.
+        self.webhook_deliveries = Counter(
+            "triage_webhook_deliveries",
+            "Webhook delivery attempts by endpoint and outcome: sent (2xx), retry (429, 5xx, no"
+            " answer), failed (for good), gone (410: endpoint disabled), refused (SSRF guard),"
+            " taken (another sender had it).",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.webhook_queue = Gauge(
+            "triage_webhook_queue",
+            "Webhook deliveries in the store by endpoint and state (queued, sending, sent,"
+            " failed).",
+            ["endpoint", "state"],
+            registry=r,
+        )
         self.latency = Histogram(
             "triage_handling_seconds",
             "Time from fetching a message to marking it done.",
@@ -222,6 +238,19 @@ class Metrics:
     def smtp_error(self) -> None:
         """Count one SMTP failure (connect, login or a refused/broken send)."""
         self.smtp_errors.inc()
+
+    def webhook_delivery(self, endpoint: str, outcome: str) -> None:
+        """Count one webhook delivery attempt's outcome."""
+        self.webhook_deliveries.labels(endpoint=endpoint, outcome=outcome).inc()
+
+    def set_webhook_queue(
+        self, counts: dict[tuple[str, str], int], endpoints: Sequence[str]
+    ) -> None:
+        """The webhook deliveries by (endpoint, state) of the configured `endpoints`."""
+        for endpoint in endpoints:
+            for state in ("queued", "sending", "sent", "failed"):
+                value = counts.get((endpoint, state), 0)
+                self.webhook_queue.labels(endpoint=endpoint, state=state).set(value)
 
     def set_sync(self, account: str, folder: str, ts: float | None = None) -> None:
         """Record a successful sync of `account`/`folder` at unix time `ts` (default: now)."""

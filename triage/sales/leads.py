@@ -19,10 +19,12 @@ same transaction as the change, and `triage train --with-corrections` learns fro
 
 from __future__ import annotations
 
+import base64
 import csv
 import email
 import email.policy
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
@@ -37,6 +39,7 @@ from triage.core.sanitize import strip_invisible
 from triage.core.settings import LeadsSettings, Settings
 from triage.store import audit
 from triage.store import leads as store
+from triage.store import webhooks as hooks
 from triage.store.corrections import LeadCorrections, correct_lead_messages
 from triage.store.db import Database, Tx, timestamp
 from triage.store.leads import (
@@ -250,6 +253,13 @@ def claim(db: Database, lead_id: int, by: str, now: datetime | None = None) -> L
             {"from": lead.status, "to": "claimed", "owner": by, "was_owner": lead.owner},
             now=moment,
         )
+        record_event(
+            c,
+            "lead.status_changed",
+            lead_id=lead_id,
+            extra={"from": lead.status, "to": "claimed", "by": by},
+            now=moment,
+        )
         return _require(c, lead_id)
 
 
@@ -270,6 +280,13 @@ def assign(db: Database, lead_id: int, to: str, by: str, now: datetime | None = 
         store.set_owner(c, lead_id, to, moment)
         audit.record(
             c, by, "lead.assign", "lead", lead_id, {"to": to, "was_owner": lead.owner}, now=moment
+        )
+        record_event(
+            c,
+            "lead.updated",
+            lead_id=lead_id,
+            extra={"change": "owner", "owner": to, "was_owner": lead.owner, "by": by},
+            now=moment,
         )
         return _require(c, lead_id)
 
@@ -330,6 +347,8 @@ def update(
             if not_a_lead:
                 detail["not_a_lead"] = True
             audit.record(c, by, "lead.status", "lead", lead_id, detail, now=moment)
+            changed = {"from": lead.status, "to": status, "by": by}
+            record_event(c, "lead.status_changed", lead_id=lead_id, extra=changed, now=moment)
             if status in ("won", "lost"):
                 corrections = correct_lead_messages(
                     c, lead_id, confirmed_label(lead.kind), source=status
@@ -373,6 +392,13 @@ def relabel(
             "lead",
             lead_id,
             {"label": label, "was": lead.label, "source": "relabel"},
+            now=moment,
+        )
+        record_event(
+            c,
+            "lead.updated",
+            lead_id=lead_id,
+            extra={"change": "label", "label": label, "was": lead.label, "by": by.strip()},
             now=moment,
         )
         return LeadUpdate(_require(c, lead_id), corrections)
@@ -640,52 +666,48 @@ def split_name(name: str) -> tuple[str, str]:
     return (first, last) if first else (last, "")
 
 
+def export_row(c: Tx, found: LeadRecord, now: datetime) -> dict[str, str]:
+    """One lead as its CSV row (EXPORT_FIELDS order), values as staff may see them."""
+    detail = detail_for_staff(
+        LeadDetail(found, store.lead_messages(c, found.id), store.lead_notes(c, found.id))
+    )
+    lead, messages, notes = detail.lead, detail.messages, detail.notes
+    first, last = split_name(lead.name)
+    return {
+        "id": str(lead.id),
+        "kind": lead.kind,
+        "status": lead.status,
+        "first_name": first,
+        "last_name": last,
+        "name": lead.name,
+        "email": lead.email,
+        "company": lead.company,
+        "phone": lead.phone,
+        "website": lead.website,
+        "owner": lead.owner,
+        "label": lead.label,
+        "confidence": f"{lead.confidence:.2f}",
+        "explanation": "; ".join(lead.explanation),
+        "created": _iso(lead.created_at),
+        "updated": _iso(lead.updated_at),
+        "due": _iso(lead.due_at),
+        "overdue": "yes" if is_overdue(lead, now) else "no",
+        "claimed": _iso(lead.claimed_at),
+        "contacted": _iso(lead.contacted_at),
+        "closed": _iso(lead.closed_at),
+        "messages": str(lead.message_count),
+        "first_subject": lead.first_subject,
+        "first_message": messages[0].body if messages else "",
+        "last_message_at": _iso(lead.last_message_at),
+        "notes": "\n".join(f"{n.author}: {n.text}" if n.author else n.text for n in notes),
+    }
+
+
 def export_rows(db: Database, now: datetime | None = None) -> list[dict[str, str]]:
     """Every lead (all statuses) as one CSV row each, in EXPORT_FIELDS order, oldest first;
     values as staff may see them (`for_staff`)."""
     moment = now or datetime.now(UTC)
-    rows = []
-    for found in store.find_leads(db.reads, STATUSES):
-        detail = detail_for_staff(
-            LeadDetail(
-                found,
-                store.lead_messages(db.reads, found.id),
-                store.lead_notes(db.reads, found.id),
-            )
-        )
-        lead, messages, notes = detail.lead, detail.messages, detail.notes
-        first, last = split_name(lead.name)
-        rows.append(
-            {
-                "id": str(lead.id),
-                "kind": lead.kind,
-                "status": lead.status,
-                "first_name": first,
-                "last_name": last,
-                "name": lead.name,
-                "email": lead.email,
-                "company": lead.company,
-                "phone": lead.phone,
-                "website": lead.website,
-                "owner": lead.owner,
-                "label": lead.label,
-                "confidence": f"{lead.confidence:.2f}",
-                "explanation": "; ".join(lead.explanation),
-                "created": _iso(lead.created_at),
-                "updated": _iso(lead.updated_at),
-                "due": _iso(lead.due_at),
-                "overdue": "yes" if is_overdue(lead, moment) else "no",
-                "claimed": _iso(lead.claimed_at),
-                "contacted": _iso(lead.contacted_at),
-                "closed": _iso(lead.closed_at),
-                "messages": str(lead.message_count),
-                "first_subject": lead.first_subject,
-                "first_message": messages[0].body if messages else "",
-                "last_message_at": _iso(lead.last_message_at),
-                "notes": "\n".join(f"{n.author}: {n.text}" if n.author else n.text for n in notes),
-            }
-        )
-    return rows
+    return [export_row(db.reads, found, moment) for found in store.find_leads(db.reads, STATUSES)]
 
 
 def write_csv(rows: Iterable[Mapping[str, str]], out: IO[str], *, excel_safe: bool = False) -> int:
@@ -708,6 +730,68 @@ def _defused(row: Mapping[str, str]) -> dict[str, str]:
     return {k: "'" + v if v.startswith(_FORMULA_START) else v for k, v in row.items()}
 
 
+# --- webhook events ------------------------------------------------------------------------------
+
+
+def new_event_id() -> str:
+    """A fresh event id (`webhook-id`): `msg_` and 26 random base32 characters."""
+    return "msg_" + base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+def lead_data(c: Tx, lead_id: int, now: datetime) -> dict[str, Any] | None:
+    """A lead as a webhook carries it: its CSV export row and the subjects of its messages.
+    None when there is no such lead."""
+    found = store.get_lead(c, lead_id)
+    if found is None:
+        return None
+    data: dict[str, Any] = dict(export_row(c, found, now))
+    data["subjects"] = [
+        strip_invisible(m.subject) for m in store.lead_messages(c, lead_id, latest=PAGE_MESSAGES)
+    ]
+    return data
+
+
+def record_event(
+    c: Tx,
+    event: str,
+    *,
+    lead_id: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> str | None:
+    """Within the caller's transaction (the change's own): queue `event` for each webhook
+    endpoint that takes it, with the lead `lead_id` as it is now (`lead_data`) and `extra`.
+    Returns the event's id, None when no endpoint takes it (nothing is recorded then)."""
+    endpoints = hooks.subscribers(c, event)
+    if not endpoints:
+        return None
+    moment = now or datetime.now(UTC)
+    data: dict[str, Any] = dict(extra or {})
+    if lead_id is not None:
+        data["lead"] = lead_data(c, lead_id, moment)
+    event_id = new_event_id()
+    hooks.record_event(c, event_id, event, lead_id, data, moment, endpoints)
+    return event_id
+
+
+def record_lead_event(c: Tx, lead_id: int, cause: str, now: datetime | None = None) -> str | None:
+    """Within the transaction that just recorded a message's lead (`triage.store.leads.
+    record_lead`): `lead.created` when the message made the lead, else `lead.updated` (the
+    message joined it). `cause` says what recorded it (`message`, `review`)."""
+    if not hooks.subscribers(c, "lead.created") and not hooks.subscribers(c, "lead.updated"):
+        return None  # the usual case without webhooks: one indexed read, no lead read
+    found = store.get_lead(c, lead_id)
+    if found is None:
+        return None
+    # A lead made in this transaction has exactly this message and was not touched since.
+    created = found.message_count == 1 and found.created_at == found.updated_at
+    if created:
+        return record_event(c, "lead.created", lead_id=lead_id, extra={"cause": cause}, now=now)
+    return record_event(
+        c, "lead.updated", lead_id=lead_id, extra={"change": cause, "by": ""}, now=now
+    )
+
+
 # --- retention -----------------------------------------------------------------------------------
 
 
@@ -718,6 +802,7 @@ class RetentionResult:
     messages: int = 0
     corrections: int = 0
     digests: int = 0
+    webhook_events: int = 0
 
 
 def apply_retention(
@@ -728,8 +813,9 @@ def apply_retention(
     Emptied: `messages.body` and `messages.raw` (lead records, senders and subjects stay),
     `corrections.raw` (the raw message; the correction's subject and body text stay, because they
     are the model's training data — delete those with the corrections themselves if they must go),
-    and the raw message of finished digests and alerts (they quote message snippets). Idempotent
-    and cheap when there is nothing to do; the daemon calls it once a day.
+    the raw message of finished digests and alerts (they quote message snippets), and the data
+    of webhook events no endpoint still has to receive (they hold the lead and its first
+    message). Idempotent and cheap when there is nothing to do; the daemon calls it once a day.
     """
     if settings.retention_days <= 0:
         return RetentionResult()
@@ -737,14 +823,17 @@ def apply_retention(
     cutoff = timestamp(moment - timedelta(days=settings.retention_days))
     with db.transaction() as c:
         emptied = empty_before(c, cutoff)
-    result = RetentionResult(emptied.messages, emptied.corrections, emptied.digests)
-    if result.messages or result.corrections or result.digests:
+        events = hooks.empty_before(c, cutoff)
+    result = RetentionResult(emptied.messages, emptied.corrections, emptied.digests, events)
+    if result.messages or result.corrections or result.digests or events:
         log.info(
-            "retention (%d days): emptied %d messages, %d corrections, %d digests",
+            "retention (%d days): emptied %d messages, %d corrections, %d digests,"
+            " %d webhook events",
             settings.retention_days,
             result.messages,
             result.corrections,
             result.digests,
+            events,
         )
     return result
 
@@ -768,12 +857,15 @@ __all__ = [
     "check_business_hours",
     "claim",
     "detail_for_staff",
+    "export_row",
     "export_rows",
     "for_staff",
     "is_overdue",
     "list_leads",
     "page",
     "queue",
+    "record_event",
+    "record_lead_event",
     "reply_text",
     "response_target",
     "show",

@@ -20,7 +20,7 @@ from triage.core.labels import lead_kind_for
 from triage.core.models import LABELS, Address, LeadKind
 from triage.core.settings import Settings
 from triage.parsing.contacts import extract
-from triage.sales.leads import assign_owner, business_due
+from triage.sales.leads import assign_owner, business_due, record_event, record_lead_event
 from triage.store import audit
 from triage.store import review as store
 from triage.store.corrections import insert_correction
@@ -150,6 +150,26 @@ def relabel(
         "message",
         message.row_id,
         {"label": new_label, "was": old_label, "source": source, "lead": lead_id},
+        now=moment,
+    )
+    if lead_id is not None:
+        record_lead_event(c, lead_id, "review", now=moment)
+    record_event(
+        c,
+        "review.labelled",
+        lead_id=lead_id,
+        extra={
+            "message": {
+                "id": message.row_id,
+                "message_id": message.message_id,
+                "sender": message.sender,
+                "subject": message.subject,
+            },
+            "label": new_label,
+            "was": old_label,
+            "source": source,
+            "by": by,
+        },
         now=moment,
     )
     return Relabelled(added, lead_id)

@@ -30,6 +30,10 @@ from triage.store.leads import lock_prospects
 
 Table = Literal["replies", "digests"]
 TABLES: tuple[Table, ...] = get_args(Table)
+# Webhook deliveries walk the same states (`triage.store.webhooks`); the transitions below take
+# their table too, while the listing, recovery and resolution of mail above stay for mail only.
+QueueTable = Literal["replies", "digests", "webhook_deliveries"]
+QUEUE_TABLES: tuple[QueueTable, ...] = get_args(QueueTable)
 Resolution = Literal["sent", "resend", "drop"]
 RESOLUTIONS: tuple[Resolution, ...] = get_args(Resolution)
 # Replies that are, or may become, a reply the recipient sees: what the rate limits count.
@@ -51,9 +55,9 @@ _RECENT_TO = f"SELECT 1 FROM replies WHERE recipient_key = ? AND created_at >= ?
 _CLAIMED = "claimed_at > ? AND state IN ('sending', 'sent', 'uncertain')"
 
 
-def _table(table: Table) -> str:
-    # The table name is interpolated into SQL: only the two literal names ever pass.
-    if table not in TABLES:
+def _table(table: QueueTable) -> str:
+    # The table name is interpolated into SQL: only the literal names ever pass.
+    if table not in QUEUE_TABLES:
         raise ValueError(f"no delivery table {table!r}")
     return table
 
@@ -72,7 +76,7 @@ class Claim:
 
 
 def claim(
-    tx: Tx, table: Table, row_id: int, now: datetime, attempts: int, by: str | None = None
+    tx: Tx, table: QueueTable, row_id: int, now: datetime, attempts: int, by: str | None = None
 ) -> Claim | None:
     """queued → sending, counting the attempt; `attempts` is the count the sender read with the
     row, `by` who claims it (fleet mode: the instance and its lease). None when the row is not
@@ -93,7 +97,7 @@ _MINE = "id = ? AND claimed_at = ? AND attempts = ?"
 
 
 def mark_sent(
-    tx: Tx, table: Table, row_id: int, mine: Claim, now: datetime, error: str | None
+    tx: Tx, table: QueueTable, row_id: int, mine: Claim, now: datetime, error: str | None
 ) -> bool:
     """The server acknowledged the final dot of this sender's claim: → sent. Also from
     `uncertain`, when a recovery marked this very claim meanwhile. False when the row moved on."""
@@ -105,7 +109,7 @@ def mark_sent(
     return cur.rowcount == 1
 
 
-def mark_uncertain(tx: Tx, table: Table, row_id: int, mine: Claim, error: str) -> None:
+def mark_uncertain(tx: Tx, table: QueueTable, row_id: int, mine: Claim, error: str) -> None:
     """sending → uncertain (this sender's claim only): maybe delivered, never resent
     automatically."""
     tx.execute(
@@ -130,7 +134,7 @@ def _unsent(mine: Claim | None, attempts: int) -> tuple[str, tuple[object, ...]]
 
 def retry_later(
     tx: Tx,
-    table: Table,
+    table: QueueTable,
     row_id: int,
     attempts: int,
     error: str,
@@ -150,7 +154,7 @@ def retry_later(
 
 
 def fail(
-    tx: Tx, table: Table, row_id: int, attempts: int, error: str, mine: Claim | None = None
+    tx: Tx, table: QueueTable, row_id: int, attempts: int, error: str, mine: Claim | None = None
 ) -> bool:
     """Not delivered, and never will be: → failed (same rule as `retry_later`)."""
     where, params = _unsent(mine, attempts)

@@ -355,4 +355,53 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE replies ADD COLUMN claimed_by TEXT;
     ALTER TABLE digests ADD COLUMN claimed_by TEXT;
     """,
+    # 14: signed lead webhooks (issue 18). `webhook_endpoints`: the `[[webhooks]]` the daemon
+    # last started with (name, url, the events it takes as ' a b '), so that a change made by
+    # any process (the CLI, the console, the pipeline) queues its event in its own transaction
+    # for exactly those endpoints; and what the deliveries taught (disabled by a 410, failing
+    # since, alerted). `webhook_events`: one row per event, its id (`webhook-id`, the receiver's
+    # idempotency key) and the lead as it was then. `webhook_deliveries`: one row per event
+    # and endpoint, walking the delivery queue's states (`triage.store.outbox`; `claimed_by` as
+    # for replies: who claimed it, in fleet mode).
+    """
+    CREATE TABLE webhook_endpoints (
+        name            TEXT PRIMARY KEY,
+        url             TEXT NOT NULL,
+        events          TEXT NOT NULL DEFAULT '',
+        configured      INTEGER NOT NULL DEFAULT 1,
+        disabled_at     TEXT,
+        disabled_reason TEXT,
+        failing_since   TEXT,
+        alerted_at      TEXT,
+        updated_at      TEXT NOT NULL
+    );
+    CREATE TABLE webhook_events (
+        id            INTEGER PRIMARY KEY,
+        event_id      TEXT NOT NULL UNIQUE,
+        type          TEXT NOT NULL,
+        lead_id       INTEGER,
+        data          TEXT NOT NULL,
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE webhook_deliveries (
+        id            INTEGER PRIMARY KEY,
+        event_row     INTEGER NOT NULL REFERENCES webhook_events (id),
+        endpoint      TEXT NOT NULL,
+        state         TEXT NOT NULL DEFAULT 'queued',
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        next_attempt  TEXT NOT NULL,
+        claimed_at    TEXT,
+        claimed_by    TEXT,
+        sent_at       TEXT,
+        status_code   INTEGER,
+        error         TEXT,
+        resolution    TEXT,
+        resolved_by   TEXT,
+        resolved_at   TEXT,
+        created_at    TEXT NOT NULL,
+        UNIQUE (event_row, endpoint)
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, state, next_attempt);
+    CREATE INDEX webhook_events_created ON webhook_events (created_at);
+    """,
 )
