@@ -390,3 +390,49 @@ def test_triage_once_is_refused_while_a_fleet_instance_is_live(
     wait_until(lambda: len(a.serving()) == 4, 15)
     with pytest.raises(StoreInUseError, match=r"served by 1 triage run instance\(s\) \(host:a\)"):
         run_once_command(a.settings)
+
+
+def test_only_the_leader_runs_the_webhook_threads(
+    store: StoreSettings, tmp_path: Path, no_mailbox: None
+) -> None:
+    """In a fleet the webhook senders run on the leader alone (one POST at a time per endpoint
+    across the fleet): an instance's Housekeeping starts them when it becomes the leader and
+    stops them when it no longer is."""
+    from tests.webhook_receiver import new_secret, secret_file
+    from triage.core.settings import WebhookSettings
+    from triage.ops.daemon import Housekeeping
+    from triage.ops.service import Shared
+
+    hook = WebhookSettings(
+        name="crm",
+        url="http://127.0.0.1:9/hooks",
+        secret_file=secret_file(tmp_path, new_secret(), "crm.secret"),
+    )
+    settings = Settings(
+        imap=ImapSettings(name="hello", username="hello", password=SecretStr("x")),
+        store=store,
+        webhooks=(hook,),
+    )
+    follower = LeaseManager(
+        lambda: Database(store), "host:b", ["hello"], renew_every=RENEW, ttl=TTL
+    )
+    leader = LeaseManager(lambda: Database(store), "host:a", ["hello"], renew_every=RENEW, ttl=TTL)
+    leader.tick()
+    follower.tick()
+    assert leader.is_leader and not follower.is_leader
+    shared = Shared(settings)
+    leading, following = Housekeeping(shared, leader), Housekeeping(shared, follower)
+    try:
+        following.run()
+        leading.run()
+        assert following.webhooks is None
+        assert leading.webhooks is not None
+        senders = [t for t in threading.enumerate() if t.name == "webhook-crm"]
+        assert len(senders) == 1
+        leader.release_all()
+        leading.run()
+        assert not senders[0].is_alive()
+        assert leading.webhooks is None
+    finally:
+        leading.close()
+        following.close()
