@@ -43,10 +43,10 @@ class Smtp:
         smtp = self
 
         class Flaky(Service):
-            def deliver(self) -> None:
+            def deliver(self, account: str | None = None) -> None:
                 if smtp.down:
                     raise SendError("smtp: connection refused")
-                super().deliver()
+                super().deliver(account)
 
         return Flaky
 

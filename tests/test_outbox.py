@@ -1386,3 +1386,17 @@ def test_smtp_session_reports_each_refused_recipient_and_refuses_no_recipients(
     session.commit()
     session.close()
     assert len(server.messages) == 1
+
+
+def test_an_accounts_delivery_sends_only_the_replies_to_its_own_messages(db: Database) -> None:
+    """`deliver_due(account=...)`: an account's thread sends the replies to its own messages
+    and leaves the others' for their threads (or the periodic work, which sends every one)."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    mine = enqueue(box, 1)  # its message is of account `a` (see `message_row`)
+    theirs = enqueue(box, 2, "q@client.example")
+    with db.transaction() as tx:
+        tx.execute("UPDATE messages SET account = 'other' WHERE uid = 2")
+    assert [item.id for item in box.deliver_due(account="a")] == [mine]
+    assert state(box, theirs).state == "queued"
+    assert [item.id for item in box.deliver_due()] == [theirs]

@@ -172,10 +172,10 @@ def test_an_original_moved_before_its_reply_is_filed_still_gets_answered(
     smtp = {"down": True}
 
     class SmtpDownOnce(Service):
-        def deliver(self) -> None:
+        def deliver(self, account: str | None = None) -> None:
             if smtp["down"]:
                 raise SendError("smtp: connection refused")
-            super().deliver()
+            super().deliver(account)
 
     shared = prepare(settings)
     try:

@@ -578,8 +578,11 @@ class Outbox:
 
     # --- sending ---------------------------------------------------------------------------------
 
-    def deliver_due(self, now: datetime | None = None) -> list[OutboxItem]:
-        """Send every queued reply that is due, over one SMTP connection; return those sent.
+    def deliver_due(
+        self, now: datetime | None = None, account: str | None = None
+    ) -> list[OutboxItem]:
+        """Send every queued reply that is due (with `account`, those answering that IMAP
+        account's messages), over one SMTP connection; return those sent.
 
         Transient failures (server down, 4xx) keep a row queued with its error and move
         `next_attempt` back with jittered exponential backoff; a 5xx or too many attempts mark it
@@ -592,7 +595,7 @@ class Outbox:
         budget = self._budget(moment)
         due = [
             item
-            for item in queue.due_replies(self.db.reads, moment, self._batch_size)
+            for item in queue.due_replies(self.db.reads, moment, self._batch_size, account)
             if not self._deferred(item.id, item.recipient, budget)
         ]
 

@@ -229,9 +229,10 @@ class Service:
 
     # -- effects -------------------------------------------------------------------------------
 
-    def deliver(self) -> None:
-        """Send every reply that is due (live mode queues; the others never reach SMTP)."""
-        sent = self.outbox.deliver_due()
+    def deliver(self, account: str | None = None) -> None:
+        """Send every reply that is due (live mode queues; the others never reach SMTP); with
+        `account`, those answering that account's messages."""
+        sent = self.outbox.deliver_due(account=account)
         if sent:
             self.shared.metrics.reply_sent(len(sent))
 
@@ -383,7 +384,10 @@ class Service:
     ) -> list[Callable[[], SyncResult]]:
         """One sync callable per watched folder of `account`."""
         effects = Effects(
-            deliver=self._deliver_checked,
+            # An account's thread sends the replies to its own messages (the periodic work
+            # sends every due one): threads, and a fleet's instances, rarely reach for the same
+            # reply, and none of them hands a message to the server only to drop it unsent.
+            deliver=partial(self._deliver_checked, account.name),
             file_replies=self.file_replies,
             observe=self.observe,
             synced=self.synced,
@@ -413,9 +417,9 @@ class Service:
             syncs.append(corrections)
         return syncs
 
-    def _deliver_checked(self) -> None:
+    def _deliver_checked(self, account: str) -> None:
         try:
-            self.deliver()
+            self.deliver(account)
         except TransientError as exc:
             # The replies stay queued; the next pass tries again after their backoff.
             self.shared.metrics.smtp_error()

@@ -392,12 +392,21 @@ def replies_in_state(tx: Tx, state: str) -> list[OutboxItem]:
     return _items(tx, "state = ? ORDER BY id", (state,))
 
 
-def due_replies(tx: Tx, now: datetime, limit: int) -> list[OutboxItem]:
-    """Queued replies due at `now`, in the order the caps let them out."""
+def due_replies(tx: Tx, now: datetime, limit: int, account: str | None = None) -> list[OutboxItem]:
+    """Queued replies due at `now`, in the order the caps let them out; with `account`, only
+    replies to messages of that IMAP account."""
+    if account is None:
+        return _items(
+            tx,
+            "state = 'queued' AND next_attempt <= ? ORDER BY priority, created_at, id LIMIT ?",
+            (timestamp(now), limit),
+        )
     return _items(
         tx,
-        "state = 'queued' AND next_attempt <= ? ORDER BY priority, created_at, id LIMIT ?",
-        (timestamp(now), limit),
+        "state = 'queued' AND next_attempt <= ?"
+        " AND message_row IN (SELECT id FROM messages WHERE account = ?)"
+        " ORDER BY priority, created_at, id LIMIT ?",
+        (timestamp(now), account, limit),
     )
 
 
