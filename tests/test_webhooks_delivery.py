@@ -236,15 +236,33 @@ def test_the_last_attempt_of_the_window_fails_and_alerts(
     """An event older than `max_age_hours` whose attempt fails is given up, with an alert."""
     s = setup_for([{"name": "crm", "url": receiver.url, **FAST, "max_age_hours": 1}])
     receiver.default = 503
-    s.event()
-    s.db.reads.execute(
-        "UPDATE webhook_events SET created_at = ?",
-        ((datetime.now(UTC) - timedelta(hours=2)).isoformat(timespec="microseconds"),),
-    )
+    event_id = s.event()
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).isoformat(timespec="microseconds")
+    s.db.reads.execute("UPDATE webhook_events SET created_at = ?", (two_hours_ago,))
+    s.db.reads.execute("UPDATE webhook_deliveries SET created_at = ?", (two_hours_ago,))
     assert list(s.sender("crm").deliver_due().values()) == ["failed"]
     [d] = store.recent(s.db.reads, ["failed"], 5)
     assert "gave up after 1 attempts over 1 hours" in (d.error or "")
     assert len(s.alerts()) == 1
+    # A replay (what the alert suggests) starts the window afresh: failing, it is retried.
+    with s.db.transaction() as tx:
+        assert store.replay(tx, event_id, ["crm"], "admin", datetime.now(UTC)) == ["crm"]
+    assert list(s.sender("crm").deliver_due().values()) == ["retry"]
+
+
+def test_odd_retry_after_values_are_read_safely(
+    setup_for: Callable[..., Setup], receiver: Receiver
+) -> None:
+    """Retry-After as a receiver may send it: a huge number waits no longer than the window
+    (no overflow), a non-ASCII digit is ignored; each attempt is recorded, none left sending."""
+    s = setup_for([{"name": "crm", "url": receiver.url, **FAST, "max_age_hours": 1}])
+    for value in ("99999999999999999999", "\u00b2", "Wed, 21 Oct 2099 07:28:00 GMT"):
+        receiver.answers = [(503, {"Retry-After": value})]
+        s.event()
+        outcomes = list(s.sender("crm").deliver_due().values())
+        assert outcomes and set(outcomes) <= {"retry", "failed"}, (value, outcomes)
+    states = {state for state, _n in s.states("crm")}
+    assert "sending" not in states
 
 
 # --- the SSRF guard ----------------------------------------------------------------------------
@@ -284,13 +302,20 @@ def dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
         ("::ffff:10.0.0.1", "private"),
         ("fe80::1", "link-local"),
         ("0.0.0.0", "unspecified"),  # noqa: S104 - an address to refuse
+        # IPv6 that wraps an IPv4 address a gateway or tunnel reaches: NAT64, 6to4, and forms
+        # outside global unicast (IPv4-compatible, site-local).
+        ("64:ff9b::a00:5", "private"),
+        ("64:ff9b::a9fe:a9fe", "link-local"),
+        ("2002:7f00:1::", "loopback"),
+        ("::7f00:1", "private"),
+        ("fec0::1", "private"),
     ],
 )
 def test_the_guard_refuses_addresses_that_are_not_public(
     tmp_path: Path, dns: dict[str, list[str]], address: str, kind: str
 ) -> None:
-    """A name that resolves to a private, link-local or loopback address is refused (DNS
-    rebinding included); allow_private lets private ranges through."""
+    """A name that resolves to a private, link-local or loopback address, also wrapped in
+    IPv6, is refused; allow_private lets private ranges through."""
     dns["crm.example"] = [address]
     with pytest.raises(WebhookRefused, match=kind):
         resolve_target(endpoint(tmp_path, "https://crm.example/hook"))

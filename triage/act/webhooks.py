@@ -43,6 +43,7 @@ import ipaddress
 import json
 import logging
 import random
+import re
 import socket
 import threading
 import time
@@ -60,7 +61,7 @@ from triage.core.hosts import is_loopback, tls_context
 from triage.core.settings import Settings, WebhookSettings
 from triage.store import outbox as queue
 from triage.store import webhooks as store
-from triage.store.db import Database, Tx
+from triage.store.db import STORE_ERRORS, Database, Tx
 from triage.store.outbox import Claim
 from triage.store.webhooks import Delivery
 
@@ -177,10 +178,42 @@ def _connect(target: Target, timeout: float) -> socket.socket:
     raise error
 
 
+# IPv6 ranges that carry an IPv4 address a gateway or tunnel would reach: judged by that IPv4
+# address (NAT64 of RFC 6052 and RFC 8215; 6to4 and Teredo by the ipaddress module).
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+# Global unicast IPv6: anything else (site-local fec0::/10, IPv4-compatible ::/96, ...) is
+# refused whatever the ipaddress module thinks of it.
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that `ip` wraps (mapped, NAT64, 6to4, Teredo's client), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if any(ip in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
+
+
 def _refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """What kind of address `ip` is when it is not a public unicast one, else None."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(ip)
+        if inner is not None:
+            found = _refusal(inner)
+            return None if found is None else f"{found} (inside {ip})"
+    return _kind(ip)
+
+
+def _kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """`_refusal` of an address that wraps no other."""
+    outside = isinstance(ip, ipaddress.IPv6Address) and ip not in _GLOBAL_UNICAST
+    if outside and not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+        return "private or reserved"
     if ip.is_unspecified or ip.is_multicast:
         return "unspecified or multicast"
     if ip.is_loopback:
@@ -269,7 +302,7 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,10}", value, re.ASCII):
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -401,23 +434,37 @@ class WebhookSender:
         return outcomes
 
     def deliver(self, d: Delivery) -> Outcome:
-        """One attempt of one delivery (see the module)."""
-        moment = self._clock()
+        """One attempt of one delivery (see the module).
+
+        After the claim every record names this claim and is made whoever leads now (the
+        store handle's guard is not asked): a lost lease must not leave the answer unrecorded.
+        An unexpected error after the claim (a receiver's odd header, a bug) is recorded as a
+        failed attempt, retried within the window like any other, never left in `sending`."""
         with self.db.transaction() as tx:
-            mine = queue.claim(tx, store.TABLE, d.id, moment, d.attempts)
+            moment = self._clock()  # after any wait for a connection: see `Delivery._send`
+            by = None if self.db.guard is None else str(self.db.guard)
+            mine = queue.claim(tx, store.TABLE, d.id, moment, d.attempts, by)
         if mine is None:
             return "taken"
         self._checkpoint("webhook_claimed")
-        body = delivery_body(d, self.base_url)
-        headers = signed_headers(self.endpoint.secrets(), d.event_id, int(moment.timestamp()), body)
         try:
-            answer = self.poster.post(body, headers)
-        except WebhookRefused as exc:
-            self._give_up(d, mine, str(exc), None)
-            log.error("webhook %s of %s refused: %s", d.event_id, self.name, exc)
-            return "refused"
-        self._checkpoint("webhook_posted")
-        outcome = self._record(d, mine, answer)
+            body = delivery_body(d, self.base_url)
+            headers = signed_headers(
+                self.endpoint.secrets(), d.event_id, int(moment.timestamp()), body
+            )
+            try:
+                answer = self.poster.post(body, headers)
+            except WebhookRefused as exc:
+                self._give_up(d, mine, str(exc), None)
+                log.error("webhook %s of %s refused: %s", d.event_id, self.name, exc)
+                return "refused"
+            self._checkpoint("webhook_posted")
+            outcome = self._record(d, mine, answer)
+        except Exception as exc:
+            if isinstance(exc, STORE_ERRORS):
+                raise  # the store is failing: the claim goes stale and is taken back
+            log.exception("webhook %s to %s: unexpected error", d.event_id, self.name)
+            return self._retry(d, mine, Answer(None, None, f"{type(exc).__name__}: {exc}"))
         self._checkpoint("webhook_recorded")
         return outcome
 
@@ -425,7 +472,7 @@ class WebhookSender:
         status = answer.status
         what = f"{d.type} {d.event_id} to {self.name}"
         if status is not None and 200 <= status < 300:
-            with self.db.transaction() as tx:
+            with self.db.transaction(guarded=False) as tx:
                 recorded = queue.mark_sent(tx, store.TABLE, d.id, mine, self._clock(), None)
                 store.set_status_code(tx, d.id, status)
                 store.end_failing(tx, self.name)
@@ -452,17 +499,20 @@ class WebhookSender:
         wait = delay(
             mine.attempts, self.endpoint.retry_initial, self.endpoint.retry_max, self._jitter
         )
+        window = timedelta(hours=self.endpoint.max_age_hours)
         if answer.retry_after is not None:
-            wait = max(wait, answer.retry_after)
+            # Capped by the window: a receiver's huge value must not overflow the date.
+            wait = max(wait, min(answer.retry_after, window.total_seconds() + 1))
         at = moment + timedelta(seconds=wait)
-        deadline = d.event_created_at + timedelta(hours=self.endpoint.max_age_hours)
+        start = max(d.event_created_at, d.queued_at or d.event_created_at)
+        deadline = start + window
         if at > deadline:
             hours = f"{self.endpoint.max_age_hours:g}"
             reason = f"gave up after {mine.attempts} attempts over {hours} hours: {answer.error}"
             self._give_up(d, mine, reason, answer.status)
             log.error("webhook %s to %s failed: %s", d.event_id, self.name, reason)
             return "failed"
-        with self.db.transaction() as tx:
+        with self.db.transaction(guarded=False) as tx:
             queue.retry_later(tx, store.TABLE, d.id, mine.attempts, answer.error, at, mine)
             store.set_status_code(tx, d.id, answer.status)
         log.warning(
@@ -478,7 +528,7 @@ class WebhookSender:
         """Failed for good, with the first such failure of an episode alerting the admin, in
         one transaction (so the alert is queued exactly once)."""
         moment = self._clock()
-        with self.db.transaction() as tx:
+        with self.db.transaction(guarded=False) as tx:
             if not queue.fail(tx, store.TABLE, d.id, mine.attempts, reason, mine):
                 return
             store.set_status_code(tx, d.id, status)
@@ -503,7 +553,7 @@ class WebhookSender:
     def _gone(self, d: Delivery, mine: Claim, answer: Answer) -> None:
         moment = self._clock()
         reason = f"{answer.error}: the receiver says the endpoint is gone"
-        with self.db.transaction() as tx:
+        with self.db.transaction(guarded=False) as tx:
             queue.fail(tx, store.TABLE, d.id, mine.attempts, reason, mine)
             store.set_status_code(tx, d.id, answer.status)
             failed = store.disable_endpoint(tx, self.name, reason, moment)

@@ -364,6 +364,7 @@ class Daemon:
         leases: LeaseManager | None = None,
         fenced_syncs: Callable[[LeaseGuard], SyncFactory] | None = None,
         on_leases: Callable[[Mapping[str, float]], None] = lambda _ages: None,
+        on_stop: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         # OAuth2 token providers by account name (accounts that sign in with a password have none).
@@ -378,6 +379,9 @@ class Daemon:
         self.fenced_syncs = fenced_syncs
         # Told {lease: seconds since renewed} after every lease tick (the metrics' gauges).
         self.on_leases = on_leases
+        # Called once every worker and the periodic work have stopped, before the leases are
+        # released: what still works under the leader lease in threads of its own stops here.
+        self.on_stop = on_stop
         self._accounts = {a.name: a for a in settings.imap.all_accounts()}
         if leases is None:
             self.statuses = {name: AccountStatus(name) for name in self._accounts}
@@ -472,13 +476,22 @@ class Daemon:
             self.control.stop.set()
             for thread in threads:
                 thread.join()
-            if self.leases is not None:
-                # Only now: the account workers have stopped (the lease thread joined them) and
-                # so has this thread's periodic work under the leader lease.
-                released = self.leases.release_all()
-                if released:
-                    log.info("leases released: %s", ", ".join(released))
+            self._finish()
             log.info("triage stopped")
+
+    def _finish(self) -> None:
+        """After every worker and the periodic work stopped: stop what runs beside them
+        (`on_stop`), then give the leases up."""
+        try:
+            self.on_stop()
+        except Exception:
+            log.exception("stopping the periodic work's threads failed")
+        if self.leases is not None:
+            # Only now: the account workers have stopped (the lease thread joined them), and so
+            # has the periodic work under the leader lease, webhook senders included.
+            released = self.leases.release_all()
+            if released:
+                log.info("leases released: %s", ", ".join(released))
 
     def _idle(self, name: str) -> bool:
         """Whether no worker of this instance runs for account `name` (the lease manager hands
@@ -546,6 +559,10 @@ class Daemon:
         assert self.fenced_syncs is not None and self.leases is not None
         for name, generation in wanted.items():
             if name in self._running or self.control.stop.is_set():
+                continue
+            if any(n == name for n, _t in self._retired):
+                # Its previous worker (a hand-over called off, or a generation lost and won
+                # again) is still ending its pass: one worker per account, the next round.
                 continue
             fence = Fence(name, self.leases.instance_id, generation)
             guard = LeaseGuard(fence, self.leases)
@@ -641,16 +658,29 @@ class Housekeeping:
             return None
         if self._leading is None:
             service = Service(self.shared, guard)
+            try:
+                # The reply window's keys follow the settings; in a fleet the leader rewrites
+                # them (alone on the store, `prepare` does at start-up).
+                service.outbox.rekey()
+                # Deliveries other instances are sending now are theirs: only stale claims are
+                # taken back (`alone=False`). The senders' store handles carry the leader's
+                # guard: an instance that no longer leads claims no delivery.
+                webhooks = WebhookService(self.shared, service.db, alone=False, guard=guard)
+            except BaseException:
+                # Not leading yet: the next round tries all of it again.
+                service.close()
+                raise
+            webhooks.start()
+            self.webhooks = webhooks
             self._leading = (guard.generation, service)
             log.info("leading the fleet's periodic work (generation %d)", guard.generation)
-            # The reply window's keys follow the settings; in a fleet the leader rewrites them
-            # (alone on the store, `prepare` does at start-up).
-            service.outbox.rekey()
-            # Deliveries other instances are sending now are theirs: only stale claims are
-            # taken back (`alone=False`).
-            self.webhooks = WebhookService(self.shared, service.db, alone=False)
-            self.webhooks.start()
         return self._leading[1]
+
+    def stop_threads(self) -> None:
+        """Stop the webhook senders (at shutdown, before the leases are released)."""
+        if self.webhooks is not None:
+            self.webhooks.stop()
+            self.webhooks = None
 
     def _stop_leading(self) -> None:
         """Leave the leader's work: its webhook threads and its fenced store handle."""

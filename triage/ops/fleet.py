@@ -50,8 +50,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Ticks a lease handed over may drain before it is released even though something still works
-# under it (a stuck SMTP answer, say): the fence keeps that from recording anything afterwards.
+# Ticks a lease handed over drains at most: released at the latest on the second tick, even
+# though something still works under it (a stuck SMTP answer, say): the fence keeps that from
+# recording anything afterwards.
 _MAX_DRAIN_TICKS = 2
 DEFAULT_RENEW_EVERY = 5.0
 DEFAULT_TTL = 20.0
@@ -329,7 +330,7 @@ class LeaseManager:
         ready = {
             n: generations[n]
             for n in give
-            if self.idle(n) or was_draining.get(n, 0) >= _MAX_DRAIN_TICKS
+            if self.idle(n) or was_draining.get(n, 0) >= _MAX_DRAIN_TICKS - 1
         }
         draining = tuple(n for n in give if n not in ready)
         released += tuple(leases.release_many(tx, me, ready))

@@ -163,6 +163,7 @@ def _run_forever(
                 leases=leases,
                 fenced_syncs=partial(sync_factory, shared),
                 on_leases=metrics.set_leases,
+                on_stop=housekeeping.stop_threads,
             )
             current.append(daemon)
             try:

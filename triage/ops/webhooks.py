@@ -16,24 +16,34 @@ from triage.act import webhooks
 from triage.ops.alerts import queue_admin_alert
 from triage.ops.service import Shared
 from triage.store import webhooks as store
-from triage.store.db import Database, Tx
+from triage.store.db import Database, Guard, Tx
 
 
 class WebhookService:
     """The webhook threads of one run of the service (see the module)."""
 
-    def __init__(self, shared: Shared, db: Database, *, alone: bool = True) -> None:
+    def __init__(
+        self, shared: Shared, db: Database, *, alone: bool = True, guard: Guard | None = None
+    ) -> None:
         """Record the endpoints with `db` and take back what a crash left `sending`: every such
         delivery when this process is `alone` on the store (no other one sends webhooks), else
-        only claims older than `webhooks.stale_claims` (which the threads also do as they go)."""
+        only claims older than `webhooks.stale_claims` (which the threads also do as they go).
+        `guard` (fleet mode: the leader lease's) guards the senders' store handles, so that an
+        instance that no longer leads claims no delivery."""
         self.shared = shared
         settings = shared.settings
         now = datetime.now(UTC)
         webhooks.sync_endpoints(settings, db, now)
         webhooks.recover(db, now if alone else webhooks.stale_claims(settings, now), now)
+
+        def open_db() -> Database:
+            handle = Database(settings.store)
+            handle.guard = guard
+            return handle
+
         self.workers = webhooks.WebhookWorkers(
             settings,
-            lambda: Database(settings.store),
+            open_db,
             checkpoint=shared.checkpoint,
             on_outcome=shared.metrics.webhook_delivery,
             alert=self._alert,

@@ -667,9 +667,11 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 def export_row(c: Tx, found: LeadRecord, now: datetime) -> dict[str, str]:
-    """One lead as its CSV row (EXPORT_FIELDS order), values as staff may see them."""
+    """One lead as its CSV row (EXPORT_FIELDS order), values as staff may see them. Only the
+    first message is read: a webhook event builds this row in the transaction of its change,
+    and a lead may hold any number of messages."""
     detail = detail_for_staff(
-        LeadDetail(found, store.lead_messages(c, found.id), store.lead_notes(c, found.id))
+        LeadDetail(found, store.lead_messages(c, found.id, oldest=1), store.lead_notes(c, found.id))
     )
     lead, messages, notes = detail.lead, detail.messages, detail.notes
     first, last = split_name(lead.name)

@@ -381,18 +381,23 @@ def unalerted_hot_leads(c: Tx, since: datetime) -> list[LeadRecord]:
     return [_record(r) for r in rows]
 
 
-def lead_messages(c: Tx, lead_id: int, latest: int | None = None) -> list[LeadMessage]:
-    """The messages of a lead, oldest first; only the `latest` ones when given (a stranger can
-    send a lead any number of messages, a page shows a bounded few)."""
+def lead_messages(
+    c: Tx, lead_id: int, latest: int | None = None, *, oldest: int | None = None
+) -> list[LeadMessage]:
+    """The messages of a lead, oldest first; only the `latest` ones, or the `oldest` ones, when
+    given (a stranger can send a lead any number of messages, a page shows a bounded few)."""
+    order, limit = ("ASC", oldest) if oldest is not None else ("DESC", latest)
     rows = c.execute(
         "SELECT m.id, m.message_id, m.sender, m.subject, m.body, m.decision, m.created_at,"  # noqa: S608
         " m.label, m.confidence, m.reasons, m.reviewed_label, m.reviewed_by"
         " FROM lead_messages lm JOIN messages m ON m.id = lm.message_row"
-        " WHERE lm.lead_id = ? ORDER BY m.id DESC" + ("" if latest is None else " LIMIT ?"),
-        (lead_id,) if latest is None else (lead_id, latest),
+        f" WHERE lm.lead_id = ? ORDER BY m.id {order}" + ("" if limit is None else " LIMIT ?"),
+        (lead_id,) if limit is None else (lead_id, limit),
     ).fetchall()
+    if order == "DESC":
+        rows = list(reversed(rows))
     out = []
-    for r in reversed(rows):
+    for r in rows:
         received = _time(r["created_at"])
         assert received is not None
         out.append(

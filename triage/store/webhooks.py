@@ -236,11 +236,14 @@ class Delivery:
     data: dict[str, Any]
     event_created_at: datetime
     lead_id: int | None
+    # When this delivery was queued (last): a replay starts its retry window afresh.
+    queued_at: datetime | None = None
 
 
 _DELIVERY = (
     "SELECT d.id, d.endpoint, d.state, d.attempts, d.next_attempt, d.error, d.status_code,"
-    " e.event_id, e.type, e.data, e.created_at AS event_created_at, e.lead_id"
+    " e.event_id, e.type, e.data, e.created_at AS event_created_at, e.lead_id,"
+    " d.created_at AS queued_at"
     " FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_row"
 )
 
@@ -260,6 +263,7 @@ def _deliveries(tx: Tx, where: str, params: tuple[object, ...]) -> list[Delivery
             type=str(r["type"]),
             data=json.loads(r["data"]),
             event_created_at=datetime.fromisoformat(str(r["event_created_at"])),
+            queued_at=datetime.fromisoformat(str(r["queued_at"])),
             lead_id=None if r["lead_id"] is None else int(r["lead_id"]),
         )
         for r in rows
@@ -341,9 +345,9 @@ def event_type(tx: Tx, event_id: str) -> str:
 
 
 def replay(tx: Tx, event_id: str, endpoints: Sequence[str], who: str, now: datetime) -> list[str]:
-    """Queue the event `event_id` again, due now with its attempts reset, for each of
-    `endpoints` (adding the deliveries it never had); a delivery being sent right now is left
-    alone. Returns the endpoints queued."""
+    """Queue the event `event_id` again, due now with its attempts reset and its retry window
+    starting now, for each of `endpoints` (adding the deliveries it never had); a delivery
+    being sent right now is left alone. Returns the endpoints queued."""
     row = tx.execute("SELECT id FROM webhook_events WHERE event_id = ?", (event_id,)).fetchone()
     if row is None:
         return []
@@ -352,9 +356,9 @@ def replay(tx: Tx, event_id: str, endpoints: Sequence[str], who: str, now: datet
     for name in endpoints:
         cur = tx.execute(
             "UPDATE webhook_deliveries SET state = 'queued', attempts = 0, next_attempt = ?,"
-            " error = 'replay requested by ' || ? || ' at ' || ?"
+            " created_at = ?, error = 'replay requested by ' || ? || ' at ' || ?"
             " WHERE event_row = ? AND endpoint = ? AND state <> 'sending'",
-            (at, who or "?", at, int(row["id"]), name),
+            (at, at, who or "?", at, int(row["id"]), name),
         )
         if cur.rowcount == 0:
             cur = tx.execute(
