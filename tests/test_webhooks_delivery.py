@@ -6,6 +6,7 @@ receiver holds up no other endpoint."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -425,6 +426,73 @@ def test_stopping_cuts_a_post_in_flight(tmp_path: Path, secret: str) -> None:
         thread.join(5)
         assert not thread.is_alive()
         assert result[0].status is None
+
+
+class Silent:
+    """A TCP server on 127.0.0.1 that accepts and then only trickles a byte every 0.2 s (or
+    says nothing at all): a TLS handshake or an HTTP answer that never ends."""
+
+    def __init__(self, trickle: bool) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.trickle = trickle
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        with conn:
+            if self.trickle:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not self.stop.wait(0.2):
+                if self.trickle:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(b"X-Slow: y\r\n")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+def test_timeout_bounds_the_whole_attempt(tmp_path: Path, secret: str) -> None:
+    """A receiver that answers a header line every 0.2 s never lets one read wait `timeout`:
+    the attempt is cut after `timeout` seconds all the same, with no answer."""
+    silent = Silent(trickle=True)
+    try:
+        path = secret_file(tmp_path, secret, "drip.secret")
+        url = f"http://127.0.0.1:{silent.port}/hook"
+        poster = webhooks.Poster(WebhookSettings(name="d", url=url, secret_file=path, timeout=1))
+        started = time.monotonic()
+        answer = poster.post(b"{}", {})
+        assert time.monotonic() - started < 5
+        assert answer.status is None and "timed out" in answer.error
+    finally:
+        silent.close()
+
+
+def test_stopping_cuts_a_post_during_its_tls_handshake(tmp_path: Path, secret: str) -> None:
+    """`Poster.abort` while the server has not answered the TLS ClientHello: the attempt ends
+    at once, and nothing is sent afterwards."""
+    silent = Silent(trickle=False)
+    try:
+        path = secret_file(tmp_path, secret, "tls.secret")
+        url = f"https://localhost:{silent.port}/hook"
+        poster = webhooks.Poster(
+            WebhookSettings(name="t", url=url, secret_file=path, timeout=60, allow_private=True)
+        )
+        result: list[webhooks.Answer] = []
+        thread = threading.Thread(target=lambda: result.append(poster.post(b"{}", {})))
+        thread.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        poster.abort()
+        thread.join(5)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 5
+        assert result[0].status is None
+    finally:
+        silent.close()
 
 
 # --- https -------------------------------------------------------------------------------------

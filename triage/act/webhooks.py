@@ -265,9 +265,11 @@ class _PinnedHTTP(http.client.HTTPConnection):
     def __init__(self, target: Target, timeout: float) -> None:
         super().__init__(target.host, target.port, timeout=timeout)
         self._target = target
+        # The TCP socket as soon as it is connected (before any TLS): what `Poster` cuts.
+        self.raw: socket.socket | None = None
 
     def connect(self) -> None:
-        self.sock = _connect(self._target, self.timeout or 10.0)
+        self.sock = self.raw = _connect(self._target, self.timeout or 10.0)
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
@@ -277,13 +279,21 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         super().__init__(target.host, target.port, timeout=timeout, context=context)
         self._target = target
         self._tls = context
+        self.raw: socket.socket | None = None
 
     def connect(self) -> None:
-        raw = _connect(self._target, self.timeout or 10.0)
+        raw = self.raw = _connect(self._target, self.timeout or 10.0)
         try:
-            self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+            # The TLS socket takes the descriptor over: it is `sock` before the handshake, so
+            # that `Poster` can cut a handshake that never ends.
+            self.sock = self._tls.wrap_socket(
+                raw, server_hostname=self.host, do_handshake_on_connect=False
+            )
+            self.sock.do_handshake()
         except BaseException:
             raw.close()
+            if self.sock is not None:
+                self.sock.close()
             raise
 
 
@@ -341,32 +351,62 @@ class Poster:
             if self._aborted:
                 return Answer(None, error="stopping")
             self._current = conn
+        # `timeout` bounds each socket operation; this bounds the whole attempt (a receiver
+        # answering a byte at a time would hold it for ever): the connection is cut then.
+        expired = threading.Event()
+        timer = threading.Timer(timeout, self._cut, (conn, expired))
+        timer.daemon = True
+        timer.start()
         try:
+            conn.connect()
+            if self._stopping():  # stopped while connecting: nothing is sent
+                return Answer(None, error="stopping")
             conn.request("POST", target.path, body=body, headers=headers)
             response = conn.getresponse()
             response.read(MAX_ANSWER)
+            if expired.is_set():
+                # Cut mid-answer: whatever was parsed (a status line, say) is not an answer.
+                return Answer(None, error=f"no answer from {target.host}: timed out")
             return Answer(
                 response.status,
                 retry_after(response.getheader("Retry-After"), self._clock()),
                 f"HTTP {response.status} {response.reason}".strip(),
             )
         except (OSError, http.client.HTTPException) as exc:
-            what = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            if expired.is_set() or isinstance(exc, TimeoutError):
+                what = "timed out"
+            else:
+                what = f"{type(exc).__name__}: {exc}"
             return Answer(None, error=f"no answer from {target.host}: {what}")
         finally:
+            timer.cancel()
             with self._lock:
                 self._current = None
             conn.close()
 
+    def _stopping(self) -> bool:
+        with self._lock:
+            return self._aborted
+
+    @staticmethod
+    def _cut(conn: http.client.HTTPConnection, expired: threading.Event | None = None) -> None:
+        """Shut the connection's socket down (TLS or not yet), ending what blocks on it."""
+        if expired is not None:
+            expired.set()
+        sock = conn.sock or getattr(conn, "raw", None)
+        if sock is not None:
+            # The connection may be closing on its own meanwhile: nothing left to cut then.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def abort(self) -> None:
-        """End the POST in flight, if any, and refuse further ones."""
+        """End the POST in flight, if any (also during its TLS handshake), and refuse
+        further ones."""
         with self._lock:
             self._aborted = True
             conn = self._current
-        if conn is not None and conn.sock is not None:
-            # The connection may be closing on its own meanwhile: nothing left to cut then.
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+        if conn is not None:
+            self._cut(conn)
 
 
 def ping(endpoint: WebhookSettings, msg_id: str, now: datetime | None = None) -> Answer:
