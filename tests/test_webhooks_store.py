@@ -132,6 +132,26 @@ def test_a_claim_is_a_status_change_for_both_endpoints_and_a_refused_one_is_none
     assert len(deliveries(s.db)) == 2
 
 
+def test_a_note_is_an_update_and_a_status_change_carries_its_note(hooks_store: Store) -> None:
+    """A note alone queues lead.updated (change: note) with the note in the lead's row; a
+    status change with a note queues one lead.status_changed whose lead already has the note;
+    setting the status a lead has, without a note, queues nothing."""
+    s = hooks_store
+    _row, lead_id = s.inquiry(JANE)
+    update(s.db, lead_id, note="called back, wants a demo", by="sam")
+    [d] = [x for x in store.recent(s.db.reads, ["queued"], 10) if x.endpoint == "crm"]
+    assert d.type == "lead.updated" and d.data["change"] == "note"
+    assert "wants a demo" in d.data["lead"]["notes"]
+    claim(s.db, lead_id, "sam")
+    update(s.db, lead_id, status="contacted", note="demo booked", by="sam")
+    newest = next(x for x in store.recent(s.db.reads, ["queued"], 10) if x.endpoint == "crm")
+    assert newest.type == "lead.status_changed" and newest.data["to"] == "contacted"
+    assert "demo booked" in newest.data["lead"]["notes"]
+    before = len(deliveries(s.db))
+    update(s.db, lead_id, status="contacted", by="sam")
+    assert len(deliveries(s.db)) == before
+
+
 def test_no_endpoint_no_event(tmp_path: Path) -> None:
     """Without `[[webhooks]]` nothing is recorded for a change."""
     s = Store(make_settings(tmp_path))

@@ -334,6 +334,7 @@ def update(
     by = by.strip()
     moment = now or datetime.now(UTC)
     corrections = None
+    event: tuple[str, dict[str, Any]] | None = None
     with db.transaction() as c:
         lead = _require(c, lead_id)
         if status is not None and status != lead.status:
@@ -347,8 +348,7 @@ def update(
             if not_a_lead:
                 detail["not_a_lead"] = True
             audit.record(c, by, "lead.status", "lead", lead_id, detail, now=moment)
-            changed = {"from": lead.status, "to": status, "by": by}
-            record_event(c, "lead.status_changed", lead_id=lead_id, extra=changed, now=moment)
+            event = ("lead.status_changed", {"from": lead.status, "to": status, "by": by})
             if status in ("won", "lost"):
                 corrections = correct_lead_messages(
                     c, lead_id, confirmed_label(lead.kind), source=status
@@ -368,6 +368,13 @@ def update(
         if note and note.strip():
             note_id = store.add_note(c, lead_id, by, note.strip(), moment)
             audit.record(c, by, "lead.note", "lead", lead_id, {"note": note_id}, now=moment)
+        noted = bool(note and note.strip())
+        if event is None and (noted or not_a_lead):
+            # No status change, but a note or a relabel changed what the lead's row says.
+            event = ("lead.updated", {"change": "note" if noted else "relabel", "by": by})
+        if event is not None:
+            # Last, so that the event carries the lead with everything this update wrote.
+            record_event(c, event[0], lead_id=lead_id, extra=event[1], now=moment)
         return LeadUpdate(_require(c, lead_id), corrections)
 
 
