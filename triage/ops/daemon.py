@@ -687,6 +687,7 @@ class Housekeeping:
         if self.webhooks is not None:
             self.webhooks.stop()
             self.webhooks = None
+            self.shared.metrics.clear_webhook_queue()
         if self._leading is not None:
             self._leading[1].close()
             self._leading = None

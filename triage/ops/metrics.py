@@ -252,6 +252,11 @@ class Metrics:
                 value = counts.get((endpoint, state), 0)
                 self.webhook_queue.labels(endpoint=endpoint, state=state).set(value)
 
+    def clear_webhook_queue(self) -> None:
+        """Drop the webhook queue's figures (an instance of a fleet that no longer leads: the
+        leader publishes them, and two instances' figures would add up to twice the queue)."""
+        self.webhook_queue.clear()
+
     def set_sync(self, account: str, folder: str, ts: float | None = None) -> None:
         """Record a successful sync of `account`/`folder` at unix time `ts` (default: now)."""
         self.last_sync.labels(account=account, folder=folder).set(time.time() if ts is None else ts)
