@@ -18,6 +18,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -263,11 +264,11 @@ def test_three_instances_survive_sigkill_sigstop_and_a_database_outage(
         .reads.execute("SELECT claimed_by, claimed_at FROM replies WHERE claimed_by IS NOT NULL")
         .fetchall()
     )
+    old_fences = {f"{paused_id} {name}#{gen}" for name, gen in generations.items()}
     late = [
         (str(by), str(at))
         for by, at in rows
-        if str(by) in {f"{paused_id} {name}#{gen}" for name, gen in generations.items()}
-        and str(at) > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(stopped_wall))
+        if str(by) in old_fences and datetime.fromisoformat(str(at)).timestamp() > stopped_wall
     ]
     assert late == []
     # Each digest once: one row per slot (the database's own rule) and as many mails to sales@.
