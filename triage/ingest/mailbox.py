@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import select
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -464,10 +465,27 @@ class ImapMailbox:
         with _translated(f"{self.account.name}: IDLE"):
             self.client.idle()
 
-    def idle_poll(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds in IDLE; True when the server announced a change."""
+    def idle_poll(self, timeout: float, interrupt: int | None = None) -> bool:
+        """Wait up to `timeout` seconds in IDLE; True when the server announced a change.
+
+        `interrupt`: a file descriptor that ends the wait early when it becomes readable (the
+        daemon's stop and wake-up pipe), so that a long wait costs no CPU; False then. With it,
+        True also when the server closed the connection (leaving IDLE reports the error, where
+        waiting on would find the closed socket readable again and again).
+        """
         with _translated(f"{self.account.name}: IDLE"):
-            return bool(self.client.idle_check(timeout=timeout))
+            if interrupt is None:
+                return bool(self.client.idle_check(timeout=timeout))
+            sock = self.client.socket()
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            poller.register(interrupt, select.POLLIN)
+            ready = {fd for fd, _events in poller.poll(max(timeout, 0.0) * 1000)}
+            if sock.fileno() not in ready:
+                return False
+            # The server wrote (or closed the connection): imapclient reads what there is.
+            self.client.idle_check(timeout=0)
+            return True
 
     def idle_stop(self) -> None:
         """Leave IDLE (DONE) so other commands can be sent."""
