@@ -54,7 +54,9 @@ def prepare(
 ) -> Shared:
     """Load the model and templates, and settle replies a crash left half-sent."""
     warn_unverified_certificates(settings)
-    check_limits(len(settings.imap.all_accounts()), settings.ingest.workers)
+    check_limits(
+        len(settings.imap.all_accounts()), settings.ingest.workers, settings.store.pool_size
+    )
     # Mistakes that would otherwise surface per batch or per digest are config errors now.
     message_id_domain(settings.replies)
     check_digest_settings(settings)
