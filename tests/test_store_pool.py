@@ -201,3 +201,28 @@ def test_each_in_memory_database_is_its_own(tmp_path: Path) -> None:
         two.reads.execute("SELECT x FROM only_here")
     one.close()
     two.close()
+
+
+def test_a_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
+    """SQLite connections must not cross a fork: a handle used in a child process gets a pool
+    of the child's own, and the parent's handle goes on with its connections."""
+    path = tmp_path / "triage.db"
+    make_table(path)
+    db = Database(path)
+    db.reads.execute("SELECT COUNT(*) FROM counter").fetchone()
+    parent_pool = db._sqlite.pool
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit status only
+        status = 1
+        try:
+            with db.transaction() as tx:
+                tx.execute("INSERT INTO counter VALUES (2, 2)")
+            own = db._sqlite.pool is not parent_pool and db._sqlite.pool.pid == os.getpid()
+            status = 0 if own else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert db._sqlite.pool is parent_pool
+    assert db.reads.execute("SELECT COUNT(*) FROM counter").fetchone()[0] == 1
+    db.close()
