@@ -268,6 +268,17 @@ class ImapMailbox:
             return None
         return self._token.seconds_left()
 
+    def drop(self) -> None:
+        """Close the connection without a word (no IDLE DONE, no LOGOUT), as a crash would; safe
+        to call twice. For a service that stops: a thousand accounts leaving IDLE and logging
+        out, each waiting for the server's answers and then for the interpreter lock, would
+        take seconds; nothing is pending on a connection in IDLE."""
+        self._token = None
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown()
+
     def close(self) -> None:
         """Log out and drop the connection; safe to call twice."""
         self._token = None

@@ -89,9 +89,9 @@ class Doorbell:
 
     def __init__(self) -> None:
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # Reentrant: a signal handler (run in the main thread) may set an event while the main
-        # thread itself is inside `ring` or `settle`.
-        self._lock = threading.RLock()
+        # Held while an event changes and the pipe follows it. Reentrant: a signal handler (run
+        # in the main thread) may set an event while the main thread itself holds it.
+        self.lock = threading.RLock()
         self._events: list[threading.Event] = []
 
     def fileno(self) -> int:
@@ -104,12 +104,12 @@ class Doorbell:
 
     def ring(self) -> None:
         """Make the pipe readable (an event was set)."""
-        with self._lock, contextlib.suppress(BlockingIOError):
+        with self.lock, contextlib.suppress(BlockingIOError):
             os.write(self._write, b"!")  # a full pipe is readable already
 
     def settle(self) -> None:
         """Empty the pipe unless one of the events is still set (an event was cleared)."""
-        with self._lock:
+        with self.lock:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._read, 4096):
                     pass
@@ -141,13 +141,17 @@ class RingingEvent(threading.Event):
         doorbell.watch(self)
 
     def set(self) -> None:
-        self.generation += 1
-        super().set()
-        self.doorbell.ring()
+        # Under the doorbell's lock, as `clear`: the pipe is readable exactly while an event
+        # is set, whatever the order in which threads set and clear.
+        with self.doorbell.lock:
+            self.generation += 1
+            super().set()
+            self.doorbell.ring()
 
     def clear(self) -> None:
-        super().clear()
-        self.doorbell.settle()
+        with self.doorbell.lock:
+            super().clear()
+            self.doorbell.settle()
 
 
 @dataclass
@@ -382,17 +386,24 @@ class AccountWorker:
                 # Mail arrived while the pass was busy: SELECT counts it as already there, so
                 # IDLE would never announce it and it would wait for the poll interval.
                 return
+            self._idle(mailbox, deadline, woken)
+        else:
+            self._sleep(deadline, woken)
+        self._clear_wake()
+
+    def _sleep(self, deadline: float, woken: int) -> None:
+        """Polling: block until the deadline, a stop request or a wake-up."""
         bell = self._doorbell()
-        if not use_idle:
-            while not self._interrupted(woken) and (left := deadline - time.monotonic()) > 0:
-                if bell is None:
-                    self.control.stop.wait(min(left, SLICE))
-                else:
-                    bell.wait(left)
-            self.control.wake.clear()
-            return
-        # One IDLE command stays open until the server announces news, the deadline, a stop
-        # request or a wake-up (a reply to file): blocked on the socket and the doorbell.
+        while not self._interrupted(woken) and (left := deadline - time.monotonic()) > 0:
+            if bell is None:
+                self.control.stop.wait(min(left, SLICE))
+            elif bell.wait(left) and not self._interrupted(woken):
+                bell.settle()  # never spin on a ring that no event explains
+
+    def _idle(self, mailbox: ImapMailbox, deadline: float, woken: int) -> None:
+        """One IDLE command stays open until the server announces news, the deadline, a stop
+        request or a wake-up (a reply to file): blocked on the socket and the doorbell."""
+        bell = self._doorbell()
         mailbox.idle_start()
         try:
             while not self._interrupted(woken) and (left := deadline - time.monotonic()) > 0:
@@ -401,9 +412,20 @@ class AccountWorker:
                         break
                 elif mailbox.idle_poll(left, interrupt=bell.fileno()):
                     break
+                elif not self._interrupted(woken) and bell.wait(0):
+                    bell.settle()  # never spin on a ring that no event explains
         finally:
-            mailbox.idle_stop()
-        self.control.wake.clear()
+            if self.control.stop.is_set():
+                mailbox.drop()  # the service stops: no DONE and LOGOUT round trips
+            else:
+                mailbox.idle_stop()
+
+    def _clear_wake(self) -> None:
+        """The wake-up was seen. Cleared only when set: clearing takes the event's lock, and a
+        thousand workers leaving their wait at once (a stop) would queue on it one GIL switch
+        interval at a time, for seconds."""
+        if self.control.wake.is_set():
+            self.control.wake.clear()
 
     def _doorbell(self) -> Doorbell | None:
         """The pipe that `stop` and `wake` both ring, or None when they are plain events."""
