@@ -47,6 +47,27 @@ def test_the_doorbell_is_readable_exactly_while_an_event_is_set() -> None:
     assert not readable(bell)
 
 
+def test_the_pipe_follows_the_events_whatever_the_interleaving() -> None:
+    """Threads setting and clearing the wake-up at once: afterwards the pipe is readable
+    exactly when an event is set (a stale ring would make every waiting worker spin)."""
+    control = Control()
+
+    def toggle() -> None:
+        for _ in range(300):
+            control.wake.set()
+            control.wake.clear()
+
+    threads = [threading.Thread(target=toggle) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not control.wake.is_set()
+    assert not readable(control.doorbell)
+    control.wake.set()
+    assert readable(control.doorbell)
+
+
 def test_a_blocked_waiter_is_woken_by_a_set_from_another_thread() -> None:
     control = Control()
     timer = threading.Timer(0.2, control.stop.set)
@@ -135,6 +156,7 @@ def test_an_idle_account_blocks_in_one_wait_and_stops_at_once(
     thread.join(5)
     assert not thread.is_alive()
     assert time.monotonic() - started < 0.5
+    assert not w.status.connected
 
 
 @pytest.mark.mail
