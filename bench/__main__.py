@@ -13,7 +13,10 @@ users), then measures, each with the real `triage` command where the figure is a
    (`bench.latency`);
 3. the classifier: model load, one message, batch throughput (`bench.classifier`);
 4. memory of `triage run` before and after the backlog (`bench.memory`, read during 1.);
-5. start-up: `triage --help` and `triage run` until its first sync is recorded (`bench.startup`).
+5. start-up: `triage --help` and `triage run` until its first sync is recorded (`bench.startup`);
+6. many mailboxes on one instance (`bench.mailboxes`): for each of `--mailboxes` counts (1 and
+   100 by default; the goal is about 1,000), start-up, RSS, threads, file descriptors, idle CPU
+   and push latency of one `triage run` watching that many IMAPS mailboxes in IDLE.
 
 It prints one markdown table and writes it, with a line naming the machine, to `bench/results.md`
 (or `--output`). Wall-clock figures depend on what else the machine runs: the load average is
@@ -38,7 +41,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import backlog, latency, startup
+from bench import backlog, latency, mailboxes, startup
 from bench.memory import MemoryResult
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
@@ -73,14 +76,22 @@ class Plan:
     classifier_repeat: int
     cold_classifier: bool
     settle: float
+    mailbox_counts: tuple[int, ...] = ()
+    mailbox_probes: int = 20
+    idle_window: float = 60.0
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
     """The sizes for a full run, or the tiny ones of `--quick` (explicit options still win)."""
     workers = tuple(int(w) for w in str(args.workers).split(",") if w.strip())
+    counts = mailboxes.parse_counts(getattr(args, "mailboxes", ""))
     if args.quick:
-        return Plan(args.size or 60, args.latency or 3, workers, 1, 200, 2, False, 1.0)
-    return Plan(args.size or 10_000, args.latency or 50, workers, 3, 5000, 20, True, 6.0)
+        return Plan(
+            args.size or 60, args.latency or 3, workers, 1, 200, 2, False, 1.0, counts, 3, 10.0
+        )
+    return Plan(
+        args.size or 10_000, args.latency or 50, workers, 3, 5000, 20, True, 6.0, counts, 20, 60.0
+    )
 
 
 def _yes(met: bool | None) -> str:
@@ -207,6 +218,21 @@ def memory_row(m: MemoryResult, workers: int, size: int) -> Row:
     )
 
 
+def mailboxes_row(results: Sequence[mailboxes.MailboxesResult]) -> Row:
+    """Row 6: the largest mailbox count measured (every count is in the mailbox table)."""
+    r = max(results, key=lambda m: m.accounts)
+    return Row(
+        f"Many mailboxes: {r.accounts:,} on one instance, IMAPS + IDLE (table below)",
+        f"start-up **{r.startup_s:.1f} s** · RSS **{r.rss_mib:.0f} MiB** · {r.threads:,} threads"
+        f" · {r.fds:,} fds · idle CPU **{r.idle_cpu_pct:.2f} %** of one core · push p50"
+        f" {r.push.p50:.2f} s, p95 **{r.push.p95:.2f} s** ({r.push.replied}/{r.push.sent})",
+        f"at {mailboxes.GOAL_ACCOUNTS:,}: start-up ≤ {mailboxes.GOAL_STARTUP_S:g} s, RSS ≤"
+        f" {mailboxes.GOAL_RSS_MIB:g} MiB, idle CPU ≤ {mailboxes.GOAL_IDLE_CPU_PCT:g} %, p95 ≤"
+        f" {mailboxes.GOAL_P95_S:g} s",
+        r.met,
+    )
+
+
 def startup_row(r: startup.StartupResult, workers: int) -> Row:
     """Row 5: the wait before anything useful happens."""
     return Row(
@@ -267,6 +293,7 @@ class Results:
     latency: latency.LatencyResult
     startup: startup.StartupResult
     classifier: list[dict[str, Any]]
+    mailboxes: list[mailboxes.MailboxesResult] = dataclasses.field(default_factory=list)
 
 
 def run(plan: Plan, work: Path) -> Results:
@@ -287,7 +314,10 @@ def run(plan: Plan, work: Path) -> Results:
     rows.append(classifier_row(classifier))
     rows.extend(memory_row(b.memory, b.workers, b.size) for b in backlogs)
     rows.append(startup_row(started, tuned))
-    return Results(rows, backlogs, lat, started, classifier)
+    many = mailboxes.run(work, model, plan.mailbox_counts, plan.mailbox_probes, plan.idle_window)
+    if many:
+        rows.append(mailboxes_row(many))
+    return Results(rows, backlogs, lat, started, classifier, many)
 
 
 # -- the figures as JSON ------------------------------------------------------------------------
@@ -349,12 +379,20 @@ def figures(results: Results) -> dict[str, Any]:
         "help_s": results.startup.help_s,
         "ready_s": results.startup.ready_s,
         "by_workers": by_workers,
+        "mailboxes": mailboxes.figures(results.mailboxes),
         "goals": {
             "backlog_msgs_per_s": GOAL_RATE,
             "backlog_ratio": GOAL_RATIO,
             "push_p95_s": GOAL_P95_S,
             "peak_rss_mib": GOAL_MEMORY_MIB,
             "rss_growth_pct": GOAL_GROWTH * 100,
+            "mailboxes": {
+                "accounts": mailboxes.GOAL_ACCOUNTS,
+                "startup_s": mailboxes.GOAL_STARTUP_S,
+                "rss_mib": mailboxes.GOAL_RSS_MIB,
+                "idle_cpu_pct": mailboxes.GOAL_IDLE_CPU_PCT,
+                "push_p95_s": mailboxes.GOAL_P95_S,
+            },
         },
     }
 
@@ -366,6 +404,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--latency", type=int, default=0, help="latency samples (50)")
     parser.add_argument(
         "--workers", default="0,1", help="ingest.workers values for the backlog (0,1)"
+    )
+    parser.add_argument(
+        "--mailboxes",
+        default="1,100",
+        help='mailbox counts of the many-mailboxes table (1,100; e.g. 1,100,300,1000; "": none)',
     )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the table")
@@ -381,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"`{command}` · {when} · {machine()} · load average {load_before} before, {load()} after"
     )
     text = table(results.rows)
+    if results.mailboxes:
+        text += "\n\nMailboxes on one instance:\n\n" + mailboxes.table(results.mailboxes)
     print(header + "\n\n" + text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(header + "\n\n" + text + "\n")

@@ -178,6 +178,12 @@ class HarnessConfig:
     oauth2_introspection_url: str | None = None
     #: CA certificate (PEM) to verify an https introspection endpoint against.
     oauth2_ca_file: str | None = None
+    #: IMAP sessions one Dovecot `imap` process serves (Dovecot's default: 1). Every session in
+    #: IDLE holds an inotify instance of its process, and the kernel allows 128 per user
+    #: (fs.inotify.max_user_instances; all harness users are the `mail` user): past that,
+    #: Dovecot checks the mailbox only every 30 s. Hundreds of sessions in IDLE (the
+    #: mailbox-count benchmark) share processes instead, without changing the kernel's limit.
+    imap_sessions_per_process: int = 1
 
     def ports(self) -> dict[str, int]:
         """Service name -> port, in start order."""
@@ -915,6 +921,8 @@ class MailHarness:
         plain_only = (
             "  mechanisms = plain login\n" if oauth2 and _dovecot_version() < (2, 4) else ""
         )
+        sessions = cfg.imap_sessions_per_process
+        imap_sharing = f"  client_limit = {sessions}\n  service_count = 0\n" if sessions > 1 else ""
         # One setting per line: Dovecot refuses a setting on the same line as `{`.
         return f"""\
 # Written by devtools.mailharness on every start; edit the module, not this file.
@@ -963,7 +971,18 @@ namespace inbox {{
   }}
 {special}}}
 
+# Up to a thousand and more sessions at once from loopback (the mailbox-count benchmark watches
+# 1,000 mailboxes, each an IMAPS session in IDLE): far more clients and processes per service
+# than Dovecot's defaults (1,000 clients, 100 processes), or logins wait and time out.
+default_client_limit = 5000
+default_process_limit = 2500
+
 service imap-login {{
+  # High-performance mode: a few long-lived login processes each accept (and, for IMAPS, carry
+  # the TLS of) many sessions; the default, one process per connection and at most 100, makes
+  # the 101st IMAPS client wait for a free one.
+  service_count = 0
+  process_min_avail = 4
   inet_listener imap {{
     address = {cfg.host}
     port = {cfg.imap_port}
@@ -974,6 +993,9 @@ service imap-login {{
     ssl = yes
   }}
 }}
+service imap {{
+  process_limit = 2500
+{imap_sharing}}}
 service lmtp {{
   inet_listener lmtp {{
     address = {cfg.host}

@@ -76,6 +76,7 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     assert any(m.startswith("Push latency") for m in measures)
     assert any(m.startswith("Classifier") for m in measures)
     assert any(m.startswith("Start-up") for m in measures)
+    assert any(m.startswith("Many mailboxes: 100 on one instance") for m in measures)
     assert done.stdout.count("| # | measure |") == 1  # one table
 
     data = json.loads(figures.read_text())
@@ -99,3 +100,6 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     # The same mail, decided in process and in a worker process: the same decisions.
     assert backlogs[0]["triage"]["decisions"] == backlogs[1]["triage"]["decisions"]
     assert data["details"]["latency"]["sent"] == len(data["details"]["latency"]["seconds"])
+    # The mailbox-count table, 1 and 100 mailboxes by default.
+    assert [m["accounts"] for m in data["mailboxes"]] == [1, 100]
+    assert all(m["threads"] > m["accounts"] and m["fds"] > m["accounts"] for m in data["mailboxes"])

@@ -18,7 +18,7 @@ def test_enough_of_everything_is_no_problem() -> None:
 def test_too_few_open_files_names_limitnofile() -> None:
     """1,000 accounts under the usual 1,024 open files: one line naming LimitNOFILE."""
     [problem] = limit_problems(1_000, 0, 1_024, None)
-    assert "1000 accounts need about 4064 open files, but the limit is 1024" in problem
+    assert "1000 accounts need about 2094 open files, but the limit is 1024" in problem
     assert "LimitNOFILE=" in problem
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import select
 import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -267,6 +268,17 @@ class ImapMailbox:
             return None
         return self._token.seconds_left()
 
+    def drop(self) -> None:
+        """Close the connection without a word (no IDLE DONE, no LOGOUT), as a crash would; safe
+        to call twice. For a service that stops: a thousand accounts leaving IDLE and logging
+        out, each waiting for the server's answers and then for the interpreter lock, would
+        take seconds; nothing is pending on a connection in IDLE."""
+        self._token = None
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(OSError):
+                client.shutdown()
+
     def close(self) -> None:
         """Log out and drop the connection; safe to call twice."""
         self._token = None
@@ -464,10 +476,27 @@ class ImapMailbox:
         with _translated(f"{self.account.name}: IDLE"):
             self.client.idle()
 
-    def idle_poll(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds in IDLE; True when the server announced a change."""
+    def idle_poll(self, timeout: float, interrupt: int | None = None) -> bool:
+        """Wait up to `timeout` seconds in IDLE; True when the server announced a change.
+
+        `interrupt`: a file descriptor that ends the wait early when it becomes readable (the
+        daemon's stop and wake-up pipe), so that a long wait costs no CPU; False then. With it,
+        True also when the server closed the connection (leaving IDLE reports the error, where
+        waiting on would find the closed socket readable again and again).
+        """
         with _translated(f"{self.account.name}: IDLE"):
-            return bool(self.client.idle_check(timeout=timeout))
+            if interrupt is None:
+                return bool(self.client.idle_check(timeout=timeout))
+            sock = self.client.socket()
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+            poller.register(interrupt, select.POLLIN)
+            ready = {fd for fd, _events in poller.poll(max(timeout, 0.0) * 1000)}
+            if sock.fileno() not in ready:
+                return False
+            # The server wrote (or closed the connection): imapclient reads what there is.
+            self.client.idle_check(timeout=0)
+            return True
 
     def idle_stop(self) -> None:
         """Leave IDLE (DONE) so other commands can be sent."""

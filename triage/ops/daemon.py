@@ -1,9 +1,11 @@
 """The service loop: one worker thread per IMAP account, plus periodic work in the main thread
 (`Housekeeping`).
 
-Each account worker owns its IMAP connection and its own database connection. It syncs its folders,
-then waits for news (IDLE when offered, else polling) in short slices so a stop request is noticed
-within a second. Any network or server error closes the connection and waits a jittered exponential
+Each account worker owns its IMAP connection and its own database handle (connections are pooled
+per process). It syncs its folders, then waits for news (IDLE when offered, else polling): blocked
+in poll() on its IMAP socket and on the control's pipe, which is readable while a stop request or
+a wake-up is pending, so an idle account costs no CPU between passes and a stop is noticed at
+once. Any network or server error closes the connection and waits a jittered exponential
 backoff before reconnecting; the error is logged once per backoff step. One account failing never
 stalls another: an account whose passes keep failing is parked (retried at the longest backoff)
 while the others go on; only a store that keeps failing, or a dead worker, stops the service.
@@ -12,7 +14,10 @@ Signal handlers only set the stop event.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +52,9 @@ from triage.store.outbox import TABLES
 log = logging.getLogger(__name__)
 
 
-# The slice in which a waiting worker checks for a stop request or a wake-up.
+# The slice in which a waiting worker checks for a stop request or a wake-up when the control's
+# events cannot ring its pipe (plain `threading.Event`s put there by a caller); otherwise a wait
+# blocks until news, a stop or a wake-up, or its deadline.
 SLICE = 1.0
 # How often an account waiting for re-authorisation looks again: the provider asks the token
 # endpoint only when a new grant was stored (`triage auth login`), so this costs nothing.
@@ -80,14 +87,93 @@ class AccountStatus:
     needs_reauth: str | None = None
 
 
+class Doorbell:
+    """A pipe that is readable while any event ringing it is set: a worker blocked in poll() on
+    its IMAP socket and this pipe learns of a stop request or a wake-up at once, without waking
+    up every second to look. Two file descriptors per process, whatever the number of accounts.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Held while an event changes and the pipe follows it. Reentrant: a signal handler (run
+        # in the main thread) may set an event while the main thread itself holds it.
+        self.lock = threading.RLock()
+        self._events: list[threading.Event] = []
+
+    def fileno(self) -> int:
+        """The descriptor to poll for reading."""
+        return self._read
+
+    def watch(self, event: threading.Event) -> None:
+        """Count `event` among those that keep the pipe readable while set."""
+        self._events.append(event)
+
+    def ring(self) -> None:
+        """Make the pipe readable (an event was set)."""
+        with self.lock, contextlib.suppress(BlockingIOError):
+            os.write(self._write, b"!")  # a full pipe is readable already
+
+    def settle(self) -> None:
+        """Empty the pipe unless one of the events is still set (an event was cleared)."""
+        with self.lock:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._read, 4096):
+                    pass
+            if any(event.is_set() for event in self._events):
+                self.ring()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds until the pipe is readable; True when it is."""
+        poller = select.poll()
+        poller.register(self._read, select.POLLIN)
+        return bool(poller.poll(max(timeout, 0.0) * 1000))
+
+    def __del__(self) -> None:
+        for fd in (getattr(self, "_read", None), getattr(self, "_write", None)):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+class RingingEvent(threading.Event):
+    """A `threading.Event` that also rings a `Doorbell` while set, and counts how often it was
+    set (`generation`): a worker that saw the pipe ring knows a wake-up happened even when
+    another worker cleared the event before it looked."""
+
+    def __init__(self, doorbell: Doorbell) -> None:
+        super().__init__()
+        self.doorbell = doorbell
+        self.generation = 0
+        doorbell.watch(self)
+
+    def set(self) -> None:
+        # Under the doorbell's lock, as `clear`: the pipe is readable exactly while an event
+        # is set, whatever the order in which threads set and clear.
+        with self.doorbell.lock:
+            self.generation += 1
+            super().set()
+            self.doorbell.ring()
+
+    def clear(self) -> None:
+        with self.doorbell.lock:
+            super().clear()
+            self.doorbell.settle()
+
+
 @dataclass
 class Control:
-    """Shared flags between signal handlers, the main thread and the workers."""
+    """Shared flags between signal handlers, the main thread and the workers. `stop` and `wake`
+    ring `doorbell`, on which waiting workers block."""
 
-    stop: threading.Event = field(default_factory=threading.Event)
-    wake: threading.Event = field(default_factory=threading.Event)
+    doorbell: Doorbell = field(default_factory=Doorbell)
+    stop: threading.Event = field(init=False)
+    wake: threading.Event = field(init=False)
     # Set with `stop` when an account's worker gave up: the service exits non-zero.
     failed: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.stop = RingingEvent(self.doorbell)
+        self.wake = RingingEvent(self.doorbell)
 
 
 SyncFactory = Callable[[ImapAccount, ImapMailbox], Sequence[Callable[[], SyncResult]]]
@@ -304,6 +390,7 @@ class AccountWorker:
         # (and an OAuth2 session before its token expires).
         wait = min(acc.poll_interval, acc.idle_renew, max(self._renew_due(mailbox), 0.0))
         deadline = time.monotonic() + wait
+        woken = self._wake_generation()
         if use_idle:
             # IDLE watches the last folder synced; select the first so it is the watched one.
             info = mailbox.select(acc.folders[0])
@@ -311,23 +398,65 @@ class AccountWorker:
                 # Mail arrived while the pass was busy: SELECT counts it as already there, so
                 # IDLE would never announce it and it would wait for the poll interval.
                 return
-        if not use_idle:
-            while not self.control.stop.is_set() and time.monotonic() < deadline:
-                if self.control.wake.is_set():
-                    break
-                self.control.stop.wait(SLICE)
-            self.control.wake.clear()
-            return
-        # One IDLE command stays open; it is checked in short slices so that a stop request or
-        # a wake-up (a reply to file) is noticed within a second.
+            self._idle(mailbox, deadline, woken)
+        else:
+            self._sleep(deadline, woken)
+        self._clear_wake()
+
+    def _sleep(self, deadline: float, woken: int) -> None:
+        """Polling: block until the deadline, a stop request or a wake-up."""
+        bell = self._doorbell()
+        while not self._interrupted(woken) and (left := deadline - time.monotonic()) > 0:
+            if bell is None:
+                self.control.stop.wait(min(left, SLICE))
+            elif bell.wait(left) and not self._interrupted(woken):
+                bell.settle()  # never spin on a ring that no event explains
+
+    def _idle(self, mailbox: ImapMailbox, deadline: float, woken: int) -> None:
+        """One IDLE command stays open until the server announces news, the deadline, a stop
+        request or a wake-up (a reply to file): blocked on the socket and the doorbell."""
+        bell = self._doorbell()
         mailbox.idle_start()
         try:
-            while not self.control.stop.is_set() and time.monotonic() < deadline:
-                if self.control.wake.is_set() or mailbox.idle_poll(SLICE):
+            while not self._interrupted(woken) and (left := deadline - time.monotonic()) > 0:
+                if bell is None:
+                    if mailbox.idle_poll(min(left, SLICE)):
+                        break
+                elif mailbox.idle_poll(left, interrupt=bell.fileno()):
                     break
+                elif not self._interrupted(woken) and bell.wait(0):
+                    bell.settle()  # never spin on a ring that no event explains
         finally:
-            mailbox.idle_stop()
-        self.control.wake.clear()
+            if self.control.stop.is_set():
+                mailbox.drop()  # the service stops: no DONE and LOGOUT round trips
+            else:
+                mailbox.idle_stop()
+
+    def _clear_wake(self) -> None:
+        """The wake-up was seen. Cleared only when set: clearing takes the event's lock, and a
+        thousand workers leaving their wait at once (a stop) would queue on it one GIL switch
+        interval at a time, for seconds."""
+        if self.control.wake.is_set():
+            self.control.wake.clear()
+
+    def _doorbell(self) -> Doorbell | None:
+        """The pipe that `stop` and `wake` both ring, or None when they are plain events."""
+        stop, wake = self.control.stop, self.control.wake
+        if (
+            isinstance(stop, RingingEvent)
+            and isinstance(wake, RingingEvent)
+            and stop.doorbell is wake.doorbell
+        ):
+            return stop.doorbell
+        return None
+
+    def _wake_generation(self) -> int:
+        return getattr(self.control.wake, "generation", 0)
+
+    def _interrupted(self, woken: int) -> bool:
+        """A stop request, or a wake-up since the wait began (`woken`: the generation then)."""
+        wake = self.control.wake
+        return self.control.stop.is_set() or wake.is_set() or self._wake_generation() != woken
 
 
 @dataclass
@@ -566,7 +695,9 @@ class Daemon:
                 continue
             fence = Fence(name, self.leases.instance_id, generation)
             guard = LeaseGuard(fence, self.leases)
-            control = Control(threading.Event(), self.control.wake, self.control.failed)
+            # Its own stop (and doorbell: a stopped worker's stop stays set, and a shared pipe
+            # would stay readable for the others), the service's `failed`.
+            control = Control(failed=self.control.failed)
             status = AccountStatus(name)
             thread = self._worker(self._accounts[name], control, status, self.fenced_syncs(guard))
             self._running[name] = _Running(thread, control.stop, generation, status)
@@ -726,4 +857,12 @@ class Housekeeping:
         self.service.close()
 
 
-__all__ = ["AccountWorker", "Control", "Daemon", "Housekeeping", "run_once"]
+__all__ = [
+    "AccountWorker",
+    "Control",
+    "Daemon",
+    "Doorbell",
+    "Housekeeping",
+    "RingingEvent",
+    "run_once",
+]

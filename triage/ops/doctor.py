@@ -35,6 +35,7 @@ from triage.core.settings import ImapAccount, Settings
 if TYPE_CHECKING:
     from triage.ingest.mailbox import ImapMailbox
     from triage.ingest.oauth.tokens import TokenProvider
+    from triage.ops.limits import Limits
 
 Status = Literal["ok", "warning", "problem"]
 
@@ -606,6 +607,45 @@ def check_model(settings: Settings) -> list[Finding]:
     ]
 
 
+# -- process limits -------------------------------------------------------------------------------
+
+
+def check_limits(settings: Settings, limits: Limits | None = None) -> list[Finding]:
+    """Open files (LimitNOFILE / RLIMIT_NOFILE) and threads (TasksMax) against the accounts
+    configured: the systemd unit's limits when systemd knows `triage.service`, else those a
+    `triage run` started from this shell would have. One line per limit that is too low."""
+    from triage.ops.limits import (
+        limit_problems,
+        needed_fds,
+        needed_tasks,
+        process_limits,
+        service_limits,
+    )
+
+    if limits is None:
+        limits = service_limits() or process_limits()
+    accounts = len(settings.imap.all_accounts())
+    workers = settings.ingest.workers
+    pool = settings.store.pool_size
+    fleet = settings.store.is_postgresql
+    problems = limit_problems(accounts, workers, limits.fds, limits.tasks, pool, fleet=fleet)
+    if problems:
+        return [
+            _problem("limits", f"{p.partition(':')[0]} ({limits.source})", p.partition(": ")[2])
+            for p in problems
+        ]
+    tasks = "no thread limit" if limits.tasks is None else f"TasksMax {limits.tasks}"
+    return [
+        _ok(
+            "limits",
+            f"{accounts} account(s) need about {needed_fds(accounts, pool, fleet=fleet)} open"
+            " files and"
+            f" {needed_tasks(accounts, workers)} threads; {limits.source}: open files"
+            f" {limits.fds}, {tasks}",
+        )
+    ]
+
+
 # -- all together ---------------------------------------------------------------------------------
 
 Check = Callable[[], list[Finding]]
@@ -614,6 +654,7 @@ Check = Callable[[], list[Finding]]
 def checks(settings: Settings) -> Iterator[tuple[str, Check]]:
     """The checks to run for `settings` with their names, in the order they are shown."""
     yield "store", partial(check_store, settings)
+    yield "limits", partial(check_limits, settings)
     for index, account in enumerate(settings.imap.all_accounts()):
         yield f"imap {account.name}", partial(check_imap, settings, account, index)
     yield "smtp", partial(check_smtp, settings)

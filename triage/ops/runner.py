@@ -63,7 +63,12 @@ def prepare(
     store; in a `fleet` other instances may be sending now, and the leader settles only stale
     claims, see `Housekeeping`)."""
     warn_unverified_certificates(settings)
-    check_limits(len(settings.imap.all_accounts()), settings.ingest.workers)
+    check_limits(
+        len(settings.imap.all_accounts()),
+        settings.ingest.workers,
+        settings.store.pool_size,
+        fleet=fleet,
+    )
     # Mistakes that would otherwise surface per batch or per digest are config errors now.
     message_id_domain(settings.replies)
     check_digest_settings(settings)

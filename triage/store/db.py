@@ -1,6 +1,7 @@
 """The SQLite database file: opening it, migrating it, and transactions.
 
-One `Database` wraps one connection. Writes happen inside `transaction()`, which commits on
+One `Database` is a thread's handle on the process's connections to the store (a small pool per
+file, see `triage.store.sqlite_pool`). Writes happen inside `transaction()`, which commits on
 success and rolls back on error, so an effect and its record land together or not at all.
 
 Code outside this package sees the `Tx`, `Result` and `Row` types declared here, never a
@@ -25,6 +26,7 @@ from triage.core.errors import ConfigError, StoreError
 from triage.core.settings import StoreSettings
 from triage.store.dialect import SQLITE, Dialect
 from triage.store.schema import MIGRATIONS
+from triage.store.sqlite_pool import SqliteHandle
 
 if TYPE_CHECKING:
     from triage.store.postgres.backend import PgPool
@@ -217,12 +219,62 @@ class Tx:
         return self._conn.executemany(sql, rows)
 
 
+class _BufferedResult:
+    """The rows and rowcount of a statement whose connection went back to the pool."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[sqlite3.Row], rowcount: int) -> None:
+        self._rows = iter(rows)
+        self.rowcount = rowcount
+
+    def fetchone(self) -> sqlite3.Row | None:
+        return next(self._rows, None)
+
+    def fetchall(self) -> list[sqlite3.Row]:
+        return list(self._rows)
+
+    def __iter__(self) -> Iterator[sqlite3.Row]:
+        return self._rows
+
+
+class _SqliteReads:
+    """`Database.reads` on SQLite: in the handle's open transaction if there is one; else each
+    statement on a pooled connection, in autocommit, its rows read before the connection goes
+    back (as `reads` on PostgreSQL)."""
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: SqliteHandle) -> None:
+        self._handle = handle
+
+    def execute(self, sql: str, parameters: Params = (), /) -> Result:
+        conn = self._handle.tx_conn
+        if conn is not None:
+            return conn.execute(sql, parameters)
+        with self._handle.borrowed() as conn:
+            cursor = conn.execute(sql, parameters)
+            return _BufferedResult(cursor.fetchall(), cursor.rowcount)
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[object]], /) -> Result:
+        conn = self._handle.tx_conn
+        if conn is not None:
+            return conn.executemany(sql, parameters)
+        with self._handle.borrowed() as conn:
+            cursor = conn.executemany(sql, parameters)
+            return _BufferedResult(cursor.fetchall(), cursor.rowcount)
+
+
 class Database:
     """An open, migrated triage database.
 
     `Database(path)` opens (creating it) a SQLite file; `Database(settings.store)` opens what
     the settings say: the SQLite file, or the PostgreSQL database of `url` (a
     `PostgresDatabase`, a cheap per-thread handle on the process's connection pool).
+
+    On SQLite too a `Database` is a cheap handle, one per thread, on the process's pool of
+    connections to the file (`triage.store.sqlite_pool`, at most `store.pool_size`): it holds a
+    connection only for one transaction, or for one statement read outside a transaction.
 
     `guard`, when set, is checked at the start of every transaction of this handle and may
     raise to refuse it (rolled back, nothing written): fleet mode sets it to a lease's fence
@@ -232,6 +284,7 @@ class Database:
     """
 
     guard: Guard | None = None
+    _sqlite: SqliteHandle
 
     def __new__(cls, store: StoreSettings | Path | str) -> Database:
         if cls is Database and isinstance(store, StoreSettings) and store.is_postgresql:
@@ -243,49 +296,47 @@ class Database:
         self.path = Path(path)
         # How messages name this database (for a server, its address without a password).
         self.name = str(path)
+        settings = store if isinstance(store, StoreSettings) else StoreSettings(path=self.path)
         if problem := sqlite_library_problem():
             raise StoreError(f"cannot open the database {self.name}: {problem}")
         try:
             if str(path) != ":memory:":
                 ensure_directory(self.path)
                 _create_private(self.path)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly
-            # the block we say it is.
-            self._conn = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
-        except (OSError, sqlite3.Error) as exc:
+            self._sqlite = SqliteHandle(self.name, settings.pool_size, settings.pool_timeout)
+        except OSError as exc:
             raise StoreError(f"cannot open the database {self.name}: {exc}") from None
-        self._conn.row_factory = sqlite3.Row
-        # Reads outside a transaction need no state of their own: one Tx serves them all.
-        self._reads = Tx(self._conn, SQLITE)
+        # One Tx serves every read: it finds the open transaction, or borrows a connection.
+        self._reads = Tx(_SqliteReads(self._sqlite), SQLITE)
         try:
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode survives a process crash (SIGKILL); only power loss can drop
-            # the last transactions, and the ledger makes that safe to redo.
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
+            with self._sqlite.pool.migration_lock, self._sqlite.borrowed() as conn:
+                self._migrate(conn)
         except sqlite3.DatabaseError as exc:
-            self._conn.close()
+            self.close()
             raise StoreError(f"the database {self.name} is unusable: {exc}") from None
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def in_transaction(self) -> bool:
-        """Whether a transaction is open on this connection."""
-        return self._conn.in_transaction
+        """Whether this handle's `transaction()` block is open."""
+        return self._sqlite.tx_conn is not None
 
     @property
     def reads(self) -> Tx:
-        """The unit of work for reads outside a transaction: each statement sees committed data."""
+        """The unit of work for reads: inside `transaction()` that transaction's; outside, each
+        statement sees committed data."""
         return self._reads
 
     @property
     def schema_version(self) -> int:
         """The `user_version` of the open database: how many migrations it has had."""
-        row = self._conn.execute("PRAGMA user_version").fetchone()
+        row = self._reads.execute("PRAGMA user_version").fetchone()
         return int(row[0])
 
-    def _migrate(self) -> None:
-        current = self.schema_version
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        current = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if current > len(MIGRATIONS):
             raise StoreError(
                 f"the database {self.name} has schema {current}, newer than this triage "
@@ -293,29 +344,39 @@ class Database:
             )
         for number, script in enumerate(MIGRATIONS[current:], start=current + 1):
             # executescript commits first; wrap each migration so it applies entirely or not.
-            self._conn.executescript(
+            conn.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
             )
 
     @contextmanager
     def transaction(self, *, guarded: bool = True) -> Iterator[Tx]:
-        """A write transaction: committed when the block ends, rolled back if it raises.
-        `guard`, when set, is checked first in it (see `guard`) unless `guarded` is False: for
-        records that are right whoever holds the lease now (the outcome of a send this handle
-        claimed, which names its own claim)."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            if guarded and self.guard is not None:
-                self.guard.check(self._reads)
-            yield self._reads  # the same connection: its statements are now in the transaction
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        """A write transaction (`BEGIN IMMEDIATE`: one writer at a time) on one pooled
+        connection: committed when the block ends, rolled back if it raises. `guard`, when set,
+        is checked first in it (see `guard`) unless `guarded` is False: for records that are
+        right whoever holds the lease now (the outcome of a send this handle claimed, which
+        names its own claim)."""
+        handle = self._sqlite
+        if handle.tx_conn is not None:
+            raise StoreError(f"{self.name}: cannot start a transaction within a transaction")
+        with handle.borrowed() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            handle.tx_conn = conn
+            tx = Tx(conn, SQLITE)
+            try:
+                if guarded and self.guard is not None:
+                    self.guard.check(tx)
+                yield tx
+            except BaseException:
+                handle.tx_conn = None
+                conn.execute("ROLLBACK")
+                raise
+            handle.tx_conn = None
+            conn.execute("COMMIT")
 
     def close(self) -> None:
-        """Close the connection; the object is unusable afterwards."""
-        self._conn.close()
+        """Release the handle; the object is unusable afterwards. The last handle of a file
+        closes the pool's idle connections."""
+        self._sqlite.close()
 
 
 class PostgresDatabase(Database):
