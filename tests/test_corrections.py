@@ -180,3 +180,48 @@ def test_a_review_item_relabelled_sales_in_the_mailbox_becomes_a_hot_lead(
     assert lead["label"] == "sales" and lead["confidence"] == 1.0
     assert f"labelled sales in the mailbox ({how})" in json.loads(lead["explanation"])
     assert triage(config, "review", "list").stdout == "nothing waits for review\n"
+
+
+@pytest.mark.mail
+def test_an_unchanged_folder_is_not_scanned_again(
+    clean_mail: MailHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corrections scan asks one STATUS (CONDSTORE's HIGHESTMODSEQ) per folder and looks
+    again only when something changed since its last look on this connection: a new message,
+    or a keyword a person set."""
+    from triage.core.labels import keyword_for
+    from triage.core.settings import load_settings
+    from triage.ingest.corrections import CorrectionScan
+    from triage.ingest.mailbox import ImapMailbox
+    from triage.store.db import Database
+
+    settings = load_settings(config_for(clean_mail, tmp_path), environ={})
+    mailbox = ImapMailbox(settings.imap.all_accounts()[0])
+    mailbox.connect()
+    db = Database(settings.store)
+    scan = CorrectionScan(mailbox, db, settings)
+    looked: list[str] = []
+    real = scan._scan_keywords
+
+    def counting(folder: str) -> int:
+        looked.append(folder)
+        return real(folder)
+
+    monkeypatch.setattr(scan, "_scan_keywords", counting)
+    try:
+        scan.scan(["INBOX"])
+        scan.scan(["INBOX"])
+        assert looked == ["INBOX"]  # the second pass: one STATUS, nothing changed
+        clean_mail.send(b"Subject: hi\r\n\r\nhello\r\n", "alice@example.test", "hello@example.test")
+        clean_mail.wait_for_messages("hello")
+        scan.scan(["INBOX"])
+        assert looked == ["INBOX", "INBOX"]
+        with clean_mail.imap("hello") as client:
+            client.select_folder("INBOX")
+            client.add_flags(client.search("ALL"), [keyword_for("sales").encode()])
+        scan.scan(["INBOX"])
+        scan.scan(["INBOX"])
+        assert looked == ["INBOX", "INBOX", "INBOX"]
+    finally:
+        mailbox.close()
+        db.close()

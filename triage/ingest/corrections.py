@@ -12,8 +12,9 @@ so the same correction is not recorded twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 
 from triage.core.labels import DECISION_TABLE, LABEL_TABLE, keyword_for
 from triage.core.settings import Settings
@@ -49,10 +50,27 @@ class CorrectionScan:
         if ingest.move_to_folders:
             for label, row in LABEL_TABLE.items():
                 folder = self.mailbox.folder_path(ingest.folder_prefix, row.folder)
-                found += self._scan_label_folder(folder, label)
+                found += self._unless_unchanged(
+                    folder, partial(self._scan_label_folder, label=label)
+                )
         if ingest.keywords:
             for folder in watched:
-                found += self._scan_keywords(folder)
+                found += self._unless_unchanged(folder, self._scan_keywords)
+        return found
+
+    def _unless_unchanged(self, folder: str, scan: Callable[[str], int]) -> int:
+        """`scan(folder)`, unless the folder is as the last scan on this connection left it
+        (no message moved in or out, no keyword or flag changed): with a thousand mailboxes
+        scanned every minute, one STATUS instead of a SELECT and three SEARCHes each is most of
+        an idle instance's work."""
+        before = self.mailbox.folder_state(folder)
+        if before is not None and self.mailbox.scanned.get(folder) == before:
+            return 0
+        found = scan(folder)
+        # The state from before the scan: what the scan itself changed (the keywords it set)
+        # makes the next pass look once more, and find nothing.
+        if before is not None:
+            self.mailbox.scanned[folder] = before
         return found
 
     def _scan_label_folder(self, folder: str, label: str) -> int:

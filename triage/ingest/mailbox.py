@@ -179,6 +179,9 @@ class ImapMailbox:
         self._delimiter = "/"
         self._capabilities: set[str] | None = None
         self.folder: FolderInfo | None = None
+        # What a periodic scan (the corrections') saw of each folder on this connection, by
+        # folder: see `folder_state`.
+        self.scanned: dict[str, tuple[int, ...]] = {}
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -235,6 +238,7 @@ class ImapMailbox:
         self._client = client
         self._capabilities = None
         self.folder = None
+        self.scanned = {}
 
     def _oauth2_login(self, client: IMAPClient, where: str, token: AccessToken) -> AccessToken:
         """Sign in with an access token; a rejected token is refreshed and tried once more (it
@@ -315,6 +319,29 @@ class ImapMailbox:
                 uidnext = int(self.client.folder_status(folder, [b"UIDNEXT"])[b"UIDNEXT"])
         self.folder = FolderInfo(folder, uidvalidity, uidnext, int(info.get(b"EXISTS", 0)))
         return self.folder
+
+    def folder_state(self, folder: str) -> tuple[int, ...] | None:
+        """A fingerprint of `folder` that changes whenever a message arrives, leaves or has a
+        flag or keyword changed: (UIDVALIDITY, UIDNEXT, MESSAGES, HIGHESTMODSEQ) by one STATUS
+        (RFC 7162), without selecting it. None when the server cannot tell (no CONDSTORE), or
+        the folder does not exist: then look."""
+        if "CONDSTORE" not in self.capabilities():
+            return None
+        names = [b"UIDVALIDITY", b"UIDNEXT", b"MESSAGES", b"HIGHESTMODSEQ"]
+        from imapclient.exceptions import IMAPClientAbortError, IMAPClientError
+
+        with _translated(f"{self.account.name}: STATUS {folder!r}"):
+            if self.folder is not None and self.folder.name == folder:
+                # STATUS of the selected folder answers as this session last saw it (RFC
+                # 3501 6.3.10): a NOOP first lets the session learn of others' changes.
+                self.client.noop()
+            try:
+                found = self.client.folder_status(folder, names)
+            except IMAPClientAbortError:
+                raise  # the connection broke: translated above
+            except IMAPClientError:
+                return None  # a NO: no such folder (the connection is fine)
+        return tuple(int(found.get(name, 0)) for name in names)
 
     def folder_exists(self, folder: str) -> bool:
         """True when `folder` exists on the server."""
