@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from devtools.mailharness import unavailable_reason
+from devtools.pgharness import unavailable_reason as pg_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.slow, pytest.mark.mail]
+# The fleet section (a PostgreSQL, four rows, two latency runs) adds about a minute and a half.
+pytestmark = [pytest.mark.slow, pytest.mark.mail, pytest.mark.timeout(900)]
 
 # The figures of one backlog run (top level for `ingest.workers = 0`, and in `by_workers`).
 BACKLOG_FIGURES = (
@@ -76,6 +78,13 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     assert any(m.startswith("Push latency") for m in measures)
     assert any(m.startswith("Classifier") for m in measures)
     assert any(m.startswith("Start-up") for m in measures)
+    # The fleet section: SQLite, then PostgreSQL with 1, 2 and 3 instances, then push latency
+    # on PostgreSQL (or one row saying why no PostgreSQL could run here).
+    if pg_unavailable() is None:
+        assert sum(m.startswith("Fleet backlog") for m in measures) == 4
+        assert any(m.startswith("Push latency on PostgreSQL") for m in measures)
+    else:
+        assert any(m.startswith("Fleet (PostgreSQL)") for m in measures)
     assert done.stdout.count("| # | measure |") == 1  # one table
 
     data = json.loads(figures.read_text())
@@ -99,3 +108,14 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     # The same mail, decided in process and in a worker process: the same decisions.
     assert backlogs[0]["triage"]["decisions"] == backlogs[1]["triage"]["decisions"]
     assert data["details"]["latency"]["sent"] == len(data["details"]["latency"]["seconds"])
+    if pg_unavailable() is None:
+        fleet = data["fleet"]
+        assert [(r["backend"], r["instances"]) for r in fleet["backlogs"]] == [
+            ("sqlite", 1),
+            ("postgresql", 1),
+            ("postgresql", 2),
+            ("postgresql", 3),
+        ]
+        for r in fleet["backlogs"]:
+            assert sum(r["decisions"].values()) == r["messages"]
+        assert fleet["push_postgresql"]["replied"] == fleet["push_postgresql"]["sent"]
