@@ -232,6 +232,11 @@ def fleet_rows(r: fleet.FleetResult) -> list[Row]:
         cpu = f"{b.triage_cpu_ms:.2f} ms triage"
         if b.database_cpu_ms is not None:
             cpu += f" + {b.database_cpu_ms:.2f} ms PostgreSQL"
+        if b.lock_waits is not None and b.in_transaction is not None:
+            cpu += (
+                f" · sessions in a transaction {b.in_transaction:.1f} on average, of which"
+                f" {b.lock_waits:.1f} waiting for a lock"
+            )
         plural = "instance" if b.instances == 1 else "instances"
         rows.append(
             Row(

@@ -17,6 +17,9 @@ from devtools.pgharness, removed afterwards) and emptied mailboxes:
    store's own timestamps, read through `triage.store.db.Database` (so the same code reads both
    backends). CPU per message is that of every `triage run` process together and, on PostgreSQL,
    of the database server's processes (those alive at the end: the pools keep their sessions).
+   On PostgreSQL the instances' sessions are sampled meanwhile (`pg_stat_activity`): how many are
+   in a transaction and how many of those wait for a lock, on average, which tells a fleet held
+   back by a lock from one held back by CPU or round trips.
 
 Push latency is bench.latency's method (one inquiry at a time through Postfix, the clock until
 the reply is in the sender's INBOX, live replies) with one instance watching hello@, first on
@@ -337,6 +340,40 @@ def wait_ready(
         time.sleep(POLL_S)
 
 
+# The row's database sessions other than the one asking: waiting for a lock, and in a
+# transaction (running a statement, waiting, or holding it open while the client works).
+_SESSIONS = (
+    "SELECT COUNT(*) FILTER (WHERE wait_event_type = 'Lock'),"
+    " COUNT(*) FILTER (WHERE state <> 'idle')"
+    " FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    " AND backend_type = 'client backend'"
+)
+
+
+@dataclass
+class Sessions:
+    """pg_stat_activity sampled while the backlog runs: how many of the instances' sessions
+    wait for a lock, and how many are in a transaction, on average. It tells a fleet limited by
+    a lock (one transaction at a time) from one limited by CPU or round trips."""
+
+    samples: int = 0
+    waiting: int = 0
+    busy: int = 0
+
+    def sample(self, db: Database) -> None:
+        """One look (the bench's own polling is sequential: at most this session is active)."""
+        waiting, busy = db.reads.execute(_SESSIONS).fetchone()
+        self.samples += 1
+        self.waiting += int(waiting)
+        self.busy += int(busy)
+
+    def means(self) -> tuple[float, float] | None:
+        """(sessions waiting for a lock, sessions in a transaction) on average, or None."""
+        if not self.samples:
+            return None
+        return self.waiting / self.samples, self.busy / self.samples
+
+
 def _finished(db: Database) -> int:
     row = db.reads.execute(
         "SELECT COUNT(*) FROM messages WHERE state IN ('done', 'quarantined')"
@@ -395,6 +432,10 @@ class FleetBacklog:
     moved: int
     triage_cpu_ms: float  # CPU per message of every `triage run` process together
     database_cpu_ms: float | None  # CPU per message of the PostgreSQL server (None on SQLite)
+    # On PostgreSQL: the instances' sessions waiting for a lock, and in a transaction, on
+    # average while the backlog ran (`Sessions`); None on SQLite.
+    lock_waits: float | None = None
+    in_transaction: float | None = None
 
     @property
     def rate(self) -> float:
@@ -469,9 +510,12 @@ def backlog(
         moved_at = time.perf_counter()
         _release(harness, names)
         db = Database(store)
+        sessions = Sessions()
         try:
             deadline = moved_at + DONE_TIMEOUT
             while (finished := _finished(db)) < size:
+                if store.is_postgresql:
+                    sessions.sample(db)
                 for instance in instances:
                     instance.check()
                 if time.perf_counter() > deadline:
@@ -483,6 +527,7 @@ def backlog(
             after = lease_owners(db)[0] if store.is_postgresql else {}
         finally:
             db.close()
+    means = sessions.means()
     by_pid = {str(pid): n for n, pid in enumerate(pids)}
     shares = Counter(by_pid.get(owner.split(":")[1], -1) for owner in owners.values())
     return FleetBacklog(
@@ -499,6 +544,8 @@ def backlog(
         moved=sum(1 for name, owner in owners.items() if after.get(name) != owner),
         triage_cpu_ms=_used(cpu_before, cpu_after) / size * 1000,
         database_cpu_ms=_used(db_before, db_after) / size * 1000 if server else None,
+        lock_waits=None if means is None else means[0],
+        in_transaction=None if means is None else means[1],
     )
 
 
@@ -628,6 +675,8 @@ def figures(result: FleetResult) -> dict[str, Any]:
                 "ratio_to_sqlite": result.ratio(b),
                 "triage_cpu_ms_per_msg": b.triage_cpu_ms,
                 "database_cpu_ms_per_msg": b.database_cpu_ms,
+                "sessions_waiting_for_a_lock": b.lock_waits,
+                "sessions_in_a_transaction": b.in_transaction,
                 "shares": list(b.shares),
                 "leases_moved": b.moved,
                 "replies_composed": b.replies,
@@ -670,6 +719,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run(harness, work, model, args.size, args.latency, counts, args.workers)
     for b in result.backlogs:
         db_cpu = "" if b.database_cpu_ms is None else f" + {b.database_cpu_ms:.2f} ms PostgreSQL"
+        if b.lock_waits is not None and b.in_transaction is not None:
+            db_cpu += (
+                f"; sessions {b.lock_waits:.2f} waiting for a lock, {b.in_transaction:.2f} in a tx"
+            )
         print(
             f"{b.backend} x{b.instances}: {b.rate:,.0f} msgs/s ({b.seconds:.2f} s; ratio "
             f"{result.ratio(b):.2f}); CPU {b.triage_cpu_ms:.2f} ms/msg triage{db_cpu}; shares "

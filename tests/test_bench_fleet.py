@@ -35,6 +35,8 @@ def row(backend: str, instances: int, seconds: float, shares: tuple[int, ...]) -
         moved=0,
         triage_cpu_ms=1.5,
         database_cpu_ms=None if backend == "sqlite" else 0.5,
+        lock_waits=None if backend == "sqlite" else 2.25,
+        in_transaction=None if backend == "sqlite" else 3.0,
     )
 
 
@@ -61,6 +63,9 @@ def test_each_row_is_compared_with_the_sqlite_row() -> None:
     assert [r["ratio_to_sqlite"] for r in figs["backlogs"]] == [1.0, 0.5, 400 / 600, 500 / 600]
     assert [r["shares"] for r in figs["backlogs"]] == [[6], [6], [3, 3], [2, 2, 2]]
     assert figs["backlogs"][0]["database_cpu_ms_per_msg"] is None
+    assert figs["backlogs"][0]["sessions_waiting_for_a_lock"] is None
+    assert figs["backlogs"][3]["sessions_waiting_for_a_lock"] == 2.25
+    assert figs["backlogs"][3]["sessions_in_a_transaction"] == 3.0
     assert figs["push_postgresql"]["p95_s"] == 0.7
     assert figs["push_sqlite"]["p50_s"] == 0.5
     assert figs["nproc"] == 2
@@ -80,6 +85,8 @@ def test_the_table_has_a_row_per_backlog_and_judges_postgresql_latency() -> None
     assert "ratio to SQLite **0.50**" in rows[1].result
     assert "mailboxes per instance 2/2/2" in rows[3].result
     assert "0.50 ms PostgreSQL" in rows[3].result
+    assert "in a transaction 3.0 on average, of which 2.2 waiting for a lock" in rows[3].result
+    assert "waiting for a lock" not in rows[0].result
     assert all(r.met is None for r in rows[:4])
     assert rows[4].measure.startswith("Push latency on PostgreSQL")
     assert "p95 **0.70 s**" in rows[4].result and "SQLite in the same run" in rows[4].result
@@ -157,5 +164,6 @@ def test_the_section_runs_at_tiny_size(tmp_path: Path) -> None:
     assert rows[1]["decisions"] == rows[0]["decisions"] == rows[2]["decisions"]
     assert rows[0]["ratio_to_sqlite"] == 1.0
     assert rows[1]["database_cpu_ms_per_msg"] is not None
+    assert rows[1]["sessions_in_a_transaction"] is not None
     for key in ("push_sqlite", "push_postgresql"):
         assert data[key]["replied"] == data[key]["sent"] == 2
