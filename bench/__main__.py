@@ -238,13 +238,21 @@ def fleet_rows(r: fleet.FleetResult) -> list[Row]:
                 f" {b.lock_waits:.1f} waiting for a lock"
             )
         plural = "instance" if b.instances == 1 else "instances"
+        kept = ""
+        if b.backend != "sqlite":
+            kept = (
+                " (kept throughout)"
+                if not b.retaken and not b.moved
+                else f" · **{b.retaken} lease(s) taken anew** during the backlog, {b.moved}"
+                " mailbox(es) on another instance at its end"
+            )
         rows.append(
             Row(
                 f"Fleet backlog of {b.size:,} messages over {b.accounts} mailboxes, {store},"
                 f" {b.instances} {plural}",
                 f"**{b.rate:,.0f} msgs/s** ({b.seconds:.1f} s) · ratio to SQLite"
                 f" **{r.ratio(b):.2f}** · CPU per message {cpu} · mailboxes per instance"
-                f" {'/'.join(map(str, b.shares))} · {b.replies:,} dry-run replies composed",
+                f" {'/'.join(map(str, b.shares))}{kept} · {b.replies:,} dry-run replies composed",
                 "–",
                 None,
             )

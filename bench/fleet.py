@@ -271,22 +271,34 @@ def synced(db: Database, names: Sequence[str]) -> dict[str, float]:
     return {str(r[0]): _epoch(str(r[1])) for r in rows if r[1] and str(r[0]) in names}
 
 
-def lease_owners(db: Database) -> tuple[dict[str, str], dict[str, float], int]:
-    """({account: instance id}, {account: when its holder took it}, live instances) now, from
-    `fleet_status`; the leader lease is left out."""
+@dataclass(frozen=True)
+class Leases:
+    """The accounts' leases at one moment, from `fleet_status` (the leader lease left out)."""
+
+    owners: dict[str, str]  # account -> live instance id holding it
+    taken: dict[str, float]  # account -> when its holder acquired it (epoch, database clock)
+    generations: dict[str, int]  # every account's lease generation, held or not
+    live: int  # live instances
+
+
+def leases_now(db: Database) -> Leases:
+    """The leases as the database sees them now."""
     status = fleet_status(db, DEFAULT_TTL)
     owners: dict[str, str] = {}
     taken: dict[str, float] = {}
+    generations = {lease.name: lease.generation for lease in status.unheld}
     live = 0
     for instance in status.instances:
-        if instance.state != "live":
-            continue
-        live += 1
+        live += instance.state == "live"
         for lease in instance.leases:
-            if lease.name != LEADER:
+            if lease.name == LEADER:
+                continue
+            generations[lease.name] = lease.generation
+            if instance.state == "live":
                 owners[lease.name] = instance.instance.id
                 taken[lease.name] = lease.acquired_at or 0.0
-    return owners, taken, live
+    generations.pop(LEADER, None)
+    return Leases(owners, taken, generations, live)
 
 
 def balanced(owners: Mapping[str, str], names: Sequence[str], live: int, count: int) -> bool:
@@ -301,9 +313,9 @@ def balanced(owners: Mapping[str, str], names: Sequence[str], live: int, count: 
 
 def wait_ready(
     store: StoreSettings, names: Sequence[str], instances: Sequence[Instance]
-) -> dict[str, str]:
-    """Wait until every account of `names` is served and synced; the lease owners then
-    ({} on SQLite, where one instance serves everything)."""
+) -> Leases | None:
+    """Wait until every account of `names` is served and synced; the leases then (None on
+    SQLite, where one instance serves everything)."""
     deadline = time.perf_counter() + FLEET_READY_TIMEOUT
     owners: dict[str, str] = {}
     while True:
@@ -325,14 +337,15 @@ def wait_ready(
                 done = synced(db, names)
                 if not store.is_postgresql:
                     if len(done) == len(names):
-                        return {}
+                        return None
                 else:
-                    owners, taken, live = lease_owners(db)
+                    now = leases_now(db)
+                    owners = now.owners
                     # The holder's own first pass came after it took the lease (its worker runs).
-                    if balanced(owners, names, live, len(instances)) and all(
-                        done.get(name, 0.0) >= taken[name] for name in names
+                    if balanced(owners, names, now.live, len(instances)) and all(
+                        done.get(name, 0.0) >= now.taken[name] for name in names
                     ):
-                        return owners
+                        return now
             except STORE_ERRORS:
                 pass  # the schema is being made: again
             finally:
@@ -426,10 +439,13 @@ class FleetBacklog:
     decisions: dict[str, int]
     replies: int
     per_account: dict[str, int]
-    # How many accounts each instance served (by instance number), and how many leases changed
-    # hands between the release of the backlog and its end (0: the shares stayed put).
+    # How many accounts each instance served (by instance number) when the backlog was released;
+    # between then and its end, how many accounts changed hands (or were held by nobody at the
+    # end), and how many lease acquisitions there were (new generations, by the same instance
+    # or another): 0 and 0 when every instance kept its leases throughout.
     shares: tuple[int, ...]
     moved: int
+    retaken: int
     triage_cpu_ms: float  # CPU per message of every `triage run` process together
     database_cpu_ms: float | None  # CPU per message of the PostgreSQL server (None on SQLite)
     # On PostgreSQL: the instances' sessions waiting for a lock, and in a transaction, on
@@ -502,7 +518,7 @@ def backlog(
     base = work / f"fleet-{'pg' if store.is_postgresql else 'sqlite'}-{count}"
     config = write_config(harness, base, names, store, workers)
     with running(count, config, _env(model, "dry-run"), base) as instances:
-        owners = wait_ready(store, names, instances)
+        before = wait_ready(store, names, instances)
         time.sleep(SETTLE_S)
         pids = [instance.pid for instance in instances]
         server = [database_pid] if database_pid else []
@@ -524,12 +540,17 @@ def backlog(
             done_at = time.perf_counter()
             cpu_after, db_after = _tree_cpu(pids), _tree_cpu(server)
             result = span(db)
-            after = lease_owners(db)[0] if store.is_postgresql else {}
+            after = leases_now(db) if before is not None else None
         finally:
             db.close()
     means = sessions.means()
     by_pid = {str(pid): n for n, pid in enumerate(pids)}
+    owners = {} if before is None else before.owners
     shares = Counter(by_pid.get(owner.split(":")[1], -1) for owner in owners.values())
+    retaken = moved = 0
+    if before is not None and after is not None:
+        retaken = sum(after.generations[n] - before.generations[n] for n in names)
+        moved = sum(1 for name, owner in owners.items() if after.owners.get(name) != owner)
     return FleetBacklog(
         backend="postgresql" if store.is_postgresql else "sqlite",
         instances=count,
@@ -541,7 +562,8 @@ def backlog(
         replies=result.replies,
         per_account=result.per_account,
         shares=tuple(shares[n] for n in range(count)) if owners else (len(names),),
-        moved=sum(1 for name, owner in owners.items() if after.get(name) != owner),
+        moved=moved,
+        retaken=retaken,
         triage_cpu_ms=_used(cpu_before, cpu_after) / size * 1000,
         database_cpu_ms=_used(db_before, db_after) / size * 1000 if server else None,
         lock_waits=None if means is None else means[0],
@@ -679,6 +701,7 @@ def figures(result: FleetResult) -> dict[str, Any]:
                 "sessions_in_a_transaction": b.in_transaction,
                 "shares": list(b.shares),
                 "leases_moved": b.moved,
+                "leases_retaken": b.retaken,
                 "replies_composed": b.replies,
                 "decisions": b.decisions,
             }
@@ -726,7 +749,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{b.backend} x{b.instances}: {b.rate:,.0f} msgs/s ({b.seconds:.2f} s; ratio "
             f"{result.ratio(b):.2f}); CPU {b.triage_cpu_ms:.2f} ms/msg triage{db_cpu}; shares "
-            f"{list(b.shares)}, moved {b.moved}; {b.replies} replies; {b.decisions}"
+            f"{list(b.shares)}, moved {b.moved}, retaken {b.retaken}; {b.replies} replies;"
+            f" {b.decisions}"
         )
     for name, r in (("sqlite", result.sqlite_latency), ("postgresql", result.postgresql_latency)):
         print(f"push {name}: {r.replied}/{r.sent}; p50 {r.p50:.3f} s, p95 {r.p95:.3f} s")

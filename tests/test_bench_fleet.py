@@ -33,6 +33,7 @@ def row(backend: str, instances: int, seconds: float, shares: tuple[int, ...]) -
         per_account={name: 100 for name in NAMES},
         shares=shares,
         moved=0,
+        retaken=0 if instances < 3 else 2,
         triage_cpu_ms=1.5,
         database_cpu_ms=None if backend == "sqlite" else 0.5,
         lock_waits=None if backend == "sqlite" else 2.25,
@@ -83,7 +84,8 @@ def test_the_table_has_a_row_per_backlog_and_judges_postgresql_latency() -> None
         "Fleet backlog of 600 messages over 6 mailboxes, PostgreSQL, 3 instances",
     ]
     assert "ratio to SQLite **0.50**" in rows[1].result
-    assert "mailboxes per instance 2/2/2" in rows[3].result
+    assert "mailboxes per instance 2/2/2 · **2 lease(s) taken anew**" in rows[3].result
+    assert "mailboxes per instance 3/3 (kept throughout)" in rows[2].result
     assert "0.50 ms PostgreSQL" in rows[3].result
     assert "in a transaction 3.0 on average, of which 2.2 waiting for a lock" in rows[3].result
     assert "waiting for a lock" not in rows[0].result
@@ -157,7 +159,7 @@ def test_the_section_runs_at_tiny_size(tmp_path: Path) -> None:
         ("postgresql", 2),
     ]
     assert [r["shares"] for r in rows] == [[6], [6], [3, 3]]
-    assert all(r["leases_moved"] == 0 for r in rows)
+    assert all(r["leases_moved"] == r["leases_retaken"] == 0 for r in rows)
     for r in rows:
         assert sum(r["decisions"].values()) == 24
         assert r["msgs_per_s"] > 0
