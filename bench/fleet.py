@@ -42,6 +42,7 @@ import random
 import secrets
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -726,14 +727,20 @@ def figures(result: FleetResult) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the section alone, print its figures (and write them as JSON when asked)."""
+    """Run the section alone, print its figures and its rows of the suite's table (with a line
+    naming the command, the machine and the load), write them where asked."""
+    # The suite's table and machine line (imported here: bench.__main__ imports this module).
+    from bench.__main__ import fleet_rows, load, machine, table
+
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--size", type=int, default=10_000, help="backlog messages (10,000)")
     parser.add_argument("--latency", type=int, default=50, help="latency samples (50)")
     parser.add_argument("--instances", default="1,2,3", help="PostgreSQL rows (1,2,3)")
     parser.add_argument("--workers", type=int, default=0, help="ingest.workers of every instance")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    parser.add_argument("--output", type=Path, default=None, help="also write the table there")
     args = parser.parse_args(argv)
+    load_before = load()
     counts = [int(n) for n in str(args.instances).split(",") if n.strip()]
     with tempfile.TemporaryDirectory(prefix="triage-bench-") as tmp:
         work = Path(tmp)
@@ -754,8 +761,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     for name, r in (("sqlite", result.sqlite_latency), ("postgresql", result.postgresql_latency)):
         print(f"push {name}: {r.replied}/{r.sent}; p50 {r.p50:.3f} s, p95 {r.p95:.3f} s")
+    command = " ".join(["python -m bench.fleet", *(sys.argv[1:] if argv is None else argv)])
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    header = (
+        f"`{command}` · {when} · {machine()} · load average {load_before} before, {load()} after"
+    )
+    text = header + "\n\n" + table(fleet_rows(result)) + "\n"
+    print("\n" + text, end="")
+    if args.output is not None:
+        args.output.write_text(text)
     if args.json is not None:
         data = figures(result)
+        data["command"], data["when"], data["machine"] = command, when, machine()
         data["details"] = asdict(result)
         args.json.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return 0

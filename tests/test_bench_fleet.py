@@ -142,7 +142,7 @@ def test_the_section_runs_at_tiny_size(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             *(sys.executable, "-m", "bench.fleet", "--size", "24", "--latency", "2"),
-            *("--instances", "1,2", "--json", str(out)),
+            *("--instances", "1,2", "--json", str(out), "--output", str(tmp_path / "fleet.md")),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -151,6 +151,11 @@ def test_the_section_runs_at_tiny_size(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    # The suite's rows for the section, under a line naming the command and the machine.
+    table = (tmp_path / "fleet.md").read_text()
+    assert table.startswith("`python -m bench.fleet --size 24") and "CPUs" in table
+    rows_md = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert len(rows_md) == 4 and rows_md[-1].split(" | ")[1].startswith("Push latency")
     data = json.loads(out.read_text())
     rows = data["backlogs"]
     assert [(r["backend"], r["instances"]) for r in rows] == [
