@@ -1,6 +1,6 @@
 """The benchmark suite: triage against the physical limits of its machine, in one table.
 
-    python -m bench                  # 10,000-message backlog, 50 latency samples (~9 minutes)
+    python -m bench                  # 10,000-message backlog, 50 latency samples (~11 minutes)
     python -m bench --quick          # a tiny smoke run over the same code paths
     bench/run --size 20000           # the same through the wrapper script
 
@@ -77,7 +77,8 @@ class Plan:
     classifier_repeat: int
     cold_classifier: bool
     settle: float
-    fleet: tuple[int, ...] = fleet.INSTANCES  # instances per PostgreSQL row; () skips the section
+    # Instances per PostgreSQL row of the fleet section; () leaves the section out.
+    fleet_instances: tuple[int, ...] = fleet.INSTANCES
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
@@ -321,7 +322,7 @@ class Results:
     latency: latency.LatencyResult
     startup: startup.StartupResult
     classifier: list[dict[str, Any]]
-    fleet: fleet.FleetResult | None = None
+    fleet_result: fleet.FleetResult | None = None
 
 
 def run(plan: Plan, work: Path) -> Results:
@@ -330,7 +331,7 @@ def run(plan: Plan, work: Path) -> Results:
     tuned = max(plan.workers)
     rows: list[Row] = []
     users = {**startup.prospects(plan.latency_count), **fleet.users()}
-    skipped = pg_unavailable() if plan.fleet else None
+    skipped = pg_unavailable() if plan.fleet_instances else None
     fleet_result = None
     with startup.private_harness(work / "mail", users) as harness:
         started = startup.run(harness, work, model, plan.startup_runs)
@@ -339,9 +340,9 @@ def run(plan: Plan, work: Path) -> Results:
             backlog.run(harness, work, model, plan.size, workers, plan.settle)
             for workers in plan.workers
         ]
-        if plan.fleet and skipped is None:
+        if plan.fleet_instances and skipped is None:
             fleet_result = fleet.run(
-                harness, work, model, plan.size, plan.latency_count, plan.fleet
+                harness, work, model, plan.size, plan.latency_count, plan.fleet_instances
             )
     rows.extend(backlog_row(b) for b in backlogs)
     rows.append(latency_row(lat, tuned))
@@ -416,7 +417,7 @@ def figures(results: Results) -> dict[str, Any]:
         "ready_s": results.startup.ready_s,
         "by_workers": by_workers,
         # The fleet section's figures (bench.fleet.figures), None when it did not run.
-        "fleet": None if results.fleet is None else fleet.figures(results.fleet),
+        "fleet": None if results.fleet_result is None else fleet.figures(results.fleet_result),
         "goals": {
             "backlog_msgs_per_s": GOAL_RATE,
             "backlog_ratio": GOAL_RATIO,
