@@ -1,11 +1,12 @@
 """The benchmark suite: triage against the physical limits of its machine, in one table.
 
-    python -m bench                  # 10,000-message backlog, 50 latency samples (~5 minutes)
+    python -m bench                  # 10,000-message backlog, 50 latency samples (~11 minutes)
     python -m bench --quick          # a tiny smoke run over the same code paths
     bench/run --size 20000           # the same through the wrapper script
 
-It starts a private Dovecot and Postfix (free ports, a temporary folder, senders p00… as extra
-users), then measures, each with the real `triage` command where the figure is about the service:
+It starts a private Dovecot and Postfix (free ports, a temporary folder, senders p00… and the
+fleet's mailboxes fleet00… as extra users; for 6. a private PostgreSQL too), then measures, each
+with the real `triage` command where the figure is about the service:
 
 1. backlog throughput of `triage run` on N new messages next to a bare batched IMAP fetch of the
    same messages (`bench.backlog`), once per `--workers` value (`ingest.workers`);
@@ -16,7 +17,9 @@ users), then measures, each with the real `triage` command where the figure is a
 5. start-up: `triage --help` and `triage run` until its first sync is recorded (`bench.startup`);
 6. many mailboxes on one instance (`bench.mailboxes`): for each of `--mailboxes` counts (1 and
    100 by default; the goal is about 1,000), start-up, RSS, threads, file descriptors, idle CPU
-   and push latency of one `triage run` watching that many IMAPS mailboxes in IDLE.
+   and push latency of one `triage run` watching that many IMAPS mailboxes in IDLE;
+7. fleet mode (`bench.fleet`): the backlog spread over 6 mailboxes, one instance on SQLite, then
+   1, 2 and 3 instances on a private PostgreSQL (`--fleet`), and push latency on both stores.
 
 It prints one markdown table and writes it, with a line naming the machine, to `bench/results.md`
 (or `--output`). Wall-clock figures depend on what else the machine runs: the load average is
@@ -41,8 +44,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import backlog, latency, mailboxes, startup
+from bench import backlog, fleet, latency, mailboxes, startup
 from bench.memory import MemoryResult
+from devtools.pgharness import unavailable_reason as pg_unavailable
 
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
@@ -79,18 +83,44 @@ class Plan:
     mailbox_counts: tuple[int, ...] = ()
     mailbox_probes: int = 20
     idle_window: float = 60.0
+    # Instances per PostgreSQL row of the fleet section; () leaves the section out.
+    fleet_instances: tuple[int, ...] = fleet.INSTANCES
 
 
 def plan_for(args: argparse.Namespace) -> Plan:
     """The sizes for a full run, or the tiny ones of `--quick` (explicit options still win)."""
     workers = tuple(int(w) for w in str(args.workers).split(",") if w.strip())
     counts = mailboxes.parse_counts(getattr(args, "mailboxes", ""))
+    fleet_arg = str(getattr(args, "fleet", ",".join(map(str, fleet.INSTANCES))))
+    instances = tuple(int(n) for n in fleet_arg.split(",") if n.strip() and int(n))
     if args.quick:
         return Plan(
-            args.size or 60, args.latency or 3, workers, 1, 200, 2, False, 1.0, counts, 3, 10.0
+            args.size or 60,
+            args.latency or 3,
+            workers,
+            1,
+            200,
+            2,
+            False,
+            1.0,
+            counts,
+            3,
+            10.0,
+            instances,
         )
     return Plan(
-        args.size or 10_000, args.latency or 50, workers, 3, 5000, 20, True, 6.0, counts, 20, 60.0
+        args.size or 10_000,
+        args.latency or 50,
+        workers,
+        3,
+        5000,
+        20,
+        True,
+        6.0,
+        counts,
+        20,
+        60.0,
+        instances,
     )
 
 
@@ -244,6 +274,54 @@ def startup_row(r: startup.StartupResult, workers: int) -> Row:
     )
 
 
+def fleet_rows(r: fleet.FleetResult) -> list[Row]:
+    """Rows 8-…: the fleet's backlog rows, then push latency on PostgreSQL beside SQLite's."""
+    rows = []
+    for b in r.backlogs:
+        store = "SQLite" if b.backend == "sqlite" else "PostgreSQL"
+        cpu = f"{b.triage_cpu_ms:.2f} ms triage"
+        if b.database_cpu_ms is not None:
+            cpu += f" + {b.database_cpu_ms:.2f} ms PostgreSQL"
+        if b.lock_waits is not None and b.in_transaction is not None:
+            cpu += (
+                f" · sessions in a transaction {b.in_transaction:.1f} on average, of which"
+                f" {b.lock_waits:.1f} waiting for a lock"
+            )
+        plural = "instance" if b.instances == 1 else "instances"
+        kept = ""
+        if b.backend != "sqlite":
+            kept = (
+                " (kept throughout)"
+                if not b.retaken and not b.moved
+                else f" · **{b.retaken} lease(s) taken anew** during the backlog, {b.moved}"
+                " mailbox(es) on another instance at its end"
+            )
+        rows.append(
+            Row(
+                f"Fleet backlog of {b.size:,} messages over {b.accounts} mailboxes, {store},"
+                f" {b.instances} {plural}",
+                f"**{b.rate:,.0f} msgs/s** ({b.seconds:.1f} s) · ratio to SQLite"
+                f" **{r.ratio(b):.2f}** · CPU per message {cpu} · mailboxes per instance"
+                f" {'/'.join(map(str, b.shares))}{kept} · {b.replies:,} dry-run replies composed",
+                "–",
+                None,
+            )
+        )
+    pg, lite = r.postgresql_latency, r.sqlite_latency
+    rows.append(
+        Row(
+            f"Push latency on PostgreSQL, one fleet instance, {pg.sent} inquiries, IDLE, live"
+            " replies",
+            f"p50 **{pg.p50:.2f} s** · p95 **{pg.p95:.2f} s** · max"
+            f" {max(pg.seconds, default=float('inf')):.2f} s · {pg.replied}/{pg.sent} replied ·"
+            f" SQLite in the same run: p50 {lite.p50:.2f} s · p95 {lite.p95:.2f} s",
+            f"p95 ≤ {GOAL_P95_S:g} s",
+            pg.replied == pg.sent and pg.p95 <= GOAL_P95_S,
+        )
+    )
+    return rows
+
+
 # -- the run ------------------------------------------------------------------------------------
 
 
@@ -294,6 +372,7 @@ class Results:
     startup: startup.StartupResult
     classifier: list[dict[str, Any]]
     mailboxes: list[mailboxes.MailboxesResult] = dataclasses.field(default_factory=list)
+    fleet_result: fleet.FleetResult | None = None
 
 
 def run(plan: Plan, work: Path) -> Results:
@@ -301,13 +380,20 @@ def run(plan: Plan, work: Path) -> Results:
     model = startup.ensure_model(work)
     tuned = max(plan.workers)
     rows: list[Row] = []
-    with startup.private_harness(work / "mail", startup.prospects(plan.latency_count)) as harness:
+    users = {**startup.prospects(plan.latency_count), **fleet.users()}
+    skipped = pg_unavailable() if plan.fleet_instances else None
+    fleet_result = None
+    with startup.private_harness(work / "mail", users) as harness:
         started = startup.run(harness, work, model, plan.startup_runs)
         lat = latency.run(harness, work, model, plan.latency_count, tuned)
         backlogs = [
             backlog.run(harness, work, model, plan.size, workers, plan.settle)
             for workers in plan.workers
         ]
+        if plan.fleet_instances and skipped is None:
+            fleet_result = fleet.run(
+                harness, work, model, plan.size, plan.latency_count, plan.fleet_instances
+            )
     rows.extend(backlog_row(b) for b in backlogs)
     rows.append(latency_row(lat, tuned))
     classifier = classifier_figures(model, plan)
@@ -317,7 +403,11 @@ def run(plan: Plan, work: Path) -> Results:
     many = mailboxes.run(work, model, plan.mailbox_counts, plan.mailbox_probes, plan.idle_window)
     if many:
         rows.append(mailboxes_row(many))
-    return Results(rows, backlogs, lat, started, classifier, many)
+    if fleet_result is not None:
+        rows.extend(fleet_rows(fleet_result))
+    elif skipped is not None:
+        rows.append(Row("Fleet (PostgreSQL)", f"skipped: {skipped}", "–", None))
+    return Results(rows, backlogs, lat, started, classifier, many, fleet_result)
 
 
 # -- the figures as JSON ------------------------------------------------------------------------
@@ -380,6 +470,8 @@ def figures(results: Results) -> dict[str, Any]:
         "ready_s": results.startup.ready_s,
         "by_workers": by_workers,
         "mailboxes": mailboxes.figures(results.mailboxes),
+        # The fleet section's figures (bench.fleet.figures), None when it did not run.
+        "fleet": None if results.fleet_result is None else fleet.figures(results.fleet_result),
         "goals": {
             "backlog_msgs_per_s": GOAL_RATE,
             "backlog_ratio": GOAL_RATIO,
@@ -409,6 +501,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--mailboxes",
         default="1,100",
         help='mailbox counts of the many-mailboxes table (1,100; e.g. 1,100,300,1000; "": none)',
+    )
+    parser.add_argument(
+        "--fleet", default="1,2,3", help="instances per PostgreSQL fleet row (1,2,3; 0: none)"
     )
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the table")

@@ -18,7 +18,7 @@ from devtools.mailharness import unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [pytest.mark.slow, pytest.mark.mail]
+pytestmark = [pytest.mark.slow, pytest.mark.mail, pytest.mark.timeout(900)]
 
 # The figures of one backlog run (top level for `ingest.workers = 0`, and in `by_workers`).
 BACKLOG_FIGURES = (
@@ -60,7 +60,10 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
         pytest.skip(reason)
     table, figures = tmp_path / "results.md", tmp_path / "results.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(table), "--json", str(figures)],
+        [
+            *(sys.executable, "-m", "bench", "--quick", "--fleet", "0"),
+            *("--output", str(table), "--json", str(figures)),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -77,6 +80,8 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     assert any(m.startswith("Classifier") for m in measures)
     assert any(m.startswith("Start-up") for m in measures)
     assert any(m.startswith("Many mailboxes: 100 on one instance") for m in measures)
+    # The fleet section is left out here (`--fleet 0`): tests/test_bench_fleet.py runs it.
+    assert not any(m.startswith("Fleet") for m in measures)
     assert done.stdout.count("| # | measure |") == 1  # one table
 
     data = json.loads(figures.read_text())
@@ -103,3 +108,4 @@ def test_the_suite_runs_at_tiny_size(tmp_path: Path) -> None:
     # The mailbox-count table, 1 and 100 mailboxes by default.
     assert [m["accounts"] for m in data["mailboxes"]] == [1, 100]
     assert all(m["threads"] > m["accounts"] and m["fds"] > m["accounts"] for m in data["mailboxes"])
+    assert data["fleet"] is None
