@@ -591,13 +591,15 @@ class Outbox:
         if self.db.in_transaction:
             raise RuntimeError("deliver_due commits each step; call it outside a transaction")
         moment = now or self._clock()
-        self._expire(moment)
+        # An account's thread calls this after every pass: for an idle mailbox, one read and
+        # no write transaction. What the caps held back too long is dropped first, as always.
+        candidates = queue.due_replies(self.db.reads, moment, self._batch_size, account)
+        if account is not None and not candidates:
+            return []
+        if self._expire(moment):
+            candidates = queue.due_replies(self.db.reads, moment, self._batch_size, account)
         budget = self._budget(moment)
-        due = [
-            item
-            for item in queue.due_replies(self.db.reads, moment, self._batch_size, account)
-            if not self._deferred(item.id, item.recipient, budget)
-        ]
+        due = [item for item in candidates if not self._deferred(item.id, item.recipient, budget)]
 
         def may_send(item: Outgoing) -> bool:
             # The budget was checked for the batch; spend it as replies go, so a batch larger
