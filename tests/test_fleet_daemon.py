@@ -18,12 +18,12 @@ import pytest
 from pydantic import SecretStr
 
 from devtools.mailharness import MailHarness
+from tests.fleet_support import FleetInstance, OfflineMailbox, Syncs
 from tests.mailtools import DaemonStarter, inquiry, replies_in, wait_until
 from tests.stores import store_toml
 from triage.core.errors import LeaseLost, StoreInUseError
 from triage.core.settings import ImapAccount, ImapSettings, Settings, StoreSettings
 from triage.ingest.sync import SyncResult
-from triage.ops.daemon import Control, Daemon
 from triage.ops.fleet import LEADER, LeaseGuard, LeaseManager, fleet_status
 from triage.ops.runner import run_once_command
 from triage.store import leases
@@ -66,86 +66,35 @@ def test_a_handle_fenced_by_a_lost_lease_records_nothing(store: StoreSettings) -
 # --- two daemons in one process, with syncs that only report who served what ------------------
 
 
-class Instance:
-    """A Daemon in fleet mode with syncs that record (account, instance, generation) per pass."""
+class Instance(FleetInstance):
+    """An instance whose workers record (account, generation) per pass."""
 
     def __init__(self, store: StoreSettings, name: str, accounts: Sequence[str]) -> None:
-        primary, *more = accounts
-        self.settings = Settings(
-            imap=ImapSettings(
-                name=primary,
-                username=primary,
-                password=SecretStr("x"),
-                accounts=tuple(
-                    ImapAccount(name=n, username=n, password=SecretStr("x"), poll_interval=0.1)
-                    for n in more
-                ),
-                poll_interval=0.1,
-            ),
-            store=store,
-        )
-        self.leases = LeaseManager(
-            lambda: Database(store), f"host:{name}", accounts, renew_every=RENEW, ttl=TTL
-        )
         self.passes: list[tuple[str, int]] = []
-        self.refused: list[str] = []
-        self.control = Control()
-        self.daemon = Daemon(
-            self.settings,
-            lambda _a, _m: [],
-            control=self.control,
-            period=0.1,
-            leases=self.leases,
-            fenced_syncs=self._syncs,
-        )
-        self.thread = threading.Thread(target=self.daemon.run, name=f"daemon-{name}")
+        super().__init__(store, name, accounts, renew=RENEW, ttl=TTL)
 
-    def _syncs(
-        self, fence: LeaseGuard
-    ) -> Callable[[ImapAccount, Any], list[Callable[[], SyncResult]]]:
+    def syncs(self, guard: LeaseGuard) -> Syncs:
         def make(account: ImapAccount, _mailbox: Any) -> list[Callable[[], SyncResult]]:
             def sync() -> SyncResult:
-                self.passes.append((account.name, fence.generation))
+                self.passes.append((account.name, guard.generation))
                 return SyncResult()
 
             return [sync]
 
         return make
 
-    def serving(self) -> set[str]:
-        return set(self.daemon.statuses)
-
     def __enter__(self) -> Instance:
-        self.thread.start()
+        self.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self.control.stop.set()
-        self.thread.join(10)
+        self.stop()
 
 
 @pytest.fixture
 def no_mailbox(monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers whose IMAP connection is a stand-in: these tests are about who serves what."""
-
-    class Offline:
-        connected = True
-        has_idle = False
-        session_lifetime = None
-
-        def __init__(self, account: ImapAccount, tokens: object = None) -> None:
-            self.account = account
-
-        def connect(self, fresh_token: bool = False) -> None:
-            self.connected = True
-
-        def close(self) -> None:
-            pass
-
-        def session_expires_in(self) -> float | None:
-            return None
-
-    monkeypatch.setattr("triage.ops.daemon.ImapMailbox", Offline)
+    monkeypatch.setattr("triage.ops.daemon.ImapMailbox", OfflineMailbox)
 
 
 @pytest.fixture

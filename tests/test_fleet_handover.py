@@ -15,20 +15,18 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
+from tests.fleet_support import FleetInstance, OfflineMailbox, Syncs
 from tests.mailtools import wait_until
 from tests.test_outbox import Clock, Connector, enqueue, outbox, state
 from triage.core.errors import LeaseLost, SendError
-from triage.core.settings import ImapAccount, ImapSettings, Settings, StoreSettings
+from triage.core.settings import ImapAccount, StoreSettings
 from triage.ingest.sync import SyncResult
-from triage.ops.daemon import Control, Daemon
 from triage.ops.fleet import LeaseGuard, LeaseManager
 from triage.store.db import Database, Tx
 
@@ -176,43 +174,15 @@ def test_an_open_fenced_transaction_does_not_stop_the_renewal_of_its_lease(
     assert "hello" not in other.current()
 
 
-class Recording:
+class Recording(FleetInstance):
     """A fleet instance whose workers write one row per pass under their guard."""
 
     def __init__(self, store: StoreSettings, name: str, accounts: list[str], pass_seconds: float):
-        self.store = store
-        self.name = name
         self.pass_seconds = pass_seconds
         self.errors: list[str] = []
-        primary, *more = accounts
-        settings = Settings(
-            imap=ImapSettings(
-                name=primary,
-                username=primary,
-                password=SecretStr("x"),
-                accounts=tuple(
-                    ImapAccount(name=n, username=n, password=SecretStr("x"), poll_interval=0.1)
-                    for n in more
-                ),
-                poll_interval=0.1,
-            ),
-            store=store,
-        )
-        self.leases = LeaseManager(
-            lambda: Database(store), f"host:{name}", accounts, renew_every=0.25, ttl=1.0
-        )
-        self.control = Control()
-        self.daemon = Daemon(
-            settings,
-            lambda _a, _m: [],
-            control=self.control,
-            period=0.1,
-            leases=self.leases,
-            fenced_syncs=self._syncs,
-        )
-        self.thread = threading.Thread(target=self.daemon.run)
+        super().__init__(store, name, accounts)
 
-    def _syncs(self, guard: LeaseGuard) -> Callable[[ImapAccount, Any], list[Any]]:
+    def syncs(self, guard: LeaseGuard) -> Syncs:
         def make(account: ImapAccount, _mailbox: Any) -> list[Callable[[], SyncResult]]:
             db = Database(self.store)
             db.guard = guard
@@ -235,14 +205,6 @@ class Recording:
 
         return make
 
-    def start(self) -> Recording:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.control.stop.set()
-        self.thread.join(10)
-
 
 @pytest.mark.parametrize("backend_store", ["postgresql"], indirect=True)
 @pytest.mark.postgresql
@@ -254,31 +216,16 @@ def test_a_joining_instance_gets_its_share_only_after_the_passes_in_hand_end(
     (no worker meets LeaseLost), and for every account the intervals in which each instance
     recorded never overlap."""
 
-    class Offline:
-        connected = True
-        has_idle = False
-        session_lifetime = None
-
-        def __init__(self, account: ImapAccount, tokens: object = None) -> None:
-            self.account = account
-
-        def connect(self, fresh_token: bool = False) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def session_expires_in(self) -> float | None:
-            return None
-
-    monkeypatch.setattr("triage.ops.daemon.ImapMailbox", Offline)
+    monkeypatch.setattr("triage.ops.daemon.ImapMailbox", OfflineMailbox)
     accounts = ["hello", "other", "sales", "info"]
-    a = Recording(store, "a", accounts, 0.4).start()
+    a = Recording(store, "a", accounts, 0.4)
+    a.start()
     b = None
     try:
         wait_until(lambda: len(a.daemon.statuses) == 4, 15)
         time.sleep(1.0)
-        b = Recording(store, "b", accounts, 0.4).start()
+        b = Recording(store, "b", accounts, 0.4)
+        b.start()
         wait_until(lambda: len(a.daemon.statuses) == 2 and len(b.daemon.statuses) == 2, 15)
         time.sleep(1.5)
     finally:
