@@ -6,6 +6,8 @@ inquiry exactly once, also across a SIGKILL of one of them."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
 import time
@@ -385,3 +387,25 @@ def test_only_the_leader_runs_the_webhook_threads(
     finally:
         leading.close()
         following.close()
+
+
+def _pipes() -> int:
+    """Pipe descriptors this process has open."""
+    found = 0
+    for entry in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found += os.readlink(f"/proc/self/fd/{entry}").startswith("pipe:")
+    return found
+
+
+def test_a_fleet_workers_doorbell_is_closed_when_it_ends(
+    instances: Callable[[str], Instance],
+) -> None:
+    """Each fleet worker has a doorbell pipe of its own; once the instance stopped (every
+    worker ended), none of those pipes is left open: hand-overs do not leak descriptors."""
+    before = _pipes()
+    a = instances("a")
+    wait_until(lambda: len(a.serving()) == 4, 15)
+    assert _pipes() >= before + 2 * 4
+    a.__exit__()
+    assert _pipes() <= before + 2  # the instance's own Control, until it is collected

@@ -122,6 +122,12 @@ class Doorbell:
             if any(event.is_set() for event in self._events):
                 self.ring()
 
+    def close(self) -> None:
+        """Close the pipe (a fleet worker's own doorbell, once its thread has ended)."""
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` seconds until the pipe is readable; True when it is."""
         poller = select.poll()
@@ -461,11 +467,11 @@ class AccountWorker:
 
 @dataclass
 class _Running:
-    """An account worker of fleet mode: its thread, its own stop flag, the lease generation it
-    records under, and its status."""
+    """An account worker of fleet mode: its thread, its own control (stop flag and doorbell),
+    the lease generation it records under, and its status."""
 
     thread: threading.Thread
-    stop: threading.Event
+    control: Control
     generation: int
     status: AccountStatus
 
@@ -520,7 +526,7 @@ class Daemon:
             self._lease_status = AccountStatus("leases")
         self._running: dict[str, _Running] = {}
         # Workers told to stop (their lease lost, or being handed over) until their thread ends.
-        self._retired: list[tuple[str, threading.Thread]] = []
+        self._retired: list[tuple[str, threading.Thread, Control]] = []
         if leases is not None:
             leases.idle = self._idle
 
@@ -626,7 +632,7 @@ class Daemon:
         """Whether no worker of this instance runs for account `name` (the lease manager hands
         a lease over only then)."""
         return name not in self._running and not any(
-            n == name and t.is_alive() for n, t in self._retired
+            n == name and t.is_alive() for n, t, _c in self._retired
         )
 
     # -- fleet mode ------------------------------------------------------------------------------
@@ -656,8 +662,10 @@ class Daemon:
             raise
         finally:
             self._serve({})
-            for _name, thread in self._retired:
+            for _name, thread, control in self._retired:
                 thread.join()
+                control.doorbell.close()
+            self._retired = []
 
     def _lease_round(self, leases: LeaseManager) -> None:
         """One tick, then the workers to match, then the metrics."""
@@ -681,15 +689,18 @@ class Daemon:
             if running.status.fatal:
                 continue  # it gave up: the process is stopping (`control.failed`)
             if wanted.get(name) != running.generation or not running.thread.is_alive():
-                running.stop.set()
-                self._retired.append((name, running.thread))
+                running.control.stop.set()
+                self._retired.append((name, running.thread, running.control))
                 del self._running[name]
-        self._retired = [(n, t) for n, t in self._retired if t.is_alive()]
+        ended = [(n, t, c) for n, t, c in self._retired if not t.is_alive()]
+        for _name, _thread, control in ended:
+            control.doorbell.close()  # a worker's pipe lives as long as its thread
+        self._retired = [(n, t, c) for n, t, c in self._retired if t.is_alive()]
         assert self.fenced_syncs is not None and self.leases is not None
         for name, generation in wanted.items():
             if name in self._running or self.control.stop.is_set():
                 continue
-            if any(n == name for n, _t in self._retired):
+            if any(n == name for n, _t, _c in self._retired):
                 # Its previous worker (a hand-over called off, or a generation lost and won
                 # again) is still ending its pass: one worker per account, the next round.
                 continue
@@ -700,7 +711,7 @@ class Daemon:
             control = Control(failed=self.control.failed)
             status = AccountStatus(name)
             thread = self._worker(self._accounts[name], control, status, self.fenced_syncs(guard))
-            self._running[name] = _Running(thread, control.stop, generation, status)
+            self._running[name] = _Running(thread, control, generation, status)
             thread.start()
             log.info("%s: serving it here (lease generation %d)", name, generation)
         self.statuses = {name: r.status for name, r in sorted(self._running.items())}
