@@ -210,3 +210,24 @@ def test_plain_events_fall_back_to_slices(monkeypatch: pytest.MonkeyPatch) -> No
     started = time.monotonic()
     w._wait(NoIdle())  # type: ignore[arg-type]
     assert time.monotonic() - started < 2
+
+
+def test_a_closed_doorbell_never_closes_its_descriptors_again() -> None:
+    """A fleet worker's doorbell is closed when its thread ends; the descriptor numbers go to
+    the next pipe (or socket, or store file) opened. The old doorbell, collected later, must not
+    close them a second time: the new doorbell still rings."""
+    import gc
+
+    from triage.ops.daemon import Doorbell, RingingEvent
+
+    old = Doorbell()
+    numbers = {old.fileno()}
+    old.close()
+    new = Doorbell()
+    assert new.fileno() in numbers  # the numbers were reused, as they would be in the daemon
+    del old
+    gc.collect()
+    event = RingingEvent(new)
+    event.set()
+    assert new.wait(0.1)
+    new.close()

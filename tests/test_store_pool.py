@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,44 @@ def test_a_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
     assert db._sqlite.pool is parent_pool
     assert db.reads.execute("SELECT COUNT(*) FROM counter").fetchone()[0] == 1
     db.close()
+
+
+def test_reads_do_not_wait_behind_writers_queued_for_the_write_lock(tmp_path: Path) -> None:
+    """One long transaction and more writers than the pool has connections: a read on another
+    handle still answers at once (the writers wait for their turn without holding a pooled
+    connection, as WAL lets reads go on beside a writer)."""
+    store = StoreSettings(path=tmp_path / "triage.db", pool_size=3)
+    holder = Database(store)
+    started = threading.Event()
+    release = threading.Event()
+
+    def long_transaction() -> None:
+        with holder.transaction() as tx:
+            tx.execute("INSERT INTO kv (key, value) VALUES ('long', '1')")
+            started.set()
+            release.wait(10)
+
+    def writer(n: int) -> None:
+        db = Database(store)
+        with db.transaction() as tx:
+            tx.execute("INSERT INTO kv (key, value) VALUES (?, '1')", (f"w{n}",))
+        db.close()
+
+    threads = [threading.Thread(target=long_transaction)]
+    threads[0].start()
+    started.wait(5)
+    threads += [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for t in threads[1:]:
+        t.start()
+    time.sleep(0.3)  # the writers are queued now
+    reader = Database(store)
+    began = time.monotonic()
+    reader.reads.execute("SELECT count(*) FROM kv").fetchone()
+    waited = time.monotonic() - began
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert waited < 1.0
+    assert reader.reads.execute("SELECT count(*) FROM kv WHERE key LIKE 'w%'").fetchone()[0] == 6
+    reader.close()
+    holder.close()

@@ -12,6 +12,7 @@ so the same correction is not recorded twice.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -29,6 +30,10 @@ from triage.store.review import LedgerMessage
 log = logging.getLogger(__name__)
 
 _DECISION_KEYWORDS = [row.keyword for row in DECISION_TABLE.values()]
+
+
+# How long an unchanged folder may go without a full look (see `_unless_unchanged`).
+RESCAN_EVERY = 600.0
 
 
 class CorrectionScan:
@@ -64,13 +69,20 @@ class CorrectionScan:
         scanned every minute, one STATUS instead of a SELECT and three SEARCHes each is most of
         an idle instance's work."""
         before = self.mailbox.folder_state(folder)
-        if before is not None and self.mailbox.scanned.get(folder) == before:
-            return 0
+        now = time.monotonic()
+        seen = self.mailbox.scanned.get(folder)
+        if before is not None and seen is not None:
+            state, at = seen
+            # Looked at fully every RESCAN_EVERY all the same: a server's fingerprint that
+            # missed a change must not hide a person's correction for as long as the
+            # connection lives.
+            if state == before and now - at < RESCAN_EVERY:
+                return 0
         found = scan(folder)
         # The state from before the scan: what the scan itself changed (the keywords it set)
         # makes the next pass look once more, and find nothing.
         if before is not None:
-            self.mailbox.scanned[folder] = before
+            self.mailbox.scanned[folder] = (before, now)
         return found
 
     def _scan_label_folder(self, folder: str, label: str) -> int:

@@ -181,7 +181,7 @@ class ImapMailbox:
         self.folder: FolderInfo | None = None
         # What a periodic scan (the corrections') saw of each folder on this connection, by
         # folder: see `folder_state`.
-        self.scanned: dict[str, tuple[int, ...]] = {}
+        self.scanned: dict[str, tuple[tuple[int, ...], float]] = {}
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -341,7 +341,10 @@ class ImapMailbox:
                 raise  # the connection broke: translated above
             except IMAPClientError:
                 return None  # a NO: no such folder (the connection is fine)
-        return tuple(int(found.get(name, 0)) for name in names)
+        state = tuple(int(found.get(name, 0)) for name in names)
+        # HIGHESTMODSEQ 0 (or none): no persistent mod-sequences (RFC 7162 3.1.2.1), so a
+        # keyword a person sets would change nothing here.
+        return state if state[-1] else None
 
     def folder_exists(self, folder: str) -> bool:
         """True when `folder` exists on the server."""

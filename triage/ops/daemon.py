@@ -111,11 +111,14 @@ class Doorbell:
     def ring(self) -> None:
         """Make the pipe readable (an event was set)."""
         with self.lock, contextlib.suppress(BlockingIOError):
-            os.write(self._write, b"!")  # a full pipe is readable already
+            if self._write >= 0:  # closed: nobody waits on it any more
+                os.write(self._write, b"!")  # a full pipe is readable already
 
     def settle(self) -> None:
         """Empty the pipe unless one of the events is still set (an event was cleared)."""
         with self.lock:
+            if self._read < 0:
+                return
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._read, 4096):
                     pass
@@ -123,10 +126,15 @@ class Doorbell:
                 self.ring()
 
     def close(self) -> None:
-        """Close the pipe (a fleet worker's own doorbell, once its thread has ended)."""
-        for fd in (self._read, self._write):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        """Close the pipe (a fleet worker's own doorbell, once its thread has ended); once only:
+        a descriptor closed twice may by then be another file's (a socket, the store)."""
+        with self.lock:
+            fds, (self._read, self._write) = (self._read, self._write), (-1, -1)
+            self._events.clear()  # no cycle left for the collector: nothing to close later
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` seconds until the pipe is readable; True when it is."""
@@ -135,8 +143,8 @@ class Doorbell:
         return bool(poller.poll(max(timeout, 0.0) * 1000))
 
     def __del__(self) -> None:
-        for fd in (getattr(self, "_read", None), getattr(self, "_write", None)):
-            if fd is not None:
+        for fd in (getattr(self, "_read", -1), getattr(self, "_write", -1)):
+            if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 

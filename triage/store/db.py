@@ -358,7 +358,7 @@ class Database:
         handle = self._sqlite
         if handle.tx_conn is not None:
             raise StoreError(f"{self.name}: cannot start a transaction within a transaction")
-        with handle.borrowed() as conn:
+        with handle.writing(), handle.borrowed() as conn:
             conn.execute("BEGIN IMMEDIATE")
             handle.tx_conn = conn
             tx = Tx(conn, SQLITE)

@@ -81,6 +81,25 @@ class SqlitePool:
         self._handles = 0
         # Serialises the migration check of new handles (see `Database`).
         self.migration_lock = threading.Lock()
+        # This process's writers take turns here before they borrow a connection: one waiting
+        # for SQLite's write lock inside BEGIN IMMEDIATE would hold a pooled connection the
+        # whole time, and ten such writers would leave none for reads (which WAL never makes
+        # wait for a writer). Reentrant, as SQLite's own lock was for a thread's nested use.
+        self._write_turn = threading.RLock()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """This process's turn to write to the file, for the block (StoreUnavailable after
+        `timeout` seconds without it)."""
+        if not self._write_turn.acquire(timeout=self.timeout):
+            raise StoreUnavailable(
+                f"{self.path}: another transaction of this process kept the database busy for"
+                f" {self.timeout:g} s"
+            )
+        try:
+            yield
+        finally:
+            self._write_turn.release()
 
     @property
     def open_connections(self) -> int:
@@ -226,14 +245,24 @@ class SqliteHandle:
         self.tx_conn: sqlite3.Connection | None = None
         self.closed = False
 
+    def _current_pool(self) -> SqlitePool:
+        if self.pool.pid != os.getpid():
+            # A handle that crossed a fork: the parent's connections are not the child's.
+            self.pool = pool_for(self.name, self.size, self.timeout)
+        return self.pool
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """This process's turn to write (see `SqlitePool.writing`)."""
+        with self._current_pool().writing():
+            yield
+
     @contextmanager
     def borrowed(self) -> Iterator[sqlite3.Connection]:
         """A pooled connection for the block (StoreError when none can be opened)."""
         if self.closed:
             raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-        if self.pool.pid != os.getpid():
-            # A handle that crossed a fork: the parent's connections are not the child's.
-            self.pool = pool_for(self.name, self.size, self.timeout)
+        self._current_pool()
         try:
             conn = self.pool.acquire()
         except sqlite3.OperationalError as exc:
