@@ -115,13 +115,7 @@ def write_config(harness: MailHarness, base: Path, store: StoreSettings) -> Path
 
 def held(store: StoreSettings) -> dict[str, str]:
     """{lease: instance id} of the leases held by live instances now."""
-    status = fleet_status(Database(store), LEASE_TIME)
-    return {
-        lease.name: instance.instance.id
-        for instance in status.instances
-        if instance.state == "live"
-        for lease in instance.leases
-    }
+    return fleet_status(Database(store), LEASE_TIME).holders()
 
 
 def pid_of(instance_id: str) -> int:

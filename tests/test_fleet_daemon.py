@@ -172,12 +172,8 @@ def test_a_paused_instance_loses_its_accounts_and_records_nothing_when_it_wakes(
 
     a.leases.tick = frozen_tick  # type: ignore[method-assign]
     wait_until(lambda: len(b.serving()) == 4, 15)
-    taken = {lease.name: lease.owner for lease in fleet_status(Database(store), TTL).unheld} | {
-        lease.name: instance.instance.id
-        for instance in fleet_status(Database(store), TTL).instances
-        for lease in instance.leases
-    }
-    assert all(taken[name] == "host:b" for name in old)
+    holders = fleet_status(Database(store), TTL).holders()
+    assert all(holders.get(name) == "host:b" for name in old)
     for name, generation in old.items():
         fenced = Database(store)
         fenced.guard = Fence(name, "host:a", generation)
@@ -257,14 +253,7 @@ def fleet_config(harness: MailHarness, base: Path, store: StoreSettings) -> Path
 
 def served_by(store: StoreSettings) -> dict[str, str]:
     """{account: instance id} of the account leases held now."""
-    status = fleet_status(Database(store), 4.0)
-    return {
-        lease.name: instance.instance.id
-        for instance in status.instances
-        if instance.state == "live"
-        for lease in instance.leases
-        if lease.name != LEADER
-    }
+    return fleet_status(Database(store), 4.0).holders(accounts_only=True)
 
 
 def synced_accounts(store: StoreSettings) -> set[str]:

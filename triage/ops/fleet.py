@@ -426,6 +426,17 @@ class FleetStatus:
     instances: tuple[InstanceStatus, ...]
     unheld: tuple[LeaseRow, ...]
 
+    def holders(self, *, accounts_only: bool = False) -> dict[str, str]:
+        """{lease: instance id} of the leases live instances hold (without the leader lease
+        when `accounts_only`)."""
+        return {
+            lease.name: instance.instance.id
+            for instance in self.instances
+            if instance.state == "live"
+            for lease in instance.leases
+            if not (accounts_only and lease.name == LEADER)
+        }
+
 
 def fleet_status(db: Database, ttl: float = DEFAULT_TTL) -> FleetStatus:
     """Every instance and lease from the database; an instance is live while its heartbeat is
