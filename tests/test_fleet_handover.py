@@ -49,6 +49,14 @@ class Switch:
     def holds(self) -> bool:
         return self.held
 
+    def lose(self) -> None:
+        """The database no longer has the lease as this guard holds it."""
+        self.check_fails = True
+
+    def lapse(self) -> None:
+        """This instance's own view: the lease ran out."""
+        self.held = False
+
     def __str__(self) -> str:
         return "host:1:x hello#1"
 
@@ -71,10 +79,7 @@ def test_a_claimed_reply_is_recorded_sent_even_when_the_lease_went_meanwhile(
     guard = Switch()
     db.guard = guard
 
-    def lose_lease() -> None:
-        guard.check_fails = True
-
-    connector.session.on_commit = lose_lease
+    connector.session.on_commit = guard.lose
     box.deliver_due()
     assert len(connector.session.sent) == 1
     assert state(box, row_id).state == "sent"
@@ -92,10 +97,7 @@ def test_a_refusal_after_the_lease_went_is_retried_not_stranded(db: Database) ->
     guard = Switch()
     db.guard = guard
 
-    def lose_lease() -> None:
-        guard.check_fails = True
-
-    connector.session.on_commit = lose_lease
+    connector.session.on_commit = guard.lose
     box.deliver_due()
     item = state(box, row_id)
     assert item.state == "queued" and item.attempts == 1
@@ -111,10 +113,7 @@ def test_no_final_dot_once_the_instance_counts_its_lease_as_lost(db: Database) -
     guard = Switch()
     db.guard = guard
 
-    def lapse() -> None:
-        guard.held = False
-
-    connector.session.on_begin = lapse
+    connector.session.on_begin = guard.lapse
     box.deliver_due()
     assert connector.session.sent == []
     assert connector.session.aborted == 1
@@ -132,10 +131,7 @@ def test_a_lease_lost_at_the_claim_ends_the_transaction_without_quit(db: Databas
     guard = Switch()
     db.guard = guard
 
-    def lose_lease() -> None:
-        guard.check_fails = True
-
-    connector.session.on_begin = lose_lease
+    connector.session.on_begin = guard.lose
     with pytest.raises(LeaseLost):
         box.deliver_due()
     assert connector.session.aborted == 1
