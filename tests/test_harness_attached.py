@@ -3,18 +3,32 @@ recorded pid that now belongs to another process is never signalled."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from devtools.mailharness import HarnessConfig, MailHarness
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    """A short harness folder: pytest's own (longer under xdist) can pass the length a unix
+    socket path allows below it."""
+    path = Path(tempfile.mkdtemp(prefix="triage-attached-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen(["sleep", "60"])
 
 
-def test_stop_attached_ends_the_attached_process_and_forgets_it(tmp_path: Path) -> None:
-    harness = MailHarness(HarnessConfig(base_dir=tmp_path))
+def test_stop_attached_ends_the_attached_process_and_forgets_it(base: Path) -> None:
+    harness = MailHarness(HarnessConfig(base_dir=base))
     proc = _sleeper()
     try:
         harness.attach("web", proc.pid)
@@ -28,10 +42,10 @@ def test_stop_attached_ends_the_attached_process_and_forgets_it(tmp_path: Path) 
         proc.wait()
 
 
-def test_a_reused_pid_is_left_alone(tmp_path: Path) -> None:
+def test_a_reused_pid_is_left_alone(base: Path) -> None:
     """The record holds the process's start time: another process under the same pid (here: the
     record rewritten with another start time) is not the attached one."""
-    harness = MailHarness(HarnessConfig(base_dir=tmp_path))
+    harness = MailHarness(HarnessConfig(base_dir=base))
     proc = _sleeper()
     try:
         harness.attach("web", proc.pid)
@@ -46,5 +60,5 @@ def test_a_reused_pid_is_left_alone(tmp_path: Path) -> None:
         proc.wait()
 
 
-def test_nothing_attached_is_nothing_to_stop(tmp_path: Path) -> None:
-    assert MailHarness(HarnessConfig(base_dir=tmp_path)).stop_attached() == []
+def test_nothing_attached_is_nothing_to_stop(base: Path) -> None:
+    assert MailHarness(HarnessConfig(base_dir=base)).stop_attached() == []

@@ -26,7 +26,7 @@ from triage.act.compose import ComposedReply, compose
 from triage.act.outbox import Outbox, OutboxItem
 from triage.act.replies import RenderedReply
 from triage.act.smtp import AmbiguousDeliveryError, ConnectionLostError, Refused, SmtpSession
-from triage.core.errors import PermanentError, SendError
+from triage.core.errors import PermanentError, SendError, StoreUnavailable
 from triage.core.models import Address, InboundMessage
 from triage.core.settings import RepliesSettings, SmtpSettings, StoreSettings
 from triage.store.db import Database, inserted_id, timestamp
@@ -355,6 +355,64 @@ def test_connection_broken_during_data_is_uncertain(db: Database) -> None:
     assert state(box, first).error == "gone"
     assert state(box, second).state == "queued"  # untouched; the next call sends it
     assert state(box, second).attempts == 0
+
+
+def store_down_after_the_dot(
+    db: Database, connector: Connector, monkeypatch: pytest.MonkeyPatch, failures: int
+) -> list[int]:
+    """After the final dot, the store's next `failures` transactions raise StoreUnavailable (a
+    database restarting); returns the list the failed tries are counted in."""
+    real = db.transaction
+    failed: list[int] = []
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        if len(failed) < failures:
+            failed.append(1)
+            raise StoreUnavailable("the database is restarting")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    connector.session.on_commit = lambda: monkeypatch.setattr(db, "transaction", flaky)
+    return failed
+
+
+def test_a_store_outage_after_the_dot_still_records_the_reply_sent(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server accepted the reply while the store was briefly down: the outcome is recorded
+    once the store answers again (within smtp.timeout), so a delivered reply is `sent`, not left
+    `sending` for the stale rule to call uncertain."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    row_id = enqueue(box)
+    failed = store_down_after_the_dot(db, connector, monkeypatch, failures=2)
+    [sent] = box.deliver_due()
+    assert len(failed) == 2
+    assert sent.id == row_id
+    assert state(box, row_id).state == "sent"
+    assert len(connector.session.sent) == 1
+
+
+def test_a_store_outage_longer_than_the_smtp_timeout_leaves_the_claim_for_the_stale_rule(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage that outlasts smtp.timeout ends the retries with the store's error: the reply
+    stays `sending` under its claim (the stale rule makes it uncertain); it is never resent."""
+    connector = Connector()
+    box = Outbox(
+        db,
+        SMTP.model_copy(update={"timeout": 0.3}),
+        connector=connector,
+        clock=Clock(),
+        jitter=lambda: 0.5,
+    )
+    row_id = enqueue(box)
+    store_down_after_the_dot(db, connector, monkeypatch, failures=1_000)
+    with pytest.raises(StoreUnavailable):
+        box.deliver_due()
+    monkeypatch.undo()
+    assert state(box, row_id).state == "sending"
+    assert box.deliver_due() == []
+    assert len(connector.session.sent) == 1
 
 
 def test_person_resolves_an_uncertain_reply(db: Database) -> None:

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 from triage.act.compose import ComposedReply
 from triage.act.smtp import (
@@ -52,6 +53,7 @@ from triage.core.errors import (
     PermanentError,
     ReauthorisationNeeded,
     SendError,
+    StoreUnavailable,
     TransientError,
 )
 from triage.core.settings import RepliesSettings, SmtpSettings
@@ -77,6 +79,7 @@ from triage.store.outbox import (
 log = logging.getLogger(__name__)
 
 Mode = Literal["live", "draft", "dry-run"]
+_T = TypeVar("_T")
 State = Literal["queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run", "expired"]
 Outcome = Literal["sent", "queued", "failed", "uncertain", "taken"]
 MODES: tuple[Mode, ...] = get_args(Mode)
@@ -133,6 +136,10 @@ class Outgoing:
 # Called in the transaction that claims a mail, before the claim: False keeps it queued (a cap
 # was reached meanwhile, say), and the half-sent message is then dropped without its dot.
 Admit = Callable[[Tx, Outgoing, datetime], bool]
+
+
+_SETTLE_FIRST_WAIT = 0.5  # seconds before the second try to record a claimed mail's outcome
+_SETTLE_MAX_WAIT = 5.0
 
 
 def _admit_all(_tx: Tx, _item: Outgoing, _now: datetime) -> bool:
@@ -229,10 +236,14 @@ class Delivery:
             # Fleet mode: the lease ran out (by this instance's own clock) since the claim; the
             # account's new holder may send it. Our claim is undone, without the dot.
             session.abort()
-            with self.db.transaction(guarded=False) as tx:
-                queue.retry_later(
-                    tx, item.table, item.id, mine.attempts - 1, "lease lost", moment, mine
-                )
+
+            def undo() -> None:
+                with self.db.transaction(guarded=False) as tx:
+                    queue.retry_later(
+                        tx, item.table, item.id, mine.attempts - 1, "lease lost", moment, mine
+                    )
+
+            self._settle(item, undo)
             return "taken", False
         self._checkpoint("smtp_sending")
         try:
@@ -241,8 +252,13 @@ class Delivery:
             # After the claim every record is of this claim only (the row's own compare and
             # set), so none is fenced: a lease lost meanwhile must not leave the server's answer
             # unrecorded.
-            with self.db.transaction(guarded=False) as tx:
-                queue.mark_uncertain(tx, item.table, item.id, mine, str(exc))
+            reason = str(exc)
+
+            def uncertain() -> None:
+                with self.db.transaction(guarded=False) as tx:
+                    queue.mark_uncertain(tx, item.table, item.id, mine, reason)
+
+            self._settle(item, uncertain)
             log.error(
                 "%s may or may not have been delivered (%s); it will not be resent automatically "
                 "(see triage outbox list)",
@@ -251,11 +267,36 @@ class Delivery:
             )
             return "uncertain", False
         except (SendError, PermanentError) as exc:
-            return self._not_delivered(item, exc, mine), not isinstance(exc, ConnectionLostError)
+            failed = exc
+            outcome = self._settle(item, lambda: self._not_delivered(item, failed, mine))
+            return outcome, not isinstance(exc, ConnectionLostError)
         self._checkpoint("smtp_accepted")
-        self._record_sent(item, mine, refused)
+        self._settle(item, lambda: self._record_sent(item, mine, refused))
         log.info("%s sent", item)
         return "sent", True
+
+    def _settle(self, item: Outgoing, record: Callable[[], _T]) -> _T:
+        """Run `record`, the store write of a claimed mail's outcome, and try again while the
+        store is unreachable, for up to `smtp.timeout` seconds.
+
+        The server has answered, so only this claim can record what it said (the write is the
+        claim's own compare and set, safe to repeat). Without the retry a short database outage
+        (a PostgreSQL restart, a fail-over) would leave a delivered mail `sending`, and the stale
+        rule would later call it uncertain and ask a person. Waiting longer than `smtp.timeout`
+        could reach that rule's window (2 x timeout + 60 s), so the last failure is raised.
+        """
+        deadline = time.monotonic() + self.smtp.timeout
+        attempt = 0
+        while True:
+            try:
+                return record()
+            except StoreUnavailable as exc:
+                attempt += 1
+                wait = delay(attempt, _SETTLE_FIRST_WAIT, _SETTLE_MAX_WAIT, self._jitter)
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.warning("%s: recording the server's answer failed (%s); again soon", item, exc)
+                time.sleep(wait)
 
     def _record_sent(self, item: Outgoing, mine: Claim, refused: Sequence[Refused]) -> None:
         """`sent`, and in the same transaction (so a crash keeps both or neither) a queued copy
@@ -269,7 +310,11 @@ class Delivery:
         moment = self._clock()
         with self.db.transaction(guarded=False) as tx:  # this claim's own record: see `_send`
             if not queue.mark_sent(tx, item.table, item.id, mine, moment, error):
+                # Recorded already (an earlier try whose commit was not confirmed) or taken
+                # over by the stale rule: the copies for refused recipients belong to that
+                # record, not to a second one.
                 log.warning("%s was sent, but its row had moved on meanwhile", item)
+                return
             if refused and item.table != "digests":
                 # A reply has one recipient: refused, `begin` raises instead.
                 raise RuntimeError(f"{item}: partial refusal of a single-recipient mail")
