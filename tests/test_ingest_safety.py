@@ -270,6 +270,35 @@ def test_worker_killed_while_deciding_counts_and_is_replaced(
     assert replies_in(mail_harness, "alice") == []
 
 
+def test_batches_handed_ahead_to_a_worker_are_each_handled_once(
+    mail_harness: MailHarness, clean_mail: None, tmp_path: Path
+) -> None:
+    """With a worker process and batches of two, the batches after the current one are fetched
+    and handed to the worker before it is recorded (`LOOKAHEAD`): one pass still answers every
+    inquiry exactly once and leaves every message done, in order of arrival."""
+    base = tmp_path / "triage"
+    config = config_for(mail_harness, base, "\n[ingest]\nworkers = 1\nbatch_size = 2\n")
+    assert triage(config, "once").returncode == 0
+    prospects = ["bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan"]
+    deliver(
+        mail_harness,
+        [
+            (f"{p}@example.test", inquiry(f"{p}@example.test", HELLO, n, p.title()))
+            for n, p in enumerate(prospects, start=2)
+        ],
+    )
+    run = triage(config, "once")
+    assert run.returncode == 0, run.stderr
+    assert states(base) == {"done": len(prospects)}
+    with db(base) as conn:
+        uids = [r[0] for r in conn.execute("SELECT uid FROM messages ORDER BY id")]
+    assert uids == sorted(uids)
+    for prospect in prospects:
+        mail_harness.wait_for_messages(prospect, count=1, timeout=20)
+    time.sleep(0.5)  # a second reply would have arrived by now
+    assert [len(replies_in(mail_harness, p)) for p in prospects] == [1] * len(prospects)
+
+
 # -- C. a new UIDVALIDITY must not answer old mail -------------------------------------------
 
 

@@ -847,10 +847,28 @@ class _LastGoodLoader(jinja2.FileSystemLoader):
         if not _inside(real, root):
             raise SecurityError(f"template {template} resolves outside the templates directory")
         source, mtime = _read_template(real, template, root, self.encoding)
+        try:
+            seen = os.lstat(path)
+        except OSError:
+            seen = None
+        # A name that was a regular file (not a link) is known by its identity: one lstat per
+        # render shows it is the same file, unchanged, at the same name. Each render checks
+        # freshness, and resolving every folder of the path was a tenth of composing a reply.
+        same = (
+            (seen.st_dev, seen.st_ino, seen.st_mtime_ns)
+            if seen is not None and stat.S_ISREG(seen.st_mode) and seen.st_mtime_ns == mtime
+            else None
+        )
 
         def uptodate() -> bool:
-            # Stale too when the name resolves elsewhere now: a partial swapped for a link.
+            # Stale too when the name resolves elsewhere now: a partial swapped for a link, or
+            # a folder on the way swapped for one (another identity at the same name).
             try:
+                if same is not None:
+                    now = os.lstat(path)
+                    return (now.st_dev, now.st_ino, now.st_mtime_ns) == same and stat.S_ISREG(
+                        now.st_mode
+                    )
                 return os.path.realpath(path) == real and os.stat(real).st_mtime_ns == mtime
             except OSError:
                 return False

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -54,6 +55,10 @@ DecideBatch = Callable[[Sequence[tuple[int, bytes, bool]]], list[Decided]]
 # waits for the result.
 StartDecide = Callable[[Sequence[tuple[int, bytes, bool]]], Callable[[], list[Decided]]]
 QUARANTINE = "Quarantine"
+# Batches fetched and handed to the worker processes beyond the one being recorded. With one,
+# the workers idled whenever a batch took the main thread longer to record than the next took
+# them to decide (a batch with many replies), and the main thread waited in the opposite case.
+LOOKAHEAD = 2
 
 
 def _nothing() -> None:
@@ -172,29 +177,45 @@ class FolderSync:
         sizes = self._sizes(new)
         batches = self._batches(new, sizes)
         limit = self.settings.batch_bytes
-        ahead: list[tuple[list[LedgerRow], dict[int, bytes]]] = []
+        ahead: deque[tuple[list[int], list[LedgerRow], dict[int, bytes]]] = deque()
+        fetched = 0  # batches[:fetched] are fetched (and, but for the first, started)
         for number, batch in enumerate(batches):
             if not ahead:
                 ahead.append(
-                    self._fetch_and_record(uidvalidity, batch, sizes, state.baseline_uid, result)
+                    (
+                        batch,
+                        *self._fetch_and_record(
+                            uidvalidity, batch, sizes, state.baseline_uid, result
+                        ),
+                    )
                 )
-            rows, raws = ahead.pop()
-            following = batches[number + 1] if number + 1 < len(batches) else None
-            if following is not None and self._weight(batch + following, sizes) > limit:
-                # Two batches in memory at once would exceed batch_bytes: no overlap.
-                following = None
+                fetched = number + 1
+            _, rows, raws = ahead.popleft()
 
-            def fetch_following(following: list[int] | None = following) -> None:
-                # While worker processes decide this batch, the next one is fetched, recorded
-                # `seen` and handed to them too, so they work on it while this one is recorded:
-                # both cores stay busy. Without workers the next loop turn fetches it.
-                if following is not None:
+            def fetch_following(current: list[int] = batch, number: int = number) -> None:
+                # While worker processes decide this batch, the next ones (up to LOOKAHEAD) are
+                # fetched, recorded `seen` and handed to them too, so that they always have a
+                # batch to work on while this one is recorded: a batch that is slow to record
+                # (many replies) or to decide (much HTML) then stalls neither side. The batches
+                # in memory at once stay within batch_bytes. Without workers the next loop turn
+                # fetches the next batch.
+                nonlocal fetched
+                held = current + [u for uids, _, _ in ahead for u in uids]
+                while fetched < len(batches) and fetched <= number + LOOKAHEAD:
+                    following = batches[fetched]
+                    held += following
+                    if self._weight(held, sizes) > limit:
+                        break
                     ahead.append(
-                        self._fetch_and_record(
-                            uidvalidity, following, sizes, state.baseline_uid, result
+                        (
+                            following,
+                            *self._fetch_and_record(
+                                uidvalidity, following, sizes, state.baseline_uid, result
+                            ),
                         )
                     )
-                    self._start_early(*ahead[-1])
+                    fetched += 1
+                    self._start_early(*ahead[-1][1:])
 
             self._handle(rows, result, raws, fetch_following if self.start_decide else _nothing)
             # The batch's bytes go before the next batch is fetched.

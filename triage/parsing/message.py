@@ -220,7 +220,8 @@ def _parse(raw: bytes, needs_body: NeedsBody | None = None) -> InboundMessage:
         content_type=root.content_type,
         attachments=_attachments(root, None),
         headers=MappingProxyType(header_map),
-        contact=contacts.extract(from_, reply_to, "", "", to=to),
+        # The contact comes below: from the addresses alone for mail decided by its headers,
+        # else from the text too (no header rule reads it).
         defects=tuple(budget.defects),
         auth_results=auth_results,
         auth_results_cut=auth_results_cut,
@@ -229,7 +230,7 @@ def _parse(raw: bytes, needs_body: NeedsBody | None = None) -> InboundMessage:
     )
     if needs_body is not None and not needs_body(light):
         # Decided by its headers: its text, quotes, signature and form fields are never read.
-        return light
+        return dataclasses.replace(light, contact=contacts.extract(from_, reply_to, "", "", to=to))
     text, from_html, body = _body_text(root, budget)
     reply = quotes.new_text(text)
     forwarded = None
