@@ -282,8 +282,11 @@ class Delivery:
         The server has answered, so only this claim can record what it said (the write is the
         claim's own compare and set, safe to repeat). Without the retry a short database outage
         (a PostgreSQL restart, a fail-over) would leave a delivered mail `sending`, and the stale
-        rule would later call it uncertain and ask a person. Waiting longer than `smtp.timeout`
-        could reach that rule's window (2 x timeout + 60 s), so the last failure is raised.
+        rule would later call it uncertain and ask a person. No try starts after `smtp.timeout`
+        (so that, with the server's answer, the claim stays inside that rule's 2 x timeout +
+        60 s), and the last failure is raised. A try already waiting for the store may end later;
+        should the stale rule have marked the claim uncertain meanwhile, the record of this
+        claim still applies (see `triage.store.outbox.mark_sent`): never a second send.
         """
         deadline = time.monotonic() + self.smtp.timeout
         attempt = 0
@@ -310,11 +313,11 @@ class Delivery:
         moment = self._clock()
         with self.db.transaction(guarded=False) as tx:  # this claim's own record: see `_send`
             if not queue.mark_sent(tx, item.table, item.id, mine, moment, error):
-                # Recorded already (an earlier try whose commit was not confirmed) or taken
-                # over by the stale rule: the copies for refused recipients belong to that
-                # record, not to a second one.
+                if queue.sent_by(tx, item.table, item.id, mine):
+                    # An earlier try of this record committed, unconfirmed: its copies for
+                    # refused recipients exist already.
+                    return
                 log.warning("%s was sent, but its row had moved on meanwhile", item)
-                return
             if refused and item.table != "digests":
                 # A reply has one recipient: refused, `begin` raises instead.
                 raise RuntimeError(f"{item}: partial refusal of a single-recipient mail")

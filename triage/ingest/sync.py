@@ -123,6 +123,10 @@ class FolderSync:
         self.start_decide = start_decide
         # Rows whose attempt `_start_early` counted, not yet picked up by `_decide_together`.
         self._charged: set[int] = set()
+        # What `_start_early` handed to the workers, by row ids, until `_decide_together` waits
+        # for it: kept here rather than looked up in the pool, whose record of batches in flight
+        # is bounded and shared by every account's thread.
+        self._early: dict[tuple[int, ...], Callable[[], list[Decided]]] = {}
         # Every row whose attempt this pass counted and no failure explained yet: refunded when
         # the pass stops on a TransientError (a dropped connection is not the message's fault).
         self._counted: set[int] = set()
@@ -136,6 +140,7 @@ class FolderSync:
     def sync(self) -> SyncResult:
         """Handle everything new or unfinished in the folder; raises TransientError on I/O."""
         self._charged.clear()
+        self._early.clear()
         self._counted.clear()
         self._fetched_at.clear()
         try:
@@ -196,9 +201,10 @@ class FolderSync:
                 # While worker processes decide this batch, the next ones (up to LOOKAHEAD) are
                 # fetched, recorded `seen` and handed to them too, so that they always have a
                 # batch to work on while this one is recorded: a batch that is slow to record
-                # (many replies) or to decide (much HTML) then stalls neither side. The batches
-                # in memory at once stay within batch_bytes. Without workers the next loop turn
-                # fetches the next batch.
+                # (many replies) or to decide (much HTML) then stalls neither side. The raw
+                # batches held at once stay within batch_bytes. Without workers the next loop
+                # turn fetches the next batch. (The pickled copies on their way to the workers and
+                # the decided results come on top of batch_bytes.)
                 nonlocal fetched
                 held = current + [u for uids, _, _ in ahead for u in uids]
                 while fetched < len(batches) and fetched <= number + LOOKAHEAD:
@@ -623,9 +629,10 @@ class FolderSync:
         self._begin_attempt([r.id for r in first])
         self._charged.update(r.id for r in first)
         try:
-            self.start_decide([(r.id, raws[r.uid], r.backfill) for r in first])
+            wait = self.start_decide([(r.id, raws[r.uid], r.backfill) for r in first])
         except Exception:  # noqa: BLE001 - _decide_together tries again and reports it
             return
+        self._early[tuple(r.id for r in first)] = wait
 
     def _decide_together(
         self,
@@ -641,7 +648,9 @@ class FolderSync:
         # survives it (unless `_start_early` counted this batch already).
         self._begin_attempt([r.id for r in rows if r.id not in self._charged])
         self._charged.difference_update(r.id for r in rows)
-        wait = self._start([(r.id, raws[r.uid], r.backfill) for r in rows])
+        wait = self._early.pop(tuple(r.id for r in rows), None) or self._start(
+            [(r.id, raws[r.uid], r.backfill) for r in rows]
+        )
         meanwhile()
         return wait() if wait is not None else self.decide(self._items(rows, raws))
 

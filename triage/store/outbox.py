@@ -109,6 +109,15 @@ def mark_sent(
     return cur.rowcount == 1
 
 
+def sent_by(tx: Tx, table: QueueTable, row_id: int, mine: Claim) -> bool:
+    """True when the row is `sent` under this sender's claim: its `mark_sent` committed."""
+    row = tx.execute(
+        f"SELECT 1 FROM {_table(table)} WHERE {_MINE} AND state = 'sent'",  # noqa: S608
+        (row_id, mine.at, mine.attempts),
+    ).fetchone()
+    return row is not None
+
+
 def mark_uncertain(tx: Tx, table: QueueTable, row_id: int, mine: Claim, error: str) -> None:
     """sending → uncertain (this sender's claim only): maybe delivered, never resent
     automatically."""
