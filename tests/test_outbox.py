@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -412,6 +413,37 @@ def test_a_store_outage_longer_than_the_smtp_timeout_leaves_the_claim_for_the_st
     monkeypatch.undo()
     assert state(box, row_id).state == "sending"
     assert box.deliver_due() == []
+    assert len(connector.session.sent) == 1
+
+
+def test_a_sent_record_whose_commit_went_unconfirmed_is_not_recorded_twice(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store committed `sent` but the answer was lost (the connection dropped after the
+    commit): the next try finds the row sent under its own claim and leaves it, without the
+    warning for a row that moved on."""
+    connector = Connector()
+    box = outbox(db, connector, Clock())
+    row_id = enqueue(box)
+    real = db.transaction
+    lost: list[int] = []
+
+    @contextmanager
+    def unconfirmed(*args: object, **kwargs: object) -> Iterator[object]:
+        with real(*args, **kwargs) as tx:  # type: ignore[arg-type]
+            yield tx
+        if not lost:
+            lost.append(1)
+            raise StoreUnavailable("connection lost after the commit")
+
+    connector.session.on_commit = lambda: monkeypatch.setattr(db, "transaction", unconfirmed)
+    with caplog.at_level(logging.WARNING, logger="triage.act.outbox"):
+        [sent] = box.deliver_due()
+    monkeypatch.undo()
+    assert lost == [1]
+    assert sent.id == row_id
+    assert state(box, row_id).state == "sent"
+    assert "moved on" not in caplog.text
     assert len(connector.session.sent) == 1
 
 
