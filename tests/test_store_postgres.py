@@ -807,7 +807,7 @@ def test_a_wrong_password_is_one_line_without_the_password(postgres: PgHarness) 
         assert wrong not in message and postgres.password not in message
         assert message.startswith(f"postgresql://triage@127.0.0.1:{postgres.port}/triage: ")
         assert "password authentication failed" in message
-    assert backend._pools == {}
+    assert backend._registry.items == {}
 
 
 @pytest.mark.slow
@@ -863,7 +863,7 @@ def test_a_forked_child_forgets_the_pools_and_leaves_the_parents_connections(
     if pid == 0:  # the child: never returns into pytest
         status = 1
         try:
-            if backend._pools == {} and backend._orphans:
+            if backend._registry.items == {} and backend._registry.orphans:
                 gc.collect()
                 status = 0
         finally:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from triage.core.errors import StoreError, StoreUnavailable
+from triage.store.per_process import PerProcess
 
 __all__ = ["SqliteHandle", "SqlitePool", "pool_for"]
 
@@ -171,42 +172,20 @@ class SqlitePool:
     def detach(self) -> None:
         """A handle was closed; after the last one the idle connections are closed (a closed
         store keeps no file open) and the next handle opens a new pool."""
-        with _guard:  # before `_cond`, as in `pool_for`: no handle attaches in between
+        with _registry.lock:  # before `_cond`, as in `pool_for`: no handle attaches in between
             with self._cond:
                 self._handles = max(self._handles - 1, 0)
                 if self._handles:
                     return
                 idle, self._idle = self._idle, []
                 self._open -= len(idle)
-            for key, pool in list(_pools.items()):
-                if pool is self:
-                    del _pools[key]
+            _registry.remove(self)
         for conn in idle:
             conn.close()
 
 
 # Pools by (device, inode) of their file, held weakly: each handle holds its pool.
-_pools: weakref.WeakValueDictionary[tuple[int, int], SqlitePool] = weakref.WeakValueDictionary()
-# A forked child's inherited pools, referenced forever so that nothing in the child finalises
-# (closes) the parent's connections.
-_orphans: list[SqlitePool] = []
-_guard = threading.Lock()
-_fork_hook_installed = False
-
-
-def _forget_in_child() -> None:
-    """After a fork, in the child: drop the parent's pools without closing them."""
-    global _guard  # noqa: PLW0603 - a lock held by another thread at fork time is never released
-    _orphans.extend(_pools.values())
-    _pools.clear()
-    _guard = threading.Lock()
-
-
-def _install_fork_hook() -> None:
-    global _fork_hook_installed  # noqa: PLW0603 - one hook per process
-    if not _fork_hook_installed:
-        os.register_at_fork(after_in_child=_forget_in_child)
-        _fork_hook_installed = True
+_registry: PerProcess[tuple[int, int], SqlitePool] = PerProcess(weakref.WeakValueDictionary())
 
 
 def pool_for(path: str, size: int = 10, timeout: float = 30.0) -> SqlitePool:
@@ -218,13 +197,12 @@ def pool_for(path: str, size: int = 10, timeout: float = 30.0) -> SqlitePool:
         private = SqlitePool(path, size=1, timeout=timeout)
         private.attach()
         return private
-    _install_fork_hook()
     info = os.stat(path)
     key = (info.st_dev, info.st_ino)
-    with _guard:
-        pool = _pools.get(key)
+    with _registry.lock:
+        pool = _registry.items.get(key)
         if pool is None or pool.pid != os.getpid():
-            pool = _pools[key] = SqlitePool(path, size=size, timeout=timeout)
+            pool = _registry.items[key] = SqlitePool(path, size=size, timeout=timeout)
         pool.attach()
         return pool
 

@@ -24,7 +24,6 @@ import functools
 import os
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final, Protocol, SupportsIndex, overload
@@ -43,6 +42,7 @@ from triage.core.errors import (
     StoreInUseError,
     StoreUnavailable,
 )
+from triage.store.per_process import PerProcess
 from triage.store.postgres import ddl
 from triage.store.postgres.translate import translate
 
@@ -470,38 +470,13 @@ class PgPool:
 
     def close(self) -> None:
         """Close the pool's connections and forget it; the next `pool_for` opens a new one."""
-        with _registry_guard():
-            for key, pool in list(_pools.items()):
-                if pool is self:
-                    del _pools[key]
+        with _registry.lock:
+            _registry.remove(self)
         self._pool.close()
 
 
-# Pools are per process; `_orphans` keeps a forked child's inherited pools referenced forever,
-# so that nothing in the child ever finalises them and closes the parent's sockets.
-_pools: dict[tuple[str, str | None], PgPool] = {}
-_orphans: list[PgPool] = []
-_guard = threading.Lock()
-_fork_hook_installed = False
-
-
-def _registry_guard() -> threading.Lock:
-    return _guard
-
-
-def _forget_in_child() -> None:
-    """After a fork, in the child: drop the parent's pools without closing them."""
-    global _guard  # noqa: PLW0603 - a lock held by another thread at fork time is never released
-    _orphans.extend(_pools.values())
-    _pools.clear()
-    _guard = threading.Lock()
-
-
-def _install_fork_hook() -> None:
-    global _fork_hook_installed  # noqa: PLW0603 - one hook per process
-    if not _fork_hook_installed:
-        os.register_at_fork(after_in_child=_forget_in_child)
-        _fork_hook_installed = True
+# Pools are per process (and forgotten in a forked child: see `triage.store.per_process`).
+_registry: PerProcess[tuple[str, str | None], PgPool] = PerProcess({})
 
 
 def pool_for(
@@ -521,10 +496,9 @@ def pool_for(
     waiting longer than `timeout` seconds for a connection gets `StoreUnavailable`. `purpose`
     (e.g. "run", "web") goes into the server's application_name with host and pid.
     """
-    _install_fork_hook()
     key = (url, password)
-    with _registry_guard():
-        pool = _pools.get(key)
+    with _registry.lock:
+        pool = _registry.items.get(key)
         if pool is None:
             pool = PgPool(
                 url,
@@ -534,7 +508,7 @@ def pool_for(
                 purpose=purpose,
                 migrate=migrate,
             )
-            _pools[key] = pool
+            _registry.items[key] = pool
         elif migrate:
             pool.migrate()  # opened by a reader that did not migrate
         return pool
@@ -605,9 +579,9 @@ def hold_store_lock(
 
 def close_pools() -> None:
     """Close every pool of this process (at shutdown, and between tests)."""
-    with _registry_guard():
-        pools = list(_pools.values())
-        _pools.clear()
+    with _registry.lock:
+        pools = list(_registry.items.values())
+        _registry.items.clear()
     for pool in pools:
         pool._pool.close()
 
