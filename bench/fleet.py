@@ -65,6 +65,7 @@ from bench.startup import (
     prospects,
     triage_command,
 )
+from devtools.demo import accounts_toml, store_toml
 from devtools.mailharness import MailHarness
 from devtools.pgharness import PgHarness, unavailable_reason
 from triage.core.settings import StoreSettings
@@ -78,20 +79,6 @@ SETTLE_S = 2.0
 # Start-up of a fleet includes a few lease renewals (every 5 s by default) to balance.
 FLEET_READY_TIMEOUT = READY_TIMEOUT + 6 * DEFAULT_RENEW_EVERY
 POLL_S = 0.05
-
-ACCOUNT = """\
-{table}
-name = "{user}"
-host = "127.0.0.1"
-port = {imaps_port}
-security = "tls"
-ca_file = "{ca_file}"
-username = "{user}"
-password_file = "{base}/{user}.password"
-idle = true
-poll_interval = 5
-
-"""
 
 # The rest of devtools.demo's settings (the ones bench.backlog and bench.latency run with), for
 # several accounts and either store.
@@ -130,29 +117,13 @@ def users(count: int = ACCOUNTS) -> dict[str, str]:
     return {name: f"pw-{name}" for name in accounts(count)}
 
 
-def store_toml(store: StoreSettings) -> str:
-    """The `[store]` section naming `store` (a SQLite path, or a server's URL and password file)."""
-    lines = ["[store]", f'path = "{store.path}"']
-    if store.is_postgresql:
-        lines += [f'url = "{store.url}"', f'password_file = "{store.password_file}"']
-    return "\n".join(lines) + "\n"
-
-
 def write_config(
     harness: MailHarness, base: Path, names: Sequence[str], store: StoreSettings, workers: int
 ) -> Path:
     """Settings watching the INBOX of each of `names` with `store`; returns the file."""
     cfg = harness.config
     base.mkdir(parents=True, exist_ok=True)
-    text = ""
-    for index, user in enumerate(names):
-        secret = base / f"{user}.password"
-        secret.write_text(harness.password(user))
-        secret.chmod(0o600)
-        table = "[imap]" if index == 0 else "[[imap.accounts]]"
-        text += ACCOUNT.format(
-            table=table, user=user, imaps_port=cfg.imaps_port, ca_file=harness.ca_file, base=base
-        )
+    text = accounts_toml(harness, base, names, options="idle = true\npoll_interval = 5\n")
     text += REST.format(
         smtp_port=cfg.smtp_port,
         store=store_toml(store),

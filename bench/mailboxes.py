@@ -41,6 +41,7 @@ from typing import Any
 from bench import latency
 from bench.memory import cpu_seconds, snapshot
 from bench.startup import Setup, TriageProcess, ensure_model, prospects
+from devtools.demo import accounts_toml
 from devtools.mailharness import DEFAULT_USERS, HarnessConfig, MailHarness
 
 # The goals of issue 17, for 1,000 mailboxes.
@@ -56,27 +57,7 @@ READY_TIMEOUT_S = 300.0
 SETTLE_S = 5.0
 SEED = 17
 
-ACCOUNT = """
-[[imap.accounts]]
-name = "{user}"
-host = "127.0.0.1"
-port = {port}
-security = "tls"
-ca_file = "{ca_file}"
-username = "{user}"
-password_file = "{secret}"
-{poll}"""
-
 CONFIG = """\
-[imap]
-name = "{user}"
-host = "127.0.0.1"
-port = {port}
-security = "tls"
-ca_file = "{ca_file}"
-username = "{user}"
-password_file = "{secret}"
-{poll}{accounts}
 [smtp]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -130,19 +111,15 @@ def write_setup(
     secret.chmod(0o600)
     cfg = harness.config
     poll = "" if poll_interval is None else f"poll_interval = {poll_interval:g}\n"
-    common = {"port": cfg.imaps_port, "ca_file": harness.ca_file, "secret": secret, "poll": poll}
     users = list(mailbox_users(count))
-    accounts = "".join(ACCOUNT.format(user=u, **common) for u in users[1:])
     config = base / "triage.toml"
     config.write_text(
-        CONFIG.format(
-            user=users[0],
-            accounts=accounts,
+        accounts_toml(harness, base, users, options=poll, password_file=secret)
+        + CONFIG.format(
             smtp_port=cfg.smtp_port,
             base=base,
             domain=cfg.domain,
             our_addresses=", ".join(f'"{harness.address(u)}"' for u in ["hello", *users]),
-            **common,
         )
     )
     env = {

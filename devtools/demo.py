@@ -23,12 +23,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from devtools.mailharness import MailHarness
+from triage.core.settings import StoreSettings
 from triage.store.db import Database
 from triage.store.leads import STATUSES, find_leads
 from triage.store.stats import handled_messages
@@ -80,6 +82,43 @@ signature = "The Example Furniture team"
 [daemon]
 health_port = 0
 """
+
+
+def accounts_toml(
+    harness: MailHarness,
+    base: Path,
+    names: Sequence[str],
+    *,
+    options: str = "",
+    password_file: Path | None = None,
+) -> str:
+    """`[imap]` for the first of `names` and `[[imap.accounts]]` for each other one, each
+    watching that harness user's INBOX over IMAPS, with `options` (TOML lines) in every table.
+    Each user's password goes to a 0600 file in `base`, unless all share `password_file`."""
+    cfg = harness.config
+    tables = []
+    for index, user in enumerate(names):
+        secret = password_file
+        if secret is None:
+            secret = base / f"{user}.password"
+            secret.write_text(harness.password(user))
+            secret.chmod(0o600)
+        tables.append(
+            f"{'[imap]' if index == 0 else '[[imap.accounts]]'}\n"
+            f'name = "{user}"\nhost = "127.0.0.1"\nport = {cfg.imaps_port}\nsecurity = "tls"\n'
+            f'ca_file = "{harness.ca_file}"\nusername = "{user}"\npassword_file = "{secret}"\n'
+            f"{options}\n"
+        )
+    return "\n".join(tables)
+
+
+def store_toml(store: StoreSettings) -> str:
+    """The `[store]` section of a TOML configuration naming `store` (path, and a server's URL
+    and password file)."""
+    lines = ["[store]", f'path = "{store.path}"']
+    if store.is_postgresql:
+        lines += [f'url = "{store.url}"', f'password_file = "{store.password_file}"']
+    return "\n".join(lines) + "\n"
 
 
 def write_config(harness: MailHarness, base: Path, extra: str = "", user: str = "hello") -> Path:

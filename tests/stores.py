@@ -112,15 +112,6 @@ def store_section(path: Path) -> dict[str, Any]:
     return {"path": str(path), "url": store.url, "password_file": str(store.password_file)}
 
 
-def store_toml(store: StoreSettings) -> str:
-    """The `[store]` section of a TOML configuration naming `store` (path, and a server's URL
-    and password file)."""
-    lines = ["[store]", f'path = "{store.path}"']
-    if store.is_postgresql:
-        lines += [f'url = "{store.url}"', f'password_file = "{store.password_file}"']
-    return "\n".join(lines) + "\n"
-
-
 def open_store(path: Path | str) -> Database:
     """`Database(path)` on the running test's backend (":memory:" stays SQLite's)."""
     if str(path) == ":memory:":

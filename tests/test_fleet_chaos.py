@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from devtools.demo import accounts_toml, store_toml
 from devtools.mailharness import DEFAULT_USERS, MailHarness
 from devtools.pgharness import PgHarness
 from tests.mailtools import DaemonStarter, inquiry, running_harness, wait_until
-from tests.stores import store_toml
 from triage.core.settings import StoreSettings
 from triage.ops.fleet import LEADER, fleet_status
 from triage.store.db import Database
@@ -51,18 +51,6 @@ def fleet_mail() -> Iterator[MailHarness]:
     }
     yield from running_harness(users=users)
 
-
-ACCOUNT = """\
-{table}
-name = "{user}"
-host = "127.0.0.1"
-port = {imaps_port}
-security = "tls"
-ca_file = "{ca_file}"
-username = "{user}"
-password_file = "{base}/{user}.password"
-poll_interval = 10
-"""
 
 REST = """\
 [smtp]
@@ -94,16 +82,7 @@ backoff_max = 3
 
 def write_config(harness: MailHarness, base: Path, store: StoreSettings) -> Path:
     cfg = harness.config
-    text = ""
-    for index, user in enumerate(INBOXES):
-        secret = base / f"{user}.password"
-        secret.write_text(harness.password(user))
-        secret.chmod(0o600)
-        table = "[imap]" if index == 0 else "[[imap.accounts]]"
-        text += ACCOUNT.format(
-            table=table, user=user, imaps_port=cfg.imaps_port, ca_file=harness.ca_file, base=base
-        )
-        text += "\n"
+    text = accounts_toml(harness, base, INBOXES, options="poll_interval = 10\n")
     ours = ", ".join(f'"{user}@{cfg.domain}"' for user in INBOXES)
     text += REST.format(
         smtp_port=cfg.smtp_port, store=store_toml(store), domain=cfg.domain, ours=ours

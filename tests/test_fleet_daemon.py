@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from devtools.demo import accounts_toml, store_toml
 from devtools.mailharness import MailHarness
 from tests.fleet_support import FleetInstance, OfflineMailbox, Syncs
 from tests.mailtools import DaemonStarter, inquiry, replies_in, wait_until
-from tests.stores import store_toml
 from triage.core.errors import LeaseLost, StoreInUseError
 from triage.core.settings import ImapAccount, ImapSettings, Settings, StoreSettings
 from triage.ingest.sync import SyncResult
@@ -188,26 +188,6 @@ def test_a_paused_instance_loses_its_accounts_and_records_nothing_when_it_wakes(
 PROSPECTS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 
 CONFIG = """\
-[imap]
-name = "hello"
-host = "127.0.0.1"
-port = {imaps_port}
-security = "tls"
-ca_file = "{ca_file}"
-username = "hello"
-password_file = "{base}/hello.password"
-poll_interval = 5
-
-[[imap.accounts]]
-name = "other"
-host = "127.0.0.1"
-port = {imaps_port}
-security = "tls"
-ca_file = "{ca_file}"
-username = "other"
-password_file = "{base}/other.password"
-poll_interval = 5
-
 [smtp]
 host = "127.0.0.1"
 port = {smtp_port}
@@ -232,21 +212,12 @@ lease_time = 4
 
 
 def fleet_config(harness: MailHarness, base: Path, store: StoreSettings) -> Path:
-    for user in ("hello", "other"):
-        secret = base / f"{user}.password"
-        secret.write_text(harness.password(user))
-        secret.chmod(0o600)
     path = base / "triage.toml"
     cfg = harness.config
+    accounts = accounts_toml(harness, base, ["hello", "other"], options="poll_interval = 5\n")
     path.write_text(
-        CONFIG.format(
-            imaps_port=cfg.imaps_port,
-            smtp_port=cfg.smtp_port,
-            ca_file=harness.ca_file,
-            base=base,
-            domain=cfg.domain,
-            store=store_toml(store),
-        )
+        accounts
+        + CONFIG.format(smtp_port=cfg.smtp_port, domain=cfg.domain, store=store_toml(store))
     )
     return path
 

@@ -24,6 +24,7 @@ import pytest
 from tests.fleet_support import FleetInstance, OfflineMailbox, Syncs
 from tests.mailtools import wait_until
 from tests.test_outbox import Clock, Connector, enqueue, outbox, state
+from triage.act.outbox import Outbox
 from triage.core.errors import LeaseLost, SendError
 from triage.core.settings import ImapAccount, StoreSettings
 from triage.ingest.sync import SyncResult
@@ -68,16 +69,23 @@ def db(store: StoreSettings) -> Iterator[Database]:
     database.close()
 
 
-def test_a_claimed_reply_is_recorded_sent_even_when_the_lease_went_meanwhile(
-    db: Database,
-) -> None:
-    """The lease goes between the claim and the server's 250: the reply is `sent`, not left
-    `sending` for a recovery to call uncertain; the claim names the lease it was made under."""
+def leased_reply(db: Database) -> tuple[Connector, Outbox, int, Switch]:
+    """A queued reply in an outbox whose store handle is fenced by a lease this test can take
+    away (`Switch`): the fake SMTP connector, the outbox, the reply's row and the guard."""
     connector = Connector()
     box = outbox(db, connector, Clock())
     row_id = enqueue(box)
     guard = Switch()
     db.guard = guard
+    return connector, box, row_id, guard
+
+
+def test_a_claimed_reply_is_recorded_sent_even_when_the_lease_went_meanwhile(
+    db: Database,
+) -> None:
+    """The lease goes between the claim and the server's 250: the reply is `sent`, not left
+    `sending` for a recovery to call uncertain; the claim names the lease it was made under."""
+    connector, box, row_id, guard = leased_reply(db)
 
     connector.session.on_commit = guard.lose
     box.deliver_due()
@@ -90,12 +98,8 @@ def test_a_claimed_reply_is_recorded_sent_even_when_the_lease_went_meanwhile(
 def test_a_refusal_after_the_lease_went_is_retried_not_stranded(db: Database) -> None:
     """The server answers 451 at the dot after the lease went: the reply is queued again with
     backoff (for whoever holds the account now), not stuck in `sending`."""
-    connector = Connector()
+    connector, box, row_id, guard = leased_reply(db)
     connector.session.fail["commit"] = SendError("451 try again later")
-    box = outbox(db, connector, Clock())
-    row_id = enqueue(box)
-    guard = Switch()
-    db.guard = guard
 
     connector.session.on_commit = guard.lose
     box.deliver_due()
@@ -107,11 +111,7 @@ def test_no_final_dot_once_the_instance_counts_its_lease_as_lost(db: Database) -
     """Claimed under the lease, but by the time of the dot this instance's own view says the
     lease is gone: the message is dropped without its dot, and the reply is queued again with
     its attempt not counted, for the account's new holder."""
-    connector = Connector()
-    box = outbox(db, connector, Clock())
-    row_id = enqueue(box)
-    guard = Switch()
-    db.guard = guard
+    connector, box, row_id, guard = leased_reply(db)
 
     connector.session.on_begin = guard.lapse
     box.deliver_due()
@@ -125,11 +125,7 @@ def test_a_lease_lost_at_the_claim_ends_the_transaction_without_quit(db: Databas
     """LeaseLost from the claim's transaction: the half-sent message is aborted (RSET-like, no
     QUIT in the middle of DATA, which would wait for the server's timeout), nothing is
     claimed, and the error reaches the worker, which stops serving the account."""
-    connector = Connector()
-    box = outbox(db, connector, Clock())
-    row_id = enqueue(box)
-    guard = Switch()
-    db.guard = guard
+    connector, box, row_id, guard = leased_reply(db)
 
     connector.session.on_begin = guard.lose
     with pytest.raises(LeaseLost):

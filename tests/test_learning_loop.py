@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from tests.stores import open_store, store_settings, store_toml
+from devtools.demo import store_toml
+from tests.stores import open_store, store_settings
 from tests.test_leads import JANE, Store
 from tests.test_leads_cli import write_config
 from tests.test_model_cli import corpus  # noqa: F401  # the module-scoped fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.stores import store_toml
+from devtools.demo import store_toml
 from tests.test_leads_cli import one_line_error, triage, write_config
 from tests.test_outbox import Clock, Connector, enqueue, outbox
 from triage.act.smtp import AmbiguousDeliveryError

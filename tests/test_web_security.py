@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from tests.stores import store_toml
+from devtools.demo import store_toml
 from tests.test_leads import Store, make_settings
 from tests.web_support import PASSWORD, login
 from triage.cli.main import app as cli
