@@ -99,3 +99,13 @@ def test_ping_and_mistakes(setup: tuple[Path, Settings, Store], receiver: Receiv
     one_line_error(triage(config, "webhooks", "enable", "crm"), 2, "webhook crm is not disabled")
     receiver.default = 503
     one_line_error(triage(config, "webhooks", "test", "crm"), 1, "crm: HTTP 503")
+
+
+def test_a_missing_store_is_one_line_not_an_empty_list(tmp_path: Path) -> None:
+    """A store.path with no file is a one-line error (exit 2): opening it would create an empty
+    store, and `webhooks list` would then report no failures from the wrong place."""
+    base = tmp_path / "elsewhere"
+    base.mkdir()
+    config = write_config(base)
+    one_line_error(triage(config, "webhooks", "list"), 2, "no store at")
+    assert not (base / "triage.db").exists()

@@ -14,6 +14,7 @@ import typer
 
 if TYPE_CHECKING:
     from triage.core.settings import Settings
+    from triage.store.db import Database
 
 EXIT_USAGE = 2  # a user mistake: bad config, bad arguments
 EXIT_FAILURE = 1  # the work itself failed
@@ -80,6 +81,25 @@ def user_errors() -> Iterator[None]:
         fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:
         fail("interrupted", 130)
+
+
+@contextmanager
+def existing_store(ctx: typer.Context) -> Iterator[tuple[Settings, Database]]:
+    """The settings and the configured store, for a command that reads or changes what is in
+    it; closed afterwards. A SQLite `store.path` with no file is a one-line error: opening would
+    create an empty store, and a wrong path must not look like an empty queue or a quiet fleet.
+    (A server's database is never created.) Store errors become one line too."""
+    settings = load(ctx)
+    if not settings.store.is_postgresql and not settings.store.path.exists():
+        fail(f"no store at {settings.store.path}: check store.path")
+    with user_errors():
+        from triage.store.db import Database
+
+        db = Database(settings.store)
+        try:
+            yield settings, db
+        finally:
+            db.close()
 
 
 def current_user() -> str:

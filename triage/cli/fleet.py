@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from triage.cli.common import fail, load, user_errors
+from triage.cli.common import existing_store
 
 if TYPE_CHECKING:
     from triage.ops.fleet import FleetStatus
@@ -127,20 +127,10 @@ def status_command(
     json_output: bool = typer.Option(False, "--json", help="JSON instead of text."),
 ) -> None:
     """List the instances (state, last heartbeat) and the leases each holds (generation, age)."""
-    settings = load(ctx)
-    if not settings.store.is_postgresql and not settings.store.path.exists():
-        # Opening would create an empty store and report "no instance": a wrong store.path must
-        # not look like a quiet fleet.
-        fail(f"no store at {settings.store.path}: check store.path")
-    with user_errors():
+    with existing_store(ctx) as (_settings, db):
         from triage.ops.fleet import fleet_status
-        from triage.store.db import Database
 
-        db = Database(settings.store)
-        try:
-            status = fleet_status(db)
-        finally:
-            db.close()
+        status = fleet_status(db)
     if json_output:
         print(json.dumps(as_json(status), indent=2, ensure_ascii=False))
         return

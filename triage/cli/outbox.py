@@ -8,18 +8,15 @@ uncertain) end with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from triage.cli.common import EXIT_USAGE, current_user, fail, load, user_errors
+from triage.cli.common import EXIT_USAGE, current_user, existing_store, fail
 
 if TYPE_CHECKING:
-    from triage.store.db import Database
     from triage.store.outbox import QueueEntry, Table
 
 app = typer.Typer(
@@ -29,23 +26,6 @@ app = typer.Typer(
 
 MAX_ID = 2**63 - 1  # the largest SQLite row id
 STATES = ("queued", "sending", "sent", "failed", "uncertain", "draft", "dry-run", "expired")
-
-
-@contextmanager
-def _db(ctx: typer.Context) -> Iterator[Database]:
-    settings = load(ctx)
-    if not settings.store.is_postgresql and not settings.store.path.exists():
-        # Opening would create an empty store and report "nothing in the outbox": a wrong
-        # store.path must not look like good news. (A server's database is never created.)
-        fail(f"no store at {settings.store.path}: check store.path")
-    with user_errors():
-        from triage.store.db import Database
-
-        db = Database(settings.store)
-        try:
-            yield db
-        finally:
-            db.close()
 
 
 def label(entry: QueueEntry) -> str:
@@ -89,7 +69,7 @@ def list_command(
     unknown = sorted(set(state or ()) - set(STATES))
     if unknown:
         fail(f"unknown state {unknown[0]!r}: use one of {', '.join(STATES)}", EXIT_USAGE)
-    with _db(ctx) as db:
+    with existing_store(ctx) as (_settings, db):
         found = entries(db, tuple(state or OPEN_STATES))
     now = datetime.now(UTC)
     if as_json:
@@ -140,7 +120,7 @@ def resolve_command(
     if resolution is None:
         fail(f"unknown decision {action!r}: use sent, resend or drop", EXIT_USAGE)
     table, kind, row_id = parse_id(mail_id)
-    with _db(ctx) as db:
+    with existing_store(ctx) as (_settings, db):
         found = entry(db.reads, table, row_id)
         if found is None or found.kind != kind:
             fail(f"no {kind} {row_id} in the outbox", EXIT_USAGE)

@@ -13,11 +13,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from triage.cli.common import EXIT_FAILURE, EXIT_USAGE, current_user, fail, load, user_errors
+from triage.cli.common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    current_user,
+    existing_store,
+    fail,
+    load,
+    user_errors,
+)
 
 if TYPE_CHECKING:
-    from triage.core.settings import Settings
-    from triage.store.db import Database
+    pass
 
 app = typer.Typer(
     help="Signed lead webhooks to CRMs: list endpoints and failures, replay an event, ping.",
@@ -36,21 +43,6 @@ def _mistakes() -> Iterator[None]:
         fail(str(exc), EXIT_USAGE)
 
 
-@contextmanager
-def _db(ctx: typer.Context) -> Iterator[tuple[Settings, Database]]:
-    settings = load(ctx)
-    if not settings.store.is_postgresql and not settings.store.path.exists():
-        fail(f"no store at {settings.store.path}: check store.path")
-    with user_errors():
-        from triage.store.db import Database
-
-        db = Database(settings.store)
-        try:
-            yield settings, db
-        finally:
-            db.close()
-
-
 def _state(disabled_at: str | None, configured: bool) -> str:
     if not configured:
         return "not configured"
@@ -66,7 +58,7 @@ def list_command(
     """The endpoints (state, deliveries by state), then the latest failed deliveries."""
     from triage.store import webhooks as store
 
-    with _db(ctx) as (settings, db):
+    with existing_store(ctx) as (settings, db):
         known = {e.name: e for e in store.endpoint_states(db.reads)}
         failed = store.recent(db.reads, ["failed"], max(0, failures))
     endpoints: list[dict[str, Any]] = []
@@ -138,7 +130,7 @@ def replay_command(
     running service sends it."""
     from triage.act.webhooks import replay
 
-    with _db(ctx) as (settings, db), _mistakes():
+    with existing_store(ctx) as (settings, db), _mistakes():
         queued = replay(db, settings, event_id, by or current_user())
     if not queued:
         fail(f"{event_id} is being sent right now; nothing queued", EXIT_USAGE)
@@ -153,7 +145,7 @@ def enable_command(
     """Send to an endpoint again after a 410 Gone disabled it."""
     from triage.act.webhooks import enable
 
-    with _db(ctx) as (settings, db), _mistakes():
+    with existing_store(ctx) as (settings, db), _mistakes():
         enable(db, settings, name)
     print(f"webhook {name} enabled")
 
