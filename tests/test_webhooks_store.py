@@ -93,6 +93,29 @@ def test_a_new_lead_queues_lead_created_for_the_endpoints_that_take_it(hooks_sto
     assert deliveries(s.db)[-1] == ("lead.updated", "crm", "queued")
 
 
+def test_an_endpoint_taking_only_updates_gets_the_second_message_of_a_lead(
+    tmp_path: Path,
+) -> None:
+    """The per-message check asks whether any endpoint takes lead.created *or* lead.updated: an
+    endpoint that takes only updates gets none for the new lead and one when it is joined."""
+    only = hook_settings(
+        tmp_path,
+        [{"name": "upd", "url": "https://crm.example/hook", "events": ["lead.updated"]}],
+    )
+    s = Store(only)
+    try:
+        sync_endpoints(only, s.db)
+        _row, lead_id = s.inquiry(JANE)
+        with s.db.transaction() as c:
+            assert record_lead_event(c, lead_id, "message") is None
+        s.inquiry(JANE, subject="Follow-up")
+        with s.db.transaction() as c:
+            assert record_lead_event(c, lead_id, "message") is not None
+        assert deliveries(s.db) == [("lead.updated", "upd", "queued")]
+    finally:
+        s.close()
+
+
 def test_a_rollback_records_no_event_and_a_commit_loses_none(hooks_store: Store) -> None:
     """The event lives and dies with the change's transaction."""
     s = hooks_store

@@ -787,8 +787,8 @@ def record_lead_event(c: Tx, lead_id: int, cause: str, now: datetime | None = No
     """Within the transaction that just recorded a message's lead (`triage.store.leads.
     record_lead`): `lead.created` when the message made the lead, else `lead.updated` (the
     message joined it). `cause` says what recorded it (`message`, `review`)."""
-    if not hooks.subscribers(c, "lead.created") and not hooks.subscribers(c, "lead.updated"):
-        return None  # the usual case without webhooks: one indexed read, no lead read
+    if not hooks.takes_any(c, ("lead.created", "lead.updated")):
+        return None  # the usual case without webhooks: one small read, no lead read
     found = store.get_lead(c, lead_id)
     if found is None:
         return None
