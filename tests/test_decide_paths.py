@@ -4,7 +4,9 @@ Two shortcuts must never change what happens to a message:
 - mail a header rule decides (a list, a bounce, an auto-reply) is parsed only as far as its
   headers (`parse(raw, needs_body)`), so its body is never read;
 - a worker process finds the machine rules' reason once, in the etiquette check, and hands it to
-  the classifier instead of running the rules again.
+  the classifier instead of running the rules again;
+- a worker process asks the header rules once, while parsing, and its etiquette check reuses
+  their answers: sound only because those rules read neither the context nor the destination.
 
 Both are checked against the plain path (a full parse, `guards.check`, `classify_many`) over the
 project's corpus and, when `../shared` is present, real mail: bounces, lists, ham and spam, and
@@ -135,6 +137,41 @@ def test_a_worker_decides_every_message_as_the_main_process_would(
         partials = worker.decide([raw for _, raw, _ in chunk])
         split += workers.finish(chunk, partials, CTX, None)
     assert [_essence(d) for d in split] == [_essence(d) for d in together]
+
+
+def test_header_rules_answer_from_the_headers_alone_whatever_the_context(
+    raws: list[bytes],
+) -> None:
+    """Each header rule gives the same answer in the lenient context the parser asks it in and
+    in a strict one with a destination (what the etiquette check passes), so the worker may
+    reuse the parser's answers; and the worker's check with them equals its check without."""
+    strict = guards.GuardContext(
+        our_addresses=frozenset({"hello@example.test"}),
+        form_senders=frozenset({"forms@example.test"}),
+        require_return_path=True,
+        require_addressed_to_us=True,
+        history=_NeverReplied(),
+    )
+    dest = Address("Jane", "jane@acme.example")
+    assert guards.HEADER_RULES, "no header rules: the worker's shortcut is never taken"
+    worker = workers._Worker(ModelHandle(SHIPPED_MODEL), strict)
+    reused = 0
+    for raw in raws:
+        answers: dict[int, str | None] = {}
+
+        def needs_body(light: InboundMessage, answers: dict[int, str | None] = answers) -> bool:
+            answers.update(guards.header_answers(light))
+            return guards.first_header_reason(answers) is None
+
+        msg = parse(raw, needs_body)
+        for index in guards.HEADER_RULES:
+            rule = guards.RULES[index]
+            assert rule(msg, strict, dest) == answers[index], (rule.name, msg.subject)
+            assert rule(msg, strict.for_route(guards.route(msg, strict)), None) == answers[index]
+        assert guards.first_header_reason(answers) == guards.header_reason(msg)
+        assert worker.check(msg, answers) == worker.check(msg), msg.subject
+        reused += 1
+    assert reused == len(raws)
 
 
 def test_the_classifier_given_the_rules_reason_decides_as_it_would_alone(

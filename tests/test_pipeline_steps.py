@@ -140,3 +140,22 @@ def test_a_failing_recorded_callback_never_gets_a_message_recorded_twice() -> No
     ports.calls.clear()
     act(ports, [work[1]], alone=True)
     assert not any(c.startswith("record") for c in ports.calls)
+
+
+def test_header_answers_hold_only_for_the_message_they_were_asked_of() -> None:
+    """The parse step keeps the header rules' answers for the message it parsed; once the
+    message is another one (the parser's stand-in after an error), there are none to reuse."""
+    from triage.core.models import InboundMessage
+    from triage.decide import guards
+    from triage.pipeline import DecideTools, Deciding
+
+    raw = b"From: News <news@lists.example.org>\r\nList-Id: <news.lists.example.org>\r\n\r\nHi\r\n"
+    m = Deciding(0, raw, False)
+    parse_step([m], cast(DecideTools, None))
+    assert m.msg is not None
+    answers = m.known_answers()
+    assert answers == guards.header_answers(m.msg)
+    assert guards.first_header_reason(answers) == "list-header: mailing list header List-Id"
+    assert m.msg.text == ""  # decided by its headers: the body was not read
+    m.msg = InboundMessage(message_id="<stand-in@triage.invalid>")
+    assert m.known_answers() is None

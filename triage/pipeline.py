@@ -17,7 +17,7 @@ reply history (parse, most guards, classify); the main process finishes the rest
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -80,6 +80,23 @@ class Deciding:
     verdict: Verdict | None = None
     classification: Classification | None = None
     disposition: Disposition | None = None
+    # The header rules' answers, asked while parsing (`guards.header_answers`), and the headers
+    # they were asked of: they hold for `msg` only if it still has those very headers.
+    header_answers: dict[int, str | None] | None = None
+    answered_headers: Mapping[str, str] | None = None
+
+    def needs_body(self, light: InboundMessage) -> bool:
+        """Asked by the parser with the message as its headers give it: must the body be read?
+        Not when a header rule decides it (keeps the rules' answers for the etiquette check)."""
+        self.header_answers = guards.header_answers(light)
+        self.answered_headers = light.headers
+        return guards.first_header_reason(self.header_answers) is None
+
+    def known_answers(self) -> dict[int, str | None] | None:
+        """The header rules' answers for `msg`, if they were asked of its headers."""
+        if self.msg is None or self.answered_headers is not self.msg.headers:
+            return None  # a parser error replaced the message with a stand-in
+        return self.header_answers
 
     def decided(self) -> Decided:
         """The finished decision (every step has run)."""
@@ -102,11 +119,7 @@ def parse_step(batch: Sequence[Deciding], _tools: DecideTools) -> None:
     its headers: the classifier's header rules decide it the same way, and nothing else reads
     its body."""
     for m in batch:
-        m.msg = parse(m.raw, _needs_body)
-
-
-def _needs_body(msg: InboundMessage) -> bool:
-    return guards.header_reason(msg) is None
+        m.msg = parse(m.raw, m.needs_body)
 
 
 def guards_step(batch: Sequence[Deciding], tools: DecideTools) -> None:
@@ -287,7 +300,10 @@ class Recorder:
                         disposition = replace(disposition, reply_template=None)
                     elif isinstance(planned, Planned) and d.row_id not in unnamed:
                         named = planned.lead_owner
-                done = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
+                if disposition is d.disposition and len(reasons) == len(disposition.reasons):
+                    done = d  # most messages: nothing was refused here, nothing to add
+                else:
+                    done = replace(d, disposition=replace(disposition, reasons=tuple(reasons)))
                 self.ledger.record_outcome(c, outcome_of(done, reasons))
                 if disposition.lead_kind is not None:
                     lead = get_lead(c, self._lead(c, done, owners.get(d.row_id)))

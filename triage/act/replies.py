@@ -571,18 +571,24 @@ class _Deadline:
         self.deadline = deadline
         self.previous = previous
         self.where = ""
+        # Bound once: the tracer runs on every call and line of a render, so each costs.
+        self._local = self.local
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> _Tracer | None:
-        self.check(frame)  # every call of a Python function, generators resuming included
+        # Every call of a Python function, generators resuming included. The clock is read
+        # here rather than through `check`: one Python call fewer per event.
+        if _monotonic() > self.deadline:
+            self.check(frame)
         if self.previous is not None:
             return self.chained(self.previous(frame, event, arg))
         # Lines are checked in template code only, where a loop can spin without calling
         # anything; that keeps the cost of tracing small.
-        return self.local if "__jinja_template__" in frame.f_globals else None
+        return self._local if "__jinja_template__" in frame.f_globals else None
 
     def local(self, frame: FrameType, event: str, arg: Any) -> _Tracer:
-        self.check(frame)
-        return self.local
+        if _monotonic() > self.deadline:
+            self.check(frame)
+        return self._local
 
     def chained(self, inner: _Tracer | None) -> _Tracer:
         """A local trace function that also calls the previous tracer's local one."""
@@ -597,9 +603,13 @@ class _Deadline:
         return local
 
     def check(self, frame: FrameType) -> None:
-        if time.monotonic() > self.deadline and not _in_finalizer(frame):
+        """Raise _Expired once the deadline has passed (not inside a finalizer, see below)."""
+        if _monotonic() > self.deadline and not _in_finalizer(frame):
             self.where = _template_position(frame)
             raise _Expired
+
+
+_monotonic = time.monotonic
 
 
 # A finalizer (`__del__`, a weakref.finalize callback) may run inside a render when the garbage

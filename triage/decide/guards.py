@@ -12,7 +12,7 @@ classifier uses them through `automated_reason` to label such mail `other` witho
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Protocol
@@ -593,10 +593,31 @@ def automated_reason(msg: InboundMessage) -> str | None:
 def header_reason(msg: InboundMessage) -> str | None:
     """The reason a header rule gives that `msg` was sent by a machine, from its headers alone;
     the same as `automated_reason` whenever this is not None (the header rules come first)."""
-    for each in MACHINE_RULES:
+    return first_header_reason(header_answers(msg))
+
+
+# The rules that read a message's headers and nothing else (neither the context nor where a
+# reply would go), by index in RULES: the machine rules that do not read the body. Their answers
+# are the same for the message as its headers alone give it and for the whole message, in any
+# context: the worker processes ask them once, before reading the body, and reuse the answers in
+# their etiquette check (`triage.ingest.workers`).
+HEADER_RULES: tuple[int, ...] = tuple(i for i, r in enumerate(RULES) if r.machine and not r.body)
+
+
+def header_answers(msg: InboundMessage) -> dict[int, str | None]:
+    """The answer of every header rule for `msg`, by rule index (None: no reason against)."""
+    return {i: RULES[i](msg, _MACHINE_CTX, None) for i in HEADER_RULES}
+
+
+def first_header_reason(answers: Mapping[int, str | None]) -> str | None:
+    """`header_reason` from the header rules' `answers`: the first machine rule's reason, unless
+    a machine rule that reads the body comes before it."""
+    for index, each in enumerate(RULES):
+        if not each.machine:
+            continue
         if each.body:
             return None  # what follows may depend on the body
-        reason = each(msg, _MACHINE_CTX, None)
+        reason = answers[index]
         if reason is not None:
             return reason
     return None

@@ -33,7 +33,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
@@ -135,19 +135,24 @@ class _Worker:
         self.ctx = dataclasses.replace(ctx, history=self.probe)
 
     def check(
-        self, msg: InboundMessage
+        self, msg: InboundMessage, known: Mapping[int, str | None] | None = None
     ) -> tuple[guards.Route, tuple[tuple[int, str], ...], tuple[int, ...]]:
-        """`guards.check`, except that rules consulting the history are only named."""
+        """`guards.check`, except that rules consulting the history are only named. `known`
+        holds answers already asked of this message's headers (`Deciding.known_answers`)."""
         where = guards.route(msg, self.ctx)
         ctx = self.ctx.for_route(where)
         found: list[tuple[int, str]] = []
         deferred: list[int] = []
         for index, rule in enumerate(guards.RULES):
-            self.probe.asked = False
-            reason = rule(msg, ctx, where.address)
-            if self.probe.asked:
-                deferred.append(index)
-            elif reason is not None:
+            if known is not None and index in known:
+                reason = known[index]  # a header rule: it reads neither context nor history
+            else:
+                self.probe.asked = False
+                reason = rule(msg, ctx, where.address)
+                if self.probe.asked:
+                    deferred.append(index)
+                    continue
+            if reason is not None:
                 found.append((index, reason))
         return where, tuple(found), tuple(deferred)
 
@@ -156,8 +161,9 @@ class _Worker:
         history over a batch."""
         batch = [Deciding(0, raw, False) for raw in raws]
         parse_step(batch, DecideTools(_no_check, _no_classify, None))
-        messages = [m.msg for m in batch if m.msg is not None]
-        checks = [self.check(msg) for msg in messages]
+        parsed = [m for m in batch if m.msg is not None]
+        messages = [m.msg for m in parsed if m.msg is not None]
+        checks = [self.check(m.msg, m.known_answers()) for m in parsed if m.msg is not None]
         # The classifier's header rules are the etiquette check's machine rules, which read
         # neither the context nor the history: the first one the check found is its reason.
         automated = [
@@ -253,10 +259,12 @@ def finish(
         items, partials, strict=True
     ):
         reasons = dict(found)
-        for index in deferred:
-            reason = guards.RULES[index](msg, ctx.for_route(where), where.address)
-            if reason is not None:
-                reasons[index] = reason
+        if deferred:
+            routed = ctx.for_route(where)
+            for index in deferred:
+                reason = guards.RULES[index](msg, routed, where.address)
+                if reason is not None:
+                    reasons[index] = reason
         verdict = guards.verdict_of(where, (reasons[i] for i in sorted(reasons)))
         batch.append(Deciding(row, raw, backfill, msg, verdict, cls))
     # The steps after the worker's: the guards are done above, disposing is left.

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -189,6 +189,17 @@ class Metrics:
             registry=r,
         )
         self._drift_due = float("-inf")
+        # The labelled child of a one-label counter, by metric and label value: `labels()` takes
+        # a lock and checks its arguments on each call, several times per message in a backlog.
+        self._children: dict[tuple[int, str], Any] = {}
+
+    def _child(self, metric: Counter, value: str) -> Any:
+        """`metric.labels(value)`, remembered (a child never changes once made)."""
+        key = (id(metric), value)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(value)
+        return child
 
     # -- called by the daemon as work happens ----------------------------------------------------
 
@@ -202,10 +213,10 @@ class Metrics:
     ) -> None:
         """Count one handled message: its decision and, when no reply went out, each distinct
         rule among `reasons`; observe its handling time when `seconds` is given."""
-        self.messages_handled.labels(decision=decision).inc()
+        self._child(self.messages_handled, decision).inc()
         if not replied:
             for rule in sorted({rule_name(r) for r in reasons}):
-                self.replies_suppressed.labels(reason=rule).inc()
+                self._child(self.replies_suppressed, rule).inc()
         if seconds is not None:
             self.latency.observe(max(0.0, seconds))
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import re
 from collections.abc import Callable
 from types import MappingProxyType
+from typing import Any
 
 import quotequail
 
@@ -203,34 +203,42 @@ def _parse(raw: bytes, needs_body: NeedsBody | None = None) -> InboundMessage:
     to = headers.addresses(header("to") or "")
     header_map = _header_map(root, budget)
     auth_results, auth_results_cut, from_count = trace.sender_fields(data)
-    # The message as its headers (and its parts' types) give it.
-    light = InboundMessage(
-        message_id=message_id or synthesise_message_id(data),
-        message_id_synthesised=not message_id,
-        subject=headers.clean(header("subject") or ""),
-        from_=from_,
-        reply_to=reply_to,
-        to=to,
-        cc=headers.addresses(header("cc") or ""),
-        return_path=headers.return_path(header("return-path")),
-        date=headers.date(header("date") or ""),
-        in_reply_to=headers.message_id(header("in-reply-to") or ""),
-        references=headers.message_ids(header("references") or ""),
-        size=len(raw),
-        content_type=root.content_type,
-        attachments=_attachments(root, None),
-        headers=MappingProxyType(header_map),
+    # The message as its headers (and its parts' types) give it. Built from one dict of fields,
+    # and again with its body's fields, rather than with `dataclasses.replace` (twice as slow).
+    fields: dict[str, Any] = {
+        "message_id": message_id or synthesise_message_id(data),
+        "message_id_synthesised": not message_id,
+        "subject": headers.clean(header("subject") or ""),
+        "from_": from_,
+        "reply_to": reply_to,
+        "to": to,
+        "cc": headers.addresses(header("cc") or ""),
+        "return_path": headers.return_path(header("return-path")),
+        "date": headers.date(header("date") or ""),
+        "in_reply_to": headers.message_id(header("in-reply-to") or ""),
+        "references": headers.message_ids(header("references") or ""),
+        "size": len(raw),
+        "content_type": root.content_type,
+        "headers": MappingProxyType(header_map),
+        "auth_results": auth_results,
+        "auth_results_cut": auth_results_cut,
+        "from_count": from_count,
+        "from_single": len(senders) == 1 and not headers.is_group(header("from") or ""),
+    }
+    if needs_body is not None:
         # The contact comes below: from the addresses alone for mail decided by its headers,
         # else from the text too (no header rule reads it).
-        defects=tuple(budget.defects),
-        auth_results=auth_results,
-        auth_results_cut=auth_results_cut,
-        from_count=from_count,
-        from_single=len(senders) == 1 and not headers.is_group(header("from") or ""),
-    )
-    if needs_body is not None and not needs_body(light):
-        # Decided by its headers: its text, quotes, signature and form fields are never read.
-        return dataclasses.replace(light, contact=contacts.extract(from_, reply_to, "", "", to=to))
+        light = InboundMessage(
+            **fields, attachments=_attachments(root, None), defects=tuple(budget.defects)
+        )
+        if not needs_body(light):
+            # Decided by its headers: its text, quotes, signature and form fields are never read.
+            return InboundMessage(
+                **fields,
+                attachments=light.attachments,
+                defects=light.defects,
+                contact=contacts.extract(from_, reply_to, "", "", to=to),
+            )
     text, from_html, body = _body_text(root, budget)
     reply = quotes.new_text(text)
     forwarded = None
@@ -246,8 +254,8 @@ def _parse(raw: bytes, needs_body: NeedsBody | None = None) -> InboundMessage:
         forwarded_from=forwarded,
         from_html=from_html,
     )
-    return dataclasses.replace(
-        light,
+    return InboundMessage(
+        **fields,
         text=text,
         new_text=reply.text,
         text_from_html=from_html,
