@@ -15,7 +15,9 @@ the parser torture set.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Iterable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -137,6 +139,59 @@ def test_a_worker_decides_every_message_as_the_main_process_would(
         partials = worker.decide([raw for _, raw, _ in chunk])
         split += workers.finish(chunk, partials, CTX, None)
     assert [_essence(d) for d in split] == [_essence(d) for d in together]
+
+
+class _Bulk:
+    """A reply history that answers for a whole batch at once; counts how it was asked."""
+
+    def __init__(self, replied: set[str]) -> None:
+        self.replied = replied
+        self.single = 0
+        self.bulk = 0
+
+    def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
+        self.single += 1
+        return address in self.replied
+
+    def recent_recipients(self, addresses: Iterable[str], window: timedelta) -> dict[str, bool]:
+        self.bulk += 1
+        return {a: True for a in addresses if a in self.replied}
+
+
+def test_a_batch_asks_the_reply_history_once_and_decides_as_one_by_one(
+    raws: list[bytes], model: ModelHandle
+) -> None:
+    """The main process's half asks a history that can answer for many addresses once per
+    batch, about every destination of it, and decides exactly as asking address by address;
+    half the senders got a reply already, so the history rule refuses some."""
+    worker = workers._Worker(model, CTX)
+    items = [(i, raw, False) for i, raw in enumerate(raws)]
+    senders = sorted({m.from_.email.lower() for raw in raws if (m := parse(raw)).from_})
+    replied = set(senders[::2])
+    # A plain ReplyHistory (no recent_recipients) is asked address by address.
+    one_by_one = dataclasses.replace(CTX, history=_Single(replied))
+    together = decide(items, partial(guards.check, ctx=one_by_one), model.get().classify_many, None)
+    bulk = _Bulk(replied)
+    ctx = dataclasses.replace(one_by_one, history=bulk)
+    split: list[Decided] = []
+    batches = 0
+    for start in range(0, len(items), 100):
+        chunk = items[start : start + 100]
+        split += workers.finish(chunk, worker.decide([raw for _, raw, _ in chunk]), ctx, None)
+        batches += 1
+    assert [_essence(d) for d in split] == [_essence(d) for d in together]
+    assert any("already-replied" in r for d in split for r in d.verdict.reasons)
+    assert bulk.single == 0 and 0 < bulk.bulk <= batches
+
+
+class _Single:
+    """A reply history that answers one address at a time."""
+
+    def __init__(self, replied: set[str]) -> None:
+        self.replied = replied
+
+    def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
+        return address in self.replied
 
 
 def test_header_rules_answer_from_the_headers_alone_whatever_the_context(

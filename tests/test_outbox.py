@@ -654,6 +654,46 @@ def test_a_reply_to_an_unverified_sender_does_not_block_a_verified_one(db: Datab
     assert box.replied_recently("jane@client.example", week, verified=True)
 
 
+def test_recent_recipients_answers_as_replied_recently_does_for_each_address(
+    db: Database,
+) -> None:
+    """The guards' early look over a batch asks for every destination at once: each answer,
+    for a verified sender and for any, is what `replied_recently` says for that address (old,
+    dry-run, drafted, unverified-only and unknown mailboxes; case and +detail ignored)."""
+    from triage.act.outbox import UNVERIFIED
+
+    clock = Clock()
+    box = outbox(db, Connector(), clock)
+    week = timedelta(days=7)
+    enqueue(box, 1, "old@client.example")
+    clock.advance(days=8)
+    enqueue(box, 2, "Pat+Sales@Client.example")
+    enqueue(box, 3, "dry@client.example", mode="dry-run")
+    enqueue(box, 4, "draft@client.example", mode="draft")
+    enqueue_prio(box, 5, "jane@client.example", UNVERIFIED)
+    asked = [
+        "pat@client.example",
+        "PAT+other@client.EXAMPLE",
+        "old@client.example",
+        "dry@client.example",
+        "draft@client.example",
+        "jane@client.example",
+        "nobody@client.example",
+    ]
+    found = box.recent_recipients(asked, week)
+    assert set(found) == {
+        "pat@client.example",
+        "PAT+other@client.EXAMPLE",
+        "draft@client.example",
+        "jane@client.example",
+    }
+    assert found["jane@client.example"] is False  # only an unverified sender's reply
+    for address in asked:
+        for verified in (False, True):
+            bulk = address in found and (found[address] or not verified)
+            assert bulk == box.replied_recently(address, week, verified=verified), address
+
+
 def test_replied_recently_ignores_failed_replies(db: Database) -> None:
     """A reply that never left does not use up the sender's one reply."""
     connector = Connector()

@@ -774,6 +774,16 @@ class Outbox:
             hold=self.db.in_transaction,
         )
 
+    def recent_recipients(self, addresses: Iterable[str], window: timedelta) -> dict[str, bool]:
+        """`replied_recently` for many addresses at once, outside any transaction: each of
+        `addresses` whose mailbox got a counted reply within `window`, with whether one of those
+        counts for a verified sender too; one query for a whole batch instead of one each."""
+        keys: dict[str, list[str]] = {}
+        for address in addresses:
+            keys.setdefault(self.limits.canonical(address), []).append(address)
+        found = queue.recent_recipients(self.db.reads, list(keys), self._clock() - window)
+        return {a: verified for key, verified in found.items() for a in keys[key]}
+
 
 def cap_domain(address: str) -> str:
     """The domain the per-domain cap counts `address` under: its organisational domain

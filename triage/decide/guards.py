@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from triage.core.models import Address, InboundMessage, Verdict
 from triage.core.sanitize import is_addr_spec
@@ -34,6 +34,16 @@ class ReplyHistory(Protocol):
         """True when a reply to canonical address `address` was made or queued within `window`;
         with `verified`, only replies to a verified sender count (a fixed-text reply to a
         message forged in someone's name must not use up that person's one reply)."""
+        ...
+
+
+@runtime_checkable
+class BatchReplyHistory(ReplyHistory, Protocol):
+    """A reply history that also answers for many addresses at once (the outbox does)."""
+
+    def recent_recipients(self, addresses: Iterable[str], window: timedelta) -> dict[str, bool]:
+        """Each of `addresses` that got a reply within `window`, with whether one counts for a
+        verified sender too (`replied_recently` with and without `verified`)."""
         ...
 
 

@@ -33,7 +33,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
@@ -133,6 +133,8 @@ class _Worker:
         self.model = model
         self.probe = _ProbeHistory()
         self.ctx = dataclasses.replace(ctx, history=self.probe)
+        # `ctx.for_route` by (verified, reflect): four contexts at most, made once each.
+        self._routed: dict[tuple[bool, bool], guards.GuardContext] = {}
 
     def check(
         self, msg: InboundMessage, known: Mapping[int, str | None] | None = None
@@ -140,7 +142,8 @@ class _Worker:
         """`guards.check`, except that rules consulting the history are only named. `known`
         holds answers already asked of this message's headers (`Deciding.known_answers`)."""
         where = guards.route(msg, self.ctx)
-        ctx = self.ctx.for_route(where)
+        key = (where.verified, where.reflect)
+        ctx = self._routed.get(key) or self._routed.setdefault(key, self.ctx.for_route(where))
         found: list[tuple[int, str]] = []
         deferred: list[int] = []
         for index, rule in enumerate(guards.RULES):
@@ -230,19 +233,34 @@ class _BatchHistory:
 
     Nothing is recorded between the rules of one batch (recording comes after deciding, in the
     same thread), so the answers cannot change within it; the in-process path asks the store the
-    same questions at the same point. Saves a query per message in a backlog.
+    same questions at the same point. A history that answers for many addresses at once (the
+    outbox) is asked once for every destination of the batch, at the first question about one:
+    one query per batch in a backlog instead of one per message.
     """
 
-    def __init__(self, history: guards.ReplyHistory) -> None:
+    def __init__(self, history: guards.ReplyHistory, addresses: Collection[str] = ()) -> None:
         self.history = history
+        self.addresses = frozenset(addresses)
+        self._bulk = isinstance(history, guards.BatchReplyHistory)
         self._recent: dict[tuple[str, timedelta, bool], bool] = {}
+        self._found: dict[timedelta, dict[str, bool]] = {}
 
     def replied_recently(self, address: str, window: timedelta, *, verified: bool = False) -> bool:
         """Asked of the real history once per address, window and kind of sender."""
         key = (address, window, verified)
         if key not in self._recent:
-            self._recent[key] = self.history.replied_recently(address, window, verified=verified)
+            self._recent[key] = self._ask(address, window, verified)
         return self._recent[key]
+
+    def _ask(self, address: str, window: timedelta, verified: bool) -> bool:
+        if self._bulk and address in self.addresses:
+            found = self._found.get(window)
+            if found is None:
+                assert isinstance(self.history, guards.BatchReplyHistory)
+                found = self._found[window] = self.history.recent_recipients(self.addresses, window)
+            # Not verified: any counted reply; verified: one that counts for a verified sender.
+            return address in found and (found[address] or not verified)
+        return self.history.replied_recently(address, window, verified=verified)
 
 
 def finish(
@@ -253,14 +271,22 @@ def finish(
 ) -> list[Decided]:
     """Complete the workers' results in the main process: history rules, verdict, disposition."""
     if ctx.history is not None:
-        ctx = dataclasses.replace(ctx, history=_BatchHistory(ctx.history))
+        # The addresses the history rules may ask about: where each message's reply would go.
+        destinations = {
+            ctx.canonical(where.address.email)
+            for _msg, where, _found, deferred, _cls in partials
+            if deferred and where.address is not None
+        }
+        ctx = dataclasses.replace(ctx, history=_BatchHistory(ctx.history, destinations))
     batch: list[Deciding] = []
+    contexts: dict[tuple[bool, bool], guards.GuardContext] = {}  # by (verified, reflect)
     for (row, raw, backfill), (msg, where, found, deferred, cls) in zip(
         items, partials, strict=True
     ):
         reasons = dict(found)
         if deferred:
-            routed = ctx.for_route(where)
+            key = (where.verified, where.reflect)
+            routed = contexts.get(key) or contexts.setdefault(key, ctx.for_route(where))
             for index in deferred:
                 reason = guards.RULES[index](msg, routed, where.address)
                 if reason is not None:

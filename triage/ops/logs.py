@@ -183,6 +183,13 @@ def setup_logging(fmt: str = "text", level: str = "INFO", stream: TextIO | None 
     else:
         handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     handler.addFilter(_REDACTOR)
+    # Neither format shows where a record was made, nor its thread or process: skip finding them
+    # (the logging HOWTO's "Optimization" settings), a good part of each record's cost, and
+    # there is a record per message.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

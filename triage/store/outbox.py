@@ -20,7 +20,7 @@ queries (slots, leads reported) are in `triage.store.digests`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, get_args
@@ -448,6 +448,23 @@ def replied_recently(
     extra = f" AND priority < {UNVERIFIED}" if verified else ""
     row = tx.execute(f"{_RECENT_TO}{extra} LIMIT 1", (key, timestamp(since))).fetchone()
     return row is not None
+
+
+def recent_recipients(tx: Tx, keys: Sequence[str], since: datetime) -> dict[str, bool]:
+    """Of the mailboxes `keys`, each that got a counted reply created since `since`, with
+    whether one of those replies counts for a verified sender too: `replied_recently` for many
+    keys at once, one query per 500 (the early look of the guards over a batch; never `hold`)."""
+    out: dict[str, bool] = {}
+    at = timestamp(since)
+    for start in range(0, len(keys), 500):
+        wanted, params = tx.dialect.in_list("recipient_key", list(keys[start : start + 500]))
+        rows = tx.execute(
+            f"SELECT recipient_key, MIN(priority) FROM replies"  # noqa: S608
+            f" WHERE {wanted} AND created_at >= ? AND {_COUNTED} GROUP BY recipient_key",
+            (*params, at),
+        )
+        out.update((key, priority < UNVERIFIED) for key, priority in rows)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
