@@ -50,6 +50,7 @@ _CJK = re.compile(f"[{_CJK_CHARS}]")
 _SCRIPT_RUNS = re.compile(f"[{_CJK_CHARS}]+|[^{_CJK_CHARS}]+")
 
 _DIGIT = re.compile(r"\d")
+_ASCII_DIGITS = str.maketrans("123456789", "000000000")
 # Words of two or more letters/digits (as scikit-learn's default), and the currency signs that
 # mark a budget or a price.
 _TOKEN = re.compile(r"\w\w+|[€$£¥]")
@@ -80,6 +81,8 @@ def normalise(text: str) -> str:
     text = text.lower()
     if "@" in text or "http" in text or "www." in text:
         text = _MASKABLE.sub(_mask, text)
+    if text.isascii():  # most text: one C-level table lookup per character
+        return text.translate(_ASCII_DIGITS)
     return _DIGIT.sub("0", text)
 
 

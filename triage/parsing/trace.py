@@ -19,7 +19,10 @@ MAX_AUTH_RESULT_CHARS = 4096  # per field: a real one is a few hundred character
 _AUTH_RESULTS = re.compile(
     rb"^authentication-results[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)", re.MULTILINE
 )
-_FROM = re.compile(rb"^from[ \t]*:", re.MULTILINE)
+# A From field after the first line; `^` with MULTILINE would be tried at every byte, a literal
+# start is found by a fast search.
+_FROM = re.compile(rb"\nfrom[ \t]*:")
+_FIRST_FROM = re.compile(rb"from[ \t]*:")
 
 
 def sender_fields(data: bytes) -> tuple[tuple[str, ...], bool, int]:
@@ -43,4 +46,5 @@ def sender_fields(data: bytes) -> tuple[tuple[str, ...], bool, int]:
             value = value.replace("\n", "").strip()
             cut = cut or len(value) > MAX_AUTH_RESULT_CHARS
             values.append(value[:MAX_AUTH_RESULT_CHARS])
-    return tuple(values), cut, len(_FROM.findall(lower))
+    froms = len(_FROM.findall(lower)) + (_FIRST_FROM.match(lower) is not None)
+    return tuple(values), cut, froms
