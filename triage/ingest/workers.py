@@ -107,7 +107,7 @@ def register_pickling() -> None:
     message each way).
     """
     copyreg.pickle(MappingProxyType, _reduce_proxy)
-    for cls in (InboundMessage, Address, Attachment, Contact, Classification):
+    for cls in (InboundMessage, Address, Attachment, Contact, Classification, guards.Route):
         copyreg.pickle(cls, _fields_reducer(cls))
 
 
