@@ -589,6 +589,9 @@ class FolderSync:
 
     def recorded(self, one: Act) -> None:
         """Count a recorded message and tell the effects (log line, metrics)."""
+        # No longer `seen`: a pass cut short has no attempt of its to refund. (Forgetting it
+        # here keeps the set as small as the batches in hand, not the whole backlog.)
+        self._counted.discard(one.row.id)
         assert one.decided is not None
         decision = one.decided.disposition.decision
         self._result.decided[decision] = self._result.decided.get(decision, 0) + 1
