@@ -777,7 +777,12 @@ class Outbox:
     def recent_recipients(self, addresses: Iterable[str], window: timedelta) -> dict[str, bool]:
         """`replied_recently` for many addresses at once, outside any transaction: each of
         `addresses` whose mailbox got a counted reply within `window`, with whether one of those
-        counts for a verified sender too; one query for a whole batch instead of one each."""
+        counts for a verified sender too; one query for a whole batch instead of one each.
+
+        Never inside a transaction: the question asked there (before queueing a reply) must
+        hold its answer until the reply is queued, which only `replied_recently` does."""
+        if self.db.in_transaction:
+            raise RuntimeError("recent_recipients is the guards' early look, not for a transaction")
         keys: dict[str, list[str]] = {}
         for address in addresses:
             keys.setdefault(self.limits.canonical(address), []).append(address)

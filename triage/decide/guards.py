@@ -143,7 +143,14 @@ Check = Callable[[InboundMessage, GuardContext, Address | None], str | None]
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One etiquette rule: `check(msg, ctx, destination)` returns a reason or None."""
+    """One etiquette rule: `check(msg, ctx, destination)` returns a reason or None.
+
+    A `machine` rule without `body` is a header rule (`HEADER_RULES`): it may read only what the
+    message's headers and MIME structure give (`headers`, the address and id fields, `subject`,
+    `content_type`, `attachments`), never the context, the destination, or anything the body
+    gives (`text`, `new_text`, `language`, `contact`, `defects`): its answer is asked before the
+    body is read and reused for the whole message.
+    """
 
     name: str
     check: Check
