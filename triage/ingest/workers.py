@@ -68,8 +68,6 @@ Item = tuple[int, bytes, bool]
 Partial = tuple[InboundMessage, guards.Route, tuple[tuple[int, str], ...], tuple[int, ...], Any]
 Wait = Callable[[], list[Decided]]
 
-# Batches submitted and not yet waited for that are remembered (see `DecidePool.start`).
-_MAX_IN_FLIGHT = 8
 # How often a worker checks that the process that started it is still there.
 _ORPHAN_CHECK_S = 1.0
 
@@ -309,7 +307,6 @@ class DecidePool:
         self.model = model
         self.ctx = dataclasses.replace(ctx, history=None)
         self._lock = threading.RLock()
-        self._in_flight: dict[tuple[int, ...], Future[list[Partial]]] = {}
         self._executor = self._spawn()
 
     def _spawn(self) -> ProcessPoolExecutor:
@@ -334,26 +331,14 @@ class DecidePool:
     ) -> Wait:
         """Submit a batch; the returned function blocks until it is decided.
 
-        Starting the same batch (the same row ids) again before waiting for it returns the
-        batch already in flight: `FolderSync` starts the next batch early, then asks for it when
-        its turn comes. `ctx` is the caller's context with its real reply history, used when
-        finishing in the caller's thread (the store connection belongs to that thread), so the
-        history rules see every batch recorded before this one, as in process.
+        `ctx` is the caller's context with its real reply history, used when finishing in the
+        caller's thread (the store connection belongs to that thread), so the history rules see
+        every batch recorded before this one, as in process. (`FolderSync` keeps the function of
+        each batch it starts early until that batch's turn.)
         """
-        key = tuple(row for row, _raw, _bf in items)
-        with self._lock:
-            future = self._in_flight.get(key)
-            if future is None:
-                future = self._submit([raw for _row, raw, _bf in items])
-                self._in_flight[key] = future
-                # A batch started early and then never waited for (an error in between) is
-                # forgotten once newer ones follow.
-                while len(self._in_flight) > _MAX_IN_FLIGHT:
-                    self._in_flight.pop(next(iter(self._in_flight)))
+        future = self._submit([raw for _row, raw, _bf in items])
 
         def wait() -> list[Decided]:
-            with self._lock:
-                self._in_flight.pop(key, None)
             return finish(items, future.result(), ctx, folder_prefix)
 
         return wait
