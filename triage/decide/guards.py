@@ -70,6 +70,11 @@ class GuardContext:
     # go to that authenticated sender.
     sender_verified: bool = False
     recipient_verified: bool = False
+    # `for_route`'s contexts by (verified, reflect), made once each: a context is routed for
+    # every message, and it never changes (a new history makes a new context and a new cache).
+    _routes: dict[tuple[bool, bool], GuardContext] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_settings(
@@ -101,7 +106,12 @@ class GuardContext:
 
     def for_route(self, where: Route) -> GuardContext:
         """This context for one message routed as `where`: what the rules know of its sender."""
-        return replace(self, sender_verified=where.verified, recipient_verified=where.reflect)
+        key = (where.verified, where.reflect)
+        routed = self._routes.get(key)
+        if routed is None:
+            routed = replace(self, sender_verified=where.verified, recipient_verified=where.reflect)
+            self._routes[key] = routed
+        return routed
 
     def canonical(self, email: str) -> str:
         """`email` in the form the rate limits count it in (see `canonical`)."""
@@ -607,12 +617,6 @@ def automated_reason(msg: InboundMessage) -> str | None:
     return None
 
 
-def header_reason(msg: InboundMessage) -> str | None:
-    """The reason a header rule gives that `msg` was sent by a machine, from its headers alone;
-    the same as `automated_reason` whenever this is not None (the header rules come first)."""
-    return first_header_reason(header_answers(msg))
-
-
 # The rules that read a message's headers and nothing else (neither the context nor where a
 # reply would go), by index in RULES: the machine rules that do not read the body. Their answers
 # are the same for the message as its headers alone give it and for the whole message, in any
@@ -627,8 +631,10 @@ def header_answers(msg: InboundMessage) -> dict[int, str | None]:
 
 
 def first_header_reason(answers: Mapping[int, str | None]) -> str | None:
-    """`header_reason` from the header rules' `answers`: the first machine rule's reason, unless
-    a machine rule that reads the body comes before it."""
+    """The reason a header rule gives that a message was sent by a machine, from the header
+    rules' `answers` (`header_answers`): the first machine rule's reason, unless a machine rule
+    that reads the body comes before it. The same as `automated_reason` whenever it is not None
+    (the header rules come first), so the body need not be read then."""
     for index, each in enumerate(RULES):
         if not each.machine:
             continue

@@ -131,8 +131,6 @@ class _Worker:
         self.model = model
         self.probe = _ProbeHistory()
         self.ctx = dataclasses.replace(ctx, history=self.probe)
-        # `ctx.for_route` by (verified, reflect): four contexts at most, made once each.
-        self._routed: dict[tuple[bool, bool], guards.GuardContext] = {}
 
     def check(
         self, msg: InboundMessage, known: Mapping[int, str | None] | None = None
@@ -140,8 +138,7 @@ class _Worker:
         """`guards.check`, except that rules consulting the history are only named. `known`
         holds answers already asked of this message's headers (`Deciding.known_answers`)."""
         where = guards.route(msg, self.ctx)
-        key = (where.verified, where.reflect)
-        ctx = self._routed.get(key) or self._routed.setdefault(key, self.ctx.for_route(where))
+        ctx = self.ctx.for_route(where)
         found: list[tuple[int, str]] = []
         deferred: list[int] = []
         for index, rule in enumerate(guards.RULES):
@@ -277,14 +274,12 @@ def finish(
         }
         ctx = dataclasses.replace(ctx, history=_BatchHistory(ctx.history, destinations))
     batch: list[Deciding] = []
-    contexts: dict[tuple[bool, bool], guards.GuardContext] = {}  # by (verified, reflect)
     for (row, raw, backfill), (msg, where, found, deferred, cls) in zip(
         items, partials, strict=True
     ):
         reasons = dict(found)
         if deferred:
-            key = (where.verified, where.reflect)
-            routed = contexts.get(key) or contexts.setdefault(key, ctx.for_route(where))
+            routed = ctx.for_route(where)
             for index in deferred:
                 reason = guards.RULES[index](msg, routed, where.address)
                 if reason is not None:
