@@ -14,6 +14,7 @@ from triage.decide.guards import (
     MIN_WINDOW,
     RULES,
     GuardContext,
+    Route,
     automated_reason,
     canonical,
     check,
@@ -775,3 +776,18 @@ def test_alignment_follows_the_public_suffix_list() -> None:
     )
     verdict = check(authenticated(msg, "dmarc=pass header.from=attacker.eu.org"), trusting())
     assert verdict.destination == Address("", "attacker@attacker.eu.org")
+
+
+def test_a_context_routes_each_kind_of_sender_once() -> None:
+    """`for_route` gives the context for a route's kind of sender; asked again for the same
+    kind it is the same context, and a context with another history routes afresh."""
+    ctx = GuardContext(our_addresses=frozenset({"hello@example.test"}))
+    plain = ctx.for_route(Route(Address("", "a@x.example")))
+    verified = ctx.for_route(Route(Address("", "b@x.example"), verified=True, reflect=True))
+    assert (plain.sender_verified, plain.recipient_verified) == (False, False)
+    assert (verified.sender_verified, verified.recipient_verified) == (True, True)
+    assert ctx.for_route(Route(Address("", "c@y.example"))) is plain
+    assert plain.our_addresses == ctx.our_addresses
+    other = replace(ctx, history=FakeHistory())
+    assert other.for_route(Route(None)) is not plain
+    assert other.for_route(Route(None)).history is other.history
