@@ -571,8 +571,6 @@ class _Deadline:
         self.deadline = deadline
         self.previous = previous
         self.where = ""
-        # Bound once: the tracer runs on every call and line of a render, so each costs.
-        self._local = self.local
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> _Tracer | None:
         # Every call of a Python function, generators resuming included. The clock is read
@@ -583,12 +581,12 @@ class _Deadline:
             return self.chained(self.previous(frame, event, arg))
         # Lines are checked in template code only, where a loop can spin without calling
         # anything; that keeps the cost of tracing small.
-        return self._local if "__jinja_template__" in frame.f_globals else None
+        return self.local if "__jinja_template__" in frame.f_globals else None
 
     def local(self, frame: FrameType, event: str, arg: Any) -> _Tracer:
         if _monotonic() > self.deadline:
             self.check(frame)
-        return self._local
+        return self.local
 
     def chained(self, inner: _Tracer | None) -> _Tracer:
         """A local trace function that also calls the previous tracer's local one."""
